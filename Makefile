@@ -1,0 +1,64 @@
+# keyguard — one target per job. `make help` lists them.
+SHELL := /bin/bash
+GO ?= go
+export CGO_ENABLED ?= 0
+KERNELS ?= 6.1 6.12
+CACHE ?= $(CURDIR)/.cache
+
+.DEFAULT_GOAL := help
+
+##@ Main jobs
+
+.PHONY: demo
+demo: deps ## Boot the VM with agent + sample signing service, run the attacks, show the events
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -demo
+
+.PHONY: check
+check: deps check-generate lint test vmtest ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on both kernels
+
+##@ Pieces
+
+.PHONY: deps
+deps: ## Install the Debian packages and stock kernels the tests need (idempotent)
+	bash testvm/setup.sh $(CACHE)
+
+.PHONY: generate
+generate: generate-bpf generate-proto ## Regenerate bpf2go and protobuf output (committed)
+
+.PHONY: generate-bpf
+generate-bpf: ## Compile bpf/*.c with bpf2go (needs clang, libbpf-dev)
+	cd bpf && $(GO) generate ./...
+
+.PHONY: generate-proto
+generate-proto: ## Regenerate protobuf/gRPC Go code with buf (run as a Go module)
+	@if [ -f proto/buf.gen.yaml ]; then cd proto && $(GO) tool buf lint && $(GO) tool buf generate; fi
+
+.PHONY: vmlinux
+vmlinux: ## Refresh bpf/vmlinux.h from the BTF of the newest pinned stock kernel
+	bash bpf/update-vmlinux.sh $(CACHE)
+
+.PHONY: check-generate
+check-generate: generate ## Fail if `make generate` changes any committed file
+	@if [ -n "$$(git status --porcelain -- bpf proto)" ]; then \
+		echo "generated code is stale: run 'make generate' and commit:"; git status --porcelain -- bpf proto; git diff --stat -- bpf proto; exit 1; fi
+
+.PHONY: build
+build: ## Build all binaries into bin/
+	$(GO) build -trimpath -o bin/ ./agent/cmd/... ./collector/cmd/...
+
+.PHONY: lint
+lint: ## gofmt and go vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: test
+test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
+	$(GO) test -count=1 ./...
+
+.PHONY: vmtest
+vmtest: ## BPF LSM tests in QEMU on each stock kernel in KERNELS
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)"
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
