@@ -1,0 +1,627 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * keyguard BPF LSM programs: keep every other process, root included, out of the memory of processes
+ * that hold signing keys.
+ *
+ * Protection is a mark in task storage on the thread-group leader. It is set in the kernel when a
+ * process executes a protected executable (bprm_check_security) or opens a protected key file
+ * (file_open), by the agent for processes found running (pidfd-keyed update), and copied to every
+ * fork child in task_alloc, so there is no window. A process in a protected cgroup is protected by
+ * a lookup of its cgroup ancestry at check time.
+ *
+ * Every way into another process's memory that the kernel guards with ptrace_may_access() ends in
+ * ptrace_access_check; PTRACE_TRACEME, reads through /proc files opened before protection, and
+ * tracers that attached before protection have their own hooks here.
+ *
+ * Verifier notes (6.1 and 6.12): deny branches are written as `if (cond) { count; return -EPERM; }`
+ * because 6.12 rejects a negated-boolean return value.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+#include "keyguard.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define EPERM 1
+#define ENOMEM 12
+#define CLONE_THREAD 0x00010000
+#define PTRACE_MODE_NOAUDIT 0x04
+#define MAY_WRITE 0x2
+#define MAY_READ 0x4
+#define PROC_SUPER_MAGIC 0x9fa0
+#define KG_CGROUP_DEPTH 8
+
+/* Load-time settings, written by the agent before loading (see loader.Config). */
+const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
+const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
+
+/* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
+const volatile struct {
+	enum kg_mode mode;
+	enum kg_decision decision;
+	enum kg_event_kind kind;
+	enum kg_op op;
+	enum kg_reason reason;
+	enum kg_counter counter;
+	struct kg_event event;
+	struct kg_file_id file_id;
+	struct kg_accessor_key accessor_key;
+	struct kg_grant grant;
+	struct kg_agent agent;
+	struct kg_late_mark late_mark;
+	struct kg_rule rule;
+	struct kg_mark mark;
+} kg_types;
+
+/* All state lives in maps pinned by name in the agent's bpffs folder, so it survives agent restarts
+ * and upgrades (the loader reuses compatible pinned maps). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+/* Events that did not fit in the ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KG_CNT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct kg_mark);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} marks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct kg_late_mark);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} late_marks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct kg_rule);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct kg_file_id);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} exe_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct kg_file_id);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} key_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} cgroup_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct kg_accessor_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} allow SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct kg_accessor_key);
+	__type(value, struct kg_grant);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} breakglass SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_agent);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} agent SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&counters, &idx);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void count_lost(void)
+{
+	__u32 zero = 0;
+	__u64 *c = bpf_map_lookup_elem(&lost, &zero);
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void task_exe(struct task_struct *t, __u64 *dev, __u64 *ino)
+{
+	struct file *f = BPF_CORE_READ(t, mm, exe_file);
+
+	*dev = 0;
+	*ino = 0;
+	if (!f)
+		return;
+	*dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+	*ino = BPF_CORE_READ(f, f_inode, i_ino);
+}
+
+static __always_inline void fill_proc(struct kg_proc *p, struct task_struct *t)
+{
+	struct file *f;
+	const unsigned char *name;
+
+	p->pid = BPF_CORE_READ(t, tgid);
+	p->tid = BPF_CORE_READ(t, pid);
+	p->uid = BPF_CORE_READ(t, real_cred, uid.val);
+	p->euid = BPF_CORE_READ(t, cred, euid.val);
+	p->cgroup_id = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_STR_INTO(&p->comm, t, comm);
+	task_exe(t, &p->exe_dev, &p->exe_ino);
+	f = BPF_CORE_READ(t, mm, exe_file);
+	if (f) {
+		name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
+		bpf_probe_read_kernel_str(p->exe_name, sizeof(p->exe_name), name);
+	}
+}
+
+/* The rule of the nearest protected cgroup among t's cgroup and its ancestors, or 0. */
+static __always_inline __u32 cgroup_rule(struct task_struct *t)
+{
+	struct kernfs_node *kn = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn);
+
+	for (int i = 0; i < KG_CGROUP_DEPTH; i++) {
+		__u64 id;
+		__u32 *r;
+
+		if (!kn)
+			return 0;
+		id = BPF_CORE_READ(kn, id);
+		r = bpf_map_lookup_elem(&cgroup_rules, &id);
+		if (r)
+			return *r;
+		kn = BPF_CORE_READ(kn, parent);
+	}
+	return 0;
+}
+
+/* Protection of a task given as a trusted BTF pointer: its leader's mark, or its cgroup. */
+static __always_inline int protection(struct task_struct *t, struct kg_mark *out)
+{
+	struct kg_mark *m = bpf_task_storage_get(&marks, t->group_leader, 0, 0);
+
+	if (m && m->rule_id) {
+		out->rule_id = m->rule_id;
+		out->reason = m->reason;
+		return 1;
+	}
+	out->rule_id = cgroup_rule(t);
+	out->reason = KG_REASON_CGROUP;
+	return out->rule_id != 0;
+}
+
+static __always_inline int is_agent(struct task_struct *t)
+{
+	__u32 zero = 0;
+	struct kg_agent *a = bpf_map_lookup_elem(&agent, &zero);
+	__u64 dev, ino;
+
+	if (!a || !a->tgid || a->tgid != BPF_CORE_READ(t, tgid))
+		return 0;
+	task_exe(t, &dev, &ino);
+	return dev == a->exe_dev && ino == a->exe_ino;
+}
+
+/* Operation and detail from the accessor's current syscall (x86-64 numbers). */
+static __always_inline __u32 op_of(struct task_struct *cur, __s32 *nr_out, char *detail)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(cur);
+	const char *path = 0;
+	long nr, arg0;
+	__u32 op;
+
+	if (!regs)
+		return KG_OP_OTHER;
+	nr = BPF_CORE_READ(regs, orig_ax);
+	arg0 = BPF_CORE_READ(regs, di);
+	*nr_out = nr;
+	switch (nr) {
+	case 101: /* ptrace */
+		if (arg0 == 16)
+			return KG_OP_PTRACE_ATTACH;
+		if (arg0 == 0x4206)
+			return KG_OP_PTRACE_SEIZE;
+		return KG_OP_PTRACE_OTHER;
+	case 310:
+		return KG_OP_PROCESS_VM_READV;
+	case 311:
+		return KG_OP_PROCESS_VM_WRITEV;
+	case 438:
+		return KG_OP_PIDFD_GETFD;
+	case 312:
+		return KG_OP_KCMP;
+	case 298:
+		return KG_OP_PERF_EVENT_OPEN;
+	case 2: /* open(path, ...) */
+		path = (const char *)arg0;
+		op = KG_OP_PROC_OPEN;
+		break;
+	case 257: /* openat(dirfd, path, ...) */
+	case 437: /* openat2 */
+		path = (const char *)BPF_CORE_READ(regs, si);
+		op = KG_OP_PROC_OPEN;
+		break;
+	case 89: /* readlink(path, ...) */
+	case 4:  /* stat */
+	case 6:  /* lstat */
+		path = (const char *)arg0;
+		op = KG_OP_PROC_LINK;
+		break;
+	case 267: /* readlinkat(dirfd, path, ...) */
+	case 262: /* newfstatat */
+	case 332: /* statx */
+		path = (const char *)BPF_CORE_READ(regs, si);
+		op = KG_OP_PROC_LINK;
+		break;
+	default:
+		return KG_OP_OTHER;
+	}
+	if (path)
+		bpf_probe_read_user_str(detail, KG_DETAIL_LEN, path);
+	return op;
+}
+
+/*
+ * Decide an access by actor to a protected target and report it. op == KG_OP_OTHER means "derive it
+ * from the current syscall". Returns 0 or -EPERM.
+ */
+static __always_inline int decide(struct task_struct *actor, struct task_struct *target,
+				  struct kg_mark *prot, __u32 access_mode, __u32 op, const unsigned char *name)
+{
+	struct kg_accessor_key key = {};
+	struct kg_rule *rule;
+	struct kg_grant *grant;
+	struct kg_event *e;
+	__u32 mode = KG_MODE_ENFORCE, decision;
+	int ret = 0;
+
+	if (is_agent(actor)) {
+		count(KG_CNT_AGENT);
+		return 0;
+	}
+
+	/* A mark whose rule is no longer in the policy stays enforced: fail closed. */
+	rule = bpf_map_lookup_elem(&rules, &prot->rule_id);
+	if (rule)
+		mode = rule->mode;
+
+	task_exe(actor, &key.dev, &key.ino);
+	key.rule_id = prot->rule_id;
+	key.uid = BPF_CORE_READ(actor, real_cred, uid.val);
+	grant = 0;
+	if (bpf_map_lookup_elem(&allow, &key)) {
+		decision = KG_DECISION_ALLOWED_POLICY;
+		count(KG_CNT_ALLOWED_POLICY);
+	} else if ((grant = bpf_map_lookup_elem(&breakglass, &key)) &&
+		   grant->expires_boot_ns > bpf_ktime_get_boot_ns()) {
+		decision = KG_DECISION_ALLOWED_BREAK_GLASS;
+		count(KG_CNT_BREAK_GLASS);
+	} else {
+		key.uid = KG_ANY_UID;
+		if (bpf_map_lookup_elem(&allow, &key)) {
+			decision = KG_DECISION_ALLOWED_POLICY;
+			count(KG_CNT_ALLOWED_POLICY);
+		} else if ((grant = bpf_map_lookup_elem(&breakglass, &key)) &&
+			   grant->expires_boot_ns > bpf_ktime_get_boot_ns()) {
+			decision = KG_DECISION_ALLOWED_BREAK_GLASS;
+			count(KG_CNT_BREAK_GLASS);
+		} else if (mode == KG_MODE_AUDIT) {
+			decision = KG_DECISION_ALLOWED_AUDIT;
+			count(KG_CNT_AUDIT);
+		} else {
+			decision = KG_DECISION_DENIED;
+			count(KG_CNT_DENIED);
+			ret = -EPERM;
+		}
+	}
+
+	if ((access_mode & PTRACE_MODE_NOAUDIT) && !cfg_report_noaudit) {
+		count(KG_CNT_NOAUDIT_CHECKS);
+		return ret;
+	}
+
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost();
+		return ret;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->kind = KG_EVENT_ACCESS;
+	e->decision = decision;
+	e->rule_id = prot->rule_id;
+	e->rule_mode = mode;
+	e->access_mode = access_mode;
+	e->reason = prot->reason;
+	e->syscall_nr = -1;
+	if (op == KG_OP_OTHER)
+		op = op_of(bpf_get_current_task_btf(), &e->syscall_nr, e->detail);
+	else if (name)
+		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+	e->op = op;
+	fill_proc(&e->actor, actor);
+	fill_proc(&e->target, target);
+	bpf_ringbuf_submit(e, 0);
+	return ret;
+}
+
+static __always_inline void emit_protect(struct task_struct *t, struct kg_mark *m, const unsigned char *name)
+{
+	struct kg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->kind = KG_EVENT_PROTECT;
+	e->rule_id = m->rule_id;
+	e->reason = m->reason;
+	e->syscall_nr = -1;
+	if (name)
+		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+	fill_proc(&e->target, t);
+	bpf_ringbuf_submit(e, 0);
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
+{
+	struct kg_mark prot = {};
+
+	if (ret)
+		return ret;
+	if (!protection(child, &prot))
+		return 0;
+	return decide(bpf_get_current_task_btf(), child, &prot, mode, KG_OP_OTHER, 0);
+}
+
+/* A protected process asking to be traced by its parent: the parent is the accessor. */
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(kg_ptrace_traceme, struct task_struct *parent, int ret)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark prot = {};
+
+	if (ret)
+		return ret;
+	if (!protection(cur, &prot))
+		return 0;
+	return decide(parent, cur, &prot, 0x02 /* ATTACH */, KG_OP_TRACEME, 0);
+}
+
+/* Fork: the child inherits the mark before it ever runs. Threads share the leader's mark. */
+SEC("lsm/task_alloc")
+int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags, int ret)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark *m, *c;
+
+	if (ret)
+		return ret;
+	if (clone_flags & CLONE_THREAD)
+		return 0;
+	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	if (!m || !m->rule_id)
+		return 0;
+	c = bpf_task_storage_get(&marks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c) /* fail closed: an unprotected copy of a key holder must not exist */
+		return -ENOMEM;
+	c->rule_id = m->rule_id;
+	c->reason = KG_REASON_INHERIT;
+	count(KG_CNT_INHERIT);
+	return 0;
+}
+
+/*
+ * Exec, before the point of no return: (1) exec from a non-leader thread frees the old leader and its
+ * storage, so copy the mark to the exec'ing thread; (2) mark on exec of a protected executable here,
+ * where failure can still fail the exec; (3) a process under a tracer may not exec a protected
+ * executable, or the tracer would read it afterwards.
+ */
+SEC("lsm/bprm_check_security")
+int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_file_id id = {};
+	struct kg_mark *m, *c;
+	__u32 *rule_id;
+
+	if (ret)
+		return ret;
+	if (cur->group_leader != cur) {
+		m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+		if (m && m->rule_id) {
+			c = bpf_task_storage_get(&marks, cur, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+			if (!c)
+				return -ENOMEM;
+			c->rule_id = m->rule_id;
+			c->reason = m->reason;
+		}
+	}
+
+	id.dev = bprm->file->f_inode->i_sb->s_dev;
+	id.ino = bprm->file->f_inode->i_ino;
+	rule_id = bpf_map_lookup_elem(&exe_rules, &id);
+	if (!rule_id)
+		return 0;
+
+	if (cfg_deny_traced && cur->ptrace) {
+		struct kg_mark prot = {.rule_id = *rule_id, .reason = KG_REASON_EXEC};
+		int r = decide(cur->parent, cur, &prot, 0x02, KG_OP_EXEC_TRACED, bprm->file->f_path.dentry->d_name.name);
+
+		if (r)
+			return r;
+	}
+	c = bpf_task_storage_get(&marks, cur, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c)
+		return -ENOMEM;
+	c->rule_id = *rule_id;
+	c->reason = KG_REASON_EXEC;
+	return 0;
+}
+
+/* After a successful exec of a protected executable: report it. The mark was set in bprm_check_security. */
+SEC("lsm/bprm_committed_creds")
+int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_file_id id = {};
+	struct kg_mark *m;
+
+	id.dev = bprm->file->f_inode->i_sb->s_dev;
+	id.ino = bprm->file->f_inode->i_ino;
+	if (!bpf_map_lookup_elem(&exe_rules, &id))
+		return 0;
+	m = bpf_task_storage_get(&marks, cur, 0, 0);
+	if (!m)
+		return 0;
+	count(KG_CNT_MARK_EXEC);
+	emit_protect(cur, m, bprm->file->f_path.dentry->d_name.name);
+	return 0;
+}
+
+/* Opening a protected key file protects the whole process, from any thread. */
+SEC("lsm/file_open")
+int BPF_PROG(kg_file_open, struct file *file, int ret)
+{
+	struct task_struct *cur, *leader;
+	struct kg_file_id id = {};
+	struct kg_late_mark late = {};
+	struct kg_mark *m;
+	__u32 *rule_id, tgid;
+
+	if (ret)
+		return ret;
+	id.dev = file->f_inode->i_sb->s_dev;
+	id.ino = file->f_inode->i_ino;
+	rule_id = bpf_map_lookup_elem(&key_rules, &id);
+	if (!rule_id)
+		return 0;
+
+	cur = bpf_get_current_task_btf();
+	leader = cur->group_leader;
+	if (cfg_deny_traced && (cur->ptrace || BPF_CORE_READ(leader, ptrace))) {
+		struct kg_mark prot = {.rule_id = *rule_id, .reason = KG_REASON_KEY_FILE};
+		int r = decide(cur->parent, cur, &prot, 0x02, KG_OP_KEYFILE_TRACED, file->f_path.dentry->d_name.name);
+
+		if (r)
+			return r;
+	}
+	m = bpf_task_storage_get(&marks, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!m) /* fail closed: no key without protection */
+		return -ENOMEM;
+	if (m->rule_id)
+		return 0;
+	m->rule_id = *rule_id;
+	m->reason = KG_REASON_KEY_FILE;
+	tgid = cur->tgid;
+	late.start_time = BPF_CORE_READ(leader, start_time);
+	late.rule_id = *rule_id;
+	late.reason = KG_REASON_KEY_FILE;
+	bpf_map_update_elem(&late_marks, &tgid, &late, BPF_ANY);
+	count(KG_CNT_MARK_KEY_FILE);
+	emit_protect(cur, m, file->f_path.dentry->d_name.name);
+	return 0;
+}
+
+/*
+ * Reads and writes through /proc/PID/mem or /proc/PID/environ. The ptrace check runs at open only, so a
+ * file opened before its process became protected (key-file open, agent scan, new cgroup rule) would
+ * keep reading. Cheap exits first: this runs on every read and write.
+ */
+SEC("lsm/file_permission")
+int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
+{
+	struct task_struct *cur, *target, *leader;
+	struct kg_late_mark *late;
+	struct kg_mark prot = {};
+	const unsigned char *name;
+	char n[8] = {};
+	__u64 inode, pid, first;
+	__u32 tgid;
+
+	if (ret)
+		return ret;
+	if (!(mask & (MAY_READ | MAY_WRITE)))
+		return 0;
+	if (file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC)
+		return 0;
+	name = file->f_path.dentry->d_name.name;
+	bpf_probe_read_kernel_str(n, sizeof(n), name);
+	if (!(n[0] == 'm' && n[1] == 'e' && n[2] == 'm' && n[3] == 0) &&
+	    !(n[0] == 'e' && n[1] == 'n' && n[2] == 'v' && n[3] == 'i' && n[4] == 'r' && n[5] == 'o' &&
+	      n[6] == 'n' && n[7] == 0))
+		return 0;
+
+	/* proc_inode->pid → the task (pid->tasks[PIDTYPE_PID].first is its pid_links[PIDTYPE_PID]). */
+	inode = (__u64)BPF_CORE_READ(file, f_inode);
+	pid = (__u64)BPF_CORE_READ((struct proc_inode *)(inode - bpf_core_field_offset(struct proc_inode, vfs_inode)), pid);
+	if (!pid)
+		return 0;
+	first = (__u64)BPF_CORE_READ((struct pid *)pid, tasks[0].first);
+	if (!first)
+		return 0;
+	target = (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+	cur = bpf_get_current_task_btf();
+	tgid = BPF_CORE_READ(target, tgid);
+	if (tgid == cur->tgid)
+		return 0;
+	leader = BPF_CORE_READ(target, group_leader);
+	late = bpf_map_lookup_elem(&late_marks, &tgid);
+	if (late && late->start_time == BPF_CORE_READ(leader, start_time)) {
+		prot.rule_id = late->rule_id;
+		prot.reason = late->reason;
+	} else {
+		prot.rule_id = cgroup_rule(target);
+		prot.reason = KG_REASON_CGROUP;
+		if (!prot.rule_id)
+			return 0;
+	}
+	return decide(cur, target, &prot, 0x02 | 0x08, KG_OP_PROC_READ, name);
+}

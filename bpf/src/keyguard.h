@@ -1,0 +1,148 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Types shared by the BPF programs and (through bpf2go -type) the Go agent. Defined once, here. */
+#ifndef KEYGUARD_H
+#define KEYGUARD_H
+
+#define KG_COMM_LEN 16
+#define KG_NAME_LEN 32
+#define KG_DETAIL_LEN 64
+
+/* Policy mode of a rule (rules map). */
+enum kg_mode {
+	KG_MODE_ENFORCE = 0,
+	KG_MODE_AUDIT = 1,
+};
+
+/* What happened to an attempt. */
+enum kg_decision {
+	KG_DECISION_NONE = 0,
+	KG_DECISION_DENIED = 1,
+	KG_DECISION_ALLOWED_AUDIT = 2,       /* would be denied, rule in audit mode */
+	KG_DECISION_ALLOWED_POLICY = 3,      /* accessor allowed by the rule */
+	KG_DECISION_ALLOWED_BREAK_GLASS = 4, /* accessor has an unexpired break-glass grant */
+};
+
+enum kg_event_kind {
+	KG_EVENT_ACCESS = 1,  /* another process tried to reach a protected process's memory */
+	KG_EVENT_PROTECT = 2, /* a process became protected in the kernel (exec or key-file open) */
+};
+
+/* The operation behind an access decision, derived from the accessor's syscall. */
+enum kg_op {
+	KG_OP_OTHER = 0,
+	KG_OP_PTRACE_ATTACH = 1,
+	KG_OP_PTRACE_SEIZE = 2,
+	KG_OP_PROCESS_VM_READV = 3,
+	KG_OP_PROCESS_VM_WRITEV = 4,
+	KG_OP_PIDFD_GETFD = 5,
+	KG_OP_PROC_OPEN = 6,       /* open of a /proc/PID/... file that checks ptrace access */
+	KG_OP_KCMP = 7,
+	KG_OP_PERF_EVENT_OPEN = 8,
+	KG_OP_TRACEME = 9,         /* protected process asked its parent to trace it */
+	KG_OP_PROC_READ = 10,      /* read through a /proc/PID/{mem,environ} fd opened before protection */
+	KG_OP_EXEC_TRACED = 11,    /* a traced process tried to exec a protected executable */
+	KG_OP_KEYFILE_TRACED = 12, /* a traced process tried to open a protected key file */
+	KG_OP_PTRACE_OTHER = 13,
+	KG_OP_PROC_LINK = 14,      /* readlink/stat of /proc/PID/{exe,cwd,root,fd/N} */
+};
+
+/* Why a process is protected. */
+enum kg_reason {
+	KG_REASON_NONE = 0,
+	KG_REASON_EXEC = 1,     /* executed a protected executable */
+	KG_REASON_KEY_FILE = 2, /* opened a protected key file */
+	KG_REASON_CGROUP = 3,   /* runs in a protected cgroup */
+	KG_REASON_SCAN = 4,     /* found running by the agent's procfs scan */
+	KG_REASON_INHERIT = 5,  /* forked from a protected process */
+};
+
+/* Indexes into the per-CPU counters map. */
+enum kg_counter {
+	KG_CNT_DENIED = 0,
+	KG_CNT_AUDIT = 1,
+	KG_CNT_ALLOWED_POLICY = 2,
+	KG_CNT_BREAK_GLASS = 3,
+	KG_CNT_NOAUDIT_CHECKS = 4, /* PTRACE_MODE_NOAUDIT checks decided without an event */
+	KG_CNT_MARK_EXEC = 5,
+	KG_CNT_MARK_KEY_FILE = 6,
+	KG_CNT_INHERIT = 7,
+	KG_CNT_AGENT = 8,          /* accesses by the agent itself */
+	KG_CNT_MAX = 16,
+};
+
+/* A file, as the kernel names it: sb->s_dev (MKDEV encoding) and inode number. */
+struct kg_file_id {
+	__u64 dev;
+	__u64 ino;
+};
+
+/* Protection mark kept in task storage on the thread-group leader. */
+struct kg_mark {
+	__u32 rule_id;
+	__u32 reason; /* enum kg_reason */
+};
+
+/* Per-rule settings, keyed by rule id. */
+struct kg_rule {
+	__u32 mode;  /* enum kg_mode */
+	__u32 dumps; /* enum kg_dump_mode (core-dump issue) */
+};
+
+/* Allow-list and break-glass key: an accessor executable + uid, for one rule. uid KG_ANY_UID matches all. */
+#define KG_ANY_UID 0xffffffffu
+struct kg_accessor_key {
+	__u64 dev;
+	__u64 ino;
+	__u32 rule_id;
+	__u32 uid;
+};
+
+struct kg_grant {
+	__u64 expires_boot_ns; /* CLOCK_BOOTTIME */
+	__u64 grant_id;
+};
+
+/* The running agent: accesses from it are allowed (it reads /proc of protected processes). */
+struct kg_agent {
+	__u32 tgid;
+	__u32 pad;
+	__u64 exe_dev;
+	__u64 exe_ino;
+};
+
+/* Late marks: processes marked after they started (key-file open, procfs scan). Keyed by tgid, checked
+ * with the leader's start time, for reads through /proc files opened before the process was protected. */
+struct kg_late_mark {
+	__u64 start_time;
+	__u32 rule_id;
+	__u32 reason;
+};
+
+struct kg_proc {
+	__u32 pid; /* tgid */
+	__u32 tid;
+	__u32 uid;
+	__u32 euid;
+	__u64 cgroup_id;
+	__u64 exe_dev;
+	__u64 exe_ino;
+	char comm[KG_COMM_LEN];
+	char exe_name[KG_NAME_LEN]; /* basename of the executable, for when the process is gone */
+};
+
+struct kg_event {
+	__u64 boot_ns; /* CLOCK_BOOTTIME */
+	__u32 kind;    /* enum kg_event_kind */
+	__u32 op;      /* enum kg_op */
+	__u32 decision;
+	__u32 rule_id;
+	__u32 rule_mode;
+	__u32 access_mode; /* PTRACE_MODE_* bits */
+	__u32 reason;      /* enum kg_reason (protect events) */
+	__s32 syscall_nr;
+	struct kg_proc actor;
+	struct kg_proc target;
+	char detail[KG_DETAIL_LEN];
+};
+
+#endif
