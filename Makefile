@@ -31,7 +31,7 @@ generate-bpf: ## Compile bpf/*.c with bpf2go (needs clang, libbpf-dev)
 
 .PHONY: generate-proto
 generate-proto: ## Regenerate protobuf/gRPC Go code with buf (run as a Go module)
-	@if [ -f proto/buf.gen.yaml ]; then cd proto && $(GO) tool buf lint && $(GO) tool buf generate; fi
+	@if [ -f proto/buf.gen.yaml ]; then cd proto && $(GO) tool buf format --diff --exit-code && $(GO) tool buf lint && $(GO) tool buf generate; fi
 
 .PHONY: vmlinux
 vmlinux: ## Refresh bpf/vmlinux.h from the BTF of the newest pinned stock kernel
