@@ -1,0 +1,226 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyguard/keyguard/testvm/initramfs"
+)
+
+const (
+	initPackage = "./testvm/guest/init"
+	demoBinary  = "keyguard-demo"
+)
+
+type suite struct {
+	name string // file-system friendly: import path relative to the module, '/' -> '-'
+	pkg  goPackage
+}
+
+type image struct {
+	path      string
+	size      int64
+	suites    []suite
+	bins      []string // names in /bin
+	buildTime time.Duration
+}
+
+// buildImage compiles the guest init, the suites and the bins, and writes the initramfs.
+func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) (*image, error) {
+	start := time.Now()
+	img := &image{}
+	var suitePaths []string
+	if !cfg.demo {
+		paths, err := readList(filepath.Join(cfg.root, "testvm", "suites.txt"))
+		if err != nil {
+			return nil, err
+		}
+		suitePaths = paths
+	}
+	binPaths, err := readList(filepath.Join(cfg.root, "testvm", "bins.txt"))
+	if err != nil {
+		return nil, err
+	}
+	modPath, err := modulePath(ctx, cfg.root)
+	if err != nil {
+		return nil, err
+	}
+
+	pkgs, err := listPackages(ctx, cfg.root, suitePaths)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, p := range pkgs {
+		if p.Err != "" {
+			return nil, fmt.Errorf("testvm/suites.txt: %s: %s", p.ImportPath, p.Err)
+		}
+		if p.Tests == 0 {
+			return nil, fmt.Errorf("testvm/suites.txt: %s has no test files", p.ImportPath)
+		}
+		if cfg.suiteFilter != nil && !cfg.suiteFilter.MatchString(p.ImportPath) {
+			continue
+		}
+		name := strings.TrimPrefix(strings.TrimPrefix(p.ImportPath, modPath), "/")
+		name = strings.ReplaceAll(name, "/", "-")
+		if seen[name] {
+			continue
+		}
+		seen[name] = true
+		img.suites = append(img.suites, suite{name: name, pkg: p})
+	}
+	if !cfg.demo && len(img.suites) == 0 {
+		return nil, errors.New("no suite to run: testvm/suites.txt is empty or -suites matches nothing")
+	}
+	bins, err := listPackages(ctx, cfg.root, binPaths)
+	if err != nil {
+		return nil, err
+	}
+	seenBin := map[string]string{}
+	for _, p := range bins {
+		if p.Err != "" {
+			return nil, fmt.Errorf("testvm/bins.txt: %s: %s", p.ImportPath, p.Err)
+		}
+		if p.Name != "main" {
+			return nil, fmt.Errorf("testvm/bins.txt: %s is package %s, not a main package", p.ImportPath, p.Name)
+		}
+		name := path.Base(p.ImportPath)
+		if other, dup := seenBin[name]; dup {
+			return nil, fmt.Errorf("testvm/bins.txt: %s and %s would both be /bin/%s", other, p.ImportPath, name)
+		}
+		seenBin[name] = p.ImportPath
+		img.bins = append(img.bins, name)
+	}
+	if cfg.demo && seenBin[demoBinary] == "" {
+		return nil, fmt.Errorf("-demo needs a main package named %s in testvm/bins.txt", demoBinary)
+	}
+
+	// Compile everything, two go commands at a time (the build cache is shared).
+	type job struct {
+		args []string
+		desc string
+	}
+	jobs := []job{{[]string{"build", "-o", filepath.Join(dir, "init"), initPackage}, "guest init"}}
+	for _, p := range bins {
+		jobs = append(jobs, job{[]string{"build", "-o", filepath.Join(dir, "bin", path.Base(p.ImportPath)), p.ImportPath}, p.ImportPath})
+	}
+	for _, s := range img.suites {
+		jobs = append(jobs, job{[]string{"test", "-c", "-o", filepath.Join(dir, "tests", s.name+".test"), s.pkg.ImportPath}, s.pkg.ImportPath})
+	}
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+		sem  = make(chan struct{}, 2)
+	)
+	for _, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			args := append([]string{j.args[0]}, "-trimpath", "-ldflags=-s -w")
+			args = append(args, j.args[1:]...)
+			cmd := exec.CommandContext(ctx, goTool(), args...)
+			cmd.Dir = cfg.root
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+			if out, err := cmd.CombinedOutput(); err != nil {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("building %s: %w\n%s", j.desc, err, out))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	compileTime := time.Since(start)
+
+	img.path = filepath.Join(dir, "initramfs.cpio")
+	if cfg.compress == "gzip" {
+		img.path += ".gz"
+	}
+	if err := writeImage(img, dir, cfg.compress); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(img.path)
+	if err != nil {
+		return nil, err
+	}
+	img.size = st.Size()
+	img.buildTime = time.Since(start)
+	log.Debug("build", "compile", compileTime, "pack", img.buildTime-compileTime)
+	return img, nil
+}
+
+func writeImage(img *image, dir, compress string) (err error) {
+	f, err := os.Create(img.path)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	var w *initramfs.Writer
+	if compress == "gzip" {
+		if w, err = initramfs.NewGzipWriter(bw, gzip.BestSpeed); err != nil {
+			return err
+		}
+	} else {
+		w = initramfs.NewWriter(bw)
+	}
+	add := []error{
+		w.CharDev("dev/console", 0o600, 5, 1),
+		w.CopyFile("init", filepath.Join(dir, "init")),
+		w.Dir("bin", 0o755),
+	}
+	for _, b := range img.bins {
+		add = append(add, w.CopyFile("bin/"+b, filepath.Join(dir, "bin", b)))
+	}
+	var manifest bytes.Buffer
+	manifest.WriteString("# suites in run order, written by testvm/cmd/vmtest\n")
+	for _, s := range img.suites {
+		manifest.WriteString(s.name + "\n")
+		add = append(add, w.CopyFile(path.Join("tests", s.name, s.name+".test"), filepath.Join(dir, "tests", s.name+".test")))
+		// Tests expect to run in their package folder with testdata/ beside them, as under go test.
+		if td := filepath.Join(s.pkg.Dir, "testdata"); isDir(td) {
+			add = append(add, w.CopyTree(path.Join("tests", s.name, "testdata"), td))
+		}
+	}
+	add = append(add, w.File("tests/manifest", 0o644, manifest.Bytes()), w.Close())
+	if err := errors.Join(add...); err != nil {
+		return fmt.Errorf("writing the initramfs: %w", err)
+	}
+	return bw.Flush()
+}
+
+func isDir(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.IsDir()
+}
+
+func modulePath(ctx context.Context, root string) (string, error) {
+	cmd := exec.CommandContext(ctx, goTool(), "list", "-m", "-f", "{{.Path}}")
+	cmd.Dir = root
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("go list -m: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}

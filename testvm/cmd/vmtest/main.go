@@ -1,0 +1,212 @@
+// Command vmtest runs keyguard's VM tests on stock Debian kernels in QEMU (TCG).
+//
+// It builds static test binaries for the packages in testvm/suites.txt and binaries for the main
+// packages in testvm/bins.txt, packs them with the guest /init into an initramfs, boots one QEMU per
+// kernel series (kernels fetched by testvm/setup.sh into CACHE/kernels/<series>/vmlinuz), and reads
+// results, logs and files back over the serial console into testvm/out/<series>/. It exits non-zero
+// on any test failure, timeout, missing result or kernel oops.
+//
+//	go run ./testvm/cmd/vmtest -cache .cache -kernels "6.1 6.12" [-run TestX] [-suites agent]
+//	go run ./testvm/cmd/vmtest -cache .cache -demo
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type config struct {
+	root         string // module root
+	cache        string
+	kernels      []string
+	run          string
+	suiteFilter  *regexp.Regexp
+	bench        string
+	benchtime    string
+	env          []string
+	demo         bool
+	keep         bool
+	verbose      bool
+	timeout      time.Duration
+	suiteTimeout time.Duration
+	parallel     int
+	memMB        int
+	cpus         int
+	compress     string
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func main() {
+	os.Exit(mainErr())
+}
+
+func mainErr() int {
+	var cfg config
+	var kernels, suites string
+	var env multiFlag
+	flag.StringVar(&cfg.cache, "cache", "", "cache folder filled by testvm/setup.sh (default: <module root>/.cache)")
+	flag.StringVar(&kernels, "kernels", "6.1 6.12", "kernel series to boot, space- or comma-separated (see testvm/kernels.txt)")
+	flag.StringVar(&cfg.run, "run", "", "only tests matching this regexp (passed as -test.run to every suite)")
+	flag.StringVar(&suites, "suites", "", "only suites whose import path matches this regexp")
+	flag.StringVar(&cfg.bench, "bench", "", "also run benchmarks matching this regexp (-test.bench, -test.benchmem); results in out/<series>/bench.txt")
+	flag.StringVar(&cfg.benchtime, "benchtime", "", "-test.benchtime for -bench")
+	flag.Var(&env, "env", "KEY=VAL added to the tests' environment in the guest (repeatable)")
+	flag.BoolVar(&cfg.demo, "demo", false, "boot the last kernel of -kernels and run /bin/keyguard-demo instead of the suites, output live")
+	flag.BoolVar(&cfg.keep, "keep", false, "keep the build folder (binaries, initramfs) in testvm/out/build and print how to boot it by hand")
+	flag.BoolVar(&cfg.verbose, "v", false, "stream every VM's console to stdout, prefixed with its series")
+	flag.DurationVar(&cfg.timeout, "timeout", 15*time.Minute, "hard limit per VM, QEMU start to power-off")
+	flag.DurationVar(&cfg.suiteTimeout, "suite-timeout", 8*time.Minute, "limit per test binary in the guest (its -test.timeout)")
+	flag.IntVar(&cfg.parallel, "parallel", 2, "VMs run at the same time (each QEMU uses one host core)")
+	flag.IntVar(&cfg.memMB, "mem", 1024, "guest memory in MB")
+	flag.IntVar(&cfg.cpus, "smp", 2, "guest CPUs")
+	flag.StringVar(&cfg.compress, "compress", "gzip", "initramfs compression: gzip or none")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "vmtest: unexpected arguments %q\n", flag.Args())
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey || a.Key == slog.LevelKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
+
+	cfg.kernels = strings.FieldsFunc(kernels, func(r rune) bool { return r == ' ' || r == ',' })
+	cfg.env = env
+	if err := cfg.check(suites); err != nil {
+		fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ok, err := run(ctx, log, &cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmtest: %v\n", err)
+		return 1
+	}
+	if !ok {
+		return 1
+	}
+	return 0
+}
+
+func (c *config) check(suites string) error {
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	c.root = root
+	if c.cache == "" {
+		c.cache = filepath.Join(root, ".cache")
+	}
+	if c.cache, err = filepath.Abs(c.cache); err != nil {
+		return err
+	}
+	if len(c.kernels) == 0 {
+		return errors.New("-kernels is empty")
+	}
+	if c.demo {
+		c.kernels = c.kernels[len(c.kernels)-1:]
+	}
+	for _, k := range c.kernels {
+		if !regexp.MustCompile(`^[0-9]+\.[0-9]+$`).MatchString(k) {
+			return fmt.Errorf("-kernels: %q is not a series like 6.1", k)
+		}
+	}
+	if suites != "" {
+		if c.suiteFilter, err = regexp.Compile(suites); err != nil {
+			return fmt.Errorf("-suites: %w", err)
+		}
+	}
+	for _, re := range []string{c.run, c.bench} {
+		if _, err := regexp.Compile(re); err != nil {
+			return fmt.Errorf("bad regexp %q: %w", re, err)
+		}
+	}
+	for _, kv := range c.env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" || strings.ContainsAny(kv, "\x00") {
+			return fmt.Errorf("-env %q: want KEY=VAL", kv)
+		}
+	}
+	if c.compress != "gzip" && c.compress != "none" {
+		return fmt.Errorf("-compress %q: want gzip or none", c.compress)
+	}
+	if c.parallel < 1 {
+		c.parallel = 1
+	}
+	if c.parallel > runtime.NumCPU() {
+		c.parallel = runtime.NumCPU()
+	}
+	return nil
+}
+
+// run builds the image once, boots every kernel and prints the summary. ok is false when any
+// kernel failed; err is for failures before any VM ran.
+func run(ctx context.Context, log *slog.Logger, cfg *config) (bool, error) {
+	total := time.Now()
+	vms := make([]*vmResult, len(cfg.kernels))
+	for i, k := range cfg.kernels {
+		vm, err := findKernel(cfg.cache, cfg.root, k)
+		if err != nil {
+			return false, err
+		}
+		vms[i] = vm
+	}
+
+	buildDir, err := os.MkdirTemp("", "keyguard-vmtest-")
+	if err != nil {
+		return false, err
+	}
+	if cfg.keep {
+		os.RemoveAll(buildDir)
+		buildDir = filepath.Join(cfg.root, "testvm", "out", "build")
+		if err := os.RemoveAll(buildDir); err != nil {
+			return false, err
+		}
+		if err := os.MkdirAll(buildDir, 0o755); err != nil {
+			return false, err
+		}
+	} else {
+		defer os.RemoveAll(buildDir)
+	}
+	img, err := buildImage(ctx, log, cfg, buildDir)
+	if err != nil {
+		return false, err
+	}
+	log.Info("image built", "suites", len(img.suites), "bins", len(img.bins), "initramfs_MB", fmt.Sprintf("%.1f", float64(img.size)/1e6), "seconds", fmt.Sprintf("%.1f", img.buildTime.Seconds()))
+
+	sem := make(chan struct{}, cfg.parallel)
+	done := make(chan struct{})
+	for _, vm := range vms {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			runVM(ctx, log, cfg, img, vm)
+		}()
+	}
+	for range vms {
+		<-done
+	}
+	ok := report(os.Stdout, cfg, img, vms, time.Since(total))
+	if cfg.keep {
+		fmt.Printf("\nkept %s; boot by hand with the command in testvm/out/<series>/qemu.txt\n", buildDir)
+	}
+	return ok, nil
+}

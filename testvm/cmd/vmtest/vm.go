@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/keyguard/keyguard/testvm/console"
+)
+
+type vmResult struct {
+	series  string
+	vmlinuz string
+	pkg     string // "<package> <version>" from the cache
+	outDir  string
+
+	sess      *session
+	fails     []string
+	wall      time.Duration
+	qemuStart time.Time
+}
+
+// findKernel locates CACHE/kernels/<series>/vmlinuz and warns when it is not the pinned package.
+func findKernel(cache, root, series string) (*vmResult, error) {
+	dir := filepath.Join(cache, "kernels", series)
+	vm := &vmResult{series: series, vmlinuz: filepath.Join(dir, "vmlinuz"), outDir: filepath.Join(root, "testvm", "out", series)}
+	if _, err := os.Stat(vm.vmlinuz); err != nil {
+		return nil, fmt.Errorf("kernel %s is not in the cache (%w): run `bash testvm/setup.sh %s` (make deps) first, and check that testvm/kernels.txt lists %s", series, err, cache, series)
+	}
+	pkg, err := os.ReadFile(filepath.Join(dir, "package"))
+	if err != nil {
+		return nil, fmt.Errorf("kernel %s: %w: rerun testvm/setup.sh", series, err)
+	}
+	vm.pkg = strings.TrimSpace(string(pkg))
+	return vm, nil
+}
+
+// cmdline is the kernel command line: the guest /init reads the KEYGUARD_* words as environment.
+// Free-form values travel base64url-encoded so that quoting never matters.
+func cmdline(cfg *config, series string) string {
+	b64 := base64.RawURLEncoding.EncodeToString
+	mode := "test"
+	if cfg.demo {
+		mode = "demo"
+	}
+	words := []string{"console=ttyS0", "quiet", "panic=-1",
+		"KEYGUARD_KERNEL=" + series, "KEYGUARD_MODE=" + mode,
+		"KEYGUARD_SUITE_TIMEOUT=" + strconv.Itoa(int(cfg.suiteTimeout.Seconds()))}
+	for _, kv := range []struct{ k, v string }{{"KEYGUARD_RUN", cfg.run}, {"KEYGUARD_BENCH", cfg.bench}, {"KEYGUARD_BENCHTIME", cfg.benchtime}, {"KEYGUARD_ENV", strings.Join(cfg.env, "\x00")}} {
+		if kv.v != "" {
+			words = append(words, kv.k+"="+b64([]byte(kv.v)))
+		}
+	}
+	var out []string
+	for _, w := range words {
+		if w != "" {
+			out = append(out, w)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+func qemuArgs(cfg *config, img *image, vm *vmResult) []string {
+	return []string{
+		"-accel", "tcg,thread=single", // multi-threaded TCG crashed 6.12 while patching code (notes/kernel.md)
+		"-m", strconv.Itoa(cfg.memMB), "-smp", strconv.Itoa(cfg.cpus),
+		"-nographic", "-no-reboot", "-nic", "none",
+		"-kernel", vm.vmlinuz, "-initrd", img.path,
+		"-append", cmdline(cfg, vm.series),
+	}
+}
+
+// runVM boots one kernel and fills vm.sess and vm.fails.
+func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *vmResult) {
+	start := time.Now()
+	defer func() { vm.wall = time.Since(start) }()
+	if err := os.RemoveAll(vm.outDir); err != nil {
+		vm.fails = []string{err.Error()}
+		return
+	}
+	if err := os.MkdirAll(vm.outDir, 0o755); err != nil {
+		vm.fails = []string{err.Error()}
+		return
+	}
+	var names []string
+	for _, s := range img.suites {
+		names = append(names, s.name)
+	}
+	if cfg.demo {
+		names = []string{"demo"}
+	}
+	var live io.Writer
+	switch {
+	case cfg.demo:
+		live = os.Stdout
+	case cfg.verbose:
+		live = &prefixWriter{prefix: "[" + vm.series + "] ", w: os.Stdout}
+	}
+	vm.sess = newSession(vm.series, vm.outDir, names, cfg.demo, live)
+
+	args := qemuArgs(cfg, img, vm)
+	quoted := make([]string, len(args))
+	for i, a := range args {
+		quoted[i] = shellQuote(a)
+	}
+	_ = os.WriteFile(filepath.Join(vm.outDir, "qemu.txt"), []byte("qemu-system-x86_64 "+strings.Join(quoted, " ")+"\n"), 0o644)
+
+	serial, err := os.Create(filepath.Join(vm.outDir, "serial.log"))
+	if err != nil {
+		vm.fails = []string{err.Error()}
+		return
+	}
+	defer serial.Close()
+
+	vctx, cancel := context.WithTimeout(ctx, cfg.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(vctx, "qemu-system-x86_64", args...)
+	cmd.Stdin = nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C goes to vmtest, which kills QEMU
+	cmd.WaitDelay = 5 * time.Second
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		vm.fails = []string{err.Error()}
+		return
+	}
+	log.Info("booting", "kernel", vm.series, "package", vm.pkg)
+	vm.qemuStart = time.Now()
+	if err := cmd.Start(); err != nil {
+		vm.fails = []string{fmt.Sprintf("starting qemu-system-x86_64: %v (is qemu-system-x86 installed? make deps)", err)}
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_ = console.Lines(io.TeeReader(stdout, serial), func(line string) {
+			vm.sess.feed(line, time.Since(vm.qemuStart))
+			if !cfg.demo && !cfg.verbose {
+				progress(log, vm, line)
+			}
+		})
+	}()
+	wg.Wait()
+	waitErr := cmd.Wait()
+	var runErr error
+	switch {
+	case errors.Is(vctx.Err(), context.DeadlineExceeded):
+		runErr = fmt.Errorf("timed out: the VM ran longer than -timeout %s and was killed", cfg.timeout)
+	case ctx.Err() != nil:
+		runErr = fmt.Errorf("interrupted")
+	case waitErr != nil:
+		runErr = fmt.Errorf("qemu-system-x86_64: %v: %s", waitErr, strings.TrimSpace(stderr.String()))
+	}
+	vm.fails = vm.sess.finish(runErr)
+	if err := os.WriteFile(filepath.Join(vm.outDir, "bench.txt"), vm.sess.bench.Bytes(), 0o644); err != nil {
+		vm.fails = append(vm.fails, err.Error())
+	}
+	if vm.sess.bench.Len() == 0 {
+		os.Remove(filepath.Join(vm.outDir, "bench.txt"))
+	}
+}
+
+// progress logs suite boundaries as they happen, so a long CI run shows signs of life.
+func progress(log *slog.Logger, vm *vmResult, line string) {
+	_, rec, ok := console.ParseLine(line)
+	if !ok {
+		return
+	}
+	switch rec.Kind {
+	case console.KindInit:
+		log.Info("guest up", "kernel", vm.series, "release", rec.Fields["release"], "uptime", rec.Fields["uptime"])
+	case console.KindEnd:
+		log.Info("suite done", "kernel", vm.series, "suite", rec.Arg(0), "exit", rec.Int("exit"), "seconds", rec.Fields["seconds"])
+	case console.KindNote:
+		log.Warn("guest", "kernel", vm.series, "note", rec.Arg(0))
+	}
+}
+
+type prefixWriter struct {
+	mu     sync.Mutex
+	prefix string
+	w      io.Writer
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range strings.SplitAfter(string(b), "\n") {
+		if l != "" {
+			if _, err := io.WriteString(p.w, p.prefix+l); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return len(b), nil
+}
+
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_=.,/:+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}

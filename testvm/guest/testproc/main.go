@@ -1,0 +1,263 @@
+// Command testproc is the victim and the attacker of keyguard's VM tests.
+//
+//	testproc hold [-threads N] [-keyfile PATH] [-keyfile-thread] [-wait-stdin] [-spawn EXE]
+//	    puts a secret in its heap and prints one line
+//	    "READY pid=P tids=T1,T2 addr=0xA len=N child=C" then sleeps until killed.
+//	    -wait-stdin: print "WAITING pid=P ..." first and open the key file only after a line on stdin.
+//	    -spawn EXE: fork+exec "EXE hold" and report its pid as child=.
+//	testproc attack OP PID [TID] [ADDR]
+//	    performs one read of PID's memory by OP and prints "OK <bytes>" or "ERR <errno>".
+//	    OPS: attach seize mem taskmem vmreadv environ taskenviron pidfd_getfd
+//	testproc exec-attack EXE
+//	    starts "EXE hold" and attacks /proc/PID/mem the instant exec returns; prints OK or ERR.
+//	testproc loop-attack PID ADDR SECONDS
+//	    reads /proc/PID/mem every millisecond for SECONDS; prints "SUCCESSES n FAILURES m".
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Secret is what the tests look for in the victim's memory.
+const Secret = "KEYGUARD-TEST-SECRET-0123456789abcdef"
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: testproc hold|attack|exec-attack|loop-attack ...")
+		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "hold":
+		hold(os.Args[2:])
+	case "attack":
+		if len(os.Args) < 4 {
+			fmt.Fprintln(os.Stderr, "usage: testproc attack OP PID [TID] [ADDR]")
+			os.Exit(2)
+		}
+		pid, _ := strconv.Atoi(os.Args[3])
+		tid, addr := pid, uint64(0)
+		if len(os.Args) > 4 {
+			tid, _ = strconv.Atoi(os.Args[4])
+		}
+		if len(os.Args) > 5 {
+			addr, _ = strconv.ParseUint(strings.TrimPrefix(os.Args[5], "0x"), 16, 64)
+		}
+		n, err := Attack(os.Args[2], pid, tid, addr)
+		report(n, err)
+	case "exec-attack":
+		cmd := exec.Command(os.Args[2], "hold")
+		cmd.Stdout = os.Stderr
+		if err := cmd.Start(); err != nil {
+			fmt.Println("ERR start", err)
+			os.Exit(1)
+		}
+		// Start returns once exec has succeeded in the child.
+		n, err := Attack("mem", cmd.Process.Pid, cmd.Process.Pid, 0)
+		cmd.Process.Kill()
+		cmd.Wait()
+		report(n, err)
+	case "loop-attack":
+		pid, _ := strconv.Atoi(os.Args[2])
+		addr, _ := strconv.ParseUint(strings.TrimPrefix(os.Args[3], "0x"), 16, 64)
+		secs, _ := strconv.Atoi(os.Args[4])
+		ok, fail := 0, 0
+		for end := time.Now().Add(time.Duration(secs) * time.Second); time.Now().Before(end); {
+			if _, err := Attack("mem", pid, pid, addr); err == nil {
+				ok++
+			} else {
+				fail++
+			}
+			time.Sleep(time.Millisecond)
+		}
+		fmt.Printf("SUCCESSES %d FAILURES %d\n", ok, fail)
+	default:
+		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
+		os.Exit(2)
+	}
+}
+
+func report(n int, err error) {
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			fmt.Println("ERR", unix.ErrnoName(errno))
+		} else {
+			fmt.Println("ERR", err)
+		}
+		return
+	}
+	fmt.Println("OK", n)
+}
+
+var secret []byte
+
+func hold(args []string) {
+	threads, keyfile, keyThread, waitStdin, spawn := 0, "", false, false, ""
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "-threads":
+			i++
+			threads, _ = strconv.Atoi(args[i])
+		case "-keyfile":
+			i++
+			keyfile = args[i]
+		case "-keyfile-thread":
+			keyThread = true
+		case "-wait-stdin":
+			waitStdin = true
+		case "-spawn":
+			i++
+			spawn = args[i]
+		}
+	}
+	secret = make([]byte, 4096)
+	copy(secret, Secret)
+	tids := []int{unix.Gettid()}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < threads; i++ {
+		wg.Add(1)
+		go func() {
+			runtime.LockOSThread() // this goroutine keeps its own OS thread for good
+			mu.Lock()
+			tids = append(tids, unix.Gettid())
+			mu.Unlock()
+			wg.Done()
+			select {}
+		}()
+	}
+	wg.Wait()
+	child := 0
+	if spawn != "" {
+		c := exec.Command(spawn, "hold")
+		c.Stdout = os.Stderr
+		if err := c.Start(); err != nil {
+			fmt.Println("ERR spawn", err)
+			os.Exit(1)
+		}
+		child = c.Process.Pid
+	}
+	line := func(word string) {
+		ts := make([]string, len(tids))
+		for i, t := range tids {
+			ts[i] = strconv.Itoa(t)
+		}
+		fmt.Printf("%s pid=%d tids=%s addr=0x%x len=%d child=%d\n", word, os.Getpid(), strings.Join(ts, ","),
+			uintptr(unsafe.Pointer(&secret[0])), len(Secret), child)
+	}
+	if keyfile != "" {
+		if waitStdin {
+			line("WAITING")
+			bufio.NewReader(os.Stdin).ReadString('\n')
+		}
+		open := func() {
+			f, err := os.Open(keyfile)
+			if err != nil {
+				fmt.Println("ERR open key", err)
+				os.Exit(1)
+			}
+			f.Close()
+		}
+		if keyThread {
+			done := make(chan struct{})
+			go func() {
+				runtime.LockOSThread()
+				open()
+				close(done)
+			}()
+			<-done
+		} else {
+			open()
+		}
+	}
+	line("READY")
+	select {}
+}
+
+// Attack reads the target's memory (or secrets) by one path and returns how many bytes it got.
+func Attack(op string, pid, tid int, addr uint64) (int, error) {
+	buf := make([]byte, 64)
+	switch op {
+	case "attach", "seize":
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var err error
+		if op == "attach" {
+			err = unix.PtraceAttach(tid)
+		} else {
+			err = unix.PtraceSeize(tid)
+		}
+		if err != nil {
+			return 0, err
+		}
+		if op == "attach" {
+			var ws unix.WaitStatus
+			unix.Wait4(tid, &ws, unix.WALL, nil)
+		} else {
+			unix.PtraceInterrupt(tid)
+			var ws unix.WaitStatus
+			unix.Wait4(tid, &ws, unix.WALL, nil)
+		}
+		n, err := unix.PtracePeekData(tid, uintptr(addrOr(addr)), buf)
+		unix.PtraceDetach(tid)
+		return n, err
+	case "mem", "taskmem":
+		path := fmt.Sprintf("/proc/%d/mem", pid)
+		if op == "taskmem" {
+			path = fmt.Sprintf("/proc/%d/task/%d/mem", pid, tid)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		if addr == 0 {
+			return 0, nil // open is the checked step
+		}
+		return f.ReadAt(buf, int64(addr))
+	case "vmreadv":
+		local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
+		remote := []unix.RemoteIovec{{Base: uintptr(addrOr(addr)), Len: len(buf)}}
+		return unix.ProcessVMReadv(tid, local, remote, 0)
+	case "environ", "taskenviron":
+		path := fmt.Sprintf("/proc/%d/environ", pid)
+		if op == "taskenviron" {
+			path = fmt.Sprintf("/proc/%d/task/%d/environ", pid, tid)
+		}
+		b, err := os.ReadFile(path)
+		return len(b), err
+	case "pidfd_getfd":
+		pfd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			return 0, err
+		}
+		defer unix.Close(pfd)
+		fd, err := unix.PidfdGetfd(pfd, 0, 0)
+		if err != nil {
+			return 0, err
+		}
+		unix.Close(fd)
+		return 1, nil
+	}
+	return 0, fmt.Errorf("unknown attack %q", op)
+}
+
+func addrOr(a uint64) uint64 {
+	if a == 0 {
+		return 0x400000 // mapped in a non-PIE Go binary
+	}
+	return a
+}
