@@ -1,0 +1,62 @@
+package store
+
+import (
+	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+)
+
+// KindOf returns the EventKind of an event's oneof, or EVENT_KIND_UNSPECIFIED when none is set.
+func KindOf(ev *pb.Event) pb.EventKind {
+	switch ev.GetKind().(type) {
+	case *pb.Event_MemoryAccess:
+		return pb.EventKind_EVENT_KIND_MEMORY_ACCESS
+	case *pb.Event_ProtectionChange:
+		return pb.EventKind_EVENT_KIND_PROTECTION_CHANGE
+	case *pb.Event_CoreDump:
+		return pb.EventKind_EVENT_KIND_CORE_DUMP
+	case *pb.Event_KeyFileAccess:
+		return pb.EventKind_EVENT_KIND_KEY_FILE_ACCESS
+	case *pb.Event_SideDoor:
+		return pb.EventKind_EVENT_KIND_SIDE_DOOR
+	case *pb.Event_BreakGlass:
+		return pb.EventKind_EVENT_KIND_BREAK_GLASS
+	case *pb.Event_AgentHealth:
+		return pb.EventKind_EVENT_KIND_AGENT_HEALTH
+	case *pb.Event_LossReport:
+		return pb.EventKind_EVENT_KIND_LOSS_REPORT
+	}
+	return pb.EventKind_EVENT_KIND_UNSPECIFIED
+}
+
+// index holds the columns queries filter on, derived from the payload (verify re-derives and compares them).
+type index struct {
+	kind      pb.EventKind
+	decision  pb.Decision
+	rule      string
+	proc      *pb.Process // accessor or subject process
+	target    *pb.Process
+	timeNanos int64
+}
+
+func indexOf(ev *pb.Event) index {
+	ix := index{kind: KindOf(ev)}
+	if t := ev.GetTime(); t != nil {
+		ix.timeNanos = t.AsTime().UnixNano()
+	}
+	switch k := ev.GetKind().(type) {
+	case *pb.Event_MemoryAccess:
+		ix.decision, ix.rule = k.MemoryAccess.GetDecision(), k.MemoryAccess.GetRule()
+		ix.proc, ix.target = k.MemoryAccess.GetAccessor(), k.MemoryAccess.GetTarget()
+	case *pb.Event_ProtectionChange:
+		ix.rule, ix.proc = k.ProtectionChange.GetRule(), k.ProtectionChange.GetProcess()
+	case *pb.Event_CoreDump:
+		ix.rule, ix.proc = k.CoreDump.GetRule(), k.CoreDump.GetProcess()
+	case *pb.Event_KeyFileAccess:
+		ix.decision, ix.rule, ix.proc = k.KeyFileAccess.GetDecision(), k.KeyFileAccess.GetRule(), k.KeyFileAccess.GetProcess()
+	case *pb.Event_SideDoor:
+		ix.decision, ix.rule = k.SideDoor.GetDecision(), k.SideDoor.GetRule()
+		ix.proc, ix.target = k.SideDoor.GetAccessor(), k.SideDoor.GetTarget()
+	case *pb.Event_BreakGlass:
+		ix.rule = k.BreakGlass.GetRule()
+	}
+	return ix
+}

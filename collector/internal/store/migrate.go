@@ -1,0 +1,182 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// migration is one schema step; versions are applied in order, each once.
+type migration struct {
+	version  int
+	sqlite   []string
+	postgres []string
+}
+
+var migrations = []migration{
+	{
+		version: 1,
+		sqlite: []string{
+			`CREATE TABLE hosts (
+				host TEXT PRIMARY KEY,
+				first_seen_ns INTEGER NOT NULL,
+				last_seen_ns INTEGER NOT NULL,
+				acked_seq INTEGER NOT NULL DEFAULT 0,
+				max_seq INTEGER NOT NULL DEFAULT 0,
+				event_count INTEGER NOT NULL DEFAULT 0,
+				chain_len INTEGER NOT NULL DEFAULT 0,
+				chain_head BLOB NOT NULL,
+				chain_base_pos INTEGER NOT NULL DEFAULT 0,
+				chain_base_hash BLOB NOT NULL,
+				agent_version TEXT NOT NULL DEFAULT '',
+				boot_id TEXT NOT NULL DEFAULT '',
+				latest_seq INTEGER NOT NULL DEFAULT 0,
+				last_health BLOB,
+				last_health_seq INTEGER NOT NULL DEFAULT 0,
+				last_health_ns INTEGER NOT NULL DEFAULT 0
+			)`,
+			`CREATE TABLE events (
+				id INTEGER PRIMARY KEY AUTOINCREMENT,
+				host TEXT NOT NULL,
+				seq INTEGER NOT NULL,
+				chain_pos INTEGER NOT NULL,
+				time_ns INTEGER NOT NULL,
+				receive_ns INTEGER NOT NULL,
+				kind INTEGER NOT NULL,
+				decision INTEGER NOT NULL,
+				rule TEXT NOT NULL,
+				proc_pid INTEGER NOT NULL,
+				proc_comm TEXT NOT NULL,
+				proc_exe TEXT NOT NULL,
+				target_pid INTEGER NOT NULL,
+				target_comm TEXT NOT NULL,
+				target_exe TEXT NOT NULL,
+				payload BLOB NOT NULL,
+				digest BLOB NOT NULL,
+				prev_hash BLOB NOT NULL,
+				hash BLOB NOT NULL,
+				collector TEXT NOT NULL,
+				UNIQUE (host, seq),
+				UNIQUE (host, chain_pos)
+			)`,
+			`CREATE INDEX events_time ON events (time_ns, host, seq)`,
+			`CREATE INDEX events_kind_time ON events (kind, time_ns)`,
+			`CREATE INDEX events_host_receive ON events (host, receive_ns)`,
+			`CREATE TABLE seq_gaps (
+				host TEXT NOT NULL,
+				first_seq INTEGER NOT NULL,
+				last_seq INTEGER NOT NULL,
+				PRIMARY KEY (host, first_seq)
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE hosts (
+				host TEXT PRIMARY KEY,
+				first_seen_ns BIGINT NOT NULL,
+				last_seen_ns BIGINT NOT NULL,
+				acked_seq BIGINT NOT NULL DEFAULT 0,
+				max_seq BIGINT NOT NULL DEFAULT 0,
+				event_count BIGINT NOT NULL DEFAULT 0,
+				chain_len BIGINT NOT NULL DEFAULT 0,
+				chain_head BYTEA NOT NULL,
+				chain_base_pos BIGINT NOT NULL DEFAULT 0,
+				chain_base_hash BYTEA NOT NULL,
+				agent_version TEXT NOT NULL DEFAULT '',
+				boot_id TEXT NOT NULL DEFAULT '',
+				latest_seq BIGINT NOT NULL DEFAULT 0,
+				last_health BYTEA,
+				last_health_seq BIGINT NOT NULL DEFAULT 0,
+				last_health_ns BIGINT NOT NULL DEFAULT 0
+			)`,
+			`CREATE TABLE events (
+				id BIGSERIAL PRIMARY KEY,
+				host TEXT NOT NULL,
+				seq BIGINT NOT NULL,
+				chain_pos BIGINT NOT NULL,
+				time_ns BIGINT NOT NULL,
+				receive_ns BIGINT NOT NULL,
+				kind SMALLINT NOT NULL,
+				decision SMALLINT NOT NULL,
+				rule TEXT NOT NULL,
+				proc_pid BIGINT NOT NULL,
+				proc_comm TEXT NOT NULL,
+				proc_exe TEXT NOT NULL,
+				target_pid BIGINT NOT NULL,
+				target_comm TEXT NOT NULL,
+				target_exe TEXT NOT NULL,
+				payload BYTEA NOT NULL,
+				digest BYTEA NOT NULL,
+				prev_hash BYTEA NOT NULL,
+				hash BYTEA NOT NULL,
+				collector TEXT NOT NULL,
+				UNIQUE (host, seq),
+				UNIQUE (host, chain_pos)
+			)`,
+			`CREATE INDEX events_time ON events (time_ns, host, seq)`,
+			`CREATE INDEX events_kind_time ON events (kind, time_ns)`,
+			`CREATE INDEX events_host_receive ON events (host, receive_ns)`,
+			`CREATE TABLE seq_gaps (
+				host TEXT NOT NULL,
+				first_seq BIGINT NOT NULL,
+				last_seq BIGINT NOT NULL,
+				PRIMARY KEY (host, first_seq)
+			)`,
+		},
+	},
+}
+
+// migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.
+const migrationLockID = 0x6b6579677561 // "keygua"
+
+func (s *Store) migrate(ctx context.Context) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin migration: %w", err)
+	}
+	defer tx.Rollback()
+	if s.backend == Postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLockID)); err != nil {
+			return fmt.Errorf("lock for migration: %w", err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_ns BIGINT NOT NULL)`); err != nil {
+		return fmt.Errorf("create schema_migrations: %w", err)
+	}
+	current := 0
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&current); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	latest := migrations[len(migrations)-1].version
+	if current > latest {
+		return fmt.Errorf("database schema version %d is newer than this collector understands (%d): upgrade the collector", current, latest)
+	}
+	for _, m := range migrations {
+		if m.version <= current {
+			continue
+		}
+		stmts := m.sqlite
+		if s.backend == Postgres {
+			stmts = m.postgres
+		}
+		for _, q := range stmts {
+			if _, err := tx.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("migration %d: %w", m.version, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_ns) VALUES ($1, $2)`, m.version, time.Now().UnixNano()); err != nil {
+			return fmt.Errorf("record migration %d: %w", m.version, err)
+		}
+		s.log.Info("applied schema migration", "version", m.version, "backend", s.backend)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit migrations: %w", err)
+	}
+	return nil
+}
+
+// SchemaVersion returns the applied schema version.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	v := 0
+	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
+	return v, err
+}

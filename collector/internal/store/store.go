@@ -1,0 +1,164 @@
+// Package store keeps events in SQLite (embedded, default) or PostgreSQL (shared by several collectors):
+// schema migrations, exactly-once append with the per-host hash chain, queries, chain verification and
+// retention.
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/keyguard/keyguard/collector/internal/chain"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver (pure Go)
+)
+
+// Backend names a storage engine.
+type Backend string
+
+// Backends.
+const (
+	SQLite   Backend = "sqlite"
+	Postgres Backend = "postgres"
+)
+
+// DefaultMaxAhead is how far beyond a host's acknowledged sequence number an event may be.
+const DefaultMaxAhead = 1 << 22
+
+// Errors callers map to gRPC codes.
+var (
+	// ErrConflict: a sequence number already stored arrived with different content.
+	ErrConflict = errors.New("sequence number already stored with different content")
+	// ErrInvalid: the input cannot be stored as given.
+	ErrInvalid = errors.New("invalid input")
+)
+
+// Options configure Open.
+type Options struct {
+	// DSN is "postgres://..." / "postgresql://..." for PostgreSQL, otherwise a SQLite file path
+	// (optionally prefixed "sqlite:").
+	DSN string
+	// Collector names this collector instance in stored rows.
+	Collector string
+	// ChainKey, when set, makes chain hashes HMAC-SHA256 with this key (all collectors sharing a
+	// database must use the same key, and verification needs it).
+	ChainKey []byte
+	// MaxAhead bounds seq - acked_seq for accepted events (0 = DefaultMaxAhead).
+	MaxAhead uint64
+	// Logger receives operational messages (nil = discard).
+	Logger *slog.Logger
+}
+
+// Store is an open event database. It is safe for concurrent use.
+type Store struct {
+	db        *sql.DB
+	backend   Backend
+	hasher    chain.Hasher
+	collector string
+	maxAhead  uint64
+	log       *slog.Logger
+}
+
+// ParseDSN says which backend a DSN selects and returns the driver name and driver DSN.
+func ParseDSN(dsn string) (Backend, string, string, error) {
+	switch {
+	case strings.HasPrefix(dsn, "postgres://"), strings.HasPrefix(dsn, "postgresql://"):
+		return Postgres, "pgx", dsn, nil
+	case dsn == "":
+		return "", "", "", fmt.Errorf("%w: empty storage DSN: give a SQLite file path or a postgres:// URL", ErrInvalid)
+	}
+	path := strings.TrimPrefix(dsn, "sqlite:")
+	path = strings.TrimPrefix(path, "//")
+	if path == "" {
+		return "", "", "", fmt.Errorf("%w: SQLite DSN %q has no file path", ErrInvalid, dsn)
+	}
+	if strings.ContainsAny(path, "?#") {
+		return "", "", "", fmt.Errorf("%w: SQLite path %q must not contain '?' or '#'", ErrInvalid, path)
+	}
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(30000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)") // an acknowledged commit survives power loss, not only a crash
+	q.Add("_txlock", "immediate")
+	return SQLite, "sqlite", "file:" + path + "?" + q.Encode(), nil
+}
+
+// Open connects, applies pending migrations and returns the store.
+func Open(ctx context.Context, opts Options) (*Store, error) {
+	backend, driver, dsn, err := ParseDSN(opts.DSN)
+	if err != nil {
+		return nil, err
+	}
+	if backend == SQLite {
+		path := strings.TrimPrefix(strings.TrimPrefix(opts.DSN, "sqlite:"), "//")
+		if dir := filepath.Dir(path); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("create directory for SQLite database %s: %w", path, err)
+			}
+		}
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open %s database: %w", backend, err)
+	}
+	if backend == SQLite {
+		db.SetMaxOpenConns(8)
+	} else {
+		db.SetMaxOpenConns(16)
+	}
+	db.SetConnMaxIdleTime(5 * time.Minute)
+	pingCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := db.PingContext(pingCtx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to %s database (check the DSN, that the server runs and the credentials): %w", backend, err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Store{
+		db:        db,
+		backend:   backend,
+		hasher:    chain.NewHasher(opts.ChainKey),
+		collector: opts.Collector,
+		maxAhead:  opts.MaxAhead,
+		log:       log,
+	}
+	if s.maxAhead == 0 {
+		s.maxAhead = DefaultMaxAhead
+	}
+	if s.collector == "" {
+		s.collector, _ = os.Hostname()
+	}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Backend returns the storage engine in use.
+func (s *Store) Backend() Backend { return s.backend }
+
+// DB exposes the underlying handle (tests use it to tamper with rows).
+func (s *Store) DB() *sql.DB { return s.db }
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// forUpdate is the row-locking suffix for SELECTs inside a write transaction.
+func (s *Store) forUpdate() string {
+	if s.backend == Postgres {
+		return " FOR UPDATE"
+	}
+	return "" // SQLite write transactions are BEGIN IMMEDIATE: the whole database is locked already
+}
