@@ -118,6 +118,9 @@ func (r *Reader) Next(maxRecords, maxBytes int, fn func(Record) error) (int, err
 				s.mu.Lock()
 				s.corrupt += lost
 				s.pending.Unknown += lost
+				if lost > 0 {
+					s.pending.gone(last-lost+1, last)
+				}
 				s.pending.widen(time.Now())
 				s.mu.Unlock()
 				s.log.Error("spool: damaged record in a durable segment; skipping the rest of the segment",

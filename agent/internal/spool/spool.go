@@ -75,6 +75,26 @@ type Loss struct {
 	Unknown uint64
 	// Start and End bound the time of the drops.
 	Start, End time.Time
+	// Gone lists the sequence numbers that were assigned and then evicted or destroyed, merged
+	// into ranges, in the order they went. At most MaxLossRanges ranges are listed (the counts above
+	// are always complete). Refused records never got a sequence number.
+	Gone []SeqRange
+}
+
+// SeqRange is an inclusive range of sequence numbers.
+type SeqRange struct{ First, Last uint64 }
+
+// MaxLossRanges bounds Loss.Gone.
+const MaxLossRanges = 1024
+
+func (l *Loss) gone(first, last uint64) {
+	if n := len(l.Gone); n > 0 && l.Gone[n-1].Last+1 >= first && l.Gone[n-1].Last < last {
+		l.Gone[n-1].Last = last
+		return
+	}
+	if len(l.Gone) < MaxLossRanges {
+		l.Gone = append(l.Gone, SeqRange{first, last})
+	}
 }
 
 // Total is the number of records lost.
@@ -304,6 +324,20 @@ func (s *Spool) recover() error {
 	if err != nil {
 		return fmt.Errorf("spool: read directory: %w", err)
 	}
+	var renum []string
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), renumSuffix) {
+			renum = append(renum, e.Name())
+		}
+	}
+	if len(renum) > 0 {
+		if err := s.finishRenumber(renum); err != nil {
+			return err
+		}
+		if entries, err = os.ReadDir(dir); err != nil {
+			return fmt.Errorf("spool: read directory: %w", err)
+		}
+	}
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasSuffix(name, ".tmp") {
@@ -337,10 +371,12 @@ func (s *Spool) recover() error {
 			// Every segment but the newest was sealed before the next one was created: this one
 			// was damaged after it was fsynced. Records between its last good one and the next
 			// segment are gone (an upper bound if some of them had been evicted and reported).
-			if nb := s.segs[i+1].base; nb > max(lastSeq, g.base-1)+1 {
-				lost := nb - 1 - max(lastSeq, g.base-1)
+			// Numbers already acknowledged do not count: those records were delivered.
+			if nb, from := s.segs[i+1].base, max(lastSeq, g.base-1, s.acked); nb > from+1 {
+				lost := nb - 1 - from
 				s.corrupt += lost
 				s.pending.Unknown += lost
+				s.pending.gone(nb-lost, nb-1)
 				s.pending.widen(now)
 				s.log.Error("spool: damaged segment truncated; records lost", "file", g.path, "lost", lost)
 			}
@@ -716,6 +752,9 @@ func (s *Spool) rewrite(g *segment, drop int, now time.Time) error {
 			lost := g.last - lastSeen
 			s.corrupt += lost
 			s.pending.Unknown += lost
+			if lost > 0 {
+				s.pending.gone(lastSeen+1, g.last)
+			}
 			s.pending.widen(now)
 			s.log.Error("spool: damaged segment found while compacting; records lost", "file", g.path, "lost", lost, "reason", err)
 			break
@@ -726,6 +765,7 @@ func (s *Spool) rewrite(g *segment, drop int, now time.Time) error {
 		}
 		if int(rec.Priority) == drop {
 			s.pending.add(rec.Kind, 1, now)
+			s.pending.gone(rec.Seq, rec.Seq)
 			evicted++
 			continue
 		}
@@ -844,13 +884,8 @@ func (s *Spool) Ack(seq uint64) error {
 		s.log.Warn("spool: acknowledgement beyond the last durable record ignored", "ack", seq, "durable", s.durable)
 		seq = s.durable
 	}
-	s.acked = seq
-	var buf [16]byte
-	binary.LittleEndian.PutUint64(buf[0:], seq)
-	binary.LittleEndian.PutUint32(buf[8:], crc32.Checksum(buf[:8], castagnoli))
-	copy(buf[12:], "KGAK")
-	if _, err := s.ackFile.WriteAt(buf[:], 0); err != nil {
-		return fmt.Errorf("spool: write acknowledgement: %w", err)
+	if err := s.writeAck(seq, false); err != nil {
+		return err
 	}
 	n := 0
 	for n < len(s.segs)-1 && s.segs[n].last <= seq {
@@ -860,10 +895,9 @@ func (s *Spool) Ack(seq uint64) error {
 		return nil
 	}
 	// The acknowledgement must be on disk before the records it covers disappear.
-	if err := s.ackFile.Sync(); err != nil {
-		return fmt.Errorf("spool: sync acknowledgement: %w", err)
+	if err := s.writeAck(seq, true); err != nil {
+		return err
 	}
-	s.ackSync = seq
 	for _, g := range s.segs[:n] {
 		if err := os.Remove(g.path); err != nil {
 			return fmt.Errorf("spool: remove acknowledged segment: %w", err)

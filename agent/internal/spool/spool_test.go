@@ -673,3 +673,124 @@ func TestReaderDuringEviction(t *testing.T) {
 		t.Fatalf("read %d records; stats %+v", got, s.Stats())
 	}
 }
+
+func reencodeTest(newSeq uint64, payload, dst []byte) []byte {
+	// Test payloads start "seq=N kind=K|": rewrite N.
+	rest := payload[bytes.IndexByte(payload, ' '):]
+	return append(fmt.Appendf(dst, "seq=%d", newSeq), rest...)
+}
+
+func copyDir(t *testing.T, from, to string, rename func(string) string) {
+	t.Helper()
+	entries, err := os.ReadDir(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() == "LOCK" {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(to, rename(e.Name())), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRenumber moves unacknowledged records above numbers a collector already holds, and checks
+// that an interrupted renumbering is completed or discarded by Open depending on its commit point.
+func TestRenumber(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(dir)
+	cfg.MaxBytes = 1 << 20
+	cfg.SegmentBytes = 8 << 10
+	s := open(t, cfg)
+	appendN(t, s, 300, kindDeny, PriorityKeep, 60)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(100); err != nil {
+		t.Fatal(err)
+	}
+	before := t.TempDir()
+	copyDir(t, dir, before, func(n string) string { return n })
+
+	if err := s.Renumber(50, reencodeTest); err == nil {
+		t.Fatal("Renumber below the next sequence number succeeded")
+	}
+	if err := s.Renumber(10001, reencodeTest); err != nil {
+		t.Fatal(err)
+	}
+	check := func(s *Spool) {
+		t.Helper()
+		st := s.Stats()
+		if st.AckedSeq != 10000 || st.NextSeq != 10201 {
+			t.Fatalf("after renumbering: acked %d next %d, want 10000 and 10201", st.AckedSeq, st.NextSeq)
+		}
+		recs := readAll(t, s, 1)
+		if len(recs) != 200 || recs[0].seq != 10001 || recs[199].seq != 10200 {
+			t.Fatalf("after renumbering read %d records", len(recs))
+		}
+		checkPayloads(t, recs)
+	}
+	check(s)
+	appendN(t, s, 1, kindDeny, PriorityKeep, 60)
+	if err := s.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if recs := readAll(t, s, 10201); len(recs) != 1 || recs[0].seq != 10201 {
+		t.Fatalf("record after renumbering: %+v", recs)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after := t.TempDir()
+	copyDir(t, dir, after, func(n string) string { return n })
+
+	t.Run("interrupted before commit", func(t *testing.T) {
+		d := t.TempDir()
+		copyDir(t, before, d, func(n string) string { return n })
+		// New segments written, acknowledgement not yet moved.
+		copyDir(t, after, d, func(n string) string {
+			if strings.HasPrefix(n, "seg-") {
+				return n + renumSuffix
+			}
+			return "ignored-" + n
+		})
+		s := open(t, testConfig(d))
+		defer s.Close()
+		st := s.Stats()
+		if st.AckedSeq != 100 || st.NextSeq != 301 {
+			t.Fatalf("uncommitted renumbering not discarded: %+v", st)
+		}
+		if recs := readAll(t, s, 101); len(recs) != 200 || recs[0].seq != 101 {
+			t.Fatalf("read %d records after discarding", len(recs))
+		}
+	})
+	t.Run("interrupted after commit", func(t *testing.T) {
+		d := t.TempDir()
+		copyDir(t, before, d, func(n string) string { return n })
+		copyDir(t, after, d, func(n string) string {
+			if strings.HasPrefix(n, "seg-") {
+				return n + renumSuffix
+			}
+			return n // the committed acknowledgement file
+		})
+		s := open(t, testConfig(d))
+		defer s.Close()
+		recs := readAll(t, s, 1)
+		if len(recs) != 201 || recs[0].seq != 10001 || recs[200].seq != 10201 {
+			for _, r := range recs {
+				t.Logf("seq %d %q", r.seq, r.data[:12])
+			}
+			t.Fatalf("committed renumbering not completed: %d records", len(recs))
+		}
+		checkPayloads(t, recs)
+		if st := s.Stats(); st.NextSeq != 10202 || st.AckedSeq != 10000 {
+			t.Fatalf("after completing: %+v", st)
+		}
+	})
+}

@@ -1,0 +1,213 @@
+package spool
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+const renumSuffix = ".renum"
+
+// Renumber moves every unacknowledged record to new sequence numbers starting at first, keeping
+// their order and any gaps between them, and continues numbering after them. It is for a spool that
+// would otherwise reuse numbers the collector already holds (the spool directory was wiped, or
+// restored from an old copy): first is then the collector's acknowledged number + 1, and must be
+// above every number this spool assigned. reencode must return the payload rewritten to carry its
+// new number, appended to dst.
+//
+// Renumbering is crash-safe: new segments are written as *.renum files, moving the
+// acknowledgement to first-1 is the commit point, and Open completes or discards an interrupted
+// renumbering.
+func (s *Spool) Renumber(first uint64, reencode func(newSeq uint64, payload, dst []byte) []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if first < s.next {
+		return fmt.Errorf("spool: renumber to %d would reuse numbers below %d", first, s.next)
+	}
+	if s.segs[len(s.segs)-1].count > 0 {
+		if err := s.rotate(); err != nil {
+			return err
+		}
+	}
+	var (
+		delta   uint64
+		out     *os.File
+		bw      *bufio.Writer
+		outPath string
+		outSize int64
+		outLast uint64
+		outN    int64
+		created []string
+		payload []byte
+	)
+	closeOut := func() error {
+		if out == nil {
+			return nil
+		}
+		bw.Write(appendFooter(nil, outLast, outN))
+		if err := bw.Flush(); err != nil {
+			return fmt.Errorf("spool: write renumbered segment: %w", err)
+		}
+		if err := out.Sync(); err != nil {
+			return fmt.Errorf("spool: sync renumbered segment: %w", err)
+		}
+		err := out.Close()
+		out = nil
+		return err
+	}
+	fail := func(err error) error {
+		if out != nil {
+			out.Close()
+		}
+		for _, p := range created {
+			os.Remove(p)
+		}
+		return err
+	}
+	for _, g := range s.segs {
+		if g.count == 0 || g.last <= s.acked {
+			continue
+		}
+		f, err := os.Open(g.path)
+		if err != nil {
+			return fail(fmt.Errorf("spool: open segment to renumber: %w", err))
+		}
+		f.Seek(int64(len(segmentMagic)), io.SeekStart)
+		rr := recordReader{r: bufio.NewReaderSize(f, 1<<20), maxBody: s.cfg.MaxRecordBytes, prevSeq: g.base - 1}
+		for {
+			rec, _, err := rr.next()
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				f.Close()
+				return fail(fmt.Errorf("spool: read segment to renumber: %w", err))
+			}
+			if rec.Seq <= s.acked {
+				continue
+			}
+			if delta == 0 {
+				delta = first - rec.Seq
+			}
+			seq := rec.Seq + delta
+			payload = reencode(seq, rec.Payload, payload[:0])
+			size := int64(RecordOverhead + len(payload))
+			if size > int64(s.cfg.MaxRecordBytes) {
+				f.Close()
+				return fail(fmt.Errorf("%w: renumbered record %d", ErrTooLarge, seq))
+			}
+			if out != nil && outSize+size > s.cfg.SegmentBytes {
+				if err := closeOut(); err != nil {
+					f.Close()
+					return fail(err)
+				}
+			}
+			if out == nil {
+				outPath = filepath.Join(s.cfg.Dir, segName(seq)+renumSuffix)
+				out, err = os.OpenFile(outPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+				if err != nil {
+					f.Close()
+					return fail(fmt.Errorf("spool: create renumbered segment: %w", err))
+				}
+				created = append(created, outPath)
+				bw = bufio.NewWriterSize(out, writeBufferSize)
+				bw.WriteString(segmentMagic)
+				outSize, outN = int64(len(segmentMagic)), 0
+			}
+			s.scratch = appendRecord(s.scratch[:0], seq, rec.Time.UnixNano(), rec.Priority, rec.Kind, payload)
+			bw.Write(s.scratch)
+			outSize += int64(len(s.scratch))
+			outLast = seq
+			outN++
+		}
+		f.Close()
+	}
+	if err := closeOut(); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(s.cfg.Dir); err != nil {
+		return fail(err)
+	}
+	// Commit: every old number is below first, so acknowledging first-1 retires all old segments.
+	if err := s.writeAck(first-1, true); err != nil {
+		return fail(err)
+	}
+	s.log.Warn("spool: unacknowledged records renumbered", "first", first, "moved_by", delta)
+	return s.reload()
+}
+
+// writeAck records the acknowledged sequence number, fsyncing if asked.
+func (s *Spool) writeAck(seq uint64, sync bool) error {
+	var buf [16]byte
+	binary.LittleEndian.PutUint64(buf[0:], seq)
+	binary.LittleEndian.PutUint32(buf[8:], crc32.Checksum(buf[:8], castagnoli))
+	copy(buf[12:], "KGAK")
+	if _, err := s.ackFile.WriteAt(buf[:], 0); err != nil {
+		return fmt.Errorf("spool: write acknowledgement: %w", err)
+	}
+	if sync {
+		if err := s.ackFile.Sync(); err != nil {
+			return fmt.Errorf("spool: sync acknowledgement: %w", err)
+		}
+		s.ackSync = seq
+	}
+	s.acked = seq
+	return nil
+}
+
+// reload drops the in-memory state and recovers it from disk.
+func (s *Spool) reload() error {
+	if s.active != nil {
+		if err := s.w.Flush(); err != nil {
+			return fmt.Errorf("spool: write records: %w", err)
+		}
+		s.active.Close()
+		s.active = nil
+	}
+	s.ackFile.Close()
+	s.ackFile = nil
+	s.segs, s.used, s.acked, s.ackSync = nil, 0, 0, 0
+	s.gen++
+	if err := s.recover(); err != nil {
+		s.closed = true
+		s.closeFiles()
+		return err
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+	return nil
+}
+
+// finishRenumber completes (acknowledgement committed) or discards an interrupted Renumber.
+func (s *Spool) finishRenumber(names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	sort.Strings(names)
+	base, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(names[0], "seg-"), ".log"+renumSuffix), 10, 64)
+	committed := base > 0 && s.acked >= base-1
+	for _, n := range names {
+		p := filepath.Join(s.cfg.Dir, n)
+		var err error
+		if committed {
+			err = os.Rename(p, strings.TrimSuffix(p, renumSuffix))
+		} else {
+			err = os.Remove(p)
+		}
+		if err != nil {
+			return fmt.Errorf("spool: finish interrupted renumbering: %w", err)
+		}
+	}
+	s.log.Warn("spool: found an interrupted renumbering", "completed", committed, "segments", len(names))
+	return syncDir(s.cfg.Dir)
+}
