@@ -3,7 +3,9 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED ?= 0
 KERNELS ?= 6.1 6.12
-CACHE ?= $(CURDIR)/.cache
+CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
+# Extra vmtest flags, e.g. make vmtest VMTEST_FLAGS="-run TestDeny -suites agent -v"
+VMTEST_FLAGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -11,7 +13,7 @@ CACHE ?= $(CURDIR)/.cache
 
 .PHONY: demo
 demo: deps ## Boot the VM with agent + sample signing service, run the attacks, show the events
-	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -demo
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -demo $(VMTEST_FLAGS)
 
 .PHONY: check
 check: deps check-generate lint test vmtest ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on both kernels
@@ -56,8 +58,8 @@ test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
 	$(GO) test -count=1 ./...
 
 .PHONY: vmtest
-vmtest: ## BPF LSM tests in QEMU on each stock kernel in KERNELS
-	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)"
+vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in testvm/out/<series>/)
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" $(VMTEST_FLAGS)
 
 .PHONY: help
 help: ## Show this help

@@ -57,11 +57,10 @@ type Writer struct {
 // NewWriter returns a Writer that writes records to w (the console).
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
-// record writes one record. A leading newline ends any partial line a test left behind; the host
-// ignores empty lines.
+// record writes one record. After a test's partial last line the record shares that line; ParseLine
+// splits it off.
 func (w *Writer) record(kind string, fields ...string) error {
 	var b strings.Builder
-	b.WriteString("\n")
 	b.WriteString(Marker)
 	b.WriteString(kind)
 	for _, f := range fields {

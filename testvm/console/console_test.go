@@ -111,7 +111,7 @@ func TestFileDamage(t *testing.T) {
 	if err := NewWriter(&buf).File("f.txt", bytes.Repeat([]byte("x"), 3*chunkBytes)); err != nil {
 		t.Fatal(err)
 	}
-	lines := strings.Split(strings.TrimSpace(buf.String()), "\n\n")
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != 4 {
 		t.Fatalf("expected 3 chunks and an end record, got %d lines", len(lines))
 	}

@@ -28,7 +28,8 @@ type suiteResult struct {
 	name                    string
 	began, ended            bool
 	exit                    int
-	timedOut                bool
+	timedOut                bool // killed by the guest /init's backstop
+	testTimedOut            bool // the test binary's own -test.timeout fired
 	seconds                 float64
 	passed, failed, skipped int      // top-level tests
 	failedTests             []string // every failed test, subtests included
@@ -143,6 +144,9 @@ func (s *session) text(line string) {
 	if len(sr.tail) > 2*tailLines {
 		sr.tail = append(sr.tail[:0], sr.tail[len(sr.tail)-tailLines:]...)
 	}
+	if strings.HasPrefix(line, "panic: test timed out after ") {
+		sr.testTimedOut = true
+	}
 	if m := testLine.FindStringSubmatch(line); m != nil {
 		top := m[1] == ""
 		switch m[2] {
@@ -226,6 +230,10 @@ func (s *session) finish(runErr error) []string {
 			fails = append(fails, fmt.Sprintf("suite %s never finished", name))
 		case sr.timedOut:
 			fails = append(fails, fmt.Sprintf("suite %s timed out after %.0fs", name, sr.seconds))
+		case sr.testTimedOut:
+			fails = append(fails, fmt.Sprintf("suite %s timed out (-suite-timeout; goroutine dump in its log)", name))
+		case sr.exit != 0 && len(sr.failedTests) == 0:
+			fails = append(fails, fmt.Sprintf("suite %s exited with status %d without a --- FAIL line (panic, log.Fatal or os.Exit: see its log)", name, sr.exit))
 		case sr.exit != 0:
 			fails = append(fails, fmt.Sprintf("suite %s exited with status %d (failed: %s)", name, sr.exit, strings.Join(sr.failedTests, ", ")))
 		case sr.failed > 0:

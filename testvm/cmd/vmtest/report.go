@@ -57,7 +57,7 @@ func report(w io.Writer, cfg *config, img *image, vms []*vmResult, total time.Du
 			switch {
 			case !sr.ended:
 				state = "INCOMPLETE"
-			case sr.timedOut:
+			case sr.timedOut || sr.testTimedOut:
 				state = "TIMEOUT"
 			case sr.exit != 0 || sr.failed > 0:
 				state = fmt.Sprintf("FAIL(exit %d)", sr.exit)
