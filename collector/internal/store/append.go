@@ -233,7 +233,7 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 			p, t := r.ix.proc, r.ix.target
 			args = append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
 				int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
-				int64(p.GetPid()), p.GetComm(), p.GetExePath(), int64(t.GetPid()), t.GetComm(), t.GetExePath(),
+				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
 				r.it.payload, r.it.digest, r.prev, r.hash, s.collector)
 		}
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {

@@ -1,8 +1,19 @@
 package store
 
 import (
+	"strings"
+
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
+
+// clean makes a string storable in every backend's text columns: PostgreSQL text cannot hold NUL, so NUL
+// bytes become U+FFFD in indexed columns (the payload keeps the original bytes).
+func clean(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
 
 // KindOf returns the EventKind of an event's oneof, or EVENT_KIND_UNSPECIFIED when none is set.
 func KindOf(ev *pb.Event) pb.EventKind {
@@ -58,5 +69,10 @@ func indexOf(ev *pb.Event) index {
 	case *pb.Event_BreakGlass:
 		ix.rule = k.BreakGlass.GetRule()
 	}
+	ix.rule = clean(ix.rule)
 	return ix
 }
+
+func pid(p *pb.Process) int64   { return int64(p.GetPid()) }
+func comm(p *pb.Process) string { return clean(p.GetComm()) }
+func exe(p *pb.Process) string  { return clean(p.GetExePath()) }

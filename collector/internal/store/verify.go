@@ -117,8 +117,8 @@ func (s *Store) verifyHost(ctx context.Context, host string) (*pb.HostChainRepor
 			pr, tg := ix.proc, ix.target
 			if ev.GetHost() != host || ev.GetSeq() != uint64(seq) || ix.timeNanos != tns || int32(ix.kind) != kind ||
 				int32(ix.decision) != decision || ix.rule != rule ||
-				int64(pr.GetPid()) != procPid || pr.GetComm() != procComm || pr.GetExePath() != procExe ||
-				int64(tg.GetPid()) != tgtPid || tg.GetComm() != tgtComm || tg.GetExePath() != tgtExe {
+				pid(pr) != procPid || comm(pr) != procComm || exe(pr) != procExe ||
+				pid(tg) != tgtPid || comm(tg) != tgtComm || exe(tg) != tgtExe {
 				problem(pb.ChainProblemKind_CHAIN_PROBLEM_KIND_MODIFIED, p, uint64(seq), "seq %d: indexed columns (time, kind, decision, rule or process) differ from the chained content (event modified)", seq)
 			}
 		}

@@ -1,0 +1,152 @@
+// Package ingest implements keyguard.v1.IngestService: agents push batches over a long-lived stream and
+// the collector acknowledges the highest contiguous sequence number it has durably committed.
+package ingest
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/big"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keyguard/keyguard/collector/internal/identity"
+	"github.com/keyguard/keyguard/collector/internal/store"
+	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+)
+
+// Limits on one PushRequest (the gRPC message size limit applies first).
+const (
+	MaxBatchEvents = 10000
+	MaxEventBytes  = 256 << 10
+	MaxSkipped     = 1000
+)
+
+// Server is the IngestService implementation.
+type Server struct {
+	pb.UnimplementedIngestServiceServer
+	store   *store.Store
+	log     *slog.Logger
+	stored  func()              // called after each commit that stored events (wakes watchers)
+	revoked func(*big.Int) bool // consulted on every batch; nil = never
+}
+
+// New returns an ingest server. stored and revoked may be nil.
+func New(st *store.Store, log *slog.Logger, stored func(), revoked func(*big.Int) bool) *Server {
+	if stored == nil {
+		stored = func() {}
+	}
+	return &Server{store: st, log: log, stored: stored, revoked: revoked}
+}
+
+// Push implements IngestService.Push.
+func (s *Server) Push(stream pb.IngestService_PushServer) error {
+	ctx := stream.Context()
+	id, ok := identity.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.Unauthenticated, "no caller identity")
+	}
+	host := id.Name
+	log := s.log.With("host", host)
+	acked, err := s.store.Acked(ctx, host)
+	if err != nil {
+		log.Error("read acknowledged sequence", "err", err)
+		return status.Errorf(codes.Unavailable, "collector storage unavailable, retry later: %v", err)
+	}
+	if err := stream.Send(&pb.PushResponse{AckedSeq: acked, Host: host}); err != nil {
+		return err
+	}
+	log.Info("agent stream opened", "identity", id.String(), "acked_seq", acked)
+	for {
+		req, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			log.Info("agent stream closed by agent")
+			return nil
+		}
+		if err != nil {
+			if status.Code(err) != codes.Canceled {
+				log.Warn("agent stream receive failed", "err", err)
+			}
+			return err
+		}
+		if id.Serial != nil && s.revoked != nil && s.revoked(id.Serial) {
+			log.Warn("closing stream of revoked certificate", "serial", id.Serial.Text(16))
+			return status.Errorf(codes.PermissionDenied, "client certificate %q has been revoked", host)
+		}
+		if err := validate(host, req); err != nil {
+			log.Warn("refused batch", "err", err)
+			return err
+		}
+		skipped := make([]store.Range, 0, len(req.GetSkipped()))
+		for _, r := range req.GetSkipped() {
+			skipped = append(skipped, store.Range{First: r.GetFirst(), Last: r.GetLast()})
+		}
+		for _, ev := range req.GetEvents() {
+			ev.Host = host
+		}
+		res, err := s.store.Append(ctx, host, req.GetEvents(), skipped)
+		if err != nil {
+			return s.storeError(ctx, log, err)
+		}
+		if res.Stored > 0 {
+			s.stored()
+		}
+		if err := stream.Send(&pb.PushResponse{AckedSeq: res.Acked, Host: host, Stored: uint32(res.Stored), Duplicates: uint32(res.Duplicates)}); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *Server) storeError(ctx context.Context, log *slog.Logger, err error) error {
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		log.Error("refused batch: sequence conflict", "err", err)
+		return status.Errorf(codes.AlreadyExists, "%v", err)
+	case errors.Is(err, store.ErrInvalid):
+		log.Warn("refused batch", "err", err)
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	case ctx.Err() != nil:
+		return status.FromContextError(ctx.Err()).Err()
+	default:
+		log.Error("storing batch failed", "err", err)
+		return status.Errorf(codes.Unavailable, "collector could not store the batch (nothing of it was acknowledged; retry): %v", err)
+	}
+}
+
+func validate(host string, req *pb.PushRequest) error {
+	if n := len(req.GetEvents()); n > MaxBatchEvents {
+		return status.Errorf(codes.InvalidArgument, "batch of %d events exceeds the limit of %d: send smaller batches", n, MaxBatchEvents)
+	}
+	if n := len(req.GetSkipped()); n > MaxSkipped {
+		return status.Errorf(codes.InvalidArgument, "%d skipped ranges exceed the limit of %d: merge them", n, MaxSkipped)
+	}
+	for i, ev := range req.GetEvents() {
+		if ev == nil {
+			return status.Errorf(codes.InvalidArgument, "event %d of the batch is empty", i)
+		}
+		if ev.GetHost() != "" && ev.GetHost() != host {
+			return status.Errorf(codes.PermissionDenied, "event seq %d claims host %q but the client certificate identifies %q: agents must leave host empty", ev.GetSeq(), ev.GetHost(), host)
+		}
+		if ev.GetSeq() == 0 {
+			return status.Errorf(codes.InvalidArgument, "event %d of the batch has sequence number 0: sequence numbers start at 1", i)
+		}
+		// A kind newer than this collector arrives as unknown fields: it is stored (kind unspecified) rather
+		// than refused, so a newer agent is never stuck behind an older collector.
+		if store.KindOf(ev) == pb.EventKind_EVENT_KIND_UNSPECIFIED && len(ev.ProtoReflect().GetUnknown()) == 0 {
+			return status.Errorf(codes.InvalidArgument, "event seq %d has no kind set", ev.GetSeq())
+		}
+		if ev.GetTime() == nil {
+			return status.Errorf(codes.InvalidArgument, "event seq %d has no time", ev.GetSeq())
+		}
+		if err := ev.GetTime().CheckValid(); err != nil {
+			return status.Errorf(codes.InvalidArgument, "event seq %d has an invalid time: %v", ev.GetSeq(), err)
+		}
+		if sz := proto.Size(ev); sz > MaxEventBytes {
+			return status.Errorf(codes.InvalidArgument, "event seq %d is %d bytes, over the per-event limit of %d", ev.GetSeq(), sz, MaxEventBytes)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,275 @@
+// Package server assembles the collector: configuration, storage, mTLS, the gRPC services (ingest,
+// query, health, reflection) and the retention job.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"gopkg.in/yaml.v3"
+
+	"github.com/keyguard/keyguard/collector/internal/identity"
+	"github.com/keyguard/keyguard/collector/internal/ingest"
+	"github.com/keyguard/keyguard/collector/internal/query"
+	"github.com/keyguard/keyguard/collector/internal/store"
+	"github.com/keyguard/keyguard/collector/internal/tlsconfig"
+	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+)
+
+// Duration is a time.Duration that reads "90s"/"720h" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration like 90s or 720h: %w", n.Line, s, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Config is the collector configuration (YAML keys in tags).
+type Config struct {
+	// Listen is the gRPC address, e.g. "0.0.0.0:7443".
+	Listen string `yaml:"listen"`
+	// Name identifies this collector instance in stored events (default: the machine's hostname).
+	Name string `yaml:"name"`
+	// TLS files; required unless InsecurePlaintext.
+	TLS struct {
+		Cert           string `yaml:"cert"`
+		Key            string `yaml:"key"`
+		ClientCA       string `yaml:"client_ca"`
+		CRL            string `yaml:"crl"`
+		RevokedSerials string `yaml:"revoked_serials"`
+	} `yaml:"tls"`
+	// InsecurePlaintext serves without TLS; only allowed on a loopback address (demo).
+	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+	Storage           struct {
+		// DSN: SQLite file path (default keyguard-events.db) or postgres:// URL.
+		DSN string `yaml:"dsn"`
+		// ChainKeyFile: optional secret for HMAC chain hashes (same on every collector of a database).
+		ChainKeyFile string `yaml:"chain_key_file"`
+	} `yaml:"storage"`
+	Retention struct {
+		// MaxAge: events received longer ago are deleted; 0 keeps everything.
+		MaxAge Duration `yaml:"max_age"`
+		// Interval between retention runs (default 1h).
+		Interval Duration `yaml:"interval"`
+	} `yaml:"retention"`
+	// StaleAfter: hosts not heard from for this long are listed as stale (default 5m).
+	StaleAfter Duration `yaml:"stale_after"`
+	// MaxMessageBytes: largest gRPC message accepted (default 4 MiB).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// WatchPoll: how often watchers poll for events stored by other collectors (default 1s).
+	WatchPoll Duration `yaml:"watch_poll"`
+}
+
+// Defaults returns a configuration with default values.
+func Defaults() Config {
+	var c Config
+	c.Listen = "127.0.0.1:7443"
+	c.Storage.DSN = "keyguard-events.db"
+	c.Retention.Interval = Duration(time.Hour)
+	c.StaleAfter = Duration(5 * time.Minute)
+	c.MaxMessageBytes = 4 << 20
+	c.WatchPoll = Duration(time.Second)
+	return c
+}
+
+// LoadFile reads a YAML configuration over the defaults; unknown keys are an error.
+func LoadFile(path string) (Config, error) {
+	c := Defaults()
+	f, err := os.Open(path)
+	if err != nil {
+		return c, fmt.Errorf("read collector config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("parse collector config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// IsLoopback reports whether a listen address only accepts local connections.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// Server is a configured collector.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *store.Store
+	tls    *tlsconfig.Manager
+	lis    net.Listener
+	grpc   *grpc.Server
+	health *health.Server
+}
+
+// New opens storage, loads TLS material and binds the listener. Call Serve, which also closes everything.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, log: log}
+	var creds grpc.ServerOption
+	auth := identity.Authorizer{}
+	if cfg.InsecurePlaintext {
+		if !IsLoopback(cfg.Listen) {
+			return nil, fmt.Errorf("insecure_plaintext is only allowed on a loopback address (127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not %q: configure tls.cert, tls.key and tls.client_ca", cfg.Listen)
+		}
+		for i := 0; i < 3; i++ {
+			log.Warn("!!! INSECURE PLAINTEXT MODE: no TLS, no client authentication; host identity is taken from the x-keyguard-host header. Loopback demo use only. !!!", "listen", cfg.Listen)
+		}
+		auth.Plaintext = true
+	} else {
+		m, err := tlsconfig.New(tlsconfig.Files{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, ClientCA: cfg.TLS.ClientCA, CRL: cfg.TLS.CRL, RevokedSerials: cfg.TLS.RevokedSerials}, log)
+		if err != nil {
+			return nil, err
+		}
+		s.tls = m
+		auth.Revoked = m.Revoked
+		creds = grpc.Creds(credentials.NewTLS(m.ServerConfig()))
+	}
+	var key []byte
+	if cfg.Storage.ChainKeyFile != "" {
+		k, err := os.ReadFile(cfg.Storage.ChainKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("read chain key: %w", err)
+		}
+		key = []byte(strings.TrimSpace(string(k)))
+		if len(key) < 16 {
+			return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", cfg.Storage.ChainKeyFile)
+		}
+	}
+	st, err := store.Open(ctx, store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s.store = st
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	s.lis = lis
+
+	maxMsg := cfg.MaxMessageBytes
+	if maxMsg <= 0 {
+		maxMsg = 4 << 20
+	}
+	opts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxMsg),
+		grpc.ChainUnaryInterceptor(auth.Unary),
+		grpc.ChainStreamInterceptor(auth.Stream),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	}
+	if creds != nil {
+		opts = append(opts, creds)
+	}
+	s.grpc = grpc.NewServer(opts...)
+	notifier := query.NewNotifier()
+	pb.RegisterIngestServiceServer(s.grpc, ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked))
+	pb.RegisterQueryServiceServer(s.grpc, query.New(st, log.With("service", "query"), notifier,
+		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll)}))
+	s.health = health.NewServer()
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	for _, svc := range []string{"", pb.IngestService_ServiceDesc.ServiceName, pb.QueryService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
+	return s, nil
+}
+
+// Addr is the bound listen address.
+func (s *Server) Addr() net.Addr { return s.lis.Addr() }
+
+// Store is the open store.
+func (s *Server) Store() *store.Store { return s.store }
+
+// TLS is the TLS manager (nil in plaintext mode).
+func (s *Server) TLS() *tlsconfig.Manager { return s.tls }
+
+// Serve runs until ctx is cancelled, then stops gracefully (10s) and closes storage.
+func (s *Server) Serve(ctx context.Context) error {
+	s.log.Info("collector serving", "addr", s.lis.Addr().String(), "storage", s.store.Backend(), "tls", s.tls != nil)
+	errc := make(chan error, 1)
+	go func() { errc <- s.grpc.Serve(s.lis) }()
+	retCtx, stopRet := context.WithCancel(ctx)
+	retDone := make(chan struct{})
+	go func() { defer close(retDone); s.retention(retCtx) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	stopRet()
+	<-retDone
+	s.health.Shutdown()
+	stopped := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		s.grpc.Stop()
+	}
+	if cerr := s.store.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if errors.Is(err, grpc.ErrServerStopped) {
+		err = nil
+	}
+	return err
+}
+
+func (s *Server) retention(ctx context.Context) {
+	maxAge := time.Duration(s.cfg.Retention.MaxAge)
+	if maxAge <= 0 {
+		return
+	}
+	every := time.Duration(s.cfg.Retention.Interval)
+	if every <= 0 {
+		every = time.Hour
+	}
+	for {
+		n, err := s.store.DeleteBefore(ctx, time.Now().Add(-maxAge))
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("retention run failed; will retry", "err", err)
+		} else if n > 0 {
+			s.log.Info("retention deleted expired events", "count", n, "max_age", maxAge)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(every):
+		}
+	}
+}
