@@ -43,13 +43,13 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 	img := &image{}
 	var suitePaths []string
 	if !cfg.demo {
-		paths, err := readList(filepath.Join(cfg.root, "testvm", "suites.txt"))
+		paths, err := readList(inRoot(cfg.root, cfg.suitesFile))
 		if err != nil {
 			return nil, err
 		}
 		suitePaths = paths
 	}
-	binPaths, err := readList(filepath.Join(cfg.root, "testvm", "bins.txt"))
+	binPaths, err := readList(inRoot(cfg.root, cfg.binsFile))
 	if err != nil {
 		return nil, err
 	}
@@ -65,10 +65,10 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 	seen := map[string]bool{}
 	for _, p := range pkgs {
 		if p.Err != "" {
-			return nil, fmt.Errorf("testvm/suites.txt: %s: %s", p.ImportPath, p.Err)
+			return nil, fmt.Errorf("%s: %s: %s", cfg.suitesFile, p.ImportPath, p.Err)
 		}
 		if p.Tests == 0 {
-			return nil, fmt.Errorf("testvm/suites.txt: %s has no test files", p.ImportPath)
+			return nil, fmt.Errorf("%s: %s has no test files", cfg.suitesFile, p.ImportPath)
 		}
 		if cfg.suiteFilter != nil && !cfg.suiteFilter.MatchString(p.ImportPath) {
 			continue
@@ -82,7 +82,7 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 		img.suites = append(img.suites, suite{name: name, pkg: p})
 	}
 	if !cfg.demo && len(img.suites) == 0 {
-		return nil, errors.New("no suite to run: testvm/suites.txt is empty or -suites matches nothing")
+		return nil, fmt.Errorf("no suite to run: %s is empty or -suites matches nothing", cfg.suitesFile)
 	}
 	bins, err := listPackages(ctx, cfg.root, binPaths)
 	if err != nil {
@@ -91,14 +91,14 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 	seenBin := map[string]string{}
 	for _, p := range bins {
 		if p.Err != "" {
-			return nil, fmt.Errorf("testvm/bins.txt: %s: %s", p.ImportPath, p.Err)
+			return nil, fmt.Errorf("%s: %s: %s", cfg.binsFile, p.ImportPath, p.Err)
 		}
 		if p.Name != "main" {
-			return nil, fmt.Errorf("testvm/bins.txt: %s is package %s, not a main package", p.ImportPath, p.Name)
+			return nil, fmt.Errorf("%s: %s is package %s, not a main package", cfg.binsFile, p.ImportPath, p.Name)
 		}
 		name := path.Base(p.ImportPath)
 		if other, dup := seenBin[name]; dup {
-			return nil, fmt.Errorf("testvm/bins.txt: %s and %s would both be /bin/%s", other, p.ImportPath, name)
+			return nil, fmt.Errorf("%s: %s and %s would both be /bin/%s", cfg.binsFile, other, p.ImportPath, name)
 		}
 		seenBin[name] = p.ImportPath
 		img.bins = append(img.bins, name)
@@ -208,6 +208,13 @@ func writeImage(img *image, dir, compress string) (err error) {
 		return fmt.Errorf("writing the initramfs: %w", err)
 	}
 	return bw.Flush()
+}
+
+func inRoot(root, p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(root, p)
 }
 
 func isDir(p string) bool {

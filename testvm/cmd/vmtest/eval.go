@@ -130,7 +130,8 @@ func (s *session) feed(line string, at time.Duration) {
 
 // text handles console output that is not a record: a suite's output, or boot/shutdown chatter.
 func (s *session) text(line string) {
-	if s.live != nil {
+	// The demo shows what its program prints, not the firmware and kernel chatter around it.
+	if s.live != nil && (!s.demo || (s.initRec != nil && s.resultRec == nil)) {
 		fmt.Fprintln(s.live, line)
 	}
 	sr := s.cur

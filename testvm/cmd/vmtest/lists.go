@@ -12,12 +12,8 @@ import (
 )
 
 // readList returns the entries of a list file: one per line, first word only, '#' starts a comment.
-// A missing file is an empty list.
 func readList(path string) ([]string, error) {
 	data, err := os.ReadFile(path)
-	if os.IsNotExist(err) {
-		return nil, nil
-	}
 	if err != nil {
 		return nil, err
 	}

@@ -44,6 +44,8 @@ type config struct {
 	memMB        int
 	cpus         int
 	compress     string
+	suitesFile   string
+	binsFile     string
 }
 
 type multiFlag []string
@@ -75,6 +77,8 @@ func mainErr() int {
 	flag.IntVar(&cfg.memMB, "mem", 1024, "guest memory in MB")
 	flag.IntVar(&cfg.cpus, "smp", 2, "guest CPUs")
 	flag.StringVar(&cfg.compress, "compress", "gzip", "initramfs compression: gzip or none")
+	flag.StringVar(&cfg.suitesFile, "suites-file", "testvm/suites.txt", "list of suite packages, relative to the module root")
+	flag.StringVar(&cfg.binsFile, "bins-file", "testvm/bins.txt", "list of main packages for /bin, relative to the module root")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "vmtest: unexpected arguments %q\n", flag.Args())

@@ -49,8 +49,12 @@ func report(w io.Writer, cfg *config, img *image, vms []*vmResult, total time.Du
 		if s.resultRec != nil {
 			suites = s.resultRec.Fields["seconds"] + "s"
 		}
-		fmt.Fprintf(w, "  tests: %d passed, %d failed, %d skipped   boot: %s   suites: %s   VM wall: %.1fs\n",
-			passed, failed, skipped, boot, suites, vm.wall.Seconds())
+		if cfg.demo {
+			fmt.Fprintf(w, "  demo exit status %d   boot: %s   demo: %s   VM wall: %.1fs\n", s.suites["demo"].exit, boot, suites, vm.wall.Seconds())
+		} else {
+			fmt.Fprintf(w, "  tests: %d passed, %d failed, %d skipped   boot: %s   suites: %s   VM wall: %.1fs\n",
+				passed, failed, skipped, boot, suites, vm.wall.Seconds())
+		}
 		for _, name := range s.expected {
 			sr := s.suites[name]
 			state := "ok"
