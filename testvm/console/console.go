@@ -9,15 +9,19 @@
 //	##KEYGUARD## begin <suite>
 //	##KEYGUARD## end <suite> exit=<code> seconds=<s> timeout=<0|1>
 //	##KEYGUARD## file <name> <base64 chunk>
-//	##KEYGUARD## file-end <name> size=<bytes> sha256=<hex>
+//	##KEYGUARD## file-end <name> size=<bytes> sha256=<hex> enc=gzip
 //	##KEYGUARD## note <free text>
 //	##KEYGUARD## result <pass|fail> suites=<n> failed=<n> seconds=<s>
 //
-// File names are slash-separated relative paths, URL-path-escaped so they contain no spaces.
+// File names are slash-separated relative paths, URL-path-escaped so they contain no spaces. File
+// chunks carry the gzip stream of the file (the serial line moves ~300 KB/s under TCG); size and
+// sha256 are those of the uncompressed content.
 package console
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -108,14 +112,23 @@ func (w *Writer) File(name string, data []byte) error {
 		return err
 	}
 	esc := escapeName(name)
-	for off := 0; off < len(data); off += chunkBytes {
-		end := min(off+chunkBytes, len(data))
-		if err := w.record(KindFile, esc, base64.StdEncoding.EncodeToString(data[off:end])); err != nil {
+	var z bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&z, gzip.BestSpeed)
+	if _, err := zw.Write(data); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return err
+	}
+	packed := z.Bytes()
+	for off := 0; off < len(packed); off += chunkBytes {
+		end := min(off+chunkBytes, len(packed))
+		if err := w.record(KindFile, esc, base64.StdEncoding.EncodeToString(packed[off:end])); err != nil {
 			return err
 		}
 	}
 	sum := sha256.Sum256(data)
-	return w.record(KindFileEnd, esc, "size="+strconv.Itoa(len(data)), "sha256="+hex.EncodeToString(sum[:]))
+	return w.record(KindFileEnd, esc, "size="+strconv.Itoa(len(data)), "sha256="+hex.EncodeToString(sum[:]), "enc=gzip")
 }
 
 // Record is one parsed protocol record.
@@ -221,6 +234,17 @@ func (f *Files) Add(rec Record) (*Complete, error) {
 		delete(f.partial, name)
 		if bf.bad != nil {
 			return nil, bf.bad
+		}
+		if rec.Fields["enc"] == "gzip" {
+			zr, err := gzip.NewReader(bytes.NewReader(bf.data))
+			if err != nil {
+				return nil, fmt.Errorf("file %s: corrupt after the console transfer: %w", name, err)
+			}
+			plain, err := io.ReadAll(zr)
+			if err != nil {
+				return nil, fmt.Errorf("file %s: corrupt after the console transfer: %w", name, err)
+			}
+			bf.data = plain
 		}
 		if size := rec.Int("size"); size != len(bf.data) {
 			return nil, fmt.Errorf("file %s: got %d bytes over the console, guest sent %d (lines lost or mangled)", name, len(bf.data), size)

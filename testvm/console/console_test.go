@@ -2,6 +2,7 @@ package console
 
 import (
 	"bytes"
+	"crypto/rand"
 	"strings"
 	"testing"
 )
@@ -108,7 +109,12 @@ func TestRoundTrip(t *testing.T) {
 
 func TestFileDamage(t *testing.T) {
 	var buf bytes.Buffer
-	if err := NewWriter(&buf).File("f.txt", bytes.Repeat([]byte("x"), 3*chunkBytes)); err != nil {
+	// Random bytes do not compress: three chunks of gzip stream.
+	data := make([]byte, 2*chunkBytes+100)
+	if _, err := rand.Read(data); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewWriter(&buf).File("f.txt", data); err != nil {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
@@ -120,13 +126,22 @@ func TestFileDamage(t *testing.T) {
 		mangle  func([]string) []string
 		wantErr string
 	}{
-		{"chunk lost", func(l []string) []string { return append(l[:1:1], l[2:]...) }, "got 1536 bytes"},
+		{"chunk lost", func(l []string) []string { return append(l[:1:1], l[2:]...) }, "corrupt after the console transfer"},
 		{"kernel message inside a chunk", func(l []string) []string {
 			l[1] = l[1][:100] + "[   12.345678] random: crng init done" + l[1][100:]
 			return l
 		}, "corrupt chunk"},
 		{"flipped character", func(l []string) []string {
-			l[0] = strings.Replace(l[0], "eHh4", "eHh5", 1)
+			i := strings.LastIndexByte(l[1], ' ') + 10
+			c := byte('A')
+			if l[1][i] == 'A' {
+				c = 'B'
+			}
+			l[1] = l[1][:i] + string(c) + l[1][i+1:]
+			return l
+		}, "corrupt after the console transfer"},
+		{"wrong checksum", func(l []string) []string {
+			l[3] = strings.Replace(l[3], "sha256=", "sha256=00", 1)
 			return l
 		}, "sha256 mismatch"},
 	}
