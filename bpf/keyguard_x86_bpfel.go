@@ -90,10 +90,10 @@ type KeyguardKgGrant struct {
 }
 
 type KeyguardKgLateMark struct {
-	_         structs.HostLayout
-	StartTime uint64
-	RuleId    uint32
-	Reason    uint32
+	_          structs.HostLayout
+	StartTicks uint64
+	RuleId     uint32
+	Reason     uint32
 }
 
 type KeyguardKgMark struct {
@@ -140,6 +140,7 @@ type KeyguardKgProc struct {
 	ExeIno   uint64
 	Comm     [16]int8
 	ExeName  [32]int8
+	ExePath  [256]int8
 }
 
 type KeyguardKgReason uint32
@@ -159,6 +160,11 @@ type KeyguardKgRule struct {
 	Dumps uint32
 }
 
+type KeyguardKgScratch struct {
+	_    structs.HostLayout
+	Path [256]int8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -175,6 +181,7 @@ const (
 	KeyguardMapLost                  = "lost"
 	KeyguardMapMarks                 = "marks"
 	KeyguardMapRules                 = "rules"
+	KeyguardMapScratch               = "scratch"
 	KeyguardProgKgBprmCheckSecurity  = "kg_bprm_check_security"
 	KeyguardProgKgBprmCommittedCreds = "kg_bprm_committed_creds"
 	KeyguardProgKgFileOpen           = "kg_file_open"
@@ -254,6 +261,7 @@ type KeyguardMapSpecs struct {
 	Lost        *ebpf.MapSpec `ebpf:"lost"`
 	Marks       *ebpf.MapSpec `ebpf:"marks"`
 	Rules       *ebpf.MapSpec `ebpf:"rules"`
+	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // KeyguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -297,6 +305,7 @@ type KeyguardMaps struct {
 	Lost        *ebpf.Map `ebpf:"lost"`
 	Marks       *ebpf.Map `ebpf:"marks"`
 	Rules       *ebpf.Map `ebpf:"rules"`
+	Scratch     *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *KeyguardMaps) Close() error {
@@ -313,6 +322,7 @@ func (m *KeyguardMaps) Close() error {
 		m.Lost,
 		m.Marks,
 		m.Rules,
+		m.Scratch,
 	)
 }
 

@@ -180,6 +180,90 @@ static __always_inline void task_exe(struct task_struct *t, __u64 *dev, __u64 *i
 	*ino = BPF_CORE_READ(f, f_inode, i_ino);
 }
 
+/* Scratch space for building a path, one per CPU (programs do not nest on a CPU here). */
+struct kg_scratch {
+	char path[KG_PATH_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_scratch);
+} scratch SEC(".maps");
+
+struct path_walk {
+	__u64 d, mnt, mnt_root;
+	__u32 off;
+	__u32 root;
+};
+
+/* One step up the dentry tree, crossing mounts; bpf_loop keeps the verifier's work to one body. */
+static long path_step(__u64 i, void *ctx)
+{
+	struct path_walk *w = ctx;
+	struct dentry *d = (struct dentry *)w->d, *parent;
+	struct mount *mnt = (struct mount *)w->mnt, *up;
+	const unsigned char *name;
+	struct kg_scratch *s;
+	__u32 zero = 0;
+	long n;
+
+	if (w->d == w->mnt_root) {
+		up = BPF_CORE_READ(mnt, mnt_parent);
+		if (up == mnt) {
+			w->root = 1; /* the root of the root mount */
+			return 1;
+		}
+		w->d = (__u64)BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = (__u64)up;
+		w->mnt_root = (__u64)BPF_CORE_READ(up, mnt.mnt_root);
+		return 0;
+	}
+	parent = BPF_CORE_READ(d, d_parent);
+	if (parent == d) {
+		w->root = 1;
+		return 1;
+	}
+	if (w->off >= KG_PATH_LEN / 2)
+		return 1; /* truncated: no root marker */
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return 1;
+	name = BPF_CORE_READ(d, d_name.name);
+	n = bpf_probe_read_kernel_str(s->path + (w->off & (KG_PATH_LEN / 2 - 1)), KG_PATH_LEN / 2, name);
+	if (n <= 0)
+		return 1;
+	w->off += n;
+	w->d = (__u64)parent;
+	return 0;
+}
+
+/*
+ * The executable's path as NUL-terminated components, leaf first, with a "/" component when the walk
+ * reached the root (bpf_d_path is not allowed in these hooks). Userspace reverses it; a path without
+ * the root marker was cut short.
+ */
+static __always_inline void exe_path(struct file *f, char *buf)
+{
+	struct vfsmount *vmnt = BPF_CORE_READ(f, f_path.mnt);
+	struct path_walk w = {};
+	struct kg_scratch *s;
+	__u32 zero = 0;
+
+	s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
+		return;
+	__builtin_memset(s->path, 0, sizeof(s->path));
+	w.d = (__u64)BPF_CORE_READ(f, f_path.dentry);
+	w.mnt = (__u64)vmnt - bpf_core_field_offset(struct mount, mnt);
+	w.mnt_root = (__u64)BPF_CORE_READ(vmnt, mnt_root);
+	bpf_loop(32, path_step, &w, 0);
+	if (w.root && w.off < KG_PATH_LEN / 2)
+		s->path[w.off & (KG_PATH_LEN / 2 - 1)] = '/';
+	__builtin_memcpy(buf, s->path, KG_PATH_LEN);
+}
+
 static __always_inline void fill_proc(struct kg_proc *p, struct task_struct *t)
 {
 	struct file *f;
@@ -196,6 +280,7 @@ static __always_inline void fill_proc(struct kg_proc *p, struct task_struct *t)
 	if (f) {
 		name = BPF_CORE_READ(f, f_path.dentry, d_name.name);
 		bpf_probe_read_kernel_str(p->exe_name, sizeof(p->exe_name), name);
+		exe_path(f, p->exe_path);
 	}
 }
 
@@ -561,7 +646,7 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	m->rule_id = *rule_id;
 	m->reason = KG_REASON_KEY_FILE;
 	tgid = cur->tgid;
-	late.start_time = BPF_CORE_READ(leader, start_time);
+	late.start_ticks = BPF_CORE_READ(leader, start_boottime) / KG_NSEC_PER_TICK;
 	late.rule_id = *rule_id;
 	late.reason = KG_REASON_KEY_FILE;
 	bpf_map_update_elem(&late_marks, &tgid, &late, BPF_ANY);
@@ -614,7 +699,7 @@ int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
 		return 0;
 	leader = BPF_CORE_READ(target, group_leader);
 	late = bpf_map_lookup_elem(&late_marks, &tgid);
-	if (late && late->start_time == BPF_CORE_READ(leader, start_time)) {
+	if (late && late->start_ticks == BPF_CORE_READ(leader, start_boottime) / KG_NSEC_PER_TICK) {
 		prot.rule_id = late->rule_id;
 		prot.reason = late->reason;
 	} else {

@@ -6,6 +6,7 @@
 #define KG_COMM_LEN 16
 #define KG_NAME_LEN 32
 #define KG_DETAIL_LEN 64
+#define KG_PATH_LEN 256 /* exe path: NUL-separated components, leaf first; see events.exePath */
 
 /* Policy mode of a rule (rules map). */
 enum kg_mode {
@@ -110,10 +111,12 @@ struct kg_agent {
 	__u64 exe_ino;
 };
 
-/* Late marks: processes marked after they started (key-file open, procfs scan). Keyed by tgid, checked
- * with the leader's start time, for reads through /proc files opened before the process was protected. */
+/* Late marks: processes marked after they started (key-file open, procfs scan). Keyed by tgid and checked
+ * against the leader's start time in clock ticks since boot (USER_HZ, as field 22 of /proc/PID/stat), for
+ * reads through /proc files opened before the process was protected. */
+#define KG_NSEC_PER_TICK 10000000ULL
 struct kg_late_mark {
-	__u64 start_time;
+	__u64 start_ticks;
 	__u32 rule_id;
 	__u32 reason;
 };
@@ -128,6 +131,7 @@ struct kg_proc {
 	__u64 exe_ino;
 	char comm[KG_COMM_LEN];
 	char exe_name[KG_NAME_LEN]; /* basename of the executable, for when the process is gone */
+	char exe_path[KG_PATH_LEN]; /* path components, leaf first, each NUL-terminated */
 };
 
 struct kg_event {

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -58,17 +59,7 @@ func main() {
 		n, err := Attack(os.Args[2], pid, tid, addr)
 		report(n, err)
 	case "exec-attack":
-		cmd := exec.Command(os.Args[2], "hold")
-		cmd.Stdout = os.Stderr
-		if err := cmd.Start(); err != nil {
-			fmt.Println("ERR start", err)
-			os.Exit(1)
-		}
-		// Start returns once exec has succeeded in the child.
-		n, err := Attack("mem", cmd.Process.Pid, cmd.Process.Pid, 0)
-		cmd.Process.Kill()
-		cmd.Wait()
-		report(n, err)
+		execAttack(os.Args[2])
 	case "loop-attack":
 		pid, _ := strconv.Atoi(os.Args[2])
 		addr, _ := strconv.ParseUint(strings.TrimPrefix(os.Args[3], "0x"), 16, 64)
@@ -87,6 +78,62 @@ func main() {
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
 	}
+}
+
+// execAttack starts "EXE hold" and attacks it the instant the kernel has switched it to the new
+// program (its comm changes), before the new program runs a single instruction of its own. A
+// /proc/PID/mem opened even earlier (while the child still shares our memory after vfork) must not
+// read the new program's memory either. Prints the attack's result, plus " LEAK" if the early fd read
+// the secret.
+func execAttack(exe string) {
+	cmd := exec.Command(exe, "hold")
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		fmt.Println("ERR start", err)
+		os.Exit(1)
+	}
+	pid := cmd.Process.Pid
+	early, _ := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	want := filepath.Base(exe)
+	if len(want) > 15 {
+		want = want[:15]
+	}
+	for i := 0; ; i++ {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil || strings.TrimSpace(string(b)) == want {
+			break
+		}
+		if i > 1_000_000 {
+			fmt.Println("ERR exec never completed")
+			os.Exit(1)
+		}
+	}
+	n, err := Attack("mem", pid, pid, 0)
+	leak := ""
+	if early != nil {
+		line, _ := bufio.NewReader(stdout).ReadString('\n')
+		var addr uint64
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "addr=0x"); ok {
+				addr, _ = strconv.ParseUint(v, 16, 64)
+			}
+		}
+		buf := make([]byte, len(Secret))
+		if k, _ := early.ReadAt(buf, int64(addr)); addr != 0 && k == len(buf) && string(buf) == Secret {
+			leak = " LEAK"
+		}
+		early.Close()
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	if err != nil {
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			fmt.Printf("ERR %s%s\n", unix.ErrnoName(errno), leak)
+			return
+		}
+	}
+	fmt.Printf("OK %d%s\n", n, leak)
 }
 
 func report(n int, err error) {
@@ -184,7 +231,9 @@ func hold(args []string) {
 		}
 	}
 	line("READY")
-	select {}
+	for {
+		time.Sleep(time.Hour)
+	}
 }
 
 // Attack reads the target's memory (or secrets) by one path and returns how many bytes it got.

@@ -1,0 +1,130 @@
+// Command keyguard-agent is keyguard's per-host daemon: it loads the BPF LSM programs that keep every
+// other process out of key-holding processes' memory, and reports every decision.
+//
+//	keyguard-agent run -policy /etc/keyguard/policy.yaml [flags]
+//	keyguard-agent probe
+//	keyguard-agent uninstall [-pin-path DIR]
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/keyguard/keyguard/agent/internal/daemon"
+	"github.com/keyguard/keyguard/agent/internal/loader"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: keyguard-agent run|probe|uninstall [flags]  (-h for flags)")
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	switch args[0] {
+	case "run":
+		return runAgent(args[1:], log, stderr)
+	case "probe":
+		return probe(args[1:], stdout, stderr)
+	case "uninstall":
+		return uninstall(args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	}
+	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall or version)\n", args[0])
+	return 2
+}
+
+func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfg := daemon.Config{Loader: loader.DefaultConfig(), Version: version}
+	fs.StringVar(&cfg.PolicyPath, "policy", "/etc/keyguard/policy.yaml", "protection policy file")
+	fs.StringVar(&cfg.Loader.PinPath, "pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pinned programs and maps")
+	fs.StringVar(&cfg.EventLog, "events", "/var/log/keyguard/events.jsonl", `event log, JSON lines ("-" for standard output)`)
+	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/keyguard", "folder for state kept across restarts")
+	fs.StringVar(&cfg.ControlSocket, "control-socket", "/run/keyguard/agent.sock", `unix socket for the keyguard CLI ("" disables)`)
+	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
+	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cfg.EventLog != "-" {
+		if err := os.MkdirAll(filepath.Dir(cfg.EventLog), 0o750); err != nil {
+			log.Error("create event log folder", "error", err)
+			return 1
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := daemon.Run(ctx, cfg, log); err != nil {
+		fmt.Fprintln(stderr, "keyguard-agent:", err)
+		return 1
+	}
+	return 0
+}
+
+func probe(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pin := fs.String("pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pins")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	r := loader.Probe(filepath.Dir(*pin))
+	posture := loader.ReadPosture()
+	builds, _ := loader.Pinned(*pin)
+	if *asJSON {
+		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "posture": posture, "pinned_builds": builds})
+	} else {
+		fmt.Fprintf(stdout, "kernel %s, active LSMs: %v\n", r.Kernel, r.LSMs)
+		if len(builds) > 0 {
+			fmt.Fprintf(stdout, "enforcement pinned in %s (build %v)\n", *pin, builds)
+		} else {
+			fmt.Fprintf(stdout, "nothing pinned in %s\n", *pin)
+		}
+		for _, p := range posture {
+			fmt.Fprintf(stdout, "%-8s %s = %s", p.Severity, p.Name, p.Value)
+			if p.Advice != "" {
+				fmt.Fprintf(stdout, "  (%s)", p.Advice)
+			}
+			fmt.Fprintln(stdout)
+		}
+	}
+	if err := r.Err(); err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	return 0
+}
+
+func uninstall(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	pin := fs.String("pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pins")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if err := loader.Uninstall(*pin); err != nil {
+		fmt.Fprintln(stderr, "keyguard-agent uninstall:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "removed %s: keyguard's programs are detached once no agent holds them (stop the agent first)\n", *pin)
+	return 0
+}

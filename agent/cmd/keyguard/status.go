@@ -1,0 +1,59 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/keyguard/keyguard/agent/internal/control"
+)
+
+func init() {
+	register("status", "show the local agent's state: rules, counters, protected processes, posture", runStatus)
+}
+
+func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	resp, err := control.Call(*socket, control.Request{Op: "status"})
+	if err != nil {
+		fmt.Fprintln(stderr, "keyguard status:", err)
+		return 1
+	}
+	s := resp.Status
+	if *asJSON {
+		_ = json.NewEncoder(stdout).Encode(s)
+		return 0
+	}
+	fmt.Fprintf(stdout, "agent %s, BPF build %s (adopted pinned programs: %v), pinned in %s\n", s.Version, s.Build, s.Adopted, s.PinPath)
+	fmt.Fprintf(stdout, "policy %s: rules %v\n", s.PolicyPath, s.Rules)
+	fmt.Fprintf(stdout, "protected processes: %d %v\n", s.ProtectedNow, s.ProtectedPIDs)
+	names := make([]string, 0, len(s.Counters))
+	for n := range s.Counters {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Fprintf(stdout, "  %-20s %d\n", n, s.Counters[n])
+	}
+	fmt.Fprintf(stdout, "events lost in the kernel: %d\n", s.KernelLost)
+	for _, g := range s.ActiveGrants {
+		fmt.Fprintf(stdout, "break-glass #%d: %s uid %d on rule %s until %s by %s: %s\n", g.ID, g.Executable, g.UID, g.Rule, g.Expires.Format("15:04:05"), g.Operator, g.Reason)
+	}
+	for _, p := range s.Posture {
+		fmt.Fprintf(stdout, "%-8s %s = %s", p.Severity, p.Name, p.Value)
+		if p.Advice != "" {
+			fmt.Fprintf(stdout, "  (%s)", p.Advice)
+		}
+		fmt.Fprintln(stdout)
+	}
+	return 0
+}

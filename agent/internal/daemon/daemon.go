@@ -1,0 +1,295 @@
+// Package daemon runs the keyguard agent: it loads the policy, probes the kernel, loads or adopts the
+// pinned BPF programs, fills their rule maps, protects processes already running, and reports every
+// decision the kernel makes.
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	kgbpf "github.com/keyguard/keyguard/bpf"
+
+	"github.com/keyguard/keyguard/agent/internal/events"
+	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/internal/policy"
+)
+
+// Config is the agent's configuration; main fills it from flags.
+type Config struct {
+	PolicyPath string
+	Loader     loader.Config
+	// EventLog is where events are written as JSON lines ("-" for standard output).
+	EventLog string
+	// StateDir keeps small state across restarts (the kernel loss count already reported).
+	StateDir string
+	// ControlSocket is the unix socket the keyguard CLI talks to ("" disables it).
+	ControlSocket string
+	Version       string
+}
+
+// Agent is a running agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	guard *loader.Guard
+	pol   *policy.Policy
+	out   *events.JSONLines
+
+	mu     sync.Mutex
+	rs     loader.RuleSet
+	names  map[uint32]string
+	grants map[uint64]grant
+	nextID uint64
+}
+
+// RuleName implements events.Names.
+func (a *Agent) RuleName(id uint32) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if n, ok := a.names[id]; ok {
+		return n
+	}
+	if id == 0 {
+		return ""
+	}
+	return fmt.Sprintf("removed-rule-%08x", id)
+}
+
+// Run starts the agent and blocks until ctx is done. Enforcement stays pinned after it returns.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	pol, err := policy.Load(cfg.PolicyPath)
+	if err != nil {
+		return fmt.Errorf("the policy is invalid, the agent did not start:\n%w", err)
+	}
+	probe := loader.Probe(filepath.Dir(cfg.Loader.PinPath))
+	if err := probe.Err(); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("create state folder: %w", err)
+	}
+	out, err := events.OpenJSONLines(cfg.EventLog, 0)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+
+	g, err := loader.Load(cfg.Loader, log)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	a := &Agent{cfg: cfg, log: log, guard: g, pol: pol, out: out, grants: map[uint64]grant{}}
+	if err := g.RegisterAgent(os.Getpid()); err != nil {
+		return err
+	}
+	root, err := policy.CgroupRoot()
+	if err != nil {
+		log.Warn("no cgroup2 mount: cgroup selectors stay pending", "error", err)
+	}
+	watcher, err := policy.NewWatcher(pol, policy.WatchOptions{CgroupRoot: root, Logger: log})
+	if err != nil {
+		return err
+	}
+	if err := a.applyPolicy(watcher.Resolved()); err != nil {
+		watcher.Close()
+		return err
+	}
+
+	// Read events before scanning so that nothing the kernel reports from now on waits.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	rd := &events.Reader{
+		Events: g.Maps.Events, Lost: g.Lost, Names: a, Log: log,
+		LostBaseline:   a.readLostBaseline(),
+		OnLostReported: a.writeLostBaseline,
+	}
+	var wg sync.WaitGroup
+	readErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		readErr <- rd.Run(ctx, a.emit)
+	}()
+
+	protected, err := a.scan()
+	if err != nil {
+		log.Warn("procfs scan incomplete", "error", err)
+	}
+	state := "started"
+	if g.Adopted {
+		state = "adopted"
+	}
+	a.emit(a.health(state, protected, probe))
+	log.Info("keyguard agent running", "state", state, "rules", len(pol.Rules), "protected_at_start", protected)
+
+	if cfg.ControlSocket != "" {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.serveControl(ctx); err != nil {
+				log.Error("control socket stopped", "error", err)
+			}
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchPolicy(ctx, watcher)
+	}()
+
+	select {
+	case <-ctx.Done():
+	case err = <-readErr:
+		if err != nil {
+			log.Error("event reader stopped", "error", err)
+		}
+	}
+	cancel()
+	a.emit(a.health("stopping", 0, probe))
+	wg.Wait()
+	return err
+}
+
+func (a *Agent) emit(ev events.Event) {
+	if err := a.out.Write(ev); err != nil {
+		a.log.Error("event log write failed", "error", err)
+	}
+}
+
+func (a *Agent) health(state string, protected int, probe loader.ProbeResult) events.Event {
+	h := &events.Health{
+		State: state, Version: a.cfg.Version, Kernel: probe.Kernel,
+		LSMActive: len(probe.Missing) == 0, ProtectedProcesses: protected,
+	}
+	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
+	h.EnforcementPinned = len(builds) > 0
+	for _, p := range loader.ReadPosture() {
+		h.Posture = append(h.Posture, events.Finding(p))
+	}
+	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
+}
+
+// applyPolicy writes a resolved policy into the rule maps.
+func (a *Agent) applyPolicy(res *policy.Resolved) error {
+	rs, names := ruleSet(res)
+	for _, w := range res.Warnings {
+		a.log.Warn("policy", "warning", w)
+	}
+	if err := a.guard.Apply(rs); err != nil {
+		return fmt.Errorf("write rules into the kernel: %w", err)
+	}
+	a.mu.Lock()
+	a.rs, a.names = rs, names
+	a.mu.Unlock()
+	return nil
+}
+
+// scan protects processes that were running before the agent (or a new rule) and reports them.
+func (a *Agent) scan() (int, error) {
+	a.mu.Lock()
+	rs := a.rs
+	a.mu.Unlock()
+	procs, err := scanProcs(rs, os.Getpid())
+	n := 0
+	for _, p := range procs {
+		m, had, merr := a.guard.MarkOf(p.PID)
+		if merr != nil {
+			continue // exited
+		}
+		if !had {
+			if err := a.guard.Mark(p.PID, p.RuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+				a.log.Warn("could not protect running process", "pid", p.PID, "error", err)
+				continue
+			}
+			m = loader.Mark{RuleId: p.RuleID, Reason: uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)}
+		}
+		n++
+		detail := "found running (" + p.Why + ")"
+		if p.TracerPID != 0 {
+			detail = fmt.Sprintf("found running (%s) and ALREADY TRACED by pid %d: keyguard cannot detach an existing tracer; kill pid %d", p.Why, p.TracerPID, p.TracerPID)
+			a.log.Error("protected process is already traced", "pid", p.PID, "tracer", p.TracerPID)
+		}
+		if !had || p.TracerPID != 0 {
+			a.emit(events.Event{
+				Time: time.Now(), Kind: events.KindProtect, Rule: a.RuleName(m.RuleId),
+				Reason: events.ReasonName(m.Reason), Detail: detail, Target: procInfo(p.PID),
+			})
+		}
+	}
+	return n, err
+}
+
+// watchPolicy re-applies the policy when key files, executables or cgroups change on disk, and
+// protects running processes the new resolution selects.
+func (a *Agent) watchPolicy(ctx context.Context, w *policy.Watcher) {
+	err := w.Run(ctx, func(res *policy.Resolved) {
+		if err := a.applyPolicy(res); err != nil {
+			a.log.Error("re-applying policy after a file change", "error", err)
+			return
+		}
+		if _, err := a.scan(); err != nil {
+			a.log.Warn("procfs scan incomplete", "error", err)
+		}
+	})
+	if err != nil {
+		a.log.Error("policy watcher stopped; new key files and restarted units are no longer picked up", "error", err)
+	}
+}
+
+func (a *Agent) statePath(name string) string { return filepath.Join(a.cfg.StateDir, name) }
+
+func (a *Agent) readLostBaseline() uint64 {
+	b, err := os.ReadFile(a.statePath("kernel-lost-reported"))
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
+}
+
+func (a *Agent) writeLostBaseline(n uint64) {
+	tmp := a.statePath("kernel-lost-reported.tmp")
+	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600); err == nil {
+		_ = os.Rename(tmp, a.statePath("kernel-lost-reported"))
+	}
+}
+
+// procInfo describes a running process from procfs.
+func procInfo(pid int) *events.Process {
+	p := &events.Process{PID: uint32(pid), TID: uint32(pid)}
+	p.Executable, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	if id, err := loader.StatFileID(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+		p.ExeDev, p.ExeIno = id.Dev, id.Ino
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
+		p.Comm = strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "Uid:"); ok {
+				f := strings.Fields(v)
+				if len(f) >= 2 {
+					u, _ := strconv.Atoi(f[0])
+					e, _ := strconv.Atoi(f[1])
+					p.UID, p.EUID = uint32(u), uint32(e)
+				}
+			}
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "0::"); ok {
+				p.Cgroup = v
+			}
+		}
+	}
+	return p
+}

@@ -1,0 +1,258 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	kgbpf "github.com/keyguard/keyguard/bpf"
+)
+
+func attachLSM(p *ebpf.Program) (link.Link, error) {
+	return link.AttachLSM(link.LSMOptions{Program: p})
+}
+
+// Names of the generated BPF types the agent works with.
+type (
+	FileID      = kgbpf.KeyguardKgFileId
+	Rule        = kgbpf.KeyguardKgRule
+	Mark        = kgbpf.KeyguardKgMark
+	AccessorKey = kgbpf.KeyguardKgAccessorKey
+	Event       = kgbpf.KeyguardKgEvent
+	Proc        = kgbpf.KeyguardKgProc
+)
+
+// AnyUID in an AccessorKey matches every uid.
+const AnyUID = ^uint32(0)
+
+// RuleSet is the desired content of the rule maps, derived from the policy.
+type RuleSet struct {
+	Rules   map[uint32]Rule
+	Exes    map[FileID]uint32
+	Keys    map[FileID]uint32
+	Cgroups map[uint64]uint32
+	Allow   map[AccessorKey]bool
+}
+
+// Apply makes the rule maps equal to rs: adds and updates entries, then deletes the rest. Entries are
+// added before stale ones are deleted, so a rule that stays never has a gap.
+func (g *Guard) Apply(rs RuleSet) error {
+	return errors.Join(
+		syncMap(g.Maps.Rules, rs.Rules),
+		syncMap(g.Maps.ExeRules, rs.Exes),
+		syncMap(g.Maps.KeyRules, rs.Keys),
+		syncMap(g.Maps.CgroupRules, rs.Cgroups),
+		syncMap(g.Maps.Allow, boolToU8(rs.Allow)),
+	)
+}
+
+func boolToU8(m map[AccessorKey]bool) map[AccessorKey]uint8 {
+	out := make(map[AccessorKey]uint8, len(m))
+	for k, v := range m {
+		if v {
+			out[k] = 1
+		}
+	}
+	return out
+}
+
+func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
+	for k, v := range want {
+		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("update BPF map %s: %w", m.String(), err)
+		}
+	}
+	var stale []K
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := want[k]; !ok {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate BPF map %s: %w", m.String(), err)
+	}
+	for _, k := range stale {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from BPF map %s: %w", m.String(), err)
+		}
+	}
+	return nil
+}
+
+// RegisterAgent tells the programs which process is the agent: it may read protected processes' /proc
+// entries (to name executables in events). The agent is identified by tgid and executable together.
+func (g *Guard) RegisterAgent(pid int) error {
+	exe, err := StatFileID(fmt.Sprintf("/proc/%d/exe", pid))
+	if err != nil {
+		return fmt.Errorf("identify the agent's executable: %w", err)
+	}
+	a := kgbpf.KeyguardKgAgent{Tgid: uint32(pid), ExeDev: exe.Dev, ExeIno: exe.Ino}
+	return g.Maps.Agent.Update(uint32(0), a, ebpf.UpdateAny)
+}
+
+// Mark protects a running process (found by the procfs scan). It sets the task-storage mark through a
+// pidfd and a late mark, so /proc files opened before now stop reading too.
+func (g *Guard) Mark(pid int, ruleID uint32, reason uint32) error {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	var cur Mark
+	if err := g.Maps.Marks.Lookup(uint32(fd), &cur); err == nil && cur.RuleId != 0 {
+		return nil // already protected, by the kernel or an earlier agent
+	}
+	if err := g.Maps.Marks.Update(uint32(fd), Mark{RuleId: ruleID, Reason: reason}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("mark pid %d: %w", pid, err)
+	}
+	ticks, err := startTicks(pid)
+	if err != nil {
+		return err
+	}
+	late := kgbpf.KeyguardKgLateMark{StartTicks: ticks, RuleId: ruleID, Reason: reason}
+	if err := g.Maps.LateMarks.Update(uint32(pid), late, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("late-mark pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// MarkOf returns the protection mark of a running process, if any.
+func (g *Guard) MarkOf(pid int) (Mark, bool, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return Mark{}, false, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	var m Mark
+	if err := g.Maps.Marks.Lookup(uint32(fd), &m); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return Mark{}, false, nil
+		}
+		return Mark{}, false, err
+	}
+	return m, m.RuleId != 0, nil
+}
+
+// Grant gives an accessor a break-glass exception until the given time.
+func (g *Guard) Grant(k AccessorKey, until time.Time, id uint64) error {
+	bt, err := BootTime(until)
+	if err != nil {
+		return err
+	}
+	return g.Maps.Breakglass.Update(k, kgbpf.KeyguardKgGrant{ExpiresBootNs: bt, GrantId: id}, ebpf.UpdateAny)
+}
+
+// Revoke removes a break-glass exception.
+func (g *Guard) Revoke(k AccessorKey) error {
+	err := g.Maps.Breakglass.Delete(k)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return nil
+	}
+	return err
+}
+
+// Lost sums the per-CPU count of events the kernel could not put in the ring buffer.
+func (g *Guard) Lost() (uint64, error) {
+	var per []uint64
+	if err := g.Maps.Lost.Lookup(uint32(0), &per); err != nil {
+		return 0, fmt.Errorf("read lost-event counter: %w", err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n, nil
+}
+
+// Counters sums the per-CPU decision counters, by kgbpf counter index.
+func (g *Guard) Counters() ([]uint64, error) {
+	out := make([]uint64, kgbpf.KeyguardKgCounterKG_CNT_MAX)
+	for i := range out {
+		var per []uint64
+		if err := g.Maps.Counters.Lookup(uint32(i), &per); err != nil {
+			return nil, fmt.Errorf("read counter %d: %w", i, err)
+		}
+		for _, v := range per {
+			out[i] += v
+		}
+	}
+	return out, nil
+}
+
+// StatFileID names a file the way the kernel does: sb->s_dev (major<<20 | minor) and inode.
+func StatFileID(path string) (FileID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return FileID{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return FileID{Dev: KernelDev(st.Dev), Ino: st.Ino}, nil
+}
+
+// KernelDev converts stat(2)'s st_dev to the kernel's internal dev_t encoding.
+func KernelDev(stDev uint64) uint64 {
+	return uint64(unix.Major(stDev))<<20 | uint64(unix.Minor(stDev))
+}
+
+// BootTime converts a wall-clock time to CLOCK_BOOTTIME nanoseconds, the clock the programs use.
+func BootTime(t time.Time) (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
+	}
+	now := time.Now()
+	d := t.Sub(now)
+	bt := ts.Nano() + d.Nanoseconds()
+	if bt < 0 {
+		return 0, nil
+	}
+	return uint64(bt), nil
+}
+
+// WallTime converts CLOCK_BOOTTIME nanoseconds from an event to wall-clock time.
+func WallTime(bootNs uint64) time.Time {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return time.Now()
+	}
+	return time.Now().Add(time.Duration(int64(bootNs) - ts.Nano()))
+}
+
+// startTicks reads a process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
+func startTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read start time of %d: %w", pid, err)
+	}
+	return parseStartTicks(b)
+}
+
+func parseStartTicks(stat []byte) (uint64, error) {
+	// The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
+	i := len(stat) - 1
+	for i >= 0 && stat[i] != ')' {
+		i--
+	}
+	if i < 0 {
+		return 0, errors.New("malformed /proc/PID/stat")
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	// fields[0] is field 3 (state); starttime is field 22.
+	if len(fields) < 20 {
+		return 0, errors.New("malformed /proc/PID/stat: too few fields")
+	}
+	v, err := strconv.ParseUint(fields[19], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("parse start time in /proc/PID/stat: %w", err)
+	}
+	return v, nil
+}

@@ -1,0 +1,662 @@
+// Package guard holds keyguard's VM tests of memory protection: the real agent binary enforcing its
+// BPF LSM programs on a stock kernel, attacked by real processes. They run only inside testvm
+// (KEYGUARD_VM=1), where they must pass; on any other machine they skip.
+package guard
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const (
+	dir       = "/tmp/kg"
+	agentBin  = "/bin/keyguard-agent"
+	cliBin    = "/bin/keyguard"
+	procBin   = "/bin/testproc"
+	eventsLog = dir + "/events.jsonl"
+	pinPath   = "/sys/fs/bpf/keyguard"
+	ctlSock   = dir + "/agent.sock"
+	user      = 1000
+)
+
+var (
+	victimEnforce = dir + "/victim-enforce"
+	victimLink    = dir + "/victim-enforce-link" // hard link: same file, also protected
+	victimCopy    = dir + "/victim-enforce-copy" // copy: another file, not protected
+	victimAudit   = dir + "/victim-audit"
+	victimPlain   = dir + "/victim-plain"
+	debugger      = dir + "/debugger" // allowed accessor (uid 0) of the signer rule
+	keyFile       = dir + "/keys/signing.pem"
+)
+
+const policyYAML = `version: 1
+rules:
+  - name: signer
+    mode: enforce
+    match:
+      executables: [/tmp/kg/victim-enforce]
+    allow:
+      - executable: /tmp/kg/debugger
+        uid: 0
+  - name: signer-audit
+    mode: audit
+    match:
+      executables: [/tmp/kg/victim-audit]
+  - name: keyholder
+    mode: enforce
+    match:
+      key_files: ["/tmp/kg/keys/*.pem"]
+`
+
+var agent *exec.Cmd
+var early *victim // started before the agent: found by the procfs scan
+
+func TestMain(m *testing.M) {
+	if os.Getenv("KEYGUARD_VM") != "1" {
+		fmt.Println("skipping guard VM tests: they run inside testvm (make vmtest)")
+		os.Exit(0)
+	}
+	if err := setup(); err != nil {
+		fmt.Println("setup failed:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	stopAgent()
+	early.kill()
+	os.Exit(code)
+}
+
+func setup() error {
+	// Yama must not decide before keyguard does (scope 1 would deny unprivileged attaches first).
+	if err := os.WriteFile("/proc/sys/kernel/yama/ptrace_scope", []byte("0"), 0); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir+"/keys", 0o755); err != nil {
+		return err
+	}
+	os.Chmod(dir, 0o755)
+	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, debugger} {
+		if err := copyFile(procBin, p); err != nil {
+			return err
+		}
+	}
+	if err := os.Link(victimEnforce, victimLink); err != nil {
+		return err
+	}
+	if err := os.WriteFile(keyFile, []byte("-----BEGIN PRIVATE KEY-----\ntest\n-----END PRIVATE KEY-----\n"), 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(dir+"/policy.yaml", []byte(policyYAML), 0o644); err != nil {
+		return err
+	}
+	var err error
+	early, err = startVictimErr(victimEnforce, 0)
+	if err != nil {
+		return fmt.Errorf("start early victim: %w", err)
+	}
+	return startAgent()
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, b, 0o755)
+}
+
+func startAgent() error {
+	before := countLines(eventsLog)
+	agent = exec.Command(agentBin, "run", "-policy", dir+"/policy.yaml", "-events", eventsLog,
+		"-state-dir", dir+"/state", "-control-socket", ctlSock)
+	agent.Stdout = os.Stdout
+	agent.Stderr = os.Stdout
+	if err := agent.Start(); err != nil {
+		return err
+	}
+	// Ready once it reported its health (after attaching and scanning).
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, ev := range readEvents()[before:] {
+			if ev.Kind == "health" && (ev.Health.State == "started" || ev.Health.State == "adopted") {
+				return nil
+			}
+		}
+		if agent.ProcessState != nil {
+			return fmt.Errorf("agent exited")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("agent not ready after 60s")
+}
+
+func stopAgent() {
+	if agent != nil && agent.Process != nil {
+		agent.Process.Signal(syscall.SIGTERM)
+		agent.Wait()
+	}
+}
+
+// --- events -------------------------------------------------------------------------------------
+
+type proc struct {
+	PID        uint32 `json:"pid"`
+	TID        uint32 `json:"tid"`
+	Comm       string `json:"comm"`
+	Executable string `json:"executable"`
+	UID        uint32 `json:"uid"`
+	Cgroup     string `json:"cgroup"`
+}
+
+type event struct {
+	Kind       string `json:"kind"`
+	Operation  string `json:"operation"`
+	Decision   string `json:"decision"`
+	Rule       string `json:"rule"`
+	Reason     string `json:"reason"`
+	Detail     string `json:"detail"`
+	AccessMode uint32 `json:"access_mode"`
+	Accessor   *proc  `json:"accessor"`
+	Target     *proc  `json:"target"`
+	Health     *struct {
+		State string `json:"state"`
+	} `json:"health"`
+	BreakGlass *struct {
+		Action string `json:"action"`
+		Reason string `json:"reason"`
+	} `json:"break_glass"`
+}
+
+func countLines(path string) int { return len(readEvents()) }
+
+func readEvents() []event {
+	f, err := os.Open(eventsLog)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []event
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var ev event
+		if json.Unmarshal(sc.Bytes(), &ev) == nil {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// waitEvent waits until an event matching pred is in the log (the agent flushes every 200 ms).
+func waitEvent(t *testing.T, what string, pred func(event) bool) event {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, ev := range readEvents() {
+			if pred(ev) {
+				return ev
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("no event: %s", what)
+	return event{}
+}
+
+// --- victims and attackers ----------------------------------------------------------------------
+
+type victim struct {
+	cmd   *exec.Cmd
+	pid   int
+	tids  []int
+	addr  string
+	child int
+	stdin io.WriteCloser
+	out   *bufio.Reader
+}
+
+func startVictim(t *testing.T, exe string, uid int, args ...string) *victim {
+	t.Helper()
+	v, err := startVictimErr(exe, uid, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(v.kill)
+	return v
+}
+
+func startVictimErr(exe string, uid int, args ...string) (*victim, error) {
+	cmd := exec.Command(exe, append([]string{"hold"}, args...)...)
+	if uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	stdout, _ := cmd.StdoutPipe()
+	stdin, _ := cmd.StdinPipe()
+	cmd.Stderr = os.Stdout
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	v := &victim{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
+	if err := v.readLine(); err != nil {
+		v.kill()
+		return nil, err
+	}
+	return v, nil
+}
+
+// readLine parses "READY|WAITING pid=.. tids=.. addr=.. len=.. child=..".
+func (v *victim) readLine() error {
+	line, err := v.out.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("victim: %w (got %q)", err, line)
+	}
+	f := strings.Fields(line)
+	if len(f) < 6 || (f[0] != "READY" && f[0] != "WAITING") {
+		return fmt.Errorf("victim said %q", line)
+	}
+	for _, kv := range f[1:] {
+		k, val, _ := strings.Cut(kv, "=")
+		switch k {
+		case "pid":
+			v.pid, _ = strconv.Atoi(val)
+		case "tids":
+			v.tids = nil
+			for _, s := range strings.Split(val, ",") {
+				n, _ := strconv.Atoi(s)
+				v.tids = append(v.tids, n)
+			}
+		case "addr":
+			v.addr = val
+		case "child":
+			v.child, _ = strconv.Atoi(val)
+		}
+	}
+	return nil
+}
+
+func (v *victim) kill() {
+	if v.child != 0 {
+		syscall.Kill(v.child, syscall.SIGKILL)
+	}
+	v.cmd.Process.Kill()
+	v.cmd.Wait()
+}
+
+// attack runs "exe attack op pid tid addr" as uid and returns its pid and result ("OK n" or "ERR EPERM").
+func attack(t *testing.T, exe string, uid int, op string, pid, tid int, addr string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(exe, "attack", op, strconv.Itoa(pid), strconv.Itoa(tid), addr)
+	if uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	var out strings.Builder
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("attack %s: %v: %s", op, err, out.String())
+	}
+	return cmd.Process.Pid, strings.TrimSpace(out.String())
+}
+
+// --- the tests ----------------------------------------------------------------------------------
+
+type readPath struct {
+	op       string // testproc attack op
+	thread   bool   // aims at a non-leader thread
+	denied   string // result in enforce mode
+	eventOp  string
+	byThread bool // the kernel sees the thread (not the leader) as the target
+}
+
+var readPaths = []readPath{
+	{"attach", false, "ERR EPERM", "ptrace_attach", false},
+	{"attach", true, "ERR EPERM", "ptrace_attach", true},
+	{"seize", false, "ERR EPERM", "ptrace_seize", false},
+	{"seize", true, "ERR EPERM", "ptrace_seize", true},
+	{"mem", false, "ERR EACCES", "proc_open", false},
+	{"taskmem", true, "ERR EACCES", "proc_open", true},
+	{"vmreadv", false, "ERR EPERM", "process_vm_readv", false},
+	{"vmreadv", true, "ERR EPERM", "process_vm_readv", true},
+	{"environ", false, "ERR EACCES", "proc_open", false},
+	{"taskenviron", true, "ERR EACCES", "proc_open", true},
+	{"pidfd_getfd", false, "ERR EPERM", "pidfd_getfd", false},
+}
+
+func TestReadPaths(t *testing.T) {
+	for _, mode := range []struct {
+		name, exe, rule, decision string
+	}{
+		{"enforce", victimEnforce, "signer", "denied"},
+		{"audit", victimAudit, "signer-audit", "allowed_audit"},
+	} {
+		for _, uid := range []int{0, user} {
+			t.Run(fmt.Sprintf("%s/uid%d", mode.name, uid), func(t *testing.T) {
+				v := startVictim(t, mode.exe, uid, "-threads", "2")
+				for _, p := range readPaths {
+					tid := v.tids[0]
+					if p.thread {
+						tid = v.tids[1]
+					}
+					name := p.op
+					if p.thread {
+						name += "/thread"
+					}
+					t.Run(name, func(t *testing.T) {
+						apid, res := attack(t, procBin, uid, p.op, v.pid, tid, v.addr)
+						if mode.name == "enforce" && res != p.denied {
+							t.Fatalf("enforce: %s on protected pid %d tid %d by uid %d: got %q, want %q", p.op, v.pid, tid, uid, res, p.denied)
+						}
+						if mode.name == "audit" && !strings.HasPrefix(res, "OK") {
+							t.Fatalf("audit: %s must succeed, got %q", p.op, res)
+						}
+						wantTid := uint32(v.pid)
+						if p.byThread {
+							wantTid = uint32(tid)
+						}
+						ev := waitEvent(t, fmt.Sprintf("%s %s by pid %d", mode.decision, p.eventOp, apid), func(e event) bool {
+							return e.Kind == "access" && e.Accessor != nil && e.Accessor.PID == uint32(apid) &&
+								e.Target != nil && e.Target.PID == uint32(v.pid) && e.Operation == p.eventOp
+						})
+						if ev.Decision != mode.decision || ev.Rule != mode.rule {
+							t.Errorf("event decision %q rule %q, want %q %q", ev.Decision, ev.Rule, mode.decision, mode.rule)
+						}
+						if ev.Accessor.UID != uint32(uid) || ev.Target.UID != uint32(uid) {
+							t.Errorf("event uids accessor %d target %d, want %d", ev.Accessor.UID, ev.Target.UID, uid)
+						}
+						if ev.Target.TID != wantTid {
+							t.Errorf("event target tid %d, want %d", ev.Target.TID, wantTid)
+						}
+						if ev.Accessor.Executable != procBin || ev.Target.Executable != mode.exe {
+							t.Errorf("event executables accessor %q target %q, want %q %q", ev.Accessor.Executable, ev.Target.Executable, procBin, mode.exe)
+						}
+						if ev.Accessor.Comm != "testproc" || ev.AccessMode == 0 {
+							t.Errorf("event accessor comm %q access mode %#x", ev.Accessor.Comm, ev.AccessMode)
+						}
+					})
+				}
+			})
+		}
+	}
+}
+
+// The process itself and its threads keep working; an unprotected neighbour stays readable.
+func TestUnprotectedNeighbour(t *testing.T) {
+	v := startVictim(t, victimPlain, 0, "-threads", "2")
+	c := startVictim(t, victimCopy, 0) // a copy of the protected executable is another file
+	for _, target := range []*victim{v, c} {
+		for _, p := range readPaths {
+			tid := target.tids[0]
+			if p.thread && len(target.tids) > 1 {
+				tid = target.tids[1]
+			}
+			_, res := attack(t, procBin, 0, p.op, target.pid, tid, target.addr)
+			if !strings.HasPrefix(res, "OK") {
+				t.Errorf("%s on unprotected pid %d: %q, want OK", p.op, target.pid, res)
+			}
+		}
+	}
+	time.Sleep(500 * time.Millisecond)
+	for _, ev := range readEvents() {
+		if ev.Kind == "access" && ev.Target != nil && (ev.Target.PID == uint32(v.pid) || ev.Target.PID == uint32(c.pid)) {
+			t.Errorf("event for an unprotected process: %+v", ev)
+		}
+	}
+}
+
+func TestHardLinkIsProtected(t *testing.T) {
+	v := startVictim(t, victimLink, 0)
+	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("mem of a process run through a hard link of the protected executable: %q", res)
+	}
+}
+
+func TestRunningBeforeAgentIsProtected(t *testing.T) {
+	if _, res := attack(t, procBin, 0, "mem", early.pid, early.pid, early.addr); res != "ERR EACCES" {
+		t.Fatalf("process started before the agent: %q, want ERR EACCES", res)
+	}
+	waitEvent(t, "protect event from the procfs scan", func(e event) bool {
+		return e.Kind == "protect" && e.Target != nil && e.Target.PID == uint32(early.pid) && e.Reason == "procfs_scan"
+	})
+}
+
+func TestAllowedAccessor(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	apid, res := attack(t, debugger, 0, "mem", v.pid, v.pid, v.addr)
+	if !strings.HasPrefix(res, "OK") {
+		t.Fatalf("allowed debugger (uid 0): %q, want OK", res)
+	}
+	waitEvent(t, "allowed_policy event", func(e event) bool {
+		return e.Kind == "access" && e.Accessor != nil && e.Accessor.PID == uint32(apid) && e.Decision == "allowed_policy"
+	})
+	// The same executable under another uid is not allowed.
+	w := startVictim(t, victimEnforce, user)
+	if _, res := attack(t, debugger, user, "mem", w.pid, w.pid, w.addr); res != "ERR EACCES" {
+		t.Fatalf("debugger as uid %d: %q, want ERR EACCES", user, res)
+	}
+}
+
+func TestNoWindowAfterExec(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		c := exec.Command(procBin, "exec-attack", victimEnforce)
+		c.Stderr = os.Stdout
+		out, err := c.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.TrimSpace(string(out)); got != "ERR EACCES" {
+			t.Fatalf("attack right after exec (round %d): %q, want ERR EACCES", i, got)
+		}
+	}
+}
+
+func TestForkChildInherits(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0, "-spawn", victimPlain)
+	if v.child == 0 {
+		t.Fatal("no child")
+	}
+	if _, res := attack(t, procBin, 0, "mem", v.child, v.child, ""); res != "ERR EACCES" {
+		t.Fatalf("child of a protected process (unprotected executable): %q, want ERR EACCES", res)
+	}
+	ev := waitEvent(t, "denial for the child", func(e event) bool {
+		return e.Kind == "access" && e.Target != nil && e.Target.PID == uint32(v.child)
+	})
+	if ev.Reason != "inherited" || ev.Rule != "signer" {
+		t.Errorf("child's protection: reason %q rule %q, want inherited signer", ev.Reason, ev.Rule)
+	}
+}
+
+func TestKeyFileOpenProtects(t *testing.T) {
+	for _, thread := range []bool{false, true} {
+		t.Run(fmt.Sprintf("thread=%v", thread), func(t *testing.T) {
+			args := []string{"-keyfile", keyFile}
+			if thread {
+				args = append(args, "-keyfile-thread")
+			}
+			v := startVictim(t, victimPlain, 0, args...)
+			if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+				t.Fatalf("right after opening a key file: %q, want ERR EACCES", res)
+			}
+			waitEvent(t, "protect event for the key file", func(e event) bool {
+				return e.Kind == "protect" && e.Target != nil && e.Target.PID == uint32(v.pid) &&
+					e.Reason == "key_file" && e.Rule == "keyholder" && e.Detail == "signing.pem"
+			})
+		})
+	}
+}
+
+// A /proc/PID/mem opened before the process loaded its key must stop reading when it does.
+func TestFileOpenedBeforeProtection(t *testing.T) {
+	v := startVictim(t, victimPlain, 0, "-keyfile", keyFile, "-wait-stdin")
+	f, err := os.Open(fmt.Sprintf("/proc/%d/mem", v.pid))
+	if err != nil {
+		t.Fatalf("open mem of the still unprotected process: %v", err)
+	}
+	defer f.Close()
+	addr, _ := strconv.ParseUint(strings.TrimPrefix(v.addr, "0x"), 16, 64)
+	buf := make([]byte, 16)
+	if _, err := f.ReadAt(buf, int64(addr)); err != nil {
+		t.Fatalf("read before protection: %v", err)
+	}
+	fmt.Fprintln(v.stdin, "go")
+	if err := v.readLine(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := f.ReadAt(buf, int64(addr)); err == nil {
+		t.Fatalf("read through an fd opened before protection succeeded (%d bytes: %q)", n, buf[:n])
+	}
+	waitEvent(t, "proc_read denial", func(e event) bool {
+		return e.Kind == "access" && e.Operation == "proc_read" && e.Target != nil && e.Target.PID == uint32(v.pid) && e.Decision == "denied"
+	})
+}
+
+// A traced process may not exec a protected executable (the tracer would read it afterwards).
+func TestTracedExecRefused(t *testing.T) {
+	cmd := exec.Command(victimEnforce, "hold")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Ptrace: true}
+	err := cmd.Start()
+	if err == nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatal("exec of a protected executable under ptrace succeeded")
+	}
+	waitEvent(t, "exec_traced denial", func(e event) bool {
+		return e.Kind == "access" && e.Operation == "exec_traced" && e.Decision == "denied"
+	})
+}
+
+func TestBreakGlass(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	tool := dir + "/breakglass-tool"
+	if err := copyFile(procBin, tool); err != nil {
+		t.Fatal(err)
+	}
+	if _, res := attack(t, tool, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("before the grant: %q", res)
+	}
+	out, err := exec.Command(cliBin, "break-glass", "-socket", ctlSock, "-executable", tool, "-uid", "0",
+		"-rule", "signer", "-for", "3s", "-reason", "incident 42: inspect a hung signer", "-operator", "alice").CombinedOutput()
+	if err != nil {
+		t.Fatalf("break-glass: %v: %s", err, out)
+	}
+	waitEvent(t, "break-glass granted event", func(e event) bool {
+		return e.Kind == "break_glass" && e.BreakGlass != nil && e.BreakGlass.Action == "granted" &&
+			e.BreakGlass.Reason == "incident 42: inspect a hung signer"
+	})
+	apid, res := attack(t, tool, 0, "mem", v.pid, v.pid, v.addr)
+	if !strings.HasPrefix(res, "OK") {
+		t.Fatalf("during the grant: %q, want OK", res)
+	}
+	waitEvent(t, "allowed_break_glass event", func(e event) bool {
+		return e.Kind == "access" && e.Accessor != nil && e.Accessor.PID == uint32(apid) && e.Decision == "allowed_break_glass"
+	})
+	time.Sleep(3500 * time.Millisecond)
+	if _, res := attack(t, tool, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("after the grant expired: %q", res)
+	}
+	waitEvent(t, "break-glass expired event", func(e event) bool {
+		return e.Kind == "break_glass" && e.BreakGlass != nil && e.BreakGlass.Action == "expired"
+	})
+	// A grant without a reason is refused.
+	if out, err := exec.Command(cliBin, "break-glass", "-socket", ctlSock, "-executable", tool, "-uid", "0",
+		"-rule", "signer", "-for", "1m", "-operator", "alice").CombinedOutput(); err == nil {
+		t.Fatalf("break-glass without a reason was accepted: %s", out)
+	}
+}
+
+func TestStatus(t *testing.T) {
+	out, err := exec.Command(cliBin, "status", "-socket", ctlSock, "-json").Output()
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	var st struct {
+		Rules    []string          `json:"rules"`
+		Counters map[string]uint64 `json:"counters"`
+		PIDs     []int             `json:"protected_pids"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status JSON: %v: %s", err, out)
+	}
+	if len(st.Rules) != 3 || st.Counters["denied"] == 0 {
+		t.Errorf("status: rules %v counters %v", st.Rules, st.Counters)
+	}
+	found := false
+	for _, p := range st.PIDs {
+		found = found || p == early.pid
+	}
+	if !found {
+		t.Errorf("status does not list protected pid %d: %v", early.pid, st.PIDs)
+	}
+}
+
+// Enforcement holds while the agent is SIGKILLed and until it is restarted and adopts the pins.
+func TestAgentKilledEnforcementHolds(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	loop := exec.Command(procBin, "loop-attack", strconv.Itoa(v.pid), v.addr, "6")
+	var out strings.Builder
+	loop.Stdout = &out
+	if err := loop.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	agent.Process.Kill()
+	agent.Wait()
+	// While no agent runs, new protected processes are still marked by the kernel.
+	w := startVictim(t, victimEnforce, 0)
+	if _, res := attack(t, procBin, 0, "mem", w.pid, w.pid, w.addr); res != "ERR EACCES" {
+		t.Errorf("new protected process while the agent is down: %q", res)
+	}
+	time.Sleep(time.Second)
+	if err := startAgent(); err != nil {
+		t.Fatal(err)
+	}
+	if err := loop.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var ok, fail int
+	fmt.Sscanf(out.String(), "SUCCESSES %d FAILURES %d", &ok, &fail)
+	if ok != 0 || fail == 0 {
+		t.Fatalf("attack loop across the agent restart: %d successes, %d failures", ok, fail)
+	}
+	t.Logf("attack loop across SIGKILL and restart: %d attempts, all denied", fail)
+	waitEvent(t, "adopted health event", func(e event) bool {
+		return e.Kind == "health" && e.Health != nil && e.Health.State == "adopted"
+	})
+	// The denials made while the agent was down were kept in the pinned ring buffer and read now.
+	waitEvent(t, "denial of the process started while the agent was down", func(e event) bool {
+		return e.Kind == "access" && e.Target != nil && e.Target.PID == uint32(w.pid) && e.Decision == "denied"
+	})
+}
+
+func TestBadPolicyRefused(t *testing.T) {
+	for _, tc := range []struct{ name, yaml, want string }{
+		{"unknown key", "version: 1\nrules:\n  - name: x\n    mood: enforce\n    match:\n      executables: [/bin/testproc]\n", "bad.yaml:4"},
+		{"missing executable", "version: 1\nrules:\n  - name: x\n    match:\n      executables: [/nonexistent/signer]\n", "/nonexistent/signer"},
+		{"bad mode", "version: 1\nrules:\n  - name: x\n    mode: block-everything\n    match:\n      executables: [/bin/testproc]\n", "bad.yaml:4"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, "bad.yaml")
+			os.WriteFile(p, []byte(tc.yaml), 0o644)
+			cmd := exec.Command(agentBin, "run", "-policy", p, "-events", dir+"/bad-events.jsonl", "-pin-path", "/sys/fs/bpf/kg-bad", "-control-socket", "")
+			out, err := cmd.CombinedOutput()
+			if err == nil {
+				t.Fatalf("agent started with a bad policy: %s", out)
+			}
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("error does not name %q:\n%s", tc.want, out)
+			}
+			if _, err := os.Stat("/sys/fs/bpf/kg-bad"); err == nil {
+				t.Fatal("agent pinned programs despite a bad policy")
+			}
+		})
+	}
+}
