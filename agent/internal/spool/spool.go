@@ -134,7 +134,7 @@ type Config struct {
 	// Default MaxBytes/16, clamped to [64 KiB, 16 MiB].
 	SegmentBytes int64
 	// MaxRecordBytes is the largest record accepted (payload + RecordOverhead).
-	// Default DefaultMaxRecordBytes, at most SegmentBytes.
+	// Default DefaultMaxRecordBytes; never more than half a segment.
 	MaxRecordBytes int
 	// EncodeLoss encodes a loss record's payload with the sequence number the spool assigned to it.
 	EncodeLoss func(seq uint64, loss Loss, dst []byte) ([]byte, error)
@@ -255,13 +255,14 @@ func (c *Config) setDefaults() error {
 		c.SegmentBytes = min(max(c.MaxBytes/16, minSegmentBytes), maxSegmentBytes)
 	}
 	if c.MaxRecordBytes == 0 {
-		c.MaxRecordBytes = int(min(DefaultMaxRecordBytes, c.SegmentBytes))
+		c.MaxRecordBytes = DefaultMaxRecordBytes
 	}
+	c.MaxRecordBytes = int(min(int64(c.MaxRecordBytes), c.SegmentBytes/2))
 	if c.SegmentBytes < 4096 || c.MaxBytes < 2*c.SegmentBytes {
 		return fmt.Errorf("spool: size cap %d bytes with %d-byte segments is too small: give the spool at least two segments of at least 4 KiB", c.MaxBytes, c.SegmentBytes)
 	}
-	if c.MaxRecordBytes < RecordOverhead+1 || int64(c.MaxRecordBytes) > c.SegmentBytes {
-		return fmt.Errorf("spool: maximum record size %d must be between %d and the segment size %d", c.MaxRecordBytes, RecordOverhead+1, c.SegmentBytes)
+	if c.MaxRecordBytes < RecordOverhead+1 {
+		return fmt.Errorf("spool: maximum record size %d must be at least %d", c.MaxRecordBytes, RecordOverhead+1)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -224,7 +224,7 @@ func TestConfigErrors(t *testing.T) {
 		{"no dir", func(c *Config) { c.Dir = "" }, "no directory"},
 		{"no loss encoder", func(c *Config) { c.EncodeLoss = nil }, "loss encoder"},
 		{"cap below two segments", func(c *Config) { c.MaxBytes = 100 << 10; c.SegmentBytes = 64 << 10 }, "too small"},
-		{"record larger than segment", func(c *Config) { c.SegmentBytes = 64 << 10; c.MaxRecordBytes = 1 << 20 }, "maximum record size"},
+		{"record limit too small", func(c *Config) { c.MaxRecordBytes = 10 }, "maximum record size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig(t.TempDir())

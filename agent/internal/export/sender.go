@@ -1,0 +1,283 @@
+package export
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/keyguard/keyguard/agent/internal/spool"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+)
+
+// rawBatch is a PushRequest already in wire format: the spool holds each event marshalled, and a
+// repeated message field is just the concatenation of its elements, so batches are built without
+// decoding a single event.
+type rawBatch struct{ b []byte }
+
+// batchCodec marshals rawBatch as is and everything else with the standard proto codec.
+type batchCodec struct{ std encoding.CodecV2 }
+
+func (c batchCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(*rawBatch); ok {
+		return mem.BufferSlice{mem.SliceBuffer(r.b)}, nil
+	}
+	return c.std.Marshal(v)
+}
+
+func (c batchCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.std.Unmarshal(data, v) }
+func (c batchCodec) Name() string                                { return c.std.Name() }
+
+// maxSkippedPerBatch stays below the collector's limit of skipped ranges in one PushRequest.
+const maxSkippedPerBatch = 900
+
+var errBatchFull = errors.New("batch full")
+
+const (
+	pushEventsField  = 1 // PushRequest.events
+	pushSkippedField = 2 // PushRequest.skipped
+)
+
+func appendSkipped(b []byte, first, last uint64) []byte {
+	var r []byte
+	r = protowire.AppendTag(r, 1, protowire.VarintType)
+	r = protowire.AppendVarint(r, first)
+	r = protowire.AppendTag(r, 2, protowire.VarintType)
+	r = protowire.AppendVarint(r, last)
+	b = protowire.AppendTag(b, pushSkippedField, protowire.BytesType)
+	return protowire.AppendBytes(b, r)
+}
+
+// plaintextHostKey is the metadata key a plaintext (loopback demo) collector reads the host from.
+const plaintextHostKey = "x-keyguard-host"
+
+func (p *Pipeline) sendLoop(ctx context.Context) {
+	conn, err := grpc.NewClient(p.cfg.Collector,
+		grpc.WithTransportCredentials(p.creds),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{
+			Time:                p.cfg.KeepaliveInterval,
+			Timeout:             p.cfg.KeepaliveInterval,
+			PermitWithoutStream: true,
+		}),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay:  p.cfg.BackoffMin,
+				Multiplier: 2,
+				Jitter:     0.2,
+				MaxDelay:   p.cfg.BackoffMax,
+			},
+			MinConnectTimeout: 5 * time.Second,
+		}),
+		grpc.WithDefaultCallOptions(grpc.ForceCodecV2(batchCodec{std: encoding.GetCodecV2("proto")})),
+	)
+	if err != nil {
+		// Only a malformed target gets here; New validated the rest.
+		p.setErr(err)
+		p.log.Error("export: cannot create collector client; events stay in the spool", "collector", p.cfg.Collector, "err", err)
+		<-ctx.Done()
+		return
+	}
+	defer conn.Close()
+	client := keyguardv1.NewIngestServiceClient(conn)
+	r := p.sp.NewReader(1)
+	defer r.Close()
+
+	failures := 0
+	for ctx.Err() == nil {
+		before := p.ackedSeq.Load()
+		err := p.stream(ctx, client, r)
+		p.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		p.setErr(err)
+		if p.ackedSeq.Load() > before {
+			failures = 0
+		}
+		delay := backoffDelay(p.cfg.BackoffMin, p.cfg.BackoffMax, failures)
+		failures++
+		p.reconnects.Add(1)
+		p.log.Warn("export: collector stream ended; reconnecting", "collector", p.cfg.Collector, "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// backoffDelay is min*2^failures capped at max, with "equal jitter": uniformly in [d/2, d].
+func backoffDelay(lo, hi time.Duration, failures int) time.Duration {
+	d := lo
+	for range failures {
+		d *= 2
+		if d >= hi {
+			d = hi
+			break
+		}
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// stream runs one Push stream until it fails or ctx ends.
+func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceClient, r *spool.Reader) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if p.cfg.Plaintext {
+		sctx = metadata.AppendToOutgoingContext(sctx, plaintextHostKey, p.cfg.PlaintextHost)
+	}
+	// WaitForReady: while the collector is unreachable the call waits for gRPC's own reconnection
+	// (same backoff settings) instead of failing in a loop.
+	st, err := client.Push(sctx, grpc.WaitForReady(true))
+	if err != nil {
+		return fmt.Errorf("open ingest stream: %w", err)
+	}
+	first, err := st.Recv()
+	if err != nil {
+		return fmt.Errorf("ingest stream handshake: %w", err)
+	}
+	start, err := p.resume(first.GetAckedSeq())
+	if err != nil {
+		return err
+	}
+	p.connected.Store(true)
+	p.log.Info("export: connected to collector", "collector", p.cfg.Collector, "host", first.GetHost(),
+		"collector_acked_seq", first.GetAckedSeq(), "resend_from", start)
+	r.Seek(start)
+	// Sequence numbers up to this were sent before on an earlier stream: sending them again is a
+	// resend.
+	sentBefore := p.maxSent.Load()
+
+	acks := make(chan struct{}, 1)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			resp, err := st.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			p.onAck(resp.GetAckedSeq())
+			select {
+			case acks <- struct{}{}:
+			default:
+			}
+		}
+	}()
+
+	expect := start // next sequence number to send or declare skipped
+	batch := make([]byte, 0, 64<<10)
+	skipped := 0
+	for {
+		changed := p.sp.Changed()
+		if limit := p.ackedSeq.Load() + p.cfg.Window; expect <= limit {
+			batch, skipped = batch[:0], 0
+			n, err := r.Next(int(min(uint64(p.cfg.BatchEvents), limit-expect+1)), p.cfg.BatchBytes, func(rec spool.Record) error {
+				if rec.Seq > expect {
+					if skipped == maxSkippedPerBatch {
+						return errBatchFull // this record starts the next batch
+					}
+					// Evicted or destroyed in the spool; the spool's LossReport accounts for them.
+					batch = appendSkipped(batch, expect, rec.Seq-1)
+					skipped++
+				}
+				batch = protowire.AppendTag(batch, pushEventsField, protowire.BytesType)
+				batch = protowire.AppendBytes(batch, rec.Payload)
+				expect = rec.Seq + 1
+				return nil
+			})
+			if err != nil && !errors.Is(err, errBatchFull) {
+				return fmt.Errorf("read spool: %w", err)
+			}
+			if n > 0 {
+				// gRPC may still hold the buffer after SendMsg returns: hand it a copy.
+				if err := st.SendMsg(&rawBatch{append([]byte(nil), batch...)}); err != nil {
+					// The real cause comes from Recv.
+					select {
+					case rerr := <-recvErr:
+						return fmt.Errorf("send to collector: %w", rerr)
+					case <-time.After(time.Second):
+						return fmt.Errorf("send to collector: %w", err)
+					}
+				}
+				p.sent.Add(uint64(n))
+				if last := expect - 1; last <= sentBefore {
+					p.resent.Add(uint64(n))
+				} else {
+					p.maxSent.Store(last)
+				}
+				continue
+			}
+		}
+		select {
+		case <-changed:
+		case <-acks:
+		case err := <-recvErr:
+			return fmt.Errorf("collector stream: %w", err)
+		case <-ctx.Done():
+			st.CloseSend()
+			return ctx.Err()
+		}
+	}
+}
+
+// resume reconciles the collector's acknowledged sequence number with the spool and returns the
+// first sequence number to send.
+func (p *Pipeline) resume(collectorAcked uint64) (uint64, error) {
+	st := p.sp.Stats()
+	switch {
+	case collectorAcked > st.DurableSeq:
+		// The collector has more of this host than the spool ever held: the spool was wiped or
+		// restored. Renumbering is needed so that new events do not reuse stored numbers.
+		if err := p.sp.Renumber(collectorAcked+1, reseq); err != nil {
+			return 0, fmt.Errorf("renumber spool after the collector reported acked_seq %d beyond the spool's %d: %w", collectorAcked, st.DurableSeq, err)
+		}
+		p.log.Warn("export: the collector already holds sequence numbers this spool never wrote (spool wiped or restored?); unsent events renumbered",
+			"collector_acked_seq", collectorAcked, "spool_durable_seq", st.DurableSeq)
+		p.onAck(collectorAcked)
+		return collectorAcked + 1, nil
+	case collectorAcked < st.AckedSeq:
+		// The collector lost events it had acknowledged (database restored?). They are gone from
+		// the spool; they will be declared skipped.
+		p.log.Error("export: the collector acknowledges less than it did before; events it lost cannot be resent",
+			"collector_acked_seq", collectorAcked, "spool_acked_seq", st.AckedSeq)
+		return collectorAcked + 1, nil
+	default:
+		p.onAck(collectorAcked)
+		return collectorAcked + 1, nil
+	}
+}
+
+// reseq rewrites the sequence number inside a spooled event payload: appending field 3 again
+// overrides the earlier value (proto3: the last value of a scalar field wins).
+func reseq(newSeq uint64, payload, dst []byte) []byte {
+	dst = append(dst, payload...)
+	dst = protowire.AppendTag(dst, 3, protowire.VarintType)
+	return protowire.AppendVarint(dst, newSeq)
+}
+
+func (p *Pipeline) onAck(seq uint64) {
+	if seq <= p.ackedSeq.Load() {
+		return
+	}
+	if err := p.sp.Ack(seq); err != nil && !errors.Is(err, spool.ErrClosed) {
+		p.setErr(err)
+		p.log.Error("export: recording acknowledgement failed", "seq", seq, "err", err)
+	}
+	p.ackedSeq.Store(seq)
+	p.lastAck.Store(time.Now().UnixNano())
+	if p.ackHook != nil {
+		p.ackHook(seq)
+	}
+}
