@@ -240,12 +240,15 @@ func (p *Pipeline) resume(collectorAcked uint64) (uint64, error) {
 	case collectorAcked > st.DurableSeq:
 		// The collector has more of this host than the spool ever held: the spool was wiped or
 		// restored. Renumbering is needed so that new events do not reuse stored numbers.
-		if err := p.sp.Renumber(collectorAcked+1, reseq); err != nil {
+		first, err := p.sp.Renumber(collectorAcked+1, reseq)
+		if err != nil {
 			return 0, fmt.Errorf("renumber spool after the collector reported acked_seq %d beyond the spool's %d: %w", collectorAcked, st.DurableSeq, err)
 		}
 		p.log.Warn("export: the collector already holds sequence numbers this spool never wrote (spool wiped or restored?); unsent events renumbered",
-			"collector_acked_seq", collectorAcked, "spool_durable_seq", st.DurableSeq)
-		p.onAck(collectorAcked)
+			"collector_acked_seq", collectorAcked, "spool_durable_seq", st.DurableSeq, "renumbered_from", first)
+		p.ackedSeq.Store(collectorAcked)
+		p.maxSent.Store(0)
+		// Numbers between the collector's acknowledgement and first are declared skipped.
 		return collectorAcked + 1, nil
 	case collectorAcked < st.AckedSeq:
 		// The collector lost events it had acknowledged (database restored?). They are gone from

@@ -20,23 +20,23 @@ const renumSuffix = ".renum"
 // would otherwise reuse numbers the collector already holds (the spool directory was wiped, or
 // restored from an old copy): first is then the collector's acknowledged number + 1, and must be
 // above every number this spool assigned. reencode must return the payload rewritten to carry its
-// new number, appended to dst.
+// new number, appended to dst. If records were appended meanwhile so that first is already taken,
+// the records move above them instead; Renumber returns the number the first record got (or the next
+// number to be assigned, if there were no unacknowledged records).
 //
 // Renumbering is crash-safe: new segments are written as *.renum files, moving the
 // acknowledgement to first-1 is the commit point, and Open completes or discards an interrupted
 // renumbering.
-func (s *Spool) Renumber(first uint64, reencode func(newSeq uint64, payload, dst []byte) []byte) error {
+func (s *Spool) Renumber(first uint64, reencode func(newSeq uint64, payload, dst []byte) []byte) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return ErrClosed
+		return 0, ErrClosed
 	}
-	if first < s.next {
-		return fmt.Errorf("spool: renumber to %d would reuse numbers below %d", first, s.next)
-	}
+	first = max(first, s.next)
 	if s.segs[len(s.segs)-1].count > 0 {
 		if err := s.rotate(); err != nil {
-			return err
+			return 0, err
 		}
 	}
 	var (
@@ -65,14 +65,14 @@ func (s *Spool) Renumber(first uint64, reencode func(newSeq uint64, payload, dst
 		out = nil
 		return err
 	}
-	fail := func(err error) error {
+	fail := func(err error) (uint64, error) {
 		if out != nil {
 			out.Close()
 		}
 		for _, p := range created {
 			os.Remove(p)
 		}
-		return err
+		return 0, err
 	}
 	for _, g := range s.segs {
 		if g.count == 0 || g.last <= s.acked {
@@ -143,7 +143,7 @@ func (s *Spool) Renumber(first uint64, reencode func(newSeq uint64, payload, dst
 		return fail(err)
 	}
 	s.log.Warn("spool: unacknowledged records renumbered", "first", first, "moved_by", delta)
-	return s.reload()
+	return first, s.reload()
 }
 
 // writeAck records the acknowledged sequence number, fsyncing if asked.

@@ -718,11 +718,8 @@ func TestRenumber(t *testing.T) {
 	before := t.TempDir()
 	copyDir(t, dir, before, func(n string) string { return n })
 
-	if err := s.Renumber(50, reencodeTest); err == nil {
-		t.Fatal("Renumber below the next sequence number succeeded")
-	}
-	if err := s.Renumber(10001, reencodeTest); err != nil {
-		t.Fatal(err)
+	if first, err := s.Renumber(10001, reencodeTest); err != nil || first != 10001 {
+		t.Fatalf("Renumber(10001) = %d, %v", first, err)
 	}
 	check := func(s *Spool) {
 		t.Helper()
@@ -749,6 +746,18 @@ func TestRenumber(t *testing.T) {
 	}
 	after := t.TempDir()
 	copyDir(t, dir, after, func(n string) string { return n })
+
+	// A target below numbers already assigned moves the records above them instead.
+	s = open(t, cfg)
+	if first, err := s.Renumber(50, reencodeTest); err != nil || first != 10202 {
+		t.Fatalf("Renumber(50) after 10201 = %d, %v; want 10202", first, err)
+	}
+	if recs := readAll(t, s, 10202); len(recs) != 201 || recs[200].seq != 10402 {
+		t.Fatalf("after second renumbering read %d records", len(recs))
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
 
 	t.Run("interrupted before commit", func(t *testing.T) {
 		d := t.TempDir()
