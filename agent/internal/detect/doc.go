@@ -1,0 +1,48 @@
+// Package detect finds private key material in byte streams: the one detector used by the core-dump
+// redactor, its verifier, and `keyguard scan`.
+//
+// What is found, and how:
+//
+//   - PEM: "-----BEGIN <X> PRIVATE KEY-----" … "-----END <X> PRIVATE KEY-----" with a base64 body
+//     (real or escaped \n line breaks, RFC 1421 headers): PKCS#1 RSA (also legacy-encrypted),
+//     PKCS#8, ENCRYPTED PRIVATE KEY, SEC1 EC, OPENSSH, and any other "PRIVATE KEY" label. Exact
+//     string search; a block is reported even if its DER does not parse.
+//   - DER without armour: PKCS#1, PKCS#8 (RSA, EC, Ed25519; X25519/Ed448/X448/DSA unattributed),
+//     SEC1, and PKCS#8 EncryptedPrivateKeyInfo with PKCS#5/PKCS#12 algorithms. Anchored on the
+//     version INTEGER or the PBE OID, then the whole element must parse with encoding/asn1 with no
+//     trailing bytes and sane field ranges, so random bytes and certificates do not match.
+//   - OpenSSH: the binary "openssh-key-v1" container, parsed field by field.
+//   - JWK/JWKS: each JSON object with "kty" and a private member ("d", "p", "q", "dp", "dq", "qi",
+//     "oth", or "k" of an oct key); parsed with encoding/json.
+//
+// With configured public keys (Options.Keys), raw private material, found by structure because the
+// public key does not reveal it:
+//
+//   - RSA primes p, q (⌈bits/2⌉-bit, balanced): big-endian at every offset, little-endian 64-bit
+//     limbs (math/big, OpenSSL BIGNUM on 64-bit hosts) at Align-ed offsets. Cheap filters — top
+//     bit set, odd, every 32-byte stretch has >= 20 distinct byte values, no factor 3, 5, 7, 13, 17,
+//     241 — then one division of N. Exact: a reported prime divides N.
+//   - RSA d, big-endian (minimal length) at every offset and limbs at Align-ed offsets: the top bits
+//     of d are fixed by N, e and t/g (see frac.go), so a float test and a bitmap lookup select
+//     candidates, and N is then factored from the candidate. Exact. Covers d = e⁻¹ mod φ(N) and
+//     d = e⁻¹ mod λ(N) when gcd(p-1, q-1) <= 256 (about 99.5% of λ-style keys; Go and OpenSSL 3
+//     use λ) and e < 2^24. A d of a key outside that is not found raw (its primes still are).
+//   - EC private scalars (P-256, P-384, P-521), fixed-width big-endian and little-endian limbs,
+//     at Align-ed offsets whose bytes look random: one scalar base multiplication each. This is
+//     the expensive search: about 8.5 µs (P-256), 85 µs (P-384), 220 µs (P-521) per candidate, so
+//     random-looking memory is scanned at roughly 1 MB/s for P-256 with Align 8 (see benchmarks);
+//     zero pages, pointers, text and code mostly fail the randomness filter and cost nothing.
+//   - Ed25519: seed||public key pairs by exact search for the public key (cheap); bare seeds at
+//     Align-ed random-looking offsets (SHA-512 + scalar multiplication, ~12 µs each: the most
+//     expensive search); expanded keys (clamped scalar || prefix) at Align-ed offsets with the
+//     clamping bits set (1 in 32 candidates) by one X25519 multiplication.
+//
+// Not found: secrets split or interleaved in memory, 32-bit limb layouts, RSA CRT values (dp, dq,
+// qinv) on their own, Go's Montgomery-form Ed25519 scalars, keys of other algorithms in raw form,
+// and raw material of keys that are not configured.
+//
+// Streaming: a Stream scans windows of Options.Chunk new bytes plus MaxMatch bytes of overlap, so
+// memory is bounded and a match up to MaxMatch bytes long is found wherever it falls. A finding is
+// delivered once, after the window holding its end is scanned; Stream.Settled tells a redactor
+// which bytes can no longer be part of a future finding. Findings contained in another are dropped.
+package detect

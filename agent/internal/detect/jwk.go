@@ -1,0 +1,92 @@
+package detect
+
+import (
+	"bytes"
+	"encoding/json"
+
+	"github.com/keyguard/keyguard/agent/internal/pubkeys"
+)
+
+var ktyMember = []byte(`"kty"`)
+
+// findJWK reports JSON objects with a "kty" member and private members ("d", "p", "q", "dp", "dq",
+// "qi", "oth", or "k" for oct keys): single JWKs and each key of a JWKS. The object around each
+// "kty" is delimited with a string-aware brace matcher and must parse with encoding/json.
+func (d *Detector) findJWK(w *window) {
+	b := w.b
+	for i := 0; i < len(b); {
+		k := bytes.Index(b[i:], ktyMember)
+		if k < 0 {
+			return
+		}
+		p := i + k
+		i = p + 1
+		lo := max(0, p-MaxMatch)
+		from := p
+		for try := 0; try < 4; try++ {
+			ob := bytes.LastIndexByte(b[lo:from], '{')
+			if ob < 0 {
+				break
+			}
+			ob += lo
+			from = ob
+			end := matchBrace(b, ob, min(len(b), ob+MaxMatch))
+			if end < 0 {
+				continue
+			}
+			if end <= p {
+				continue // a nested object before "kty": try the enclosing one
+			}
+			var j pubkeys.JWK
+			if err := json.Unmarshal(b[ob:end], &j); err != nil || j.Kty == "" {
+				break
+			}
+			if j.HasPrivate() {
+				var key string
+				if pub, err := pubkeys.PublicFromJWK(&j); err == nil {
+					key = pubkeys.Match(d.keys, pub)
+				}
+				w.add(ob, end-ob, KindJWK, key)
+				i = end
+			}
+			break
+		}
+	}
+}
+
+// matchBrace returns the index just past the '}' closing the '{' at b[start], or -1 if it is not
+// closed before lim.
+func matchBrace(b []byte, start, lim int) int {
+	depth := 0
+	inStr := false
+	for i := start; i < lim; i++ {
+		c := b[i]
+		if inStr {
+			switch c {
+			case '\\':
+				i++
+			case '"':
+				inStr = false
+			}
+			continue
+		}
+		switch c {
+		case '"':
+			inStr = true
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+			if depth == 0 {
+				if c != '}' {
+					return -1
+				}
+				return i + 1
+			}
+			if depth < 0 {
+				return -1
+			}
+		}
+	}
+	return -1
+}
