@@ -1,0 +1,125 @@
+package policy
+
+import (
+	"fmt"
+	"hash/fnv"
+	"strconv"
+)
+
+// Mode says what a rule does with an access to a protected process. Values equal enum kg_mode in
+// bpf/src/keyguard.h.
+type Mode uint32
+
+const (
+	Enforce Mode = 0 // deny with EPERM and report
+	Audit   Mode = 1 // allow and report
+)
+
+func (m Mode) String() string {
+	switch m {
+	case Enforce:
+		return "enforce"
+	case Audit:
+		return "audit"
+	}
+	return "Mode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// DumpMode says what happens to a core dump of a rule's processes. Values are meant for enum
+// kg_dump_mode (block = 0, redact = 1, allow = 2).
+type DumpMode uint32
+
+const (
+	DumpBlock  DumpMode = 0 // no dump bytes anywhere; reported
+	DumpRedact DumpMode = 1 // dump goes through keyguard's redacting handler
+	DumpAllow  DumpMode = 2 // dump passes unchanged; reported
+)
+
+func (d DumpMode) String() string {
+	switch d {
+	case DumpBlock:
+		return "block"
+	case DumpRedact:
+		return "redact"
+	case DumpAllow:
+		return "allow"
+	}
+	return "DumpMode(" + strconv.Itoa(int(d)) + ")"
+}
+
+// AnyUID is the UID value the kernel's allow map uses for "any uid" (KG_ANY_UID). It is also the
+// value of Accessor.UID when Accessor.AnyUID is set.
+const AnyUID = ^uint32(0)
+
+// MaxUID is the largest uid a policy may name ((uid_t)-1 is not a uid).
+const MaxUID = AnyUID - 1
+
+// Policy is a parsed and validated policy file. It holds no filesystem state; see Resolve.
+type Policy struct {
+	Source string // file name as given to Load or Parse
+	Rules  []Rule
+
+	pos map[string]Pos // key path → position of its value
+}
+
+// Rule selects key-holding processes and says how to protect them.
+type Rule struct {
+	Name  string
+	ID    uint32 // FNV-1a of Name, never 0, unique within the policy; the kernel's rule id
+	Mode  Mode
+	Dumps DumpMode
+
+	Executables []string // absolute paths (exact, no globs)
+	Cgroups     []string // absolute cgroup v2 paths ("/system.slice/x.service") or unit names ("x.service")
+	KeyFiles    []string // absolute path globs ("*", "?", "[...]" per element, "**" for any depth)
+
+	Allow      []Accessor
+	PublicKeys []string // absolute path globs of PEM public keys, certificates or JWKS files
+
+	index int // position in Policy.Rules, for key paths
+}
+
+// Accessor is a process allowed to read a rule's processes: an executable run by a uid.
+type Accessor struct {
+	Executable string
+	UID        uint32 // AnyUID when AnyUID is set
+	AnyUID     bool
+}
+
+// Key returns the key path of rule r, "rules[3]".
+func (r *Rule) Key() string { return fmt.Sprintf("rules[%d]", r.index) }
+
+// Where returns "file:line:col: key" for a key path such as "rules[0].match.executables[1]", or
+// "file: key" when its position is unknown. Resolution warnings use it to point at the policy.
+func (p *Policy) Where(key string) string {
+	if ps, ok := p.pos[key]; ok {
+		return fmt.Sprintf("%s:%d:%d: %s", p.Source, ps.Line, ps.Col, key)
+	}
+	return p.Source + ": " + key
+}
+
+// Rule returns the rule with the given ID, or nil.
+func (p *Policy) Rule(id uint32) *Rule {
+	for i := range p.Rules {
+		if p.Rules[i].ID == id {
+			return &p.Rules[i]
+		}
+	}
+	return nil
+}
+
+func (p *Policy) errAt(key, msg string, err error) *Error {
+	ps := p.pos[key]
+	return &Error{File: p.Source, Line: ps.Line, Col: ps.Col, Key: key, Msg: msg, Err: err}
+}
+
+// RuleID derives the kernel rule id from a rule name: 32-bit FNV-1a, with 0 (reserved for "no rule")
+// mapped to 1. Parse reports two names with the same id as an error.
+func RuleID(name string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(name))
+	if id := h.Sum32(); id != 0 {
+		return id
+	}
+	return 1
+}
