@@ -132,7 +132,7 @@ func explain(err error) string {
 	case errors.Is(err, errIsDir), errors.Is(err, errNotRegular), errors.Is(err, errNotExecutable):
 		return err.Error()
 	case errors.Is(err, fs.ErrNotExist):
-		return "no such file (check the path; the executable must exist when the policy loads, and a missing directory on the way counts too)"
+		return "no such file (check the path; every directory on the way and the file itself must exist)"
 	case errors.Is(err, syscall.ENOTDIR):
 		return "a component of the path is not a directory (check the path)"
 	case errors.Is(err, fs.ErrPermission):
