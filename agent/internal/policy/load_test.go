@@ -71,7 +71,7 @@ func TestLoadFileChecks(t *testing.T) {
 		rules []string
 		want  []want // prefixes are relative to the policy path; "P" is replaced by it
 	}{
-		{"valid, including hard link, copy and symlink", []string{rule(exe, dir + "/bin/signer-link", dir + "/bin/signer-sym"), rule(dir + "/bin/signer-copy")}, nil},
+		{"valid, including hard link, copy and symlink", []string{rule(exe, dir+"/bin/signer-link", dir+"/bin/signer-sym"), rule(dir + "/bin/signer-copy")}, nil},
 		{"missing", []string{rule(exe, dir+"/bin/sigger")}, []want{{"P:7:11: rules[0].match.executables[1]: ", fmt.Sprintf("%q: no such file (check the path;", dir+"/bin/sigger")}}},
 		{"missing directory", []string{rule(dir + "/nobin/signer")}, []want{{"P:6:11: rules[0].match.executables[0]: ", "no such file"}}},
 		{"directory", []string{rule(dir + "/bin")}, []want{{"P:6:11: rules[0].match.executables[0]: ", "is a directory, not an executable file"}}},
