@@ -33,7 +33,7 @@ func main() {
 	flag.StringVar(&cfg.PlaintextHost, "plaintext-host", "", "host identity to claim in plaintext mode")
 	flag.StringVar(&cfg.SpoolDir, "spool", "", "spool directory")
 	flag.Int64Var(&cfg.SpoolMaxBytes, "spool-max-bytes", 0, "spool size cap (default 256 MiB)")
-	flag.IntVar(&cfg.QueueSize, "queue", 0, "queue size (default 65536)")
+	flag.IntVar(&cfg.QueueSize, "queue", 0, "queue size (default 16384)")
 	flag.DurationVar(&cfg.BackoffMax, "backoff-max", 2*time.Second, "longest reconnect delay")
 	target := flag.Uint64("target", 100000, "stop submitting when the spool has assigned this many sequence numbers")
 	rate := flag.Int("rate", 0, "events per second (0: as fast as the queue takes them without loss)")

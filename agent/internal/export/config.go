@@ -43,7 +43,8 @@ type Config struct {
 	SpoolSegmentBytes int64 `yaml:"spool_segment_bytes"`
 
 	// QueueSize is the capacity of the in-memory queue in front of the spool. Submit never
-	// blocks: when the queue is full the event is counted as lost and reported. Default 65536.
+	// blocks: when the queue is full the event is counted as lost and reported. Default 16384
+	// (about 16 MiB of events at most).
 	QueueSize int `yaml:"queue_size"`
 	// SyncInterval is the shortest time between two fsyncs of the spool; events arriving in
 	// between share one fsync. Default 5ms.
@@ -103,7 +104,7 @@ func (c *Config) setDefaults() error {
 			*v = d
 		}
 	}
-	def(&c.QueueSize, 65536)
+	def(&c.QueueSize, 16384)
 	def(&c.BatchEvents, 2000)
 	def(&c.BatchBytes, 1<<20)
 	if c.Window == 0 {

@@ -11,6 +11,18 @@
 // ReportLoss) become LossReport events once a second, written straight into the spool by the
 // writer so that they cannot themselves be dropped by the queue; spool evictions become
 // LossReport events inside the spool.
+//
+// Wiring it into the agent:
+//
+//	p, err := export.New(cfg, log) // validates config, loads TLS, opens/recovers the spool
+//	if err != nil { ... }
+//	go func() { errc <- p.Run(ctx) }() // until ctx is cancelled; then flushes queue to disk
+//	...
+//	p.Submit(ev, export.PriorityOf(ev))           // from the ring-buffer reader; never blocks
+//	p.ReportLoss(keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER, kind, n) // ring-buffer drops
+//	st := p.Stats()                               // queue, spool depth/age, last ack, losses
+//	...
+//	cancel(); <-errc; p.Close()
 package export
 
 import (
@@ -276,9 +288,9 @@ func (p *Pipeline) writeLoop(ctx context.Context) error {
 				sync()
 			}
 		case now := <-lossTick.C:
-			if p.flushLoss(now) {
-				sync()
-			}
+			// Also lets the spool write a pending loss record of its own; cheap when idle.
+			p.flushLoss(now)
+			sync()
 		case <-ctx.Done():
 			p.mu.Lock()
 			p.drainQueue()
