@@ -18,10 +18,10 @@ import (
 type WatchOptions struct {
 	// CgroupRoot is the cgroup2 mount (see CgroupRoot).
 	CgroupRoot string
-	// Debounce is the quiet time after the last relevant change before re-resolving (default 5ms):
+	// Debounce is the quiet time after the last relevant change before re-resolving (default 1ms):
 	// an upgrade that renames many files costs one resolution, not one per file.
 	Debounce time.Duration
-	// MaxDelay bounds how long a stream of changes can postpone re-resolving (default 100ms).
+	// MaxDelay bounds how long a stream of changes can postpone re-resolving (default 20ms).
 	MaxDelay time.Duration
 	// Rescan re-resolves everything at this interval as a safety net for changes inotify cannot see
 	// (files in other mount namespaces, a full inotify queue already triggers a rescan). Default 1
@@ -65,10 +65,10 @@ const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM | unix.IN
 // are in place before the first resolution is read, so no change after NewWatcher returns is missed.
 func NewWatcher(p *Policy, opts WatchOptions) (*Watcher, error) {
 	if opts.Debounce <= 0 {
-		opts.Debounce = 5 * time.Millisecond
+		opts.Debounce = time.Millisecond
 	}
 	if opts.MaxDelay <= 0 {
-		opts.MaxDelay = 100 * time.Millisecond
+		opts.MaxDelay = 20 * time.Millisecond
 	}
 	if opts.MaxDelay < opts.Debounce {
 		opts.MaxDelay = opts.Debounce
