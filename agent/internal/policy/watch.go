@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -47,7 +48,7 @@ type Watcher struct {
 	fd      int      // inotify instance, nonblocking; never passed through f.Fd() (that would make it blocking)
 	f       *os.File // the same fd, for reads through the runtime poller
 	watches map[int32]*dirWatch
-	cur     *Resolved
+	cur     atomic.Pointer[Resolved]
 	warned  []string
 	closed  bool
 }
@@ -85,13 +86,14 @@ func NewWatcher(p *Policy, opts WatchOptions) (*Watcher, error) {
 		return nil, fmt.Errorf("policy watcher: inotify_init1: %w (raise fs.inotify.max_user_instances if it is EMFILE)", err)
 	}
 	w := &Watcher{p: p, opts: opts, log: log, fd: fd, f: os.NewFile(uintptr(fd), "inotify"), watches: map[int32]*dirWatch{}}
-	w.cur = w.resolve()
-	w.logWarnings(w.cur)
+	w.cur.Store(w.resolve())
+	w.logWarnings(w.cur.Load())
 	return w, nil
 }
 
-// Resolved returns the current resolution. It is safe to call only before Run or from the callback.
-func (w *Watcher) Resolved() *Resolved { return w.cur }
+// Resolved returns the current resolution (the last one passed to Run's callback, or the first). It
+// may be called from any goroutine; the result must not be modified.
+func (w *Watcher) Resolved() *Resolved { return w.cur.Load() }
 
 // Close releases the inotify instance. Run calls it on return.
 func (w *Watcher) Close() error {
@@ -133,8 +135,8 @@ func (w *Watcher) Run(ctx context.Context, fn func(*Resolved)) error {
 	update := func() {
 		res := w.resolve()
 		w.logWarnings(res)
-		if !res.Equal(w.cur) {
-			w.cur = res
+		if !res.Equal(w.cur.Load()) {
+			w.cur.Store(res)
 			fn(res)
 		}
 	}
