@@ -803,3 +803,27 @@ func TestRenumber(t *testing.T) {
 		}
 	})
 }
+
+// BenchmarkAppendSync appends 300-byte records and syncs every 1000, as the export writer batches.
+func BenchmarkAppendSync(b *testing.B) {
+	cfg := testConfig(b.TempDir())
+	cfg.MaxBytes = 4 << 30
+	s, err := Open(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	payload := make([]byte, 300)
+	i := 0
+	for b.Loop() {
+		if _, _, err := s.Append(kindDeny, PriorityKeep, func(_ uint64, dst []byte) ([]byte, error) { return append(dst, payload...), nil }); err != nil {
+			b.Fatal(err)
+		}
+		if i++; i%1000 == 0 {
+			if err := s.Sync(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.SetBytes(int64(len(payload)))
+}
