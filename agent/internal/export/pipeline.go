@@ -326,10 +326,18 @@ func (p *Pipeline) store(it item) {
 	if ev.AgentVersion == "" {
 		ev.AgentVersion = p.cfg.AgentVersion
 	}
-	if ev.Time == nil {
+	if ev.Time == nil || ev.Time.CheckValid() != nil {
 		ev.Time = timestamppb.Now()
 	}
 	kind := KindOf(ev)
+	if kind == keyguardv1.EventKind_EVENT_KIND_UNSPECIFIED {
+		// The collector refuses an event without a kind, and one refused event would hold up every
+		// later one on the stream: drop it here, counted and logged.
+		p.storeErrs.Add(1)
+		p.queueLoss.add(kind, 1)
+		p.log.Error("export: event without a kind dropped (agent bug); counted as lost")
+		return
+	}
 	_, _, err := p.sp.Append(uint8(kind), it.prio, func(seq uint64, dst []byte) ([]byte, error) {
 		ev.Seq = seq
 		return proto.MarshalOptions{}.MarshalAppend(dst, ev)
