@@ -1,12 +1,19 @@
 package delivery
 
 import (
+	"context"
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/keyguard/keyguard/agent/internal/export"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 const (
@@ -159,4 +166,105 @@ func replaceFlag(args []string, flag, value string) []string {
 		}
 	}
 	return args
+}
+
+// TestFullSpoolEvictionDelivered fills a small agent spool while the collector is down, so that
+// allowed accesses are evicted to keep the denials, then starts the collector: it must store every
+// denial and the spool's loss report, and the evicted sequence numbers must be declared skipped so
+// that the host's acknowledgement still reaches the last number (nothing is waited for forever).
+func TestFullSpoolEvictionDelivered(t *testing.T) {
+	b := buildBinaries(t)
+	k := newPKI(t)
+	dsn := filepath.Join(t.TempDir(), "events.db")
+	coll := newCollector(t, b, k, "c1", dsn)
+	cert, key := k.host(t, "host-e")
+	p, err := export.New(export.Config{
+		Collector: coll.addr, CAFile: k.caFile, CertFile: cert, KeyFile: key, ServerName: "localhost",
+		SpoolDir: filepath.Join(t.TempDir(), "spool"), SpoolMaxBytes: 1 << 20, SpoolSegmentBytes: 32 << 10,
+		BackoffMax: 200 * time.Millisecond, AgentVersion: "test",
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+		p.Close()
+	}()
+	const n = 8000
+	denied := 0
+	for i := range n {
+		ev := sampleEvent()
+		ma := ev.GetMemoryAccess()
+		ma.Detail = fmt.Sprintf("n=%d", i)
+		ma.Decision = keyguardv1.Decision_DECISION_ALLOWED
+		if i%5 == 0 {
+			ma.Decision = keyguardv1.Decision_DECISION_DENIED
+			denied++
+		}
+		for p.Stats().QueueLen > 1000 {
+			time.Sleep(time.Millisecond)
+		}
+		p.Submit(ev, export.PriorityOf(ev))
+	}
+	for st := p.Stats(); st.QueueLen > 0 || st.Spool.DurableSeq < st.Spool.NextSeq-1; st = p.Stats() {
+		time.Sleep(time.Millisecond)
+	}
+	st := p.Stats()
+	if st.Spool.Evicted == 0 || st.Spool.Refused != 0 {
+		t.Fatalf("want evictions and no refusals (the denials fit); spool %+v", st.Spool)
+	}
+	last := st.Spool.NextSeq - 1
+	t.Logf("spool filled: %+v", st.Spool)
+
+	coll.start()
+	db := openDB(t, dsn)
+	waitAcked(t, db, "host-e", last, runTimeout)
+
+	rows, err := db.Query(`SELECT seq, payload FROM events WHERE host = 'host-e' ORDER BY seq`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	stored := map[uint64]bool{}
+	gone := map[uint64]bool{}
+	gotDenied := 0
+	var evicted uint64
+	for rows.Next() {
+		var seq int64
+		var payload []byte
+		if err := rows.Scan(&seq, &payload); err != nil {
+			t.Fatal(err)
+		}
+		stored[uint64(seq)] = true
+		var ev keyguardv1.Event
+		if err := proto.Unmarshal(payload, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if lr := ev.GetLossReport(); lr != nil {
+			evicted += lr.GetCount()
+			for _, r := range lr.GetEvicted() {
+				for s := r.GetFirst(); s <= r.GetLast(); s++ {
+					gone[s] = true
+				}
+			}
+		} else if ev.GetMemoryAccess().GetDecision() == keyguardv1.Decision_DECISION_DENIED {
+			gotDenied++
+		}
+	}
+	if gotDenied != denied {
+		t.Fatalf("%d of %d denials stored", gotDenied, denied)
+	}
+	if evicted != st.Spool.Evicted {
+		t.Fatalf("stored loss reports count %d evicted, the spool evicted %d", evicted, st.Spool.Evicted)
+	}
+	for s := uint64(1); s <= last; s++ {
+		if stored[s] == gone[s] {
+			t.Fatalf("seq %d: stored=%v, reported evicted=%v", s, stored[s], gone[s])
+		}
+	}
+	t.Logf("%d events stored, %d evicted and reported, acknowledged through %d", len(stored), evicted, last)
 }

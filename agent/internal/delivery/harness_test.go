@@ -198,6 +198,14 @@ type collector struct {
 // startCollector writes a configuration and starts keyguard-collector on a fresh loopback port.
 func startCollector(tb testing.TB, b binaries, k *pki, name, dsn string) *collector {
 	tb.Helper()
+	c := newCollector(tb, b, k, name, dsn)
+	c.start()
+	return c
+}
+
+// newCollector prepares a collector (address, certificate, configuration) without starting it.
+func newCollector(tb testing.TB, b binaries, k *pki, name, dsn string) *collector {
+	tb.Helper()
 	dir := tb.TempDir()
 	cert, key := k.issue(tb, "collector-"+name, "collector-"+name, ouServer, true)
 	c := &collector{tb: tb, bin: b.collector, addr: freeAddr(tb), dir: dir}
@@ -211,7 +219,6 @@ tls:
 storage:
   dsn: %q
 `, c.addr, name, cert, key, k.caFile, dsn))
-	c.start()
 	return c
 }
 
