@@ -387,3 +387,34 @@ func writeTestCerts(t *testing.T, dir string) (ca, cert, key string) {
 	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
 	return ca, cert, key
 }
+
+// TestClientCertificateReload replaces the host certificate files and checks the next handshake
+// would present the new certificate, while a broken replacement keeps the last good one.
+func TestClientCertificateReload(t *testing.T) {
+	dir := t.TempDir()
+	_, cert, key := writeTestCerts(t, dir)
+	kp := &keyPair{cert: cert, key: key}
+	first, err := kp.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, cert2, key2 := writeTestCerts(t, mkdir(t, filepath.Join(dir, "new")))
+	for _, f := range [][2]string{{cert2, cert}, {key2, key}} {
+		data, _ := os.ReadFile(f[0])
+		os.WriteFile(f[1], data, 0o600)
+		os.Chtimes(f[1], time.Now().Add(time.Second), time.Now().Add(time.Second))
+	}
+	second, err := kp.get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(first.Certificate[0], second.Certificate[0]) {
+		t.Fatal("renewed certificate not picked up")
+	}
+	os.WriteFile(cert, []byte("garbage"), 0o600)
+	os.Chtimes(cert, time.Now().Add(2*time.Second), time.Now().Add(2*time.Second))
+	third, err := kp.get()
+	if err != nil || !bytes.Equal(third.Certificate[0], second.Certificate[0]) {
+		t.Fatalf("broken replacement: got err %v; want the last good certificate kept", err)
+	}
+}
