@@ -218,7 +218,7 @@ func (s *Server) Store() *store.Store { return s.store }
 // TLS is the TLS manager (nil in plaintext mode).
 func (s *Server) TLS() *tlsconfig.Manager { return s.tls }
 
-// Serve runs until ctx is cancelled, then stops gracefully (10s) and closes storage.
+// Serve runs until ctx is cancelled, then stops (2s grace for in-flight calls) and closes storage.
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("collector serving", "addr", s.lis.Addr().String(), "storage", s.store.Backend(), "tls", s.tls != nil)
 	errc := make(chan error, 1)
@@ -238,9 +238,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(10 * time.Second):
+	case <-time.After(2 * time.Second):
+		// Agent streams stay open until the agent closes them; cut them. Batches not yet committed are
+		// not acknowledged, so agents resend them to the next collector.
 		s.grpc.Stop()
 	}
+	s.log.Info("collector stopped")
 	if cerr := s.store.Close(); err == nil && cerr != nil {
 		err = cerr
 	}
