@@ -64,3 +64,8 @@ vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in t
 .PHONY: help
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: bench
+bench: deps ## Print the cost of keyguard's BPF programs on unprotected processes (ratios, one VM per kernel, sequential)
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -parallel 1 -suites-file testvm/bench-suites.txt -bench .
+	@grep -h '^BENCH' testvm/out/*/suites/testvm-guest-bench.log

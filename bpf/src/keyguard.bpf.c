@@ -669,13 +669,17 @@ int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
 	const unsigned char *name;
 	char n[8] = {};
 	__u64 inode, pid, first;
-	__u32 tgid;
+	__u32 tgid, len;
 
 	if (ret)
 		return ret;
 	if (!(mask & (MAY_READ | MAY_WRITE)))
 		return 0;
 	if (file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC)
+		return 0;
+	/* "mem" or "environ": compare the length first, it needs no helper call. */
+	len = file->f_path.dentry->d_name.len;
+	if (len != 3 && len != 7)
 		return 0;
 	name = file->f_path.dentry->d_name.name;
 	bpf_probe_read_kernel_str(n, sizeof(n), name);
