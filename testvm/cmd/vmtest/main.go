@@ -46,6 +46,7 @@ type config struct {
 	compress     string
 	suitesFile   string
 	binsFile     string
+	out          string // output folder, testvm/out by default
 }
 
 type multiFlag []string
@@ -77,6 +78,7 @@ func mainErr() int {
 	flag.IntVar(&cfg.memMB, "mem", 1024, "guest memory in MB")
 	flag.IntVar(&cfg.cpus, "smp", 2, "guest CPUs")
 	flag.StringVar(&cfg.compress, "compress", "gzip", "initramfs compression: gzip or none")
+	flag.StringVar(&cfg.out, "out", "testvm/out", "output folder (relative to the module root); one vmtest at a time per folder")
 	flag.StringVar(&cfg.suitesFile, "suites-file", "testvm/suites.txt", "list of suite packages, relative to the module root")
 	flag.StringVar(&cfg.binsFile, "bins-file", "testvm/bins.txt", "list of main packages for /bin, relative to the module root")
 	flag.Parse()
@@ -122,6 +124,7 @@ func (c *config) check(suites string) error {
 	if c.cache, err = filepath.Abs(c.cache); err != nil {
 		return err
 	}
+	c.out = inRoot(root, c.out)
 	if len(c.kernels) == 0 {
 		return errors.New("-kernels is empty")
 	}
@@ -164,9 +167,14 @@ func (c *config) check(suites string) error {
 // kernel failed; err is for failures before any VM ran.
 func run(ctx context.Context, log *slog.Logger, cfg *config) (bool, error) {
 	total := time.Now()
+	unlock, err := lockOut(ctx, log, cfg.out)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	vms := make([]*vmResult, len(cfg.kernels))
 	for i, k := range cfg.kernels {
-		vm, err := findKernel(cfg.cache, cfg.root, k)
+		vm, err := findKernel(cfg.cache, cfg.out, k)
 		if err != nil {
 			return false, err
 		}
@@ -179,7 +187,7 @@ func run(ctx context.Context, log *slog.Logger, cfg *config) (bool, error) {
 	}
 	if cfg.keep {
 		os.RemoveAll(buildDir)
-		buildDir = filepath.Join(cfg.root, "testvm", "out", "build")
+		buildDir = filepath.Join(cfg.out, "build")
 		if err := os.RemoveAll(buildDir); err != nil {
 			return false, err
 		}
@@ -210,7 +218,40 @@ func run(ctx context.Context, log *slog.Logger, cfg *config) (bool, error) {
 	}
 	ok := report(os.Stdout, cfg, img, vms, time.Since(total))
 	if cfg.keep {
-		fmt.Printf("\nkept %s; boot by hand with the command in testvm/out/<series>/qemu.txt\n", buildDir)
+		fmt.Printf("\nkept %s; boot by hand with the command in %s/<series>/qemu.txt\n", buildDir, cfg.out)
 	}
 	return ok, nil
+}
+
+// lockOut takes an exclusive lock on the output folder, waiting while another vmtest holds it: two
+// runs would delete each other's logs.
+func lockOut(ctx context.Context, log *slog.Logger, out string) (func(), error) {
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(out, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	warned := false
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != syscall.EWOULDBLOCK {
+			f.Close()
+			return nil, fmt.Errorf("locking %s: %w", out, err)
+		}
+		if !warned {
+			log.Warn("another vmtest is using the output folder; waiting (or use -out)", "out", out)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -106,6 +105,5 @@ func report(w io.Writer, cfg *config, img *image, vms []*vmResult, total time.Du
 		sum.WriteString("vmtest: FAIL\n")
 	}
 	fmt.Fprint(w, "\n"+sum.String())
-	_ = os.MkdirAll(filepath.Join(cfg.root, "testvm", "out"), 0o755)
 	return ok
 }

@@ -33,9 +33,9 @@ type vmResult struct {
 }
 
 // findKernel locates CACHE/kernels/<series>/vmlinuz and warns when it is not the pinned package.
-func findKernel(cache, root, series string) (*vmResult, error) {
+func findKernel(cache, out, series string) (*vmResult, error) {
 	dir := filepath.Join(cache, "kernels", series)
-	vm := &vmResult{series: series, vmlinuz: filepath.Join(dir, "vmlinuz"), outDir: filepath.Join(root, "testvm", "out", series)}
+	vm := &vmResult{series: series, vmlinuz: filepath.Join(dir, "vmlinuz"), outDir: filepath.Join(out, series)}
 	if _, err := os.Stat(vm.vmlinuz); err != nil {
 		return nil, fmt.Errorf("kernel %s is not in the cache (%w): run `bash testvm/setup.sh %s` (make deps) first, and check that testvm/kernels.txt lists %s", series, err, cache, series)
 	}
