@@ -78,10 +78,11 @@ type Options struct {
 	Keys []pubkeys.Key
 	// Modes selects detectors; 0 means ModeAll. Raw modes only do work for keys of their type.
 	Modes Mode
-	// Align is the stream-offset alignment at which little-endian limb arrays and EC/Ed25519
-	// scalars and seeds are looked for (heap words are 8-byte aligned, and ELF cores keep page
-	// alignment between memory and file offsets). 0 means 8; 1 searches every offset (costs Align
-	// times more for those searches). Big-endian RSA primes and d are searched at every offset.
+	// Align is the stream-offset alignment at which raw secrets (RSA primes and d, EC scalars,
+	// Ed25519 seeds and expanded keys, in either byte order) are looked for: heap allocations are
+	// at least 8-byte aligned, and ELF cores keep page alignment between memory and file offsets.
+	// 0 means 8; 1 searches every offset, at 8 times the cost. Ed25519 seed||public-key pairs and
+	// all PEM/DER/OpenSSH/JWK encodings are found at any offset whatever Align is.
 	Align int
 	// Chunk is the number of new bytes per scan window; 0 means DefaultChunk. Rounded up to a
 	// multiple of 8.

@@ -6,7 +6,10 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
+
+	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 )
 
 type planted struct {
@@ -212,4 +215,39 @@ func isFormatKind(k string) bool {
 		return false
 	}
 	return true
+}
+
+// TestAlign1FindsUnalignedRaw plants the raw encodings at odd offsets: Align 1 finds them.
+func TestAlign1FindsUnalignedRaw(t *testing.T) {
+	k := keys(t)
+	var ks []pubkeys.Key
+	for _, pk := range k.pubs {
+		if pk.Name == "rsa.pem" || pk.Name == "p256.pem" || pk.Name == "ed.pem" {
+			ks = append(ks, pk)
+		}
+	}
+	d, err := New(Options{Keys: ks, Align: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var encs []encoding
+	for _, e := range k.encodings(t) {
+		if !isFormatKind(e.kind) && (strings.HasPrefix(e.name, "rsa/") || strings.HasPrefix(e.name, "p256/") || strings.HasPrefix(e.name, "ed25519/")) {
+			e.align = false
+			encs = append(encs, e)
+		}
+	}
+	rng := mrand.New(mrand.NewPCG(13, 14))
+	var buf []byte
+	var ps []planted
+	for _, e := range encs {
+		buf = append(buf, fill(rng, 256+rng.IntN(2048), false)...)
+		for len(buf)%8 != 3 {
+			buf = append(buf, 0x41)
+		}
+		ps = append(ps, planted{e, len(buf)})
+		buf = append(buf, e.data...)
+	}
+	buf = append(buf, fill(rng, 512, false)...)
+	sameFindings(t, d.ScanBytes(buf), ps)
 }

@@ -18,24 +18,28 @@
 // With configured public keys (Options.Keys), raw private material, found by structure because the
 // public key does not reveal it:
 //
-//   - RSA primes p, q (⌈bits/2⌉-bit, balanced): big-endian at every offset, little-endian 64-bit
-//     limbs (math/big, OpenSSL BIGNUM on 64-bit hosts) at Align-ed offsets. Cheap filters — top
-//     bit set, odd, every 32-byte stretch has >= 20 distinct byte values, no factor 3, 5, 7, 13, 17,
-//     241 — then one division of N. Exact: a reported prime divides N.
-//   - RSA d, big-endian (minimal length) at every offset and limbs at Align-ed offsets: the top bits
-//     of d are fixed by N, e and t/g (see frac.go), so a float test and a bitmap lookup select
-//     candidates, and N is then factored from the candidate. Exact. Covers d = e⁻¹ mod φ(N) and
-//     d = e⁻¹ mod λ(N) when gcd(p-1, q-1) <= 256 (about 99.5% of λ-style keys; Go and OpenSSL 3
-//     use λ) and e < 2^24. A d of a key outside that is not found raw (its primes still are).
+//   - Raw secrets are looked for at Options.Align-ed stream offsets (default 8: heap allocations
+//     are 8-byte aligned and an ELF core keeps page alignment between memory and file offsets);
+//     Align 1 tries every offset at 8 times the cost.
+//   - RSA primes p, q (⌈bits/2⌉-bit, balanced), big-endian and as little-endian 64-bit limbs
+//     (math/big, OpenSSL BIGNUM on 64-bit hosts). Cheap filters — top bit set, odd, every 32-byte
+//     stretch looks random, no factor 3, 5, 7, 13, 17, 241 — then one division of N (~0.4 µs).
+//     Exact: a reported prime divides N.
+//   - RSA d, big-endian (from its first non-zero byte, so right-aligned fixed-width buffers and
+//     math/big Bytes() tails are found) and as limbs: the top bits of d are fixed by N, e and t/g
+//     (see frac.go), so a float test and a bitmap lookup select candidates, and N is then factored
+//     from the candidate. Exact. Covers d = e⁻¹ mod φ(N), and d = e⁻¹ mod λ(N) when
+//     gcd(p-1, q-1) <= 256 (about 99.5% of keys; Go and OpenSSL 3 use λ), for e < 2^24. A d outside
+//     that is not found raw (its primes still are).
 //   - EC private scalars (P-256, P-384, P-521), fixed-width big-endian and little-endian limbs,
-//     at Align-ed offsets whose bytes look random: one scalar base multiplication each. This is
+//     where the bytes look random: one scalar base multiplication per byte order and candidate. This is
 //     the expensive search: about 8.5 µs (P-256), 85 µs (P-384), 220 µs (P-521) per candidate, so
 //     random-looking memory is scanned at roughly 1 MB/s for P-256 with Align 8 (see benchmarks);
 //     zero pages, pointers, text and code mostly fail the randomness filter and cost nothing.
 //   - Ed25519: seed||public key pairs by exact search for the public key (cheap); bare seeds at
-//     Align-ed random-looking offsets (SHA-512 + scalar multiplication, ~12 µs each: the most
-//     expensive search); expanded keys (clamped scalar || prefix) at Align-ed offsets with the
-//     clamping bits set (1 in 32 candidates) by one X25519 multiplication.
+//     random-looking offsets (SHA-512 + scalar multiplication, ~12 µs each); expanded keys
+//     (clamped scalar || prefix) with the clamping bits set (1 candidate in 32) by one X25519
+//     multiplication compared with the public key's Montgomery u-coordinate.
 //
 // Not found: secrets split or interleaved in memory, 32-bit limb layouts, RSA CRT values (dp, dq,
 // qinv) on their own, Go's Montgomery-form Ed25519 scalars, keys of other algorithms in raw form,

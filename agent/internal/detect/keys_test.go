@@ -195,16 +195,16 @@ func (k *testKeys) encodings(t testing.TB) []encoding {
 	pb := (r.N.BitLen()/2 + 7) / 8
 	for i, p := range r.Primes {
 		n := []string{"p", "q"}[i]
-		add(encoding{name: "rsa/prime-" + n + "-be", data: be(p, pb), kind: KindRSAPrimeBE, key: "rsa.pem"})
+		add(encoding{name: "rsa/prime-" + n + "-be", data: be(p, pb), kind: KindRSAPrimeBE, key: "rsa.pem", align: true})
 		add(encoding{name: "rsa/prime-" + n + "-le64", data: le(p, pb), kind: KindRSAPrimeLE, key: "rsa.pem", align: true})
 	}
-	add(encoding{name: "rsa/d-lambda-be", data: r.D.Bytes(), kind: KindRSADBE, key: "rsa.pem"})
-	add(encoding{name: "rsa/d-lambda-be-fixed-width", data: be(r.D, 256), kind: KindRSADBE, key: "rsa.pem", off: 256 - len(r.D.Bytes())})
+	add(encoding{name: "rsa/d-lambda-be", data: r.D.Bytes(), kind: KindRSADBE, key: "rsa.pem", align: true})
+	add(encoding{name: "rsa/d-lambda-be-fixed-width-3-zero-bytes", data: be(r.D, len(r.D.Bytes())+3), kind: KindRSADBE, key: "rsa.pem", off: 3, align: true})
 	add(encoding{name: "rsa/d-lambda-le64", data: le(r.D, 8*((r.D.BitLen()+63)/64)), kind: KindRSADLE, key: "rsa.pem", align: true})
 	one := big.NewInt(1)
 	phi := new(big.Int).Mul(new(big.Int).Sub(r.Primes[0], one), new(big.Int).Sub(r.Primes[1], one))
 	dphi := new(big.Int).ModInverse(big.NewInt(int64(r.E)), phi)
-	add(encoding{name: "rsa/d-phi-be", data: dphi.Bytes(), kind: KindRSADBE, key: "rsa.pem"})
+	add(encoding{name: "rsa/d-phi-be", data: dphi.Bytes(), kind: KindRSADBE, key: "rsa.pem", align: true})
 	add(encoding{name: "rsa/d-phi-le64", data: le(dphi, 8*((dphi.BitLen()+63)/64)), kind: KindRSADLE, key: "rsa.pem", align: true})
 
 	// ECDSA.

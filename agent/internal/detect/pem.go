@@ -131,7 +131,7 @@ func decodePEMBody(body []byte) (der []byte, encrypted, ok bool) {
 	if !flush() {
 		return nil, false, false
 	}
-	der = make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
+	der = make([]byte, len(clean)/4*3+3) // room for either padded or unpadded decoding
 	n, err := base64.StdEncoding.Decode(der, clean)
 	if err != nil {
 		// Tolerate missing padding.

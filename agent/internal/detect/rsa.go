@@ -84,40 +84,37 @@ func sieveOK(w []byte, bigEndian bool) bool {
 	return v%3 != 0 && v%5 != 0 && v%7 != 0 && v%13 != 0 && v%17 != 0 && v%241 != 0
 }
 
-// findRSA searches for primes (big-endian at every offset, little-endian 64-bit limbs at aligned
-// offsets) by trial division of N, and for d by its top bits (see frac.go), then factoring N.
+// findRSA searches, at Align-ed offsets, for primes (big-endian and little-endian 64-bit limbs) by
+// trial division of N, and for d by its top bits (see frac.go) followed by factoring N.
 func (d *Detector) findRSA(w *window) {
 	if len(d.rsa) == 0 {
 		return
 	}
 	sc := w.sc
 	n := len(sc.dense)
-	for j := 0; j < n; j++ {
-		if sc.dense[j] < denseMin {
-			continue
-		}
-		al := (w.base+int64(j))%int64(d.align) == 0
+	for j := w.aligned(0, d.align); j < n; j += d.align {
 		for _, rk := range d.rsa {
-			d.rsaAt(w, rk, j, al)
+			d.rsaAt(w, rk, j)
 		}
 	}
 }
 
-func (d *Detector) rsaAt(w *window, rk *rsaKey, j int, al bool) {
+func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 	b, sc := w.b, w.sc
 	pb := rk.pbytes
-	// Prime, big-endian.
-	if j+pb <= len(b) && b[j]>>rk.ptop == 1 && b[j+pb-1]&1 == 1 {
-		win := b[j : j+pb]
-		if sc.isDense(j, pb) && sieveOK(win, true) {
-			sc.x.SetBytes(win)
-			if d.divides(sc, rk) {
-				w.add(j, pb, KindRSAPrimeBE, rk.name)
+	dense := sc.dense[j] >= denseMin
+	if dense {
+		// Prime, big-endian.
+		if j+pb <= len(b) && b[j]>>rk.ptop == 1 && b[j+pb-1]&1 == 1 {
+			win := b[j : j+pb]
+			if sc.isDense(j, pb) && sieveOK(win, true) {
+				sc.x.SetBytes(win)
+				if d.divides(sc, rk) {
+					w.add(j, pb, KindRSAPrimeBE, rk.name)
+				}
 			}
 		}
-	}
-	// Prime, little-endian limbs.
-	if al {
+		// Prime, little-endian limbs.
 		lw := (pb + 7) &^ 7
 		if j+lw <= len(b) && b[j]&1 == 1 && b[j+pb-1]>>rk.ptop == 1 && allZero(b[j+pb:j+lw]) {
 			win := b[j : j+pb]
@@ -132,12 +129,20 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int, al bool) {
 	if !rk.dSearch {
 		return
 	}
-	// d, big-endian, minimal length (first byte non-zero).
-	if b[j] != 0 && j+8 <= len(b) {
-		T := binary.BigEndian.Uint64(b[j:])
+	// d, big-endian. The finding starts at d's first non-zero byte: at j itself, or after up to
+	// three zero bytes when d sits right-aligned in a fixed-width buffer or is the tail of a
+	// math/big Bytes() buffer (with Align 1 every offset is tried, so no skipping is needed).
+	m := j
+	if d.align > 1 {
+		for m < j+3 && m < len(b) && b[m] == 0 {
+			m++
+		}
+	}
+	if m < len(sc.dense) && b[m] != 0 && sc.dense[m] >= denseMin && m+8 <= len(b) {
+		T := binary.BigEndian.Uint64(b[m:])
 		tf := float64(T)
 		for i, l := range rk.beLen {
-			if j+l > len(b) || b[j+l-1]&1 == 0 {
+			if m+l > len(b) || b[m+l-1]&1 == 0 {
 				continue
 			}
 			if l == rk.k && T > rk.nTop {
@@ -148,18 +153,18 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int, al bool) {
 				continue
 			}
 			t, g, ok := d.fracs.lookup(y)
-			if !ok || !sc.isDense(j, l) {
+			if !ok || !sc.isDense(m, l) {
 				continue
 			}
-			sc.y.SetBytes(b[j : j+l])
+			sc.y.SetBytes(b[m : m+l])
 			if d.verifyD(sc, rk, t, g) {
-				w.add(j, l, KindRSADBE, rk.name)
+				w.add(m, l, KindRSADBE, rk.name)
 				return
 			}
 		}
 	}
 	// d, little-endian limbs.
-	if al && b[j]&1 == 1 {
+	if dense && b[j]&1 == 1 {
 		for i, nl := range rk.leNL {
 			top := j + 8*(nl-1)
 			if top+8 > len(b) {

@@ -1,0 +1,68 @@
+package detect
+
+import (
+	"crypto/rand"
+	mrand "math/rand/v2"
+	"testing"
+
+	"github.com/keyguard/keyguard/agent/internal/pubkeys"
+)
+
+// BenchmarkDetect reports throughput (MB/s) per mode on two inputs: "memory" (zero runs, pointers,
+// small integers, text, 20% random stretches: what a process image looks like) and "random"
+// (every byte random: the worst case for the raw searches, which then test every candidate).
+func BenchmarkDetect(b *testing.B) {
+	k := keys(b)
+	sub := func(names ...string) []pubkeys.Key {
+		var out []pubkeys.Key
+		for _, p := range k.pubs {
+			for _, n := range names {
+				if p.Name == n {
+					out = append(out, p)
+				}
+			}
+		}
+		return out
+	}
+	mem := filler(mrand.New(mrand.NewPCG(11, 12)), 8<<20)
+	rnd := make([]byte, 8<<20)
+	rand.Read(rnd)
+	modes := []struct {
+		name string
+		opts Options
+	}{
+		{"pem", Options{Modes: ModePEM}},
+		{"der", Options{Modes: ModeDER}},
+		{"openssh", Options{Modes: ModeOpenSSH}},
+		{"jwk", Options{Modes: ModeJWK}},
+		{"formats", Options{Modes: ModeFormats}},
+		{"rsa2048-raw", Options{Modes: ModeRSARaw, Keys: sub("rsa.pem")}},
+		{"p256-raw", Options{Modes: ModeECRaw, Keys: sub("p256.pem")}},
+		{"p384-raw", Options{Modes: ModeECRaw, Keys: sub("p384.pem")}},
+		{"ed25519-raw", Options{Modes: ModeEd25519Raw, Keys: sub("ed.pem")}},
+		{"all-rsa-p256-ed25519", Options{Keys: sub("rsa.pem", "p256.pem", "ed.pem")}},
+	}
+	for _, m := range modes {
+		d, err := New(m.opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, in := range []struct {
+			name string
+			data []byte
+		}{{"memory", mem}, {"random", rnd}} {
+			data := in.data
+			if m.opts.Modes&(ModeECRaw|ModeEd25519Raw) != 0 || m.opts.Modes == 0 {
+				data = data[:1<<20] // the expensive searches: keep each iteration short
+			}
+			b.Run(m.name+"/"+in.name, func(b *testing.B) {
+				b.SetBytes(int64(len(data)))
+				for b.Loop() {
+					s := d.NewStream(func(Finding) error { return nil })
+					_, _ = s.Write(data)
+					_ = s.Close()
+				}
+			})
+		}
+	}
+}

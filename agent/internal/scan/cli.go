@@ -1,0 +1,143 @@
+package scan
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/keyguard/keyguard/agent/internal/detect"
+	"github.com/keyguard/keyguard/agent/internal/pubkeys"
+)
+
+// Exit codes of the scan command.
+const (
+	ExitClean = 0 // everything was scanned and nothing was found
+	ExitFound = 1 // key material was found and everything was scanned
+	ExitError = 2 // bad usage, or some file could not be scanned (findings are still reported)
+)
+
+// Summary line for the command table.
+const CommandSummary = "scan files and directories (crash dumps, systemd-coredump) for private keys"
+
+// Command is `keyguard scan`: it parses args, scans, writes findings to stdout and diagnostics to
+// stderr, and returns the exit code.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fl := flag.NewFlagSet("scan", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	format := fl.String("format", "text", "output format: text or json")
+	pub := fl.String("pubkeys", "", "comma-separated public key files (PEM public keys, certificates, JWK/JWKS, OpenSSH .pub) whose raw private material (RSA primes and d, EC scalars, Ed25519 seeds) is searched for too")
+	align := fl.Int("align", 8, "alignment of stream offsets at which raw key material is searched (1 = every offset, 8x slower)")
+	verbose := fl.Bool("v", false, "log each file scanned to stderr")
+	fl.Usage = func() {
+		fmt.Fprintf(stderr, "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-align N] PATH...\n\n"+
+			"Scans files and directories (recursively; symbolic links are not followed) for private keys:\n"+
+			"PEM, DER, OpenSSH and JWK private keys, and with -pubkeys the raw private material of those keys.\n"+
+			"zstd, lz4, xz and gzip files (e.g. /var/lib/systemd/coredump) are decompressed; their offsets are\n"+
+			"offsets in the decompressed stream.\n\n"+
+			"Exit status: 0 nothing found, 1 key material found, 2 usage error or a path could not be scanned.\n\nFlags:\n")
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return ExitClean
+		}
+		return ExitError
+	}
+	if *format != "text" && *format != "json" {
+		fmt.Fprintf(stderr, "keyguard scan: -format must be text or json, not %q\n", *format)
+		return ExitError
+	}
+	if fl.NArg() == 0 {
+		fmt.Fprintln(stderr, "keyguard scan: give at least one file or directory to scan")
+		fl.Usage()
+		return ExitError
+	}
+	if *align < 1 || *align > 4096 {
+		fmt.Fprintln(stderr, "keyguard scan: -align must be between 1 and 4096")
+		return ExitError
+	}
+	var keys []pubkeys.Key
+	if *pub != "" {
+		var paths []string
+		for _, p := range strings.Split(*pub, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				paths = append(paths, p)
+			}
+		}
+		var err error
+		keys, err = pubkeys.Load(paths...)
+		if err != nil {
+			fmt.Fprintf(stderr, "keyguard scan: %v\n", err)
+			return ExitError
+		}
+	}
+	det, err := detect.New(detect.Options{Keys: keys, Align: *align})
+	if err != nil {
+		fmt.Fprintf(stderr, "keyguard scan: %v\n", err)
+		return ExitError
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	type report struct {
+		Findings []Finding   `json:"findings"`
+		Errors   []FileError `json:"errors"`
+		Summary  Summary     `json:"summary"`
+	}
+	rep := report{Findings: []Finding{}, Errors: []FileError{}}
+	found := func(f Finding) error {
+		if *format == "json" {
+			rep.Findings = append(rep.Findings, f)
+			return nil
+		}
+		_, err := fmt.Fprintln(stdout, textLine(f))
+		return err
+	}
+	failed := func(e *FileError) {
+		if *format == "json" {
+			rep.Errors = append(rep.Errors, *e)
+		}
+		fmt.Fprintf(stderr, "keyguard scan: %s: %s\n", e.Path, e.Message)
+	}
+	sum, err := New(det, log).Run(ctx, fl.Args(), found, failed)
+	rep.Summary = sum
+	if *format == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if werr := enc.Encode(rep); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "keyguard scan: stopped: %v\n", err)
+		return ExitError
+	}
+	fmt.Fprintf(stderr, "keyguard scan: %d files, %d bytes scanned: %d findings, %d errors\n", sum.Files, sum.Bytes, sum.Findings, sum.Errors)
+	switch {
+	case sum.Errors > 0:
+		return ExitError
+	case sum.Findings > 0:
+		return ExitFound
+	}
+	return ExitClean
+}
+
+func textLine(f Finding) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s:%d: %s, %d bytes", f.Path, f.Offset, f.Kind, f.Length)
+	if f.Key != "" {
+		fmt.Fprintf(&b, ", key %s", f.Key)
+	}
+	if f.Compression != "" {
+		fmt.Fprintf(&b, " (offset in %s-decompressed stream)", f.Compression)
+	}
+	return b.String()
+}
