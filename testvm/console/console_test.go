@@ -191,3 +191,31 @@ func TestFileNames(t *testing.T) {
 		t.Error("Files.Add accepted a name escaping the output folder")
 	}
 }
+
+// FuzzConsole feeds arbitrary console lines to the host-side parser: it must never panic, and a
+// file it accepts must have a clean relative name (the host writes it below the output folder).
+func FuzzConsole(f *testing.F) {
+	var buf bytes.Buffer
+	w := NewWriter(&buf)
+	_ = w.Init(1, "6.1")
+	_ = w.File("a/b.txt", []byte("hello"))
+	_ = w.Result(true, 1, 0, 2)
+	for _, l := range strings.Split(buf.String(), "\n") {
+		f.Add(l)
+	}
+	f.Add(Marker + "file-end ..%2Fx size=0 sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+	f.Fuzz(func(t *testing.T, line string) {
+		var files Files
+		_, rec, ok := ParseLine(line)
+		if !ok {
+			return
+		}
+		_ = rec.Seconds("x") + float64(rec.Int("y"))
+		if rec.Kind == KindFile || rec.Kind == KindFileEnd {
+			c, err := files.Add(rec)
+			if err == nil && c != nil && checkName(c.Name) != nil {
+				t.Fatalf("accepted file name %q", c.Name)
+			}
+		}
+	})
+}
