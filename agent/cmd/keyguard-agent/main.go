@@ -19,6 +19,7 @@ import (
 	"syscall"
 
 	"github.com/keyguard/keyguard/agent/internal/daemon"
+	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 )
 
@@ -61,8 +62,23 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.StringVar(&cfg.ControlSocket, "control-socket", "/run/keyguard/agent.sock", `unix socket for the keyguard CLI ("" disables)`)
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
 	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
+	var exp export.Config
+	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port (empty: local event log only)")
+	fs.StringVar(&exp.CAFile, "collector-ca", "/etc/keyguard/collector-ca.pem", "CA bundle that signs the collector's certificate")
+	fs.StringVar(&exp.CertFile, "cert", "/etc/keyguard/agent.pem", "this host's client certificate (one per host)")
+	fs.StringVar(&exp.KeyFile, "key", "/etc/keyguard/agent-key.pem", "this host's client key")
+	fs.StringVar(&exp.SpoolDir, "spool-dir", "/var/lib/keyguard/spool", "durable spool of events not yet acknowledged by the collector")
+	fs.Int64Var(&exp.SpoolMaxBytes, "spool-max-bytes", 256<<20, "spool size cap; when full, low-value events are dropped first and the drop is reported")
+	fs.StringVar(&exp.PlaintextHost, "insecure-plaintext-host", "", "DEMO ONLY: send without TLS to a loopback collector, claiming this host name")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if exp.Collector != "" {
+		if exp.PlaintextHost != "" {
+			exp.Plaintext = true
+			exp.CAFile, exp.CertFile, exp.KeyFile = "", "", ""
+		}
+		cfg.Export = &exp
 	}
 	if cfg.EventLog != "-" {
 		if err := os.MkdirAll(filepath.Dir(cfg.EventLog), 0o750); err != nil {

@@ -17,6 +17,7 @@ import (
 	kgbpf "github.com/keyguard/keyguard/bpf"
 
 	"github.com/keyguard/keyguard/agent/internal/events"
+	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 )
@@ -32,6 +33,8 @@ type Config struct {
 	// ControlSocket is the unix socket the keyguard CLI talks to ("" disables it).
 	ControlSocket string
 	Version       string
+	// Export sends every event to a collector as well (nil: local event log only).
+	Export *export.Config
 }
 
 // Agent is a running agent.
@@ -41,6 +44,7 @@ type Agent struct {
 	guard *loader.Guard
 	pol   *policy.Policy
 	out   *events.JSONLines
+	exp   *export.Pipeline
 
 	mu     sync.Mutex
 	rs     loader.RuleSet
@@ -87,6 +91,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer g.Close()
 	a := &Agent{cfg: cfg, log: log, guard: g, pol: pol, out: out, grants: map[uint64]grant{}}
+	if cfg.Export != nil {
+		ec := *cfg.Export
+		ec.AgentVersion = cfg.Version
+		if a.exp, err = export.New(ec, log); err != nil {
+			return fmt.Errorf("event export: %w", err)
+		}
+		defer a.exp.Close()
+	}
 	if err := g.RegisterAgent(os.Getpid()); err != nil {
 		return err
 	}
@@ -112,6 +124,24 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		OnLostReported: a.writeLostBaseline,
 	}
 	var wg sync.WaitGroup
+	if a.exp != nil {
+		// Export runs on its own context so the final "stopping" event is still sent.
+		expCtx, expCancel := context.WithCancel(context.Background())
+		defer expCancel()
+		expDone := make(chan struct{})
+		go func() {
+			defer close(expDone)
+			if err := a.exp.Run(expCtx); err != nil {
+				log.Error("event export stopped", "error", err)
+			}
+		}()
+		defer func() {
+			// Give the collector a moment to acknowledge what is queued; the spool keeps the rest.
+			time.Sleep(500 * time.Millisecond)
+			expCancel()
+			<-expDone
+		}()
+	}
 	readErr := make(chan error, 1)
 	wg.Add(1)
 	go func() {
@@ -158,9 +188,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return err
 }
 
+// emit records an event in the local log and hands it to the export pipeline, which never blocks.
 func (a *Agent) emit(ev events.Event) {
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
+	}
+	if a.exp != nil {
+		pe := ev.Proto(a.cfg.Version)
+		a.exp.Submit(pe, export.PriorityOf(pe))
 	}
 }
 

@@ -115,10 +115,10 @@ func copyFile(src, dst string) error {
 	return os.WriteFile(dst, b, 0o755)
 }
 
-func startAgent() error {
+func startAgent(extra ...string) error {
 	before := countLines(eventsLog)
-	agent = exec.Command(agentBin, "run", "-policy", dir+"/policy.yaml", "-events", eventsLog,
-		"-state-dir", dir+"/state", "-control-socket", ctlSock)
+	agent = exec.Command(agentBin, append([]string{"run", "-policy", dir + "/policy.yaml", "-events", eventsLog,
+		"-state-dir", dir + "/state", "-control-socket", ctlSock}, extra...)...)
 	agent.Stdout = os.Stdout
 	agent.Stderr = os.Stdout
 	if err := agent.Start(); err != nil {

@@ -1,0 +1,133 @@
+package events
+
+import (
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+)
+
+var protoOps = map[string]keyguardv1.AccessOperation{
+	"ptrace_attach":     keyguardv1.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH,
+	"ptrace_seize":      keyguardv1.AccessOperation_ACCESS_OPERATION_PTRACE_SEIZE,
+	"process_vm_readv":  keyguardv1.AccessOperation_ACCESS_OPERATION_PROCESS_VM_READV,
+	"process_vm_writev": keyguardv1.AccessOperation_ACCESS_OPERATION_PROCESS_VM_WRITEV,
+	"pidfd_getfd":       keyguardv1.AccessOperation_ACCESS_OPERATION_PIDFD_GETFD,
+	"proc_open":         keyguardv1.AccessOperation_ACCESS_OPERATION_PROC_OPEN,
+	"proc_read":         keyguardv1.AccessOperation_ACCESS_OPERATION_PROC_OPEN,
+	"proc_link":         keyguardv1.AccessOperation_ACCESS_OPERATION_PROC_OPEN,
+	"kcmp":              keyguardv1.AccessOperation_ACCESS_OPERATION_KCMP,
+	"perf_event_open":   keyguardv1.AccessOperation_ACCESS_OPERATION_PERF_EVENT_OPEN,
+	"traceme":           keyguardv1.AccessOperation_ACCESS_OPERATION_TRACEME,
+}
+
+var protoDecisions = map[string]keyguardv1.Decision{
+	"denied":              keyguardv1.Decision_DECISION_DENIED,
+	"allowed_audit":       keyguardv1.Decision_DECISION_ALLOWED_AUDIT,
+	"allowed_policy":      keyguardv1.Decision_DECISION_ALLOWED_POLICY,
+	"allowed_break_glass": keyguardv1.Decision_DECISION_ALLOWED_BREAK_GLASS,
+}
+
+var protoReasons = map[string]keyguardv1.ProtectionReason{
+	"exec":        keyguardv1.ProtectionReason_PROTECTION_REASON_EXEC,
+	"key_file":    keyguardv1.ProtectionReason_PROTECTION_REASON_KEY_FILE_OPEN,
+	"cgroup":      keyguardv1.ProtectionReason_PROTECTION_REASON_CGROUP,
+	"procfs_scan": keyguardv1.ProtectionReason_PROTECTION_REASON_PROCFS_SCAN,
+	"inherited":   keyguardv1.ProtectionReason_PROTECTION_REASON_INHERITED,
+}
+
+var protoStates = map[string]keyguardv1.AgentState{
+	"started":     keyguardv1.AgentState_AGENT_STATE_STARTED,
+	"adopted":     keyguardv1.AgentState_AGENT_STATE_ADOPTED,
+	"stopping":    keyguardv1.AgentState_AGENT_STATE_STOPPING,
+	"uninstalled": keyguardv1.AgentState_AGENT_STATE_UNINSTALLED,
+}
+
+var protoSeverities = map[string]keyguardv1.Severity{
+	"ok": keyguardv1.Severity_SEVERITY_INFO, "info": keyguardv1.Severity_SEVERITY_LOW,
+	"warning": keyguardv1.Severity_SEVERITY_MEDIUM, "critical": keyguardv1.Severity_SEVERITY_CRITICAL,
+}
+
+var protoGrantStates = map[string]keyguardv1.BreakGlassState{
+	"granted": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_GRANTED,
+	"expired": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_EXPIRED,
+	"revoked": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_REVOKED,
+}
+
+func (p *Process) proto() *keyguardv1.Process {
+	if p == nil {
+		return nil
+	}
+	return &keyguardv1.Process{
+		Pid: p.PID, Tid: p.TID, Comm: p.Comm, ExePath: p.Executable, ExeDev: p.ExeDev, ExeInode: p.ExeIno,
+		Uid: p.UID, Euid: p.EUID, CgroupPath: p.Cgroup, CgroupId: p.CgroupID,
+	}
+}
+
+// Proto converts an event to the keyguard.v1 envelope the collector stores. Host, boot id and sequence
+// number are filled in by the export pipeline and the collector.
+func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
+	out := &keyguardv1.Event{Time: timestamppb.New(ev.Time), AgentVersion: agentVersion}
+	mode := keyguardv1.PolicyMode_POLICY_MODE_ENFORCE
+	if ev.RuleMode == "audit" {
+		mode = keyguardv1.PolicyMode_POLICY_MODE_AUDIT
+	}
+	switch ev.Kind {
+	case KindAccess:
+		op, ok := protoOps[ev.Operation]
+		if !ok {
+			op = keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER
+		}
+		ma := &keyguardv1.MemoryAccess{
+			Accessor: ev.Accessor.proto(), Target: ev.Target.proto(), Operation: op,
+			AccessMode: ev.AccessMode, AccessModeNames: ev.AccessModeNames, Rule: ev.Rule, PolicyMode: mode,
+			Decision: protoDecisions[ev.Decision],
+		}
+		if strings.HasPrefix(ev.Detail, "/proc/") {
+			ma.ProcPath = ev.Detail
+		} else {
+			ma.Detail = ev.Detail
+		}
+		if ma.Operation == keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER || ev.Operation == "proc_read" || ev.Operation == "proc_link" {
+			ma.Detail = strings.TrimSuffix(ev.Operation+": "+ma.Detail, ": ")
+		}
+		out.Kind = &keyguardv1.Event_MemoryAccess{MemoryAccess: ma}
+	case KindProtect:
+		pc := &keyguardv1.ProtectionChange{
+			Process: ev.Target.proto(), Rule: ev.Rule, State: keyguardv1.ProtectionState_PROTECTION_STATE_PROTECTED,
+			Reason: protoReasons[ev.Reason], Detail: ev.Detail,
+		}
+		if ev.Reason == "key_file" {
+			pc.KeyFilePath = ev.Detail
+		}
+		out.Kind = &keyguardv1.Event_ProtectionChange{ProtectionChange: pc}
+	case KindLoss:
+		src := keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER
+		if ev.Loss.Source == "agent_queue" {
+			src = keyguardv1.LossSource_LOSS_SOURCE_AGENT_QUEUE
+		}
+		out.Kind = &keyguardv1.Event_LossReport{LossReport: &keyguardv1.LossReport{Source: src, Count: ev.Loss.Count}}
+	case KindHealth:
+		h := ev.Health
+		ah := &keyguardv1.AgentHealth{
+			State: protoStates[h.State], AgentVersion: h.Version, KernelRelease: h.Kernel, LsmActive: h.LSMActive,
+			EnforcementPinned: h.EnforcementPinned, ProtectedProcessCount: uint32(h.ProtectedProcesses), Detail: h.Message,
+		}
+		for _, f := range h.Posture {
+			ah.Findings = append(ah.Findings, &keyguardv1.PostureFinding{Name: f.Name, Value: f.Value, Severity: protoSeverities[f.Severity], Remediation: f.Advice})
+		}
+		out.Kind = &keyguardv1.Event_AgentHealth{AgentHealth: ah}
+	case KindBreakGlass:
+		b := ev.BreakGlass
+		uid := uint32(b.UID)
+		if b.UID < 0 {
+			uid = ^uint32(0)
+		}
+		out.Kind = &keyguardv1.Event_BreakGlass{BreakGlass: &keyguardv1.BreakGlass{
+			Operator: b.Operator, AccessorExePath: b.Executable, AccessorUid: uid, Rule: b.Rule, Reason: b.Reason,
+			State: protoGrantStates[b.Action], ExpireTime: timestamppb.New(b.Expires),
+		}}
+	}
+	return out
+}
