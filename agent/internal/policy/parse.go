@@ -430,6 +430,8 @@ func (ps *parser) checkExecutable(n *yaml.Node, key, s string) bool {
 		return false
 	}
 	switch {
+	case s == "/":
+		ps.errorf(n, key, "\"/\" is a directory, not an executable file")
 	case strings.ContainsAny(s, "*?["):
 		ps.errorf(n, key, "%q: executables are exact paths, not globs; list each executable", s)
 	case path.Clean(s) != s:
