@@ -2,6 +2,7 @@ package detect
 
 import (
 	"crypto/rand"
+	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
 	mrand "math/rand/v2"
 	"testing"
 
@@ -12,10 +13,10 @@ import (
 // small integers, text, 20% random stretches: what a process image looks like) and "random"
 // (every byte random: the worst case for the raw searches, which then test every candidate).
 func BenchmarkDetect(b *testing.B) {
-	k := keys(b)
+	k := keytest.Generate()
 	sub := func(names ...string) []pubkeys.Key {
 		var out []pubkeys.Key
-		for _, p := range k.pubs {
+		for _, p := range k.Pubs {
 			for _, n := range names {
 				if p.Name == n {
 					out = append(out, p)
@@ -24,7 +25,7 @@ func BenchmarkDetect(b *testing.B) {
 		}
 		return out
 	}
-	mem := filler(mrand.New(mrand.NewPCG(11, 12)), 8<<20)
+	mem := keytest.Filler(mrand.New(mrand.NewPCG(11, 12)), 8<<20, true)
 	rnd := make([]byte, 8<<20)
 	rand.Read(rnd)
 	modes := []struct {

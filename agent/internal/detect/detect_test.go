@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
 	mrand "math/rand/v2"
 	"slices"
 	"strings"
@@ -13,25 +14,25 @@ import (
 )
 
 type planted struct {
-	enc encoding
-	at  int // offset of the encoding's data in the buffer
+	enc keytest.Encoding
+	at  int // offset of the keytest.Encoding's data in the buffer
 }
 
 func (p planted) want() Finding {
-	l := p.enc.length
+	l := p.enc.Length
 	if l == 0 {
-		l = len(p.enc.data) - p.enc.off
+		l = len(p.enc.Data) - p.enc.Off
 	}
-	return Finding{Offset: int64(p.at + p.enc.off), Length: l, Kind: p.enc.kind, Key: p.enc.key}
+	return Finding{Offset: int64(p.at + p.enc.Off), Length: l, Kind: p.enc.Kind, Key: p.enc.Key}
 }
 
 // plant lays the encodings out in realistic filler. If boundaries is non-empty, the i-th encoding
 // straddles boundaries[i%len] (a window edge) instead of sitting at a random place.
-func plant(rng *mrand.Rand, encs []encoding, boundaries []int) ([]byte, []planted) {
+func plant(rng *mrand.Rand, encs []keytest.Encoding, boundaries []int) ([]byte, []planted) {
 	return plantFill(rng, encs, boundaries, true)
 }
 
-func plantFill(rng *mrand.Rand, encs []encoding, boundaries []int, random bool) ([]byte, []planted) {
+func plantFill(rng *mrand.Rand, encs []keytest.Encoding, boundaries []int, random bool) ([]byte, []planted) {
 	var buf []byte
 	var ps []planted
 	for i, e := range encs {
@@ -39,21 +40,21 @@ func plantFill(rng *mrand.Rand, encs []encoding, boundaries []int, random bool) 
 		if len(boundaries) > 0 {
 			// Place the data so it crosses the next boundary after the current end.
 			bnd := boundaries[i%len(boundaries)]
-			for bnd < len(buf)+64+len(e.data) {
+			for bnd < len(buf)+64+len(e.Data) {
 				bnd += boundaries[len(boundaries)-1]
 			}
-			gap = bnd - len(buf) - len(e.data)/2
+			gap = bnd - len(buf) - len(e.Data)/2
 		}
-		buf = append(buf, fill(rng, gap, random)...)
-		if e.align {
+		buf = append(buf, keytest.Filler(rng, gap, random)...)
+		if e.Align {
 			for len(buf)%8 != 0 {
 				buf = append(buf, 0)
 			}
 		}
 		ps = append(ps, planted{e, len(buf)})
-		buf = append(buf, e.data...)
+		buf = append(buf, e.Data...)
 	}
-	buf = append(buf, fill(rng, 2048, random)...)
+	buf = append(buf, keytest.Filler(rng, 2048, random)...)
 	return buf, ps
 }
 
@@ -61,7 +62,7 @@ func sameFindings(t *testing.T, got []Finding, ps []planted) {
 	t.Helper()
 	want := map[Finding]string{}
 	for _, p := range ps {
-		want[p.want()] = p.enc.name
+		want[p.want()] = p.enc.Name
 	}
 	seen := map[Finding]bool{}
 	for _, f := range got {
@@ -102,22 +103,22 @@ func near(fs []Finding, off int64) []Finding {
 }
 
 func TestFindsEveryEncoding(t *testing.T) {
-	k := keys(t)
-	d, err := New(Options{Keys: k.pubs})
+	k := keytest.Generate()
+	d, err := New(Options{Keys: k.Pubs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rng := mrand.New(mrand.NewPCG(1, 2))
-	buf, ps := plant(rng, k.encodings(t), nil)
+	buf, ps := plant(rng, k.Encodings(), nil)
 	sameFindings(t, d.ScanBytes(buf), ps)
 }
 
-// TestBoundaries plants every encoding across window edges and feeds the stream in random-sized
+// TestBoundaries plants every keytest.Encoding across window edges and feeds the stream in random-sized
 // writes, with a small chunk so that there are many windows.
 func TestBoundaries(t *testing.T) {
-	k := keys(t)
+	k := keytest.Generate()
 	const chunk = 8192
-	d, err := New(Options{Keys: k.pubs, Chunk: chunk})
+	d, err := New(Options{Keys: k.Pubs, Chunk: chunk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +128,7 @@ func TestBoundaries(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		bnds = append(bnds, chunk+MaxMatch+i*chunk)
 	}
-	encs := k.encodings(t)
+	encs := k.Encodings()
 	buf, ps := plantFill(rng, encs, bnds, false)
 	var got []Finding
 	s := d.NewStream(func(f Finding) error {
@@ -150,13 +151,13 @@ func TestBoundaries(t *testing.T) {
 // TestSettled checks the redactor's contract: a finding delivered after Settled() returned x never
 // starts before x.
 func TestSettled(t *testing.T) {
-	k := keys(t)
-	d, err := New(Options{Keys: k.pubs, Chunk: 4096})
+	k := keytest.Generate()
+	d, err := New(Options{Keys: k.Pubs, Chunk: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rng := mrand.New(mrand.NewPCG(5, 6))
-	buf, ps := plant(rng, k.encodings(t)[:12], nil)
+	buf, ps := plant(rng, k.Encodings()[:12], nil)
 	var settled int64
 	var got []Finding
 	s := d.NewStream(func(f Finding) error {
@@ -185,12 +186,12 @@ func TestSettled(t *testing.T) {
 }
 
 func TestScanReaderAndCancel(t *testing.T) {
-	k := keys(t)
-	d, err := New(Options{Keys: k.pubs, Modes: ModeFormats})
+	k := keytest.Generate()
+	d, err := New(Options{Keys: k.Pubs, Modes: ModeFormats})
 	if err != nil {
 		t.Fatal(err)
 	}
-	encs := slices.DeleteFunc(k.encodings(t), func(e encoding) bool { return !isFormatKind(e.kind) })
+	encs := slices.DeleteFunc(k.Encodings(), func(e keytest.Encoding) bool { return !isFormatKind(e.Kind) })
 	buf, ps := plant(mrand.New(mrand.NewPCG(7, 8)), encs, nil)
 	var got []Finding
 	if err := d.Scan(context.Background(), bytes.NewReader(buf), func(f Finding) error { got = append(got, f); return nil }); err != nil {
@@ -219,9 +220,9 @@ func isFormatKind(k string) bool {
 
 // TestAlign1FindsUnalignedRaw plants the raw encodings at odd offsets: Align 1 finds them.
 func TestAlign1FindsUnalignedRaw(t *testing.T) {
-	k := keys(t)
+	k := keytest.Generate()
 	var ks []pubkeys.Key
-	for _, pk := range k.pubs {
+	for _, pk := range k.Pubs {
 		if pk.Name == "rsa.pem" || pk.Name == "p256.pem" || pk.Name == "ed.pem" {
 			ks = append(ks, pk)
 		}
@@ -230,10 +231,10 @@ func TestAlign1FindsUnalignedRaw(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var encs []encoding
-	for _, e := range k.encodings(t) {
-		if !isFormatKind(e.kind) && (strings.HasPrefix(e.name, "rsa/") || strings.HasPrefix(e.name, "p256/") || strings.HasPrefix(e.name, "ed25519/")) {
-			e.align = false
+	var encs []keytest.Encoding
+	for _, e := range k.Encodings() {
+		if !isFormatKind(e.Kind) && (strings.HasPrefix(e.Name, "rsa/") || strings.HasPrefix(e.Name, "p256/") || strings.HasPrefix(e.Name, "ed25519/")) {
+			e.Align = false
 			encs = append(encs, e)
 		}
 	}
@@ -241,13 +242,13 @@ func TestAlign1FindsUnalignedRaw(t *testing.T) {
 	var buf []byte
 	var ps []planted
 	for _, e := range encs {
-		buf = append(buf, fill(rng, 256+rng.IntN(2048), false)...)
+		buf = append(buf, keytest.Filler(rng, 256+rng.IntN(2048), false)...)
 		for len(buf)%8 != 3 {
 			buf = append(buf, 0x41)
 		}
 		ps = append(ps, planted{e, len(buf)})
-		buf = append(buf, e.data...)
+		buf = append(buf, e.Data...)
 	}
-	buf = append(buf, fill(rng, 512, false)...)
+	buf = append(buf, keytest.Filler(rng, 512, false)...)
 	sameFindings(t, d.ScanBytes(buf), ps)
 }

@@ -1,6 +1,7 @@
 package detect
 
 import (
+	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
 	"testing"
 
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
@@ -9,16 +10,16 @@ import (
 // FuzzDetector checks that no input makes the detector panic, that every finding lies inside the
 // input, and that streaming in small windows finds what scanning in one piece finds.
 func FuzzDetector(f *testing.F) {
-	k := keys(f)
-	for _, e := range k.encodings(f) {
-		f.Add(e.data)
+	k := keytest.Generate()
+	for _, e := range k.Encodings() {
+		f.Add(e.Data)
 	}
 	f.Add([]byte("-----BEGIN PRIVATE KEY-----\n\\n\\\\n-----END PRIVATE KEY-----"))
 	f.Add([]byte{0x30, 0x82, 0xff, 0xff, 0x02, 0x01, 0x00})
 	f.Add([]byte(`{"kty":"RSA","d":"` + "\\\"" + `{"}`))
 	// P-384 and P-521 keys are left out: their scalar multiplications make each input slow.
 	var ks []pubkeys.Key
-	for _, pk := range k.pubs {
+	for _, pk := range k.Pubs {
 		if pk.Name != "p384.pem" && pk.Name != "p521.pem" {
 			ks = append(ks, pk)
 		}
