@@ -126,8 +126,7 @@ func parse(name string, data []byte) (*Policy, []error) {
 		for i, rn := range rules.Content {
 			// Invalid rules are kept too (Parse drops the whole policy on any error) so that Load
 			// can still check their executables and report every problem in one run.
-			r, _ := ps.rule(rn, i, byName, byID)
-			p.Rules = append(p.Rules, r)
+			p.Rules = append(p.Rules, ps.rule(rn, i, byName, byID))
 		}
 	}
 	return p, ps.errs
@@ -184,41 +183,34 @@ func (ps *parser) fields(n *yaml.Node, key string, known ...string) (map[string]
 	return out, true
 }
 
-func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[uint32]string) (Rule, bool) {
+func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[uint32]string) Rule {
 	key := fmt.Sprintf("rules[%d]", i)
 	rn = deref(rn)
 	ps.mark(rn, key)
 	r := Rule{index: i, Mode: Enforce, Dumps: DumpBlock}
 	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "match", "allow", "public_keys")
 	if !ok {
-		return r, false
+		return r
 	}
-	valid := true
 	if v, ok := f["name"]; !ok {
 		ps.errorf(rn, key, "missing \"name\"; every rule needs a unique name such as \"token-signer\"")
-		valid = false
 	} else if s, ok := ps.scalar(v.val, key+".name"); ok {
 		k := key + ".name"
 		switch {
 		case !nameRE.MatchString(s):
 			ps.errorf(v.val, k, "%q is not a valid rule name: use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit", s)
-			valid = false
 		case byName[s] != "":
 			ps.errorf(v.val, k, "duplicate rule name %q (also %s); rule names must be unique", s, byName[s])
-			valid = false
 		default:
 			id := RuleID(s)
 			if other, clash := byID[id]; clash {
 				ps.errorf(v.val, k, "rule name %q has the same rule id (%#08x) as %s; rename one of them", s, id, other)
-				valid = false
 			} else {
 				r.Name, r.ID = s, id
 				byName[s] = fmt.Sprintf("%s at line %d", key, v.val.Line)
 				byID[id] = fmt.Sprintf("%s %q", key, s)
 			}
 		}
-	} else {
-		valid = false
 	}
 	if v, ok := f["mode"]; ok {
 		if s, ok := ps.scalar(v.val, key+".mode"); ok {
@@ -229,10 +221,7 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 				r.Mode = Audit
 			default:
 				ps.errorf(v.val, key+".mode", "%q is not a mode; use enforce (deny and report) or audit (allow and report)", s)
-				valid = false
 			}
-		} else {
-			valid = false
 		}
 	}
 	if v, ok := f["dumps"]; ok {
@@ -246,47 +235,27 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 				r.Dumps = DumpAllow
 			default:
 				ps.errorf(v.val, key+".dumps", "%q is not a dump mode; use block, redact or allow", s)
-				valid = false
 			}
-		} else {
-			valid = false
 		}
 	}
 	if v, ok := f["match"]; !ok {
 		ps.errorf(rn, key, "missing \"match\"; a rule selects processes by at least one of executables, cgroups or key_files")
-		valid = false
 	} else if mk := key + ".match"; isNull(deref(v.val)) {
 		ps.errorf(v.val, mk, "empty; list at least one of executables, cgroups or key_files")
-		valid = false
 	} else if mf, ok := ps.fields(v.val, mk, "executables", "cgroups", "key_files"); ok {
 		before := len(ps.errs)
 		r.Executables = ps.list(mf, mk, "executables", ps.checkExecutable)
 		r.Cgroups = ps.list(mf, mk, "cgroups", ps.checkCgroup)
 		r.KeyFiles = ps.list(mf, mk, "key_files", ps.checkGlob)
-		if len(ps.errs) > before {
-			valid = false
-		} else if len(r.Executables)+len(r.Cgroups)+len(r.KeyFiles) == 0 {
+		if len(ps.errs) == before && len(r.Executables)+len(r.Cgroups)+len(r.KeyFiles) == 0 {
 			ps.errorf(v.val, mk, "no selector; list at least one of executables, cgroups or key_files")
-			valid = false
 		}
-	} else {
-		valid = false
 	}
 	if v, ok := f["allow"]; ok {
-		before := len(ps.errs)
 		r.Allow = ps.accessors(v.val, key+".allow")
-		if len(ps.errs) > before {
-			valid = false
-		}
 	}
-	if _, ok := f["public_keys"]; ok {
-		before := len(ps.errs)
-		r.PublicKeys = ps.list(f, key, "public_keys", ps.checkGlob)
-		if len(ps.errs) > before {
-			valid = false
-		}
-	}
-	return r, valid
+	r.PublicKeys = ps.list(f, key, "public_keys", ps.checkGlob)
+	return r
 }
 
 // list reads f[name] as a list of strings, each checked by check. A missing or null list is empty.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
+	"slices"
 	"sort"
 	"syscall"
 )
@@ -328,21 +329,9 @@ func (r *Resolved) Equal(o *Resolved) bool {
 		maps.EqualFunc(r.Cgroups, o.Cgroups, func(x, y CgroupSet) bool {
 			return maps.EqualFunc(x, y, func(string, string) bool { return true })
 		}) &&
-		maps.EqualFunc(r.Accessors, o.Accessors, equalSlices[AccessorID]) &&
-		maps.EqualFunc(r.PublicKeys, o.PublicKeys, equalSlices[string]) &&
-		equalSlices(r.Pending, o.Pending)
-}
-
-func equalSlices[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
+		maps.EqualFunc(r.Accessors, o.Accessors, slices.Equal[[]AccessorID]) &&
+		maps.EqualFunc(r.PublicKeys, o.PublicKeys, slices.Equal[[]string]) &&
+		slices.Equal(r.Pending, o.Pending)
 }
 
 func sortedFileIDs(s FileSet) []FileID {
