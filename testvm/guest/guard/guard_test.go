@@ -56,6 +56,10 @@ rules:
     mode: enforce
     match:
       key_files: ["/tmp/kg/keys/*.pem"]
+  - name: container
+    mode: enforce
+    match:
+      cgroups: [/kg-signer]
 `
 
 var agent *exec.Cmd
@@ -586,7 +590,7 @@ func TestStatus(t *testing.T) {
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("status JSON: %v: %s", err, out)
 	}
-	if len(st.Rules) != 3 || st.Counters["denied"] == 0 {
+	if len(st.Rules) != 4 || st.Counters["denied"] == 0 {
 		t.Errorf("status: rules %v counters %v", st.Rules, st.Counters)
 	}
 	found := false

@@ -1,0 +1,101 @@
+package guard
+
+import (
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A cgroup named in the policy that does not exist when the agent starts is picked up when it is
+// created; processes in it (and in cgroups below it) are protected, reason "cgroup".
+func TestCgroupRule(t *testing.T) {
+	cg := "/sys/fs/cgroup/kg-signer"
+	if err := os.Mkdir(cg, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(cg)
+	if err := os.Mkdir(cg+"/worker", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(cg + "/worker")
+	v := startVictim(t, victimPlain, 0)
+	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); !strings.HasPrefix(res, "OK") {
+		t.Fatalf("before moving into the cgroup: %q", res)
+	}
+	if err := os.WriteFile(cg+"/worker/cgroup.procs", []byte(strconv.Itoa(v.pid)), 0); err != nil {
+		t.Fatal(err)
+	}
+	// The agent's watcher resolves the new cgroup within milliseconds; allow for a slow VM.
+	var res string
+	for i := 0; i < 50; i++ {
+		if _, res = attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res == "ERR EACCES" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if res != "ERR EACCES" {
+		t.Fatalf("process in a protected cgroup: %q, want ERR EACCES", res)
+	}
+	ev := waitEvent(t, "cgroup denial", func(e event) bool {
+		return e.Kind == "access" && e.Target != nil && e.Target.PID == uint32(v.pid) && e.Decision == "denied"
+	})
+	if ev.Reason != "cgroup" || ev.Rule != "container" || ev.Target.Cgroup != "/kg-signer/worker" {
+		t.Errorf("event: reason %q rule %q cgroup %q", ev.Reason, ev.Rule, ev.Target.Cgroup)
+	}
+}
+
+// An agent with different load-time settings is another build: it attaches its own links, then
+// removes the old ones; protection never lapses.
+func TestUpgradeReplacesLinks(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	before, _ := os.ReadDir(pinPath + "/links")
+	stopAgent()
+	if err := startAgent("-report-noaudit"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadDir(pinPath + "/links")
+	if len(before) != 1 || len(after) != 1 || before[0].Name() == after[0].Name() {
+		t.Fatalf("pinned builds before %v after %v: want one each, different", names(before), names(after))
+	}
+	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("after the upgrade: %q", res)
+	}
+}
+
+// uninstall removes every pin; protection ends once no agent holds the programs.
+func TestUninstall(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	stopAgent()
+	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("agent stopped, before uninstall: %q", res)
+	}
+	if out, err := exec.Command(agentBin, "uninstall").CombinedOutput(); err != nil {
+		t.Fatalf("uninstall: %v: %s", err, out)
+	}
+	if _, err := os.Stat(pinPath); !os.IsNotExist(err) {
+		t.Fatalf("%s still exists after uninstall: %v", pinPath, err)
+	}
+	// The kernel detaches a link whose last reference went away from a workqueue, a moment later.
+	var res string
+	for i := 0; i < 40; i++ {
+		if _, res = attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); strings.HasPrefix(res, "OK") {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.HasPrefix(res, "OK") {
+		t.Fatalf("after uninstall: %q, want OK", res)
+	}
+	agent = nil
+}
+
+func names(es []os.DirEntry) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.Name())
+	}
+	return out
+}
