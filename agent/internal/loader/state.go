@@ -13,6 +13,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	kgbpf "github.com/keyguard/keyguard/bpf"
+
+	"github.com/keyguard/keyguard/agent/internal/policy"
 )
 
 func attachLSM(p *ebpf.Program) (link.Link, error) {
@@ -189,18 +191,15 @@ func (g *Guard) Counters() ([]uint64, error) {
 	return out, nil
 }
 
-// StatFileID names a file the way the kernel does: sb->s_dev (major<<20 | minor) and inode.
+// StatFileID names a file the way the kernel does (sb->s_dev and inode), following symlinks. It uses
+// the policy's resolver, which takes the superblock device from mountinfo where stat's st_dev differs
+// (btrfs subvolumes, some overlayfs set-ups), so the agent and the programs agree.
 func StatFileID(path string) (FileID, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
-		return FileID{}, &os.PathError{Op: "stat", Path: path, Err: err}
+	fi, err := policy.Stat(path)
+	if err != nil {
+		return FileID{}, err
 	}
-	return FileID{Dev: KernelDev(st.Dev), Ino: st.Ino}, nil
-}
-
-// KernelDev converts stat(2)'s st_dev to the kernel's internal dev_t encoding.
-func KernelDev(stDev uint64) uint64 {
-	return uint64(unix.Major(stDev))<<20 | uint64(unix.Minor(stDev))
+	return FileID{Dev: fi.ID.Dev, Ino: fi.ID.Ino}, nil
 }
 
 // BootTime converts a wall-clock time to CLOCK_BOOTTIME nanoseconds, the clock the programs use.
