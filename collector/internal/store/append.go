@@ -226,8 +226,14 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 				if c > 0 {
 					sb.WriteByte(',')
 				}
-				sb.WriteByte('$')
-				sb.WriteString(strconv.Itoa(i*insertColumns + c + 1))
+				if s.backend == SQLite {
+					// Positional ? parameters: SQLite resolves $N names by a linear search per
+					// parameter, which made large multi-row inserts CPU-bound.
+					sb.WriteByte('?')
+				} else {
+					sb.WriteByte('$')
+					sb.WriteString(strconv.Itoa(i*insertColumns + c + 1))
+				}
 			}
 			sb.WriteByte(')')
 			p, t := r.ix.proc, r.ix.target
