@@ -109,3 +109,13 @@ func TestServerCertificateRotatesWithoutRestart(t *testing.T) {
 		t.Fatalf("after a broken replacement the server presents %s", got)
 	}
 }
+
+func TestExampleConfigParses(t *testing.T) {
+	c, err := LoadFile("../../keyguard-collector.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "0.0.0.0:7443" || c.TLS.RevokedSerials == "" || time.Duration(c.Retention.MaxAge) != 90*24*time.Hour || c.Storage.ChainKeyFile == "" {
+		t.Fatalf("parsed %+v", c)
+	}
+}
