@@ -16,14 +16,18 @@
 //     "oth", or "k" of an oct key); parsed with encoding/json.
 //
 // With configured public keys (Options.Keys), raw private material, found by structure because the
-// public key does not reveal it:
+// public key does not reveal it. Every raw candidate must first "look random": each 32-byte stretch
+// of it has at least 20 distinct byte values, a byte >= 0x80 and fewer than 6 zero bytes. A
+// uniformly random secret fails this with probability below 4e-9 per stretch; zero pages,
+// pointers, small integers and text fail it, which is what makes the raw searches cheap on real
+// memory and costly only on random-looking data (compressed or encrypted buffers, key material).
 //
 //   - Raw secrets are looked for at Options.Align-ed stream offsets (default 8: heap allocations
 //     are 8-byte aligned and an ELF core keeps page alignment between memory and file offsets);
 //     Align 1 tries every offset at 8 times the cost.
 //   - RSA primes p, q (⌈bits/2⌉-bit, balanced), big-endian and as little-endian 64-bit limbs
-//     (math/big, OpenSSL BIGNUM on 64-bit hosts). Cheap filters — top bit set, odd, every 32-byte
-//     stretch looks random, no factor 3, 5, 7, 13, 17, 241 — then one division of N (~0.4 µs).
+//     (math/big, OpenSSL BIGNUM on 64-bit hosts). Cheap filters — top bit set, odd, looks random,
+//     no factor 3, 5, 7, 13, 17, 241 — then one division of N (~0.4 µs).
 //     Exact: a reported prime divides N.
 //   - RSA d, big-endian (from its first non-zero byte, so right-aligned fixed-width buffers and
 //     math/big Bytes() tails are found) and as limbs: the top bits of d are fixed by N, e and t/g

@@ -3,12 +3,16 @@ package detect
 import "math/big"
 
 // denseMin is the minimum number of distinct byte values a 32-byte stretch of a raw secret must
-// contain, and such a stretch must also hold a byte >= 0x80 (all 32 below: probability 2.3e-10),
-// which rules out base64 and other text. Secrets (primes, d, scalars, seeds) are uniformly random; 32 uniform bytes have fewer
+// contain. Such a stretch must also hold a byte >= 0x80 (all 32 below: probability 2.3e-10), which
+// rules out base64 and other text, and fewer than denseMaxZeros zero bytes (probability of 6 or
+// more: 3.2e-9), which rules out pointers (two zero top bytes each) and small integers. Secrets (primes, d, scalars, seeds) are uniformly random; 32 uniform bytes have fewer
 // than 20 distinct values with probability 1.4e-10, so a 4096-bit d (16 stretches) is missed by this
 // filter with probability below 3e-9. Zero pages, pointers, text and most code fail it, which is
 // what makes the raw searches cheap on real memory.
-const denseMin = 20
+const (
+	denseMin      = 20
+	denseMaxZeros = 6
+)
 
 // scratch is per-Stream working memory, reused across windows.
 type scratch struct {
@@ -39,7 +43,7 @@ func (sc *scratch) computeDensity(b []byte) {
 		hi += int(c >> 7)
 	}
 	sc.dense[0] = d
-	if hi == 0 {
+	if hi == 0 || cnt[0] >= denseMaxZeros {
 		sc.dense[0] = 0
 	}
 	for j := 1; j < n; j++ {
@@ -54,7 +58,7 @@ func (sc *scratch) computeDensity(b []byte) {
 		}
 		cnt[c]++
 		hi += int(c>>7) - int(o>>7)
-		if hi == 0 {
+		if hi == 0 || cnt[0] >= denseMaxZeros {
 			sc.dense[j] = 0
 		} else {
 			sc.dense[j] = d

@@ -33,8 +33,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pub := fl.String("pubkeys", "", "comma-separated public key files (PEM public keys, certificates, JWK/JWKS, OpenSSH .pub) whose raw private material (RSA primes and d, EC scalars, Ed25519 seeds) is searched for too")
 	align := fl.Int("align", 8, "alignment of stream offsets at which raw key material is searched (1 = every offset, 8x slower)")
 	verbose := fl.Bool("v", false, "log each file scanned to stderr")
+	workers := fl.Int("j", 0, "files scanned at once (0 = number of CPUs)")
 	fl.Usage = func() {
-		fmt.Fprintf(stderr, "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-align N] PATH...\n\n"+
+		fmt.Fprintf(stderr, "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-align N] [-j N] [-v] PATH...\n\n"+
 			"Scans files and directories (recursively; symbolic links are not followed) for private keys:\n"+
 			"PEM, DER, OpenSSH and JWK private keys, and with -pubkeys the raw private material of those keys.\n"+
 			"zstd, lz4, xz and gzip files (e.g. /var/lib/systemd/coredump) are decompressed; their offsets are\n"+
@@ -107,7 +108,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stderr, "keyguard scan: %s: %s\n", e.Path, e.Message)
 	}
-	sum, err := New(det, log).Run(ctx, fl.Args(), found, failed)
+	sum, err := New(det, log, *workers).Run(ctx, fl.Args(), found, failed)
 	rep.Summary = sum
 	if *format == "json" {
 		enc := json.NewEncoder(stdout)

@@ -9,12 +9,14 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/klauspost/compress/zstd"
@@ -52,110 +54,185 @@ type Summary struct {
 
 // Scanner scans paths with one detector.
 type Scanner struct {
-	det *detect.Detector
-	log *slog.Logger
+	det     *detect.Detector
+	log     *slog.Logger
+	workers int
 }
 
-// New returns a Scanner. log receives one debug line per file; nil discards.
-func New(det *detect.Detector, log *slog.Logger) *Scanner {
+// New returns a Scanner that scans up to workers files at once (0 means GOMAXPROCS). log receives
+// one debug line per file; nil discards.
+func New(det *detect.Detector, log *slog.Logger, workers int) *Scanner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Scanner{det: det, log: log}
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	return &Scanner{det: det, log: log, workers: workers}
+}
+
+// job is one file to scan (or a path that failed before scanning), and its results.
+type job struct {
+	path     string
+	pre      error // error found while walking: report it, do not scan
+	findings []Finding
+	errs     []error
+	bytes    int64
+	scanned  bool
+	done     chan struct{}
 }
 
 // Run scans every path (files, and directories recursively in lexical order; symbolic links
 // inside directories and non-regular files are skipped, a named path that is neither file nor
-// directory is an error). Findings go to found and per-file errors to failed as they happen;
-// scanning continues after a file error. Run returns ctx's error if it was cancelled, or the
-// error found or failed returned.
+// directory is an error). Files are scanned concurrently; findings go to found and per-file errors
+// to failed in path order, each file's findings in offset order. Scanning continues after a file
+// error. Run returns ctx's error if it was cancelled, or the error found returned.
 func (s *Scanner) Run(ctx context.Context, paths []string, found func(Finding) error, failed func(*FileError)) (Summary, error) {
-	var sum Summary
-	fail := func(path string, err error) {
-		sum.Errors++
-		failed(&FileError{Path: path, Err: err, Message: err.Error()})
-	}
-	for _, root := range paths {
-		if err := ctx.Err(); err != nil {
-			return sum, err
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	jobs := make(chan *job)
+	ordered := make(chan *job, 4*s.workers)
+	// Walker: one job per file, in order.
+	go func() {
+		defer close(ordered)
+		defer close(jobs)
+		send := func(j *job) bool {
+			j.done = make(chan struct{})
+			select {
+			case ordered <- j:
+			case <-ctx.Done():
+				return false
+			}
+			if j.pre != nil {
+				close(j.done)
+				return true
+			}
+			select {
+			case jobs <- j:
+				return true
+			case <-ctx.Done():
+				close(j.done)
+				return false
+			}
 		}
-		fi, err := os.Stat(root)
-		if err != nil {
-			fail(root, err)
-			continue
-		}
-		if !fi.IsDir() {
-			if !fi.Mode().IsRegular() {
-				fail(root, fmt.Errorf("not a regular file or directory (%s)", fi.Mode().Type()))
+		for _, root := range paths {
+			fi, err := os.Stat(root)
+			switch {
+			case err != nil:
+				if !send(&job{path: root, pre: err}) {
+					return
+				}
+				continue
+			case !fi.IsDir() && !fi.Mode().IsRegular():
+				if !send(&job{path: root, pre: fmt.Errorf("not a regular file or directory (%s)", fi.Mode().Type())}) {
+					return
+				}
+				continue
+			case !fi.IsDir():
+				if !send(&job{path: root}) {
+					return
+				}
 				continue
 			}
-			if err := s.file(ctx, root, &sum, found, fail); err != nil {
-				return sum, err
-			}
-			continue
-		}
-		err = filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
-			if err != nil {
-				fail(path, err)
-				if de != nil && de.IsDir() {
-					return fs.SkipDir
+			err = filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
+				if err != nil {
+					if !send(&job{path: path, pre: err}) {
+						return ctx.Err()
+					}
+					if de != nil && de.IsDir() {
+						return fs.SkipDir
+					}
+					return nil
+				}
+				if !de.Type().IsRegular() {
+					return nil // directories are walked; links, devices, sockets, FIFOs are skipped
+				}
+				if !send(&job{path: path}) {
+					return ctx.Err()
 				}
 				return nil
+			})
+			if err != nil {
+				return
 			}
-			if ctx.Err() != nil {
-				return ctx.Err()
+		}
+	}()
+	for range s.workers {
+		go func() {
+			for j := range jobs {
+				s.file(ctx, j)
+				close(j.done)
 			}
-			if !de.Type().IsRegular() {
-				return nil // directories are walked; links, devices, sockets, FIFOs are skipped
+		}()
+	}
+	var sum Summary
+	var stop error
+	for j := range ordered {
+		<-j.done
+		if stop != nil {
+			continue
+		}
+		if j.scanned {
+			sum.Files++
+			sum.Bytes += j.bytes
+		}
+		for _, f := range j.findings {
+			sum.Findings++
+			if err := found(f); err != nil {
+				stop = err
+				cancel()
+				break
 			}
-			return s.file(ctx, path, &sum, found, fail)
-		})
-		if err != nil {
-			return sum, err
+		}
+		errs := j.errs
+		if j.pre != nil {
+			errs = append(errs, j.pre)
+		}
+		for _, err := range errs {
+			if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+				continue
+			}
+			sum.Errors++
+			failed(&FileError{Path: j.path, Err: err, Message: err.Error()})
 		}
 	}
-	return sum, nil
+	if stop != nil {
+		return sum, stop
+	}
+	return sum, ctx.Err()
 }
 
-// file scans one file. It returns an error only to stop the whole run.
-func (s *Scanner) file(ctx context.Context, path string, sum *Summary, found func(Finding) error, fail func(string, error)) error {
-	f, err := os.Open(path)
+// file scans one file into j.
+func (s *Scanner) file(ctx context.Context, j *job) {
+	if ctx.Err() != nil {
+		return
+	}
+	f, err := os.Open(j.path)
 	if err != nil {
-		fail(path, err)
-		return nil
+		j.errs = append(j.errs, err)
+		return
 	}
 	defer f.Close()
-	sum.Files++
+	j.scanned = true
 	r, comp, closeFn, err := Decompress(bufio.NewReaderSize(f, 256<<10))
 	if err != nil {
-		fail(path, err)
-		return nil
+		j.errs = append(j.errs, err)
+		return
 	}
 	defer closeFn()
-	var stopErr error
 	cr := &countingReader{r: r}
 	err = s.det.Scan(ctx, cr, func(fd detect.Finding) error {
-		sum.Findings++
-		if err := found(Finding{Path: path, Compression: comp, Finding: fd}); err != nil {
-			stopErr = err
-			return err
-		}
+		j.findings = append(j.findings, Finding{Path: j.path, Compression: comp, Finding: fd})
 		return nil
 	})
-	sum.Bytes += cr.n
-	s.log.Debug("scanned", "path", path, "compression", comp, "bytes", cr.n)
-	switch {
-	case stopErr != nil:
-		return stopErr
-	case ctx.Err() != nil:
-		return ctx.Err()
-	case err != nil:
+	j.bytes = cr.n
+	s.log.Debug("scanned", "path", j.path, "compression", comp, "bytes", cr.n, "findings", len(j.findings))
+	if err != nil && ctx.Err() == nil {
 		if comp != "" {
 			err = fmt.Errorf("%s stream: %w (findings before this point were reported)", comp, err)
 		}
-		fail(path, err)
+		j.errs = append(j.errs, err)
 	}
-	return nil
 }
 
 type countingReader struct {
