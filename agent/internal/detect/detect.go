@@ -301,6 +301,7 @@ func (d *Detector) scanWindow(sc *scratch, b []byte, base int64, out []Finding) 
 	}
 	if d.modes&ModeJWK != 0 {
 		d.findJWK(&w)
+		d.findJWKEscaped(&w)
 	}
 	if d.rawActive() {
 		sc.computeDensity(b)

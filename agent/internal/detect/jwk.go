@@ -7,7 +7,10 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 )
 
-var ktyMember = []byte(`"kty"`)
+var (
+	ktyMember        = []byte(`"kty"`)
+	ktyMemberEscaped = []byte(`\"kty\"`)
+)
 
 // findJWK reports JSON objects with a "kty" member and private members ("d", "p", "q", "dp", "dq",
 // "qi", "oth", or "k" for oct keys): single JWKs and each key of a JWKS. The object around each
@@ -51,6 +54,59 @@ func (d *Detector) findJWK(w *window) {
 			}
 			break
 		}
+	}
+}
+
+// findJWKEscaped reports JWKs written as a JSON string inside another JSON document
+// ("{\"kty\":\"RSA\",\"d\":...}"). JWK members never contain braces, so the object is delimited
+// by brace depth alone, unescaped, and parsed like a plain JWK.
+func (d *Detector) findJWKEscaped(w *window) {
+	b := w.b
+	for i := 0; i < len(b); {
+		k := bytes.Index(b[i:], ktyMemberEscaped)
+		if k < 0 {
+			return
+		}
+		p := i + k
+		i = p + 1
+		lo := max(0, p-MaxMatch)
+		ob := bytes.LastIndexByte(b[lo:p], '{')
+		if ob < 0 {
+			continue
+		}
+		ob += lo
+		end, depth := -1, 0
+		for x := ob; x < min(len(b), ob+MaxMatch); x++ {
+			if b[x] == '{' {
+				depth++
+			} else if b[x] == '}' {
+				depth--
+				if depth == 0 {
+					end = x + 1
+					break
+				}
+			}
+		}
+		if end <= p {
+			continue
+		}
+		unq := make([]byte, 0, end-ob)
+		for x := ob; x < end; x++ {
+			if b[x] == '\\' && x+1 < end {
+				x++
+			}
+			unq = append(unq, b[x])
+		}
+		var j pubkeys.JWK
+		if err := json.Unmarshal(unq, &j); err != nil || j.Kty == "" || !j.HasPrivate() {
+			continue
+		}
+		var key string
+		if pub, err := pubkeys.PublicFromJWK(&j); err == nil {
+			key = pubkeys.Match(d.keys, pub)
+		}
+		w.add(ob, end-ob, KindJWK, key)
+		i = end
 	}
 }
 

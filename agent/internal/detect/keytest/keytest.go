@@ -201,6 +201,9 @@ func (k *Keys) Encodings() []Encoding {
 	add(Encoding{Name: "rsa/openssh-binary", Data: sshBlk.Bytes, Kind: "openssh-binary", Key: "rsa.pem"})
 	r.Precompute()
 	add(Encoding{Name: "rsa/jwk", Data: jwkJSON(map[string]string{"kty": "RSA", "kid": "sig1", "n": b64u(r.N.Bytes()), "e": "AQAB", "d": b64u(r.D.Bytes()), "p": b64u(r.Primes[0].Bytes()), "q": b64u(r.Primes[1].Bytes()), "dp": b64u(r.Precomputed.Dp.Bytes()), "dq": b64u(r.Precomputed.Dq.Bytes()), "qi": b64u(r.Precomputed.Qinv.Bytes())}), Kind: "jwk-private", Key: "rsa.pem"})
+	jwkStr, err := json.Marshal(map[string]string{"signing_jwk": string(jwkJSON(map[string]string{"kty": "RSA", "n": b64u(r.N.Bytes()), "e": "AQAB", "d": b64u(r.D.Bytes())}))})
+	must(err)
+	add(Encoding{Name: "rsa/jwk-in-json-string", Data: jwkStr, Kind: "jwk-private", Key: "rsa.pem", Off: len(`{"signing_jwk":"`), Length: len(jwkStr) - len(`{"signing_jwk":"`) - len(`"}`)})
 	pb := (r.N.BitLen()/2 + 7) / 8
 	for i, p := range r.Primes {
 		n := []string{"p", "q"}[i]
