@@ -32,16 +32,20 @@ type KeyguardKgAgent struct {
 type KeyguardKgCounter uint32
 
 const (
-	KeyguardKgCounterKG_CNT_DENIED         KeyguardKgCounter = 0
-	KeyguardKgCounterKG_CNT_AUDIT          KeyguardKgCounter = 1
-	KeyguardKgCounterKG_CNT_ALLOWED_POLICY KeyguardKgCounter = 2
-	KeyguardKgCounterKG_CNT_BREAK_GLASS    KeyguardKgCounter = 3
-	KeyguardKgCounterKG_CNT_NOAUDIT_CHECKS KeyguardKgCounter = 4
-	KeyguardKgCounterKG_CNT_MARK_EXEC      KeyguardKgCounter = 5
-	KeyguardKgCounterKG_CNT_MARK_KEY_FILE  KeyguardKgCounter = 6
-	KeyguardKgCounterKG_CNT_INHERIT        KeyguardKgCounter = 7
-	KeyguardKgCounterKG_CNT_AGENT          KeyguardKgCounter = 8
-	KeyguardKgCounterKG_CNT_MAX            KeyguardKgCounter = 16
+	KeyguardKgCounterKG_CNT_DENIED          KeyguardKgCounter = 0
+	KeyguardKgCounterKG_CNT_AUDIT           KeyguardKgCounter = 1
+	KeyguardKgCounterKG_CNT_ALLOWED_POLICY  KeyguardKgCounter = 2
+	KeyguardKgCounterKG_CNT_BREAK_GLASS     KeyguardKgCounter = 3
+	KeyguardKgCounterKG_CNT_NOAUDIT_CHECKS  KeyguardKgCounter = 4
+	KeyguardKgCounterKG_CNT_MARK_EXEC       KeyguardKgCounter = 5
+	KeyguardKgCounterKG_CNT_MARK_KEY_FILE   KeyguardKgCounter = 6
+	KeyguardKgCounterKG_CNT_INHERIT         KeyguardKgCounter = 7
+	KeyguardKgCounterKG_CNT_AGENT           KeyguardKgCounter = 8
+	KeyguardKgCounterKG_CNT_DUMP_BLOCKED    KeyguardKgCounter = 9
+	KeyguardKgCounterKG_CNT_DUMP_KILLED     KeyguardKgCounter = 10
+	KeyguardKgCounterKG_CNT_DUMP_TO_HANDLER KeyguardKgCounter = 11
+	KeyguardKgCounterKG_CNT_DUMP_ALLOWED    KeyguardKgCounter = 12
+	KeyguardKgCounterKG_CNT_MAX             KeyguardKgCounter = 16
 )
 
 type KeyguardKgDecision uint32
@@ -52,6 +56,23 @@ const (
 	KeyguardKgDecisionKG_DECISION_ALLOWED_AUDIT       KeyguardKgDecision = 2
 	KeyguardKgDecisionKG_DECISION_ALLOWED_POLICY      KeyguardKgDecision = 3
 	KeyguardKgDecisionKG_DECISION_ALLOWED_BREAK_GLASS KeyguardKgDecision = 4
+)
+
+type KeyguardKgDumpAction uint32
+
+const (
+	KeyguardKgDumpActionKG_DUMP_BLOCKED         KeyguardKgDumpAction = 1
+	KeyguardKgDumpActionKG_DUMP_ALLOWED         KeyguardKgDumpAction = 2
+	KeyguardKgDumpActionKG_DUMP_TO_HANDLER      KeyguardKgDumpAction = 3
+	KeyguardKgDumpActionKG_DUMP_BAD_DESTINATION KeyguardKgDumpAction = 4
+)
+
+type KeyguardKgDumpMode uint32
+
+const (
+	KeyguardKgDumpModeKG_DUMP_MODE_BLOCK  KeyguardKgDumpMode = 0
+	KeyguardKgDumpModeKG_DUMP_MODE_REDACT KeyguardKgDumpMode = 1
+	KeyguardKgDumpModeKG_DUMP_MODE_ALLOW  KeyguardKgDumpMode = 2
 )
 
 type KeyguardKgEvent struct {
@@ -75,6 +96,7 @@ type KeyguardKgEventKind uint32
 const (
 	KeyguardKgEventKindKG_EVENT_ACCESS  KeyguardKgEventKind = 1
 	KeyguardKgEventKindKG_EVENT_PROTECT KeyguardKgEventKind = 2
+	KeyguardKgEventKindKG_EVENT_DUMP    KeyguardKgEventKind = 3
 )
 
 type KeyguardKgFileId struct {
@@ -89,6 +111,12 @@ type KeyguardKgGrant struct {
 	GrantId       uint64
 }
 
+type KeyguardKgHandler struct {
+	_   structs.HostLayout
+	Dev uint64
+	Ino uint64
+}
+
 type KeyguardKgLateMark struct {
 	_          structs.HostLayout
 	StartTicks uint64
@@ -97,9 +125,11 @@ type KeyguardKgLateMark struct {
 }
 
 type KeyguardKgMark struct {
-	_      structs.HostLayout
-	RuleId uint32
-	Reason uint32
+	_          structs.HostLayout
+	RuleId     uint32
+	Reason     uint32
+	DumpSignal uint32
+	DumpFlags  uint32
 }
 
 type KeyguardKgMode uint32
@@ -176,6 +206,8 @@ const (
 	KeyguardMapCounters              = "counters"
 	KeyguardMapEvents                = "events"
 	KeyguardMapExeRules              = "exe_rules"
+	KeyguardMapHandler               = "handler"
+	KeyguardMapHandlerPipes          = "handler_pipes"
 	KeyguardMapKeyRules              = "key_rules"
 	KeyguardMapLateMarks             = "late_marks"
 	KeyguardMapLost                  = "lost"
@@ -184,10 +216,13 @@ const (
 	KeyguardMapScratch               = "scratch"
 	KeyguardProgKgBprmCheckSecurity  = "kg_bprm_check_security"
 	KeyguardProgKgBprmCommittedCreds = "kg_bprm_committed_creds"
+	KeyguardProgKgCredPrepare        = "kg_cred_prepare"
+	KeyguardProgKgDumpEmit           = "kg_dump_emit"
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
 	KeyguardProgKgPtraceAccessCheck  = "kg_ptrace_access_check"
 	KeyguardProgKgPtraceTraceme      = "kg_ptrace_traceme"
+	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
@@ -238,10 +273,13 @@ type KeyguardSpecs struct {
 type KeyguardProgramSpecs struct {
 	KgBprmCheckSecurity  *ebpf.ProgramSpec `ebpf:"kg_bprm_check_security"`
 	KgBprmCommittedCreds *ebpf.ProgramSpec `ebpf:"kg_bprm_committed_creds"`
+	KgCredPrepare        *ebpf.ProgramSpec `ebpf:"kg_cred_prepare"`
+	KgDumpEmit           *ebpf.ProgramSpec `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
 	KgPtraceAccessCheck  *ebpf.ProgramSpec `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.ProgramSpec `ebpf:"kg_ptrace_traceme"`
+	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
 }
 
@@ -249,19 +287,21 @@ type KeyguardProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KeyguardMapSpecs struct {
-	Agent       *ebpf.MapSpec `ebpf:"agent"`
-	Allow       *ebpf.MapSpec `ebpf:"allow"`
-	Breakglass  *ebpf.MapSpec `ebpf:"breakglass"`
-	CgroupRules *ebpf.MapSpec `ebpf:"cgroup_rules"`
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	ExeRules    *ebpf.MapSpec `ebpf:"exe_rules"`
-	KeyRules    *ebpf.MapSpec `ebpf:"key_rules"`
-	LateMarks   *ebpf.MapSpec `ebpf:"late_marks"`
-	Lost        *ebpf.MapSpec `ebpf:"lost"`
-	Marks       *ebpf.MapSpec `ebpf:"marks"`
-	Rules       *ebpf.MapSpec `ebpf:"rules"`
-	Scratch     *ebpf.MapSpec `ebpf:"scratch"`
+	Agent        *ebpf.MapSpec `ebpf:"agent"`
+	Allow        *ebpf.MapSpec `ebpf:"allow"`
+	Breakglass   *ebpf.MapSpec `ebpf:"breakglass"`
+	CgroupRules  *ebpf.MapSpec `ebpf:"cgroup_rules"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	ExeRules     *ebpf.MapSpec `ebpf:"exe_rules"`
+	Handler      *ebpf.MapSpec `ebpf:"handler"`
+	HandlerPipes *ebpf.MapSpec `ebpf:"handler_pipes"`
+	KeyRules     *ebpf.MapSpec `ebpf:"key_rules"`
+	LateMarks    *ebpf.MapSpec `ebpf:"late_marks"`
+	Lost         *ebpf.MapSpec `ebpf:"lost"`
+	Marks        *ebpf.MapSpec `ebpf:"marks"`
+	Rules        *ebpf.MapSpec `ebpf:"rules"`
+	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 }
 
 // KeyguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -293,19 +333,21 @@ func (o *KeyguardObjects) Close() error {
 //
 // It can be passed to LoadKeyguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KeyguardMaps struct {
-	Agent       *ebpf.Map `ebpf:"agent"`
-	Allow       *ebpf.Map `ebpf:"allow"`
-	Breakglass  *ebpf.Map `ebpf:"breakglass"`
-	CgroupRules *ebpf.Map `ebpf:"cgroup_rules"`
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Events      *ebpf.Map `ebpf:"events"`
-	ExeRules    *ebpf.Map `ebpf:"exe_rules"`
-	KeyRules    *ebpf.Map `ebpf:"key_rules"`
-	LateMarks   *ebpf.Map `ebpf:"late_marks"`
-	Lost        *ebpf.Map `ebpf:"lost"`
-	Marks       *ebpf.Map `ebpf:"marks"`
-	Rules       *ebpf.Map `ebpf:"rules"`
-	Scratch     *ebpf.Map `ebpf:"scratch"`
+	Agent        *ebpf.Map `ebpf:"agent"`
+	Allow        *ebpf.Map `ebpf:"allow"`
+	Breakglass   *ebpf.Map `ebpf:"breakglass"`
+	CgroupRules  *ebpf.Map `ebpf:"cgroup_rules"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Events       *ebpf.Map `ebpf:"events"`
+	ExeRules     *ebpf.Map `ebpf:"exe_rules"`
+	Handler      *ebpf.Map `ebpf:"handler"`
+	HandlerPipes *ebpf.Map `ebpf:"handler_pipes"`
+	KeyRules     *ebpf.Map `ebpf:"key_rules"`
+	LateMarks    *ebpf.Map `ebpf:"late_marks"`
+	Lost         *ebpf.Map `ebpf:"lost"`
+	Marks        *ebpf.Map `ebpf:"marks"`
+	Rules        *ebpf.Map `ebpf:"rules"`
+	Scratch      *ebpf.Map `ebpf:"scratch"`
 }
 
 func (m *KeyguardMaps) Close() error {
@@ -317,6 +359,8 @@ func (m *KeyguardMaps) Close() error {
 		m.Counters,
 		m.Events,
 		m.ExeRules,
+		m.Handler,
+		m.HandlerPipes,
 		m.KeyRules,
 		m.LateMarks,
 		m.Lost,
@@ -341,10 +385,13 @@ type KeyguardVariables struct {
 type KeyguardPrograms struct {
 	KgBprmCheckSecurity  *ebpf.Program `ebpf:"kg_bprm_check_security"`
 	KgBprmCommittedCreds *ebpf.Program `ebpf:"kg_bprm_committed_creds"`
+	KgCredPrepare        *ebpf.Program `ebpf:"kg_cred_prepare"`
+	KgDumpEmit           *ebpf.Program `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
 	KgPtraceAccessCheck  *ebpf.Program `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.Program `ebpf:"kg_ptrace_traceme"`
+	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
 }
 
@@ -352,10 +399,13 @@ func (p *KeyguardPrograms) Close() error {
 	return _KeyguardClose(
 		p.KgBprmCheckSecurity,
 		p.KgBprmCommittedCreds,
+		p.KgCredPrepare,
+		p.KgDumpEmit,
 		p.KgFileOpen,
 		p.KgFilePermission,
 		p.KgPtraceAccessCheck,
 		p.KgPtraceTraceme,
+		p.KgSignalDeliver,
 		p.KgTaskAlloc,
 	)
 }

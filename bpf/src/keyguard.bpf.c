@@ -33,6 +33,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define MAY_READ 0x4
 #define PROC_SUPER_MAGIC 0x9fa0
 #define KG_CGROUP_DEPTH 8
+#define PF_SIGNALED 0x00000400
+#define SIGKILL 9
 
 /* Load-time settings, written by the agent before loading (see loader.Config). */
 const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
@@ -46,6 +48,9 @@ const volatile struct {
 	enum kg_op op;
 	enum kg_reason reason;
 	enum kg_counter counter;
+	enum kg_dump_mode dump_mode;
+	enum kg_dump_action dump_action;
+	struct kg_handler handler;
 	struct kg_event event;
 	struct kg_file_id file_id;
 	struct kg_accessor_key accessor_key;
@@ -152,6 +157,25 @@ struct {
 	__type(value, struct kg_agent);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } agent SEC(".maps");
+
+/* keyguard's dump handler executable, set by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_handler);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} handler SEC(".maps");
+
+/* Pipes the kernel created for keyguard's handler: inode address of the helper's stdin → its inode
+ * number (pipefs numbers are not reused soon, so a freed and reallocated inode does not match). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} handler_pipes SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
@@ -544,6 +568,34 @@ int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags,
 }
 
 /*
+ * The kernel starts a pipe core_pattern helper from a kernel thread (no mm yet) with the pipe as fd 0.
+ * When that helper is keyguard's handler, remember the pipe: it is the one destination a protected
+ * process's dump may be written to (kg_dump_emit).
+ */
+static __always_inline void approve_handler_pipe(struct task_struct *cur, struct linux_binprm *bprm)
+{
+	struct kg_handler *h;
+	struct file **fds, *f0;
+	__u32 zero = 0;
+	__u64 addr, ino;
+
+	if (BPF_CORE_READ(cur, mm))
+		return;
+	h = bpf_map_lookup_elem(&handler, &zero);
+	if (!h || !h->ino || h->ino != bprm->file->f_inode->i_ino || h->dev != bprm->file->f_inode->i_sb->s_dev)
+		return;
+	fds = BPF_CORE_READ(cur, files, fdt, fd);
+	if (!fds)
+		return;
+	bpf_probe_read_kernel(&f0, sizeof(f0), fds);
+	if (!f0)
+		return;
+	addr = (__u64)BPF_CORE_READ(f0, f_inode);
+	ino = BPF_CORE_READ(f0, f_inode, i_ino);
+	bpf_map_update_elem(&handler_pipes, &addr, &ino, BPF_ANY);
+}
+
+/*
  * Exec, before the point of no return: (1) exec from a non-leader thread frees the old leader and its
  * storage, so copy the mark to the exec'ing thread; (2) mark on exec of a protected executable here,
  * where failure can still fail the exec; (3) a process under a tracer may not exec a protected
@@ -559,6 +611,7 @@ int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
 
 	if (ret)
 		return ret;
+	approve_handler_pipe(cur, bprm);
 	if (cur->group_leader != cur) {
 		m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
 		if (m && m->rule_id) {
@@ -713,4 +766,109 @@ int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
 			return 0;
 	}
 	return decide(cur, target, &prot, 0x02 | 0x08, KG_OP_PROC_READ, name);
+}
+
+static __always_inline void emit_dump(struct task_struct *t, struct kg_mark *m, __u32 action, __u32 sig)
+{
+	struct kg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->kind = KG_EVENT_DUMP;
+	e->op = action;
+	e->rule_id = m->rule_id;
+	e->reason = m->reason;
+	e->access_mode = sig;
+	e->syscall_nr = -1;
+	fill_proc(&e->target, t);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* Remember which fatal signal a protected process is getting, for the core-dump event. */
+SEC("tp_btf/signal_deliver")
+int BPF_PROG(kg_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark *m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+
+	if (m && m->rule_id)
+		m->dump_signal = sig;
+	return 0;
+}
+
+/*
+ * do_coredump() prepares credentials before it creates a core file or starts a pipe helper, and
+ * get_signal() has set PF_SIGNALED by then. Denying here for a protected process leaves no core file
+ * and starts no helper: not one byte of the dump exists anywhere.
+ */
+SEC("lsm/cred_prepare")
+int BPF_PROG(kg_cred_prepare, struct cred *new, const struct cred *old, gfp_t gfp, int ret)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_rule *rule;
+	struct kg_mark prot = {}, *m;
+	__u32 mode = KG_DUMP_MODE_BLOCK;
+
+	if (ret)
+		return ret;
+	if (!(cur->flags & PF_SIGNALED))
+		return 0;
+	if (!protection(cur, &prot))
+		return 0;
+	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	rule = bpf_map_lookup_elem(&rules, &prot.rule_id);
+	if (rule)
+		mode = rule->dumps;
+	if (mode == KG_DUMP_MODE_ALLOW) {
+		count(KG_CNT_DUMP_ALLOWED);
+		emit_dump(cur, &prot, KG_DUMP_ALLOWED, m ? m->dump_signal : 0);
+		return 0;
+	}
+	if (mode == KG_DUMP_MODE_REDACT) {
+		count(KG_CNT_DUMP_TO_HANDLER);
+		emit_dump(cur, &prot, KG_DUMP_TO_HANDLER, m ? m->dump_signal : 0);
+		return 0;
+	}
+	/* block, and any unknown mode: fail closed */
+	count(KG_CNT_DUMP_BLOCKED);
+	emit_dump(cur, &prot, KG_DUMP_BLOCKED, m ? m->dump_signal : 0);
+	return -EPERM;
+}
+
+/*
+ * Every write of a core dump. A protected process's dump may only go into a pipe the kernel created for
+ * keyguard's handler; anything else (core_pattern changed behind keyguard's back, a file pattern, another
+ * helper) gets SIGKILL before its first byte, which makes the kernel stop the dump (dump_interrupted).
+ */
+SEC("fentry/dump_emit")
+int BPF_PROG(kg_dump_emit, struct coredump_params *cprm, const void *buf, int nr)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark prot = {}, *m;
+	__u64 addr, *ino;
+
+	if (!protection(cur, &prot))
+		return 0;
+	{
+		struct kg_rule *rule = bpf_map_lookup_elem(&rules, &prot.rule_id);
+
+		if (rule && rule->dumps == KG_DUMP_MODE_ALLOW)
+			return 0;
+	}
+	addr = (__u64)BPF_CORE_READ(cprm, file, f_inode);
+	ino = bpf_map_lookup_elem(&handler_pipes, &addr);
+	if (ino && *ino == BPF_CORE_READ(cprm, file, f_inode, i_ino))
+		return 0;
+	bpf_send_signal(SIGKILL);
+	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	if (m && !(m->dump_flags & KG_DUMPF_REPORTED)) {
+		m->dump_flags |= KG_DUMPF_REPORTED;
+		count(KG_CNT_DUMP_KILLED);
+		emit_dump(cur, &prot, KG_DUMP_BAD_DESTINATION, BPF_CORE_READ(cprm, siginfo, si_signo));
+	}
+	return 0;
 }

@@ -26,6 +26,22 @@ enum kg_decision {
 enum kg_event_kind {
 	KG_EVENT_ACCESS = 1,  /* another process tried to reach a protected process's memory */
 	KG_EVENT_PROTECT = 2, /* a process became protected in the kernel (exec or key-file open) */
+	KG_EVENT_DUMP = 3,    /* a protected process started to dump core; op is an enum kg_dump_action */
+};
+
+/* What a rule does with its processes' core dumps (rules map, kg_rule.dumps). */
+enum kg_dump_mode {
+	KG_DUMP_MODE_BLOCK = 0,
+	KG_DUMP_MODE_REDACT = 1,
+	KG_DUMP_MODE_ALLOW = 2,
+};
+
+/* What the kernel did with a protected process's core dump. */
+enum kg_dump_action {
+	KG_DUMP_BLOCKED = 1,      /* no core file, no helper: denied before anything was created */
+	KG_DUMP_ALLOWED = 2,      /* rule allows dumps: it went wherever core_pattern says */
+	KG_DUMP_TO_HANDLER = 3,   /* redact: streaming to keyguard's handler */
+	KG_DUMP_BAD_DESTINATION = 4, /* redact, but not to keyguard's handler: the dumper was killed, 0 bytes left */
 };
 
 /* The operation behind an access decision, derived from the accessor's syscall. */
@@ -68,6 +84,10 @@ enum kg_counter {
 	KG_CNT_MARK_KEY_FILE = 6,
 	KG_CNT_INHERIT = 7,
 	KG_CNT_AGENT = 8,          /* accesses by the agent itself */
+	KG_CNT_DUMP_BLOCKED = 9,
+	KG_CNT_DUMP_KILLED = 10,
+	KG_CNT_DUMP_TO_HANDLER = 11,
+	KG_CNT_DUMP_ALLOWED = 12,
 	KG_CNT_MAX = 16,
 };
 
@@ -80,7 +100,16 @@ struct kg_file_id {
 /* Protection mark kept in task storage on the thread-group leader. */
 struct kg_mark {
 	__u32 rule_id;
-	__u32 reason; /* enum kg_reason */
+	__u32 reason;      /* enum kg_reason */
+	__u32 dump_signal; /* the fatal signal being delivered (for core-dump events) */
+	__u32 dump_flags;  /* KG_DUMPF_* */
+};
+#define KG_DUMPF_REPORTED 1 /* the bad-destination kill was reported */
+
+/* keyguard's core-dump handler executable (handler map). */
+struct kg_handler {
+	__u64 dev;
+	__u64 ino;
 };
 
 /* Per-rule settings, keyed by rule id. */

@@ -102,6 +102,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := g.RegisterAgent(os.Getpid()); err != nil {
 		return err
 	}
+	if err := g.SetHandler("/proc/self/exe"); err != nil {
+		return err
+	}
 	root, err := policy.CgroupRoot()
 	if err != nil {
 		log.Warn("no cgroup2 mount: cgroup selectors stay pending", "error", err)

@@ -28,6 +28,7 @@ const (
 	KindLoss       = "loss"
 	KindHealth     = "health"
 	KindBreakGlass = "break_glass"
+	KindDump       = "core_dump"
 )
 
 // Process identifies an accessor or a target.
@@ -62,9 +63,23 @@ type Event struct {
 	Accessor        *Process `json:"accessor,omitempty"`
 	Target          *Process `json:"target,omitempty"`
 
+	Dump       *Dump       `json:"dump,omitempty"`
 	Loss       *Loss       `json:"loss,omitempty"`
 	Health     *Health     `json:"health,omitempty"`
 	BreakGlass *BreakGlass `json:"break_glass,omitempty"`
+}
+
+// Dump reports what happened to a protected process's core dump.
+type Dump struct {
+	// Action: blocked (no bytes anywhere), allowed (rule allows dumps), to_handler (streaming to
+	// keyguard's redacting handler), redacted, discarded (the handler could not make it safe).
+	Action string `json:"action"`
+	Signal uint32 `json:"signal"`
+	Reason string `json:"reason,omitempty"`
+	// Set by the handler for redacted dumps.
+	Destination     string            `json:"destination,omitempty"`
+	RedactedBytes   map[string]uint64 `json:"redacted_bytes,omitempty"`
+	VerifierVerdict string            `json:"verifier_verdict,omitempty"`
 }
 
 // Loss reports events that were dropped before reaching the agent's output.
@@ -202,6 +217,23 @@ func Decode(raw []byte, names Names) (Event, error) {
 	case kgbpf.KeyguardKgEventKindKG_EVENT_PROTECT:
 		ev.Kind = KindProtect
 		ev.Syscall = 0
+	case kgbpf.KeyguardKgEventKindKG_EVENT_DUMP:
+		ev.Kind = KindDump
+		ev.Syscall = 0
+		d := &Dump{Signal: r.AccessMode}
+		switch kgbpf.KeyguardKgDumpAction(r.Op) {
+		case kgbpf.KeyguardKgDumpActionKG_DUMP_BLOCKED:
+			d.Action, d.Reason = "blocked", "the rule blocks core dumps: denied before any file or helper was created"
+		case kgbpf.KeyguardKgDumpActionKG_DUMP_ALLOWED:
+			d.Action, d.Reason = "allowed", "the rule allows core dumps"
+		case kgbpf.KeyguardKgDumpActionKG_DUMP_TO_HANDLER:
+			d.Action, d.Reason = "to_handler", "streaming to keyguard's handler for redaction"
+		case kgbpf.KeyguardKgDumpActionKG_DUMP_BAD_DESTINATION:
+			d.Action, d.Reason = "blocked", "the dump was not going to keyguard's handler (core_pattern changed, handler missing, or a file pattern): the dumper was killed before its first byte"
+		default:
+			d.Action = fmt.Sprintf("action_%d", r.Op)
+		}
+		ev.Dump = d
 	default:
 		return Event{}, fmt.Errorf("unknown event kind %d", r.Kind)
 	}

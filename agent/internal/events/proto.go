@@ -1,6 +1,7 @@
 package events
 
 import (
+	"sort"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -102,6 +103,29 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 			pc.KeyFilePath = ev.Detail
 		}
 		out.Kind = &keyguardv1.Event_ProtectionChange{ProtectionChange: pc}
+	case KindDump:
+		d := ev.Dump
+		cd := &keyguardv1.CoreDump{Process: ev.Target.proto(), Signal: int32(d.Signal), Rule: ev.Rule, Reason: d.Reason,
+			VerifierVerdict: d.VerifierVerdict, Destination: d.Destination}
+		switch d.Action {
+		case "blocked":
+			cd.Action = keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_BLOCKED
+		case "allowed":
+			cd.Action = keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_ALLOWED
+		case "redacted":
+			cd.Action = keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_REDACTED
+		case "discarded":
+			cd.Action = keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_DISCARDED
+		}
+		kinds := make([]string, 0, len(d.RedactedBytes))
+		for k := range d.RedactedBytes {
+			kinds = append(kinds, k)
+		}
+		sort.Strings(kinds)
+		for _, k := range kinds {
+			cd.Redacted = append(cd.Redacted, &keyguardv1.RedactedBytes{Kind: k, Bytes: d.RedactedBytes[k]})
+		}
+		out.Kind = &keyguardv1.Event_CoreDump{CoreDump: cd}
 	case KindLoss:
 		src := keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER
 		if ev.Loss.Source == "agent_queue" {

@@ -67,6 +67,9 @@ var programNames = []string{
 	"kg_ptrace_access_check",
 	"kg_ptrace_traceme",
 	"kg_file_permission",
+	"kg_signal_deliver",
+	"kg_cred_prepare",
+	"kg_dump_emit",
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -141,6 +144,9 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		"kg_ptrace_access_check":  objs.KgPtraceAccessCheck,
 		"kg_ptrace_traceme":       objs.KgPtraceTraceme,
 		"kg_file_permission":      objs.KgFilePermission,
+		"kg_signal_deliver":       objs.KgSignalDeliver,
+		"kg_cred_prepare":         objs.KgCredPrepare,
+		"kg_dump_emit":            objs.KgDumpEmit,
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)
@@ -149,12 +155,12 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		return nil, fmt.Errorf("create link pin folder: %w", err)
 	}
 	for _, name := range programNames {
-		l, err := attachLSM(progs[name])
+		l, err := attach(progs[name])
 		if err != nil {
 			closeLinks(g.links)
 			g.Maps.Close()
 			_ = os.RemoveAll(tmpDir)
-			return nil, fmt.Errorf("attach BPF LSM program %s: %w (is `bpf` in /sys/kernel/security/lsm? run `keyguard-agent probe`)", name, err)
+			return nil, fmt.Errorf("attach BPF program %s: %w (is `bpf` in /sys/kernel/security/lsm? run `keyguard-agent probe`)", name, err)
 		}
 		if err := l.Pin(filepath.Join(tmpDir, name)); err != nil {
 			l.Close()

@@ -21,6 +21,14 @@ func attachLSM(p *ebpf.Program) (link.Link, error) {
 	return link.AttachLSM(link.LSMOptions{Program: p})
 }
 
+// attach attaches an LSM program to its hook, or a tracing program (tp_btf, fentry) to its target.
+func attach(p *ebpf.Program) (link.Link, error) {
+	if p.Type() == ebpf.LSM {
+		return attachLSM(p)
+	}
+	return link.AttachTracing(link.TracingOptions{Program: p})
+}
+
 // Names of the generated BPF types the agent works with.
 type (
 	FileID      = kgbpf.KeyguardKgFileId
@@ -100,6 +108,16 @@ func (g *Guard) RegisterAgent(pid int) error {
 	}
 	a := kgbpf.KeyguardKgAgent{Tgid: uint32(pid), ExeDev: exe.Dev, ExeIno: exe.Ino}
 	return g.Maps.Agent.Update(uint32(0), a, ebpf.UpdateAny)
+}
+
+// SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may
+// receive a protected process's dump.
+func (g *Guard) SetHandler(path string) error {
+	id, err := StatFileID(path)
+	if err != nil {
+		return fmt.Errorf("identify the dump handler: %w", err)
+	}
+	return g.Maps.Handler.Update(uint32(0), kgbpf.KeyguardKgHandler{Dev: id.Dev, Ino: id.Ino}, ebpf.UpdateAny)
 }
 
 // Mark protects a running process (found by the procfs scan). It sets the task-storage mark through a

@@ -77,12 +77,19 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 		"task_alloc": objs.KgTaskAlloc, "bprm_check_security": objs.KgBprmCheckSecurity,
 		"bprm_committed_creds": objs.KgBprmCommittedCreds, "file_open": objs.KgFileOpen,
 		"ptrace_access_check": objs.KgPtraceAccessCheck, "ptrace_traceme": objs.KgPtraceTraceme,
-		"file_permission": objs.KgFilePermission,
+		"file_permission": objs.KgFilePermission, "signal_deliver": objs.KgSignalDeliver,
+		"cred_prepare": objs.KgCredPrepare, "dump_emit": objs.KgDumpEmit,
 	}
 	var links []link.Link
 	attach := func() {
 		for _, p := range progs {
-			l, err := link.AttachLSM(link.LSMOptions{Program: p})
+			var l link.Link
+			var err error
+			if p.Type() == ebpf.LSM {
+				l, err = link.AttachLSM(link.LSMOptions{Program: p})
+			} else {
+				l, err = link.AttachTracing(link.TracingOptions{Program: p})
+			}
 			if err != nil {
 				b.Fatalf("attach: %v", err)
 			}

@@ -35,6 +35,7 @@ var (
 	victimCopy    = dir + "/victim-enforce-copy" // copy: another file, not protected
 	victimAudit   = dir + "/victim-audit"
 	victimPlain   = dir + "/victim-plain"
+	victimRedact  = dir + "/victim-redact"
 	debugger      = dir + "/debugger" // allowed accessor (uid 0) of the signer rule
 	keyFile       = dir + "/keys/signing.pem"
 )
@@ -60,6 +61,11 @@ rules:
     mode: enforce
     match:
       cgroups: [/kg-signer]
+  - name: redactor
+    mode: enforce
+    dumps: redact
+    match:
+      executables: [/tmp/kg/victim-redact]
 `
 
 var agent *exec.Cmd
@@ -89,7 +95,7 @@ func setup() error {
 		return err
 	}
 	os.Chmod(dir, 0o755)
-	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, debugger} {
+	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger} {
 		if err := copyFile(procBin, p); err != nil {
 			return err
 		}
@@ -175,6 +181,11 @@ type event struct {
 	Health     *struct {
 		State string `json:"state"`
 	} `json:"health"`
+	Dump *struct {
+		Action string `json:"action"`
+		Signal uint32 `json:"signal"`
+		Reason string `json:"reason"`
+	} `json:"dump"`
 	BreakGlass *struct {
 		Action string `json:"action"`
 		Reason string `json:"reason"`
@@ -590,7 +601,7 @@ func TestStatus(t *testing.T) {
 	if err := json.Unmarshal(out, &st); err != nil {
 		t.Fatalf("status JSON: %v: %s", err, out)
 	}
-	if len(st.Rules) != 4 || st.Counters["denied"] == 0 {
+	if len(st.Rules) != 5 || st.Counters["denied"] == 0 {
 		t.Errorf("status: rules %v counters %v", st.Rules, st.Counters)
 	}
 	found := false

@@ -16,8 +16,11 @@ package main
 
 import (
 	"bufio"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -60,6 +63,12 @@ func main() {
 		report(n, err)
 	case "exec-attack":
 		execAttack(os.Args[2])
+	case "crash":
+		crash(os.Args[2:])
+	case "corecount":
+		// A pipe core_pattern helper: counts the bytes of the dump on stdin and whether it holds Secret.
+		b, _ := io.ReadAll(os.Stdin)
+		os.WriteFile(os.Args[2], []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
 	case "loop-attack":
 		pid, _ := strconv.Atoi(os.Args[2])
 		addr, _ := strconv.ParseUint(strings.TrimPrefix(os.Args[3], "0x"), 16, 64)
@@ -309,4 +318,97 @@ func addrOr(a uint64) uint64 {
 		return 0x400000 // mapped in a non-PIE Go binary
 	}
 	return a
+}
+
+// crash loads the PEM private keys in -keys DIR (if any), keeps them in memory, and dies of -sig (SEGV,
+// ABRT or QUIT) with the default action, from the main thread or (-thread) another one, so the kernel
+// dumps core. -spawn EXE: first start "EXE crash ..." (same flags minus -spawn) as a child and wait for it.
+func crash(args []string) {
+	sig, thread, keysDir, spawn := unix.SIGSEGV, false, "", ""
+	var rest []string
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "-sig":
+			i++
+			switch args[i] {
+			case "SEGV":
+				sig = unix.SIGSEGV
+			case "ABRT":
+				sig = unix.SIGABRT
+			case "QUIT":
+				sig = unix.SIGQUIT
+			}
+			rest = append(rest, "-sig", args[i])
+		case "-thread":
+			thread = true
+			rest = append(rest, "-thread")
+		case "-keys":
+			i++
+			keysDir = args[i]
+			rest = append(rest, "-keys", args[i])
+		case "-spawn":
+			i++
+			spawn = args[i]
+		}
+	}
+	if spawn != "" {
+		c := exec.Command(spawn, append([]string{"crash"}, rest...)...)
+		c.Stdout, c.Stderr = os.Stdout, os.Stderr
+		err := c.Run()
+		fmt.Println("CHILD", err)
+		os.Exit(0)
+	}
+	unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY})
+	if keysDir != "" {
+		held = loadKeys(keysDir)
+	}
+	secret = make([]byte, 4096)
+	copy(secret, Secret)
+	die := func() {
+		// Default action for sig, bypassing the Go runtime's handlers, then deliver it to this thread.
+		var sa [4]uint64 // struct kernel_sigaction: handler SIG_DFL, flags, restorer, mask
+		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&sa[0])), 0, 8, 0, 0)
+		var set [1]uint64
+		unix.RawSyscall6(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&set[0])), 0, 8, 0, 0)
+		unix.Tgkill(os.Getpid(), unix.Gettid(), sig)
+		time.Sleep(10 * time.Second)
+		fmt.Println("ERR still alive")
+		os.Exit(1)
+	}
+	fmt.Printf("CRASHING pid=%d keys=%d\n", os.Getpid(), len(held))
+	os.Stdout.Sync()
+	if thread {
+		go func() {
+			runtime.LockOSThread()
+			die()
+		}()
+		select {}
+	}
+	runtime.LockOSThread()
+	die()
+}
+
+var held []any
+
+// loadKeys parses every PEM private key in dir and keeps the parsed keys alive.
+func loadKeys(dir string) []any {
+	ents, _ := os.ReadDir(dir)
+	var out []any
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		for blk, rest := pem.Decode(b); blk != nil; blk, rest = pem.Decode(rest) {
+			if k, err := x509.ParsePKCS8PrivateKey(blk.Bytes); err == nil {
+				out = append(out, k)
+			} else if k, err := x509.ParsePKCS1PrivateKey(blk.Bytes); err == nil {
+				out = append(out, k)
+			} else if k, err := x509.ParseECPrivateKey(blk.Bytes); err == nil {
+				out = append(out, k)
+			}
+			out = append(out, blk.Bytes)
+		}
+	}
+	return out
 }

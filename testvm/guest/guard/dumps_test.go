@@ -1,0 +1,171 @@
+package guard
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+const corePattern = "/proc/sys/kernel/core_pattern"
+
+func setCorePattern(t *testing.T, p string) {
+	t.Helper()
+	old, _ := os.ReadFile(corePattern)
+	if err := os.WriteFile(corePattern, []byte(p), 0); err != nil {
+		t.Fatalf("set core_pattern: %v", err)
+	}
+	t.Cleanup(func() { os.WriteFile(corePattern, old, 0) })
+}
+
+// crash runs "exe crash ..." and returns how it ended.
+func crash(t *testing.T, exe string, args ...string) syscall.WaitStatus {
+	t.Helper()
+	cmd := exec.Command(exe, append([]string{"crash"}, args...)...)
+	cmd.Dir = dir + "/cwd"
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		t.Fatalf("%s crash %v: %v (want death by signal)", exe, args, err)
+	}
+	return ee.Sys().(syscall.WaitStatus)
+}
+
+var crashSignals = []struct {
+	name string
+	sig  syscall.Signal
+}{{"SEGV", syscall.SIGSEGV}, {"ABRT", syscall.SIGABRT}, {"QUIT", syscall.SIGQUIT}}
+
+// Blocked dumps leave no bytes anywhere: no core file with a file pattern, no helper started with a
+// pipe pattern, for every signal, from the main thread and another thread.
+func TestDumpBlocked(t *testing.T) {
+	os.MkdirAll(dir+"/cwd", 0o777)
+	cores := dir + "/cores"
+	for _, pattern := range []string{"file", "pipe"} {
+		for _, s := range crashSignals {
+			for _, thread := range []bool{false, true} {
+				name := fmt.Sprintf("%s/%s/thread=%v", pattern, s.name, thread)
+				t.Run(name, func(t *testing.T) {
+					os.RemoveAll(cores)
+					os.MkdirAll(cores, 0o777)
+					if pattern == "file" {
+						setCorePattern(t, cores+"/core.%p")
+					} else {
+						setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe.%p")
+					}
+					args := []string{"-sig", s.name}
+					if thread {
+						args = append(args, "-thread")
+					}
+					before := len(readEvents())
+					ws := crash(t, victimEnforce, args...)
+					if !ws.Signaled() || ws.Signal() != s.sig {
+						t.Fatalf("exit status %v, want death by %v", ws, s.sig)
+					}
+					if ws.CoreDump() {
+						t.Errorf("the kernel reports a core dump was written")
+					}
+					time.Sleep(300 * time.Millisecond) // a pipe helper would have started by now
+					if ents, _ := os.ReadDir(cores); len(ents) != 0 {
+						t.Fatalf("dump bytes left: %v", names(ents))
+					}
+					ev := waitEvent(t, "core_dump blocked event", func(e event) bool {
+						return e.Kind == "core_dump" && e.Dump != nil && e.Dump.Signal == uint32(s.sig) && len(readEvents()) > before
+					})
+					if ev.Dump.Action != "blocked" || ev.Rule != "signer" || ev.Target == nil || ev.Target.Executable != victimEnforce {
+						t.Errorf("event: %+v dump %+v", ev, ev.Dump)
+					}
+				})
+			}
+		}
+	}
+}
+
+// A forked child of a protected process (running an unprotected executable) is protected too.
+func TestDumpBlockedForkedChild(t *testing.T) {
+	cores := dir + "/cores"
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	setCorePattern(t, cores+"/core.%p")
+	cmd := exec.Command(victimEnforce, "crash", "-sig", "SEGV", "-spawn", victimPlain)
+	cmd.Dir = dir + "/cwd"
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "CHILD signal: segmentation fault") {
+		t.Fatalf("spawned crasher: %v: %s", err, out)
+	}
+	if ents, _ := os.ReadDir(cores); len(ents) != 0 {
+		t.Fatalf("dump of the forked child left: %v", names(ents))
+	}
+}
+
+// An unprotected process's dump is untouched: the file and the pipe helper get it all.
+func TestDumpUnprotectedUntouched(t *testing.T) {
+	cores := dir + "/cores"
+	for _, pattern := range []string{"file", "pipe"} {
+		t.Run(pattern, func(t *testing.T) {
+			os.RemoveAll(cores)
+			os.MkdirAll(cores, 0o777)
+			if pattern == "file" {
+				setCorePattern(t, cores+"/core")
+			} else {
+				setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
+			}
+			ws := crash(t, victimPlain, "-sig", "SEGV")
+			if !ws.CoreDump() {
+				t.Fatalf("no core dump for an unprotected process: %v", ws)
+			}
+			var b []byte
+			for i := 0; i < 50; i++ {
+				ents, _ := os.ReadDir(cores)
+				if len(ents) == 1 {
+					b, _ = os.ReadFile(filepath.Join(cores, ents[0].Name()))
+					if len(b) > 0 {
+						break
+					}
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if pattern == "file" && !strings.Contains(string(b), "KEYGUARD-TEST-SECRET") {
+				t.Fatalf("core file (%d bytes) lacks the process's memory", len(b))
+			}
+			if pattern == "pipe" && !strings.HasSuffix(strings.TrimSpace(string(b)), "true") {
+				t.Fatalf("pipe helper saw %q", b)
+			}
+		})
+	}
+}
+
+// A rule that wants redaction: while core_pattern does not lead to keyguard's handler (here a file
+// pattern and a foreign pipe helper), the dump is stopped before its first byte.
+func TestDumpRedactFailsClosed(t *testing.T) {
+	cores := dir + "/cores"
+	for _, pattern := range []string{"file", "pipe"} {
+		t.Run(pattern, func(t *testing.T) {
+			os.RemoveAll(cores)
+			os.MkdirAll(cores, 0o777)
+			if pattern == "file" {
+				setCorePattern(t, cores+"/core")
+			} else {
+				setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
+			}
+			crash(t, victimRedact, "-sig", "ABRT", "-thread")
+			time.Sleep(300 * time.Millisecond)
+			ents, _ := os.ReadDir(cores)
+			for _, e := range ents {
+				b, _ := os.ReadFile(filepath.Join(cores, e.Name()))
+				if pattern == "file" && len(b) != 0 || pattern == "pipe" && !strings.HasPrefix(string(b), "0 ") {
+					t.Fatalf("%s: dump bytes reached a destination that is not keyguard's handler: %q (%d bytes)", e.Name(), b[:min(len(b), 40)], len(b))
+				}
+			}
+			waitEvent(t, "bad-destination event", func(e event) bool {
+				return e.Kind == "core_dump" && e.Dump != nil && e.Rule == "redactor" && strings.Contains(e.Dump.Reason, "not going to keyguard's handler")
+			})
+		})
+	}
+}
