@@ -49,20 +49,23 @@ func (d *Detector) findDER(w *window) {
 				return
 			}
 			tlv := b[start : start+total]
+			report := func(kind string, pp privParts) {
+				key := pubkeys.Match(d.keys, pp.pub)
+				w.add(start, total, kind, key)
+				w.learn(pp, key)
+				skipTo = start + total
+			}
 			if ver == 0 {
-				if pub, ok := parsePKCS1(tlv); ok {
-					w.add(start, total, KindDERRSA, pubkeys.Match(d.keys, pub))
-					skipTo = start + total
+				if pp, ok := parsePKCS1Parts(tlv); ok {
+					report(KindDERRSA, pp)
 					return
 				}
-			} else if pub, ok := parseSEC1(tlv, nil); ok {
-				w.add(start, total, KindDEREC, pubkeys.Match(d.keys, pub))
-				skipTo = start + total
+			} else if pp, ok := parseSEC1Parts(tlv, nil); ok {
+				report(KindDEREC, pp)
 				return
 			}
-			if pub, ok := parsePKCS8(tlv); ok {
-				w.add(start, total, KindDERPKCS8, pubkeys.Match(d.keys, pub))
-				skipTo = start + total
+			if pp, ok := parsePKCS8Parts(tlv); ok {
+				report(KindDERPKCS8, pp)
 			}
 		})
 	}

@@ -18,6 +18,8 @@ type Finding struct {
 	// Key is the Name of the configured public key the material belongs to, or "" when the material
 	// (a PEM, DER, OpenSSH or JWK private key) belongs to none of them or could not be parsed.
 	Key string `json:"key,omitempty"`
+
+	fresh bool // a learned secret's match, learned in the window that found it (see learn.go)
 }
 
 // Kinds reported in Finding.Kind.
@@ -39,6 +41,8 @@ const (
 	KindRSAPrimeLE      = "rsa-prime-le64"
 	KindRSADBE          = "rsa-d-be"
 	KindRSADLE          = "rsa-d-le64"
+	KindRSACRTBE        = "rsa-crt-be"   // dp, dq, qinv: found only once the key is known (learn.go)
+	KindRSACRTLE        = "rsa-crt-le64" // likewise, as 64-bit limbs
 	KindECScalarBE      = "ec-scalar-be"
 	KindECScalarLE      = "ec-scalar-le64"
 	KindEd25519Seed     = "ed25519-seed"
@@ -235,9 +239,10 @@ func (s *Stream) process(final bool) error {
 		s.out = s.d.scanWindow(&s.sc, s.buf, s.base, s.out[:0])
 		prev := s.scannedEnd
 		for _, f := range s.out {
-			if f.Offset+int64(f.Length) <= prev {
+			if f.Offset+int64(f.Length) <= prev && !f.fresh {
 				continue // wholly inside the previous window: already delivered
 			}
+			f.fresh = false
 			if err := s.emit(f); err != nil {
 				s.err = err
 				return err
@@ -309,6 +314,8 @@ func (d *Detector) scanWindow(sc *scratch, b []byte, base int64, out []Finding) 
 		d.findEC(&w)
 		d.findEd25519(&w)
 	}
+	d.findLearned(&w)
+	sc.learned.settle()
 	out = w.out
 	if len(out) < 2 {
 		return out
@@ -320,7 +327,16 @@ func (d *Detector) scanWindow(sc *scratch, b []byte, base int64, out []Finding) 
 			}
 			return 1
 		}
-		return b.Length - a.Length // longest first at equal offsets
+		if a.Length != b.Length {
+			return b.Length - a.Length // longest first at equal offsets
+		}
+		if a.fresh != b.fresh {
+			if !a.fresh {
+				return -1 // a detector's own finding before an identical learned one
+			}
+			return 1
+		}
+		return 0
 	})
 	// Drop findings contained in an earlier (longer or equal, starting no later) finding.
 	kept := out[:1]
@@ -347,6 +363,13 @@ type window struct {
 
 func (w *window) add(off, length int, kind, key string) {
 	w.out = append(w.out, Finding{Offset: w.base + int64(off), Length: length, Kind: kind, Key: key})
+}
+
+// learn records a parsed private key's secrets for exact search (learn.go).
+func (w *window) learn(pp privParts, key string) {
+	if pp.present {
+		w.sc.learned.learnParts(pp, key)
+	}
 }
 
 // aligned returns the first index >= from whose stream offset is a multiple of a.

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"fmt"
+	"math/big"
 
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 )
@@ -96,12 +97,14 @@ func (d *Detector) findEC(w *window) {
 			if j+sz <= len(b) && (!p521 || b[j] <= 1) && sc.isDense(j, sz) {
 				if name := k.match(b[j : j+sz]); name != "" {
 					w.add(j, sz, KindECScalarBE, name)
+					sc.learned.addInt(new(big.Int).SetBytes(b[j:j+sz]), KindECScalarBE, KindECScalarLE, name)
 					continue
 				}
 			}
 			if j+lw <= len(b) && (!p521 || b[j+65] <= 1) && allZero(b[j+sz:j+lw]) && sc.isDense(j, sz) {
 				if name := k.match(sc.reversed(b[j : j+sz])); name != "" {
 					w.add(j, lw, KindECScalarLE, name)
+					sc.learned.addInt(new(big.Int).SetBytes(sc.reversed(b[j:j+sz])), KindECScalarBE, KindECScalarLE, name)
 				}
 			}
 		}

@@ -77,6 +77,7 @@ func (d *Detector) findEd25519(w *window) {
 			i = p + 1
 			if p >= 32 && bytes.Equal(ed25519.NewKeyFromSeed(b[p-32 : p])[32:], k.pub) {
 				w.add(p-32, 64, KindEd25519SeedPub, k.name)
+				sc.learned.add(b[p-32:p], KindEd25519Seed, k.name)
 			}
 		}
 	}
@@ -88,6 +89,7 @@ func (d *Detector) findEd25519(w *window) {
 		}
 		if name := seedName(b[j : j+32]); name != "" {
 			w.add(j, 32, KindEd25519Seed, name)
+			sc.learned.add(b[j:j+32], KindEd25519Seed, name)
 			continue
 		}
 		if b[j]&7 == 0 && b[j+31]&0xc0 == 0x40 && j+64 <= len(b) {

@@ -2,7 +2,10 @@ package detect
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
+	"math/big"
+	"strings"
 
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 )
@@ -45,11 +48,7 @@ func (d *Detector) findJWK(w *window) {
 				break
 			}
 			if j.HasPrivate() {
-				var key string
-				if pub, err := pubkeys.PublicFromJWK(&j); err == nil {
-					key = pubkeys.Match(d.keys, pub)
-				}
-				w.add(ob, end-ob, KindJWK, key)
+				d.reportJWK(w, &j, ob, end)
 				i = end
 			}
 			break
@@ -101,13 +100,42 @@ func (d *Detector) findJWKEscaped(w *window) {
 		if err := json.Unmarshal(unq, &j); err != nil || j.Kty == "" || !j.HasPrivate() {
 			continue
 		}
-		var key string
-		if pub, err := pubkeys.PublicFromJWK(&j); err == nil {
-			key = pubkeys.Match(d.keys, pub)
-		}
-		w.add(ob, end-ob, KindJWK, key)
+		d.reportJWK(w, &j, ob, end)
 		i = end
 	}
+}
+
+func (d *Detector) reportJWK(w *window, j *pubkeys.JWK, start, end int) {
+	pp := privParts{present: true}
+	if pub, err := pubkeys.PublicFromJWK(j); err == nil {
+		pp.pub = pub
+	}
+	key := pubkeys.Match(d.keys, pp.pub)
+	w.add(start, end-start, KindJWK, key)
+	num := func(s string) *big.Int {
+		b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))
+		if err != nil || len(b) == 0 {
+			return nil
+		}
+		return new(big.Int).SetBytes(b)
+	}
+	switch j.Kty {
+	case "RSA":
+		k := &pkcs1Key{N: num(j.N), E: num(j.E), D: num(j.D), P: num(j.P), Q: num(j.Q), Dp: num(j.DP), Dq: num(j.DQ), Qinv: num(j.QI)}
+		if k.N == nil || k.E == nil {
+			return
+		}
+		pp.rsa = k
+	case "EC":
+		if x := num(j.D); x != nil {
+			pp.scalar = x.Bytes()
+		}
+	case "OKP":
+		if b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(j.D, "=")); err == nil && len(b) == 32 {
+			pp.edSeed = b
+		}
+	}
+	w.learn(pp, key)
 }
 
 // matchBrace returns the index just past the '}' closing the '{' at b[start], or -1 if it is not

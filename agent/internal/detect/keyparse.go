@@ -44,21 +44,39 @@ type pkcs1Key struct {
 	Extra   []asn1.RawValue `asn1:"optional"`
 }
 
+// privParts is what a parsed private key teaches the stream: its public key (for attribution)
+// and the secret values to search for exactly in the rest of the stream (see learn.go).
+type privParts struct {
+	pub     crypto.PublicKey
+	rsa     *pkcs1Key // RSA components
+	scalar  []byte    // EC private scalar, big-endian
+	edSeed  []byte    // Ed25519 seed
+	present bool
+}
+
 // parsePKCS1 parses an RSAPrivateKey (RFC 8017 A.1.2).
 func parsePKCS1(der []byte) (crypto.PublicKey, bool) {
+	pp, ok := parsePKCS1Parts(der)
+	return pp.pub, ok
+}
+
+func parsePKCS1Parts(der []byte) (privParts, bool) {
 	var k pkcs1Key
 	rest, err := asn1.Unmarshal(der, &k)
 	if err != nil || len(rest) != 0 || k.Version < 0 || k.Version > 1 {
-		return nil, false
+		return privParts{}, false
 	}
 	one := big.NewInt(1)
 	if k.N.Sign() <= 0 || k.N.BitLen() < 256 || k.D.Sign() <= 0 || k.P.Cmp(one) <= 0 || k.Q.Cmp(one) <= 0 || k.E.Sign() <= 0 {
-		return nil, false
+		return privParts{}, false
 	}
+	pp := privParts{rsa: &k, present: true}
 	if !k.E.IsInt64() || k.E.Int64() > 1<<31-1 {
-		return &rsa.PublicKey{N: k.N}, true
+		pp.pub = &rsa.PublicKey{N: k.N}
+	} else {
+		pp.pub = &rsa.PublicKey{N: k.N, E: int(k.E.Int64())}
 	}
-	return &rsa.PublicKey{N: k.N, E: int(k.E.Int64())}, true
+	return pp, true
 }
 
 type pkcs8Key struct {
@@ -71,30 +89,35 @@ type pkcs8Key struct {
 
 // parsePKCS8 parses a PrivateKeyInfo / OneAsymmetricKey (RFC 5208, RFC 5958).
 func parsePKCS8(der []byte) (crypto.PublicKey, bool) {
+	pp, ok := parsePKCS8Parts(der)
+	return pp.pub, ok
+}
+
+func parsePKCS8Parts(der []byte) (privParts, bool) {
 	var k pkcs8Key
 	rest, err := asn1.Unmarshal(der, &k)
 	if err != nil || len(rest) != 0 || k.Version < 0 || k.Version > 1 || len(k.PrivateKey) == 0 {
-		return nil, false
+		return privParts{}, false
 	}
 	switch {
 	case k.Algo.Algorithm.Equal(oidRSA):
-		return parsePKCS1(k.PrivateKey)
+		return parsePKCS1Parts(k.PrivateKey)
 	case k.Algo.Algorithm.Equal(oidEC):
 		var curve asn1.ObjectIdentifier
 		if _, err := asn1.Unmarshal(k.Algo.Parameters.FullBytes, &curve); err != nil {
-			return nil, false
+			return privParts{}, false
 		}
-		return parseSEC1(k.PrivateKey, curve)
+		return parseSEC1Parts(k.PrivateKey, curve)
 	case k.Algo.Algorithm.Equal(oidEd25519):
 		var seed []byte
 		if rest, err := asn1.Unmarshal(k.PrivateKey, &seed); err != nil || len(rest) != 0 || len(seed) != ed25519.SeedSize {
-			return nil, false
+			return privParts{}, false
 		}
-		return ed25519.NewKeyFromSeed(seed).Public(), true
+		return privParts{pub: ed25519.NewKeyFromSeed(seed).Public(), edSeed: seed, present: true}, true
 	case k.Algo.Algorithm.Equal(oidX25519), k.Algo.Algorithm.Equal(oidEd448), k.Algo.Algorithm.Equal(oidX448), k.Algo.Algorithm.Equal(oidDSA):
-		return nil, true // a private key of a type keyguard cannot attribute
+		return privParts{present: true}, true // a private key of a type keyguard cannot attribute
 	}
-	return nil, false
+	return privParts{}, false
 }
 
 type sec1Key struct {
@@ -106,11 +129,23 @@ type sec1Key struct {
 
 // parseSEC1 parses an ECPrivateKey (RFC 5915). curve, if not nil, is the curve named outside it.
 func parseSEC1(der []byte, curve asn1.ObjectIdentifier) (crypto.PublicKey, bool) {
+	pp, ok := parseSEC1Parts(der, curve)
+	return pp.pub, ok
+}
+
+func parseSEC1Parts(der []byte, curve asn1.ObjectIdentifier) (privParts, bool) {
 	var k sec1Key
 	rest, err := asn1.Unmarshal(der, &k)
 	if err != nil || len(rest) != 0 || k.Version != 1 || len(k.PrivateKey) < 20 || len(k.PrivateKey) > 66 {
-		return nil, false
+		return privParts{}, false
 	}
+	pp := privParts{scalar: k.PrivateKey, present: true}
+	pub, _ := sec1Public(&k, curve)
+	pp.pub = pub
+	return pp, true
+}
+
+func sec1Public(k *sec1Key, curve asn1.ObjectIdentifier) (crypto.PublicKey, bool) {
 	if k.Curve != nil {
 		curve = k.Curve
 	}

@@ -2,7 +2,6 @@ package detect
 
 import (
 	"bytes"
-	"crypto"
 	"encoding/base64"
 
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
@@ -52,36 +51,38 @@ func (d *Detector) findPEM(w *window) {
 		if !ok {
 			continue
 		}
-		kind, pub := classifyPEM(string(label), der, encrypted)
-		w.add(st, end-st, kind, pubkeys.Match(d.keys, pub))
+		kind, pp := classifyPEM(string(label), der, encrypted)
+		key := pubkeys.Match(d.keys, pp.pub)
+		w.add(st, end-st, kind, key)
+		w.learn(pp, key)
 		i = end
 	}
 }
 
-func classifyPEM(label string, der []byte, encrypted bool) (string, crypto.PublicKey) {
+func classifyPEM(label string, der []byte, encrypted bool) (string, privParts) {
 	switch label {
 	case "RSA PRIVATE KEY":
 		if encrypted {
-			return KindPEMRSAEncrypted, nil
+			return KindPEMRSAEncrypted, privParts{}
 		}
-		pub, _ := parsePKCS1(der)
-		return KindPEMRSA, pub
+		pp, _ := parsePKCS1Parts(der)
+		return KindPEMRSA, pp
 	case "PRIVATE KEY":
-		pub, _ := parsePKCS8(der)
-		return KindPEMPKCS8, pub
+		pp, _ := parsePKCS8Parts(der)
+		return KindPEMPKCS8, pp
 	case "ENCRYPTED PRIVATE KEY":
-		return KindPEMPKCS8Enc, nil
+		return KindPEMPKCS8Enc, privParts{}
 	case "EC PRIVATE KEY":
 		if encrypted {
-			return KindPEMEC, nil
+			return KindPEMEC, privParts{}
 		}
-		pub, _ := parseSEC1(der, nil)
-		return KindPEMEC, pub
+		pp, _ := parseSEC1Parts(der, nil)
+		return KindPEMEC, pp
 	case "OPENSSH PRIVATE KEY":
 		_, pub, _ := parseOpenSSH(der)
-		return KindPEMOpenSSH, pub
+		return KindPEMOpenSSH, privParts{pub: pub}
 	}
-	return KindPEMOther, nil
+	return KindPEMOther, privParts{}
 }
 
 // decodePEMBody decodes a PEM body leniently: RFC 1421 headers ("Proc-Type: 4,ENCRYPTED",

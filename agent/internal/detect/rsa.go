@@ -111,6 +111,7 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 				sc.x.SetBytes(win)
 				if d.divides(sc, rk) {
 					w.add(j, pb, KindRSAPrimeBE, rk.name)
+					sc.learned.learnRSA(rk.n, rk.e, new(big.Int).Set(&sc.x), new(big.Int).Set(&sc.q), nil, rk.name)
 				}
 			}
 		}
@@ -122,6 +123,7 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 				sc.x.SetBytes(sc.reversed(win))
 				if d.divides(sc, rk) {
 					w.add(j, lw, KindRSAPrimeLE, rk.name)
+					sc.learned.learnRSA(rk.n, rk.e, new(big.Int).Set(&sc.x), new(big.Int).Set(&sc.q), nil, rk.name)
 				}
 			}
 		}
@@ -157,8 +159,9 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 				continue
 			}
 			sc.y.SetBytes(b[m : m+l])
-			if d.verifyD(sc, rk, t, g) {
+			if p, q, ok := d.verifyD(sc, rk, t, g); ok {
 				w.add(m, l, KindRSADBE, rk.name)
+				sc.learned.learnRSA(rk.n, rk.e, p, q, new(big.Int).Set(&sc.y), rk.name)
 				return
 			}
 		}
@@ -184,8 +187,9 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 				continue
 			}
 			sc.y.SetBytes(sc.reversed(b[j : j+8*nl]))
-			if d.verifyD(sc, rk, t, g) {
+			if p, q, ok := d.verifyD(sc, rk, t, g); ok {
 				w.add(j, 8*nl, KindRSADLE, rk.name)
+				sc.learned.learnRSA(rk.n, rk.e, p, q, new(big.Int).Set(&sc.y), rk.name)
 				return
 			}
 		}
@@ -210,11 +214,11 @@ func (d *Detector) divides(sc *scratch, rk *rsaKey) bool {
 	return sc.r.Sign() == 0
 }
 
-// verifyD reports whether sc.y is a private exponent of rk with e·d = 1 + (t/g)·φ(N), by
+// verifyD reports whether sc.y is a private exponent of rk, and returns the primes, with e·d = 1 + (t/g)·φ(N), by
 // factoring N: φ = g(e·d-1)/t, p+q = N-φ+1, and p, q are the roots of x² - (p+q)x + N.
-func (d *Detector) verifyD(sc *scratch, rk *rsaKey, t uint64, g uint32) bool {
+func (d *Detector) verifyD(sc *scratch, rk *rsaKey, t uint64, g uint32) (p, q *big.Int, ok bool) {
 	if t == 0 || t >= uint64(rk.e) {
-		return false
+		return nil, nil, false
 	}
 	num := new(big.Int).Mul(&sc.y, big.NewInt(rk.e))
 	num.Sub(num, big.NewInt(1))
@@ -222,24 +226,27 @@ func (d *Detector) verifyD(sc *scratch, rk *rsaKey, t uint64, g uint32) bool {
 	tb := new(big.Int).SetUint64(t)
 	phi, rem := new(big.Int).QuoRem(num, tb, new(big.Int))
 	if rem.Sign() != 0 {
-		return false
+		return nil, nil, false
 	}
 	s := new(big.Int).Sub(rk.n, phi)
 	s.Add(s, big.NewInt(1))
 	if s.Sign() <= 0 {
-		return false
+		return nil, nil, false
 	}
 	disc := new(big.Int).Mul(s, s)
 	disc.Sub(disc, new(big.Int).Lsh(rk.n, 2))
 	if disc.Sign() < 0 {
-		return false
+		return nil, nil, false
 	}
 	r := new(big.Int).Sqrt(disc)
 	if new(big.Int).Mul(r, r).Cmp(disc) != 0 {
-		return false
+		return nil, nil, false
 	}
-	p := new(big.Int).Add(s, r)
+	p = new(big.Int).Add(s, r)
 	p.Rsh(p, 1)
-	q := new(big.Int).Sub(s, p)
-	return q.Sign() > 0 && new(big.Int).Mul(p, q).Cmp(rk.n) == 0 && q.Cmp(big.NewInt(1)) > 0
+	q = new(big.Int).Sub(s, p)
+	if q.Cmp(big.NewInt(1)) <= 0 || new(big.Int).Mul(p, q).Cmp(rk.n) != 0 {
+		return nil, nil, false
+	}
+	return p, q, true
 }

@@ -21,6 +21,8 @@ type scratch struct {
 	x, q  big.Int
 	r, y  big.Int
 	z     big.Int
+
+	learned learnedSet
 }
 
 func (sc *scratch) computeDensity(b []byte) {
