@@ -18,7 +18,9 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/daemon"
+	"github.com/keyguard/keyguard/agent/internal/dumphandler"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 )
@@ -43,6 +45,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return probe(args[1:], stdout, stderr)
 	case "uninstall":
 		return uninstall(args[1:], stdout, stderr)
+	case "dump-handler":
+		return dumpHandler(args[1:])
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return 0
@@ -61,6 +65,7 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/keyguard", "folder for state kept across restarts")
 	fs.StringVar(&cfg.ControlSocket, "control-socket", "/run/keyguard/agent.sock", `unix socket for the keyguard CLI ("" disables)`)
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
+	fs.BoolVar(&cfg.DumpKeepStacks, "dump-keep-stacks", false, "keep thread stacks in redacted core dumps (backtraces need them)")
 	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
 	var exp export.Config
 	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port (empty: local event log only)")
@@ -137,10 +142,30 @@ func uninstall(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if err := corepattern.Kernel.Restore(corepattern.RunDir); err != nil {
+		fmt.Fprintln(stderr, "keyguard-agent uninstall: restoring core_pattern:", err)
+		return 1
+	}
 	if err := loader.Uninstall(*pin); err != nil {
 		fmt.Fprintln(stderr, "keyguard-agent uninstall:", err)
 		return 1
 	}
 	fmt.Fprintf(stdout, "removed %s: keyguard's programs are detached once no agent holds them (stop the agent first)\n", *pin)
+	return 0
+}
+
+// dumpHandler is what the kernel runs through core_pattern for every core dump.
+func dumpHandler(args []string) int {
+	h := &dumphandler.Handler{RunDir: corepattern.RunDir, Stdin: os.Stdin, Redactor: redactor()}
+	if k, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); err == nil {
+		h.Kmsg = k
+		defer k.Close()
+	}
+	if err := h.Run(context.Background(), args); err != nil {
+		if h.Kmsg != nil {
+			fmt.Fprintln(h.Kmsg, "keyguard-dump-handler:", err)
+		}
+		return 1
+	}
 	return 0
 }

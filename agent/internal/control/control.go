@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 )
 
@@ -28,6 +29,9 @@ type Request struct {
 
 	// revoke
 	GrantID uint64 `json:"grant_id,omitempty"`
+
+	// report-dump (from keyguard's core-dump handler)
+	Dump *events.Event `json:"dump,omitempty"`
 }
 
 // Response is the agent's answer.

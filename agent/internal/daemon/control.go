@@ -77,6 +77,16 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 		resp.Grant, err = a.breakGlass(req)
 	case "revoke":
 		err = a.revoke(req.GrantID, "revoked")
+	case "report-dump":
+		if req.Dump == nil || req.Dump.Kind != events.KindDump || req.Dump.Dump == nil {
+			err = errors.New("report-dump needs a core_dump event")
+			break
+		}
+		ev := *req.Dump
+		if ev.Rule == "" {
+			ev.Rule = a.RuleName(ev.RuleID)
+		}
+		a.emit(ev)
 	default:
 		err = fmt.Errorf("unknown op %q (want status, break-glass or revoke)", req.Op)
 	}

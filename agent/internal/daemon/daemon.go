@@ -16,6 +16,7 @@ import (
 
 	kgbpf "github.com/keyguard/keyguard/bpf"
 
+	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
@@ -35,6 +36,9 @@ type Config struct {
 	Version       string
 	// Export sends every event to a collector as well (nil: local event log only).
 	Export *export.Config
+	// DumpKeepStacks keeps thread stacks in redacted core dumps (backtraces need them; they can
+	// hold key bytes that the detector does not recognise).
+	DumpKeepStacks bool
 }
 
 // Agent is a running agent.
@@ -103,6 +107,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	if err := g.SetHandler("/proc/self/exe"); err != nil {
+		return err
+	}
+	if err := a.installDumpHandler(); err != nil {
 		return err
 	}
 	root, err := policy.CgroupRoot()
@@ -330,4 +337,30 @@ func procInfo(pid int) *events.Process {
 		}
 	}
 	return p
+}
+
+// installDumpHandler makes keyguard's handler the core_pattern when a rule redacts dumps, so those
+// dumps reach it (the kernel kills any other destination for them).
+func (a *Agent) installDumpHandler() error {
+	redact := false
+	for _, r := range a.pol.Rules {
+		redact = redact || r.Dumps == policy.DumpRedact
+	}
+	if !redact {
+		return nil
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("locate the agent executable for core_pattern: %w", err)
+	}
+	if exe, err = filepath.EvalSymlinks(exe); err != nil {
+		return fmt.Errorf("locate the agent executable for core_pattern: %w", err)
+	}
+	st := corepattern.State{PinPath: a.cfg.Loader.PinPath, ControlSocket: a.cfg.ControlSocket, EventLog: a.cfg.EventLog,
+		SpoolDir: filepath.Join(a.cfg.StateDir, "dumps"), KeepStacks: a.cfg.DumpKeepStacks}
+	if err := corepattern.Kernel.Install(corepattern.RunDir, exe, st); err != nil {
+		return fmt.Errorf("install the core-dump handler: %w", err)
+	}
+	a.log.Info("core-dump handler installed", "core_pattern", corepattern.Pattern(exe))
+	return nil
 }

@@ -54,6 +54,7 @@ type Event struct {
 	Operation       string   `json:"operation,omitempty"`
 	Decision        string   `json:"decision,omitempty"`
 	Rule            string   `json:"rule,omitempty"`
+	RuleID          uint32   `json:"rule_id,omitempty"` // set by the dump handler; the agent names it
 	RuleMode        string   `json:"rule_mode,omitempty"`
 	AccessMode      uint32   `json:"access_mode,omitempty"`
 	AccessModeNames []string `json:"access_mode_names,omitempty"`

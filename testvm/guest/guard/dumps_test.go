@@ -169,3 +169,50 @@ func TestDumpRedactFailsClosed(t *testing.T) {
 		})
 	}
 }
+
+// With a redact rule the agent installs itself as the core_pattern handler and hands every dump on
+// to the pattern it replaced: unprotected dumps unchanged, protected ones only when they could be made
+// safe (a protected dump that cannot be redacted is discarded and reported).
+func TestDumpHandlerChains(t *testing.T) {
+	cores := dir + "/cores"
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	stopAgent()
+	setCorePattern(t, "|/bin/testproc corecount "+cores+"/prev.%p")
+	if err := startAgent(); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := os.ReadFile(corePattern)
+	if !strings.HasPrefix(string(cur), "|/bin/keyguard-agent dump-handler ") {
+		t.Fatalf("core_pattern after agent start: %q", cur)
+	}
+
+	ws := crash(t, victimPlain, "-sig", "SEGV")
+	if !ws.CoreDump() {
+		t.Fatalf("unprotected crash: %v", ws)
+	}
+	var got []byte
+	for i := 0; i < 50 && len(got) == 0; i++ {
+		ents, _ := os.ReadDir(cores)
+		for _, e := range ents {
+			got, _ = os.ReadFile(filepath.Join(cores, e.Name()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(string(got)), " true") {
+		t.Fatalf("the previous pipe handler got %q for an unprotected dump, want all of it", got)
+	}
+
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	crash(t, victimRedact, "-sig", "SEGV")
+	ev := waitEvent(t, "handler's event for the protected dump", func(e event) bool {
+		return e.Kind == "core_dump" && e.Rule == "redactor" && e.Dump != nil && (e.Dump.Action == "discarded" || e.Dump.Action == "redacted")
+	})
+	if ev.Dump.Action == "discarded" {
+		time.Sleep(300 * time.Millisecond)
+		if ents, _ := os.ReadDir(cores); len(ents) != 0 {
+			t.Fatalf("a discarded protected dump reached the previous handler: %v", names(ents))
+		}
+	}
+}

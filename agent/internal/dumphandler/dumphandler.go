@@ -1,0 +1,280 @@
+// Package dumphandler is keyguard's core_pattern pipe handler. The kernel starts it for every core
+// dump once the agent has installed it; it decides from keyguard's pinned maps whether the crashing
+// process is protected, passes unprotected dumps on unchanged (byte for byte) to the pattern keyguard
+// replaced, and redacts protected ones in bounded memory, verifies the result with a second,
+// independent detector pass and only then passes it on. Anything it cannot make safe it discards, and
+// every protected dump is reported as an event.
+package dumphandler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	kgbpf "github.com/keyguard/keyguard/bpf"
+
+	"github.com/keyguard/keyguard/agent/internal/control"
+	"github.com/keyguard/keyguard/agent/internal/corepattern"
+	"github.com/keyguard/keyguard/agent/internal/events"
+)
+
+// Redactor turns a protected process's core dump into one without its secrets. It must read in at
+// its own pace and may fail; on failure everything written to out is discarded.
+type Redactor interface {
+	Redact(ctx context.Context, in io.Reader, out io.Writer, keepStacks bool) (redacted map[string]uint64, err error)
+	// Verify is the second pass over the finished output; it returns how many key findings remain.
+	Verify(ctx context.Context, in io.Reader) (findings int, err error)
+}
+
+// Handler handles one dump.
+type Handler struct {
+	RunDir   string // where the agent keeps corepattern.State (corepattern.RunDir)
+	Redactor Redactor
+	Stdin    *os.File
+	Kmsg     io.Writer // where problems are logged (the kernel log); nil discards
+}
+
+// Run handles the dump described by args (corepattern.HandlerArgs, in order).
+func (h *Handler) Run(ctx context.Context, args []string) error {
+	if len(args) != len(corepattern.HandlerArgs) {
+		return fmt.Errorf("dump-handler wants %d arguments (%s), got %d: it is started by the kernel through core_pattern",
+			len(corepattern.HandlerArgs), strings.Join(corepattern.HandlerArgs, " "), len(args))
+	}
+	v := corepattern.Values{GlobalPID: args[0], TID: args[1], GlobalTID: args[2], PID: args[3], UID: args[4], GID: args[5],
+		DumpMode: args[6], Signal: args[7], Time: args[8], Hostname: args[9], CoreLimit: args[10], Comm: args[11]}
+	pid, err := strconv.Atoi(v.GlobalPID)
+	if err != nil {
+		return fmt.Errorf("bad pid %q", v.GlobalPID)
+	}
+	v.Exe, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+	cwd, _ := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid))
+
+	st, stErr := corepattern.Load(h.RunDir)
+	prot, rule, mode, perr := protection(st.PinPath, pid)
+	sig, _ := strconv.Atoi(v.Signal)
+	report := func(action, reason, dest string, redacted map[string]uint64, verdict string) {
+		h.report(st, events.Event{
+			Time: time.Now(), Kind: events.KindDump, RuleID: rule,
+			Target: &events.Process{PID: uint32(pid), Comm: v.Comm, Executable: v.Exe},
+			Dump: &events.Dump{Action: action, Signal: uint32(sig), Reason: reason, Destination: dest,
+				RedactedBytes: redacted, VerifierVerdict: verdict},
+		})
+	}
+	if perr != nil {
+		// Unsure whether it is protected: do not let it out.
+		h.logf("pid %d: cannot tell whether it is protected (%v): dump discarded", pid, perr)
+		report("discarded", "keyguard's maps are unreadable: "+perr.Error(), "", nil, "")
+		return drain(h.Stdin)
+	}
+	if stErr != nil {
+		if prot {
+			report("discarded", "the core_pattern keyguard replaced is unknown ("+stErr.Error()+")", "", nil, "")
+		}
+		h.logf("pid %d: no saved core_pattern (%v): dump discarded", pid, stErr)
+		return drain(h.Stdin)
+	}
+	next, err := corepattern.Expand(st.Previous, v)
+	if err != nil {
+		h.logf("pid %d: previous core_pattern %q: %v: dump discarded", pid, st.Previous, err)
+		if prot {
+			report("discarded", "the previous core_pattern is unusable: "+err.Error(), "", nil, "")
+		}
+		return drain(h.Stdin)
+	}
+	if !prot || mode == uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_ALLOW) {
+		// Byte for byte: the next handler reads the kernel's pipe itself.
+		return passOn(ctx, next, h.Stdin, cwd, v)
+	}
+	if mode != uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_REDACT) || h.Redactor == nil {
+		report("discarded", "the rule does not allow this dump to be written", "", nil, "")
+		return drain(h.Stdin)
+	}
+
+	tmpDir := st.SpoolDir
+	if tmpDir == "" {
+		tmpDir = h.RunDir
+	}
+	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+		report("discarded", "no room to redact: "+err.Error(), "", nil, "")
+		return drain(h.Stdin)
+	}
+	tmp, err := os.CreateTemp(tmpDir, "core-redacting-*")
+	if err != nil {
+		report("discarded", "no room to redact: "+err.Error(), "", nil, "")
+		return drain(h.Stdin)
+	}
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	redacted, err := h.Redactor.Redact(ctx, h.Stdin, tmp, st.KeepStacks)
+	if err != nil {
+		report("discarded", "the dump could not be redacted: "+err.Error(), "", nil, "")
+		return drain(h.Stdin)
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	n, err := h.Redactor.Verify(ctx, tmp)
+	if err != nil || n > 0 {
+		verdict := fmt.Sprintf("FAILED: %d key findings remain after redaction", n)
+		if err != nil {
+			verdict = "FAILED: " + err.Error()
+		}
+		report("discarded", "the verifier found key material after redaction", "", redacted, verdict)
+		return nil
+	}
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	dest := st.Previous
+	if !next.Pipe {
+		dest = resolvePath(next.Path, cwd)
+	}
+	if err := passOn(ctx, next, tmp, cwd, v); err != nil {
+		report("discarded", "handing the redacted dump on failed: "+err.Error(), dest, redacted, "clean")
+		return err
+	}
+	report("redacted", "", dest, redacted, "clean: no key material found in the output")
+	return nil
+}
+
+// protection reads the crashing process's protection from keyguard's pinned maps.
+func protection(pinPath string, pid int) (prot bool, rule uint32, dumps uint32, err error) {
+	if pinPath == "" {
+		return false, 0, 0, errors.New("no pin path in the handler state")
+	}
+	marks, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "marks"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return false, 0, 0, err
+	}
+	defer marks.Close()
+	rules, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "rules"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return false, 0, 0, err
+	}
+	defer rules.Close()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return false, 0, 0, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	defer unix.Close(fd)
+	var m kgbpf.KeyguardKgMark
+	var id uint32
+	if err := marks.Lookup(uint32(fd), &m); err == nil && m.RuleId != 0 {
+		id = m.RuleId
+	} else if id, err = cgroupRule(pinPath, pid); err != nil {
+		return false, 0, 0, err
+	}
+	if id == 0 {
+		return false, 0, 0, nil
+	}
+	var r kgbpf.KeyguardKgRule
+	if err := rules.Lookup(id, &r); err != nil {
+		// A rule no longer in the policy: the kernel treats it as block, so do we.
+		return true, id, uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_BLOCK), nil
+	}
+	return true, id, r.Dumps, nil
+}
+
+// cgroupRule looks the process's cgroup and its ancestors up in the cgroup rules, as the kernel does.
+func cgroupRule(pinPath string, pid int) (uint32, error) {
+	m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "cgroup_rules"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return 0, err
+	}
+	var path string
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			path = p
+		}
+	}
+	for p := path; p != "" && p != "/"; p = filepath.Dir(p) {
+		var st unix.Stat_t
+		if unix.Stat("/sys/fs/cgroup"+p, &st) != nil {
+			continue
+		}
+		var id uint32
+		if m.Lookup(st.Ino, &id) == nil {
+			return id, nil
+		}
+	}
+	return 0, nil
+}
+
+func resolvePath(p, cwd string) string {
+	if filepath.IsAbs(p) || cwd == "" {
+		return p
+	}
+	return filepath.Join(cwd, p)
+}
+
+// passOn gives the dump to what the previous core_pattern named.
+func passOn(ctx context.Context, next corepattern.Parsed, in *os.File, cwd string, v corepattern.Values) error {
+	if next.Pipe {
+		cmd := exec.CommandContext(ctx, next.Argv[0], next.Argv[1:]...)
+		cmd.Stdin = in
+		cmd.Dir = "/"
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %w: %s", next.Argv[0], err, out)
+		}
+		return nil
+	}
+	path := resolvePath(next.Path, cwd)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return fmt.Errorf("create core file: %w", err)
+	}
+	uid, _ := strconv.Atoi(v.UID)
+	gid, _ := strconv.Atoi(v.GID)
+	_ = f.Chown(uid, gid) // the kernel would have created it as the dumping process
+	if _, err := io.Copy(f, in); err != nil {
+		f.Close()
+		return fmt.Errorf("write core file: %w", err)
+	}
+	return f.Close()
+}
+
+func drain(r io.Reader) error {
+	_, err := io.Copy(io.Discard, r)
+	return err
+}
+
+func (h *Handler) logf(format string, a ...any) {
+	if h.Kmsg != nil {
+		fmt.Fprintf(h.Kmsg, "keyguard-dump-handler: "+format+"\n", a...)
+	}
+}
+
+// report hands the event to the agent (which logs and exports it); if the agent is not reachable it
+// is appended to the agent's event log so it is not lost.
+func (h *Handler) report(st corepattern.State, ev events.Event) {
+	if st.ControlSocket != "" {
+		if _, err := control.Call(st.ControlSocket, control.Request{Op: "report-dump", Dump: &ev}); err == nil {
+			return
+		}
+	}
+	if st.EventLog != "" && st.EventLog != "-" {
+		j, err := events.OpenJSONLines(st.EventLog, time.Hour)
+		if err == nil {
+			_ = j.Write(ev)
+			_ = j.Close()
+			return
+		}
+	}
+	h.logf("could not report a core-dump event: %+v", ev.Dump)
+}
