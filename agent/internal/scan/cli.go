@@ -32,10 +32,11 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	format := fl.String("format", "text", "output format: text or json")
 	pub := fl.String("pubkeys", "", "comma-separated public key files (PEM public keys, certificates, JWK/JWKS, OpenSSH .pub) whose raw private material (RSA primes and d, EC scalars, Ed25519 seeds) is searched for too")
 	align := fl.Int("align", 8, "alignment of stream offsets at which raw key material is searched (1 = every offset, 8x slower)")
+	raw := fl.String("raw", "rsa,ec,ed25519", "raw-material searches to run for -pubkeys keys: any of rsa, ec, ed25519, or none (EC and Ed25519 cost about 2 µs per byte of random-looking data; PEM/DER/JWK findings are attributed to the keys either way)")
 	verbose := fl.Bool("v", false, "log each file scanned to stderr")
 	workers := fl.Int("j", 0, "files scanned at once (0 = number of CPUs)")
 	fl.Usage = func() {
-		fmt.Fprintf(stderr, "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-align N] [-j N] [-v] PATH...\n\n"+
+		fmt.Fprintf(stderr, "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-raw rsa,ec,ed25519|none] [-align N] [-j N] [-v] PATH...\n\n"+
 			"Scans files and directories (recursively; symbolic links are not followed) for private keys:\n"+
 			"PEM, DER, OpenSSH and JWK private keys, and with -pubkeys the raw private material of those keys.\n"+
 			"zstd, lz4, xz and gzip files (e.g. /var/lib/systemd/coredump) are decompressed; their offsets are\n"+
@@ -77,7 +78,22 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return ExitError
 		}
 	}
-	det, err := detect.New(detect.Options{Keys: keys, Align: *align})
+	modes := detect.ModeFormats
+	for _, r := range strings.Split(*raw, ",") {
+		switch strings.TrimSpace(r) {
+		case "rsa":
+			modes |= detect.ModeRSARaw
+		case "ec":
+			modes |= detect.ModeECRaw
+		case "ed25519":
+			modes |= detect.ModeEd25519Raw
+		case "none", "":
+		default:
+			fmt.Fprintf(stderr, "keyguard scan: -raw: unknown search %q (use rsa, ec, ed25519 or none)\n", r)
+			return ExitError
+		}
+	}
+	det, err := detect.New(detect.Options{Keys: keys, Align: *align, Modes: modes})
 	if err != nil {
 		fmt.Fprintf(stderr, "keyguard scan: %v\n", err)
 		return ExitError

@@ -30,6 +30,7 @@ import (
 // corpus is a directory tree with keys planted in plain and compressed files.
 type corpus struct {
 	dir, pubFile string
+	prime        []byte
 	want         []Finding // expected findings (Path relative to dir until fixed up)
 }
 
@@ -100,6 +101,7 @@ func makeCorpus(t *testing.T) *corpus {
 	pemKey := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rk)})
 	sec1, _ := x509.MarshalECPrivateKey(ek)
 	prime := rk.Primes[0].FillBytes(make([]byte, 128))
+	c.prime = prime
 
 	// core: a 3 MiB memory-like image with a PEM key, a raw prime (big-endian, aligned) and a DER
 	// EC key, written plain and with each compressor.
@@ -167,6 +169,13 @@ func TestCommand(t *testing.T) {
 	if err := os.WriteFile(corrupt, append(good[:len(good)/2], bytes.Repeat([]byte{0xee}, 64)...), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A file with only a raw prime: found by the raw search, not by formats or learned secrets.
+	rawOnly := filepath.Join(t.TempDir(), "core.raw")
+	img := memoryLike(mrand.New(mrand.NewPCG(5, 5)), 64<<10)
+	copy(img[4096:], c.prime)
+	if err := os.WriteFile(rawOnly, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name      string
 		args      []string
@@ -179,6 +188,9 @@ func TestCommand(t *testing.T) {
 		{"missing-path-is-error-but-scan-continues", []string{"-format", "json", "-pubkeys", c.pubFile, filepath.Join(c.dir, "nope"), c.dir}, ExitError, c.want, 1},
 		{"corrupt-compressed-file-is-error", []string{"-format", "json", corrupt, clean}, ExitError, nil, 1},
 		{"bad-format", []string{"-format", "xml", c.dir}, ExitError, nil, 0},
+		{"raw-prime-alone", []string{"-format", "json", "-pubkeys", c.pubFile, rawOnly}, ExitFound, []Finding{{Path: rawOnly, Finding: detect.Finding{Offset: 4096, Length: 128, Kind: detect.KindRSAPrimeBE, Key: c.pubFile}}}, 0},
+		{"raw-none", []string{"-format", "json", "-pubkeys", c.pubFile, "-raw", "none", rawOnly}, ExitClean, nil, 0},
+		{"bad-raw", []string{"-raw", "dsa", c.dir}, ExitError, nil, 0},
 		{"no-paths", []string{"-format", "json"}, ExitError, nil, 0},
 		{"private-key-as-pubkey", []string{"-pubkeys", filepath.Join(c.dir, "coredump/core.signer.1000.plain"), c.dir}, ExitError, nil, 0},
 	}
