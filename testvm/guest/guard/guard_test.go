@@ -186,6 +186,10 @@ type event struct {
 		Signal uint32 `json:"signal"`
 		Reason string `json:"reason"`
 	} `json:"dump"`
+	Loss *struct {
+		Source string `json:"source"`
+		Count  uint64 `json:"count"`
+	} `json:"loss"`
 	BreakGlass *struct {
 		Action string `json:"action"`
 		Reason string `json:"reason"`

@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
@@ -98,4 +99,47 @@ func names(es []os.DirEntry) []string {
 		out = append(out, e.Name())
 	}
 	return out
+}
+
+// While the agent is down, the kernel keeps events in the pinned ring buffer; when it overflows, the
+// overflow is counted. After restart every attempt is accounted for: delivered as an event or counted
+// in a loss event.
+func TestKernelLossReported(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	stopAgent()
+	before := len(readEvents())
+	loop := exec.Command(procBin, "loop-attack", strconv.Itoa(v.pid), v.addr, "4")
+	out, err := loop.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ok, fail int
+	fmt.Sscanf(string(out), "SUCCESSES %d FAILURES %d", &ok, &fail)
+	if ok != 0 || fail < 1500 {
+		t.Fatalf("attack loop: %d successes, %d failures (want 0 and enough to overflow the ring buffer)", ok, fail)
+	}
+	if err := startAgent(); err != nil {
+		t.Fatal(err)
+	}
+	var delivered, lost int
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		delivered, lost = 0, 0
+		for _, ev := range readEvents()[before:] {
+			switch {
+			case ev.Kind == "access" && ev.Accessor != nil && ev.Accessor.PID == uint32(loop.Process.Pid):
+				delivered++
+			case ev.Kind == "loss":
+				lost += int(ev.Loss.Count)
+			}
+		}
+		if delivered+lost >= fail {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Logf("%d denials while the agent was down: %d delivered from the pinned ring buffer, %d reported lost", fail, delivered, lost)
+	if lost == 0 || delivered == 0 || delivered+lost != fail {
+		t.Fatalf("accounting: %d attempts, %d delivered + %d lost", fail, delivered, lost)
+	}
 }
