@@ -38,6 +38,7 @@ type State struct {
 	EventLog      string `json:"event_log"`
 	SpoolDir      string `json:"spool_dir"` // temporary files for redaction
 	KeepStacks    bool   `json:"keep_stacks"`
+	PolicyPath    string `json:"policy_path"` // public_keys of redact rules feed the key detector
 }
 
 // Sys are the kernel files, replaceable in tests.

@@ -72,6 +72,9 @@ func (a *Agent) RuleName(id uint32) string {
 
 // Run starts the agent and blocks until ctx is done. Enforcement stays pinned after it returns.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if abs, err := filepath.Abs(cfg.PolicyPath); err == nil {
+		cfg.PolicyPath = abs
+	}
 	pol, err := policy.Load(cfg.PolicyPath)
 	if err != nil {
 		return fmt.Errorf("the policy is invalid, the agent did not start:\n%w", err)
@@ -357,7 +360,7 @@ func (a *Agent) installDumpHandler() error {
 		return fmt.Errorf("locate the agent executable for core_pattern: %w", err)
 	}
 	st := corepattern.State{PinPath: a.cfg.Loader.PinPath, ControlSocket: a.cfg.ControlSocket, EventLog: a.cfg.EventLog,
-		SpoolDir: filepath.Join(a.cfg.StateDir, "dumps"), KeepStacks: a.cfg.DumpKeepStacks}
+		SpoolDir: filepath.Join(a.cfg.StateDir, "dumps"), KeepStacks: a.cfg.DumpKeepStacks, PolicyPath: a.cfg.PolicyPath}
 	if err := corepattern.Kernel.Install(corepattern.RunDir, exe, st); err != nil {
 		return fmt.Errorf("install the core-dump handler: %w", err)
 	}

@@ -26,15 +26,18 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
+	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/events"
+	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 )
 
 // Redactor turns a protected process's core dump into one without its secrets. It must read in at
 // its own pace and may fail; on failure everything written to out is discarded.
 type Redactor interface {
-	Redact(ctx context.Context, in io.Reader, out io.Writer, keepStacks bool) (redacted map[string]uint64, err error)
+	Redact(ctx context.Context, in io.Reader, out io.Writer, det *detect.Detector, keepStacks bool) (redacted map[string]uint64, err error)
 	// Verify is the second pass over the finished output; it returns how many key findings remain.
-	Verify(ctx context.Context, in io.Reader) (findings int, err error)
+	Verify(ctx context.Context, in io.Reader, det *detect.Detector) (findings int, err error)
 }
 
 // Handler handles one dump.
@@ -96,8 +99,12 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		// Byte for byte: the next handler reads the kernel's pipe itself.
 		return passOn(ctx, next, h.Stdin, cwd, v)
 	}
-	if mode != uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_REDACT) || h.Redactor == nil {
+	if mode != uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_REDACT) {
 		report("discarded", "the rule does not allow this dump to be written", "", nil, "")
+		return drain(h.Stdin)
+	}
+	if h.Redactor == nil {
+		report("discarded", "this keyguard build has no core redactor, so a protected dump cannot be made safe", "", nil, "")
 		return drain(h.Stdin)
 	}
 
@@ -116,7 +123,12 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
-	redacted, err := h.Redactor.Redact(ctx, h.Stdin, tmp, st.KeepStacks)
+	det, err := detector(st.PolicyPath, rule)
+	if err != nil {
+		report("discarded", "cannot build the key detector: "+err.Error(), "", nil, "")
+		return drain(h.Stdin)
+	}
+	redacted, err := h.Redactor.Redact(ctx, h.Stdin, tmp, det, st.KeepStacks)
 	if err != nil {
 		report("discarded", "the dump could not be redacted: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
@@ -124,7 +136,7 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	n, err := h.Redactor.Verify(ctx, tmp)
+	n, err := h.Redactor.Verify(ctx, tmp, det)
 	if err != nil || n > 0 {
 		verdict := fmt.Sprintf("FAILED: %d key findings remain after redaction", n)
 		if err != nil {
@@ -146,6 +158,24 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	}
 	report("redacted", "", dest, redacted, "clean: no key material found in the output")
 	return nil
+}
+
+// detector finds key material in every known encoding, plus the raw private numbers of the public keys
+// the rule names (public_keys in the policy).
+func detector(policyPath string, ruleID uint32) (*detect.Detector, error) {
+	var keys []pubkeys.Key
+	if policyPath != "" {
+		pol, err := policy.Load(policyPath)
+		if err != nil {
+			return nil, err
+		}
+		if paths := policy.Resolve(pol, "").PublicKeys[ruleID]; len(paths) > 0 {
+			if keys, err = pubkeys.Load(paths...); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return detect.New(detect.Options{Keys: keys})
 }
 
 // protection reads the crashing process's protection from keyguard's pinned maps.

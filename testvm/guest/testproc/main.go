@@ -65,6 +65,14 @@ func main() {
 		execAttack(os.Args[2])
 	case "crash":
 		crash(os.Args[2:])
+	case "coresave":
+		// A pipe core_pattern helper that keeps the dump: stdin to the file named by its argument.
+		f, err := os.OpenFile(os.Args[2], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			os.Exit(1)
+		}
+		io.Copy(f, os.Stdin)
+		f.Close()
 	case "corecount":
 		// A pipe core_pattern helper: counts the bytes of the dump on stdin and whether it holds Secret.
 		b, _ := io.ReadAll(os.Stdin)
@@ -375,7 +383,8 @@ func crash(args []string) {
 		fmt.Println("ERR still alive")
 		os.Exit(1)
 	}
-	fmt.Printf("CRASHING pid=%d keys=%d\n", os.Getpid(), len(held))
+	tasks, _ := os.ReadDir("/proc/self/task")
+	fmt.Printf("CRASHING pid=%d keys=%d threads=%d\n", os.Getpid(), len(held), len(tasks))
 	os.Stdout.Sync()
 	if thread {
 		go func() {
