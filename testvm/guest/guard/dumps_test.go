@@ -216,3 +216,4 @@ func TestDumpHandlerChains(t *testing.T) {
 		}
 	}
 }
+

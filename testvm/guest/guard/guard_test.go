@@ -66,6 +66,7 @@ rules:
     dumps: redact
     match:
       executables: [/tmp/kg/victim-redact]
+    public_keys: ["/tmp/kg/testpub/*.pem"]
 `
 
 var agent *exec.Cmd
@@ -94,6 +95,9 @@ func setup() error {
 	if err := os.MkdirAll(dir+"/keys", 0o755); err != nil {
 		return err
 	}
+	if err := os.MkdirAll(dir+"/cwd", 0o777); err != nil {
+		return err
+	}
 	os.Chmod(dir, 0o755)
 	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger} {
 		if err := copyFile(procBin, p); err != nil {
@@ -107,6 +111,9 @@ func setup() error {
 		return err
 	}
 	if err := os.WriteFile(dir+"/policy.yaml", []byte(policyYAML), 0o644); err != nil {
+		return err
+	}
+	if err := writeTestKeys(); err != nil {
 		return err
 	}
 	var err error
@@ -677,5 +684,13 @@ func TestBadPolicyRefused(t *testing.T) {
 				t.Fatal("agent pinned programs despite a bad policy")
 			}
 		})
+	}
+}
+
+// A protected process keeps full access to itself, from any of its threads.
+func TestProtectedProcessReadsItself(t *testing.T) {
+	out, err := exec.Command(victimEnforce, "selfread").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "OK" {
+		t.Fatalf("protected process reading its own memory: %v: %s", err, out)
 	}
 }

@@ -65,6 +65,27 @@ func main() {
 		execAttack(os.Args[2])
 	case "crash":
 		crash(os.Args[2:])
+	case "selfread":
+		// A process reads its own memory through every path, including through another of its threads.
+		secret = make([]byte, 64)
+		copy(secret, Secret)
+		addr := uint64(uintptr(unsafe.Pointer(&secret[0])))
+		tidc := make(chan int)
+		go func() {
+			runtime.LockOSThread()
+			tidc <- unix.Gettid()
+			select {}
+		}()
+		tid := <-tidc
+		pid := os.Getpid()
+		for _, op := range []string{"mem", "taskmem", "vmreadv", "environ", "taskenviron"} {
+			n, err := Attack(op, pid, tid, addr)
+			if err != nil || n == 0 {
+				fmt.Printf("ERR %s %d %v\n", op, n, err)
+				os.Exit(1)
+			}
+		}
+		fmt.Println("OK")
 	case "coresave":
 		// A pipe core_pattern helper that keeps the dump: stdin to the file named by its argument.
 		f, err := os.OpenFile(os.Args[2], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
