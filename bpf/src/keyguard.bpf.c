@@ -414,6 +414,24 @@ static __always_inline __u32 op_of(struct task_struct *cur, __s32 *nr_out, char 
 	return op;
 }
 
+/* A zeroed event of the given kind for a process's protection, or NULL (counted as lost). */
+static __always_inline struct kg_event *new_event(__u32 kind, struct kg_mark *prot)
+{
+	struct kg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost();
+		return 0;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->boot_ns = bpf_ktime_get_boot_ns();
+	e->kind = kind;
+	e->rule_id = prot->rule_id;
+	e->reason = prot->reason;
+	e->syscall_nr = -1;
+	return e;
+}
+
 /*
  * Decide an access by actor to a protected target and report it. op == KG_OP_OTHER means "derive it
  * from the current syscall". Returns 0 or -EPERM.
@@ -473,20 +491,12 @@ static __always_inline int decide(struct task_struct *actor, struct task_struct 
 		return ret;
 	}
 
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
+	e = new_event(KG_EVENT_ACCESS, prot);
+	if (!e)
 		return ret;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->boot_ns = bpf_ktime_get_boot_ns();
-	e->kind = KG_EVENT_ACCESS;
 	e->decision = decision;
-	e->rule_id = prot->rule_id;
 	e->rule_mode = mode;
 	e->access_mode = access_mode;
-	e->reason = prot->reason;
-	e->syscall_nr = -1;
 	if (op == KG_OP_OTHER)
 		op = op_of(bpf_get_current_task_btf(), &e->syscall_nr, e->detail);
 	else if (name)
@@ -500,18 +510,10 @@ static __always_inline int decide(struct task_struct *actor, struct task_struct 
 
 static __always_inline void emit_protect(struct task_struct *t, struct kg_mark *m, const unsigned char *name)
 {
-	struct kg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct kg_event *e = new_event(KG_EVENT_PROTECT, m);
 
-	if (!e) {
-		count_lost();
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->boot_ns = bpf_ktime_get_boot_ns();
-	e->kind = KG_EVENT_PROTECT;
-	e->rule_id = m->rule_id;
-	e->reason = m->reason;
-	e->syscall_nr = -1;
 	if (name)
 		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
 	fill_proc(&e->target, t);
@@ -770,20 +772,12 @@ int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
 
 static __always_inline void emit_dump(struct task_struct *t, struct kg_mark *m, __u32 action, __u32 sig)
 {
-	struct kg_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct kg_event *e = new_event(KG_EVENT_DUMP, m);
 
-	if (!e) {
-		count_lost();
+	if (!e)
 		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
-	e->boot_ns = bpf_ktime_get_boot_ns();
-	e->kind = KG_EVENT_DUMP;
 	e->op = action;
-	e->rule_id = m->rule_id;
-	e->reason = m->reason;
 	e->access_mode = sig;
-	e->syscall_nr = -1;
 	fill_proc(&e->target, t);
 	bpf_ringbuf_submit(e, 0);
 }

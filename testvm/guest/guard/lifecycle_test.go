@@ -105,6 +105,11 @@ func names(es []os.DirEntry) []string {
 // overflow is counted. After restart every attempt is accounted for: delivered as an event or counted
 // in a loss event.
 func TestKernelLossReported(t *testing.T) {
+	if agent == nil { // uninstalled by an earlier test
+		if err := startAgent(); err != nil {
+			t.Fatal(err)
+		}
+	}
 	v := startVictim(t, victimEnforce, 0)
 	stopAgent()
 	before := len(readEvents())
