@@ -22,11 +22,12 @@ type KeyguardKgAccessorKey struct {
 }
 
 type KeyguardKgAgent struct {
-	_      structs.HostLayout
-	Tgid   uint32
-	Pad    uint32
-	ExeDev uint64
-	ExeIno uint64
+	_        structs.HostLayout
+	Tgid     uint32
+	Pad      uint32
+	ExeDev   uint64
+	ExeIno   uint64
+	BpffsDev uint64
 }
 
 type KeyguardKgCounter uint32
@@ -45,6 +46,7 @@ const (
 	KeyguardKgCounterKG_CNT_DUMP_KILLED     KeyguardKgCounter = 10
 	KeyguardKgCounterKG_CNT_DUMP_TO_HANDLER KeyguardKgCounter = 11
 	KeyguardKgCounterKG_CNT_DUMP_ALLOWED    KeyguardKgCounter = 12
+	KeyguardKgCounterKG_CNT_TAMPER          KeyguardKgCounter = 13
 	KeyguardKgCounterKG_CNT_MAX             KeyguardKgCounter = 16
 )
 
@@ -97,6 +99,7 @@ const (
 	KeyguardKgEventKindKG_EVENT_ACCESS  KeyguardKgEventKind = 1
 	KeyguardKgEventKindKG_EVENT_PROTECT KeyguardKgEventKind = 2
 	KeyguardKgEventKindKG_EVENT_DUMP    KeyguardKgEventKind = 3
+	KeyguardKgEventKindKG_EVENT_TAMPER  KeyguardKgEventKind = 4
 )
 
 type KeyguardKgFileId struct {
@@ -159,6 +162,23 @@ const (
 	KeyguardKgOpKG_OP_PROC_LINK         KeyguardKgOp = 14
 )
 
+type KeyguardKgOwnKey struct {
+	_    structs.HostLayout
+	Kind uint32
+	Dev  uint32
+	Id   uint64
+}
+
+type KeyguardKgOwnKind uint32
+
+const (
+	KeyguardKgOwnKindKG_OWN_MAP  KeyguardKgOwnKind = 1
+	KeyguardKgOwnKindKG_OWN_PROG KeyguardKgOwnKind = 2
+	KeyguardKgOwnKindKG_OWN_LINK KeyguardKgOwnKind = 3
+	KeyguardKgOwnKindKG_OWN_DIR  KeyguardKgOwnKind = 4
+	KeyguardKgOwnKindKG_OWN_EXE  KeyguardKgOwnKind = 5
+)
+
 type KeyguardKgProc struct {
 	_        structs.HostLayout
 	Pid      uint32
@@ -195,6 +215,18 @@ type KeyguardKgScratch struct {
 	Path [256]int8
 }
 
+type KeyguardKgTamper uint32
+
+const (
+	KeyguardKgTamperKG_TAMPER_MAP_WRITE   KeyguardKgTamper = 1
+	KeyguardKgTamperKG_TAMPER_PROG_FD     KeyguardKgTamper = 2
+	KeyguardKgTamperKG_TAMPER_LINK_FD     KeyguardKgTamper = 3
+	KeyguardKgTamperKG_TAMPER_LINK_DETACH KeyguardKgTamper = 4
+	KeyguardKgTamperKG_TAMPER_PIN_UNLINK  KeyguardKgTamper = 5
+	KeyguardKgTamperKG_TAMPER_PIN_RENAME  KeyguardKgTamper = 6
+	KeyguardKgTamperKG_TAMPER_UMOUNT      KeyguardKgTamper = 7
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -212,16 +244,24 @@ const (
 	KeyguardMapLateMarks             = "late_marks"
 	KeyguardMapLost                  = "lost"
 	KeyguardMapMarks                 = "marks"
+	KeyguardMapOwn                   = "own"
 	KeyguardMapRules                 = "rules"
 	KeyguardMapScratch               = "scratch"
+	KeyguardProgKgBpf                = "kg_bpf"
+	KeyguardProgKgBpfMap             = "kg_bpf_map"
+	KeyguardProgKgBpfProg            = "kg_bpf_prog"
 	KeyguardProgKgBprmCheckSecurity  = "kg_bprm_check_security"
 	KeyguardProgKgBprmCommittedCreds = "kg_bprm_committed_creds"
 	KeyguardProgKgCredPrepare        = "kg_cred_prepare"
 	KeyguardProgKgDumpEmit           = "kg_dump_emit"
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
+	KeyguardProgKgInodeRename        = "kg_inode_rename"
+	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
+	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
 	KeyguardProgKgPtraceAccessCheck  = "kg_ptrace_access_check"
 	KeyguardProgKgPtraceTraceme      = "kg_ptrace_traceme"
+	KeyguardProgKgSbUmount           = "kg_sb_umount"
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
@@ -271,14 +311,21 @@ type KeyguardSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KeyguardProgramSpecs struct {
+	KgBpf                *ebpf.ProgramSpec `ebpf:"kg_bpf"`
+	KgBpfMap             *ebpf.ProgramSpec `ebpf:"kg_bpf_map"`
+	KgBpfProg            *ebpf.ProgramSpec `ebpf:"kg_bpf_prog"`
 	KgBprmCheckSecurity  *ebpf.ProgramSpec `ebpf:"kg_bprm_check_security"`
 	KgBprmCommittedCreds *ebpf.ProgramSpec `ebpf:"kg_bprm_committed_creds"`
 	KgCredPrepare        *ebpf.ProgramSpec `ebpf:"kg_cred_prepare"`
 	KgDumpEmit           *ebpf.ProgramSpec `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
+	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
+	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
+	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
 	KgPtraceAccessCheck  *ebpf.ProgramSpec `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.ProgramSpec `ebpf:"kg_ptrace_traceme"`
+	KgSbUmount           *ebpf.ProgramSpec `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
 }
@@ -300,6 +347,7 @@ type KeyguardMapSpecs struct {
 	LateMarks    *ebpf.MapSpec `ebpf:"late_marks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
 	Marks        *ebpf.MapSpec `ebpf:"marks"`
+	Own          *ebpf.MapSpec `ebpf:"own"`
 	Rules        *ebpf.MapSpec `ebpf:"rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 }
@@ -346,6 +394,7 @@ type KeyguardMaps struct {
 	LateMarks    *ebpf.Map `ebpf:"late_marks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
 	Marks        *ebpf.Map `ebpf:"marks"`
+	Own          *ebpf.Map `ebpf:"own"`
 	Rules        *ebpf.Map `ebpf:"rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 }
@@ -365,6 +414,7 @@ func (m *KeyguardMaps) Close() error {
 		m.LateMarks,
 		m.Lost,
 		m.Marks,
+		m.Own,
 		m.Rules,
 		m.Scratch,
 	)
@@ -383,28 +433,42 @@ type KeyguardVariables struct {
 //
 // It can be passed to LoadKeyguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KeyguardPrograms struct {
+	KgBpf                *ebpf.Program `ebpf:"kg_bpf"`
+	KgBpfMap             *ebpf.Program `ebpf:"kg_bpf_map"`
+	KgBpfProg            *ebpf.Program `ebpf:"kg_bpf_prog"`
 	KgBprmCheckSecurity  *ebpf.Program `ebpf:"kg_bprm_check_security"`
 	KgBprmCommittedCreds *ebpf.Program `ebpf:"kg_bprm_committed_creds"`
 	KgCredPrepare        *ebpf.Program `ebpf:"kg_cred_prepare"`
 	KgDumpEmit           *ebpf.Program `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
+	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
+	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
+	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
 	KgPtraceAccessCheck  *ebpf.Program `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.Program `ebpf:"kg_ptrace_traceme"`
+	KgSbUmount           *ebpf.Program `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
 }
 
 func (p *KeyguardPrograms) Close() error {
 	return _KeyguardClose(
+		p.KgBpf,
+		p.KgBpfMap,
+		p.KgBpfProg,
 		p.KgBprmCheckSecurity,
 		p.KgBprmCommittedCreds,
 		p.KgCredPrepare,
 		p.KgDumpEmit,
 		p.KgFileOpen,
 		p.KgFilePermission,
+		p.KgInodeRename,
+		p.KgInodeRmdir,
+		p.KgInodeUnlink,
 		p.KgPtraceAccessCheck,
 		p.KgPtraceTraceme,
+		p.KgSbUmount,
 		p.KgSignalDeliver,
 		p.KgTaskAlloc,
 	)

@@ -35,6 +35,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define KG_CGROUP_DEPTH 8
 #define PF_SIGNALED 0x00000400
 #define SIGKILL 9
+#define BPF_FS_MAGIC 0xcafe4a11
+#define FMODE_WRITE 0x2
+#define BPF_LINK_UPDATE_CMD 29
+#define BPF_LINK_GET_FD_BY_ID_CMD 30
+#define BPF_LINK_DETACH_CMD 34
 
 /* Load-time settings, written by the agent before loading (see loader.Config). */
 const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
@@ -51,6 +56,9 @@ const volatile struct {
 	enum kg_dump_mode dump_mode;
 	enum kg_dump_action dump_action;
 	struct kg_handler handler;
+	enum kg_tamper tamper;
+	enum kg_own_kind own_kind;
+	struct kg_own_key own_key;
 	struct kg_event event;
 	struct kg_file_id file_id;
 	struct kg_accessor_key accessor_key;
@@ -176,6 +184,15 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } handler_pipes SEC(".maps");
+
+/* keyguard's own maps, programs, links and bpffs folders, filled by the agent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct kg_own_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} own SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
@@ -865,4 +882,156 @@ int BPF_PROG(kg_dump_emit, struct coredump_params *cprm, const void *buf, int nr
 		emit_dump(cur, &prot, KG_DUMP_BAD_DESTINATION, BPF_CORE_READ(cprm, siginfo, si_signo));
 	}
 	return 0;
+}
+
+/* --- keyguard guards itself ------------------------------------------------------------------ */
+
+static __always_inline int is_own(__u32 kind, __u64 id)
+{
+	struct kg_own_key k = {.kind = kind, .id = id};
+
+	return bpf_map_lookup_elem(&own, &k) != 0;
+}
+
+/* Is t running a trusted keyguard-agent executable (the agent, its dump handler, or an upgrade the
+ * running agent saw being installed)? */
+static __always_inline int is_keyguard(struct task_struct *t)
+{
+	struct kg_own_key k = {.kind = KG_OWN_EXE};
+	__u64 dev;
+
+	task_exe(t, &dev, &k.id);
+	k.dev = (__u32)dev;
+	return bpf_map_lookup_elem(&own, &k) != 0;
+}
+
+/* Refuse a tamper attempt by anything but keyguard itself, and report it. */
+static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark none = {};
+	struct kg_event *e;
+
+	if (is_keyguard(cur))
+		return 0;
+	count(KG_CNT_TAMPER);
+	e = new_event(KG_EVENT_TAMPER, &none);
+	if (e) {
+		e->op = what;
+		e->decision = KG_DECISION_DENIED;
+		e->access_mode = (__u32)id;
+		if (name)
+			bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+		fill_proc(&e->actor, cur);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return -EPERM;
+}
+
+/* A new fd of an existing map (OBJ_GET, MAP_GET_FD_BY_ID): keyguard's maps only read-only for others. */
+SEC("lsm/bpf_map")
+int BPF_PROG(kg_bpf_map, struct bpf_map *map, fmode_t fmode)
+{
+	if (!(fmode & FMODE_WRITE) || !is_own(KG_OWN_MAP, map->id))
+		return 0;
+	return tamper(KG_TAMPER_MAP_WRITE, map->id, 0);
+}
+
+/* A new fd of an existing program: keyguard's programs are nobody else's business. */
+SEC("lsm/bpf_prog")
+int BPF_PROG(kg_bpf_prog, struct bpf_prog *prog)
+{
+	__u32 id = BPF_CORE_READ(prog, aux, id);
+
+	if (!is_own(KG_OWN_PROG, id))
+		return 0;
+	return tamper(KG_TAMPER_PROG_FD, id, 0);
+}
+
+/* The link commands of bpf(2): links have no fd hook of their own, so look at the command. */
+SEC("lsm/bpf")
+int BPF_PROG(kg_bpf, int cmd, union bpf_attr *attr, unsigned int size)
+{
+	struct task_struct *cur;
+	struct file **fds, *f;
+	struct bpf_link *l;
+	__u32 fd, id, max;
+
+	if (cmd == BPF_LINK_GET_FD_BY_ID_CMD) {
+		id = BPF_CORE_READ(attr, link_id);
+		if (is_own(KG_OWN_LINK, id))
+			return tamper(KG_TAMPER_LINK_FD, id, 0);
+		return 0;
+	}
+	if (cmd != BPF_LINK_DETACH_CMD && cmd != BPF_LINK_UPDATE_CMD)
+		return 0;
+	fd = cmd == BPF_LINK_DETACH_CMD ? BPF_CORE_READ(attr, link_detach.link_fd) : BPF_CORE_READ(attr, link_update.link_fd);
+	cur = bpf_get_current_task_btf();
+	max = BPF_CORE_READ(cur, files, fdt, max_fds);
+	if (fd >= max)
+		return 0;
+	fds = BPF_CORE_READ(cur, files, fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	l = BPF_CORE_READ(f, private_data);
+	id = BPF_CORE_READ(l, id);
+	if (is_own(KG_OWN_LINK, id))
+		return tamper(KG_TAMPER_LINK_DETACH, id, 0);
+	return 0;
+}
+
+static __always_inline int own_dir(struct inode *dir)
+{
+	__u32 zero = 0;
+	struct kg_agent *a = bpf_map_lookup_elem(&agent, &zero);
+
+	if (!dir || dir->i_sb->s_magic != BPF_FS_MAGIC)
+		return 0;
+	if (!a || a->bpffs_dev != dir->i_sb->s_dev)
+		return 0;
+	return is_own(KG_OWN_DIR, dir->i_ino);
+}
+
+static __always_inline int own_dentry_dir(struct dentry *d)
+{
+	struct inode *i = d->d_inode;
+
+	return i && own_dir(i);
+}
+
+SEC("lsm/inode_unlink")
+int BPF_PROG(kg_inode_unlink, struct inode *dir, struct dentry *dentry)
+{
+	if (own_dir(dir))
+		return tamper(KG_TAMPER_PIN_UNLINK, 0, dentry->d_name.name);
+	return 0;
+}
+
+SEC("lsm/inode_rmdir")
+int BPF_PROG(kg_inode_rmdir, struct inode *dir, struct dentry *dentry)
+{
+	if (own_dir(dir) || own_dentry_dir(dentry))
+		return tamper(KG_TAMPER_PIN_UNLINK, 0, dentry->d_name.name);
+	return 0;
+}
+
+SEC("lsm/inode_rename")
+int BPF_PROG(kg_inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct inode *new_dir, struct dentry *new_dentry)
+{
+	if (own_dir(old_dir) || own_dir(new_dir) || own_dentry_dir(old_dentry))
+		return tamper(KG_TAMPER_PIN_RENAME, 0, old_dentry->d_name.name);
+	return 0;
+}
+
+/* Unmounting the bpffs instance that holds the pins would release them. */
+SEC("lsm/sb_umount")
+int BPF_PROG(kg_sb_umount, struct vfsmount *mnt, int flags)
+{
+	__u32 zero = 0;
+	struct kg_agent *a = bpf_map_lookup_elem(&agent, &zero);
+	struct super_block *sb = mnt->mnt_sb;
+
+	if (!a || !a->bpffs_dev || sb->s_magic != BPF_FS_MAGIC || sb->s_dev != a->bpffs_dev)
+		return 0;
+	return tamper(KG_TAMPER_UMOUNT, 0, 0);
 }

@@ -27,6 +27,32 @@ enum kg_event_kind {
 	KG_EVENT_ACCESS = 1,  /* another process tried to reach a protected process's memory */
 	KG_EVENT_PROTECT = 2, /* a process became protected in the kernel (exec or key-file open) */
 	KG_EVENT_DUMP = 3,    /* a protected process started to dump core; op is an enum kg_dump_action */
+	KG_EVENT_TAMPER = 4,  /* someone other than the agent reached for keyguard's own BPF objects; op is an enum kg_tamper */
+};
+
+/* What was attempted against keyguard's own programs, maps, links and pins. */
+enum kg_tamper {
+	KG_TAMPER_MAP_WRITE = 1,   /* a writable fd of one of keyguard's maps (OBJ_GET, MAP_GET_FD_BY_ID) */
+	KG_TAMPER_PROG_FD = 2,     /* an fd of one of keyguard's programs */
+	KG_TAMPER_LINK_FD = 3,     /* LINK_GET_FD_BY_ID of one of keyguard's links */
+	KG_TAMPER_LINK_DETACH = 4, /* LINK_DETACH or LINK_UPDATE of one of keyguard's links */
+	KG_TAMPER_PIN_UNLINK = 5,  /* unlink/rmdir in keyguard's bpffs folder */
+	KG_TAMPER_PIN_RENAME = 6,  /* rename of or in keyguard's bpffs folder */
+	KG_TAMPER_UMOUNT = 7,      /* unmount of the bpffs holding keyguard's pins */
+};
+
+/* keyguard's own objects (own map): kind and id, or a bpffs folder's inode. */
+enum kg_own_kind {
+	KG_OWN_MAP = 1,
+	KG_OWN_PROG = 2,
+	KG_OWN_LINK = 3,
+	KG_OWN_DIR = 4, /* id: inode number of a folder on the bpffs instance in kg_agent.bpffs_dev */
+	KG_OWN_EXE = 5, /* dev, id: a trusted keyguard-agent executable (the running one, or its upgrade) */
+};
+struct kg_own_key {
+	__u32 kind;
+	__u32 dev; /* KG_OWN_EXE: sb->s_dev (MKDEV fits in 32 bits) */
+	__u64 id;
 };
 
 /* What a rule does with its processes' core dumps (rules map, kg_rule.dumps). */
@@ -88,6 +114,7 @@ enum kg_counter {
 	KG_CNT_DUMP_KILLED = 10,
 	KG_CNT_DUMP_TO_HANDLER = 11,
 	KG_CNT_DUMP_ALLOWED = 12,
+	KG_CNT_TAMPER = 13,
 	KG_CNT_MAX = 16,
 };
 
@@ -138,6 +165,7 @@ struct kg_agent {
 	__u32 pad;
 	__u64 exe_dev;
 	__u64 exe_ino;
+	__u64 bpffs_dev; /* sb->s_dev of the bpffs instance holding keyguard's pins */
 };
 
 /* Late marks: processes marked after they started (key-file open, procfs scan). Keyed by tgid and checked

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/daemon"
 	"github.com/keyguard/keyguard/agent/internal/dumphandler"
@@ -138,19 +139,20 @@ func probe(args []string, stdout, stderr io.Writer) int {
 func uninstall(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	pin := fs.String("pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pins")
+	socket := fs.String("socket", control.DefaultSocket, "the running agent's control socket")
+	reason := fs.String("reason", "", "why keyguard is removed (required; recorded in the event)")
+	operator := fs.String("operator", os.Getenv("SUDO_USER"), "who removes it (required)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := corepattern.Kernel.Restore(corepattern.RunDir); err != nil {
-		fmt.Fprintln(stderr, "keyguard-agent uninstall: restoring core_pattern:", err)
-		return 1
-	}
-	if err := loader.Uninstall(*pin); err != nil {
+	// Only the agent may remove keyguard's pins (the kernel refuses everyone else), and it records the
+	// uninstall before it removes anything.
+	if _, err := control.Call(*socket, control.Request{Op: "uninstall", Reason: *reason, Operator: *operator}); err != nil {
 		fmt.Fprintln(stderr, "keyguard-agent uninstall:", err)
+		fmt.Fprintln(stderr, "(uninstall goes through the running agent; if it cannot run, a reboot without keyguard also removes everything)")
 		return 1
 	}
-	fmt.Fprintf(stdout, "removed %s: keyguard's programs are detached once no agent holds them (stop the agent first)\n", *pin)
+	fmt.Fprintln(stdout, "keyguard uninstalled: core_pattern restored, programs and pins removed, the agent stopped")
 	return 0
 }
 

@@ -17,7 +17,7 @@ const DefaultSocket = "/run/keyguard/agent.sock"
 
 // Request is one command to the agent's control socket (one JSON object per line).
 type Request struct {
-	Op string `json:"op"` // status, break-glass, revoke
+	Op string `json:"op"` // status, break-glass, revoke, uninstall, report-dump
 
 	// break-glass
 	Executable string `json:"executable,omitempty"`

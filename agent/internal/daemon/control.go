@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
+	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 )
@@ -77,6 +78,13 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 		resp.Grant, err = a.breakGlass(req)
 	case "revoke":
 		err = a.revoke(req.GrantID, "revoked")
+	case "uninstall":
+		err = a.uninstall(req)
+		if err == nil {
+			_ = enc.Encode(resp)
+			a.stop() // the agent exits once the answer is out
+			return
+		}
 	case "report-dump":
 		if req.Dump == nil || req.Dump.Kind != events.KindDump || req.Dump.Dump == nil {
 			err = errors.New("report-dump needs a core_dump event")
@@ -254,4 +262,45 @@ func (a *Agent) status() (*control.Status, error) {
 	}
 	s.ProtectedNow = len(s.ProtectedPIDs)
 	return s, nil
+}
+
+// uninstall removes keyguard on an operator's explicit request: the event is recorded (and given to
+// the export pipeline) before anything is removed; then core_pattern is restored and every pin removed.
+// Only the agent itself may remove the pins.
+func (a *Agent) uninstall(req control.Request) error {
+	if len(req.Reason) < 10 || req.Operator == "" {
+		return errors.New("uninstall needs the operator's name and a written reason of at least 10 characters")
+	}
+	a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{
+		State: "uninstalled", Version: a.cfg.Version,
+		Message: fmt.Sprintf("uninstalled by %s: %s", req.Operator, req.Reason)}})
+	if err := a.out.Flush(); err != nil {
+		return fmt.Errorf("could not record the uninstall, so nothing was removed: %w", err)
+	}
+	a.waitDelivered(10 * time.Second)
+	if err := corepattern.Kernel.Restore(corepattern.RunDir); err != nil {
+		return fmt.Errorf("restore core_pattern: %w", err)
+	}
+	if err := a.guard.Close(); err != nil {
+		a.log.Warn("closing BPF objects", "error", err)
+	}
+	if err := loader.Uninstall(a.cfg.Loader.PinPath); err != nil {
+		return err
+	}
+	a.log.Warn("keyguard uninstalled: protection removed", "operator", req.Operator, "reason", req.Reason)
+	return nil
+}
+
+// waitDelivered waits until the collector acknowledged everything submitted so far, or d passes.
+func (a *Agent) waitDelivered(d time.Duration) {
+	if a.exp == nil {
+		return
+	}
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		st := a.exp.Stats()
+		if st.QueueLen == 0 && st.Spool.NextSeq > 0 && st.AckedSeq+1 >= st.Spool.NextSeq {
+			return
+		}
+	}
+	a.log.Warn("uninstall: not every event was acknowledged by the collector in time; they stay in the spool")
 }

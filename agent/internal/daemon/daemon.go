@@ -55,6 +55,7 @@ type Agent struct {
 	names  map[uint32]string
 	grants map[uint64]grant
 	nextID uint64
+	stop   context.CancelFunc // ends Run (after uninstall)
 }
 
 // RuleName implements events.Names.
@@ -106,8 +107,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		defer a.exp.Close()
 	}
-	if err := g.RegisterAgent(os.Getpid()); err != nil {
+	if err := g.RegisterAgent(os.Getpid(), cfg.Loader.PinPath); err != nil {
 		return err
+	}
+	if err := g.RegisterOwn(cfg.Loader.PinPath); err != nil {
+		return fmt.Errorf("register keyguard's own objects: %w", err)
 	}
 	if err := g.SetHandler("/proc/self/exe"); err != nil {
 		return err
@@ -131,6 +135,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// Read events before scanning so that nothing the kernel reports from now on waits.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.stop = cancel
 	rd := &events.Reader{
 		Events: g.Maps.Events, Lost: g.Lost, Names: a, Log: log,
 		LostBaseline:   a.readLostBaseline(),
@@ -162,6 +167,15 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		readErr <- rd.Run(ctx, a.emit)
 	}()
 
+	// The agent is a protected process too: nobody reads its memory or takes its fds.
+	if err := g.Mark(os.Getpid(), selfRuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+		return fmt.Errorf("protect the agent itself: %w", err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.trustUpgrades(ctx)
+	}()
 	protected, err := a.scan()
 	if err != nil {
 		log.Warn("procfs scan incomplete", "error", err)
@@ -196,7 +210,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	cancel()
-	a.emit(a.health("stopping", 0, probe))
+	if _, err := os.Stat(cfg.Loader.PinPath); err == nil {
+		a.emit(a.health("stopping", 0, probe))
+	}
 	wg.Wait()
 	return err
 }
@@ -225,9 +241,16 @@ func (a *Agent) health(state string, protected int, probe loader.ProbeResult) ev
 	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
 }
 
+// selfRule protects the agent's own process.
+const selfRule = "keyguard-agent-self"
+
+var selfRuleID = policy.RuleID(selfRule)
+
 // applyPolicy writes a resolved policy into the rule maps.
 func (a *Agent) applyPolicy(res *policy.Resolved) error {
 	rs, names := ruleSet(res)
+	rs.Rules[selfRuleID] = loader.Rule{Mode: uint32(policy.Enforce), Dumps: uint32(policy.DumpBlock)}
+	names[selfRuleID] = selfRule
 	for _, w := range res.Warnings {
 		a.log.Warn("policy", "warning", w)
 	}
@@ -366,4 +389,34 @@ func (a *Agent) installDumpHandler() error {
 	}
 	a.log.Info("core-dump handler installed", "core_pattern", corepattern.Pattern(exe))
 	return nil
+}
+
+// trustUpgrades watches the agent's own executable path: when a package upgrade puts a new binary
+// there while this agent runs, the new file is trusted, so the upgraded agent may take over keyguard's
+// pinned programs and maps (nothing else may touch them).
+func (a *Agent) trustUpgrades(ctx context.Context) {
+	exe, err := os.Executable()
+	if err != nil {
+		return
+	}
+	cur, _ := loader.StatFileID("/proc/self/exe")
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		id, err := loader.StatFileID(exe)
+		if err != nil || id == cur {
+			continue
+		}
+		if err := a.guard.TrustExe(id); err != nil {
+			a.log.Error("could not trust the upgraded agent executable", "path", exe, "error", err)
+			continue
+		}
+		a.log.Info("trusting the upgraded agent executable for the next start", "path", exe, "dev", id.Dev, "ino", id.Ino)
+		cur = id
+	}
 }

@@ -29,7 +29,18 @@ const (
 	KindHealth     = "health"
 	KindBreakGlass = "break_glass"
 	KindDump       = "core_dump"
+	KindSideDoor   = "side_door"
 )
+
+var tamperNames = map[kgbpf.KeyguardKgTamper]string{
+	kgbpf.KeyguardKgTamperKG_TAMPER_MAP_WRITE:   "keyguard_map_write",
+	kgbpf.KeyguardKgTamperKG_TAMPER_PROG_FD:     "keyguard_prog_fd",
+	kgbpf.KeyguardKgTamperKG_TAMPER_LINK_FD:     "keyguard_link_fd",
+	kgbpf.KeyguardKgTamperKG_TAMPER_LINK_DETACH: "keyguard_link_detach",
+	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_UNLINK:  "keyguard_pin_unlink",
+	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_RENAME:  "keyguard_pin_rename",
+	kgbpf.KeyguardKgTamperKG_TAMPER_UMOUNT:      "keyguard_bpffs_umount",
+}
 
 // Process identifies an accessor or a target.
 type Process struct {
@@ -235,6 +246,18 @@ func Decode(raw []byte, names Names) (Event, error) {
 			d.Action = fmt.Sprintf("action_%d", r.Op)
 		}
 		ev.Dump = d
+	case kgbpf.KeyguardKgEventKindKG_EVENT_TAMPER:
+		ev.Kind = KindSideDoor
+		ev.Rule, ev.Reason, ev.Target = "", "", nil
+		ev.Operation = tamperNames[kgbpf.KeyguardKgTamper(r.Op)]
+		if ev.Operation == "" {
+			ev.Operation = fmt.Sprintf("keyguard_tamper_%d", r.Op)
+		}
+		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
+		ev.Accessor = process(r.Actor)
+		if r.AccessMode != 0 {
+			ev.Detail = strings.TrimSpace(fmt.Sprintf("id %d %s", r.AccessMode, ev.Detail))
+		}
 	default:
 		return Event{}, fmt.Errorf("unknown event kind %d", r.Kind)
 	}

@@ -126,6 +126,12 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 			cd.Redacted = append(cd.Redacted, &keyguardv1.RedactedBytes{Kind: k, Bytes: d.RedactedBytes[k]})
 		}
 		out.Kind = &keyguardv1.Event_CoreDump{CoreDump: cd}
+	case KindSideDoor:
+		out.Kind = &keyguardv1.Event_SideDoor{SideDoor: &keyguardv1.SideDoor{
+			Accessor: ev.Accessor.proto(), Kind: keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER,
+			Target: ev.Target.proto(), Detail: strings.TrimSpace(ev.Operation + " " + ev.Detail),
+			Decision: protoDecisions[ev.Decision], Rule: ev.Rule,
+		}}
 	case KindLoss:
 		src := keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER
 		if ev.Loss.Source == "agent_queue" {

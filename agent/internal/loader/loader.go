@@ -70,6 +70,13 @@ var programNames = []string{
 	"kg_signal_deliver",
 	"kg_cred_prepare",
 	"kg_dump_emit",
+	"kg_bpf_map",
+	"kg_bpf_prog",
+	"kg_bpf",
+	"kg_inode_unlink",
+	"kg_inode_rmdir",
+	"kg_inode_rename",
+	"kg_sb_umount",
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -147,6 +154,13 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		"kg_signal_deliver":       objs.KgSignalDeliver,
 		"kg_cred_prepare":         objs.KgCredPrepare,
 		"kg_dump_emit":            objs.KgDumpEmit,
+		"kg_bpf_map":              objs.KgBpfMap,
+		"kg_bpf_prog":             objs.KgBpfProg,
+		"kg_bpf":                  objs.KgBpf,
+		"kg_inode_unlink":         objs.KgInodeUnlink,
+		"kg_inode_rmdir":          objs.KgInodeRmdir,
+		"kg_inode_rename":         objs.KgInodeRename,
+		"kg_sb_umount":            objs.KgSbUmount,
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)
@@ -201,7 +215,7 @@ func Uninstall(pinPath string) error {
 		return err
 	}
 	if err := os.RemoveAll(pinPath); err != nil {
-		return fmt.Errorf("remove %s: %w", pinPath, err)
+		return fmt.Errorf("remove %s: %w (only the agent may remove keyguard's pins: use `keyguard-agent uninstall` while the agent runs)", pinPath, err)
 	}
 	return nil
 }

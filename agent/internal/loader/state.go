@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -101,13 +102,72 @@ func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
 
 // RegisterAgent tells the programs which process is the agent: it may read protected processes' /proc
 // entries (to name executables in events). The agent is identified by tgid and executable together.
-func (g *Guard) RegisterAgent(pid int) error {
+func (g *Guard) RegisterAgent(pid int, pinPath string) error {
 	exe, err := StatFileID(fmt.Sprintf("/proc/%d/exe", pid))
 	if err != nil {
 		return fmt.Errorf("identify the agent's executable: %w", err)
 	}
-	a := kgbpf.KeyguardKgAgent{Tgid: uint32(pid), ExeDev: exe.Dev, ExeIno: exe.Ino}
+	fs, err := StatFileID(pinPath)
+	if err != nil {
+		return err
+	}
+	a := kgbpf.KeyguardKgAgent{Tgid: uint32(pid), ExeDev: exe.Dev, ExeIno: exe.Ino, BpffsDev: fs.Dev}
 	return g.Maps.Agent.Update(uint32(0), a, ebpf.UpdateAny)
+}
+
+type ownKey = kgbpf.KeyguardKgOwnKey
+
+// RegisterOwn lists keyguard's own maps, programs, links, bpffs folders and trusted executables
+// (this agent's, plus any given) for the programs that refuse everyone else access to them.
+func (g *Guard) RegisterOwn(pinPath string, exes ...FileID) error {
+	want := map[ownKey]uint8{}
+	add := func(kind kgbpf.KeyguardKgOwnKind, dev uint32, id uint64) {
+		want[ownKey{Kind: uint32(kind), Dev: dev, Id: id}] = 1
+	}
+	for _, m := range g.mapList() {
+		info, err := m.Info()
+		if err != nil {
+			return fmt.Errorf("map info: %w", err)
+		}
+		if id, ok := info.ID(); ok {
+			add(kgbpf.KeyguardKgOwnKindKG_OWN_MAP, 0, uint64(id))
+		}
+	}
+	for _, l := range g.links {
+		info, err := l.Info()
+		if err != nil {
+			return fmt.Errorf("link info: %w", err)
+		}
+		add(kgbpf.KeyguardKgOwnKindKG_OWN_LINK, 0, uint64(info.ID))
+		add(kgbpf.KeyguardKgOwnKindKG_OWN_PROG, 0, uint64(info.Program))
+	}
+	for _, d := range []string{pinPath, filepath.Join(pinPath, "links"), filepath.Join(pinPath, "links", g.Build)} {
+		var st unix.Stat_t
+		if err := unix.Stat(d, &st); err != nil {
+			return fmt.Errorf("stat %s: %w", d, err)
+		}
+		add(kgbpf.KeyguardKgOwnKindKG_OWN_DIR, 0, st.Ino)
+	}
+	self, err := StatFileID("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	for _, e := range append(exes, self) {
+		add(kgbpf.KeyguardKgOwnKindKG_OWN_EXE, uint32(e.Dev), e.Ino)
+	}
+	return syncMap(g.Maps.Own, want)
+}
+
+// TrustExe adds an executable (an upgraded keyguard-agent seen being installed) to the trusted set, so
+// the next agent may take over the pinned state.
+func (g *Guard) TrustExe(e FileID) error {
+	return g.Maps.Own.Update(ownKey{Kind: uint32(kgbpf.KeyguardKgOwnKindKG_OWN_EXE), Dev: uint32(e.Dev), Id: e.Ino}, uint8(1), ebpf.UpdateAny)
+}
+
+func (g *Guard) mapList() []*ebpf.Map {
+	m := &g.Maps
+	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
+		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

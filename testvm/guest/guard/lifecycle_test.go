@@ -66,19 +66,35 @@ func TestUpgradeReplacesLinks(t *testing.T) {
 	}
 }
 
-// uninstall removes every pin; protection ends once no agent holds the programs.
+// uninstall goes through the running agent: it records who and why, restores core_pattern, removes
+// every pin and stops; protection ends once the kernel has released the links.
 func TestUninstall(t *testing.T) {
 	v := startVictim(t, victimEnforce, 0)
-	stopAgent()
-	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
-		t.Fatalf("agent stopped, before uninstall: %q", res)
+	if out, err := exec.Command(agentBin, "uninstall", "-socket", ctlSock).CombinedOutput(); err == nil {
+		t.Fatalf("uninstall without a reason succeeded: %s", out)
 	}
-	if out, err := exec.Command(agentBin, "uninstall").CombinedOutput(); err != nil {
+	out, err := exec.Command(agentBin, "uninstall", "-socket", ctlSock, "-operator", "alice",
+		"-reason", "decommissioning signer-01").CombinedOutput()
+	if err != nil {
 		t.Fatalf("uninstall: %v: %s", err, out)
 	}
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the agent did not stop after uninstall")
+	}
+	agent = nil
 	if _, err := os.Stat(pinPath); !os.IsNotExist(err) {
 		t.Fatalf("%s still exists after uninstall: %v", pinPath, err)
 	}
+	if cp, _ := os.ReadFile(corePattern); strings.Contains(string(cp), "dump-handler") {
+		t.Errorf("core_pattern still keyguard's after uninstall: %q", cp)
+	}
+	waitEvent(t, "uninstalled event", func(e event) bool {
+		return e.Kind == "health" && e.Health != nil && e.Health.State == "uninstalled"
+	})
 	// The kernel detaches a link whose last reference went away from a workqueue, a moment later.
 	var res string
 	for i := 0; i < 40; i++ {
@@ -90,7 +106,6 @@ func TestUninstall(t *testing.T) {
 	if !strings.HasPrefix(res, "OK") {
 		t.Fatalf("after uninstall: %q, want OK", res)
 	}
-	agent = nil
 }
 
 func names(es []os.DirEntry) []string {

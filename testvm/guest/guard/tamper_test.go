@@ -1,0 +1,75 @@
+package guard
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// Root, but not keyguard, tries what bpftool would do to switch keyguard off: every attempt is
+// refused, reported, and protection stays.
+func TestTamperRefused(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	eperm := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, syscall.EPERM) {
+			t.Errorf("%s: got %v, want EPERM", what, err)
+		}
+	}
+	links, _ := filepath.Glob(pinPath + "/links/*/kg_ptrace_access_check")
+	if len(links) != 1 {
+		t.Fatalf("pinned links: %v", links)
+	}
+	eperm("unlink a link pin", os.Remove(links[0]))
+	eperm("unlink a map pin", os.Remove(pinPath+"/marks"))
+	eperm("rmdir the pin folder", syscall.Rmdir(filepath.Dir(links[0])))
+	eperm("rename the pin folder", os.Rename(pinPath, "/sys/fs/bpf/moved"))
+	eperm("rename a pin", os.Rename(pinPath+"/rules", pinPath+"/rules2"))
+	eperm("umount bpffs", syscall.Unmount("/sys/fs/bpf", 0))
+
+	_, err := ebpf.LoadPinnedMap(pinPath+"/marks", nil)
+	eperm("open a map for writing", err)
+	ro, err := ebpf.LoadPinnedMap(pinPath+"/rules", &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Errorf("read-only open of a map: %v (reading is allowed)", err)
+	} else {
+		info, _ := ro.Info()
+		id, _ := info.ID()
+		ro.Close()
+		_, err = ebpf.NewMapFromID(id)
+		eperm("map fd by id", err)
+	}
+	l, err := link.LoadPinnedLink(links[0], nil)
+	if err != nil {
+		t.Fatalf("open the pinned link (allowed; detaching is not): %v", err)
+	}
+	info, err := l.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eperm("detach the link", l.Detach())
+	eperm("unpin the link", l.Unpin())
+	l.Close()
+	_, err = link.NewFromID(info.ID)
+	eperm("link fd by id", err)
+	_, err = ebpf.NewProgramFromID(info.Program)
+	eperm("program fd by id", err)
+
+	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("after the tamper attempts: %q, want ERR EACCES", res)
+	}
+	ev := waitEvent(t, "tamper event", func(e event) bool { return e.Kind == "side_door" })
+	if ev.Decision != "denied" || ev.Accessor == nil || !strings.HasSuffix(ev.Accessor.Executable, "guard.test") && ev.Accessor.Comm == "" {
+		t.Errorf("tamper event: %+v", ev)
+	}
+	// The agent itself is protected.
+	if _, res := attack(t, procBin, 0, "mem", agent.Process.Pid, agent.Process.Pid, ""); res != "ERR EACCES" {
+		t.Errorf("reading the agent's memory: %q, want ERR EACCES", res)
+	}
+}
