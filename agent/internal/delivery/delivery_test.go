@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keyguard/keyguard/agent/internal/export"
+	"github.com/keyguard/keyguard/collector/pgtest"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -103,7 +104,7 @@ func newScenario(t *testing.T, b binaries, dsn, host string) *scenario {
 // collectors write the same host. Afterwards every host has every event exactly once.
 func TestTwoCollectorsSharingPostgres(t *testing.T) {
 	b := buildBinaries(t)
-	dsn := newPostgresDatabase(t)
+	dsn := pgtest.NewDatabase(t)
 	k := newPKI(t)
 	c1 := startCollector(t, b, k, "c1", dsn)
 	c2 := startCollector(t, b, k, "c2", dsn)

@@ -18,14 +18,19 @@ import (
 	"testing"
 	"time"
 
+	_ "github.com/jackc/pgx/v5/stdlib" // "pgx" database/sql driver
 	"google.golang.org/protobuf/proto"
+	_ "modernc.org/sqlite" // "sqlite" database/sql driver
 
+	"github.com/keyguard/keyguard/collector/certgen"
+	"github.com/keyguard/keyguard/collector/pgtest"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
+// TestMain stops the test binary's private PostgreSQL server (pgtest.Shared, started on first use by the
+// postgres backend) and removes the built binaries.
 func TestMain(m *testing.M) {
-	code := m.Run()
-	stopPostgres()
+	code := pgtest.RunMain(m)
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
@@ -78,6 +83,54 @@ func writeFile(tb testing.TB, path string, data []byte) {
 	if err := os.WriteFile(path, data, 0o600); err != nil {
 		tb.Fatal(err)
 	}
+}
+
+// ---- certificates ----
+
+// pki is a test CA in a temporary directory; certificates come from collector/certgen, the code behind
+// 'keyguard-collector certs', so they have the shapes the collector expects (see
+// collector/internal/identity): host client certificates carry OU certgen.OUHost and the host name as CN.
+type pki struct {
+	dir    string
+	caFile string
+	ca     *certgen.Pair
+}
+
+func newPKI(tb testing.TB) *pki {
+	tb.Helper()
+	ca, err := certgen.NewCA("keyguard delivery test CA", 24*time.Hour)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p := &pki{dir: tb.TempDir(), ca: ca}
+	if err := ca.Write(p.dir, "ca"); err != nil {
+		tb.Fatal(err)
+	}
+	p.caFile = filepath.Join(p.dir, "ca.crt")
+	return p
+}
+
+// issue writes a certificate signed by the CA and its key, and returns their paths. A server
+// certificate is valid for localhost and 127.0.0.1.
+func (p *pki) issue(tb testing.TB, file, cn, ou string, server bool) (certFile, keyFile string) {
+	tb.Helper()
+	req := certgen.Request{CommonName: cn, OU: ou, Server: server, NotAfter: time.Now().Add(24 * time.Hour)}
+	if server {
+		req.DNSNames = []string{"localhost"}
+		req.IPs = []net.IP{net.IPv4(127, 0, 0, 1)}
+	}
+	pair, err := p.ca.Issue(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := pair.Write(p.dir, file); err != nil {
+		tb.Fatal(err)
+	}
+	return filepath.Join(p.dir, file+".crt"), filepath.Join(p.dir, file+".key")
+}
+
+func (p *pki) host(tb testing.TB, host string) (certFile, keyFile string) {
+	return p.issue(tb, "host-"+host, host, certgen.OUHost, false)
 }
 
 // ---- processes ----
@@ -207,7 +260,7 @@ func startCollector(tb testing.TB, b binaries, k *pki, name, dsn string) *collec
 func newCollector(tb testing.TB, b binaries, k *pki, name, dsn string) *collector {
 	tb.Helper()
 	dir := tb.TempDir()
-	cert, key := k.issue(tb, "collector-"+name, "collector-"+name, ouServer, true)
+	cert, key := k.issue(tb, "collector-"+name, "collector-"+name, certgen.OUServer, true)
 	c := &collector{tb: tb, bin: b.collector, addr: freeAddr(tb), dir: dir}
 	c.config = filepath.Join(dir, "collector.yaml")
 	writeFile(tb, c.config, fmt.Appendf(nil, `listen: %q
@@ -521,7 +574,7 @@ func backends() []struct {
 		dsn  func(tb testing.TB) string
 	}{
 		{"sqlite", func(tb testing.TB) string { return filepath.Join(tb.TempDir(), "events.db") }},
-		{"postgres", newPostgresDatabase},
+		{"postgres", pgtest.NewDatabase},
 	}
 }
 

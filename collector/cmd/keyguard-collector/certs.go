@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keyguard/keyguard/collector/internal/certgen"
+	"github.com/keyguard/keyguard/collector/certgen"
 	"github.com/keyguard/keyguard/collector/internal/identity"
 )
 

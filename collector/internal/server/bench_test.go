@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyguard/keyguard/collector/internal/pgtest"
+	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 

@@ -16,8 +16,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/keyguard/keyguard/collector/internal/certgen"
-	"github.com/keyguard/keyguard/collector/internal/pgtest"
+	"github.com/keyguard/keyguard/collector/certgen"
+	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyguard/keyguard/collector/internal/certgen"
+	"github.com/keyguard/keyguard/collector/certgen"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )

@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/keyguard/keyguard/collector/internal/pgtest"
+	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 

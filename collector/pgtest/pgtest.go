@@ -1,6 +1,9 @@
 // Package pgtest starts a private PostgreSQL server for tests: initdb into a temporary directory, run
 // postgres on a free loopback port, hand out fresh databases, and remove everything afterwards.
 //
+// It is a test-support package, for tests only (it imports testing): the collector's packages and the
+// agent's end-to-end delivery tests share it. Production code must not import it.
+//
 // The binaries are looked up in $KEYGUARD_PG_BIN, then /usr/lib/postgresql/*/bin, then $PATH. When they
 // are absent the test is skipped, unless KEYGUARD_REQUIRE_POSTGRES is set (CI sets it), in which case it
 // fails. initdb refuses to run as root, so as root the server runs as the "postgres" user (setuid in the

@@ -1,7 +1,8 @@
 // Package certgen creates a small certificate authority and the certificates keyguard uses: one server
 // certificate per collector, one client certificate per host (OU "keyguard-host", CN = host identity) and
 // per operator (OU "keyguard-operator"). It is meant for demos, tests and small fleets; larger fleets
-// issue the same shapes from their own PKI.
+// issue the same shapes from their own PKI. 'keyguard-collector certs' is built on it, and tests anywhere
+// in the repository (the collector's, the agent's delivery tests) issue their certificates with it.
 package certgen
 
 import (
