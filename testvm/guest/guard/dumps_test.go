@@ -216,4 +216,3 @@ func TestDumpHandlerChains(t *testing.T) {
 		}
 	}
 }
-
