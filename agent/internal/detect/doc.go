@@ -30,8 +30,8 @@
 //     are 8-byte aligned and an ELF core keeps page alignment between memory and file offsets);
 //     Align 1 tries every offset at 8 times the cost.
 //   - RSA primes p, q (⌈bits/2⌉-bit, balanced), big-endian and as little-endian 64-bit limbs
-//     (math/big, OpenSSL BIGNUM on 64-bit hosts). Cheap filters — top bit set, odd, looks random,
-//     no factor 3, 5, 7, 13, 17, 241 — then one division of N (~0.4 µs).
+//     (math/big, OpenSSL BIGNUM on 64-bit hosts). Cheap filters — top bit set, at least N/2^(bits/2),
+//     odd, looks random, no factor 3, 5, 7, 11, 13, 17, 31, 41, 241 — then one division of N (~0.4 µs).
 //     Exact: a reported prime divides N.
 //   - RSA d, big-endian (from its first non-zero byte, so right-aligned fixed-width buffers and
 //     math/big Bytes() tails are found) and as limbs: the top bits of d are fixed by N, e and t/g

@@ -19,6 +19,9 @@ type rsaKey struct {
 	pbytes int
 	ptop   uint // bit index of the top bit within a prime's most significant byte
 	nTop   uint64
+	// pMinTop is the top 64 bits (of a pbytes-byte number) of ⌈N / 2^pbits⌉ minus one: since the
+	// other prime is below 2^pbits, a prime's leading 8 bytes are at least this.
+	pMinTop uint64
 	// d search: d = e^-1 mod λ(N) or φ(N) has minimal big-endian length in beLen (leading zero
 	// bytes dropped) or nl little-endian limbs; y = float64(top bits) * c approximates t/g.
 	dSearch bool
@@ -42,6 +45,12 @@ func newRSAKey(k pubkeys.Key) (*rsaKey, error) {
 	rk.pbytes = (rk.pbits + 7) / 8
 	rk.ptop = uint(rk.pbits-1) % 8
 	rk.nTop = new(big.Int).Rsh(pub.N, uint(nbits-64)).Uint64()
+	if rk.pbytes >= 8 {
+		pmin := new(big.Int).Rsh(pub.N, uint(rk.pbits))
+		if top := new(big.Int).Rsh(pmin, uint(8*rk.pbytes-64)).Uint64(); top > 0 {
+			rk.pMinTop = top - 1
+		}
+	}
 	// d is found through its top bits only while t/g can be read from a float64 with room to spare.
 	rk.dSearch = pub.E >= 3 && pub.E < 1<<24
 	if rk.dSearch {
@@ -68,20 +77,36 @@ func newRSAKey(k pubkeys.Key) (*rsaKey, error) {
 	return rk, nil
 }
 
-// sieveOK reports whether the integer with the given byte order passes trial division by
-// 3, 5, 7, 13, 17 and 241 (all divide 2^24-1, so the residue comes from three byte sums).
+// sieveOK reports whether the integer with the given byte order has no factor 3, 5, 7, 13, 17,
+// 241 (which divide 2^24-1) or 11, 31, 41 (which divide 2^40-1). Residues modulo 2^(8m)-1 are sums
+// of the bytes by position modulo m, so no division of the big number is needed.
 func sieveOK(w []byte, bigEndian bool) bool {
-	var s [3]uint64
+	var s3 [3]uint64
+	var s5 [5]uint64
+	k3, k5 := 0, 0
 	l := len(w)
-	for i, c := range w {
-		m := i
+	for i := range w {
+		var c byte
 		if bigEndian {
-			m = l - 1 - i
+			c = w[l-1-i] // i counts bytes from the least significant one
+		} else {
+			c = w[i]
 		}
-		s[m%3] += uint64(c)
+		s3[k3] += uint64(c)
+		s5[k5] += uint64(c)
+		if k3++; k3 == 3 {
+			k3 = 0
+		}
+		if k5++; k5 == 5 {
+			k5 = 0
+		}
 	}
-	v := (s[0] + s[1]<<8 + s[2]<<16) % (1<<24 - 1)
-	return v%3 != 0 && v%5 != 0 && v%7 != 0 && v%13 != 0 && v%17 != 0 && v%241 != 0
+	v3 := (s3[0] + s3[1]<<8 + s3[2]<<16) % (1<<24 - 1)
+	if v3%3 == 0 || v3%5 == 0 || v3%7 == 0 || v3%13 == 0 || v3%17 == 0 || v3%241 == 0 {
+		return false
+	}
+	v5 := (s5[0] + s5[1]<<8 + s5[2]<<16 + s5[3]<<24 + s5[4]<<32) % (1<<40 - 1)
+	return v5%11 != 0 && v5%31 != 0 && v5%41 != 0
 }
 
 // findRSA searches, at Align-ed offsets, for primes (big-endian and little-endian 64-bit limbs) by
@@ -105,7 +130,7 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 	dense := sc.dense[j] >= denseMin
 	if dense {
 		// Prime, big-endian.
-		if j+pb <= len(b) && b[j]>>rk.ptop == 1 && b[j+pb-1]&1 == 1 {
+		if j+pb <= len(b) && b[j]>>rk.ptop == 1 && b[j+pb-1]&1 == 1 && binary.BigEndian.Uint64(b[j:]) >= rk.pMinTop {
 			win := b[j : j+pb]
 			if sc.isDense(j, pb) && sieveOK(win, true) {
 				sc.x.SetBytes(win)
@@ -117,7 +142,7 @@ func (d *Detector) rsaAt(w *window, rk *rsaKey, j int) {
 		}
 		// Prime, little-endian limbs.
 		lw := (pb + 7) &^ 7
-		if j+lw <= len(b) && b[j]&1 == 1 && b[j+pb-1]>>rk.ptop == 1 && allZero(b[j+pb:j+lw]) {
+		if j+lw <= len(b) && b[j]&1 == 1 && b[j+pb-1]>>rk.ptop == 1 && allZero(b[j+pb:j+lw]) && binary.LittleEndian.Uint64(b[j+pb-8:]) >= rk.pMinTop {
 			win := b[j : j+pb]
 			if sc.isDense(j, pb) && sieveOK(win, false) {
 				sc.x.SetBytes(sc.reversed(win))
