@@ -12,11 +12,13 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -43,11 +45,35 @@ func run() error {
 		return err
 	}
 	scalar := key.D.FillBytes(make([]byte, 32))
+	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	pubFile := dir + "/signing.pub.pem"
+	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
+	cores := dir + "/cores"
+	os.MkdirAll(cores, 0o755)
+	if err := os.WriteFile("/proc/sys/kernel/core_pattern", []byte(cores+"/core.%e.%p"), 0); err != nil {
+		return err
+	}
+
+	step("Without keyguard: the signing service crashes, and its core dump holds the key (the Storm-0558 path)")
+	crashed, err := startSigner(keyFile)
+	if err != nil {
+		return err
+	}
+	time.Sleep(1500 * time.Millisecond)
+	crashed.Process.Signal(syscall.SIGABRT)
+	crashed.Wait()
+	scan := exec.Command("/bin/keyguard", "scan", "-pubkeys", pubFile, "-raw", "ec", cores)
+	scan.Stdout, scan.Stderr = os.Stdout, os.Stdout
+	if err := scan.Run(); err == nil {
+		return fmt.Errorf("keyguard scan found no key in the unprotected core dump")
+	}
+	fmt.Println("    (keyguard scan: what a security team can run over its crash dumps and debugging shares today)")
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o755)
 
 	step("A signing service starts and loads its private key (%s)", keyFile)
-	signer := exec.Command("/bin/signer", "-key", keyFile)
-	signer.Stdout, signer.Stderr = os.Stdout, os.Stdout
-	if err := signer.Start(); err != nil {
+	signer, err := startSigner(keyFile)
+	if err != nil {
 		return err
 	}
 	defer signer.Process.Kill()
@@ -128,26 +154,39 @@ rules:
 	}
 
 	step("A new signer started while keyguard runs is protected from its first instruction")
-	signer2 := exec.Command("/bin/signer", "-key", keyFile)
-	signer2.Stdout, signer2.Stderr = os.Stdout, os.Stdout
-	signer2.Start()
+	signer2, err := startSigner(keyFile)
+	if err != nil {
+		return err
+	}
 	defer signer2.Process.Kill()
 	time.Sleep(500 * time.Millisecond)
 	out, _ := exec.Command("/bin/testproc", "attack", "mem", strconv.Itoa(signer2.Process.Pid)).Output()
 	fmt.Printf("    read /proc/%d/mem: %s\n", signer2.Process.Pid, strings.TrimSpace(string(out)))
 
-	step("The security team's view: denials stored in the collector (keyguard events)")
+	step("The protected signer crashes: no core dump is written, anywhere")
+	signer2.Process.Signal(syscall.SIGABRT)
+	signer2.Wait()
+	if ents, _ := os.ReadDir(cores); len(ents) != 0 {
+		return fmt.Errorf("a core dump of the protected signer was written: %v", ents[0].Name())
+	}
+	fmt.Printf("    pid %d died of SIGABRT; %s is empty\n", signer2.Process.Pid, cores)
+
+	step("The security team's view: what the collector stored (keyguard events)")
 	time.Sleep(2 * time.Second)
-	cli := exec.Command("/bin/keyguard", "events", "-collector", "127.0.0.1:7443", "-ca", certs+"/ca.crt",
-		"-cert", certs+"/security-team.crt", "-key", certs+"/security-team.key", "-decision", "denied", "-limit", "20")
-	cli.Stdout, cli.Stderr = os.Stdout, os.Stdout
-	if err := cli.Run(); err != nil {
-		return fmt.Errorf("keyguard events: %w", err)
+	for _, filter := range [][]string{{"-decision", "denied"}, {"-kind", "core_dump"}} {
+		cli := exec.Command("/bin/keyguard", append([]string{"events", "-collector", "127.0.0.1:7443", "-ca", certs + "/ca.crt",
+			"-cert", certs + "/security-team.crt", "-key", certs + "/security-team.key", "-limit", "20"}, filter...)...)
+		cli.Stdout, cli.Stderr = os.Stdout, os.Stdout
+		if err := cli.Run(); err != nil {
+			return fmt.Errorf("keyguard events: %w", err)
+		}
+		fmt.Println()
 	}
 
 	step("Summary")
 	fmt.Printf("    %d of %d attacks by root on the running signer were blocked and reported;\n", blocked, len(attacks))
-	fmt.Println("    before keyguard, root read the signing key out of memory.")
+	fmt.Println("    before keyguard, root read the signing key out of memory and out of a crash dump;")
+	fmt.Println("    with keyguard, the protected signer's crash left no dump at all.")
 	fmt.Println("    Event log: " + dir + "/events.jsonl; collector database: " + dir + "/events.db")
 	if blocked != len(attacks) {
 		return fmt.Errorf("%d attacks were not blocked", len(attacks)-blocked)
@@ -203,4 +242,18 @@ func waitFor(path, substr string, d time.Duration) error {
 		}
 	}
 	return fmt.Errorf("%s never contained %s", filepath.Base(path), substr)
+}
+
+// startSigner starts the sample signer; GOTRACEBACK=crash makes the Go runtime dump core on SIGABRT
+// like a C program would.
+func startSigner(keyFile string) (*exec.Cmd, error) {
+	c := exec.Command("/bin/signer", "-key", keyFile)
+	c.Env = append(os.Environ(), "GOTRACEBACK=crash")
+	c.Stdout = os.Stdout
+	c.Stderr = io.Discard // the runtime's crash traceback
+	c.Dir = dir
+	var rl syscall.Rlimit
+	rl.Cur, rl.Max = ^uint64(0), ^uint64(0)
+	syscall.Setrlimit(syscall.RLIMIT_CORE, &rl)
+	return c, c.Start()
 }
