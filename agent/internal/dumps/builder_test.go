@@ -20,8 +20,8 @@ type tcore struct {
 type tseg struct {
 	vaddr, memsz uint64
 	flags        uint32
-	size         uint64                   // file size
-	data         []byte                   // contents, or
+	size         uint64                    // file size
+	data         []byte                    // contents, or
 	fill         func(p []byte, off int64) // generator: fill p with the bytes at segment offset off
 }
 

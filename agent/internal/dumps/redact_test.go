@@ -73,7 +73,7 @@ func synRegs(tid int) [27]uint64 {
 		r[i] = 0x1111111111111111*uint64(i%15+1) + uint64(tid)
 	}
 	r[19] = synRSP - uint64(tid-100)*0x1000 // rsp
-	r[16] = synText + 0x123             // rip
+	r[16] = synText + 0x123                 // rip
 	return r
 }
 
@@ -104,7 +104,7 @@ func synthetic(t testing.TB) []byte {
 	c.add(tseg{vaddr: synText, flags: 5, data: text})
 
 	data := keytest.Filler(rng, 4*pageSize, false)
-	copy(data[100:], enc(t, "rsa/pem-pkcs8"))        // PEM in writable file-backed memory
+	copy(data[100:], enc(t, "rsa/pem-pkcs8"))         // PEM in writable file-backed memory
 	copy(data[3*pageSize:], enc(t, "p256/scalar-be")) // raw scalar, page aligned
 	c.add(tseg{vaddr: synData, flags: 6, data: data})
 
