@@ -47,6 +47,7 @@ const (
 	KeyguardKgCounterKG_CNT_DUMP_TO_HANDLER KeyguardKgCounter = 11
 	KeyguardKgCounterKG_CNT_DUMP_ALLOWED    KeyguardKgCounter = 12
 	KeyguardKgCounterKG_CNT_TAMPER          KeyguardKgCounter = 13
+	KeyguardKgCounterKG_CNT_BPF_LOAD_DENIED KeyguardKgCounter = 14
 	KeyguardKgCounterKG_CNT_MAX             KeyguardKgCounter = 16
 )
 
@@ -96,10 +97,11 @@ type KeyguardKgEvent struct {
 type KeyguardKgEventKind uint32
 
 const (
-	KeyguardKgEventKindKG_EVENT_ACCESS  KeyguardKgEventKind = 1
-	KeyguardKgEventKindKG_EVENT_PROTECT KeyguardKgEventKind = 2
-	KeyguardKgEventKindKG_EVENT_DUMP    KeyguardKgEventKind = 3
-	KeyguardKgEventKindKG_EVENT_TAMPER  KeyguardKgEventKind = 4
+	KeyguardKgEventKindKG_EVENT_ACCESS    KeyguardKgEventKind = 1
+	KeyguardKgEventKindKG_EVENT_PROTECT   KeyguardKgEventKind = 2
+	KeyguardKgEventKindKG_EVENT_DUMP      KeyguardKgEventKind = 3
+	KeyguardKgEventKindKG_EVENT_TAMPER    KeyguardKgEventKind = 4
+	KeyguardKgEventKindKG_EVENT_SIDE_DOOR KeyguardKgEventKind = 5
 )
 
 type KeyguardKgFileId struct {
@@ -214,6 +216,12 @@ type KeyguardKgScratch struct {
 	_    structs.HostLayout
 	Path [256]int8
 }
+
+type KeyguardKgSideDoor uint32
+
+const (
+	KeyguardKgSideDoorKG_SIDE_BPF_LOAD KeyguardKgSideDoor = 1
+)
 
 type KeyguardKgTamper uint32
 

@@ -40,6 +40,8 @@ char LICENSE[] SEC("license") = "GPL";
 #define BPF_LINK_UPDATE_CMD 29
 #define BPF_LINK_GET_FD_BY_ID_CMD 30
 #define BPF_LINK_DETACH_CMD 34
+#define BPF_PROG_LOAD_CMD 5
+#define BPF_F_SLEEPABLE_FLAG (1U << 4)
 
 /* Load-time settings, written by the agent before loading (see loader.Config). */
 const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
@@ -59,6 +61,7 @@ const volatile struct {
 	enum kg_tamper tamper;
 	enum kg_own_kind own_kind;
 	struct kg_own_key own_key;
+	enum kg_side_door side_door;
 	struct kg_event event;
 	struct kg_file_id file_id;
 	struct kg_accessor_key accessor_key;
@@ -948,6 +951,68 @@ int BPF_PROG(kg_bpf_prog, struct bpf_prog *prog)
 	return tamper(KG_TAMPER_PROG_FD, id, 0);
 }
 
+/*
+ * Program types that run in other processes' context or can reach user memory by other means:
+ * bpf_probe_read_user in a kprobe, tracepoint, perf_event or raw tracepoint that fires in the victim,
+ * bpf_copy_from_user_task in anything sleepable.
+ */
+static __always_inline int reads_user_memory(__u32 type, __u32 flags)
+{
+	if (flags & BPF_F_SLEEPABLE_FLAG)
+		return 1;
+	switch (type) {
+	case 2:  /* KPROBE (and uprobe) */
+	case 5:  /* TRACEPOINT */
+	case 7:  /* PERF_EVENT */
+	case 17: /* RAW_TRACEPOINT */
+	case 24: /* RAW_TRACEPOINT_WRITABLE */
+	case 26: /* TRACING: fentry, fexit, fmod_ret, tp_btf, iter */
+	case 28: /* EXT: replaces functions of other programs */
+	case 29: /* LSM */
+	case 31: /* SYSCALL */
+		return 1;
+	}
+	return 0;
+}
+
+/* BPF_PROG_LOAD: only keyguard and the policy's bpf_loaders may load programs that can read user memory. */
+static __always_inline int bpf_load(union bpf_attr *attr)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_accessor_key key = {};
+	struct kg_mark none = {};
+	struct kg_event *e;
+	__u32 type = BPF_CORE_READ(attr, prog_type), decision;
+	int ret = 0;
+
+	if (!reads_user_memory(type, BPF_CORE_READ(attr, prog_flags)) || is_keyguard(cur))
+		return 0;
+	task_exe(cur, &key.dev, &key.ino);
+	key.uid = BPF_CORE_READ(cur, real_cred, uid.val);
+	if (bpf_map_lookup_elem(&allow, &key)) {
+		decision = KG_DECISION_ALLOWED_POLICY;
+	} else {
+		key.uid = KG_ANY_UID;
+		if (bpf_map_lookup_elem(&allow, &key)) {
+			decision = KG_DECISION_ALLOWED_POLICY;
+		} else {
+			decision = KG_DECISION_DENIED;
+			count(KG_CNT_BPF_LOAD_DENIED);
+			ret = -EPERM;
+		}
+	}
+	e = new_event(KG_EVENT_SIDE_DOOR, &none);
+	if (e) {
+		e->op = KG_SIDE_BPF_LOAD;
+		e->decision = decision;
+		e->access_mode = type;
+		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), &attr->prog_name);
+		fill_proc(&e->actor, cur);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return ret;
+}
+
 /* The link commands of bpf(2): links have no fd hook of their own, so look at the command. */
 SEC("lsm/bpf")
 int BPF_PROG(kg_bpf, int cmd, union bpf_attr *attr, unsigned int size)
@@ -957,6 +1022,8 @@ int BPF_PROG(kg_bpf, int cmd, union bpf_attr *attr, unsigned int size)
 	struct bpf_link *l;
 	__u32 fd, id, max;
 
+	if (cmd == BPF_PROG_LOAD_CMD)
+		return bpf_load(attr);
 	if (cmd == BPF_LINK_GET_FD_BY_ID_CMD) {
 		id = BPF_CORE_READ(attr, link_id);
 		if (is_own(KG_OWN_LINK, id))

@@ -28,6 +28,11 @@ enum kg_event_kind {
 	KG_EVENT_PROTECT = 2, /* a process became protected in the kernel (exec or key-file open) */
 	KG_EVENT_DUMP = 3,    /* a protected process started to dump core; op is an enum kg_dump_action */
 	KG_EVENT_TAMPER = 4,  /* someone other than the agent reached for keyguard's own BPF objects; op is an enum kg_tamper */
+	KG_EVENT_SIDE_DOOR = 5, /* a way around the ptrace checks; op is an enum kg_side_door */
+};
+
+enum kg_side_door {
+	KG_SIDE_BPF_LOAD = 1, /* a BPF program that can read user memory; access_mode is the program type */
 };
 
 /* What was attempted against keyguard's own programs, maps, links and pins. */
@@ -115,6 +120,7 @@ enum kg_counter {
 	KG_CNT_DUMP_TO_HANDLER = 11,
 	KG_CNT_DUMP_ALLOWED = 12,
 	KG_CNT_TAMPER = 13,
+	KG_CNT_BPF_LOAD_DENIED = 14,
 	KG_CNT_MAX = 16,
 };
 

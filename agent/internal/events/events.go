@@ -258,6 +258,16 @@ func Decode(raw []byte, names Names) (Event, error) {
 		if r.AccessMode != 0 {
 			ev.Detail = strings.TrimSpace(fmt.Sprintf("id %d %s", r.AccessMode, ev.Detail))
 		}
+	case kgbpf.KeyguardKgEventKindKG_EVENT_SIDE_DOOR:
+		ev.Kind = KindSideDoor
+		ev.Rule, ev.Reason, ev.Target = "", "", nil
+		ev.Operation = fmt.Sprintf("side_door_%d", r.Op)
+		if kgbpf.KeyguardKgSideDoor(r.Op) == kgbpf.KeyguardKgSideDoorKG_SIDE_BPF_LOAD {
+			ev.Operation = "bpf_load"
+			ev.Detail = strings.TrimSpace(fmt.Sprintf("%s (program type %d)", ev.Detail, r.AccessMode))
+		}
+		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
+		ev.Accessor = process(r.Actor)
 	default:
 		return Event{}, fmt.Errorf("unknown event kind %d", r.Kind)
 	}

@@ -127,8 +127,12 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 		}
 		out.Kind = &keyguardv1.Event_CoreDump{CoreDump: cd}
 	case KindSideDoor:
+		kind := keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER
+		if ev.Operation == "bpf_load" {
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_BPF_LOAD
+		}
 		out.Kind = &keyguardv1.Event_SideDoor{SideDoor: &keyguardv1.SideDoor{
-			Accessor: ev.Accessor.proto(), Kind: keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER,
+			Accessor: ev.Accessor.proto(), Kind: kind,
 			Target: ev.Target.proto(), Detail: strings.TrimSpace(ev.Operation + " " + ev.Detail),
 			Decision: protoDecisions[ev.Decision], Rule: ev.Rule,
 		}}

@@ -97,6 +97,12 @@ func checkFiles(p *Policy) []error {
 			}
 		}
 	}
+	for j, a := range p.BPFLoaders {
+		key := fmt.Sprintf("bpf_loaders[%d].executable", j)
+		if _, _, err := executable(w, st, a.Executable); err != nil {
+			errs = append(errs, p.errAt(key, fmt.Sprintf("%q: %s", a.Executable, explain(err)), err))
+		}
+	}
 	return errs
 }
 

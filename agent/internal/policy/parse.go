@@ -96,7 +96,7 @@ func parse(name string, data []byte) (*Policy, []error) {
 		return nil, fileErr(emptyMsg)
 	}
 	p := &Policy{Source: name, pos: ps.pos}
-	f, ok := ps.fields(root, "", "version", "rules")
+	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders")
 	if !ok {
 		return nil, ps.errs
 	}
@@ -108,6 +108,9 @@ func parse(name string, data []byte) (*Policy, []error) {
 			got = n.Value
 		}
 		ps.errorf(n, "version", "unsupported version %s; this keyguard reads version 1 (write \"version: 1\")", got)
+	}
+	if v, ok := f["bpf_loaders"]; ok {
+		p.BPFLoaders = ps.accessors(v.val, "bpf_loaders")
 	}
 	rv, ok := f["rules"]
 	if !ok {

@@ -51,6 +51,9 @@ func (d DumpMode) String() string {
 // value of Accessor.UID when Accessor.AnyUID is set.
 const AnyUID = ^uint32(0)
 
+// BPFLoaderRule is the rule id under which BPFLoaders appear in Resolved.Accessors and Maps().Allow.
+const BPFLoaderRule = 0
+
 // MaxUID is the largest uid a policy may name ((uid_t)-1 is not a uid).
 const MaxUID = AnyUID - 1
 
@@ -58,6 +61,10 @@ const MaxUID = AnyUID - 1
 type Policy struct {
 	Source string // file name as given to Load or Parse
 	Rules  []Rule
+	// BPFLoaders may load BPF programs that can read user memory (tracing, kprobe, perf_event, LSM,
+	// sleepable, ...), besides keyguard itself: another security agent, say. In the kernel's allow map
+	// they are accessors of the pseudo rule BPFLoaderRule.
+	BPFLoaders []Accessor
 
 	pos map[string]Pos // key path → position of its value
 }

@@ -171,13 +171,12 @@ func resolveExecutables(p *Policy, w *walker, st *statter) (map[uint32]FileSet, 
 func resolveAccessors(p *Policy, w *walker, st *statter) (map[uint32][]AccessorID, []string) {
 	out := map[uint32][]AccessorID{}
 	var warn []string
-	for i := range p.Rules {
-		r := &p.Rules[i]
+	add := func(rule uint32, list []Accessor, key func(j int) string) {
 		seen := map[AccessorID]bool{}
-		for j, a := range r.Allow {
+		for j, a := range list {
 			fi, _, err := executable(w, st, a.Executable)
 			if err != nil {
-				warn = append(warn, fmt.Sprintf("%s: %q: %s; this accessor is not allowed until it is back", p.Where(fmt.Sprintf("%s.allow[%d].executable", r.Key(), j)), a.Executable, explain(err)))
+				warn = append(warn, fmt.Sprintf("%s: %q: %s; this accessor is not allowed until it is back", p.Where(key(j)), a.Executable, explain(err)))
 				continue
 			}
 			id := AccessorID{File: fi.ID, UID: a.UID}
@@ -186,10 +185,15 @@ func resolveAccessors(p *Policy, w *walker, st *statter) (map[uint32][]AccessorI
 			}
 			if !seen[id] {
 				seen[id] = true
-				out[r.ID] = append(out[r.ID], id)
+				out[rule] = append(out[rule], id)
 			}
 		}
 	}
+	for i := range p.Rules {
+		r := &p.Rules[i]
+		add(r.ID, r.Allow, func(j int) string { return fmt.Sprintf("%s.allow[%d].executable", r.Key(), j) })
+	}
+	add(BPFLoaderRule, p.BPFLoaders, func(j int) string { return fmt.Sprintf("bpf_loaders[%d].executable", j) })
 	return out, warn
 }
 
@@ -308,6 +312,9 @@ func (r *Resolved) Maps() Maps {
 		for _, a := range r.Accessors[rl.ID] {
 			m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: rl.ID, UID: a.UID}] = true
 		}
+	}
+	for _, a := range r.Accessors[BPFLoaderRule] {
+		m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: BPFLoaderRule, UID: a.UID}] = true
 	}
 	return m
 }

@@ -75,8 +75,8 @@ func TestDumpBlocked(t *testing.T) {
 					if ents, _ := os.ReadDir(cores); len(ents) != 0 {
 						t.Fatalf("dump bytes left: %v", names(ents))
 					}
-					ev := waitEvent(t, "core_dump blocked event", func(e event) bool {
-						return e.Kind == "core_dump" && e.Dump != nil && e.Dump.Signal == uint32(s.sig) && len(readEvents()) > before
+					ev := waitEventAfter(t, before, "core_dump blocked event", func(e event) bool {
+						return e.Kind == "core_dump" && e.Dump != nil && e.Dump.Signal == uint32(s.sig)
 					})
 					if ev.Dump.Action != "blocked" || ev.Rule != "signer" || ev.Target == nil || ev.Target.Executable != victimEnforce {
 						t.Errorf("event: %+v dump %+v", ev, ev.Dump)

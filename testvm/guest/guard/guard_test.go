@@ -37,10 +37,14 @@ var (
 	victimPlain   = dir + "/victim-plain"
 	victimRedact  = dir + "/victim-redact"
 	debugger      = dir + "/debugger" // allowed accessor (uid 0) of the signer rule
+	bpfTool       = dir + "/bpf-tool" // allowed BPF loader (uid 0)
 	keyFile       = dir + "/keys/signing.pem"
 )
 
 const policyYAML = `version: 1
+bpf_loaders:
+  - executable: /tmp/kg/bpf-tool
+    uid: 0
 rules:
   - name: signer
     mode: enforce
@@ -99,7 +103,7 @@ func setup() error {
 		return err
 	}
 	os.Chmod(dir, 0o755)
-	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger} {
+	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool} {
 		if err := copyFile(procBin, p); err != nil {
 			return err
 		}
@@ -226,9 +230,19 @@ func readEvents() []event {
 // waitEvent waits until an event matching pred is in the log (the agent flushes every 200 ms).
 func waitEvent(t *testing.T, what string, pred func(event) bool) event {
 	t.Helper()
+	return waitEventAfter(t, 0, what, pred)
+}
+
+// waitEventAfter is waitEvent for events after the first skip ones.
+func waitEventAfter(t *testing.T, skip int, what string, pred func(event) bool) event {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, ev := range readEvents() {
+		evs := readEvents()
+		if skip > len(evs) {
+			skip = len(evs)
+		}
+		for _, ev := range evs[skip:] {
 			if pred(ev) {
 				return ev
 			}

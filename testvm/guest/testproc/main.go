@@ -32,6 +32,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 )
 
@@ -65,6 +67,10 @@ func main() {
 		execAttack(os.Args[2])
 	case "crash":
 		crash(os.Args[2:])
+	case "bpfload":
+		// Load (not attach) a BPF program of the given kind; prints OK or ERR errno.
+		err := bpfLoad(os.Args[2])
+		report(1, err)
 	case "selfread":
 		// A process reads its own memory through every path, including through another of its threads.
 		secret = make([]byte, 64)
@@ -441,4 +447,36 @@ func loadKeys(dir string) []any {
 		}
 	}
 	return out
+}
+
+// bpfLoad loads one BPF program: "tracepoint" reads user memory with bpf_probe_read_user, "sleepable"
+// is a sleepable LSM program that reads another task's memory with bpf_copy_from_user_task, and
+// "socket" is a harmless socket filter.
+func bpfLoad(kind string) error {
+	var spec *ebpf.ProgramSpec
+	switch kind {
+	case "tracepoint":
+		spec = &ebpf.ProgramSpec{Type: ebpf.TracePoint, License: "GPL", Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R1, asm.R10), asm.Add.Imm(asm.R1, -8), asm.Mov.Imm(asm.R2, 8), asm.Mov.Imm(asm.R3, 0),
+			asm.FnProbeReadUser.Call(), asm.Mov.Imm(asm.R0, 0), asm.Return(),
+		}}
+	case "sleepable":
+		spec = &ebpf.ProgramSpec{Type: ebpf.LSM, AttachType: ebpf.AttachLSMMac, AttachTo: "bprm_committed_creds",
+			Flags: unix.BPF_F_SLEEPABLE, License: "GPL", Instructions: asm.Instructions{
+				asm.FnGetCurrentTaskBtf.Call(), asm.Mov.Reg(asm.R4, asm.R0),
+				asm.Mov.Reg(asm.R1, asm.R10), asm.Add.Imm(asm.R1, -8), asm.Mov.Imm(asm.R2, 8), asm.Mov.Imm(asm.R3, 0),
+				asm.Mov.Imm(asm.R5, 0), asm.FnCopyFromUserTask.Call(), asm.Mov.Imm(asm.R0, 0), asm.Return(),
+			}}
+	case "socket":
+		spec = &ebpf.ProgramSpec{Type: ebpf.SocketFilter, License: "GPL", Instructions: asm.Instructions{
+			asm.Mov.Imm(asm.R0, 0), asm.Return(),
+		}}
+	default:
+		return fmt.Errorf("unknown program kind %q", kind)
+	}
+	p, err := ebpf.NewProgram(spec)
+	if err != nil {
+		return err
+	}
+	return p.Close()
 }
