@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"testing"
 )
 
@@ -177,6 +178,16 @@ func kernelLayout(t testing.TB, path string) []byte {
 	}
 	defer f.Close()
 	var c tcore
+	var files []Mapping
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_NOTE {
+			b, err := io.ReadAll(p.Open())
+			if err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, fileMappings(t, b)...)
+		}
+	}
 	for _, p := range f.Progs {
 		switch p.Type {
 		case elf.PT_NOTE:
@@ -190,10 +201,19 @@ func kernelLayout(t testing.TB, path string) []byte {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c.add(tseg{vaddr: p.Vaddr, memsz: p.Memsz, flags: uint32(p.Flags), data: b})
 			if uint64(len(b)) != p.Filesz {
 				t.Fatalf("segment %#x: read %d of %d bytes", p.Vaddr, len(b), p.Filesz)
 			}
+			// Like the kernel with the default coredump_filter, dump file-backed memory that was
+			// never written only as its ELF header page.
+			if p.Flags&elf.PF_W == 0 && slices.ContainsFunc(files, func(m Mapping) bool { return m.Start <= p.Vaddr && p.Vaddr < m.End }) {
+				if bytes.HasPrefix(b, []byte("\x7fELF")) {
+					b = b[:pageSize]
+				} else {
+					b = b[:0]
+				}
+			}
+			c.add(tseg{vaddr: p.Vaddr, memsz: p.Memsz, flags: uint32(p.Flags), data: b})
 		}
 	}
 	return c.bytes()
@@ -215,3 +235,21 @@ func writeTemp(t testing.TB, b []byte) string {
 }
 
 var _ = fmt.Sprintf
+
+// fileMappings returns the NT_FILE mappings in raw note data.
+func fileMappings(t testing.TB, notes []byte) []Mapping {
+	t.Helper()
+	for len(notes) >= 12 {
+		nn, dn, typ := binary.LittleEndian.Uint32(notes), binary.LittleEndian.Uint32(notes[4:]), binary.LittleEndian.Uint32(notes[8:])
+		d := notes[12+align4(uint64(nn)):]
+		if typ == ntFile {
+			ms, err := parseFileNote(d[:dn])
+			if err != nil {
+				t.Fatal(err)
+			}
+			return ms
+		}
+		notes = d[align4(uint64(dn)):]
+	}
+	return nil
+}

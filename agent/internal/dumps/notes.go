@@ -152,8 +152,12 @@ func (in *input) notes(seg Segment, st *noteState, out sink) error {
 		}
 		pad := int64(align4(descsz) - descsz)
 		switch typ {
-		case ntFPRegset, ntX86XState, ntPRXFPReg:
-			// FPU/SSE/AVX/AVX-512 state: vector registers hold key schedules and key bytes.
+		case ntX86XState:
+			if err := in.xstate(int64(descsz), st, out); err != nil {
+				return err
+			}
+		case ntFPRegset, ntPRXFPReg:
+			// x87/SSE state: XMM registers hold key schedules and key bytes.
 			if err := in.skip(int64(descsz), "register state"); err != nil {
 				return err
 			}
@@ -294,4 +298,51 @@ func parseFileNote(d []byte) ([]Mapping, error) {
 		ms[i] = m
 	}
 	return ms, nil
+}
+
+// XSAVE layout: the kernel stores the XCR0 feature mask (which state components exist, hence
+// the layout and size of the rest) in the first 8 software-reserved bytes of the legacy FXSAVE
+// area (USER_XSTATE_XCR0_WORD); gdb needs it to read the note.
+const (
+	xsaveXCR0Off = 464
+	xsaveXCR0End = 472
+)
+
+// plausibleXCR0 accepts a feature mask with x87 and SSE set and no bit above the defined ones.
+func plausibleXCR0(v uint64) bool { return v&3 == 3 && v < 1<<32 }
+
+// xstate zeroes an NT_X86_XSTATE descriptor except the XCR0 word: every register (x87, XMM, YMM,
+// ZMM, AMX tiles, ...) and the XSAVE header (so every component reads as in its initial state).
+func (in *input) xstate(size int64, st *noteState, out sink) error {
+	if size < xsaveXCR0End {
+		if err := in.skip(size, "register state"); err != nil {
+			return err
+		}
+		st.regZeroed += size
+		return out.zero(size)
+	}
+	if err := in.skip(xsaveXCR0Off, "register state"); err != nil {
+		return err
+	}
+	w, err := in.full(xsaveXCR0End-xsaveXCR0Off, "register state")
+	if err != nil {
+		return err
+	}
+	zeroed := size
+	if err := out.zero(xsaveXCR0Off); err != nil {
+		return err
+	}
+	if plausibleXCR0(binary.LittleEndian.Uint64(w)) {
+		zeroed -= xsaveXCR0End - xsaveXCR0Off
+		if err := out.data(w); err != nil {
+			return err
+		}
+	} else if err := out.zero(xsaveXCR0End - xsaveXCR0Off); err != nil {
+		return err
+	}
+	if err := in.skip(size-xsaveXCR0End, "register state"); err != nil {
+		return err
+	}
+	st.regZeroed += zeroed
+	return out.zero(size - xsaveXCR0End)
 }
