@@ -7,7 +7,7 @@
 // data, padding to a page, then the PT_LOAD data in file-offset order (pages the kernel skipped
 // arrive as zeros on a pipe, or as holes in a file). The input is read once, front to back, never
 // seeked. Anything else is refused with an error, and the caller must discard the dump:
-// not ELFCLASS64/little-endian/ET_CORE/EM_X86_64, unexpected header or entry sizes, PN_XNUM
+// not ELFCLASS64/little-endian/ET_CORE/EM_X86_64, unexpected header or entry sizes, section headers, PN_XNUM
 // (more than 65534 program headers), program header types other than PT_NOTE and PT_LOAD carrying
 // data, data regions that overlap or are not in program-header order, PT_NOTE data after PT_LOAD
 // data (gdb's gcore writes notes last: such a file cannot be classified in one pass), overlapping

@@ -89,6 +89,9 @@ func parseEhdr(b []byte) (phoff uint64, phnum int, err error) {
 	if s := le.Uint16(b[54:]); s != phdrSize {
 		return 0, 0, fmt.Errorf("program header entry size %d, want %d", s, phdrSize)
 	}
+	if shoff, shnum := le.Uint64(b[40:]), le.Uint16(b[60:]); shoff != 0 || shnum != 0 {
+		return 0, 0, fmt.Errorf("section headers (offset %d, %d entries): a kernel core has none", shoff, shnum)
+	}
 	phnum = int(le.Uint16(b[56:]))
 	switch {
 	case phnum == pnXNum:

@@ -68,6 +68,7 @@ func TestRedactRefusesMalformed(t *testing.T) {
 		{"arm64", u16(ehMach, 183), "not x86-64"},
 		{"phentsize", u16(ehPhent, 32), "program header entry size 32"},
 		{"no program headers", u16(ehPhnum, 0), "no program headers"},
+		{"section headers", u16(60, 3), "section headers"},
 		{"PN_XNUM", u16(ehPhnum, 0xffff), "PN_XNUM"},
 		{"phoff inside the header", u64(ehPhoff, 8), "overlap the ELF header"},
 		{"phoff absurd", u64(ehPhoff, 1<<40), "absurd"},

@@ -86,7 +86,7 @@ func startHolder(t testing.TB, dir string, env []string, exe string, args ...str
 	t.Helper()
 	cmd := exec.Command(exe, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append([]string{"PATH=/usr/bin:/bin"}, env...) // nothing of the host's environment lands in a core
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
