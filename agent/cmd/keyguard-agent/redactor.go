@@ -1,7 +1,32 @@
 package main
 
-import "github.com/keyguard/keyguard/agent/internal/dumphandler"
+import (
+	"context"
+	"io"
 
-// redactor returns the ELF core redactor. Until it is wired in, the handler discards every protected
-// dump it is asked to redact (fail closed) and reports why.
-func redactor() dumphandler.Redactor { return nil }
+	"github.com/keyguard/keyguard/agent/internal/detect"
+	"github.com/keyguard/keyguard/agent/internal/dumphandler"
+	"github.com/keyguard/keyguard/agent/internal/dumps"
+)
+
+// coreRedactor is the streaming ELF core redactor behind the dump handler.
+type coreRedactor struct{}
+
+func (coreRedactor) Redact(ctx context.Context, in io.Reader, out io.Writer, det *detect.Detector, keepStacks bool) (map[string]uint64, error) {
+	sum, err := dumps.Redact(ctx, in, out, dumps.Options{Detector: det, KeepStacks: keepStacks})
+	if err != nil {
+		return nil, err
+	}
+	return map[string]uint64{
+		"anonymous": uint64(sum.Zeroed.Anonymous), "stack": uint64(sum.Zeroed.Stack),
+		"registers": uint64(sum.Zeroed.Registers), "key_matches": uint64(sum.Zeroed.Matches),
+		"other": uint64(sum.Zeroed.Other),
+	}, nil
+}
+
+func (coreRedactor) Verify(ctx context.Context, in io.Reader, det *detect.Detector) (int, error) {
+	f, err := dumps.Verify(ctx, in, det)
+	return len(f), err
+}
+
+func redactor() dumphandler.Redactor { return coreRedactor{} }

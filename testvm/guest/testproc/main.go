@@ -405,14 +405,14 @@ func crash(args []string) {
 		unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&sa[0])), 0, 8, 0, 0)
 		var set [1]uint64
 		unix.RawSyscall6(unix.SYS_RT_SIGPROCMASK, unix.SIG_SETMASK, uintptr(unsafe.Pointer(&set[0])), 0, 8, 0, 0)
+		tasks, _ := os.ReadDir("/proc/self/task")
+		fmt.Printf("CRASHING pid=%d keys=%d threads=%d\n", os.Getpid(), len(held), len(tasks))
+		os.Stdout.Sync()
 		unix.Tgkill(os.Getpid(), unix.Gettid(), sig)
 		time.Sleep(10 * time.Second)
 		fmt.Println("ERR still alive")
 		os.Exit(1)
 	}
-	tasks, _ := os.ReadDir("/proc/self/task")
-	fmt.Printf("CRASHING pid=%d keys=%d threads=%d\n", os.Getpid(), len(held), len(tasks))
-	os.Stdout.Sync()
 	if thread {
 		go func() {
 			runtime.LockOSThread()
