@@ -20,7 +20,8 @@ var zeros [256 << 10]byte
 // see in the full file. The dropped middle is a whole number of pages, so stream offsets stay
 // congruent to file offsets modulo the page size and the detector's alignment rules (raw secrets
 // at 8-byte aligned offsets) apply to file offsets as in a full scan. Findings are mapped back to
-// file offsets.
+// file offsets. (Only detect's learned secrets, searched from the start of the window where a key
+// was first seen, depend on where windows fall, which shortening moves.)
 //
 // Zero runs are recognised as whole page-aligned (by file offset) zero pages in the data, plus
 // the zero ranges the redactor writes itself; bytes in partial pages are fed as they are.

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"debug/elf"
 	"encoding/pem"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -57,11 +58,10 @@ func FuzzRedact(f *testing.F) {
 	}
 	for _, e := range ents {
 		if filepath.Ext(e.Name()) == ".core" {
-			b, err := os.ReadFile(filepath.Join(seedDir, e.Name()))
-			if err != nil {
-				f.Fatal(err)
-			}
-			f.Add(b)
+			// The real cores with every segment cut to its first page (keys included): the same
+			// headers and notes, 10 times smaller, so the fuzzer runs 10 times faster. The whole
+			// seeds are checked by TestSeedCores.
+			f.Add(shortSegments(f, filepath.Join(seedDir, e.Name()), pageSize))
 		}
 	}
 	f.Add(small().bytes())
@@ -184,4 +184,28 @@ func TestMakeSeeds(t *testing.T) {
 		}
 		t.Logf("%s: %d bytes", name, len(b))
 	}
+}
+
+// shortSegments rewrites a core with each PT_LOAD's data cut to at most n bytes.
+func shortSegments(t testing.TB, path string, n uint64) []byte {
+	t.Helper()
+	f, err := elf.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var c tcore
+	for _, p := range f.Progs {
+		b, err := io.ReadAll(p.Open())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch p.Type {
+		case elf.PT_NOTE:
+			c.notes = append(c.notes, b...)
+		case elf.PT_LOAD:
+			c.add(tseg{vaddr: p.Vaddr, memsz: p.Memsz, flags: uint32(p.Flags), data: b[:min(uint64(len(b)), n)]})
+		}
+	}
+	return c.bytes()
 }

@@ -47,6 +47,9 @@ func (in *input) read(b []byte, what string) error {
 
 // full reads exactly n bytes; the slice is valid until the next call.
 func (in *input) full(n int, what string) ([]byte, error) {
+	if cap(in.small) > 1<<20 && n <= 1<<20 {
+		in.small = nil // give back a large NT_FILE buffer
+	}
 	if cap(in.small) < n {
 		in.small = make([]byte, n)
 	}

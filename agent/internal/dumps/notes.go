@@ -26,7 +26,8 @@ const (
 	maxNameSize  = 256
 	maxFileNote  = 16 << 20 // the kernel's NT_FILE limit (core_file_note_size_limit max)
 	maxAuxv      = 64 << 10
-	atSysinfoEH  = 33 // AT_SYSINFO_EHDR: the vdso's address
+	maxMappings  = 1 << 17 // twice the most vm.max_map_count allows by default
+	atSysinfoEH  = 33      // AT_SYSINFO_EHDR: the vdso's address
 )
 
 // x86-64 user_regs_struct, in pr_reg order.
@@ -272,6 +273,9 @@ func parseFileNote(d []byte) ([]Mapping, error) {
 	count, psz := le.Uint64(d), le.Uint64(d[8:])
 	if count > uint64(len(d)-16)/24 {
 		return nil, fmt.Errorf("NT_FILE claims %d mappings in %d bytes", count, len(d))
+	}
+	if count > maxMappings {
+		return nil, fmt.Errorf("NT_FILE lists %d mappings, more than %d: absurd", count, maxMappings)
 	}
 	if psz == 0 || psz&(psz-1) != 0 || psz > 1<<30 {
 		return nil, fmt.Errorf("NT_FILE page size %d is not a power of two up to 1 GiB", psz)

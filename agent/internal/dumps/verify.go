@@ -13,8 +13,8 @@ import (
 const MaxVerifyFindings = 1000
 
 // Verify is the independent second pass over a finished core: it runs det over every byte of r
-// (long zero runs shortened as described on feeder, which finds exactly what a full scan finds)
-// and returns the findings with their file offsets. It knows nothing about ELF, so it does not
+// (long zero runs shortened as described on feeder: every match a full scan reports lies in the
+// same bytes it sees, TestVerifyMatchesFullScan) and returns the findings with their file offsets. It knows nothing about ELF, so it does not
 // depend on the redactor's parsing. Any finding means the dump must not be passed on. It stops
 // after MaxVerifyFindings findings.
 func Verify(ctx context.Context, r io.Reader, det *detect.Detector) ([]detect.Finding, error) {
