@@ -3,7 +3,10 @@ package dumps
 import (
 	"fmt"
 	"io"
+	"os"
 	"sort"
+
+	"golang.org/x/sys/unix"
 )
 
 // outQueue holds output bytes back until the detector has settled them, so that a match is
@@ -21,6 +24,33 @@ type outQueue struct {
 	holdBase int64
 	dataOut  int64 // data bytes written (or dropped) so far
 	dataIn   int64 // data bytes queued so far
+
+	sparse *os.File // when set, long zero runs are skipped with Seek (holes)
+	hole   bool     // the last thing done was a skip: the file must be extended at the end
+}
+
+// sparseMin is the shortest zero run left as a hole in a sparse output.
+const sparseMin = 64 << 10
+
+// finishSparse extends a sparse output that ends in a hole and checks its size: a file opened
+// with O_APPEND, say, ignores the seeks and comes out short.
+func (q *outQueue) finishSparse() error {
+	if q.sparse == nil {
+		return nil
+	}
+	if q.hole {
+		if err := q.sparse.Truncate(q.flushed); err != nil {
+			return fmt.Errorf("extend the output over its final hole: %w", err)
+		}
+	}
+	st, err := q.sparse.Stat()
+	if err != nil {
+		return err
+	}
+	if st.Size() != q.flushed {
+		return fmt.Errorf("sparse output is %d bytes, want %d: it must be a regular file opened without O_APPEND and empty", st.Size(), q.flushed)
+	}
+	return nil
 }
 
 // piece is n bytes at file offset off: zeros when isZero, else data bytes numbered from dpos.
@@ -91,7 +121,13 @@ func (q *outQueue) flush(upTo int64) error {
 	for q.head < len(q.pieces) && q.flushed < upTo {
 		p := &q.pieces[q.head]
 		k := min(p.n, upTo-p.off) // bytes of this piece to write now
-		if p.isZero {
+		if p.isZero && q.sparse != nil && k >= sparseMin {
+			if _, err := q.sparse.Seek(k, io.SeekCurrent); err != nil {
+				return fmt.Errorf("leave a hole in the output: %w", err)
+			}
+			q.hole = true
+		} else if p.isZero {
+			q.hole = false
 			for left := k; left > 0; {
 				m := min(left, int64(len(zeros)))
 				if _, err := q.w.Write(zeros[:m]); err != nil {
@@ -100,6 +136,7 @@ func (q *outQueue) flush(upTo int64) error {
 				left -= m
 			}
 		} else {
+			q.hole = false
 			d := p.dpos - q.holdBase
 			if _, err := q.w.Write(q.hold[d : d+k]); err != nil {
 				return fmt.Errorf("write output: %w", err)
@@ -119,6 +156,29 @@ func (q *outQueue) flush(upTo int64) error {
 	} else if q.head > 1024 && q.head*2 > len(q.pieces) {
 		q.pieces = append(q.pieces[:0], q.pieces[q.head:]...)
 		q.head = 0
+	}
+	return nil
+}
+
+// checkSparse accepts an output for holes: a regular, empty file, written from offset 0, not
+// opened with O_APPEND (where seeks do not move writes).
+func checkSparse(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("sparse output: %w", err)
+	}
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("sparse output: %w", err)
+	}
+	off, err := f.Seek(0, io.SeekCurrent)
+	switch {
+	case err != nil:
+		return fmt.Errorf("sparse output: %w", err)
+	case !st.Mode().IsRegular() || st.Size() != 0 || off != 0:
+		return fmt.Errorf("sparse output must be an empty regular file written from its start (%s, %d bytes, offset %d)", st.Mode(), st.Size(), off)
+	case fl&unix.O_APPEND != 0:
+		return fmt.Errorf("sparse output must not be opened with O_APPEND")
 	}
 	return nil
 }

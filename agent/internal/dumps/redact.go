@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 
@@ -29,6 +30,10 @@ type Options struct {
 	KeepStacks bool
 	// StackLimit bounds the stack kept above each RSP; 0 means DefaultStackLimit.
 	StackLimit uint64
+	// Sparse leaves zero runs of 64 KiB or more as holes when out is an *os.File, which must be
+	// a regular, empty file opened for writing without O_APPEND (Redact refuses others). The bytes
+	// read back are the same; the file takes only the disk its kept bytes need.
+	Sparse bool
 }
 
 // Zeroed counts bytes the redactor zeroed, by reason.
@@ -69,6 +74,12 @@ func Redact(ctx context.Context, in io.Reader, out io.Writer, opts Options) (Sum
 	}
 	r := newInput(ctx, in)
 	s := newScrubber(out, opts.Detector, &sum)
+	if f, ok := out.(*os.File); ok && opts.Sparse {
+		if err := checkSparse(f); err != nil {
+			return sum, fmt.Errorf("redact core dump: %w", err)
+		}
+		s.q.sparse = f
+	}
 	err := redact(r, s, &sum, opts)
 	sum.Bytes = s.q.flushed
 	if err != nil {
@@ -214,7 +225,10 @@ func (s *scrubber) finish() error {
 	if err := s.f.close(); err != nil {
 		return err
 	}
-	return s.q.flush(s.q.end)
+	if err := s.q.flush(s.q.end); err != nil {
+		return err
+	}
+	return s.q.finishSparse()
 }
 
 // ival is a half-open address interval.

@@ -8,8 +8,11 @@ import (
 	"encoding/binary"
 	"encoding/pem"
 	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
@@ -460,5 +463,43 @@ func TestPEMEncodingParses(t *testing.T) {
 	}
 	if _, err := x509.ParsePKCS8PrivateKey(blk.Bytes); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Sparse output reads back byte for byte like the plain output, takes less disk, and a file opened
+// with O_APPEND (where seeks do nothing) is refused.
+func TestRedactSparse(t *testing.T) {
+	c := small()
+	c.add(tseg{vaddr: 0x5000000, flags: 6, size: 8 << 20}) // anonymous: 8 MiB of holes
+	in := c.bytes()
+	det := testDetector(t)
+	want, _ := redactBytes(t, in, Options{Detector: det})
+	path := filepath.Join(t.TempDir(), "core")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Redact(context.Background(), bytes.NewReader(in), f, Options{Detector: det, Sparse: true}); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("sparse output differs from the plain output (%d vs %d bytes, %v)", len(got), len(want), err)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Sys().(*syscall.Stat_t).Blocks * 512; used > 1<<20 {
+		t.Errorf("sparse output of %d bytes uses %d bytes of disk", st.Size(), used)
+	}
+	af, err := os.OpenFile(filepath.Join(t.TempDir(), "append"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer af.Close()
+	if _, err := Redact(context.Background(), bytes.NewReader(in), af, Options{Detector: det, Sparse: true}); err == nil || !strings.Contains(err.Error(), "O_APPEND") {
+		t.Fatalf("sparse redaction into an O_APPEND file: %v", err)
 	}
 }
