@@ -53,6 +53,11 @@
 // not be safe: the caller writes to a temporary file, and passes the dump on only when Redact
 // returned nil and Verify, a separate pass over the written file, found nothing.
 //
+// With Options.Sparse and an empty regular output file, zero runs of 64 KiB or more are left as
+// holes (same bytes when read, little disk). Inspect reads only the headers and notes; Peek does
+// the same on a pipe and returns a reader that replays the whole dump, for a handler that decides
+// from the notes and then redacts or copies without buffering the dump.
+//
 // # Memory
 //
 // Redact holds the program headers (56 bytes each), one note at a time (NT_FILE at most 16 MiB)
