@@ -109,10 +109,13 @@ func run(ctx context.Context, cfg export.Config, log *slog.Logger, target uint64
 			sum.Refused++
 		}
 	}
-	// Wait until everything spooled is acknowledged.
+	// Wait until everything spooled is acknowledged, and at least this run's events were sent: after
+	// a wiped spool the collector's first acknowledgement already covers the numbers the spool starts
+	// with, until the spool renumbers them after it.
 	for ctx.Err() == nil {
 		st := p.Stats()
-		if st.QueueLen == 0 && st.Spool.DurableSeq == st.Spool.NextSeq-1 && st.AckedSeq >= st.Spool.DurableSeq {
+		if st.QueueLen == 0 && st.Spool.DurableSeq == st.Spool.NextSeq-1 && st.AckedSeq >= st.Spool.DurableSeq &&
+			st.Sent >= sum.Submitted {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)

@@ -235,11 +235,20 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 // resume reconciles the collector's acknowledged sequence number with the spool and returns the
 // first sequence number to send.
 func (p *Pipeline) resume(collectorAcked uint64) (uint64, error) {
+	first, err := p.reconcile(collectorAcked)
+	if err == nil {
+		err = p.sp.MarkSynced()
+	}
+	return first, err
+}
+
+func (p *Pipeline) reconcile(collectorAcked uint64) (uint64, error) {
 	st := p.sp.Stats()
 	switch {
-	case collectorAcked > st.DurableSeq:
-		// The collector has more of this host than the spool ever held: the spool was wiped or
-		// restored. Renumbering is needed so that new events do not reuse stored numbers.
+	case collectorAcked > st.DurableSeq || (st.Fresh && collectorAcked > 0):
+		// The collector holds numbers this spool never acknowledged: the spool is new, wiped or
+		// restored (a fresh spool's numbers 1..n are new events even when n <= collectorAcked).
+		// Renumbering is needed so that new events do not reuse stored numbers.
 		first, err := p.sp.Renumber(collectorAcked+1, reseq)
 		if err != nil {
 			return 0, fmt.Errorf("renumber spool after the collector reported acked_seq %d beyond the spool's %d: %w", collectorAcked, st.DurableSeq, err)

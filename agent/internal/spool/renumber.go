@@ -162,7 +162,19 @@ func (s *Spool) writeAck(seq uint64, sync bool) error {
 		s.ackSync = seq
 	}
 	s.acked = seq
+	s.fresh = false
 	return nil
+}
+
+// MarkSynced records that the spool's numbering has been reconciled with the collector (after a
+// first handshake, or a renumbering), so it is no longer Fresh, even before any acknowledgement.
+func (s *Spool) MarkSynced() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.fresh {
+		return nil
+	}
+	return s.writeAck(s.acked, true)
 }
 
 // reload drops the in-memory state and recovers it from disk.

@@ -162,6 +162,9 @@ type Stats struct {
 	// Evicted, Refused and Corrupt count records lost since Open: evicted to make room, refused
 	// because the spool was full of more valuable records, destroyed by on-disk damage.
 	Evicted, Refused, Corrupt uint64
+	// Fresh is true until the spool has recorded a first acknowledgement: a new (or wiped) spool,
+	// whose numbers say nothing about what the collector already holds for this host.
+	Fresh bool
 	// LossRecords counts loss records written since Open.
 	LossRecords uint64
 }
@@ -222,6 +225,7 @@ type Spool struct {
 	closed   bool
 	lock     *os.File
 	ackFile  *os.File
+	fresh    bool       // no acknowledgement recorded yet (see Stats.Fresh)
 	segs     []*segment // ordered by base; the last one is active
 	active   *os.File
 	w        *bufio.Writer
@@ -312,10 +316,12 @@ func (s *Spool) recover() error {
 	}
 	s.ackFile = ack
 	var buf [16]byte
+	s.fresh = true
 	if n, _ := ack.ReadAt(buf[:], 0); n == 16 {
 		seq := binary.LittleEndian.Uint64(buf[0:])
 		if crc32.Checksum(buf[:8], castagnoli) == binary.LittleEndian.Uint32(buf[8:]) && string(buf[12:]) == "KGAK" {
 			s.acked, s.ackSync = seq, seq
+			s.fresh = false
 		} else {
 			s.log.Warn("spool: acknowledgement file is damaged; unacknowledged state is rebuilt and the collector discards resent duplicates")
 		}
@@ -917,7 +923,7 @@ func (s *Spool) Stats() Stats {
 	st := Stats{
 		NextSeq: s.next, DurableSeq: s.durable, AckedSeq: s.acked,
 		Bytes: s.used, MaxBytes: s.cfg.MaxBytes, Segments: len(s.segs),
-		Evicted: s.evicted, Refused: s.refused, Corrupt: s.corrupt, LossRecords: s.lossRecs,
+		Evicted: s.evicted, Refused: s.refused, Corrupt: s.corrupt, LossRecords: s.lossRecs, Fresh: s.fresh,
 	}
 	for _, g := range s.segs {
 		if g.count == 0 || g.last <= s.acked {

@@ -827,3 +827,31 @@ func BenchmarkAppendSync(b *testing.B) {
 	}
 	b.SetBytes(int64(len(payload)))
 }
+
+// A new spool is Fresh until its numbering was reconciled with the collector (MarkSynced) or an
+// acknowledgement was recorded, and stays reconciled across reopening.
+func TestFreshUntilSynced(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(testConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Stats().Fresh {
+		t.Fatal("a new spool is not Fresh")
+	}
+	if err := s.MarkSynced(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Stats().Fresh {
+		t.Fatal("still Fresh after MarkSynced")
+	}
+	s.Close()
+	s, err = Open(testConfig(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Stats().Fresh {
+		t.Fatal("Fresh again after reopening a synced spool")
+	}
+}
