@@ -23,6 +23,20 @@ func setCorePattern(t *testing.T, p string) {
 	t.Cleanup(func() { os.WriteFile(corePattern, old, 0) })
 }
 
+// freshCores empties the cores folder and points core_pattern into it: a file "core" or a pipe helper
+// that writes the byte count and whether the secret was there into "pipe".
+func freshCores(t *testing.T, pattern string) {
+	t.Helper()
+	cores := dir + "/cores"
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	if pattern == "file" {
+		setCorePattern(t, cores+"/core")
+	} else {
+		setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
+	}
+}
+
 // crash runs "exe crash ..." and returns how it ended.
 func crash(t *testing.T, exe string, args ...string) syscall.WaitStatus {
 	t.Helper()
@@ -109,13 +123,7 @@ func TestDumpUnprotectedUntouched(t *testing.T) {
 	cores := dir + "/cores"
 	for _, pattern := range []string{"file", "pipe"} {
 		t.Run(pattern, func(t *testing.T) {
-			os.RemoveAll(cores)
-			os.MkdirAll(cores, 0o777)
-			if pattern == "file" {
-				setCorePattern(t, cores+"/core")
-			} else {
-				setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
-			}
+			freshCores(t, pattern)
 			ws := crash(t, victimPlain, "-sig", "SEGV")
 			if !ws.CoreDump() {
 				t.Fatalf("no core dump for an unprotected process: %v", ws)
@@ -147,13 +155,7 @@ func TestDumpRedactFailsClosed(t *testing.T) {
 	cores := dir + "/cores"
 	for _, pattern := range []string{"file", "pipe"} {
 		t.Run(pattern, func(t *testing.T) {
-			os.RemoveAll(cores)
-			os.MkdirAll(cores, 0o777)
-			if pattern == "file" {
-				setCorePattern(t, cores+"/core")
-			} else {
-				setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
-			}
+			freshCores(t, pattern)
 			crash(t, victimRedact, "-sig", "ABRT", "-thread")
 			time.Sleep(300 * time.Millisecond)
 			ents, _ := os.ReadDir(cores)
