@@ -48,6 +48,7 @@ const (
 	KeyguardKgCounterKG_CNT_DUMP_ALLOWED    KeyguardKgCounter = 12
 	KeyguardKgCounterKG_CNT_TAMPER          KeyguardKgCounter = 13
 	KeyguardKgCounterKG_CNT_BPF_LOAD_DENIED KeyguardKgCounter = 14
+	KeyguardKgCounterKG_CNT_PERF_DENIED     KeyguardKgCounter = 15
 	KeyguardKgCounterKG_CNT_MAX             KeyguardKgCounter = 16
 )
 
@@ -220,7 +221,8 @@ type KeyguardKgScratch struct {
 type KeyguardKgSideDoor uint32
 
 const (
-	KeyguardKgSideDoorKG_SIDE_BPF_LOAD KeyguardKgSideDoor = 1
+	KeyguardKgSideDoorKG_SIDE_BPF_LOAD  KeyguardKgSideDoor = 1
+	KeyguardKgSideDoorKG_SIDE_PERF_USER KeyguardKgSideDoor = 2
 )
 
 type KeyguardKgTamper uint32
@@ -267,6 +269,7 @@ const (
 	KeyguardProgKgInodeRename        = "kg_inode_rename"
 	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
 	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
+	KeyguardProgKgPerfEventAlloc     = "kg_perf_event_alloc"
 	KeyguardProgKgPtraceAccessCheck  = "kg_ptrace_access_check"
 	KeyguardProgKgPtraceTraceme      = "kg_ptrace_traceme"
 	KeyguardProgKgSbUmount           = "kg_sb_umount"
@@ -331,6 +334,7 @@ type KeyguardProgramSpecs struct {
 	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
 	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
+	KgPerfEventAlloc     *ebpf.ProgramSpec `ebpf:"kg_perf_event_alloc"`
 	KgPtraceAccessCheck  *ebpf.ProgramSpec `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.ProgramSpec `ebpf:"kg_ptrace_traceme"`
 	KgSbUmount           *ebpf.ProgramSpec `ebpf:"kg_sb_umount"`
@@ -453,6 +457,7 @@ type KeyguardPrograms struct {
 	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
 	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
+	KgPerfEventAlloc     *ebpf.Program `ebpf:"kg_perf_event_alloc"`
 	KgPtraceAccessCheck  *ebpf.Program `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.Program `ebpf:"kg_ptrace_traceme"`
 	KgSbUmount           *ebpf.Program `ebpf:"kg_sb_umount"`
@@ -474,6 +479,7 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgInodeRename,
 		p.KgInodeRmdir,
 		p.KgInodeUnlink,
+		p.KgPerfEventAlloc,
 		p.KgPtraceAccessCheck,
 		p.KgPtraceTraceme,
 		p.KgSbUmount,

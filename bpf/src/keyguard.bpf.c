@@ -1102,3 +1102,60 @@ int BPF_PROG(kg_sb_umount, struct vfsmount *mnt, int flags)
 		return 0;
 	return tamper(KG_TAMPER_UMOUNT, 0, 0);
 }
+
+/*
+ * perf events that copy user memory or registers (PERF_SAMPLE_STACK_USER, PERF_SAMPLE_REGS_USER, AUX
+ * tracing) of a protected process. Root (CAP_PERFMON) never reaches ptrace_access_check for perf, so the
+ * target is checked here, once the event knows it. CPU-wide events cannot be filtered by target: they
+ * are refused while any protected process exists (marks recorded in late_marks or task storage are not
+ * countable here, so "exists" means the agent registered and a rule is loaded).
+ */
+#define PERF_SAMPLE_USER_COPY (4096 | 8192) /* REGS_USER | STACK_USER */
+
+SEC("lsm/perf_event_alloc")
+int BPF_PROG(kg_perf_event_alloc, struct perf_event *event)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct task_struct *target;
+	struct kg_accessor_key key = {};
+	struct kg_mark prot = {}, none = {};
+	struct kg_event *e;
+	__u64 sample = BPF_CORE_READ(event, attr.sample_type);
+	__u32 aux = BPF_CORE_READ(event, attr.aux_watermark);
+	__u32 zero = 0;
+	struct kg_agent *a;
+
+	if (!(sample & PERF_SAMPLE_USER_COPY) && !aux)
+		return 0;
+	if (is_keyguard(cur))
+		return 0;
+	target = event->hw.target;
+	if (target) {
+		if (!protection(target, &prot))
+			return 0;
+	} else {
+		/* CPU-wide: refuse while keyguard is active (an agent registered). */
+		a = bpf_map_lookup_elem(&agent, &zero);
+		if (!a || !a->tgid)
+			return 0;
+	}
+	task_exe(cur, &key.dev, &key.ino);
+	key.uid = BPF_CORE_READ(cur, real_cred, uid.val);
+	if (bpf_map_lookup_elem(&allow, &key))
+		return 0;
+	key.uid = KG_ANY_UID;
+	if (bpf_map_lookup_elem(&allow, &key))
+		return 0;
+	count(KG_CNT_PERF_DENIED);
+	e = new_event(KG_EVENT_SIDE_DOOR, target ? &prot : &none);
+	if (e) {
+		e->op = KG_SIDE_PERF_USER;
+		e->decision = KG_DECISION_DENIED;
+		e->access_mode = (__u32)sample;
+		fill_proc(&e->actor, cur);
+		if (target)
+			fill_proc(&e->target, target);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return -EPERM;
+}

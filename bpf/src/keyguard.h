@@ -32,7 +32,8 @@ enum kg_event_kind {
 };
 
 enum kg_side_door {
-	KG_SIDE_BPF_LOAD = 1, /* a BPF program that can read user memory; access_mode is the program type */
+	KG_SIDE_BPF_LOAD = 1,   /* a BPF program that can read user memory; access_mode is the program type */
+	KG_SIDE_PERF_USER = 2,  /* a perf event copying a protected process's user stack/registers; access_mode: sample_type */
 };
 
 /* What was attempted against keyguard's own programs, maps, links and pins. */
@@ -121,6 +122,7 @@ enum kg_counter {
 	KG_CNT_DUMP_ALLOWED = 12,
 	KG_CNT_TAMPER = 13,
 	KG_CNT_BPF_LOAD_DENIED = 14,
+	KG_CNT_PERF_DENIED = 15,
 	KG_CNT_MAX = 16,
 };
 

@@ -226,8 +226,10 @@ func breakGlassEvent(action string, g control.Grant) events.Event {
 	}}
 }
 
+// counterNames names the kernel's counters, by index (enum kg_counter).
 var counterNames = []string{"denied", "allowed_audit", "allowed_policy", "allowed_break_glass", "noaudit_checks",
-	"marked_exec", "marked_key_file", "inherited", "agent_reads"}
+	"marked_exec", "marked_key_file", "inherited", "agent_reads", "dumps_blocked", "dumps_killed_bad_destination",
+	"dumps_to_handler", "dumps_allowed", "tamper_refused", "bpf_loads_refused", "perf_refused"}
 
 func (a *Agent) status() (*control.Status, error) {
 	s := &control.Status{Version: a.cfg.Version, Build: a.guard.Build, Adopted: a.guard.Adopted, PinPath: a.cfg.Loader.PinPath,

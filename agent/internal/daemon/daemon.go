@@ -317,18 +317,33 @@ func (a *Agent) watchPolicy(ctx context.Context, w *policy.Watcher) {
 
 func (a *Agent) statePath(name string) string { return filepath.Join(a.cfg.StateDir, name) }
 
+// The kernel's lost-event counter lives in a pinned map; what was already reported is kept in the
+// state folder together with that map's id, so a new map (after uninstall or reboot) starts from 0.
+func (a *Agent) lostMapID() uint32 {
+	info, err := a.guard.Maps.Lost.Info()
+	if err != nil {
+		return 0
+	}
+	id, _ := info.ID()
+	return uint32(id)
+}
+
 func (a *Agent) readLostBaseline() uint64 {
 	b, err := os.ReadFile(a.statePath("kernel-lost-reported"))
 	if err != nil {
 		return 0
 	}
-	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	var id uint32
+	var n uint64
+	if _, err := fmt.Sscan(string(b), &id, &n); err != nil || id != a.lostMapID() {
+		return 0
+	}
 	return n
 }
 
 func (a *Agent) writeLostBaseline(n uint64) {
 	tmp := a.statePath("kernel-lost-reported.tmp")
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(n, 10)+"\n"), 0o600); err == nil {
+	if err := os.WriteFile(tmp, []byte(fmt.Sprintf("%d %d\n", a.lostMapID(), n)), 0o600); err == nil {
 		_ = os.Rename(tmp, a.statePath("kernel-lost-reported"))
 	}
 }

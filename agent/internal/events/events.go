@@ -262,9 +262,18 @@ func Decode(raw []byte, names Names) (Event, error) {
 		ev.Kind = KindSideDoor
 		ev.Rule, ev.Reason, ev.Target = "", "", nil
 		ev.Operation = fmt.Sprintf("side_door_%d", r.Op)
-		if kgbpf.KeyguardKgSideDoor(r.Op) == kgbpf.KeyguardKgSideDoorKG_SIDE_BPF_LOAD {
+		switch kgbpf.KeyguardKgSideDoor(r.Op) {
+		case kgbpf.KeyguardKgSideDoorKG_SIDE_BPF_LOAD:
 			ev.Operation = "bpf_load"
 			ev.Detail = strings.TrimSpace(fmt.Sprintf("%s (program type %d)", ev.Detail, r.AccessMode))
+		case kgbpf.KeyguardKgSideDoorKG_SIDE_PERF_USER:
+			ev.Operation = "perf_event"
+			ev.Detail = fmt.Sprintf("sample_type %#x", r.AccessMode)
+			if r.Target.Pid != 0 {
+				ev.Target, ev.Rule = process(r.Target), names.RuleName(r.RuleId)
+			} else {
+				ev.Detail += " (CPU-wide)"
+			}
 		}
 		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
 		ev.Accessor = process(r.Actor)

@@ -128,8 +128,11 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 		out.Kind = &keyguardv1.Event_CoreDump{CoreDump: cd}
 	case KindSideDoor:
 		kind := keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER
-		if ev.Operation == "bpf_load" {
+		switch ev.Operation {
+		case "bpf_load":
 			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_BPF_LOAD
+		case "perf_event":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_PERF_EVENT
 		}
 		out.Kind = &keyguardv1.Event_SideDoor{SideDoor: &keyguardv1.SideDoor{
 			Accessor: ev.Accessor.proto(), Kind: kind,

@@ -77,6 +77,7 @@ var programNames = []string{
 	"kg_inode_rmdir",
 	"kg_inode_rename",
 	"kg_sb_umount",
+	"kg_perf_event_alloc",
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -161,6 +162,7 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		"kg_inode_rmdir":          objs.KgInodeRmdir,
 		"kg_inode_rename":         objs.KgInodeRename,
 		"kg_sb_umount":            objs.KgSbUmount,
+		"kg_perf_event_alloc":     objs.KgPerfEventAlloc,
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)

@@ -2,6 +2,7 @@ package guard
 
 import (
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -38,4 +39,29 @@ func TestBPFLoadRefused(t *testing.T) {
 			})
 		})
 	}
+}
+
+// perf sampling that copies user stacks is refused for a protected target (root skips ptrace checks
+// for perf) and while keyguard runs for CPU-wide sampling; an unprotected target can be sampled.
+func TestPerfUserStackRefused(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	w := startVictim(t, victimPlain, 0)
+	for _, tc := range []struct {
+		name, pid, want string
+	}{
+		{"protected", strconv.Itoa(v.pid), "ERR EPERM"},
+		{"cpu-wide", "-1", "ERR EPERM"},
+		{"unprotected", strconv.Itoa(w.pid), "OK 1"},
+	} {
+		out, err := exec.Command(procBin, "perf", tc.pid).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v: %s", tc.name, err, out)
+		}
+		if got := strings.TrimSpace(string(out)); got != tc.want {
+			t.Errorf("perf_event_open with PERF_SAMPLE_STACK_USER, %s: %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	waitEvent(t, "perf side-door event", func(e event) bool {
+		return e.Kind == "side_door" && e.Operation == "perf_event" && e.Target != nil && e.Target.PID == uint32(v.pid)
+	})
 }

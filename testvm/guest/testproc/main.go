@@ -67,6 +67,21 @@ func main() {
 		execAttack(os.Args[2])
 	case "crash":
 		crash(os.Args[2:])
+	case "perf":
+		// perf_event_open sampling the user stack of PID (or CPU-wide on CPU 0 with PID -1).
+		pid, _ := strconv.Atoi(os.Args[2])
+		cpu := -1
+		if pid == -1 {
+			cpu = 0
+		}
+		attr := unix.PerfEventAttr{Type: unix.PERF_TYPE_SOFTWARE, Config: unix.PERF_COUNT_SW_CPU_CLOCK,
+			Sample: 100000, Sample_type: unix.PERF_SAMPLE_STACK_USER, Sample_stack_user: 8192}
+		attr.Size = uint32(unsafe.Sizeof(attr))
+		fd, err := unix.PerfEventOpen(&attr, pid, cpu, -1, unix.PERF_FLAG_FD_CLOEXEC)
+		if err == nil {
+			unix.Close(fd)
+		}
+		report(1, err)
 	case "bpfload":
 		// Load (not attach) a BPF program of the given kind; prints OK or ERR errno.
 		err := bpfLoad(os.Args[2])
