@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"runtime"
 	"slices"
+	"sort"
 	"strings"
 	"testing"
 
@@ -133,7 +134,14 @@ func decodeStrict(doc []byte) (object, error) {
 func decodeAll(t *testing.T, manifest string) []object {
 	t.Helper()
 	var objs []object
-	for _, doc := range releaseutil.SplitManifests(manifest) {
+	docs := releaseutil.SplitManifests(manifest) // a map: order by document position
+	keys := make([]string, 0, len(docs))
+	for k := range docs {
+		keys = append(keys, k)
+	}
+	sort.Sort(releaseutil.BySplitManifestsOrder(keys))
+	for _, k := range keys {
+		doc := docs[k]
 		if strings.TrimSpace(doc) == "" {
 			continue
 		}
