@@ -183,10 +183,25 @@ rules:
 		fmt.Println()
 	}
 
+	step("Root tries to switch keyguard off")
+	err = os.RemoveAll("/sys/fs/bpf/keyguard")
+	fmt.Printf("    rm -rf /sys/fs/bpf/keyguard (its pinned programs): %v\n", errOrOK(err))
+	if err == nil {
+		return fmt.Errorf("root removed keyguard's pins")
+	}
+	agent.Process.Kill()
+	agent.Wait()
+	out, _ = exec.Command("/bin/testproc", "attack", "mem", strconv.Itoa(pid)).Output()
+	fmt.Printf("    kill -9 the agent, then read /proc/%d/mem: %s (enforcement is pinned in the kernel)\n", pid, strings.TrimSpace(string(out)))
+	if !strings.HasPrefix(string(out), "ERR") {
+		return fmt.Errorf("the signer became readable after the agent was killed")
+	}
+
 	step("Summary")
 	fmt.Printf("    %d of %d attacks by root on the running signer were blocked and reported;\n", blocked, len(attacks))
 	fmt.Println("    before keyguard, root read the signing key out of memory and out of a crash dump;")
-	fmt.Println("    with keyguard, the protected signer's crash left no dump at all.")
+	fmt.Println("    with keyguard, the protected signer's crash left no dump at all, and root could not")
+	fmt.Println("    switch keyguard off by deleting its pins or killing its agent.")
 	fmt.Println("    Event log: " + dir + "/events.jsonl; collector database: " + dir + "/events.db")
 	if blocked != len(attacks) {
 		return fmt.Errorf("%d attacks were not blocked", len(attacks)-blocked)
@@ -256,4 +271,11 @@ func startSigner(keyFile string) (*exec.Cmd, error) {
 	rl.Cur, rl.Max = ^uint64(0), ^uint64(0)
 	syscall.Setrlimit(syscall.RLIMIT_CORE, &rl)
 	return c, c.Start()
+}
+
+func errOrOK(err error) string {
+	if err == nil {
+		return "succeeded"
+	}
+	return "refused (" + err.Error() + ")"
 }
