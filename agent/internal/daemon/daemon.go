@@ -370,13 +370,7 @@ func procInfo(pid int) *events.Process {
 			}
 		}
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid)); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "0::"); ok {
-				p.Cgroup = v
-			}
-		}
-	}
+	p.Cgroup = events.CgroupPath(uint32(pid))
 	return p
 }
 

@@ -223,23 +223,17 @@ func cgroupRule(pinPath string, pid int) (uint32, error) {
 		return 0, err
 	}
 	defer m.Close()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	root, err := policy.CgroupRoot()
 	if err != nil {
 		return 0, err
 	}
-	var path string
-	for _, l := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(l, "0::"); ok {
-			path = p
-		}
-	}
-	for p := path; p != "" && p != "/"; p = filepath.Dir(p) {
-		var st unix.Stat_t
-		if unix.Stat("/sys/fs/cgroup"+p, &st) != nil {
+	for p := events.CgroupPath(uint32(pid)); p != "" && p != "/"; p = filepath.Dir(p) {
+		cg, err := policy.CgroupID(filepath.Join(root, p))
+		if err != nil {
 			continue
 		}
 		var id uint32
-		if m.Lookup(st.Ino, &id) == nil {
+		if m.Lookup(cg, &id) == nil {
 			return id, nil
 		}
 	}

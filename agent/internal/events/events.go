@@ -303,7 +303,7 @@ func process(p kgbpf.KeyguardKgProc) *Process {
 				}
 			}
 		}
-		out.Cgroup = cgroupPath(p.Pid)
+		out.Cgroup = CgroupPath(p.Pid)
 	}
 	return out
 }
@@ -333,7 +333,8 @@ func exePath(b []int8) string {
 	return "/" + strings.Join(comps, "/")
 }
 
-func cgroupPath(pid uint32) string {
+// CgroupPath returns a process's cgroup v2 path from /proc/PID/cgroup, or "".
+func CgroupPath(pid uint32) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
 	if err != nil {
 		return ""
