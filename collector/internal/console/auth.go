@@ -298,4 +298,3 @@ func (l *limiter) reset(key string) {
 	delete(l.fails, key)
 	l.mu.Unlock()
 }
-

@@ -442,4 +442,3 @@ func (c *Console) chain(w http.ResponseWriter, r *http.Request, s *session) {
 	c.log.Info("console chain verification", "user", s.User, "hosts", len(d.Reports))
 	c.render(w, r, s, http.StatusOK, "chain", "Chain verification", d)
 }
-
