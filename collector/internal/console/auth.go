@@ -105,7 +105,7 @@ func (c *Console) sessionOf(r *http.Request) (*session, error) {
 		return nil, store.ErrNoSession
 	}
 	id := hashID(ck.Value)
-	se, err := c.st.TouchSession(r.Context(), id, c.opts.Now(), c.opts.SessionIdle, c.opts.SessionMax, 30*time.Second)
+	se, err := c.st.TouchSession(r.Context(), id, c.opts.Now(), c.opts.SessionIdle, c.opts.SessionMax, min(30*time.Second, c.opts.SessionIdle/4))
 	if err != nil {
 		return nil, err
 	}

@@ -188,8 +188,8 @@ func health(version, kernel string, lsm, pinned bool, protected uint32, findings
 
 func memAccess(d time.Duration, comm, exe string, pid uint32, dec pb.Decision, rule string) *pb.Event {
 	return &pb.Event{Time: at(d), Kind: &pb.Event_MemoryAccess{MemoryAccess: &pb.MemoryAccess{
-		Accessor: &pb.Process{Pid: pid, Tid: pid, Comm: comm, ExePath: exe, Uid: 1000, Euid: 1000, CgroupPath: "/user.slice/user-1000.slice/session-3.scope", CgroupId: 77},
-		Target:   &pb.Process{Pid: 1717, Tid: 1717, Comm: "signer", ExePath: "/opt/signer/bin/signer", Uid: 998, Euid: 998, CgroupPath: "/system.slice/signer.service", CgroupId: 42},
+		Accessor:  &pb.Process{Pid: pid, Tid: pid, Comm: comm, ExePath: exe, Uid: 1000, Euid: 1000, CgroupPath: "/user.slice/user-1000.slice/session-3.scope", CgroupId: 77},
+		Target:    &pb.Process{Pid: 1717, Tid: 1717, Comm: "signer", ExePath: "/opt/signer/bin/signer", Uid: 998, Euid: 998, CgroupPath: "/system.slice/signer.service", CgroupId: 42},
 		Operation: pb.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH, Rule: rule, PolicyMode: pb.PolicyMode_POLICY_MODE_ENFORCE,
 		Decision: dec, AccessMode: 0x12, AccessModeNames: []string{"PTRACE_MODE_ATTACH", "PTRACE_MODE_REALCREDS"},
 	}}}
@@ -207,7 +207,7 @@ func coreDump(d time.Duration) *pb.Event {
 func lossReport(d time.Duration, n uint64) *pb.Event {
 	return &pb.Event{Time: at(d), Kind: &pb.Event_LossReport{LossReport: &pb.LossReport{
 		Source: pb.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER, Count: n,
-		PerKind: []*pb.KindCount{{Kind: pb.EventKind_EVENT_KIND_MEMORY_ACCESS, Count: n}},
+		PerKind:         []*pb.KindCount{{Kind: pb.EventKind_EVENT_KIND_MEMORY_ACCESS, Count: n}},
 		WindowStartTime: at(d - time.Minute), WindowEndTime: at(d),
 	}}}
 }
