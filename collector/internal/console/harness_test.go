@@ -32,6 +32,12 @@ func TestMain(m *testing.M) {
 	if loadgenDir != "" {
 		os.RemoveAll(loadgenDir)
 	}
+	for _, st := range millionStores {
+		st.Close()
+	}
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
 	os.Exit(code)
 }
 
