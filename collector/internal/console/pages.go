@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -240,7 +241,7 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 	if err != nil {
 		d.Error = apiMessage(err)
 		code := http.StatusBadRequest
-		if status.Code(err) != 3 { // not InvalidArgument
+		if status.Code(err) != codes.InvalidArgument {
 			code = http.StatusServiceUnavailable
 		}
 		c.render(w, r, s, code, "events", "Events", d)
