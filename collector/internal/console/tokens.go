@@ -20,7 +20,6 @@ import (
 const (
 	maxReasonBytes    = 1000
 	maxBreakGlass     = 4 * time.Hour // the agent refuses longer grants
-	defaultValidity   = time.Hour
 	tokenHistoryLimit = 100
 )
 
@@ -41,7 +40,7 @@ type tokensData struct {
 func (c *Console) tokensData(r *http.Request, s *session, f tokenForm) tokensData {
 	d := tokensData{Enabled: c.opts.OperatorKey != nil, CSRF: s.CSRF, Form: f}
 	if d.Form.Valid == "" {
-		d.Form.Valid = defaultValidity.String()
+		d.Form.Valid = "1h"
 	}
 	if d.Form.Action == "" {
 		d.Form.Action = optoken.ActionBreakGlass
