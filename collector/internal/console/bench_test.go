@@ -60,8 +60,8 @@ func seedMillion(b *testing.B, st *store.Store) {
 						State: pb.ProtectionState_PROTECTION_STATE_PROTECTED, Reason: pb.ProtectionReason_PROTECTION_REASON_EXEC}}
 				} else {
 					ev.Kind = &pb.Event_MemoryAccess{MemoryAccess: &pb.MemoryAccess{
-						Accessor: &pb.Process{Pid: uint32(1000 + i%500), Comm: "gdb", ExePath: "/usr/bin/gdb", Uid: 1000, CgroupPath: "/user.slice"},
-						Target:   &pb.Process{Pid: 1717, Comm: "signer", ExePath: "/opt/signer", CgroupPath: "/system.slice/signer.service"},
+						Accessor:  &pb.Process{Pid: uint32(1000 + i%500), Comm: "gdb", ExePath: "/usr/bin/gdb", Uid: 1000, CgroupPath: "/user.slice"},
+						Target:    &pb.Process{Pid: 1717, Comm: "signer", ExePath: "/opt/signer", CgroupPath: "/system.slice/signer.service"},
 						Operation: pb.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH, Rule: "signing-keys", Decision: dec}}
 				}
 				evs = append(evs, ev)
