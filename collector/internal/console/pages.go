@@ -101,19 +101,21 @@ type hostRow struct {
 	Pinned        string
 	Protected     string
 	Findings      []finding
-	Lost          uint64
+	Lost          string
 	LastLoss      string
 	LastSeen      string
 	LastSeenAgo   string
-	Events        uint64
+	Events        string
+	// CSS classes, computed here rather than in the template (rendering 1,000 rows is template-bound).
+	RowClass, LSMClass, PinnedClass, LostClass string
 	EventsURL     string
 	ChainURL      string
 	HealthSummary string
 }
 
 type finding struct {
-	Text     string
-	Severity string
+	Text  string
+	Class string
 }
 
 type fleetData struct {
@@ -180,7 +182,8 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 			Host:         h.GetHost(),
 			Status:       lower(h.GetStatus(), "HOST_STATUS_"),
 			AgentVersion: h.GetAgentVersion(),
-			Events:       h.GetEventCount(),
+			Events:       strconv.FormatUint(h.GetEventCount(), 10),
+			Lost:         "0",
 			EventsURL:    "/events?host=" + urlQuery(h.GetHost()),
 			ChainURL:     "/chain?host=" + urlQuery(h.GetHost()),
 		}
@@ -201,12 +204,28 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 				row.AgentVersion = hh.GetAgentVersion()
 			}
 			for _, f := range hh.GetFindings() {
-				row.Findings = append(row.Findings, finding{Text: f.GetName() + " = " + f.GetValue(), Severity: lower(f.GetSeverity(), "SEVERITY_")})
+				row.Findings = append(row.Findings, finding{Text: f.GetName() + " = " + f.GetValue(), Class: "finding sev-" + lower(f.GetSeverity(), "SEVERITY_")})
 			}
 			row.Problem = !hh.GetLsmActive() || !hh.GetEnforcementPinned() || h.GetStatus() == pb.HostStatus_HOST_STATUS_UNINSTALLED
 		}
+		row.RowClass, row.LSMClass, row.PinnedClass, row.LostClass = "host", "lsm", "pinned", "lost"
 		if l := losses[h.GetHost()]; l != nil {
-			row.Lost, row.LastLoss = l.n, l.last.UTC().Format(timeLayout)
+			row.Lost, row.LastLoss = strconv.FormatUint(l.n, 10), "last loss report "+l.last.UTC().Format(timeLayout)
+			if l.n > 0 {
+				row.LostClass = "lost bad"
+			}
+		}
+		if row.Stale {
+			row.RowClass += " stale"
+		}
+		if row.Problem {
+			row.RowClass += " problem"
+		}
+		if row.LSM == "no" {
+			row.LSMClass = "lsm bad"
+		}
+		if row.Pinned == "no" {
+			row.PinnedClass = "pinned bad"
 		}
 		fd.Hosts = append(fd.Hosts, row)
 	}
