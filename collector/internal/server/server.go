@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,6 +21,8 @@ import (
 	"google.golang.org/grpc/reflection"
 	"gopkg.in/yaml.v3"
 
+	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/collector/internal/console"
 	"github.com/keyguard/keyguard/collector/internal/identity"
 	"github.com/keyguard/keyguard/collector/internal/ingest"
 	"github.com/keyguard/keyguard/collector/internal/query"
@@ -79,6 +82,26 @@ type Config struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// WatchPoll: how often watchers poll for events stored by other collectors (default 1s).
 	WatchPoll Duration `yaml:"watch_poll"`
+	// Console is the operator web console (off unless Listen is set).
+	Console ConsoleConfig `yaml:"console"`
+}
+
+// ConsoleConfig configures the operator web console (package console).
+type ConsoleConfig struct {
+	// Listen is the HTTPS address, e.g. "0.0.0.0:8443"; empty disables the console.
+	Listen string `yaml:"listen"`
+	// TLSCert and TLSKey: the console's certificate; default the collector's tls.cert and tls.key.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// InsecurePlaintext serves plain HTTP; only allowed on a loopback address.
+	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+	// UsersFile lists operators (name:role:hash); required.
+	UsersFile string `yaml:"users_file"`
+	// OperatorKey is the Ed25519 private key (PKCS#8 PEM) signing tokens; empty disables issuance.
+	OperatorKey string `yaml:"operator_key"`
+	// SessionIdle and SessionMax expire sessions unused for that long (default 30m) or that old (12h).
+	SessionIdle Duration `yaml:"session_idle"`
+	SessionMax  Duration `yaml:"session_max"`
 }
 
 // Defaults returns a configuration with default values.
@@ -131,6 +154,10 @@ type Server struct {
 	lis    net.Listener
 	grpc   *grpc.Server
 	health *health.Server
+
+	console      *console.Console
+	consoleLis   net.Listener
+	consoleCerts *console.CertLoader
 }
 
 // New opens storage, loads TLS material and binds the listener. Call Serve, which also closes everything.
@@ -197,16 +224,78 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	notifier := query.NewNotifier()
+	qs := query.New(st, log.With("service", "query"), notifier,
+		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll)})
 	pb.RegisterIngestServiceServer(s.grpc, ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked))
-	pb.RegisterQueryServiceServer(s.grpc, query.New(st, log.With("service", "query"), notifier,
-		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll)}))
+	pb.RegisterQueryServiceServer(s.grpc, qs)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	for _, svc := range []string{"", pb.IngestService_ServiceDesc.ServiceName, pb.QueryService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
+	if cfg.Console.Listen != "" {
+		if err := s.newConsole(cfg, qs); err != nil {
+			lis.Close()
+			st.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// newConsole prepares the web console: TLS material, users, operator key and its listener.
+func (s *Server) newConsole(cfg Config, qs *query.Server) error {
+	cc := cfg.Console
+	if cc.InsecurePlaintext {
+		if !IsLoopback(cc.Listen) {
+			return fmt.Errorf("console.insecure_plaintext is only allowed on a loopback address (127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not %q: configure console TLS (console.tls_cert/tls_key, or the collector's tls.cert/tls.key)", cc.Listen)
+		}
+		s.log.Warn("!!! console serves plain HTTP: loopback demo use only !!!", "listen", cc.Listen)
+	} else {
+		cert, key := cc.TLSCert, cc.TLSKey
+		if cert == "" && key == "" {
+			cert, key = cfg.TLS.Cert, cfg.TLS.Key
+		}
+		if cert == "" || key == "" {
+			return errors.New("the console needs a TLS certificate: set console.tls_cert and console.tls_key, or the collector's tls.cert and tls.key")
+		}
+		l, err := console.NewCertLoader(cert, key)
+		if err != nil {
+			return err
+		}
+		s.consoleCerts = l
+	}
+	var priv ed25519.PrivateKey
+	if cc.OperatorKey != "" {
+		k, err := optoken.LoadPrivateKey(cc.OperatorKey)
+		if err != nil {
+			return fmt.Errorf("console.operator_key: %w (create one with 'keyguard token keygen')", err)
+		}
+		priv = k
+	}
+	c, err := console.New(console.Options{
+		Store: s.store, Query: qs, Log: s.log.With("service", "console"), UsersFile: cc.UsersFile, OperatorKey: priv,
+		SessionIdle: time.Duration(cc.SessionIdle), SessionMax: time.Duration(cc.SessionMax),
+		StaleAfter: time.Duration(cfg.StaleAfter), Plaintext: cc.InsecurePlaintext,
+	})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cc.Listen)
+	if err != nil {
+		return fmt.Errorf("console: listen on %s: %w", cc.Listen, err)
+	}
+	s.console, s.consoleLis = c, lis
+	return nil
+}
+
+// ConsoleAddr is the console's bound address (nil when the console is off).
+func (s *Server) ConsoleAddr() net.Addr {
+	if s.consoleLis == nil {
+		return nil
+	}
+	return s.consoleLis.Addr()
 }
 
 // Addr is the bound listen address.
@@ -226,6 +315,17 @@ func (s *Server) Serve(ctx context.Context) error {
 	retCtx, stopRet := context.WithCancel(ctx)
 	retDone := make(chan struct{})
 	go func() { defer close(retDone); s.retention(retCtx) }()
+	consoleDone := make(chan struct{})
+	if s.console != nil {
+		go func() {
+			defer close(consoleDone)
+			if err := s.console.Serve(retCtx, s.consoleLis, s.consoleCerts); err != nil && retCtx.Err() == nil {
+				s.log.Error("console stopped", "err", err)
+			}
+		}()
+	} else {
+		close(consoleDone)
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -233,6 +333,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopRet()
 	<-retDone
+	<-consoleDone
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
