@@ -32,7 +32,12 @@ func (b *browser) login(base, user, pass string) {
 	b.open(base + "/login")
 	b.typeInto("#user", user)
 	b.typeInto("#password", pass)
+	// The answer is another page at the same or another URL: wait until the old document is gone (a
+	// find right after the click could still see, or miss, elements while it loads).
+	var none any
+	b.js("window.__kgStale = true; return null;", &none)
 	b.click("#login-submit")
+	b.waitFor("login answered", "window.__kgStale === undefined && document.readyState === 'complete'", 30*time.Second)
 }
 
 func (b *browser) noXSS(where string) {
