@@ -24,6 +24,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/dumphandler"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/internal/metricsserver"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -68,6 +69,8 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
 	fs.BoolVar(&cfg.DumpKeepStacks, "dump-keep-stacks", false, "keep thread stacks in redacted core dumps (backtraces need them)")
 	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
+	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 (empty: off)")
+	fs.BoolVar(&cfg.Metrics.AllowRemote, "metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
 	var exp export.Config
 	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port (empty: local event log only)")
 	fs.StringVar(&exp.CAFile, "collector-ca", "/etc/keyguard/collector-ca.pem", "CA bundle that signs the collector's certificate")
@@ -77,6 +80,10 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.Int64Var(&exp.SpoolMaxBytes, "spool-max-bytes", 256<<20, "spool size cap; when full, low-value events are dropped first and the drop is reported")
 	fs.StringVar(&exp.PlaintextHost, "insecure-plaintext-host", "", "DEMO ONLY: send without TLS to a loopback collector, claiming this host name")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cfg.Metrics.Listen != "" && !cfg.Metrics.AllowRemote && !metricsserver.IsLoopback(cfg.Metrics.Listen) {
+		fmt.Fprintf(stderr, "keyguard-agent: -metrics-listen %q is not a loopback address: metrics are plain HTTP without authentication; use 127.0.0.1:PORT, or add -metrics-allow-remote if the network is trusted\n", cfg.Metrics.Listen)
 		return 2
 	}
 	if exp.Collector != "" {

@@ -20,6 +20,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/internal/metrics"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 )
 
@@ -39,6 +40,8 @@ type Config struct {
 	// DumpKeepStacks keeps thread stacks in redacted core dumps (backtraces need them; they can
 	// hold key bytes that the detector does not recognise).
 	DumpKeepStacks bool
+	// Metrics serves Prometheus metrics (see metrics.go; zero: off).
+	Metrics MetricsConfig
 }
 
 // Agent is a running agent.
@@ -56,6 +59,8 @@ type Agent struct {
 	grants map[uint64]grant
 	nextID uint64
 	stop   context.CancelFunc // ends Run (after uninstall)
+
+	met *metrics.Agent // nil unless Config.Metrics.Listen is set
 }
 
 // RuleName implements events.Names.
@@ -107,6 +112,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		defer a.exp.Close()
 	}
+	stopMetrics, err := a.startMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	if err := g.RegisterAgent(os.Getpid(), cfg.Loader.PinPath); err != nil {
 		return err
 	}
@@ -221,6 +231,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 func (a *Agent) emit(ev events.Event) {
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
+	}
+	if a.met != nil {
+		a.met.Observe(ev)
 	}
 	if a.exp != nil {
 		pe := ev.Proto(a.cfg.Version)
