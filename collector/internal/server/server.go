@@ -22,9 +22,11 @@ import (
 
 	"github.com/keyguard/keyguard/collector/internal/identity"
 	"github.com/keyguard/keyguard/collector/internal/ingest"
+	"github.com/keyguard/keyguard/collector/internal/metrics"
 	"github.com/keyguard/keyguard/collector/internal/query"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	"github.com/keyguard/keyguard/collector/internal/tlsconfig"
+	"github.com/keyguard/keyguard/internal/metricsserver"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -79,6 +81,12 @@ type Config struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// WatchPoll: how often watchers poll for events stored by other collectors (default 1s).
 	WatchPoll Duration `yaml:"watch_poll"`
+	// MetricsListen: plain-HTTP address of Prometheus metrics at /metrics, e.g. 127.0.0.1:9465 (""
+	// = off). A non-loopback address needs MetricsAllowRemote.
+	MetricsListen      string `yaml:"metrics_listen"`
+	MetricsAllowRemote bool   `yaml:"metrics_allow_remote"`
+	// MetricsMaxHosts caps the distinct host label values (default 2000; later hosts share "_other").
+	MetricsMaxHosts int `yaml:"metrics_max_hosts"`
 }
 
 // Defaults returns a configuration with default values.
@@ -131,6 +139,9 @@ type Server struct {
 	lis    net.Listener
 	grpc   *grpc.Server
 	health *health.Server
+
+	metrics    *metrics.Collector // nil: metrics off
+	metricsLis net.Listener
 }
 
 // New opens storage, loads TLS material and binds the listener. Call Serve, which also closes everything.
@@ -139,6 +150,14 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log}
+	if cfg.MetricsListen != "" {
+		// Checked first: a refused address must not leave storage or listeners half set up.
+		if !cfg.MetricsAllowRemote && !metricsserver.IsLoopback(cfg.MetricsListen) {
+			_, err := metricsserver.Listen(cfg.MetricsListen, false, "metrics_listen (-metrics-listen)")
+			return nil, err
+		}
+		s.metrics = metrics.New(cfg.MetricsMaxHosts)
+	}
 	var creds grpc.ServerOption
 	auth := identity.Authorizer{}
 	if cfg.InsecurePlaintext {
@@ -169,7 +188,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", cfg.Storage.ChainKeyFile)
 		}
 	}
-	st, err := store.Open(ctx, store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log})
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log}
+	if s.metrics != nil {
+		sopts.Timed = s.metrics.ObserveStore
+	}
+	st, err := store.Open(ctx, sopts)
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +203,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.lis = lis
+	if s.metrics != nil {
+		if s.metricsLis, err = metricsserver.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote, "metrics_listen (-metrics-listen)"); err != nil {
+			lis.Close()
+			st.Close()
+			return nil, err
+		}
+	}
 
 	maxMsg := cfg.MaxMessageBytes
 	if maxMsg <= 0 {
@@ -197,9 +227,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	notifier := query.NewNotifier()
-	pb.RegisterIngestServiceServer(s.grpc, ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked))
+	ing := ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked)
+	ing.SetMetrics(s.metrics)
+	pb.RegisterIngestServiceServer(s.grpc, ing)
 	pb.RegisterQueryServiceServer(s.grpc, query.New(st, log.With("service", "query"), notifier,
-		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll)}))
+		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll), Metrics: s.metrics}))
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -215,6 +247,14 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 // Store is the open store.
 func (s *Server) Store() *store.Store { return s.store }
 
+// MetricsAddr is the bound metrics address (nil when metrics are off).
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metricsLis == nil {
+		return nil
+	}
+	return s.metricsLis.Addr()
+}
+
 // TLS is the TLS manager (nil in plaintext mode).
 func (s *Server) TLS() *tlsconfig.Manager { return s.tls }
 
@@ -226,6 +266,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	retCtx, stopRet := context.WithCancel(ctx)
 	retDone := make(chan struct{})
 	go func() { defer close(retDone); s.retention(retCtx) }()
+	metricsDone := make(chan struct{})
+	go func() {
+		defer close(metricsDone)
+		if s.metricsLis == nil {
+			return
+		}
+		if err := metricsserver.Serve(retCtx, s.metricsLis, s.metrics.Registry(), s.log); err != nil {
+			s.log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -233,6 +283,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopRet()
 	<-retDone
+	<-metricsDone
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
