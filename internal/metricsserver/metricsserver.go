@@ -34,20 +34,37 @@ func IsLoopback(addr string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// Listen binds addr for the metrics endpoint. A non-loopback address is refused unless allowRemote.
-// flagName names the option in the error (e.g. "-metrics-listen").
-func Listen(addr string, allowRemote bool, flagName string) (net.Listener, error) {
+// Names are how the two options are spelled in error messages.
+type Names struct {
+	Listen, AllowRemote string
+}
+
+// Flags returns the command-line spellings.
+func Flags() Names { return Names{Listen: "-metrics-listen", AllowRemote: "-metrics-allow-remote"} }
+
+// Check validates a metrics listen address without binding it: HOST:PORT, and loopback unless
+// allowRemote.
+func Check(addr string, allowRemote bool, n Names) error {
+	flagName := n.Listen
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, fmt.Errorf("%s %q: give HOST:PORT, e.g. 127.0.0.1:9464: %w", flagName, addr, err)
+		return fmt.Errorf("%s %q: give HOST:PORT, e.g. 127.0.0.1:9464: %w", flagName, addr, err)
 	}
 	if !allowRemote && !IsLoopback(addr) {
-		return nil, fmt.Errorf("%s %q is not a loopback address: metrics are plain HTTP without authentication; "+
-			"listen on 127.0.0.1:PORT (and scrape through a local proxy), or add -metrics-allow-remote "+
-			"(metrics_allow_remote: true) if the network is trusted", flagName, addr)
+		return fmt.Errorf("%s %q is not a loopback address: metrics are plain HTTP without authentication; "+
+			"listen on 127.0.0.1:PORT (and scrape through a local proxy), or set %s if the network is trusted",
+			flagName, addr, n.AllowRemote)
+	}
+	return nil
+}
+
+// Listen checks addr (Check) and binds it for the metrics endpoint.
+func Listen(addr string, allowRemote bool, n Names) (net.Listener, error) {
+	if err := Check(addr, allowRemote, n); err != nil {
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("%s: listen on %s: %w", flagName, addr, err)
+		return nil, fmt.Errorf("%s: listen on %s: %w", n.Listen, addr, err)
 	}
 	return ln, nil
 }

@@ -27,7 +27,7 @@ func TestListenRefusesRemoteUnlessAllowed(t *testing.T) {
 		{"0.0.0.0:0", true, true},
 		{"127.0.0.1", false, false}, // no port
 	} {
-		ln, err := Listen(tc.addr, tc.remote, "-metrics-listen")
+		ln, err := Listen(tc.addr, tc.remote, Flags())
 		if ln != nil {
 			ln.Close()
 		}
@@ -46,7 +46,7 @@ func TestServesOnlyMetrics(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "keyguard_test_things_total", Help: "test"})
 	reg.MustRegister(c)
 	c.Add(3)
-	ln, err := Listen("127.0.0.1:0", false, "-metrics-listen")
+	ln, err := Listen("127.0.0.1:0", false, Flags())
 	if err != nil {
 		t.Fatal(err)
 	}

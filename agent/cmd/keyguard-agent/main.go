@@ -82,9 +82,11 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if cfg.Metrics.Listen != "" && !cfg.Metrics.AllowRemote && !metricsserver.IsLoopback(cfg.Metrics.Listen) {
-		fmt.Fprintf(stderr, "keyguard-agent: -metrics-listen %q is not a loopback address: metrics are plain HTTP without authentication; use 127.0.0.1:PORT, or add -metrics-allow-remote if the network is trusted\n", cfg.Metrics.Listen)
-		return 2
+	if cfg.Metrics.Listen != "" {
+		if err := metricsserver.Check(cfg.Metrics.Listen, cfg.Metrics.AllowRemote, metricsserver.Flags()); err != nil {
+			fmt.Fprintln(stderr, "keyguard-agent:", err)
+			return 2
+		}
 	}
 	if exp.Collector != "" {
 		if exp.PlaintextHost != "" {

@@ -19,7 +19,7 @@ import (
 // serve serves a's registry on a loopback port until the test ends and returns the /metrics URL.
 func serve(t *testing.T, a *Agent) string {
 	t.Helper()
-	ln, err := metricsserver.Listen("127.0.0.1:0", false, "-metrics-listen")
+	ln, err := metricsserver.Listen("127.0.0.1:0", false, metricsserver.Flags())
 	if err != nil {
 		t.Fatal(err)
 	}

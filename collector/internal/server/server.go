@@ -117,6 +117,11 @@ func LoadFile(path string) (Config, error) {
 	return c, nil
 }
 
+// metricsNames spell the metrics options in errors: the YAML key and the flag.
+func metricsNames() metricsserver.Names {
+	return metricsserver.Names{Listen: "metrics_listen (-metrics-listen)", AllowRemote: "metrics_allow_remote: true (-metrics-allow-remote)"}
+}
+
 // IsLoopback reports whether a listen address only accepts local connections.
 func IsLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
@@ -152,8 +157,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log}
 	if cfg.MetricsListen != "" {
 		// Checked first: a refused address must not leave storage or listeners half set up.
-		if !cfg.MetricsAllowRemote && !metricsserver.IsLoopback(cfg.MetricsListen) {
-			_, err := metricsserver.Listen(cfg.MetricsListen, false, "metrics_listen (-metrics-listen)")
+		if err := metricsserver.Check(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
 			return nil, err
 		}
 		s.metrics = metrics.New(cfg.MetricsMaxHosts)
@@ -204,7 +208,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.lis = lis
 	if s.metrics != nil {
-		if s.metricsLis, err = metricsserver.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote, "metrics_listen (-metrics-listen)"); err != nil {
+		if s.metricsLis, err = metricsserver.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
 			lis.Close()
 			st.Close()
 			return nil, err
