@@ -68,10 +68,25 @@ func TestMetrics(t *testing.T) {
 		}
 		return f
 	}
+	// The agent may still be reading events raised before it started (a backlog in the pinned ring
+	// buffer): count from a value that has stopped moving.
 	denied := []string{"kind", "access", "rule", "signer", "decision", "denied"}
-	before := scrape(agentMetricsURL)
-	deniedBefore := before.Sum("keyguard_agent_decisions_total", denied...) // absent: none yet
-	kernelBefore, err := before.Value("keyguard_agent_kernel_counter_total", "counter", "denied")
+	settled := func() float64 {
+		t.Helper()
+		last, since := -1.0, time.Now()
+		for end := time.Now().Add(60 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+			v := scrape(agentMetricsURL).Sum("keyguard_agent_decisions_total", denied...) // absent: 0
+			if v != last {
+				last, since = v, time.Now()
+			} else if time.Since(since) >= 2*time.Second {
+				return v
+			}
+		}
+		t.Fatalf("decisions{access,signer,denied} still changing after 60 s (last %v)", last)
+		return 0
+	}
+	deniedBefore := settled()
+	kernelBefore, err := scrape(agentMetricsURL).Value("keyguard_agent_kernel_counter_total", "counter", "denied")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +99,11 @@ func TestMetrics(t *testing.T) {
 	waitEvent(t, "the denied attach", func(e event) bool {
 		return e.Kind == "access" && e.Accessor != nil && e.Accessor.PID == uint32(apid) && e.Decision == "denied"
 	})
+	if got := settled(); got != deniedBefore+1 {
+		t.Errorf("decisions{access,signer,denied} = %v, want %v", got, deniedBefore+1)
+	}
 
 	after := scrape(agentMetricsURL)
-	if got, err := after.Value("keyguard_agent_decisions_total", denied...); err != nil || got != deniedBefore+1 {
-		t.Errorf("decisions{access,signer,denied} = %v (%v), want %v", got, err, deniedBefore+1)
-	}
 	if got, err := after.Value("keyguard_agent_kernel_counter_total", "counter", "denied"); err != nil || got < kernelBefore+1 {
 		t.Errorf("kernel counter denied = %v (%v), want at least %v", got, err, kernelBefore+1)
 	}
@@ -107,7 +122,7 @@ func TestMetrics(t *testing.T) {
 
 	// Delivered: the collector acknowledged the denial, so the lag has samples and the spool is empty.
 	var f promtest.Families
-	for end := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	for end := time.Now().Add(60 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		f = scrape(agentMetricsURL)
 		n, _, err := f.Histogram("keyguard_agent_delivery_lag_seconds")
 		spooled, _ := f.Value("keyguard_agent_spool_events")
@@ -115,7 +130,7 @@ func TestMetrics(t *testing.T) {
 			break
 		}
 		if time.Now().After(end) {
-			t.Fatalf("not delivered within 30 s: lag samples %d (%v), spool %v", n, err, spooled)
+			t.Fatalf("not delivered within 60 s: lag samples %d (%v), spool %v", n, err, spooled)
 		}
 	}
 	if got, _ := f.Value("keyguard_agent_last_delivery_timestamp_seconds"); got < float64(time.Now().Add(-time.Minute).Unix()) {
