@@ -40,6 +40,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 	consoleUsers := fs.String("console-users", "", "console users file (keyguard-collector console user add)")
 	consoleOpKey := fs.String("console-operator-key", "", "Ed25519 operator private key for issuing tokens from the console")
 	consoleAddrFile := fs.String("console-addr-file", "", "write the console's bound address to this file once listening")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9465 (empty: off)")
+	metricsRemote := fs.Bool("metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
+	metricsAddrFile := fs.String("metrics-addr-file", "", "write the bound metrics address to this file once listening (for tests and scripts using port 0)")
 	addrFile := fs.String("addr-file", "", "write the bound address to this file once listening (for tests and scripts using port 0)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -98,6 +101,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 			cfg.Console.UsersFile = *consoleUsers
 		case "console-operator-key":
 			cfg.Console.OperatorKey = *consoleOpKey
+		case "metrics-listen":
+			cfg.MetricsListen = *metricsListen
+		case "metrics-allow-remote":
+			cfg.MetricsAllowRemote = *metricsRemote
 		}
 	})
 	srv, err := server.New(ctx, cfg, log)
@@ -108,6 +115,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 	if a := srv.ConsoleAddr(); a != nil && *consoleAddrFile != "" {
 		if err := writeAddr(*consoleAddrFile, a.String()); err != nil {
 			fmt.Fprintln(stderr, "keyguard-collector: write -console-addr-file:", err)
+			return 1
+		}
+	}
+	if a := srv.MetricsAddr(); a != nil && *metricsAddrFile != "" {
+		if err := writeAddr(*metricsAddrFile, a.String()); err != nil {
+			fmt.Fprintln(stderr, "keyguard-collector: write -metrics-addr-file:", err)
 			return 1
 		}
 	}
@@ -139,6 +152,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 	return 0
 }
 
+// writeAddr writes addr to path atomically (readers see the whole address or no file).
 func writeAddr(path, addr string) error {
 	tmp := path + ".tmp"
 	err := os.WriteFile(tmp, []byte(addr+"\n"), 0o644)

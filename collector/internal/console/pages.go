@@ -91,26 +91,26 @@ func apiMessage(err error) string {
 // ---- fleet ----
 
 type hostRow struct {
-	Host          string
-	Status        string
-	Stale         bool
-	Problem       bool
-	AgentVersion  string
-	Kernel        string
-	LSM           string
-	Pinned        string
-	Protected     string
-	Findings      []finding
-	Lost          string
-	LastLoss      string
-	LastSeen      string
-	LastSeenAgo   string
-	Events        string
+	Host         string
+	Status       string
+	Stale        bool
+	Problem      bool
+	AgentVersion string
+	Kernel       string
+	LSM          string
+	Pinned       string
+	Protected    string
+	Findings     []finding
+	Lost         string
+	LastLoss     string
+	LastSeen     string
+	LastSeenAgo  string
+	Events       string
 	// CSS classes, computed here rather than in the template (rendering 1,000 rows is template-bound).
 	RowClass, LSMClass, PinnedClass, LostClass string
-	EventsURL     string
-	ChainURL      string
-	HealthSummary string
+	EventsURL                                  string
+	ChainURL                                   string
+	HealthSummary                              string
 }
 
 type finding struct {

@@ -25,9 +25,11 @@ import (
 	"github.com/keyguard/keyguard/collector/internal/console"
 	"github.com/keyguard/keyguard/collector/internal/identity"
 	"github.com/keyguard/keyguard/collector/internal/ingest"
+	"github.com/keyguard/keyguard/collector/internal/metrics"
 	"github.com/keyguard/keyguard/collector/internal/query"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	"github.com/keyguard/keyguard/collector/internal/tlsconfig"
+	"github.com/keyguard/keyguard/collector/metricsserver"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -82,6 +84,12 @@ type Config struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// WatchPoll: how often watchers poll for events stored by other collectors (default 1s).
 	WatchPoll Duration `yaml:"watch_poll"`
+	// MetricsListen: plain-HTTP address of Prometheus metrics at /metrics, e.g. 127.0.0.1:9465 (""
+	// = off). A non-loopback address needs MetricsAllowRemote.
+	MetricsListen      string `yaml:"metrics_listen"`
+	MetricsAllowRemote bool   `yaml:"metrics_allow_remote"`
+	// MetricsMaxHosts caps the distinct host label values (default 2000; later hosts share "_other").
+	MetricsMaxHosts int `yaml:"metrics_max_hosts"`
 	// Console is the operator web console (off unless Listen is set).
 	Console ConsoleConfig `yaml:"console"`
 }
@@ -132,6 +140,11 @@ func LoadFile(path string) (Config, error) {
 	return c, nil
 }
 
+// metricsNames spell the metrics options in errors: the YAML key and the flag.
+func metricsNames() metricsserver.Names {
+	return metricsserver.Names{Listen: "metrics_listen (-metrics-listen)", AllowRemote: "metrics_allow_remote: true (-metrics-allow-remote)"}
+}
+
 // IsLoopback reports whether a listen address only accepts local connections.
 func IsLoopback(addr string) bool {
 	host, _, err := net.SplitHostPort(addr)
@@ -158,6 +171,8 @@ type Server struct {
 	console      *console.Console
 	consoleLis   net.Listener
 	consoleCerts *console.CertLoader
+	metrics      *metrics.Collector // nil: metrics off
+	metricsLis   net.Listener
 }
 
 // New opens storage, loads TLS material and binds the listener. Call Serve, which also closes everything.
@@ -166,6 +181,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log}
+	if cfg.MetricsListen != "" {
+		// Checked first: a refused address must not leave storage or listeners half set up.
+		if err := metricsserver.Check(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
+			return nil, err
+		}
+		s.metrics = metrics.New(cfg.MetricsMaxHosts)
+	}
 	var creds grpc.ServerOption
 	auth := identity.Authorizer{}
 	if cfg.InsecurePlaintext {
@@ -196,7 +218,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", cfg.Storage.ChainKeyFile)
 		}
 	}
-	st, err := store.Open(ctx, store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log})
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log}
+	if s.metrics != nil {
+		sopts.Timed = s.metrics.ObserveStore
+	}
+	st, err := store.Open(ctx, sopts)
 	if err != nil {
 		return nil, err
 	}
@@ -207,6 +233,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.lis = lis
+	if s.metrics != nil {
+		if s.metricsLis, err = metricsserver.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
+			lis.Close()
+			st.Close()
+			return nil, err
+		}
+	}
 
 	maxMsg := cfg.MaxMessageBytes
 	if maxMsg <= 0 {
@@ -224,9 +257,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	notifier := query.NewNotifier()
+	ing := ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked)
+	ing.SetMetrics(s.metrics)
+	pb.RegisterIngestServiceServer(s.grpc, ing)
 	qs := query.New(st, log.With("service", "query"), notifier,
-		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll)})
-	pb.RegisterIngestServiceServer(s.grpc, ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked))
+		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll), Metrics: s.metrics})
 	pb.RegisterQueryServiceServer(s.grpc, qs)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
@@ -304,6 +339,14 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 // Store is the open store.
 func (s *Server) Store() *store.Store { return s.store }
 
+// MetricsAddr is the bound metrics address (nil when metrics are off).
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metricsLis == nil {
+		return nil
+	}
+	return s.metricsLis.Addr()
+}
+
 // TLS is the TLS manager (nil in plaintext mode).
 func (s *Server) TLS() *tlsconfig.Manager { return s.tls }
 
@@ -326,6 +369,16 @@ func (s *Server) Serve(ctx context.Context) error {
 	} else {
 		close(consoleDone)
 	}
+	metricsDone := make(chan struct{})
+	go func() {
+		defer close(metricsDone)
+		if s.metricsLis == nil {
+			return
+		}
+		if err := metricsserver.Serve(retCtx, s.metricsLis, s.metrics.Registry(), s.log); err != nil {
+			s.log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -334,6 +387,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	stopRet()
 	<-retDone
 	<-consoleDone
+	<-metricsDone
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()
