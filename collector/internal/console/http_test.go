@@ -188,20 +188,21 @@ func TestCSRFAndRoles(t *testing.T) {
 }
 
 func TestSessionExpiry(t *testing.T) {
-	e := startEnv(t, envOptions{Config: "  session_idle: 2s\n  session_max: 5s\n"})
+	// Limits leave room for a loaded machine: a request stalled past session_idle would end the session.
+	e := startEnv(t, envOptions{Config: "  session_idle: 4s\n  session_max: 9s\n"})
 	c := e.client()
 	c.mustLogin("alice", adminPass)
-	time.Sleep(3 * time.Second)
+	time.Sleep(5 * time.Second)
 	if r := c.get("/fleet"); r.Code != http.StatusSeeOther {
 		t.Fatalf("after the idle limit: %d, want a redirect to login", r.Code)
 	}
 	// Kept busy, the session still ends at the absolute limit.
-	c.mustLogin("alice", adminPass)
 	start := time.Now()
-	for time.Since(start) < 7*time.Second {
+	c.mustLogin("alice", adminPass)
+	for time.Since(start) < 12*time.Second {
 		r := c.get("/fleet")
 		if r.Code == http.StatusSeeOther {
-			if time.Since(start) < 4*time.Second {
+			if time.Since(start) < 7*time.Second {
 				t.Fatalf("session of an active user ended after %s", time.Since(start))
 			}
 			return
