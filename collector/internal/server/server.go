@@ -146,17 +146,7 @@ func metricsNames() metricsserver.Names {
 }
 
 // IsLoopback reports whether a listen address only accepts local connections.
-func IsLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
+func IsLoopback(addr string) bool { return metricsserver.IsLoopback(addr) }
 
 // Server is a configured collector.
 type Server struct {
