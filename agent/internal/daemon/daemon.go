@@ -39,6 +39,8 @@ type Config struct {
 	// DumpKeepStacks keeps thread stacks in redacted core dumps (backtraces need them; they can
 	// hold key bytes that the detector does not recognise).
 	DumpKeepStacks bool
+	// PostureInterval is how often host posture is checked again (0: every minute).
+	PostureInterval time.Duration
 }
 
 // Agent is a running agent.
@@ -52,6 +54,7 @@ type Agent struct {
 
 	mu     sync.Mutex
 	rs     loader.RuleSet
+	res    *policy.Resolved
 	names  map[uint32]string
 	grants map[uint64]grant
 	nextID uint64
@@ -184,7 +187,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if g.Adopted {
 		state = "adopted"
 	}
-	a.emit(a.health(state, protected, probe))
+	start := a.health(state, protected, probe)
+	a.emit(start)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchPosture(ctx, start.Health.Posture, cfg.PostureInterval, *start.Health)
+	}()
 	log.Info("keyguard agent running", "state", state, "rules", len(pol.Rules), "protected_at_start", protected)
 
 	if cfg.ControlSocket != "" {
@@ -235,9 +244,7 @@ func (a *Agent) health(state string, protected int, probe loader.ProbeResult) ev
 	}
 	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
 	h.EnforcementPinned = len(builds) > 0
-	for _, p := range loader.ReadPosture() {
-		h.Posture = append(h.Posture, events.Finding(p))
-	}
+	h.Posture, _ = a.posture()
 	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
 }
 
@@ -258,7 +265,7 @@ func (a *Agent) applyPolicy(res *policy.Resolved) error {
 		return fmt.Errorf("write rules into the kernel: %w", err)
 	}
 	a.mu.Lock()
-	a.rs, a.names = rs, names
+	a.rs, a.res, a.names = rs, res, names
 	a.mu.Unlock()
 	return nil
 }

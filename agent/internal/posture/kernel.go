@@ -123,7 +123,7 @@ func (c Checker) corePattern() []Finding {
 		case knownHelpers[filepath.Base(path)] && err == nil:
 			f.Remediation = "a known helper gets every dump; keyguard blocks protected processes' dumps before it starts (dumps: block) or kills them (dumps: redact without keyguard's handler)"
 		case err != nil:
-			f.Severity, f.Remediation = Medium, "the pipe helper "+path+" does not exist (anyone who can create it there gets every process's memory at its next crash, as root): sysctl -w kernel.core_pattern=|/lib/systemd/systemd-coredump %P %u %g %s %t %c %h, or core"
+			f.Severity, f.Remediation = Medium, "the pipe helper "+path+" does not exist: crashes are not recorded, and whoever can create that file gets every crashing process's memory, as root; install it (apt install systemd-coredump) or sysctl -w kernel.core_pattern='|/bin/false'"
 		default:
 			f.Severity, f.Remediation = Medium, "an unknown pipe helper ("+path+") runs as root with the memory of every crashing unprotected process: check what it is and where it writes, or use systemd-coredump"
 		}

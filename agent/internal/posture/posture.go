@@ -8,6 +8,8 @@ package posture
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -178,4 +180,15 @@ func (c Checker) cmdlineParam(key string) (string, bool) {
 		}
 	}
 	return val, found
+}
+
+// Print writes findings one per line: severity, name = value, then what to change (indented) for
+// anything above Info.
+func Print(w io.Writer, fs []Finding) {
+	for _, f := range fs {
+		fmt.Fprintf(w, "  %-8s %s = %s\n", f.Severity, f.Name, f.Value)
+		if f.Severity != Info && f.Remediation != "" {
+			fmt.Fprintf(w, "           %s\n", f.Remediation)
+		}
+	}
 }
