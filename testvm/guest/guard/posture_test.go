@@ -35,6 +35,7 @@ func statusPosture(t *testing.T) map[string]finding {
 	m := map[string]finding{}
 	for _, f := range st.Posture {
 		m[f.Name] = f
+		t.Logf("%-8s %s = %s", f.Severity, f.Name, f.Value)
 	}
 	return m
 }
@@ -64,9 +65,6 @@ func TestPostureStatus(t *testing.T) {
 		t.Fatalf("coredump_filter: %v", err)
 	}
 	post := statusPosture(t)
-	for _, f := range post {
-		t.Logf("%-8s %s = %s", f.Severity, f.Name, f.Value)
-	}
 
 	for _, name := range []string{"kernel.yama.ptrace_scope", "kernel.perf_event_paranoid", "kernel.unprivileged_bpf_disabled",
 		"fs.suid_dumpable", "kernel.core_pattern", "kernel.core_pipe_limit", "kernel.kexec_load_disabled", "kernel.modules_disabled"} {
