@@ -244,7 +244,7 @@ func (a *Agent) health(state string, protected int, probe loader.ProbeResult) ev
 	}
 	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
 	h.EnforcementPinned = len(builds) > 0
-	h.Posture, _ = a.posture()
+	h.Posture = a.eventPosture()
 	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
 }
 

@@ -24,6 +24,15 @@ func (a *Agent) posture() ([]posture.Finding, int) {
 	return a.postureChecker().Check(in), len(in.Processes)
 }
 
+// eventProcesses bounds the per-process findings a health event carries (see posture.Summarize).
+const eventProcesses = 16
+
+// eventPosture is the posture a health event carries.
+func (a *Agent) eventPosture() []posture.Finding {
+	fs, _ := a.posture()
+	return posture.Summarize(fs, eventProcesses)
+}
+
 // postureChecker expects keyguard's handler as core_pattern when a rule redacts dumps.
 func (a *Agent) postureChecker() posture.Checker {
 	var c posture.Checker
@@ -94,8 +103,8 @@ func procEUID(pid int) (uint32, bool) {
 }
 
 // watchPosture checks the posture every interval and reports a change (a finding that appeared, went
-// away, or changed value or severity) as a "running" health event carrying every current finding.
-// start is what the start event reported.
+// away, or changed value or severity; see posture.Changes) as a "running" health event carrying the
+// current findings. start is what the start event reported.
 func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, interval time.Duration, h events.Health) {
 	if interval <= 0 {
 		interval = time.Minute
@@ -110,7 +119,7 @@ func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, inter
 		case <-t.C:
 		}
 		cur, protected := a.posture()
-		appeared, gone, changed := posture.Diff(last, cur)
+		appeared, gone, changed := posture.Changes(last, cur)
 		if len(appeared)+len(gone)+len(changed) == 0 {
 			continue
 		}
@@ -118,7 +127,7 @@ func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, inter
 		msg := postureChange(appeared, gone, changed)
 		a.log.Info("host posture changed", "change", msg)
 		ev := h
-		ev.State, ev.ProtectedProcesses, ev.Posture, ev.Message = "running", protected, cur, msg
+		ev.State, ev.ProtectedProcesses, ev.Posture, ev.Message = "running", protected, posture.Summarize(cur, eventProcesses), msg
 		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &ev})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 )
 
@@ -191,4 +192,70 @@ func Print(w io.Writer, fs []Finding) {
 			fmt.Fprintf(w, "           %s\n", f.Remediation)
 		}
 	}
+}
+
+// processPID returns the pid of a per-process finding ("process.PID.item").
+func processPID(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, "process.")
+	if !ok {
+		return 0, false
+	}
+	pid, _, _ := strings.Cut(rest, ".")
+	n, err := strconv.Atoi(pid)
+	return n, err == nil
+}
+
+// routine: a per-process finding at Info or Low, i.e. a protected process with ordinary settings.
+func routine(f Finding) bool {
+	_, proc := processPID(f.Name)
+	return (proc && f.Severity.Rank() <= Low.Rank()) || f.Name == "processes"
+}
+
+// Changes is Diff over what a change event reports: every host and key-file finding, and process
+// findings above Low. A protected process that starts or exits with ordinary settings is not a
+// posture change; one that becomes traced, or whose dumps would carry keys, is.
+func Changes(old, cur []Finding) (appeared, gone, changed []Finding) {
+	keep := func(fs []Finding) []Finding {
+		var out []Finding
+		for _, f := range fs {
+			if !routine(f) {
+				out = append(out, f)
+			}
+		}
+		return out
+	}
+	return Diff(keep(old), keep(cur))
+}
+
+// Summarize bounds what an event carries on a host with many protected processes: host and key-file
+// findings and process findings above Low stay; Info and Low process findings stay for the maxProcs
+// lowest pids only; a "processes" finding says how many processes were checked.
+func Summarize(fs []Finding, maxProcs int) []Finding {
+	pids := map[int]bool{}
+	for _, f := range fs {
+		if pid, ok := processPID(f.Name); ok {
+			pids[pid] = true
+		}
+	}
+	sorted := make([]int, 0, len(pids))
+	for pid := range pids {
+		sorted = append(sorted, pid)
+	}
+	sort.Ints(sorted)
+	shown := map[int]bool{}
+	for i, pid := range sorted {
+		shown[pid] = i < maxProcs
+	}
+	var out []Finding
+	for _, f := range fs {
+		if pid, ok := processPID(f.Name); ok && !shown[pid] && f.Severity.Rank() <= Low.Rank() {
+			continue
+		}
+		out = append(out, f)
+	}
+	if len(sorted) > maxProcs {
+		out = append(out, Finding{Name: "processes", Value: fmt.Sprintf("%d protected", len(sorted)), Severity: Info,
+			Remediation: fmt.Sprintf("info and low findings are shown for the %d lowest pids only (keyguard status lists all)", maxProcs)})
+	}
+	return out
 }

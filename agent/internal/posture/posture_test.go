@@ -488,3 +488,56 @@ func TestDiff(t *testing.T) {
 		t.Errorf("Worst order: %v", names(w))
 	}
 }
+
+func TestChanges(t *testing.T) {
+	host := Finding{Name: "kernel.perf_event_paranoid", Value: "2", Severity: Info}
+	proc := func(pid int, item, value string, s Severity) Finding {
+		return Finding{Name: fmt.Sprintf("process.%d.%s", pid, item), Value: value, Severity: s}
+	}
+	old := []Finding{host, proc(10, "rlimit_core", "soft 0, hard 0", Low), proc(10, "tracer", "0", Info)}
+	cases := []struct {
+		name                    string
+		cur                     []Finding
+		appeared, gone, changed []string
+	}{
+		{"same", old, nil, nil, nil},
+		{"ordinary process exits and another starts", []Finding{host, proc(11, "rlimit_core", "soft 0, hard 0", Low), proc(11, "tracer", "0", Info)}, nil, nil, nil},
+		{"process becomes traced", []Finding{host, proc(10, "rlimit_core", "soft 0, hard 0", Low), proc(10, "tracer", "99 (gdb)", Critical)}, []string{"process.10.tracer"}, nil, nil},
+		{"sysctl changes", []Finding{{Name: host.Name, Value: "-1", Severity: Medium}}, nil, nil, []string{host.Name}},
+		{"key file appears", append([]Finding{{Name: "key_file:/k.pem", Value: "owner 0:0 mode 0640", Severity: High}}, old...), []string{"key_file:/k.pem"}, nil, nil},
+		{"swap goes away", []Finding{proc(10, "tracer", "0", Info)}, nil, []string{host.Name}, nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, g, ch := Changes(old, c.cur)
+			if fmt.Sprint(names(a), names(g), names(ch)) != fmt.Sprint(c.appeared, c.gone, c.changed) {
+				t.Errorf("Changes: appeared %v gone %v changed %v, want %v %v %v", names(a), names(g), names(ch), c.appeared, c.gone, c.changed)
+			}
+		})
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	fs := []Finding{{Name: "lockdown", Value: "[none]", Severity: High}}
+	for pid := 100; pid > 80; pid-- { // 20 processes, listed in descending pid order
+		fs = append(fs, Finding{Name: fmt.Sprintf("process.%d.rlimit_core", pid), Severity: Low},
+			Finding{Name: fmt.Sprintf("process.%d.tracer", pid), Severity: Info})
+	}
+	fs = append(fs, Finding{Name: "process.99.tracer", Value: "5 (gdb)", Severity: Critical})
+	out := Summarize(fs, 4)
+	var kept []string
+	for _, f := range out {
+		kept = append(kept, f.Name)
+	}
+	want := []string{"lockdown", "process.84.rlimit_core", "process.84.tracer", "process.83.rlimit_core", "process.83.tracer",
+		"process.82.rlimit_core", "process.82.tracer", "process.81.rlimit_core", "process.81.tracer", "process.99.tracer", "processes"}
+	if fmt.Sprint(kept) != fmt.Sprint(want) {
+		t.Errorf("Summarize kept %v, want %v", kept, want)
+	}
+	if p := out[len(out)-1]; p.Value != "20 protected" {
+		t.Errorf("processes finding %+v", p)
+	}
+	if got := Summarize(fs[:5], 4); len(got) != 5 {
+		t.Errorf("under the bound everything stays: %v", names(got))
+	}
+}

@@ -154,29 +154,39 @@ func waitPostureEventFunc(t *testing.T, what string, pred func(msg string) bool)
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
-		f, err := os.Open(eventsLog)
-		if err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(f)
-		sc.Buffer(make([]byte, 1<<20), 4<<20)
-		for sc.Scan() {
-			var ev healthEvent
-			if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == "health" && ev.Health != nil &&
-				ev.Health.State == "running" && pred(ev.Health.Message) {
-				f.Close()
+		for _, ev := range healthEvents(t) {
+			if pred(ev.Health.Message) {
 				return ev
 			}
 		}
-		f.Close()
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Fatalf("no posture change event: %s", what)
 	return healthEvent{}
 }
 
-// A posture change while the agent runs is reported: a sysctl weakened and restored, a protected
-// process that appears and goes away.
+// healthEvents returns the "running" health events (posture changes) in the event log.
+func healthEvents(t *testing.T) []healthEvent {
+	t.Helper()
+	f, err := os.Open(eventsLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []healthEvent
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 4<<20)
+	for sc.Scan() {
+		var ev healthEvent
+		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == "health" && ev.Health != nil && ev.Health.State == "running" {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// A posture change while the agent runs is reported: a sysctl weakened and restored, a key file that
+// appears and goes away; a protected process that comes and goes with ordinary settings is not.
 func TestPostureChangeEvents(t *testing.T) {
 	if agent == nil {
 		if err := startAgent(); err != nil {
@@ -202,11 +212,29 @@ func TestPostureChangeEvents(t *testing.T) {
 	}
 	waitPostureEvent(t, "kernel.perf_event_paranoid="+orig+" (")
 
-	v := startVictim(t, victimEnforce, user)
-	waitPostureEvent(t, fmt.Sprintf("process.%d.rlimit_core=", v.pid))
-	v.kill()
-	waitPostureEventFunc(t, fmt.Sprintf("pid %d gone", v.pid), func(msg string) bool {
+	// A key file that appears (group-readable) and goes away.
+	newKey := dir + "/keys/posture-new.pem"
+	if err := os.WriteFile(newKey, []byte("-----BEGIN PRIVATE KEY-----\nposture\n-----END PRIVATE KEY-----\n"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(newKey)
+	waitPostureEvent(t, "new key_file:"+newKey+"=owner 0:0 mode 0640 (high)")
+	if err := os.Remove(newKey); err != nil {
+		t.Fatal(err)
+	}
+	waitPostureEventFunc(t, newKey+" gone", func(msg string) bool {
 		_, gone, ok := strings.Cut(msg, "gone ")
-		return ok && strings.Contains(gone, fmt.Sprintf("process.%d.rlimit_core", v.pid))
+		return ok && strings.Contains(gone, "key_file:"+newKey)
 	})
+
+	// A protected process that starts and exits with ordinary settings is not a posture change.
+	v := startVictim(t, victimEnforce, user)
+	time.Sleep(4 * time.Second)
+	v.kill()
+	time.Sleep(4 * time.Second)
+	for _, ev := range healthEvents(t) {
+		if strings.Contains(ev.Health.Message, fmt.Sprintf("process.%d.", v.pid)) {
+			t.Errorf("change event for an ordinary protected process: %q", ev.Health.Message)
+		}
+	}
 }
