@@ -214,3 +214,19 @@ func TestRealProcess(t *testing.T) {
 		}
 	})
 }
+
+// The agent runs Host once a minute and Process for every protected process.
+func BenchmarkHost(b *testing.B) {
+	for b.Loop() {
+		Checker{}.Host()
+	}
+}
+
+func BenchmarkProcess(b *testing.B) {
+	t := Target{PID: os.Getpid(), Rule: "signer", Dumps: "block"}
+	for b.Loop() {
+		if len(Checker{}.Process(t)) != 4 {
+			b.Fatal("no process findings")
+		}
+	}
+}

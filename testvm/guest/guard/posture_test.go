@@ -229,9 +229,9 @@ func TestPostureChangeEvents(t *testing.T) {
 
 	// A protected process that starts and exits with ordinary settings is not a posture change.
 	v := startVictim(t, victimEnforce, user)
-	time.Sleep(4 * time.Second)
+	time.Sleep(3500 * time.Millisecond)
 	v.kill()
-	time.Sleep(4 * time.Second)
+	time.Sleep(3500 * time.Millisecond)
 	for _, ev := range healthEvents(t) {
 		if strings.Contains(ev.Health.Message, fmt.Sprintf("process.%d.", v.pid)) {
 			t.Errorf("change event for an ordinary protected process: %q", ev.Health.Message)
