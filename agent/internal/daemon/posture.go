@@ -35,7 +35,7 @@ func (a *Agent) eventPosture() []posture.Finding {
 
 // postureChecker expects keyguard's handler as core_pattern when a rule redacts dumps.
 func (a *Agent) postureChecker() posture.Checker {
-	var c posture.Checker
+	c := posture.Checker{KernelMemoryGuarded: a.pol.SideDoors == policy.Enforce, ModulesGuarded: a.pol.Modules == policy.ModulesDeny}
 	for _, r := range a.pol.Rules {
 		if r.Dumps != policy.DumpRedact {
 			continue

@@ -32,11 +32,17 @@ func (c Checker) ptraceScope() Finding {
 func (c Checker) lockdown() Finding {
 	v, ok := read(c.sys("kernel", "security", "lockdown"))
 	f := Finding{Name: "lockdown", Value: v, Severity: Info}
+	fix := "boot with lockdown=confidentiality (GRUB_CMDLINE_LINUX, update-grub), with Secure Boot"
+	guarded := c.KernelMemoryGuarded && c.ModulesGuarded
 	switch {
+	case (!ok || strings.Contains(v, "[none]")) && guarded:
+		f.Severity, f.Remediation = Low, "lockdown is off; keyguard refuses /proc/kcore, /dev/mem and module and kexec loads while it runs, but not debugfs, MSRs or PCI BARs, and nothing once it is uninstalled: "+fix
 	case !ok || strings.Contains(v, "[none]"):
-		f.Severity, f.Remediation = High, "lockdown is off: root can read all memory through /proc/kcore, load unsigned modules and kexec a kernel, none of which keyguard sees; boot with lockdown=confidentiality (GRUB_CMDLINE_LINUX, update-grub) or Secure Boot plus lockdown=confidentiality"
+		f.Severity, f.Remediation = High, "lockdown is off: root can read all memory through /proc/kcore or /dev/mem, load a module or kexec a kernel (keyguard's policy does not refuse them all: side_doors: enforce and modules: deny do): "+fix
+	case strings.Contains(v, "[integrity]") && c.KernelMemoryGuarded:
+		f.Severity, f.Remediation = Low, "lockdown=integrity leaves /proc/kcore readable by root; keyguard refuses it while it runs: "+fix
 	case strings.Contains(v, "[integrity]"):
-		f.Severity, f.Remediation = Medium, "lockdown=integrity still lets root read kernel memory (/proc/kcore, kprobes, BPF kernel reads), which holds every process's pages; boot with lockdown=confidentiality"
+		f.Severity, f.Remediation = Medium, "lockdown=integrity still lets root read kernel memory (/proc/kcore), which holds every process's pages: "+fix+", or side_doors: enforce in keyguard's policy"
 	default:
 		f.Remediation = "confidentiality: kernel memory reads are refused"
 	}
@@ -153,12 +159,12 @@ func (c Checker) kexecLoad() Finding {
 	const name = "kernel.kexec_load_disabled"
 	v, ok := c.sysctl(name)
 	f := Finding{Name: name, Value: v, Severity: Info}
-	locked := c.lockedDown()
+	locked := c.lockedDown() || c.ModulesGuarded
 	switch {
 	case !ok && strings.Contains(v, "no such file"):
 		f.Remediation = "the kernel has no kexec_load: nothing to disable"
 	case v != "1" && locked:
-		f.Severity, f.Remediation = Low, "root may load only signed kernels (lockdown): sysctl -w kernel.kexec_load_disabled=1 after kdump is loaded (one way until reboot)"
+		f.Severity, f.Remediation = Low, "root may load only signed kernels (lockdown), or keyguard refuses kexec loads while it runs (modules: deny): sysctl -w kernel.kexec_load_disabled=1 after kdump is loaded (one way until reboot)"
 	case v != "1":
 		f.Severity, f.Remediation = Medium, "root may kexec a kernel of its choice and read all memory from it: sysctl -w kernel.kexec_load_disabled=1 after kdump is loaded (one way until reboot), or lockdown"
 	default:
@@ -171,12 +177,12 @@ func (c Checker) modulesDisabled() Finding {
 	const name = "kernel.modules_disabled"
 	v, ok := c.sysctl(name)
 	f := Finding{Name: name, Value: v, Severity: Info}
-	locked := c.lockedDown()
+	locked := c.lockedDown() || c.ModulesGuarded
 	switch {
 	case !ok && strings.Contains(v, "no such file"):
 		f.Remediation = "the kernel cannot load modules"
 	case v != "1" && locked:
-		f.Severity, f.Remediation = Low, "root may load signed modules only (lockdown); sysctl -w kernel.modules_disabled=1 once boot has loaded what it needs (one way until reboot)"
+		f.Severity, f.Remediation = Low, "root may load signed modules only (lockdown), or keyguard refuses module loads while it runs (modules: deny): sysctl -w kernel.modules_disabled=1 once boot has loaded what it needs (one way until reboot)"
 	case v != "1":
 		f.Severity, f.Remediation = Medium, "root may load a kernel module that reads any memory, below keyguard: sysctl -w kernel.modules_disabled=1 once boot has loaded what it needs (one way until reboot), or lockdown with module signatures"
 	default:

@@ -53,6 +53,10 @@ type Checker struct {
 	ProcRoot, SysRoot, EtcRoot string
 	// HandlerPattern is keyguard's core_pattern when a rule redacts dumps, "" when none does.
 	HandlerPattern string
+	// KernelMemoryGuarded: keyguard refuses /proc/kcore, /dev/mem, /dev/kmem and /dev/port while it
+	// runs (policy side_doors: enforce). ModulesGuarded: it refuses module and kexec loads
+	// (modules: deny). Both false when no agent runs (keyguard-agent probe).
+	KernelMemoryGuarded, ModulesGuarded bool
 }
 
 // Target is a protected process to check.

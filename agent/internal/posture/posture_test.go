@@ -108,31 +108,40 @@ func TestKernelSettings(t *testing.T) {
 func TestLockdown(t *testing.T) {
 	cases := []struct {
 		value string
-		want  Severity
-		// modules_disabled=0 and kexec_load_disabled=0 are less severe under lockdown (signed only).
-		modules Severity
+		// keyguard's policy refuses kernel-memory opens (side_doors: enforce) and module and kexec
+		// loads (modules: deny).
+		kmem, modules bool
+		want          Severity
+		// modules_disabled=0 and kexec_load_disabled=0 are less severe under lockdown (signed only) or
+		// with keyguard refusing the loads.
+		wantModules Severity
 	}{
-		{"[none] integrity confidentiality", High, Medium},
-		{"none [integrity] confidentiality", Medium, Low},
-		{"none integrity [confidentiality]", Info, Low},
-		{"", High, Medium}, // no file: no lockdown LSM
+		{"[none] integrity confidentiality", false, false, High, Medium},
+		{"none [integrity] confidentiality", false, false, Medium, Low},
+		{"none integrity [confidentiality]", false, false, Info, Low},
+		{"", false, false, High, Medium}, // no file: no lockdown LSM
+		{"[none] integrity confidentiality", true, true, Low, Low},
+		{"[none] integrity confidentiality", true, false, High, Medium},
+		{"[none] integrity confidentiality", false, true, High, Low},
+		{"none [integrity] confidentiality", true, false, Low, Low},
 	}
 	for _, c := range cases {
-		t.Run(c.value, func(t *testing.T) {
+		t.Run(fmt.Sprintf("%s/kmem=%v/modules=%v", c.value, c.kmem, c.modules), func(t *testing.T) {
 			sys := map[string]string{"kernel/other": ""}
 			if c.value != "" {
 				sys["kernel/security/lockdown"] = c.value + "\n"
 			}
 			ch := checker(t, map[string]string{"sys/kernel/modules_disabled": "0\n", "sys/kernel/kexec_load_disabled": "0\n"}, sys, nil)
+			ch.KernelMemoryGuarded, ch.ModulesGuarded = c.kmem, c.modules
 			fs := ch.Host()
 			if f := find(t, fs, "lockdown"); f.Severity != c.want {
 				t.Errorf("lockdown %q: %s, want %s", f.Value, f.Severity, c.want)
 			}
-			if f := find(t, fs, "kernel.modules_disabled"); f.Severity != c.modules {
-				t.Errorf("modules_disabled under %q: %s, want %s", c.value, f.Severity, c.modules)
+			if f := find(t, fs, "kernel.modules_disabled"); f.Severity != c.wantModules {
+				t.Errorf("modules_disabled: %s, want %s", f.Severity, c.wantModules)
 			}
-			if f := find(t, fs, "kernel.kexec_load_disabled"); f.Severity != c.modules {
-				t.Errorf("kexec_load_disabled under %q: %s, want %s", c.value, f.Severity, c.modules)
+			if f := find(t, fs, "kernel.kexec_load_disabled"); f.Severity != c.wantModules {
+				t.Errorf("kexec_load_disabled: %s, want %s", f.Severity, c.wantModules)
 			}
 		})
 	}
