@@ -501,8 +501,36 @@ collector:
 			kinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 			check: func(t *testing.T, objs []object) {
 				c := find[*appsv1.DaemonSet](objs)[0].Spec.Template.Spec.Containers[0]
-				if args := strings.Join(c.Args, " "); strings.Contains(args, "-collector") || strings.Contains(args, "tls") {
+				if args := strings.Join(c.Args, " "); strings.Contains(args, "-collector") || strings.Contains(args, "tls") || strings.Contains(args, "-metrics") {
 					t.Errorf("agent without collector still configured for one: %s", args)
+				}
+			},
+		},
+		{
+			name:   "metrics on",
+			values: "agent: {metrics: {enabled: true}}\ncollector: {metrics: {enabled: true, port: 9100}}\n",
+			kinds:  []string{"ConfigMap", "DaemonSet", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount", "ServiceAccount"},
+			check: func(t *testing.T, objs []object) {
+				for _, c := range []struct {
+					name string
+					pod  corev1.PodSpec
+					port int32
+				}{
+					{"agent", find[*appsv1.DaemonSet](objs)[0].Spec.Template.Spec, 9464},
+					{"collector", find[*appsv1.Deployment](objs)[0].Spec.Template.Spec, 9100},
+				} {
+					ctr := c.pod.Containers[0]
+					args := strings.Join(ctr.Args, " ")
+					if want := fmt.Sprintf("-metrics-listen 0.0.0.0:%d -metrics-allow-remote", c.port); !strings.Contains(args, want) {
+						t.Errorf("%s args %q lack %q", c.name, args, want)
+					}
+					found := false
+					for _, p := range ctr.Ports {
+						found = found || (p.Name == "metrics" && p.ContainerPort == c.port)
+					}
+					if !found {
+						t.Errorf("%s has no container port metrics/%d: %+v", c.name, c.port, ctr.Ports)
+					}
 				}
 			},
 		},
