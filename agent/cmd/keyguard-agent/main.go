@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
@@ -25,6 +26,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/dumphandler"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/internal/posture"
 	"github.com/keyguard/keyguard/collector/metricsserver"
 )
 
@@ -70,6 +72,7 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
 	fs.BoolVar(&cfg.DumpKeepStacks, "dump-keep-stacks", false, "keep thread stacks in redacted core dumps (backtraces need them)")
 	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
+	fs.DurationVar(&cfg.PostureInterval, "posture-interval", time.Minute, "how often host posture is checked again; a change is reported as a health event")
 	fs.StringVar(&cfg.OperatorKeyPath, "operator-key", "/etc/keyguard/operator.pub", "the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens")
 	fs.StringVar(&cfg.PolicyTokenPath, "policy-token", "", "token approving a changed policy (default: the policy path + .token)")
 	fs.StringVar(&cfg.Hostname, "host-name", "", "this host's name in operator tokens (default: the host name)")
@@ -123,10 +126,15 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	r := loader.Probe(filepath.Dir(*pin))
-	posture := loader.ReadPosture()
+	// keyguard's handler is expected as core_pattern while the agent has it installed.
+	var checker posture.Checker
+	if st, err := corepattern.Load(corepattern.RunDir); err == nil {
+		checker.HandlerPattern = st.Installed
+	}
+	findings := posture.Worst(checker.Host())
 	builds, _ := loader.Pinned(*pin)
 	if *asJSON {
-		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "posture": posture, "pinned_builds": builds})
+		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "posture": findings, "pinned_builds": builds})
 	} else {
 		fmt.Fprintf(stdout, "kernel %s, active LSMs: %v\n", r.Kernel, r.LSMs)
 		if len(builds) > 0 {
@@ -134,13 +142,8 @@ func probe(args []string, stdout, stderr io.Writer) int {
 		} else {
 			fmt.Fprintf(stdout, "nothing pinned in %s\n", *pin)
 		}
-		for _, p := range posture {
-			fmt.Fprintf(stdout, "%-8s %s = %s", p.Severity, p.Name, p.Value)
-			if p.Advice != "" {
-				fmt.Fprintf(stdout, "  (%s)", p.Advice)
-			}
-			fmt.Fprintln(stdout)
-		}
+		fmt.Fprintln(stdout, "host posture (worst first):")
+		posture.Print(stdout, findings)
 	}
 	if err := r.Err(); err != nil {
 		fmt.Fprintln(stderr, err)

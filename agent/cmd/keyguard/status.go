@@ -9,6 +9,7 @@ import (
 	"sort"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
+	"github.com/keyguard/keyguard/agent/internal/posture"
 )
 
 func init() {
@@ -48,12 +49,7 @@ func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	for _, g := range s.ActiveGrants {
 		fmt.Fprintf(stdout, "break-glass #%d: %s uid %d on rule %s until %s by %s: %s\n", g.ID, g.Executable, g.UID, g.Rule, g.Expires.Format("15:04:05"), g.Operator, g.Reason)
 	}
-	for _, p := range s.Posture {
-		fmt.Fprintf(stdout, "%-8s %s = %s", p.Severity, p.Name, p.Value)
-		if p.Advice != "" {
-			fmt.Fprintf(stdout, "  (%s)", p.Advice)
-		}
-		fmt.Fprintln(stdout)
-	}
+	fmt.Fprintln(stdout, "posture (worst first):")
+	posture.Print(stdout, posture.Worst(s.Posture))
 	return 0
 }

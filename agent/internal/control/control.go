@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/events"
-	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/internal/posture"
 )
 
 // DefaultSocket is where the agent listens by default.
@@ -53,7 +53,7 @@ type Status struct {
 	Rules         []string          `json:"rules"`
 	Counters      map[string]uint64 `json:"counters"`
 	KernelLost    uint64            `json:"kernel_lost"`
-	Posture       []loader.Posture  `json:"posture"`
+	Posture       []posture.Finding `json:"posture"`
 	ActiveGrants  []Grant           `json:"active_grants"`
 	EventLog      string            `json:"event_log"`
 	PolicyPath    string            `json:"policy_path"`

@@ -253,7 +253,7 @@ var counterNames = []string{"denied", "allowed_audit", "allowed_policy", "allowe
 
 func (a *Agent) status() (*control.Status, error) {
 	s := &control.Status{Version: a.cfg.Version, Build: a.guard.Build, Adopted: a.guard.Adopted, PinPath: a.cfg.Loader.PinPath,
-		Posture: loader.ReadPosture(), EventLog: a.cfg.EventLog, PolicyPath: a.cfg.PolicyPath, Counters: map[string]uint64{}}
+		EventLog: a.cfg.EventLog, PolicyPath: a.cfg.PolicyPath, Counters: map[string]uint64{}}
 	for _, r := range a.pol.Rules {
 		s.Rules = append(s.Rules, r.Name)
 	}
@@ -283,6 +283,7 @@ func (a *Agent) status() (*control.Status, error) {
 		}
 	}
 	s.ProtectedNow = len(s.ProtectedPIDs)
+	s.Posture, _ = a.posture()
 	return s, nil
 }
 

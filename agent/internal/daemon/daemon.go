@@ -41,6 +41,8 @@ type Config struct {
 	// DumpKeepStacks keeps thread stacks in redacted core dumps (backtraces need them; they can
 	// hold key bytes that the detector does not recognise).
 	DumpKeepStacks bool
+	// PostureInterval is how often host posture is checked again (0: every minute).
+	PostureInterval time.Duration
 	// OperatorKeyPath is the operator's Ed25519 public key (PEM). It is pinned on the first start after
 	// boot; uninstall, break-glass and policy changes need tokens signed by it.
 	OperatorKeyPath string
@@ -63,6 +65,7 @@ type Agent struct {
 
 	mu     sync.Mutex
 	rs     loader.RuleSet
+	res    *policy.Resolved
 	names  map[uint32]string
 	grants map[uint64]grant
 	nextID uint64
@@ -241,6 +244,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
 	}
 	a.emit(hev)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watchPosture(ctx, hev.Health.Posture, cfg.PostureInterval, *hev.Health)
+	}()
 	if err := writeAlive(cfg.StateDir, "/proc", time.Now()); err != nil {
 		log.Warn("could not record that the agent is alive", "error", err)
 	}
@@ -302,9 +310,7 @@ func (a *Agent) health(state string, protected int, probe loader.ProbeResult) ev
 	}
 	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
 	h.EnforcementPinned = len(builds) > 0
-	for _, p := range loader.ReadPosture() {
-		h.Posture = append(h.Posture, events.Finding(p))
-	}
+	h.Posture = a.eventPosture()
 	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
 }
 
@@ -325,7 +331,7 @@ func (a *Agent) applyPolicy(res *policy.Resolved) error {
 		return fmt.Errorf("write rules into the kernel: %w", err)
 	}
 	a.mu.Lock()
-	a.rs, a.names = rs, names
+	a.rs, a.res, a.names = rs, res, names
 	a.mu.Unlock()
 	return nil
 }

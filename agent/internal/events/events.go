@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
+	"github.com/keyguard/keyguard/agent/internal/posture"
 	kgbpf "github.com/keyguard/keyguard/bpf"
 )
 
@@ -102,7 +103,7 @@ type Loss struct {
 
 // Health reports the agent's state and the host's posture.
 type Health struct {
-	State              string    `json:"state"` // started, adopted, stopping, uninstalled
+	State              string    `json:"state"` // started, adopted, running (posture changed), stopping, uninstalled
 	Version            string    `json:"version"`
 	Kernel             string    `json:"kernel"`
 	LSMActive          bool      `json:"lsm_active"`
@@ -123,13 +124,8 @@ type Gap struct {
 	Resumed        time.Time `json:"resumed"`
 }
 
-// Finding is one posture item.
-type Finding struct {
-	Name     string `json:"name"`
-	Value    string `json:"value"`
-	Severity string `json:"severity"`
-	Advice   string `json:"advice,omitempty"`
-}
+// Finding is one posture item (see package posture).
+type Finding = posture.Finding
 
 // BreakGlass reports a time-limited exception for one accessor.
 type BreakGlass struct {

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keyguard/keyguard/agent/internal/posture"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -48,9 +49,10 @@ var protoStates = map[string]keyguardv1.AgentState{
 	"refused":         keyguardv1.AgentState_AGENT_STATE_REFUSED,
 }
 
-var protoSeverities = map[string]keyguardv1.Severity{
-	"ok": keyguardv1.Severity_SEVERITY_INFO, "info": keyguardv1.Severity_SEVERITY_LOW,
-	"warning": keyguardv1.Severity_SEVERITY_MEDIUM, "critical": keyguardv1.Severity_SEVERITY_CRITICAL,
+var protoSeverities = map[posture.Severity]keyguardv1.Severity{
+	posture.Info: keyguardv1.Severity_SEVERITY_INFO, posture.Low: keyguardv1.Severity_SEVERITY_LOW,
+	posture.Medium: keyguardv1.Severity_SEVERITY_MEDIUM, posture.High: keyguardv1.Severity_SEVERITY_HIGH,
+	posture.Critical: keyguardv1.Severity_SEVERITY_CRITICAL,
 }
 
 var protoGrantStates = map[string]keyguardv1.BreakGlassState{
@@ -171,7 +173,7 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 				LapseStartTime: timestamppb.New(g.LastSeen), BootTime: timestamppb.New(g.BootTime), ResumeTime: timestamppb.New(g.Resumed)}
 		}
 		for _, f := range h.Posture {
-			ah.Findings = append(ah.Findings, &keyguardv1.PostureFinding{Name: f.Name, Value: f.Value, Severity: protoSeverities[f.Severity], Remediation: f.Advice})
+			ah.Findings = append(ah.Findings, &keyguardv1.PostureFinding{Name: f.Name, Value: f.Value, Severity: protoSeverities[f.Severity], Remediation: f.Remediation})
 		}
 		out.Kind = &keyguardv1.Event_AgentHealth{AgentHealth: ah}
 	case KindBreakGlass:

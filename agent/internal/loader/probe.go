@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -104,57 +103,4 @@ func tryAttach() error {
 		return err
 	}
 	return l.Close()
-}
-
-// Posture is host state that weakens or strengthens protection, read from procfs and securityfs.
-type Posture struct {
-	Name     string `json:"name"`
-	Value    string `json:"value"`
-	Severity string `json:"severity"` // ok, info, warning
-	Advice   string `json:"advice,omitempty"`
-}
-
-// ReadPosture reports Yama ptrace_scope, lockdown mode and the core-dump settings.
-func ReadPosture() []Posture {
-	read := func(p string) string {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return "unavailable (" + errors.Unwrap(err).Error() + ")"
-		}
-		return string(bytes.TrimSpace(b))
-	}
-	var out []Posture
-	yama := read("/proc/sys/kernel/yama/ptrace_scope")
-	p := Posture{Name: "yama.ptrace_scope", Value: yama, Severity: "ok"}
-	switch yama {
-	case "0":
-		p.Severity, p.Advice = "info", "any process may ptrace another of the same uid; keyguard still denies access to protected processes, but set kernel.yama.ptrace_scope=2 to narrow ptrace for everything else"
-	case "1":
-		p.Severity, p.Advice = "info", "ptrace limited to descendants; consider kernel.yama.ptrace_scope=2 (admin only)"
-	}
-	out = append(out, p)
-
-	lock := read("/sys/kernel/security/lockdown")
-	p = Posture{Name: "lockdown", Value: lock, Severity: "ok"}
-	if strings.Contains(lock, "[none]") {
-		p.Severity, p.Advice = "warning", "lockdown is off: root can read kernel memory (/proc/kcore, /dev/mem) and with it any process's memory; boot with lockdown=integrity or confidentiality (or Secure Boot)"
-	}
-	out = append(out, p)
-
-	cp := read("/proc/sys/kernel/core_pattern")
-	p = Posture{Name: "kernel.core_pattern", Value: cp, Severity: "info"}
-	if strings.HasPrefix(cp, "|") {
-		p.Advice = "core dumps go to a helper program; protected processes' dumps are decided by keyguard's dump policy"
-	} else {
-		p.Advice = "core dumps are written as files; protected processes' dumps are decided by keyguard's dump policy"
-	}
-	out = append(out, p)
-
-	sd := read("/proc/sys/fs/suid_dumpable")
-	p = Posture{Name: "fs.suid_dumpable", Value: sd, Severity: "ok"}
-	if sd != "0" {
-		p.Severity, p.Advice = "info", "set-uid processes can dump core; set fs.suid_dumpable=0 unless a dump helper needs it"
-	}
-	out = append(out, p)
-	return out
 }

@@ -151,7 +151,7 @@ func copyFile(src, dst string) error {
 func startAgent(extra ...string) error {
 	before := countLines(eventsLog)
 	agent = exec.Command(agentBin, append([]string{"run", "-policy", dir + "/policy.yaml", "-events", eventsLog,
-		"-state-dir", dir + "/state", "-control-socket", ctlSock, "-operator-key", operatorPub}, extra...)...)
+		"-state-dir", dir + "/state", "-control-socket", ctlSock, "-operator-key", operatorPub, "-posture-interval", "3s"}, extra...)...)
 	agent.Stdout = os.Stdout
 	agent.Stderr = os.Stdout
 	if err := agent.Start(); err != nil {
