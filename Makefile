@@ -48,6 +48,11 @@ check-generate: generate ## Fail if `make generate` changes any committed file
 build: ## Build all binaries into bin/
 	$(GO) build -trimpath -o bin/ ./agent/cmd/... ./collector/cmd/...
 
+.PHONY: packages
+packages: ## Build the .deb packages and container image tarballs into out/ (VERSION=... overrides git describe)
+	$(GO) build -trimpath -ldflags "-s -w -X main.version=$$($(GO) run ./deploy/cmd/kgpackage -print-version $(if $(VERSION),-version $(VERSION)))" -o out/bin/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector
+	$(GO) run ./deploy/cmd/kgpackage -bin out/bin -out out $(if $(VERSION),-version $(VERSION))
+
 .PHONY: lint
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
