@@ -99,6 +99,13 @@ func mainErr() int {
 		if !set["out"] {
 			cfg.out = "testvm/out/systemd"
 		}
+		// Redacting a ~80 MB dump and scanning it take minutes under TCG on a busy host.
+		if !set["suite-timeout"] {
+			cfg.suiteTimeout = 20 * time.Minute
+		}
+		if !set["timeout"] {
+			cfg.timeout = 30 * time.Minute
+		}
 	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "vmtest: unexpected arguments %q\n", flag.Args())
