@@ -49,7 +49,11 @@ const (
 	KeyguardKgCounterKG_CNT_TAMPER          KeyguardKgCounter = 13
 	KeyguardKgCounterKG_CNT_BPF_LOAD_DENIED KeyguardKgCounter = 14
 	KeyguardKgCounterKG_CNT_PERF_DENIED     KeyguardKgCounter = 15
-	KeyguardKgCounterKG_CNT_MAX             KeyguardKgCounter = 16
+	KeyguardKgCounterKG_CNT_SYSCTL_DENIED   KeyguardKgCounter = 16
+	KeyguardKgCounterKG_CNT_KMEM_DENIED     KeyguardKgCounter = 17
+	KeyguardKgCounterKG_CNT_MODULE_DENIED   KeyguardKgCounter = 18
+	KeyguardKgCounterKG_CNT_SIDE_DOOR_AUDIT KeyguardKgCounter = 19
+	KeyguardKgCounterKG_CNT_MAX             KeyguardKgCounter = 20
 )
 
 type KeyguardKgDecision uint32
@@ -123,6 +127,13 @@ type KeyguardKgHandler struct {
 	Ino uint64
 }
 
+type KeyguardKgInstall struct {
+	_             structs.HostLayout
+	OperatorKey   [32]uint8
+	ConfigSha256  [32]uint8
+	InstalledUnix uint64
+}
+
 type KeyguardKgLateMark struct {
 	_          structs.HostLayout
 	StartTicks uint64
@@ -143,6 +154,14 @@ type KeyguardKgMode uint32
 const (
 	KeyguardKgModeKG_MODE_ENFORCE KeyguardKgMode = 0
 	KeyguardKgModeKG_MODE_AUDIT   KeyguardKgMode = 1
+)
+
+type KeyguardKgModuleMode uint32
+
+const (
+	KeyguardKgModuleModeKG_MODULES_DENY  KeyguardKgModuleMode = 0
+	KeyguardKgModuleModeKG_MODULES_AUDIT KeyguardKgModuleMode = 1
+	KeyguardKgModuleModeKG_MODULES_ALLOW KeyguardKgModuleMode = 2
 )
 
 type KeyguardKgOp uint32
@@ -218,11 +237,20 @@ type KeyguardKgScratch struct {
 	Path [256]int8
 }
 
+type KeyguardKgSettings struct {
+	_         structs.HostLayout
+	SideDoors uint32
+	Modules   uint32
+}
+
 type KeyguardKgSideDoor uint32
 
 const (
 	KeyguardKgSideDoorKG_SIDE_BPF_LOAD  KeyguardKgSideDoor = 1
 	KeyguardKgSideDoorKG_SIDE_PERF_USER KeyguardKgSideDoor = 2
+	KeyguardKgSideDoorKG_SIDE_SYSCTL    KeyguardKgSideDoor = 3
+	KeyguardKgSideDoorKG_SIDE_KMEM      KeyguardKgSideDoor = 4
+	KeyguardKgSideDoorKG_SIDE_MODULE    KeyguardKgSideDoor = 5
 )
 
 type KeyguardKgTamper uint32
@@ -237,6 +265,11 @@ const (
 	KeyguardKgTamperKG_TAMPER_UMOUNT      KeyguardKgTamper = 7
 )
 
+type KeyguardKgTokenId struct {
+	_           structs.HostLayout
+	NonceSha256 [32]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -250,6 +283,7 @@ const (
 	KeyguardMapExeRules              = "exe_rules"
 	KeyguardMapHandler               = "handler"
 	KeyguardMapHandlerPipes          = "handler_pipes"
+	KeyguardMapInstall               = "install"
 	KeyguardMapKeyRules              = "key_rules"
 	KeyguardMapLateMarks             = "late_marks"
 	KeyguardMapLost                  = "lost"
@@ -257,6 +291,8 @@ const (
 	KeyguardMapOwn                   = "own"
 	KeyguardMapRules                 = "rules"
 	KeyguardMapScratch               = "scratch"
+	KeyguardMapSettings              = "settings"
+	KeyguardMapUsedTokens            = "used_tokens"
 	KeyguardProgKgBpf                = "kg_bpf"
 	KeyguardProgKgBpfMap             = "kg_bpf_map"
 	KeyguardProgKgBpfProg            = "kg_bpf_prog"
@@ -269,6 +305,8 @@ const (
 	KeyguardProgKgInodeRename        = "kg_inode_rename"
 	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
 	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
+	KeyguardProgKgKernelLoadData     = "kg_kernel_load_data"
+	KeyguardProgKgKernelReadFile     = "kg_kernel_read_file"
 	KeyguardProgKgPerfEventAlloc     = "kg_perf_event_alloc"
 	KeyguardProgKgPtraceAccessCheck  = "kg_ptrace_access_check"
 	KeyguardProgKgPtraceTraceme      = "kg_ptrace_traceme"
@@ -334,6 +372,8 @@ type KeyguardProgramSpecs struct {
 	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
 	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
+	KgKernelLoadData     *ebpf.ProgramSpec `ebpf:"kg_kernel_load_data"`
+	KgKernelReadFile     *ebpf.ProgramSpec `ebpf:"kg_kernel_read_file"`
 	KgPerfEventAlloc     *ebpf.ProgramSpec `ebpf:"kg_perf_event_alloc"`
 	KgPtraceAccessCheck  *ebpf.ProgramSpec `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.ProgramSpec `ebpf:"kg_ptrace_traceme"`
@@ -355,6 +395,7 @@ type KeyguardMapSpecs struct {
 	ExeRules     *ebpf.MapSpec `ebpf:"exe_rules"`
 	Handler      *ebpf.MapSpec `ebpf:"handler"`
 	HandlerPipes *ebpf.MapSpec `ebpf:"handler_pipes"`
+	Install      *ebpf.MapSpec `ebpf:"install"`
 	KeyRules     *ebpf.MapSpec `ebpf:"key_rules"`
 	LateMarks    *ebpf.MapSpec `ebpf:"late_marks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
@@ -362,6 +403,8 @@ type KeyguardMapSpecs struct {
 	Own          *ebpf.MapSpec `ebpf:"own"`
 	Rules        *ebpf.MapSpec `ebpf:"rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
+	Settings     *ebpf.MapSpec `ebpf:"settings"`
+	UsedTokens   *ebpf.MapSpec `ebpf:"used_tokens"`
 }
 
 // KeyguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -402,6 +445,7 @@ type KeyguardMaps struct {
 	ExeRules     *ebpf.Map `ebpf:"exe_rules"`
 	Handler      *ebpf.Map `ebpf:"handler"`
 	HandlerPipes *ebpf.Map `ebpf:"handler_pipes"`
+	Install      *ebpf.Map `ebpf:"install"`
 	KeyRules     *ebpf.Map `ebpf:"key_rules"`
 	LateMarks    *ebpf.Map `ebpf:"late_marks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
@@ -409,6 +453,8 @@ type KeyguardMaps struct {
 	Own          *ebpf.Map `ebpf:"own"`
 	Rules        *ebpf.Map `ebpf:"rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
+	Settings     *ebpf.Map `ebpf:"settings"`
+	UsedTokens   *ebpf.Map `ebpf:"used_tokens"`
 }
 
 func (m *KeyguardMaps) Close() error {
@@ -422,6 +468,7 @@ func (m *KeyguardMaps) Close() error {
 		m.ExeRules,
 		m.Handler,
 		m.HandlerPipes,
+		m.Install,
 		m.KeyRules,
 		m.LateMarks,
 		m.Lost,
@@ -429,6 +476,8 @@ func (m *KeyguardMaps) Close() error {
 		m.Own,
 		m.Rules,
 		m.Scratch,
+		m.Settings,
+		m.UsedTokens,
 	)
 }
 
@@ -457,6 +506,8 @@ type KeyguardPrograms struct {
 	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
 	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
+	KgKernelLoadData     *ebpf.Program `ebpf:"kg_kernel_load_data"`
+	KgKernelReadFile     *ebpf.Program `ebpf:"kg_kernel_read_file"`
 	KgPerfEventAlloc     *ebpf.Program `ebpf:"kg_perf_event_alloc"`
 	KgPtraceAccessCheck  *ebpf.Program `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.Program `ebpf:"kg_ptrace_traceme"`
@@ -479,6 +530,8 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgInodeRename,
 		p.KgInodeRmdir,
 		p.KgInodeUnlink,
+		p.KgKernelLoadData,
+		p.KgKernelReadFile,
 		p.KgPerfEventAlloc,
 		p.KgPtraceAccessCheck,
 		p.KgPtraceTraceme,

@@ -70,6 +70,10 @@ const volatile struct {
 	struct kg_late_mark late_mark;
 	struct kg_rule rule;
 	struct kg_mark mark;
+	enum kg_module_mode module_mode;
+	struct kg_settings settings;
+	struct kg_install install;
+	struct kg_token_id token_id;
 } kg_types;
 
 /* All state lives in maps pinned by name in the agent's bpffs folder, so it survives agent restarts
@@ -196,6 +200,33 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } own SEC(".maps");
+
+/* Host-wide settings from the policy (one entry; zero = strictest). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} settings SEC(".maps");
+
+/* What the operator approved at install time; read by the agent only (no program reads it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_install);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} install SEC(".maps");
+
+/* Operator tokens already used (SHA-256 of the nonce → expiry, unix seconds): a token works once. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct kg_token_id);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} used_tokens SEC(".maps");
 
 static __always_inline void count(__u32 idx)
 {
@@ -540,6 +571,149 @@ static __always_inline void emit_protect(struct task_struct *t, struct kg_mark *
 	bpf_ringbuf_submit(e, 0);
 }
 
+static __always_inline int is_own(__u32 kind, __u64 id)
+{
+	struct kg_own_key k = {.kind = kind, .id = id};
+
+	return bpf_map_lookup_elem(&own, &k) != 0;
+}
+
+/* Is t running a trusted keyguard-agent executable (the agent, its dump handler, or an upgrade the
+ * running agent saw being installed)? */
+static __always_inline int is_keyguard(struct task_struct *t)
+{
+	struct kg_own_key k = {.kind = KG_OWN_EXE};
+	__u64 dev;
+
+	task_exe(t, &dev, &k.id);
+	k.dev = (__u32)dev;
+	return bpf_map_lookup_elem(&own, &k) != 0;
+}
+
+/* Is cur allowed through a side door by the policy (allow map entries under the pseudo rule id)? */
+static __always_inline int allowed_by(struct task_struct *cur, __u32 allow_rule)
+{
+	struct kg_accessor_key key = {.rule_id = allow_rule};
+
+	task_exe(cur, &key.dev, &key.ino);
+	key.uid = BPF_CORE_READ(cur, real_cred, uid.val);
+	if (bpf_map_lookup_elem(&allow, &key))
+		return 1;
+	key.uid = KG_ANY_UID;
+	return bpf_map_lookup_elem(&allow, &key) != 0;
+}
+
+static __always_inline struct kg_settings *get_settings(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&settings, &zero);
+}
+
+/*
+ * A side door around the ptrace checks. keyguard itself passes silently; an accessor the policy allows
+ * passes and is reported; everyone else is refused (side_doors: enforce, the default) or reported
+ * (audit). name is a kernel string for the event's detail (or NULL); target/prot name the protected
+ * process concerned, if any.
+ */
+static __always_inline int side_door(struct task_struct *cur, __u32 door, __u32 allow_rule, __u32 cnt, __u32 access,
+				     const void *name, struct task_struct *target, struct kg_mark *prot)
+{
+	struct kg_settings *st = get_settings();
+	struct kg_mark none = {};
+	struct kg_event *e;
+	__u32 decision;
+	int ret = 0;
+
+	if (is_keyguard(cur))
+		return 0;
+	if (allowed_by(cur, allow_rule)) {
+		decision = KG_DECISION_ALLOWED_POLICY;
+	} else if (st && st->side_doors == KG_MODE_AUDIT) {
+		decision = KG_DECISION_ALLOWED_AUDIT;
+		count(KG_CNT_SIDE_DOOR_AUDIT);
+	} else {
+		decision = KG_DECISION_DENIED;
+		count(cnt);
+		ret = -EPERM;
+	}
+	e = new_event(KG_EVENT_SIDE_DOOR, prot ? prot : &none);
+	if (e) {
+		e->op = door;
+		e->decision = decision;
+		e->access_mode = access;
+		if (name)
+			bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+		fill_proc(&e->actor, cur);
+		if (target)
+			fill_proc(&e->target, target);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return ret;
+}
+
+/* Does the NUL-terminated kernel string in buf equal lit (n bytes including its NUL)? */
+static __always_inline int str_is(const char *buf, const char *lit, int n)
+{
+	for (int i = 0; i < n && i < 16; i++)
+		if (buf[i] != lit[i])
+			return 0;
+	return 1;
+}
+
+#define S_IFMT_BITS 00170000
+#define S_IFCHR_BITS 0020000
+#define KG_MKDEV(ma, mi) (((ma) << 20) | (mi))
+
+/*
+ * Side doors opened through a file (from file_open):
+ * - write opens of the sysctls that decide where core dumps go and who may trace (kernel.core_pattern,
+ *   kernel.core_pipe_limit, fs.suid_dumpable, kernel.yama.ptrace_scope). There is no sysctl LSM hook;
+ *   every write, `sysctl -w` or a shell redirect, opens the /proc/sys file, matched here by its ctl_table
+ *   (so a bind mount or another procfs instance matches too).
+ * - /proc/kcore, and the character devices mem (1:1), kmem (1:2) and port (1:4) wherever their nodes are.
+ */
+static __always_inline int file_side_door(struct file *file)
+{
+	struct inode *inode = file->f_inode;
+	struct super_block *sb = inode->i_sb;
+	char name[16] = {};
+
+	if (sb->s_magic == PROC_SUPER_MAGIC) {
+		struct dentry *d = file->f_path.dentry;
+
+		if (file->f_mode & FMODE_WRITE) {
+			struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode -
+								     bpf_core_field_offset(struct proc_inode, vfs_inode));
+			struct ctl_table *t = BPF_CORE_READ(pi, sysctl_entry);
+
+			if (t) {
+				bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, procname));
+				if (str_is(name, "core_pattern", 13) || str_is(name, "core_pipe_limit", 16) ||
+				    str_is(name, "suid_dumpable", 14) || str_is(name, "ptrace_scope", 13))
+					return side_door(bpf_get_current_task_btf(), KG_SIDE_SYSCTL, KG_ALLOW_SYSCTL,
+							 KG_CNT_SYSCTL_DENIED, 0, name, 0, 0);
+				return 0;
+			}
+		}
+		if (BPF_CORE_READ(d, d_parent) != BPF_CORE_READ(sb, s_root))
+			return 0;
+		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
+		if (str_is(name, "kcore", 6))
+			return side_door(bpf_get_current_task_btf(), KG_SIDE_KMEM, KG_ALLOW_KMEM, KG_CNT_KMEM_DENIED, 0,
+					 name, 0, 0);
+		return 0;
+	}
+	if ((inode->i_mode & S_IFMT_BITS) == S_IFCHR_BITS) {
+		__u32 rdev = inode->i_rdev;
+
+		if (rdev == KG_MKDEV(1, 1) || rdev == KG_MKDEV(1, 2) || rdev == KG_MKDEV(1, 4))
+			return side_door(bpf_get_current_task_btf(), KG_SIDE_KMEM, KG_ALLOW_KMEM, KG_CNT_KMEM_DENIED, rdev,
+					 file->f_path.dentry->d_name.name, 0, 0);
+	}
+	return 0;
+}
+
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
 {
@@ -696,6 +870,9 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	struct kg_mark *m;
 	__u32 *rule_id, tgid;
 
+	if (ret)
+		return ret;
+	ret = file_side_door(file);
 	if (ret)
 		return ret;
 	id.dev = file->f_inode->i_sb->s_dev;
@@ -889,25 +1066,6 @@ int BPF_PROG(kg_dump_emit, struct coredump_params *cprm, const void *buf, int nr
 
 /* --- keyguard guards itself ------------------------------------------------------------------ */
 
-static __always_inline int is_own(__u32 kind, __u64 id)
-{
-	struct kg_own_key k = {.kind = kind, .id = id};
-
-	return bpf_map_lookup_elem(&own, &k) != 0;
-}
-
-/* Is t running a trusted keyguard-agent executable (the agent, its dump handler, or an upgrade the
- * running agent saw being installed)? */
-static __always_inline int is_keyguard(struct task_struct *t)
-{
-	struct kg_own_key k = {.kind = KG_OWN_EXE};
-	__u64 dev;
-
-	task_exe(t, &dev, &k.id);
-	k.dev = (__u32)dev;
-	return bpf_map_lookup_elem(&own, &k) != 0;
-}
-
 /* Refuse a tamper attempt by anything but keyguard itself, and report it. */
 static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
 {
@@ -978,39 +1136,12 @@ static __always_inline int reads_user_memory(__u32 type, __u32 flags)
 /* BPF_PROG_LOAD: only keyguard and the policy's bpf_loaders may load programs that can read user memory. */
 static __always_inline int bpf_load(union bpf_attr *attr)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
-	struct kg_accessor_key key = {};
-	struct kg_mark none = {};
-	struct kg_event *e;
-	__u32 type = BPF_CORE_READ(attr, prog_type), decision;
-	int ret = 0;
+	__u32 type = BPF_CORE_READ(attr, prog_type);
 
-	if (!reads_user_memory(type, BPF_CORE_READ(attr, prog_flags)) || is_keyguard(cur))
+	if (!reads_user_memory(type, BPF_CORE_READ(attr, prog_flags)))
 		return 0;
-	task_exe(cur, &key.dev, &key.ino);
-	key.uid = BPF_CORE_READ(cur, real_cred, uid.val);
-	if (bpf_map_lookup_elem(&allow, &key)) {
-		decision = KG_DECISION_ALLOWED_POLICY;
-	} else {
-		key.uid = KG_ANY_UID;
-		if (bpf_map_lookup_elem(&allow, &key)) {
-			decision = KG_DECISION_ALLOWED_POLICY;
-		} else {
-			decision = KG_DECISION_DENIED;
-			count(KG_CNT_BPF_LOAD_DENIED);
-			ret = -EPERM;
-		}
-	}
-	e = new_event(KG_EVENT_SIDE_DOOR, &none);
-	if (e) {
-		e->op = KG_SIDE_BPF_LOAD;
-		e->decision = decision;
-		e->access_mode = type;
-		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), &attr->prog_name);
-		fill_proc(&e->actor, cur);
-		bpf_ringbuf_submit(e, 0);
-	}
-	return ret;
+	return side_door(bpf_get_current_task_btf(), KG_SIDE_BPF_LOAD, 0, KG_CNT_BPF_LOAD_DENIED, type,
+			 &attr->prog_name, 0, 0);
 }
 
 /* The link commands of bpf(2): links have no fd hook of their own, so look at the command. */
@@ -1117,17 +1248,13 @@ int BPF_PROG(kg_perf_event_alloc, struct perf_event *event)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
 	struct task_struct *target;
-	struct kg_accessor_key key = {};
-	struct kg_mark prot = {}, none = {};
-	struct kg_event *e;
+	struct kg_mark prot = {};
 	__u64 sample = BPF_CORE_READ(event, attr.sample_type);
 	__u32 aux = BPF_CORE_READ(event, attr.aux_watermark);
 	__u32 zero = 0;
 	struct kg_agent *a;
 
 	if (!(sample & PERF_SAMPLE_USER_COPY) && !aux)
-		return 0;
-	if (is_keyguard(cur))
 		return 0;
 	target = event->hw.target;
 	if (target) {
@@ -1139,23 +1266,66 @@ int BPF_PROG(kg_perf_event_alloc, struct perf_event *event)
 		if (!a || !a->tgid)
 			return 0;
 	}
-	task_exe(cur, &key.dev, &key.ino);
-	key.uid = BPF_CORE_READ(cur, real_cred, uid.val);
-	if (bpf_map_lookup_elem(&allow, &key))
+	return side_door(cur, KG_SIDE_PERF_USER, 0, KG_CNT_PERF_DENIED, (__u32)sample, 0, target, target ? &prot : 0);
+}
+
+/*
+ * Kernel module and kexec image loads: a module reads any process's memory and can unhook keyguard; a
+ * kexec'd kernel runs without it. settings.modules: deny (default), audit or allow. finit_module and
+ * kexec_file_load come through kernel_read_file, init_module and kexec_load through kernel_load_data.
+ */
+static __always_inline int kernel_load(__u32 what, struct file *file)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_settings *st = get_settings();
+	__u32 mode = st ? st->modules : KG_MODULES_DENY, decision;
+	struct kg_mark none = {};
+	struct kg_event *e;
+	int ret = 0;
+
+	if (mode == KG_MODULES_ALLOW)
 		return 0;
-	key.uid = KG_ANY_UID;
-	if (bpf_map_lookup_elem(&allow, &key))
-		return 0;
-	count(KG_CNT_PERF_DENIED);
-	e = new_event(KG_EVENT_SIDE_DOOR, target ? &prot : &none);
+	if (mode == KG_MODULES_AUDIT) {
+		decision = KG_DECISION_ALLOWED_AUDIT;
+		count(KG_CNT_SIDE_DOOR_AUDIT);
+	} else {
+		decision = KG_DECISION_DENIED;
+		count(KG_CNT_MODULE_DENIED);
+		ret = -EPERM;
+	}
+	e = new_event(KG_EVENT_SIDE_DOOR, &none);
 	if (e) {
-		e->op = KG_SIDE_PERF_USER;
-		e->decision = KG_DECISION_DENIED;
-		e->access_mode = (__u32)sample;
+		e->op = KG_SIDE_MODULE;
+		e->decision = decision;
+		e->access_mode = what;
+		if (file)
+			bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), BPF_CORE_READ(file, f_path.dentry, d_name.name));
 		fill_proc(&e->actor, cur);
-		if (target)
-			fill_proc(&e->target, target);
 		bpf_ringbuf_submit(e, 0);
 	}
-	return -EPERM;
+	return ret;
+}
+
+SEC("lsm/kernel_read_file")
+int BPF_PROG(kg_kernel_read_file, struct file *file, enum kernel_read_file_id id, bool contents, int ret)
+{
+	if (ret)
+		return ret;
+	if (id == bpf_core_enum_value(enum kernel_read_file_id, READING_MODULE))
+		return kernel_load(1, file);
+	if (id == bpf_core_enum_value(enum kernel_read_file_id, READING_KEXEC_IMAGE))
+		return kernel_load(2, file);
+	return 0;
+}
+
+SEC("lsm/kernel_load_data")
+int BPF_PROG(kg_kernel_load_data, enum kernel_load_data_id id, bool contents, int ret)
+{
+	if (ret)
+		return ret;
+	if (id == bpf_core_enum_value(enum kernel_load_data_id, LOADING_MODULE))
+		return kernel_load(1, 0);
+	if (id == bpf_core_enum_value(enum kernel_load_data_id, LOADING_KEXEC_IMAGE))
+		return kernel_load(2, 0);
+	return 0;
 }

@@ -34,6 +34,41 @@ enum kg_event_kind {
 enum kg_side_door {
 	KG_SIDE_BPF_LOAD = 1,   /* a BPF program that can read user memory; access_mode is the program type */
 	KG_SIDE_PERF_USER = 2,  /* a perf event copying a protected process's user stack/registers; access_mode: sample_type */
+	KG_SIDE_SYSCTL = 3,     /* a write open of a sysctl that decides where dumps go or who may trace; detail: its name */
+	KG_SIDE_KMEM = 4,       /* an open of /proc/kcore, /dev/mem, /dev/kmem or /dev/port; detail: which */
+	KG_SIDE_MODULE = 5,     /* a kernel module or kexec image load; access_mode: 1 module, 2 kexec image; detail: file */
+};
+
+/* Pseudo rule ids for the allow map: who may pass a side door (policy bpf_loaders, sysctl_writers,
+ * kernel_memory_readers). bpf_loaders use rule id 0 for BPF loads and perf. */
+#define KG_ALLOW_SYSCTL 0xfffffff0u
+#define KG_ALLOW_KMEM 0xfffffff1u
+
+/* What to do with kernel module and kexec image loads (settings.modules). */
+enum kg_module_mode {
+	KG_MODULES_DENY = 0,
+	KG_MODULES_AUDIT = 1,
+	KG_MODULES_ALLOW = 2,
+};
+
+/* Host-wide settings from the policy (settings map, one entry). The zero value is the strictest. */
+struct kg_settings {
+	__u32 side_doors; /* enum kg_mode: enforce (deny + report) or audit (report only) */
+	__u32 modules;    /* enum kg_module_mode */
+};
+
+/* An operator token already used: SHA-256 of its nonce. */
+struct kg_token_id {
+	__u8 nonce_sha256[32];
+};
+
+/* What was approved at install time (install map, one entry): the operator's Ed25519 public key, which
+ * signs uninstall, break-glass and policy tokens, and the digest of the approved policy and settings.
+ * Only the trusted agent can write it (keyguard's maps are read-only to everyone else). */
+struct kg_install {
+	__u8 operator_key[32];
+	__u8 config_sha256[32];
+	__u64 installed_unix;
 };
 
 /* What was attempted against keyguard's own programs, maps, links and pins. */
@@ -123,7 +158,11 @@ enum kg_counter {
 	KG_CNT_TAMPER = 13,
 	KG_CNT_BPF_LOAD_DENIED = 14,
 	KG_CNT_PERF_DENIED = 15,
-	KG_CNT_MAX = 16,
+	KG_CNT_SYSCTL_DENIED = 16,
+	KG_CNT_KMEM_DENIED = 17,
+	KG_CNT_MODULE_DENIED = 18,
+	KG_CNT_SIDE_DOOR_AUDIT = 19, /* side doors passed and reported because side_doors (or modules) is audit */
+	KG_CNT_MAX = 20,
 };
 
 /* A file, as the kernel names it: sb->s_dev (MKDEV encoding) and inode number. */

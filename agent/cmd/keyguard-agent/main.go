@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
@@ -68,6 +69,9 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
 	fs.BoolVar(&cfg.DumpKeepStacks, "dump-keep-stacks", false, "keep thread stacks in redacted core dumps (backtraces need them)")
 	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
+	fs.StringVar(&cfg.OperatorKeyPath, "operator-key", "/etc/keyguard/operator.pub", "the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens")
+	fs.StringVar(&cfg.PolicyTokenPath, "policy-token", "", "token approving a changed policy (default: the policy path + .token)")
+	fs.StringVar(&cfg.Hostname, "host-name", "", "this host's name in operator tokens (default: the host name)")
 	var exp export.Config
 	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port (empty: local event log only)")
 	fs.StringVar(&exp.CAFile, "collector-ca", "/etc/keyguard/collector-ca.pem", "CA bundle that signs the collector's certificate")
@@ -140,14 +144,23 @@ func uninstall(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", control.DefaultSocket, "the running agent's control socket")
-	reason := fs.String("reason", "", "why keyguard is removed (required; recorded in the event)")
-	operator := fs.String("operator", os.Getenv("SUDO_USER"), "who removes it (required)")
+	tokenFile := fs.String("token-file", "", `uninstall token signed by the operator key ("-" for standard input; required)`)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	// Only the agent may remove keyguard's pins (the kernel refuses everyone else), and it records the
-	// uninstall before it removes anything.
-	if _, err := control.Call(*socket, control.Request{Op: "uninstall", Reason: *reason, Operator: *operator}); err != nil {
+	if *tokenFile == "" {
+		fmt.Fprintln(stderr, "keyguard-agent uninstall: -token-file is required: an operator signs one with\n"+
+			"  keyguard token sign -key operator.key -action uninstall -host HOST -operator NAME -reason TEXT")
+		return 2
+	}
+	tok, err := readToken(*tokenFile)
+	if err != nil {
+		fmt.Fprintln(stderr, "keyguard-agent uninstall:", err)
+		return 2
+	}
+	// Only the agent may remove keyguard's pins (the kernel refuses everyone else); it checks the token
+	// and records the uninstall before it removes anything.
+	if _, err := control.Call(*socket, control.Request{Op: "uninstall", Token: tok}); err != nil {
 		fmt.Fprintln(stderr, "keyguard-agent uninstall:", err)
 		fmt.Fprintln(stderr, "(uninstall goes through the running agent; if it cannot run, a reboot without keyguard also removes everything)")
 		return 1
@@ -170,4 +183,19 @@ func dumpHandler(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+// readToken reads an operator token from a file or standard input ("-").
+func readToken(path string) (string, error) {
+	var b []byte
+	var err error
+	if path == "-" {
+		b, err = io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+	} else {
+		b, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read the token: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"strings"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 )
@@ -19,25 +20,30 @@ func runBreakGlass(_ context.Context, args []string, stdout, stderr io.Writer) i
 	fs := flag.NewFlagSet("break-glass", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket")
-	exe := fs.String("executable", "", "absolute path of the accessor's executable (required)")
-	uid := fs.Int64("uid", -2, "uid the accessor runs as (required; -1 for any uid)")
-	rule := fs.String("rule", "", "policy rule to open (required)")
-	dur := fs.String("for", "15m", "how long the exception lasts (at most 4h)")
-	reason := fs.String("reason", "", "why, in words (required; recorded in the event)")
-	operator := fs.String("operator", defaultOperator(), "who grants it")
-	revoke := fs.Uint64("revoke", 0, "revoke the grant with this id instead")
+	tokenFile := fs.String("token-file", "", `break-glass token signed by the operator key ("-" for standard input); see keyguard token sign`)
+	revoke := fs.Uint64("revoke", 0, "revoke the grant with this id instead (needs no token)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	req := control.Request{Op: "break-glass", Executable: *exe, Rule: *rule, Duration: *dur, Reason: *reason, Operator: *operator}
-	if *revoke != 0 {
-		req = control.Request{Op: "revoke", GrantID: *revoke}
-	} else {
-		if *uid == -2 {
-			fmt.Fprintln(stderr, "keyguard break-glass: -uid is required (-1 for any uid)")
+	req := control.Request{Op: "revoke", GrantID: *revoke}
+	if *revoke == 0 {
+		if *tokenFile == "" {
+			fmt.Fprintln(stderr, "keyguard break-glass: -token-file is required: an operator signs one with\n"+
+				"  keyguard token sign -key operator.key -action break-glass -host HOST -rule RULE -executable PATH -uid N -for 15m -operator NAME -reason TEXT")
 			return 2
 		}
-		req.UID = uid
+		var b []byte
+		var err error
+		if *tokenFile == "-" {
+			b, err = io.ReadAll(io.LimitReader(os.Stdin, 64<<10))
+		} else {
+			b, err = os.ReadFile(*tokenFile)
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, "keyguard break-glass: read the token:", err)
+			return 2
+		}
+		req = control.Request{Op: "break-glass", Token: strings.TrimSpace(string(b))}
 	}
 	resp, err := control.Call(*socket, req)
 	if err != nil {

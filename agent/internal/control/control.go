@@ -19,6 +19,9 @@ const DefaultSocket = "/run/keyguard/agent.sock"
 type Request struct {
 	Op string `json:"op"` // status, break-glass, revoke, uninstall, report-dump
 
+	// break-glass and uninstall: an operator token (keyguard token sign) that says who, why and what.
+	Token string `json:"token,omitempty"`
+
 	// break-glass
 	Executable string `json:"executable,omitempty"`
 	UID        *int64 `json:"uid,omitempty"` // -1: any uid

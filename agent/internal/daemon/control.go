@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -17,6 +18,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/optoken"
 )
 
 // MaxBreakGlass is the longest exception a break-glass grant may give.
@@ -60,7 +62,7 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	enc := json.NewEncoder(c)
-	peer, err := peerUID(c)
+	peer, peerPID, err := peerCred(c)
 	if err != nil || peer != 0 {
 		_ = enc.Encode(control.Response{Error: "only root may use the keyguard control socket"})
 		return
@@ -100,26 +102,31 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 	}
 	if err != nil {
 		resp.Error = err.Error()
+		if req.Op == "uninstall" || req.Op == "break-glass" {
+			// A refused attempt to switch protection off is itself worth an alarm.
+			a.emit(events.Event{Time: time.Now(), Kind: events.KindSideDoor, Operation: strings.ReplaceAll(req.Op, "-", "_") + "_refused",
+				Decision: "denied", Detail: err.Error(), Accessor: procInfo(int(peerPID))})
+		}
 	}
 	_ = enc.Encode(resp)
 }
 
-func peerUID(c *net.UnixConn) (uint32, error) {
+func peerCred(c *net.UnixConn) (uid uint32, pid int32, err error) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if cerr != nil {
-		return 0, cerr
+		return 0, 0, cerr
 	}
-	return cred.Uid, nil
+	return cred.Uid, cred.Pid, nil
 }
 
 func (a *Agent) ruleID(name string) (uint32, bool) {
@@ -131,7 +138,17 @@ func (a *Agent) ruleID(name string) (uint32, bool) {
 	return 0, false
 }
 
-func (a *Agent) breakGlass(req control.Request) (*control.Grant, error) {
+func (a *Agent) breakGlass(tr control.Request) (*control.Grant, error) {
+	if tr.Token == "" {
+		return nil, errors.New("a break-glass grant needs a token signed by the operator key: " +
+			"keyguard token sign -action break-glass -host HOST -rule RULE -executable PATH -uid N -for 15m -operator NAME -reason TEXT")
+	}
+	c, err := a.verifyToken(tr.Token, optoken.ActionBreakGlass)
+	if err != nil {
+		return nil, fmt.Errorf("break-glass token refused: %w", err)
+	}
+	req := control.Request{Op: "break-glass", Executable: c.Executable, UID: c.UID, Rule: c.Rule, Duration: c.Duration,
+		Reason: c.Reason, Operator: c.Operator}
 	if len(req.Reason) < 10 {
 		return nil, errors.New("a break-glass grant needs a written reason of at least 10 characters (-reason)")
 	}
@@ -159,6 +176,9 @@ func (a *Agent) breakGlass(req control.Request) (*control.Grant, error) {
 	key := loader.AccessorKey{Dev: fid.Dev, Ino: fid.Ino, RuleId: id, Uid: uint32(*req.UID)}
 	if *req.UID == -1 {
 		key.Uid = loader.AnyUID
+	}
+	if err := a.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
+		return nil, fmt.Errorf("break-glass token refused: %w", err)
 	}
 	a.mu.Lock()
 	a.nextID++
@@ -269,10 +289,18 @@ func (a *Agent) status() (*control.Status, error) {
 // uninstall removes keyguard on an operator's explicit request: the event is recorded (and given to
 // the export pipeline) before anything is removed; then core_pattern is restored and every pin removed.
 // Only the agent itself may remove the pins.
-func (a *Agent) uninstall(req control.Request) error {
-	if len(req.Reason) < 10 || req.Operator == "" {
-		return errors.New("uninstall needs the operator's name and a written reason of at least 10 characters")
+func (a *Agent) uninstall(tr control.Request) error {
+	if tr.Token == "" {
+		return errors.New("uninstall needs a token signed by the operator key: keyguard token sign -action uninstall -host HOST -operator NAME -reason TEXT")
 	}
+	c, err := a.verifyToken(tr.Token, optoken.ActionUninstall)
+	if err != nil {
+		return fmt.Errorf("uninstall token refused: %w", err)
+	}
+	if err := a.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
+		return fmt.Errorf("uninstall token refused: %w", err)
+	}
+	req := control.Request{Reason: c.Reason, Operator: c.Operator}
 	a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{
 		State: "uninstalled", Version: a.cfg.Version,
 		Message: fmt.Sprintf("uninstalled by %s: %s", req.Operator, req.Reason)}})

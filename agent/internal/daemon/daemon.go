@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -39,6 +40,13 @@ type Config struct {
 	// DumpKeepStacks keeps thread stacks in redacted core dumps (backtraces need them; they can
 	// hold key bytes that the detector does not recognise).
 	DumpKeepStacks bool
+	// OperatorKeyPath is the operator's Ed25519 public key (PEM). It is pinned on the first start after
+	// boot; uninstall, break-glass and policy changes need tokens signed by it.
+	OperatorKeyPath string
+	// PolicyTokenPath holds the token approving a changed policy (default PolicyPath + ".token").
+	PolicyTokenPath string
+	// Hostname is the name operator tokens must carry (default os.Hostname()).
+	Hostname string
 }
 
 // Agent is a running agent.
@@ -55,6 +63,7 @@ type Agent struct {
 	names  map[uint32]string
 	grants map[uint64]grant
 	nextID uint64
+	opKey  []byte             // the installed operator key (ed25519.PublicKey)
 	stop   context.CancelFunc // ends Run (after uninstall)
 }
 
@@ -76,9 +85,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if abs, err := filepath.Abs(cfg.PolicyPath); err == nil {
 		cfg.PolicyPath = abs
 	}
+	if cfg.PolicyTokenPath == "" {
+		cfg.PolicyTokenPath = cfg.PolicyPath + ".token"
+	}
+	if cfg.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("host name for operator tokens: %w (pass -host-name)", err)
+		}
+		cfg.Hostname = h
+	}
+	policyBytes, err := os.ReadFile(cfg.PolicyPath)
+	if err != nil {
+		return fmt.Errorf("read the policy: %w", err)
+	}
 	pol, err := policy.Load(cfg.PolicyPath)
 	if err != nil {
 		return fmt.Errorf("the policy is invalid, the agent did not start:\n%w", err)
+	}
+	if again, err := os.ReadFile(cfg.PolicyPath); err != nil || !bytes.Equal(again, policyBytes) {
+		return fmt.Errorf("the policy file changed while it was loaded; start the agent again")
 	}
 	probe := loader.Probe(filepath.Dir(cfg.Loader.PinPath))
 	if err := probe.Err(); err != nil {
@@ -99,6 +125,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer g.Close()
 	a := &Agent{cfg: cfg, log: log, guard: g, pol: pol, out: out, grants: map[uint64]grant{}}
+	gap, err := detectGap(cfg.StateDir, "/proc", time.Now())
+	if err != nil {
+		log.Warn("could not tell whether the host rebooted since the agent last ran", "error", err)
+	}
+	installEvents, err := a.checkInstall(policyBytes)
+	if err != nil {
+		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{State: "refused", Version: cfg.Version, Message: err.Error()}})
+		_ = out.Flush()
+		return err
+	}
 	if cfg.Export != nil {
 		ec := *cfg.Export
 		ec.AgentVersion = cfg.Version
@@ -184,7 +220,25 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if g.Adopted {
 		state = "adopted"
 	}
-	a.emit(a.health(state, protected, probe))
+	for _, ev := range installEvents {
+		a.emit(ev)
+	}
+	hev := a.health(state, protected, probe)
+	if gap != nil {
+		hev.Health.Gap = gap
+		hev.Health.Message = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
+			gap.PreviousBootID, gap.BootID, gap.LastSeen.Format(time.RFC3339), gap.Resumed.Format(time.RFC3339))
+		log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
+	}
+	a.emit(hev)
+	if err := writeAlive(cfg.StateDir, "/proc", time.Now()); err != nil {
+		log.Warn("could not record that the agent is alive", "error", err)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.keepAlive(ctx)
+	}()
 	log.Info("keyguard agent running", "state", state, "rules", len(pol.Rules), "protected_at_start", protected)
 
 	if cfg.ControlSocket != "" {

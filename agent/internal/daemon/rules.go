@@ -9,11 +9,12 @@ import (
 func ruleSet(res *policy.Resolved) (loader.RuleSet, map[uint32]string) {
 	m := res.Maps()
 	rs := loader.RuleSet{
-		Rules:   make(map[uint32]loader.Rule, len(m.Rules)),
-		Exes:    make(map[loader.FileID]uint32, len(m.Exes)),
-		Keys:    make(map[loader.FileID]uint32, len(m.Keys)),
-		Cgroups: m.Cgroups,
-		Allow:   make(map[loader.AccessorKey]bool, len(m.Allow)),
+		Rules:    make(map[uint32]loader.Rule, len(m.Rules)),
+		Exes:     make(map[loader.FileID]uint32, len(m.Exes)),
+		Keys:     make(map[loader.FileID]uint32, len(m.Keys)),
+		Cgroups:  m.Cgroups,
+		Allow:    make(map[loader.AccessorKey]bool, len(m.Allow)),
+		Settings: loader.Settings{SideDoors: uint32(res.Policy.SideDoors), Modules: uint32(res.Policy.Modules)},
 	}
 	for id, r := range m.Rules {
 		rs.Rules[id] = loader.Rule{Mode: r.Mode, Dumps: r.Dumps}

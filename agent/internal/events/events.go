@@ -110,6 +110,17 @@ type Health struct {
 	ProtectedProcesses int       `json:"protected_processes"`
 	Posture            []Finding `json:"posture,omitempty"`
 	Message            string    `json:"message,omitempty"`
+	// Gap is set on the first start after a reboot: protection lapsed in between.
+	Gap *Gap `json:"gap,omitempty"`
+}
+
+// Gap is a time without keyguard: the host rebooted since the agent last ran.
+type Gap struct {
+	PreviousBootID string    `json:"previous_boot_id"`
+	BootID         string    `json:"boot_id"`
+	LastSeen       time.Time `json:"last_seen"` // the previous boot's agent was last seen alive
+	BootTime       time.Time `json:"boot_time"`
+	Resumed        time.Time `json:"resumed"`
 }
 
 // Finding is one posture item.
@@ -131,6 +142,10 @@ type BreakGlass struct {
 	Expires    time.Time `json:"expires"`
 	GrantID    uint64    `json:"grant_id"`
 }
+
+// kmemNames names the kernel-memory side doors by the device opened (MKDEV(major, minor) as the kernel
+// encodes it; 0 is /proc/kcore).
+var kmemNames = map[uint32]string{0: "kcore", 1<<20 | 1: "dev_mem", 1<<20 | 2: "dev_kmem", 1<<20 | 4: "dev_port"}
 
 // Decisions as reported in events.
 var decisionNames = map[kgbpf.KeyguardKgDecision]string{
@@ -273,6 +288,18 @@ func Decode(raw []byte, names Names) (Event, error) {
 				ev.Target, ev.Rule = process(r.Target), names.RuleName(r.RuleId)
 			} else {
 				ev.Detail += " (CPU-wide)"
+			}
+		case kgbpf.KeyguardKgSideDoorKG_SIDE_SYSCTL:
+			ev.Operation = "sysctl_write"
+		case kgbpf.KeyguardKgSideDoorKG_SIDE_KMEM:
+			ev.Operation = kmemNames[r.AccessMode]
+			if ev.Operation == "" {
+				ev.Operation = fmt.Sprintf("kernel_memory_%#x", r.AccessMode)
+			}
+		case kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:
+			ev.Operation = "module_load"
+			if r.AccessMode == 2 {
+				ev.Operation = "kexec_load"
 			}
 		}
 		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]

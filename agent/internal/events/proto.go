@@ -39,10 +39,13 @@ var protoReasons = map[string]keyguardv1.ProtectionReason{
 }
 
 var protoStates = map[string]keyguardv1.AgentState{
-	"started":     keyguardv1.AgentState_AGENT_STATE_STARTED,
-	"adopted":     keyguardv1.AgentState_AGENT_STATE_ADOPTED,
-	"stopping":    keyguardv1.AgentState_AGENT_STATE_STOPPING,
-	"uninstalled": keyguardv1.AgentState_AGENT_STATE_UNINSTALLED,
+	"started":         keyguardv1.AgentState_AGENT_STATE_STARTED,
+	"adopted":         keyguardv1.AgentState_AGENT_STATE_ADOPTED,
+	"stopping":        keyguardv1.AgentState_AGENT_STATE_STOPPING,
+	"uninstalled":     keyguardv1.AgentState_AGENT_STATE_UNINSTALLED,
+	"running":         keyguardv1.AgentState_AGENT_STATE_RUNNING,
+	"policy_approved": keyguardv1.AgentState_AGENT_STATE_POLICY_APPROVED,
+	"refused":         keyguardv1.AgentState_AGENT_STATE_REFUSED,
 }
 
 var protoSeverities = map[string]keyguardv1.Severity{
@@ -133,6 +136,18 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_BPF_LOAD
 		case "perf_event":
 			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_PERF_EVENT
+		case "sysctl_write":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_SYSCTL_WRITE
+		case "kcore":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KCORE
+		case "dev_mem", "dev_kmem":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_DEV_MEM
+		case "dev_port":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_DEV_PORT
+		case "module_load":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_MODULE_LOAD
+		case "kexec_load":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEXEC_LOAD
 		}
 		out.Kind = &keyguardv1.Event_SideDoor{SideDoor: &keyguardv1.SideDoor{
 			Accessor: ev.Accessor.proto(), Kind: kind,
@@ -150,6 +165,10 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 		ah := &keyguardv1.AgentHealth{
 			State: protoStates[h.State], AgentVersion: h.Version, KernelRelease: h.Kernel, LsmActive: h.LSMActive,
 			EnforcementPinned: h.EnforcementPinned, ProtectedProcessCount: uint32(h.ProtectedProcesses), Detail: h.Message,
+		}
+		if g := h.Gap; g != nil {
+			ah.Gap = &keyguardv1.ProtectionGap{PreviousBootId: g.PreviousBootID, BootId: g.BootID,
+				LapseStartTime: timestamppb.New(g.LastSeen), BootTime: timestamppb.New(g.BootTime), ResumeTime: timestamppb.New(g.Resumed)}
 		}
 		for _, f := range h.Posture {
 			ah.Findings = append(ah.Findings, &keyguardv1.PostureFinding{Name: f.Name, Value: f.Value, Severity: protoSeverities[f.Severity], Remediation: f.Advice})

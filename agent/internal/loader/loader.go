@@ -78,6 +78,8 @@ var programNames = []string{
 	"kg_inode_rename",
 	"kg_sb_umount",
 	"kg_perf_event_alloc",
+	"kg_kernel_read_file",
+	"kg_kernel_load_data",
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -163,6 +165,8 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		"kg_inode_rename":         objs.KgInodeRename,
 		"kg_sb_umount":            objs.KgSbUmount,
 		"kg_perf_event_alloc":     objs.KgPerfEventAlloc,
+		"kg_kernel_read_file":     objs.KgKernelReadFile,
+		"kg_kernel_load_data":     objs.KgKernelLoadData,
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)

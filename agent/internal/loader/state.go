@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -38,6 +39,8 @@ type (
 	AccessorKey = kgbpf.KeyguardKgAccessorKey
 	Event       = kgbpf.KeyguardKgEvent
 	Proc        = kgbpf.KeyguardKgProc
+	Settings    = kgbpf.KeyguardKgSettings
+	Install     = kgbpf.KeyguardKgInstall
 )
 
 // AnyUID in an AccessorKey matches every uid.
@@ -50,6 +53,8 @@ type RuleSet struct {
 	Keys    map[FileID]uint32
 	Cgroups map[uint64]uint32
 	Allow   map[AccessorKey]bool
+	// Settings are the host-wide side-door settings.
+	Settings Settings
 }
 
 // Apply makes the rule maps equal to rs: adds and updates entries, then deletes the rest. Entries are
@@ -61,7 +66,37 @@ func (g *Guard) Apply(rs RuleSet) error {
 		syncMap(g.Maps.KeyRules, rs.Keys),
 		syncMap(g.Maps.CgroupRules, rs.Cgroups),
 		syncMap(g.Maps.Allow, boolToU8(rs.Allow)),
+		g.Maps.Settings.Put(uint32(0), rs.Settings),
 	)
+}
+
+// Installed returns what was approved at install time; ok is false on a fresh install (no operator key
+// recorded yet).
+func (g *Guard) Installed() (in Install, ok bool, err error) {
+	if err := g.Maps.Install.Lookup(uint32(0), &in); err != nil {
+		return in, false, fmt.Errorf("read the install record: %w", err)
+	}
+	return in, in.OperatorKey != [32]uint8{}, nil
+}
+
+// SetInstalled records the operator key and the approved configuration digest.
+func (g *Guard) SetInstalled(in Install) error {
+	if err := g.Maps.Install.Put(uint32(0), in); err != nil {
+		return fmt.Errorf("write the install record: %w", err)
+	}
+	return nil
+}
+
+// UseToken records a token's nonce as used. It fails if the nonce was used before.
+func (g *Guard) UseToken(nonce string, expires time.Time) error {
+	k := kgbpf.KeyguardKgTokenId{NonceSha256: sha256.Sum256([]byte(nonce))}
+	if err := g.Maps.UsedTokens.Update(k, uint64(expires.Unix()), ebpf.UpdateNoExist); err != nil {
+		if errors.Is(err, ebpf.ErrKeyExist) {
+			return errors.New("this token was already used; ask for a new one")
+		}
+		return fmt.Errorf("record the token as used: %w", err)
+	}
+	return nil
 }
 
 func boolToU8(m map[AccessorKey]bool) map[AccessorKey]uint8 {
@@ -167,7 +202,7 @@ func (g *Guard) TrustExe(e FileID) error {
 func (g *Guard) mapList() []*ebpf.Map {
 	m := &g.Maps
 	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
-		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own}
+		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

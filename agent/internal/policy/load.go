@@ -97,10 +97,15 @@ func checkFiles(p *Policy) []error {
 			}
 		}
 	}
-	for j, a := range p.BPFLoaders {
-		key := fmt.Sprintf("bpf_loaders[%d].executable", j)
-		if _, _, err := executable(w, st, a.Executable); err != nil {
-			errs = append(errs, p.errAt(key, fmt.Sprintf("%q: %s", a.Executable, explain(err)), err))
+	for _, l := range []struct {
+		name string
+		list []Accessor
+	}{{"bpf_loaders", p.BPFLoaders}, {"sysctl_writers", p.SysctlWriters}, {"kernel_memory_readers", p.KernelMemoryReaders}} {
+		for j, a := range l.list {
+			key := fmt.Sprintf("%s[%d].executable", l.name, j)
+			if _, _, err := executable(w, st, a.Executable); err != nil {
+				errs = append(errs, p.errAt(key, fmt.Sprintf("%q: %s", a.Executable, explain(err)), err))
+			}
 		}
 	}
 	return errs

@@ -96,7 +96,7 @@ func parse(name string, data []byte) (*Policy, []error) {
 		return nil, fileErr(emptyMsg)
 	}
 	p := &Policy{Source: name, pos: ps.pos}
-	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders")
+	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules")
 	if !ok {
 		return nil, ps.errs
 	}
@@ -112,6 +112,38 @@ func parse(name string, data []byte) (*Policy, []error) {
 	if v, ok := f["bpf_loaders"]; ok {
 		p.BPFLoaders = ps.accessors(v.val, "bpf_loaders")
 	}
+	if v, ok := f["sysctl_writers"]; ok {
+		p.SysctlWriters = ps.accessors(v.val, "sysctl_writers")
+	}
+	if v, ok := f["kernel_memory_readers"]; ok {
+		p.KernelMemoryReaders = ps.accessors(v.val, "kernel_memory_readers")
+	}
+	if v, ok := f["side_doors"]; ok {
+		if s, ok := ps.scalar(v.val, "side_doors"); ok {
+			switch s {
+			case "enforce":
+				p.SideDoors = Enforce
+			case "audit":
+				p.SideDoors = Audit
+			default:
+				ps.errorf(v.val, "side_doors", "%q is not a mode; use enforce (refuse and report) or audit (report only)", s)
+			}
+		}
+	}
+	if v, ok := f["modules"]; ok {
+		if s, ok := ps.scalar(v.val, "modules"); ok {
+			switch s {
+			case "deny":
+				p.Modules = ModulesDeny
+			case "audit":
+				p.Modules = ModulesAudit
+			case "allow":
+				p.Modules = ModulesAllow
+			default:
+				ps.errorf(v.val, "modules", "%q is not a module mode; use deny (refuse and report), audit (report) or allow", s)
+			}
+		}
+	}
 	rv, ok := f["rules"]
 	if !ok {
 		ps.errorf(root, "", "missing \"rules:\"; list at least one rule (see the policy reference in the keyguard README)")
@@ -125,7 +157,7 @@ func parse(name string, data []byte) (*Policy, []error) {
 		ps.errorf(rules, "rules", "must be a list of rules (each item starting with \"- name: ...\"), got %s", describe(rules))
 	default:
 		byName := map[string]string{}
-		byID := map[uint32]string{}
+		byID := map[uint32]string{SysctlWriterRule: "the sysctl_writers list", KernelMemoryRule: "the kernel_memory_readers list"}
 		for i, rn := range rules.Content {
 			// Invalid rules are kept too (Parse drops the whole policy on any error) so that Load
 			// can still check their executables and report every problem in one run.

@@ -71,6 +71,9 @@ var parseCases = []struct {
 	{"version 2", "version: 2\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:1:10: version: ", "unsupported version 2"}}},
 	{"version string", "version: \"1\"\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:1:10: version: ", `unsupported version "1"`}}},
 	{"missing rules", "version: 1\n", []want{{"p.yaml:1:1: ", `missing "rules:"`}}},
+	{"bad side_doors", "version: 1\nside_doors: off\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:2:13: side_doors: ", `"off" is not a mode`}}},
+	{"bad modules", "version: 1\nmodules: enforce\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:2:10: modules: ", `"enforce" is not a module mode`}}},
+	{"sysctl writer relative", "version: 1\nsysctl_writers: [{executable: sysctl, uid: 0}]\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:2:31: sysctl_writers[0].executable: ", "absolute"}}},
 	{"empty rules", "version: 1\nrules: []\n", []want{{"p.yaml:2:8: rules: ", "empty; list at least one rule"}}},
 	{"null rules", "version: 1\nrules:\n", []want{{"p.yaml:2:7: rules: ", "empty; list at least one rule"}}},
 	{"rules mapping", "version: 1\nrules:\n  name: a\n", []want{{"p.yaml:3:3: rules: ", "must be a list of rules"}}},
@@ -249,6 +252,18 @@ func TestParseDefaultsAndForms(t *testing.T) {
 	b := p.Rules[1]
 	if b.Name != "b.2_x" || b.Mode != Audit || b.Dumps != DumpAllow || len(b.Cgroups) != 2 {
 		t.Errorf("rule b: %+v", b)
+	}
+	if p.SideDoors != Enforce || p.Modules != ModulesDeny || p.SysctlWriters != nil || p.KernelMemoryReaders != nil {
+		t.Errorf("side-door defaults: %v %v %v %v", p.SideDoors, p.Modules, p.SysctlWriters, p.KernelMemoryReaders)
+	}
+	p, err = Parse("p.yaml", []byte("version: 1\nside_doors: audit\nmodules: audit\nsysctl_writers: [{executable: /usr/sbin/sysctl, uid: 0}]\n"+
+		"kernel_memory_readers: [{executable: /usr/sbin/dmidecode, uid: any}]\n"+y[len(head)-len("rules:\n"):]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SideDoors != Audit || p.Modules != ModulesAudit || len(p.SysctlWriters) != 1 || p.SysctlWriters[0].UID != 0 ||
+		len(p.KernelMemoryReaders) != 1 || !p.KernelMemoryReaders[0].AnyUID {
+		t.Errorf("side-door settings: %+v", p)
 	}
 }
 

@@ -54,6 +54,35 @@ const AnyUID = ^uint32(0)
 // BPFLoaderRule is the rule id under which BPFLoaders appear in Resolved.Accessors and Maps().Allow.
 const BPFLoaderRule = 0
 
+// Pseudo rule ids of the other side-door allow lists (KG_ALLOW_SYSCTL, KG_ALLOW_KMEM in
+// bpf/src/keyguard.h). Rule ids are FNV hashes; a clash with these is refused like a duplicate.
+const (
+	SysctlWriterRule = 0xfffffff0
+	KernelMemoryRule = 0xfffffff1
+)
+
+// ModuleMode says what happens to kernel module and kexec image loads. Values equal enum
+// kg_module_mode.
+type ModuleMode uint32
+
+const (
+	ModulesDeny  ModuleMode = 0 // refused and reported (default)
+	ModulesAudit ModuleMode = 1 // allowed and reported
+	ModulesAllow ModuleMode = 2 // allowed silently
+)
+
+func (m ModuleMode) String() string {
+	switch m {
+	case ModulesDeny:
+		return "deny"
+	case ModulesAudit:
+		return "audit"
+	case ModulesAllow:
+		return "allow"
+	}
+	return "ModuleMode(" + strconv.Itoa(int(m)) + ")"
+}
+
 // MaxUID is the largest uid a policy may name ((uid_t)-1 is not a uid).
 const MaxUID = AnyUID - 1
 
@@ -65,6 +94,16 @@ type Policy struct {
 	// sleepable, ...), besides keyguard itself: another security agent, say. In the kernel's allow map
 	// they are accessors of the pseudo rule BPFLoaderRule.
 	BPFLoaders []Accessor
+	// SysctlWriters may write kernel.core_pattern, kernel.core_pipe_limit, fs.suid_dumpable and
+	// kernel.yama.ptrace_scope while keyguard runs (besides keyguard itself).
+	SysctlWriters []Accessor
+	// KernelMemoryReaders may open /proc/kcore, /dev/mem, /dev/kmem and /dev/port.
+	KernelMemoryReaders []Accessor
+	// SideDoors decides the BPF, perf, sysctl and kernel-memory side doors: Enforce (refuse and report,
+	// the default) or Audit (report only).
+	SideDoors Mode
+	// Modules decides kernel module and kexec image loads (default ModulesDeny).
+	Modules ModuleMode
 
 	pos map[string]Pos // key path → position of its value
 }

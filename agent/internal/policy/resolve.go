@@ -194,6 +194,8 @@ func resolveAccessors(p *Policy, w *walker, st *statter) (map[uint32][]AccessorI
 		add(r.ID, r.Allow, func(j int) string { return fmt.Sprintf("%s.allow[%d].executable", r.Key(), j) })
 	}
 	add(BPFLoaderRule, p.BPFLoaders, func(j int) string { return fmt.Sprintf("bpf_loaders[%d].executable", j) })
+	add(SysctlWriterRule, p.SysctlWriters, func(j int) string { return fmt.Sprintf("sysctl_writers[%d].executable", j) })
+	add(KernelMemoryRule, p.KernelMemoryReaders, func(j int) string { return fmt.Sprintf("kernel_memory_readers[%d].executable", j) })
 	return out, warn
 }
 
@@ -313,8 +315,10 @@ func (r *Resolved) Maps() Maps {
 			m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: rl.ID, UID: a.UID}] = true
 		}
 	}
-	for _, a := range r.Accessors[BPFLoaderRule] {
-		m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: BPFLoaderRule, UID: a.UID}] = true
+	for _, id := range []uint32{BPFLoaderRule, SysctlWriterRule, KernelMemoryRule} {
+		for _, a := range r.Accessors[id] {
+			m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: id, UID: a.UID}] = true
+		}
 	}
 	return m
 }

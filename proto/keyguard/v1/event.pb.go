@@ -509,6 +509,10 @@ const (
 	SideDoorKind_SIDE_DOOR_KIND_SYSCTL_WRITE SideDoorKind = 6
 	// Tampering with keyguard itself (its pinned programs, maps or files).
 	SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER SideDoorKind = 7
+	// Loading a kexec kernel image (a kernel without keyguard could then read all memory).
+	SideDoorKind_SIDE_DOOR_KIND_KEXEC_LOAD SideDoorKind = 8
+	// Opening /dev/port.
+	SideDoorKind_SIDE_DOOR_KIND_DEV_PORT SideDoorKind = 9
 )
 
 // Enum value maps for SideDoorKind.
@@ -522,6 +526,8 @@ var (
 		5: "SIDE_DOOR_KIND_MODULE_LOAD",
 		6: "SIDE_DOOR_KIND_SYSCTL_WRITE",
 		7: "SIDE_DOOR_KIND_KEYGUARD_TAMPER",
+		8: "SIDE_DOOR_KIND_KEXEC_LOAD",
+		9: "SIDE_DOOR_KIND_DEV_PORT",
 	}
 	SideDoorKind_value = map[string]int32{
 		"SIDE_DOOR_KIND_UNSPECIFIED":     0,
@@ -532,6 +538,8 @@ var (
 		"SIDE_DOOR_KIND_MODULE_LOAD":     5,
 		"SIDE_DOOR_KIND_SYSCTL_WRITE":    6,
 		"SIDE_DOOR_KIND_KEYGUARD_TAMPER": 7,
+		"SIDE_DOOR_KIND_KEXEC_LOAD":      8,
+		"SIDE_DOOR_KIND_DEV_PORT":        9,
 	}
 )
 
@@ -635,6 +643,10 @@ const (
 	AgentState_AGENT_STATE_UNINSTALLED AgentState = 4
 	// Periodic heartbeat of a running agent.
 	AgentState_AGENT_STATE_RUNNING AgentState = 5
+	// A changed policy was approved with an operator token and applied.
+	AgentState_AGENT_STATE_POLICY_APPROVED AgentState = 6
+	// The agent refused to start (for example an unapproved policy change); pinned enforcement continues.
+	AgentState_AGENT_STATE_REFUSED AgentState = 7
 )
 
 // Enum value maps for AgentState.
@@ -646,14 +658,18 @@ var (
 		3: "AGENT_STATE_STOPPING",
 		4: "AGENT_STATE_UNINSTALLED",
 		5: "AGENT_STATE_RUNNING",
+		6: "AGENT_STATE_POLICY_APPROVED",
+		7: "AGENT_STATE_REFUSED",
 	}
 	AgentState_value = map[string]int32{
-		"AGENT_STATE_UNSPECIFIED": 0,
-		"AGENT_STATE_STARTED":     1,
-		"AGENT_STATE_ADOPTED":     2,
-		"AGENT_STATE_STOPPING":    3,
-		"AGENT_STATE_UNINSTALLED": 4,
-		"AGENT_STATE_RUNNING":     5,
+		"AGENT_STATE_UNSPECIFIED":     0,
+		"AGENT_STATE_STARTED":         1,
+		"AGENT_STATE_ADOPTED":         2,
+		"AGENT_STATE_STOPPING":        3,
+		"AGENT_STATE_UNINSTALLED":     4,
+		"AGENT_STATE_RUNNING":         5,
+		"AGENT_STATE_POLICY_APPROVED": 6,
+		"AGENT_STATE_REFUSED":         7,
 	}
 )
 
@@ -1952,7 +1968,9 @@ type AgentHealth struct {
 	// Posture findings.
 	Findings []*PostureFinding `protobuf:"bytes,7,rep,name=findings,proto3" json:"findings,omitempty"`
 	// Free-text detail.
-	Detail        string `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,8,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Set when this start follows a reboot (or a first start after one): protection lapsed in between.
+	Gap           *ProtectionGap `protobuf:"bytes,9,opt,name=gap,proto3" json:"gap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2043,6 +2061,96 @@ func (x *AgentHealth) GetDetail() string {
 	return ""
 }
 
+func (x *AgentHealth) GetGap() *ProtectionGap {
+	if x != nil {
+		return x.Gap
+	}
+	return nil
+}
+
+// ProtectionGap reports a time without keyguard: the host rebooted (pins live in kernel memory), so
+// between the last moment the previous boot's agent was seen alive and this start nothing was enforced.
+type ProtectionGap struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Boot id of the boot in which the agent last ran (/proc/sys/kernel/random/boot_id).
+	PreviousBootId string `protobuf:"bytes,1,opt,name=previous_boot_id,json=previousBootId,proto3" json:"previous_boot_id,omitempty"`
+	// Boot id now.
+	BootId string `protobuf:"bytes,2,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
+	// Last time the previous boot's agent was seen alive (protection lapsed at the latest then).
+	LapseStartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=lapse_start_time,json=lapseStartTime,proto3" json:"lapse_start_time,omitempty"`
+	// When this boot started (the earliest the gap can have ended is boot; enforcement resumed at resume_time).
+	BootTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=boot_time,json=bootTime,proto3" json:"boot_time,omitempty"`
+	// When enforcement resumed (this start).
+	ResumeTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=resume_time,json=resumeTime,proto3" json:"resume_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProtectionGap) Reset() {
+	*x = ProtectionGap{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProtectionGap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProtectionGap) ProtoMessage() {}
+
+func (x *ProtectionGap) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProtectionGap.ProtoReflect.Descriptor instead.
+func (*ProtectionGap) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ProtectionGap) GetPreviousBootId() string {
+	if x != nil {
+		return x.PreviousBootId
+	}
+	return ""
+}
+
+func (x *ProtectionGap) GetBootId() string {
+	if x != nil {
+		return x.BootId
+	}
+	return ""
+}
+
+func (x *ProtectionGap) GetLapseStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LapseStartTime
+	}
+	return nil
+}
+
+func (x *ProtectionGap) GetBootTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BootTime
+	}
+	return nil
+}
+
+func (x *ProtectionGap) GetResumeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ResumeTime
+	}
+	return nil
+}
+
 // KindCount is a count of events of one kind.
 type KindCount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2056,7 +2164,7 @@ type KindCount struct {
 
 func (x *KindCount) Reset() {
 	*x = KindCount{}
-	mi := &file_keyguard_v1_event_proto_msgTypes[11]
+	mi := &file_keyguard_v1_event_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2068,7 +2176,7 @@ func (x *KindCount) String() string {
 func (*KindCount) ProtoMessage() {}
 
 func (x *KindCount) ProtoReflect() protoreflect.Message {
-	mi := &file_keyguard_v1_event_proto_msgTypes[11]
+	mi := &file_keyguard_v1_event_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2081,7 +2189,7 @@ func (x *KindCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCount.ProtoReflect.Descriptor instead.
 func (*KindCount) Descriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *KindCount) GetKind() EventKind {
@@ -2119,7 +2227,7 @@ type LossReport struct {
 
 func (x *LossReport) Reset() {
 	*x = LossReport{}
-	mi := &file_keyguard_v1_event_proto_msgTypes[12]
+	mi := &file_keyguard_v1_event_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2239,7 @@ func (x *LossReport) String() string {
 func (*LossReport) ProtoMessage() {}
 
 func (x *LossReport) ProtoReflect() protoreflect.Message {
-	mi := &file_keyguard_v1_event_proto_msgTypes[12]
+	mi := &file_keyguard_v1_event_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2252,7 @@ func (x *LossReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LossReport.ProtoReflect.Descriptor instead.
 func (*LossReport) Descriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LossReport) GetSource() LossSource {
@@ -2202,7 +2310,7 @@ type SequenceRange struct {
 
 func (x *SequenceRange) Reset() {
 	*x = SequenceRange{}
-	mi := &file_keyguard_v1_event_proto_msgTypes[13]
+	mi := &file_keyguard_v1_event_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2214,7 +2322,7 @@ func (x *SequenceRange) String() string {
 func (*SequenceRange) ProtoMessage() {}
 
 func (x *SequenceRange) ProtoReflect() protoreflect.Message {
-	mi := &file_keyguard_v1_event_proto_msgTypes[13]
+	mi := &file_keyguard_v1_event_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2227,7 +2335,7 @@ func (x *SequenceRange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SequenceRange.ProtoReflect.Descriptor instead.
 func (*SequenceRange) Descriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{13}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SequenceRange) GetFirst() uint64 {
@@ -2263,7 +2371,7 @@ type StoredEvent struct {
 
 func (x *StoredEvent) Reset() {
 	*x = StoredEvent{}
-	mi := &file_keyguard_v1_event_proto_msgTypes[14]
+	mi := &file_keyguard_v1_event_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2383,7 @@ func (x *StoredEvent) String() string {
 func (*StoredEvent) ProtoMessage() {}
 
 func (x *StoredEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_keyguard_v1_event_proto_msgTypes[14]
+	mi := &file_keyguard_v1_event_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2396,7 @@ func (x *StoredEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoredEvent.ProtoReflect.Descriptor instead.
 func (*StoredEvent) Descriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{14}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StoredEvent) GetEvent() *Event {
@@ -2428,7 +2536,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x121\n" +
 	"\bseverity\x18\x03 \x01(\x0e2\x15.keyguard.v1.SeverityR\bseverity\x12 \n" +
-	"\vremediation\x18\x04 \x01(\tR\vremediation\"\xdf\x02\n" +
+	"\vremediation\x18\x04 \x01(\tR\vremediation\"\x8d\x03\n" +
 	"\vAgentHealth\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.keyguard.v1.AgentStateR\x05state\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12%\n" +
@@ -2438,7 +2546,15 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x12enforcement_pinned\x18\x05 \x01(\bR\x11enforcementPinned\x126\n" +
 	"\x17protected_process_count\x18\x06 \x01(\rR\x15protectedProcessCount\x127\n" +
 	"\bfindings\x18\a \x03(\v2\x1b.keyguard.v1.PostureFindingR\bfindings\x12\x16\n" +
-	"\x06detail\x18\b \x01(\tR\x06detail\"M\n" +
+	"\x06detail\x18\b \x01(\tR\x06detail\x12,\n" +
+	"\x03gap\x18\t \x01(\v2\x1a.keyguard.v1.ProtectionGapR\x03gap\"\x8e\x02\n" +
+	"\rProtectionGap\x12(\n" +
+	"\x10previous_boot_id\x18\x01 \x01(\tR\x0epreviousBootId\x12\x17\n" +
+	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12D\n" +
+	"\x10lapse_start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0elapseStartTime\x127\n" +
+	"\tboot_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\bbootTime\x12;\n" +
+	"\vresume_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"resumeTime\"M\n" +
 	"\tKindCount\x12*\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x16.keyguard.v1.EventKindR\x04kind\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\x04R\x05count\"\xc8\x02\n" +
@@ -2513,7 +2629,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x18CORE_DUMP_ACTION_BLOCKED\x10\x01\x12\x1d\n" +
 	"\x19CORE_DUMP_ACTION_REDACTED\x10\x02\x12\x1c\n" +
 	"\x18CORE_DUMP_ACTION_ALLOWED\x10\x03\x12\x1e\n" +
-	"\x1aCORE_DUMP_ACTION_DISCARDED\x10\x04*\x85\x02\n" +
+	"\x1aCORE_DUMP_ACTION_DISCARDED\x10\x04*\xc1\x02\n" +
 	"\fSideDoorKind\x12\x1e\n" +
 	"\x1aSIDE_DOOR_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SIDE_DOOR_KIND_BPF_LOAD\x10\x01\x12\x1d\n" +
@@ -2522,12 +2638,14 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x16SIDE_DOOR_KIND_DEV_MEM\x10\x04\x12\x1e\n" +
 	"\x1aSIDE_DOOR_KIND_MODULE_LOAD\x10\x05\x12\x1f\n" +
 	"\x1bSIDE_DOOR_KIND_SYSCTL_WRITE\x10\x06\x12\"\n" +
-	"\x1eSIDE_DOOR_KIND_KEYGUARD_TAMPER\x10\a*\x91\x01\n" +
+	"\x1eSIDE_DOOR_KIND_KEYGUARD_TAMPER\x10\a\x12\x1d\n" +
+	"\x19SIDE_DOOR_KIND_KEXEC_LOAD\x10\b\x12\x1b\n" +
+	"\x17SIDE_DOOR_KIND_DEV_PORT\x10\t*\x91\x01\n" +
 	"\x0fBreakGlassState\x12!\n" +
 	"\x1dBREAK_GLASS_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19BREAK_GLASS_STATE_GRANTED\x10\x01\x12\x1d\n" +
 	"\x19BREAK_GLASS_STATE_EXPIRED\x10\x02\x12\x1d\n" +
-	"\x19BREAK_GLASS_STATE_REVOKED\x10\x03*\xab\x01\n" +
+	"\x19BREAK_GLASS_STATE_REVOKED\x10\x03*\xe5\x01\n" +
 	"\n" +
 	"AgentState\x12\x1b\n" +
 	"\x17AGENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -2535,7 +2653,9 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x13AGENT_STATE_ADOPTED\x10\x02\x12\x18\n" +
 	"\x14AGENT_STATE_STOPPING\x10\x03\x12\x1b\n" +
 	"\x17AGENT_STATE_UNINSTALLED\x10\x04\x12\x17\n" +
-	"\x13AGENT_STATE_RUNNING\x10\x05*\x88\x01\n" +
+	"\x13AGENT_STATE_RUNNING\x10\x05\x12\x1f\n" +
+	"\x1bAGENT_STATE_POLICY_APPROVED\x10\x06\x12\x17\n" +
+	"\x13AGENT_STATE_REFUSED\x10\a*\x88\x01\n" +
 	"\bSeverity\x12\x18\n" +
 	"\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSEVERITY_INFO\x10\x01\x12\x10\n" +
@@ -2563,7 +2683,7 @@ func file_keyguard_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_keyguard_v1_event_proto_goTypes = []any{
 	(EventKind)(0),                // 0: keyguard.v1.EventKind
 	(Decision)(0),                 // 1: keyguard.v1.Decision
@@ -2588,14 +2708,15 @@ var file_keyguard_v1_event_proto_goTypes = []any{
 	(*BreakGlass)(nil),            // 20: keyguard.v1.BreakGlass
 	(*PostureFinding)(nil),        // 21: keyguard.v1.PostureFinding
 	(*AgentHealth)(nil),           // 22: keyguard.v1.AgentHealth
-	(*KindCount)(nil),             // 23: keyguard.v1.KindCount
-	(*LossReport)(nil),            // 24: keyguard.v1.LossReport
-	(*SequenceRange)(nil),         // 25: keyguard.v1.SequenceRange
-	(*StoredEvent)(nil),           // 26: keyguard.v1.StoredEvent
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*ProtectionGap)(nil),         // 23: keyguard.v1.ProtectionGap
+	(*KindCount)(nil),             // 24: keyguard.v1.KindCount
+	(*LossReport)(nil),            // 25: keyguard.v1.LossReport
+	(*SequenceRange)(nil),         // 26: keyguard.v1.SequenceRange
+	(*StoredEvent)(nil),           // 27: keyguard.v1.StoredEvent
+	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
 }
 var file_keyguard_v1_event_proto_depIdxs = []int32{
-	27, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
+	28, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
 	14, // 1: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
 	15, // 2: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
 	17, // 3: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
@@ -2603,7 +2724,7 @@ var file_keyguard_v1_event_proto_depIdxs = []int32{
 	19, // 5: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
 	20, // 6: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
 	22, // 7: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
-	24, // 8: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
+	25, // 8: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
 	13, // 9: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
 	13, // 10: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
 	3,  // 11: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
@@ -2623,23 +2744,27 @@ var file_keyguard_v1_event_proto_depIdxs = []int32{
 	13, // 25: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
 	1,  // 26: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
 	8,  // 27: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	27, // 28: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	28, // 28: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
 	10, // 29: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
 	9,  // 30: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
 	21, // 31: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	0,  // 32: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	11, // 33: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	23, // 34: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	27, // 35: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	27, // 36: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	25, // 37: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	12, // 38: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	27, // 39: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	23, // 32: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	28, // 33: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	28, // 34: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	28, // 35: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 36: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	11, // 37: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	24, // 38: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	28, // 39: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	28, // 40: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	26, // 41: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	12, // 42: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	28, // 43: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }
@@ -2663,7 +2788,7 @@ func file_keyguard_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyguard_v1_event_proto_rawDesc), len(file_keyguard_v1_event_proto_rawDesc)),
 			NumEnums:      12,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -178,6 +178,9 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 	return img, nil
 }
 
+// hostBusybox is Debian's busybox-static, copied into every guest as /bin/busybox.
+const hostBusybox = "/bin/busybox"
+
 func writeImage(img *image, dir, compress string) (err error) {
 	f, err := os.Create(img.path)
 	if err != nil {
@@ -205,6 +208,11 @@ func writeImage(img *image, dir, compress string) (err error) {
 	for _, b := range img.bins {
 		add = append(add, w.CopyFile("bin/"+b, filepath.Join(dir, "bin", b)))
 	}
+	// A static busybox gives the guests a real sh and sysctl (attacks as an operator would type them).
+	if _, err := os.Stat(hostBusybox); err != nil {
+		return fmt.Errorf("%s: %w (install busybox-static: make deps)", hostBusybox, err)
+	}
+	add = append(add, w.CopyFile("bin/busybox", hostBusybox))
 	var manifest bytes.Buffer
 	manifest.WriteString("# suites in run order, written by testvm/cmd/vmtest\n")
 	for _, s := range img.suites {

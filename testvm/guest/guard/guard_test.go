@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyguard/keyguard/agent/optoken"
 )
 
 const (
@@ -41,9 +43,13 @@ var (
 	keyFile       = dir + "/keys/signing.pem"
 )
 
+// policyYAML is the suite's policy; %s is the test binary, which sets core_pattern for the dump tests.
 const policyYAML = `version: 1
 bpf_loaders:
   - executable: /tmp/kg/bpf-tool
+    uid: 0
+sysctl_writers:
+  - executable: %s
     uid: 0
 rules:
   - name: signer
@@ -114,13 +120,19 @@ func setup() error {
 	if err := os.WriteFile(keyFile, []byte("-----BEGIN PRIVATE KEY-----\ntest\n-----END PRIVATE KEY-----\n"), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(dir+"/policy.yaml", []byte(policyYAML), 0o644); err != nil {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dir+"/policy.yaml", []byte(fmt.Sprintf(policyYAML, self)), 0o644); err != nil {
+		return err
+	}
+	if err := writeOperatorKey(); err != nil {
 		return err
 	}
 	if err := writeTestKeys(); err != nil {
 		return err
 	}
-	var err error
 	early, err = startVictimErr(victimEnforce, 0)
 	if err != nil {
 		return fmt.Errorf("start early victim: %w", err)
@@ -139,7 +151,7 @@ func copyFile(src, dst string) error {
 func startAgent(extra ...string) error {
 	before := countLines(eventsLog)
 	agent = exec.Command(agentBin, append([]string{"run", "-policy", dir + "/policy.yaml", "-events", eventsLog,
-		"-state-dir", dir + "/state", "-control-socket", ctlSock}, extra...)...)
+		"-state-dir", dir + "/state", "-control-socket", ctlSock, "-operator-key", operatorPub}, extra...)...)
 	agent.Stdout = os.Stdout
 	agent.Stderr = os.Stdout
 	if err := agent.Start(); err != nil {
@@ -190,7 +202,13 @@ type event struct {
 	Accessor   *proc  `json:"accessor"`
 	Target     *proc  `json:"target"`
 	Health     *struct {
-		State string `json:"state"`
+		State   string `json:"state"`
+		Message string `json:"message"`
+		Gap     *struct {
+			PreviousBootID string    `json:"previous_boot_id"`
+			BootID         string    `json:"boot_id"`
+			LastSeen       time.Time `json:"last_seen"`
+		} `json:"gap"`
 	} `json:"health"`
 	Dump *struct {
 		Action string `json:"action"`
@@ -249,7 +267,13 @@ func waitEventAfter(t *testing.T, skip int, what string, pred func(event) bool) 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("no event: %s", what)
+	// Show what did arrive, to tell a missing event from a different one.
+	raw, _ := os.ReadFile(eventsLog)
+	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
+	if len(lines) > 4 {
+		lines = lines[len(lines)-4:]
+	}
+	t.Fatalf("no event: %s (log has %d parsed events, last lines:\n%s)", what, len(readEvents()), strings.Join(lines, "\n"))
 	return event{}
 }
 
@@ -583,8 +607,11 @@ func TestBreakGlass(t *testing.T) {
 	if _, res := attack(t, tool, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
 		t.Fatalf("before the grant: %q", res)
 	}
-	out, err := exec.Command(cliBin, "break-glass", "-socket", ctlSock, "-executable", tool, "-uid", "0",
-		"-rule", "signer", "-for", "3s", "-reason", "incident 42: inspect a hung signer", "-operator", "alice").CombinedOutput()
+	uid := int64(0)
+	grant := optoken.Claims{Action: optoken.ActionBreakGlass, Host: hostname(t), Operator: "alice",
+		Reason: "incident 42: inspect a hung signer", Rule: "signer", Executable: tool, UID: &uid, Duration: "3s"}
+	tok := signToken(t, operatorKey, grant)
+	out, err := breakGlass(tok)
 	if err != nil {
 		t.Fatalf("break-glass: %v: %s", err, out)
 	}
@@ -606,10 +633,22 @@ func TestBreakGlass(t *testing.T) {
 	waitEvent(t, "break-glass expired event", func(e event) bool {
 		return e.Kind == "break_glass" && e.BreakGlass != nil && e.BreakGlass.Action == "expired"
 	})
-	// A grant without a reason is refused.
-	if out, err := exec.Command(cliBin, "break-glass", "-socket", ctlSock, "-executable", tool, "-uid", "0",
-		"-rule", "signer", "-for", "1m", "-operator", "alice").CombinedOutput(); err == nil {
-		t.Fatalf("break-glass without a reason was accepted: %s", out)
+	// Refused: the same token again, a token for another host, one signed by another key, none at all.
+	grant.Host = "another-host"
+	for name, tok := range map[string]string{"reused": tok, "other host": signToken(t, operatorKey, grant), "other key": signToken(t, strangerKey, grant)} {
+		before := len(readEvents())
+		if out, err := breakGlass(tok); err == nil {
+			t.Fatalf("break-glass with a %s token was accepted: %s", name, out)
+		}
+		waitEventAfter(t, before, "break_glass_refused event", func(e event) bool {
+			return e.Kind == "side_door" && e.Operation == "break_glass_refused" && e.Decision == "denied"
+		})
+	}
+	if out, err := exec.Command(cliBin, "break-glass", "-socket", ctlSock).CombinedOutput(); err == nil {
+		t.Fatalf("break-glass without a token was accepted: %s", out)
+	}
+	if _, res := attack(t, tool, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
+		t.Fatalf("after refused grants: %q", res)
 	}
 }
 

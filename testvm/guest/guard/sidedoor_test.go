@@ -1,10 +1,13 @@
 package guard
 
 import (
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // BPF programs that can read user memory are refused at load for everyone but keyguard and the
@@ -64,4 +67,133 @@ func TestPerfUserStackRefused(t *testing.T) {
 	waitEvent(t, "perf side-door event", func(e event) bool {
 		return e.Kind == "side_door" && e.Operation == "perf_event" && e.Target != nil && e.Target.PID == uint32(v.pid)
 	})
+}
+
+// The sysctls that decide where core dumps go and who may trace cannot be written while keyguard runs,
+// by root with `sysctl -w` or a shell redirect, except by keyguard and the policy's sysctl_writers (this
+// test binary); reading them still works.
+func TestSysctlWritesRefused(t *testing.T) {
+	files := map[string]string{
+		"core_pattern": "/proc/sys/kernel/core_pattern", "core_pipe_limit": "/proc/sys/kernel/core_pipe_limit",
+		"suid_dumpable": "/proc/sys/fs/suid_dumpable", "ptrace_scope": "/proc/sys/kernel/yama/ptrace_scope",
+	}
+	orig := map[string]string{}
+	for n, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatalf("reading %s: %v", f, err)
+		}
+		orig[n] = string(b)
+	}
+	for _, tc := range []struct {
+		name, sysctl string
+		cmd          []string
+	}{
+		{"sysctl -w core_pattern", "core_pattern", []string{"/bin/busybox", "sysctl", "-w", "kernel.core_pattern=|/tmp/evil %p"}},
+		{"shell redirect core_pattern", "core_pattern", []string{"/bin/busybox", "sh", "-c", "echo /tmp/core.%p > /proc/sys/kernel/core_pattern"}},
+		{"sysctl -w core_pipe_limit", "core_pipe_limit", []string{"/bin/busybox", "sysctl", "-w", "kernel.core_pipe_limit=0"}},
+		{"shell redirect suid_dumpable", "suid_dumpable", []string{"/bin/busybox", "sh", "-c", "echo 1 > /proc/sys/fs/suid_dumpable"}},
+		{"sysctl -w ptrace_scope", "ptrace_scope", []string{"/bin/busybox", "sysctl", "-w", "kernel.yama.ptrace_scope=0"}},
+		{"open for writing", "core_pattern", []string{procBin, "open", "/proc/sys/kernel/core_pattern", "w"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(readEvents())
+			cmd := exec.Command(tc.cmd[0], tc.cmd[1:]...)
+			out, _ := cmd.CombinedOutput()
+			if cmd.ProcessState.Success() && tc.cmd[0] != procBin {
+				t.Fatalf("%v succeeded: %s", tc.cmd, out)
+			}
+			if tc.cmd[0] == procBin && strings.TrimSpace(string(out)) != "ERR EPERM" {
+				t.Fatalf("%v: %q, want ERR EPERM", tc.cmd, out)
+			}
+			for n, f := range files {
+				if b, _ := os.ReadFile(f); string(b) != orig[n] {
+					t.Fatalf("%s changed to %q", f, b)
+				}
+			}
+			waitEventAfter(t, before, "sysctl_write event", func(e event) bool {
+				return e.Kind == "side_door" && e.Operation == "sysctl_write" && e.Decision == "denied" &&
+					e.Detail == tc.sysctl && e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid)
+			})
+		})
+	}
+	// Reading is fine, and an unrelated sysctl can still be written.
+	if out, err := exec.Command("/bin/busybox", "sysctl", "kernel.core_pattern").CombinedOutput(); err != nil {
+		t.Fatalf("reading core_pattern: %v: %s", err, out)
+	}
+	if out, err := exec.Command("/bin/busybox", "sysctl", "-w", "kernel.core_uses_pid=1").CombinedOutput(); err != nil {
+		t.Fatalf("writing an unrelated sysctl: %v: %s", err, out)
+	}
+	// The policy's sysctl_writers (this test binary) may write.
+	if err := os.WriteFile(files["core_pipe_limit"], []byte(orig["core_pipe_limit"]), 0); err != nil {
+		t.Fatalf("allowed writer: %v", err)
+	}
+}
+
+// /proc/kcore, /dev/mem and /dev/port cannot be opened, also through a device node made elsewhere.
+func TestKernelMemoryRefused(t *testing.T) {
+	node := "/dev/kg-mem-copy" // /tmp is nodev
+	os.Remove(node)
+	if err := unix.Mknod(node, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 1))); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(node)
+	for _, tc := range []struct{ path, op string }{
+		{"/proc/kcore", "kcore"}, {"/dev/mem", "dev_mem"}, {"/dev/port", "dev_port"}, {node, "dev_mem"},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			if _, err := os.Stat(tc.path); err != nil {
+				t.Fatalf("%s missing in the guest: %v", tc.path, err)
+			}
+			before := len(readEvents())
+			cmd := exec.Command(procBin, "open", tc.path, "r")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if got := strings.TrimSpace(string(out)); got != "ERR EPERM" {
+				t.Fatalf("open %s: %q, want ERR EPERM", tc.path, got)
+			}
+			waitEventAfter(t, before, tc.op+" event", func(e event) bool {
+				return e.Kind == "side_door" && e.Operation == tc.op && e.Decision == "denied" &&
+					e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid)
+			})
+		})
+	}
+	// Other /proc files and character devices are untouched.
+	for _, p := range []string{"/proc/cpuinfo", "/dev/null", "/dev/zero"} {
+		if out, _ := exec.Command(procBin, "open", p, "r").CombinedOutput(); strings.TrimSpace(string(out)) != "OK 0" {
+			t.Errorf("open %s: %q, want OK 0", p, out)
+		}
+	}
+}
+
+// Kernel module and kexec image loads are refused by default (modules: deny) before the kernel looks at
+// the file: a module could read any memory and unhook keyguard, a kexec'd kernel runs without it.
+func TestModuleLoadRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		op   string
+	}{
+		{"finit_module", []string{"finit", procBin}, "module_load"},
+		{"init_module", []string{"initmod"}, "module_load"},
+		{"kexec_file_load", []string{"kexec", procBin}, "kexec_load"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := len(readEvents())
+			cmd := exec.Command(procBin, tc.args...)
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("%v: %s", err, out)
+			}
+			if got := strings.TrimSpace(string(out)); got != "ERR EPERM" {
+				t.Fatalf("%s: %q, want ERR EPERM", tc.name, got)
+			}
+			waitEventAfter(t, before, tc.op+" event", func(e event) bool {
+				return e.Kind == "side_door" && e.Operation == tc.op && e.Decision == "denied" &&
+					e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid)
+			})
+		})
+	}
 }

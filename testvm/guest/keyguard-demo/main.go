@@ -113,8 +113,14 @@ rules:
 `
 	fmt.Print("    policy:\n      " + strings.ReplaceAll(strings.TrimSpace(policy), "\n", "\n      ") + "\n")
 	os.WriteFile(dir+"/policy.yaml", []byte(policy), 0o644)
+	// The operator's key pair: the public half is pinned at the agent's first start; uninstall,
+	// break-glass and policy changes need tokens signed with the private half (kept off the host).
+	if out, err := exec.Command("/bin/keyguard", "token", "keygen", "-out", dir+"/operator").CombinedOutput(); err != nil {
+		return fmt.Errorf("operator key: %v: %s", err, out)
+	}
 	agentLog, _ := os.Create(dir + "/agent.log")
 	agent := exec.Command("/bin/keyguard-agent", "run", "-policy", dir+"/policy.yaml", "-events", dir+"/events.jsonl",
+		"-operator-key", dir+"/operator.pub",
 		"-state-dir", dir+"/state", "-control-socket", dir+"/agent.sock", "-collector", "127.0.0.1:7443",
 		"-collector-ca", certs+"/ca.crt", "-cert", certs+"/signing-host-01.crt", "-key", certs+"/signing-host-01.key",
 		"-spool-dir", dir+"/spool")
@@ -188,6 +194,21 @@ rules:
 	fmt.Printf("    rm -rf /sys/fs/bpf/keyguard (its pinned programs): %v\n", errOrOK(err))
 	if err == nil {
 		return fmt.Errorf("root removed keyguard's pins")
+	}
+	out, err = exec.Command("/bin/keyguard-agent", "uninstall", "-socket", dir+"/agent.sock", "-token-file", "/dev/null").CombinedOutput()
+	fmt.Printf("    keyguard-agent uninstall without an operator-signed token: %v\n", errOrOK(err))
+	if err == nil {
+		return fmt.Errorf("uninstall without a token succeeded: %s", out)
+	}
+	err = exec.Command("/bin/busybox", "sh", "-c", "echo '|/tmp/steal %p' > /proc/sys/kernel/core_pattern").Run()
+	fmt.Printf("    echo '|/tmp/steal %%p' > /proc/sys/kernel/core_pattern: %v\n", errOrOK(err))
+	if err == nil {
+		return fmt.Errorf("root rewrote core_pattern")
+	}
+	out, _ = exec.Command("/bin/testproc", "open", "/proc/kcore", "r").Output()
+	fmt.Printf("    open /proc/kcore: %s\n", strings.TrimSpace(string(out)))
+	if !strings.HasPrefix(string(out), "ERR") {
+		return fmt.Errorf("root opened /proc/kcore")
 	}
 	agent.Process.Kill()
 	agent.Wait()

@@ -82,6 +82,36 @@ func main() {
 			unix.Close(fd)
 		}
 		report(1, err)
+	case "open":
+		// open PATH r|w: prints OK 0 or ERR errno (side doors refused at open).
+		flags := os.O_RDONLY
+		if len(os.Args) > 3 && os.Args[3] == "w" {
+			flags = os.O_WRONLY
+		}
+		f, err := os.OpenFile(os.Args[2], flags, 0)
+		if err == nil {
+			f.Close()
+		}
+		report(0, err)
+	case "finit":
+		// finit_module(2) of PATH (any file: the LSM hook runs before the module is parsed).
+		f, err := os.Open(os.Args[2])
+		if err != nil {
+			report(0, err)
+			break
+		}
+		report(0, unix.FinitModule(int(f.Fd()), "", 0))
+	case "initmod":
+		// init_module(2) of a buffer that is no module.
+		report(0, unix.InitModule(make([]byte, 4096), ""))
+	case "kexec":
+		// kexec_file_load(2) of PATH as a kernel image.
+		f, err := os.Open(os.Args[2])
+		if err != nil {
+			report(0, err)
+			break
+		}
+		report(0, unix.KexecFileLoad(int(f.Fd()), -1, "", unix.KEXEC_FILE_NO_INITRAMFS))
 	case "bpfload":
 		// Load (not attach) a BPF program of the given kind; prints OK or ERR errno.
 		err := bpfLoad(os.Args[2])

@@ -1,0 +1,130 @@
+package daemon
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keyguard/keyguard/agent/internal/events"
+	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/optoken"
+)
+
+// PolicyDigest is the SHA-256 of a policy file's bytes: what a policy token approves
+// (`keyguard token sign -action policy -policy FILE`).
+func PolicyDigest(policy []byte) [32]byte { return sha256.Sum256(policy) }
+
+// configDigest binds the approved policy and the enforcement flags the agent runs with: changing
+// either after install needs a policy token.
+func configDigest(policy []byte, lc loader.Config) [32]byte {
+	h := sha256.New()
+	fmt.Fprintf(h, "keyguard-config-v1\npolicy=%x\ndeny_traced=%v\n", PolicyDigest(policy), lc.DenyTraced)
+	var d [32]byte
+	copy(d[:], h.Sum(nil))
+	return d
+}
+
+// Fingerprint names an operator public key in messages: the first 8 bytes of its SHA-256, hex.
+func Fingerprint(pub []byte) string {
+	s := sha256.Sum256(pub)
+	return hex.EncodeToString(s[:8])
+}
+
+// checkInstall makes sure the operator has approved what this agent is about to enforce. On the first
+// start after boot (nothing pinned) the operator key file and the policy are recorded in the pinned
+// install map. Later starts use the pinned key, whatever the file now holds, and a changed policy (or
+// enforcement flag) needs a policy token signed by that key. It returns the health events to emit.
+func (a *Agent) checkInstall(policy []byte) ([]events.Event, error) {
+	fileKey, err := optoken.LoadPublicKey(a.cfg.OperatorKeyPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w\nkeyguard needs the operator's public key, which signs uninstall, break-glass and policy tokens: "+
+			"make a key pair off this host with `keyguard token keygen -out operator` and install operator.pub as %s (or pass -operator-key)",
+			err, a.cfg.OperatorKeyPath)
+	}
+	digest := configDigest(policy, a.cfg.Loader)
+	in, ok, err := a.guard.Installed()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if !ok {
+		in = loader.Install{InstalledUnix: uint64(now.Unix())}
+		copy(in.OperatorKey[:], fileKey)
+		in.ConfigSha256 = digest
+		if err := a.guard.SetInstalled(in); err != nil {
+			return nil, err
+		}
+		a.opKey = ed25519.PublicKey(in.OperatorKey[:])
+		a.log.Info("operator key and policy recorded", "operator_key", Fingerprint(a.opKey), "policy_sha256", hex.EncodeToString(sum(policy)))
+		return nil, nil
+	}
+	a.opKey = ed25519.PublicKey(bytes.Clone(in.OperatorKey[:]))
+	var evs []events.Event
+	if !bytes.Equal(fileKey, a.opKey) {
+		msg := fmt.Sprintf("the operator key in %s (%s) is not the key installed at %s (%s); the installed key stays in force until keyguard is uninstalled or the host reboots",
+			a.cfg.OperatorKeyPath, Fingerprint(fileKey), time.Unix(int64(in.InstalledUnix), 0).UTC().Format(time.RFC3339), Fingerprint(a.opKey))
+		a.log.Warn(msg)
+		evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "running", Version: a.cfg.Version, Message: msg}})
+	}
+	if in.ConfigSha256 == digest {
+		return evs, nil
+	}
+	tokPath := a.cfg.PolicyTokenPath
+	refuse := func(why string) error {
+		return fmt.Errorf("the policy or enforcement flags changed since they were approved, and %s.\n"+
+			"Enforcement of the approved policy continues (it is pinned in the kernel). To apply the change, have an operator sign it:\n"+
+			"  keyguard token sign -key operator.key -action policy -policy %s -host %s -operator NAME -reason TEXT > %s\n"+
+			"and start the agent again (policy sha256 %s)", why, a.cfg.PolicyPath, a.cfg.Hostname, tokPath, hex.EncodeToString(sum(policy)))
+	}
+	raw, err := os.ReadFile(tokPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, refuse("there is no policy token at " + tokPath)
+	} else if err != nil {
+		return nil, refuse(fmt.Sprintf("the policy token could not be read: %v", err))
+	}
+	c, err := a.verifyToken(string(raw), optoken.ActionPolicy)
+	if err != nil {
+		return nil, refuse(fmt.Sprintf("the policy token at %s is not valid: %v", tokPath, err))
+	}
+	if c.PolicySHA256 != hex.EncodeToString(sum(policy)) {
+		return nil, refuse(fmt.Sprintf("the policy token at %s approves another policy (sha256 %s)", tokPath, c.PolicySHA256))
+	}
+	if err := a.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
+		return nil, refuse(err.Error())
+	}
+	in.ConfigSha256 = digest
+	if err := a.guard.SetInstalled(in); err != nil {
+		return nil, err
+	}
+	msg := fmt.Sprintf("policy change approved by %s: %s (policy sha256 %s)", c.Operator, c.Reason, c.PolicySHA256)
+	a.log.Warn(msg)
+	evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "policy_approved", Version: a.cfg.Version, Message: msg}})
+	return evs, nil
+}
+
+func sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
+
+// verifyToken checks a token against the installed operator key, this host and the action. It does not
+// mark it used.
+func (a *Agent) verifyToken(tok, action string) (optoken.Claims, error) {
+	if a.opKey == nil {
+		return optoken.Claims{}, errors.New("no operator key is installed")
+	}
+	c, err := optoken.Verify(a.opKey, strings.TrimSpace(tok), time.Now())
+	if err != nil {
+		return c, err
+	}
+	if c.Action != action {
+		return c, fmt.Errorf("the token authorises %q, not %q", c.Action, action)
+	}
+	if c.Host != a.cfg.Hostname {
+		return c, fmt.Errorf("the token is for host %q, this is %q", c.Host, a.cfg.Hostname)
+	}
+	return c, nil
+}
