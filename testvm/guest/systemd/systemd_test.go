@@ -523,7 +523,8 @@ func TestProtectedDumpRedactedIntoCoredump(t *testing.T) {
 			var ev event
 			if !waitFor(5*time.Minute, func() bool {
 				for _, e := range events() {
-					if e.Kind == "core_dump" && e.Target != nil && e.Target.PID == uint32(pid) && e.Dump != nil && e.Dump.Action != "" {
+					if e.Kind == "core_dump" && e.Target != nil && e.Target.PID == uint32(pid) && e.Dump != nil &&
+						(e.Dump.Action == "redacted" || e.Dump.Action == "discarded") { // not "to_handler"
 						ev = e
 						return true
 					}
@@ -574,6 +575,7 @@ func TestUpgradeKeepsEnforcing(t *testing.T) {
 			default:
 			}
 			r := v.attack()
+			time.Sleep(100 * time.Millisecond) // leave the (single-threaded TCG) guest some CPU for dpkg
 			mu.Lock()
 			attempts++
 			if r != "ERR EPERM" {
@@ -627,7 +629,8 @@ func TestRemoveWithoutTokenRefused(t *testing.T) {
 	if !strings.Contains(out, "refusing to remove") || !strings.Contains(out, "keyguard token sign") {
 		t.Errorf("the refusal does not say why and what to do")
 	}
-	if s := pkgStatus("keyguard-agent"); s != "install ok installed" {
+	// dpkg records the wish ("deinstall") but the package stays installed.
+	if s := pkgStatus("keyguard-agent"); !strings.HasSuffix(s, " ok installed") {
 		t.Errorf("package status after a refused removal: %q", s)
 	}
 	if !exists("/usr/bin/keyguard-agent") || !exists(pins) || unitState(agentUnit) != "active" {
