@@ -4,10 +4,13 @@
 // in distroless), the CA bundle and /tmp. The agent image also carries a static busybox for the
 // Helm chart's init container, which copies the agent binary to the node (deploy/README.md).
 //
-// The tarballs are in the docker-archive format (manifest.json + config + gzip layers, what
-// go-containerregistry's tarball package writes and reads): `docker load`, `podman load`,
-// `ctr images import` and `kind load image-archive` take them; `crane push FILE REF` (or
-// `skopeo copy docker-archive:FILE docker://REF`) puts them in a registry.
+// Each image is written twice, with the same OCI manifest, config and layers:
+//   - <name>_<version>.oci.tar: an OCI image layout (oci-layout, index.json, blobs/) in a tar, the
+//     image named by the org.opencontainers.image.ref.name annotation: `skopeo copy oci-archive:`,
+//     `podman load`, `docker load` (25+), `ctr images import`, `crane push` (after untar);
+//   - <name>_<version>.image.tar: the docker-archive format (manifest.json + config + layers), what
+//     go-containerregistry's tarball package writes and reads: `docker load` (any version),
+//     `kind load image-archive`.
 package oci
 
 import (
@@ -26,8 +29,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 // CollectorUID is the collector's user and group in its image (distroless's "nonroot"); the Helm
@@ -116,7 +121,7 @@ func Images(cfg Config) []Image {
 	}
 }
 
-// Build writes <OutDir>/<name>_<version>.image.tar for every image and returns the paths.
+// Build writes <OutDir>/<name>_<version>.oci.tar and .image.tar for every image and returns the paths.
 func Build(cfg Config) ([]string, error) {
 	if cfg.Version == "" || strings.ContainsAny(cfg.Version, " /:") {
 		return nil, fmt.Errorf("image version %q: want a non-empty tag without spaces, slashes or colons", cfg.Version)
@@ -137,11 +142,14 @@ func Build(cfg Config) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		p := filepath.Join(cfg.OutDir, fmt.Sprintf("%s_%s.image.tar", im.Name, cfg.Version))
-		if err := tarball.WriteToFile(p, tag, img); err != nil {
+		base := filepath.Join(cfg.OutDir, fmt.Sprintf("%s_%s", im.Name, cfg.Version))
+		if err := writeOCIArchive(base+".oci.tar", img, tag, cfg.MTime); err != nil {
+			return nil, fmt.Errorf("image %s: OCI layout: %w", im.Name, err)
+		}
+		if err := tarball.WriteToFile(base+".image.tar", tag, img); err != nil {
 			return nil, fmt.Errorf("image %s: %w", im.Name, err)
 		}
-		out = append(out, p)
+		out = append(out, base+".oci.tar", base+".image.tar")
 	}
 	return out, nil
 }
@@ -158,17 +166,19 @@ func Ref(cfg Config, image string) string {
 }
 
 func build(cfg Config, im Image) (v1.Image, error) {
-	img := empty.Image
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	for _, entries := range im.Layers {
 		data, err := layerTar(entries, cfg.MTime)
 		if err != nil {
 			return nil, err
 		}
-		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
+			tarball.WithMediaType(types.OCILayer))
 		if err != nil {
 			return nil, err
 		}
-		if img, err = mutate.Append(img, mutate.Addendum{Layer: l,
+		if img, err = mutate.Append(img, mutate.Addendum{Layer: l, MediaType: types.OCILayer,
 			History: v1.History{Created: v1.Time{Time: cfg.MTime}, CreatedBy: "keyguard deploy/oci"}}); err != nil {
 			return nil, err
 		}
@@ -242,4 +252,74 @@ func layerTar(entries []Entry, mtime time.Time) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// writeOCIArchive writes img as an OCI image layout, tagged by annotation, and packs it in a tar with
+// fixed times and modes (reproducible).
+func writeOCIArchive(dst string, img v1.Image, tag name.Tag, mtime time.Time) error {
+	dir, err := os.MkdirTemp("", "keyguard-oci-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	lp, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		return err
+	}
+	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{
+		"org.opencontainers.image.ref.name": tag.TagStr(),
+		"io.containerd.image.name":          tag.Name(),
+	})); err != nil {
+		return err
+	}
+	var names []string
+	if err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if p != dir {
+			names = append(names, p)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	sort.Strings(names)
+	f, err := os.Create(dst)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	for _, p := range names {
+		rel, _ := filepath.Rel(dir, p)
+		st, err := os.Stat(p)
+		if err != nil {
+			f.Close()
+			return err
+		}
+		h := &tar.Header{Name: filepath.ToSlash(rel), Mode: 0o644, ModTime: mtime, Typeflag: tar.TypeReg, Size: st.Size(), Format: tar.FormatPAX}
+		if st.IsDir() {
+			h.Name, h.Mode, h.Typeflag, h.Size = h.Name+"/", 0o755, tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			f.Close()
+			return err
+		}
+		if !st.IsDir() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				f.Close()
+				return err
+			}
+			if _, err := tw.Write(b); err != nil {
+				f.Close()
+				return err
+			}
+		}
+	}
+	if err := tw.Close(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }

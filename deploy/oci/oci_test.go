@@ -3,6 +3,9 @@ package oci
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,7 +15,10 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
 func fixture(t *testing.T) Config {
@@ -81,7 +87,7 @@ func TestBuild(t *testing.T) {
 		{"keyguard/keyguard-collector:0-git20261124.abc_dirty", "/usr/bin/keyguard-collector", "serve", "65532:65532", []string{"7443/tcp"},
 			[]map[string]entry{base, usr("keyguard-collector")}},
 	}
-	if len(paths) != len(want) {
+	if len(paths) != 2*len(want) {
 		t.Fatalf("built %v", paths)
 	}
 	for i, w := range want {
@@ -89,7 +95,11 @@ func TestBuild(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		img, err := tarball.ImageFromPath(paths[i], &tag)
+		ociPath, archivePath := paths[2*i], paths[2*i+1]
+		if !strings.HasSuffix(ociPath, ".oci.tar") || !strings.HasSuffix(archivePath, ".image.tar") {
+			t.Fatalf("paths %s %s", ociPath, archivePath)
+		}
+		img, err := tarball.ImageFromPath(archivePath, &tag)
 		if err != nil {
 			t.Fatalf("%s: read back %s: %v", w.ref, paths[i], err)
 		}
@@ -158,6 +168,7 @@ func TestBuild(t *testing.T) {
 				t.Errorf("%s: layer %d has unexpected %v", w.ref, li, extra)
 			}
 		}
+		checkOCILayout(t, ociPath, tag, img)
 	}
 	// The collector's user exists in its image's passwd (the Helm chart runs it as 65532).
 	if !strings.Contains(passwd, ":65532:65532:") {
@@ -171,14 +182,20 @@ func TestReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, _ := os.ReadFile(a[0])
+	var first [][]byte
+	for _, p := range a {
+		b, _ := os.ReadFile(p)
+		first = append(first, b)
+	}
 	b, err := Build(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, _ := os.ReadFile(b[0])
-	if !bytes.Equal(first, second) {
-		t.Error("two builds of the same inputs differ")
+	for i, p := range b {
+		second, _ := os.ReadFile(p)
+		if len(second) == 0 || !bytes.Equal(first[i], second) {
+			t.Errorf("two builds of %s differ", filepath.Base(p))
+		}
 	}
 }
 
@@ -193,4 +210,104 @@ func TestBuildErrors(t *testing.T) {
 	if _, err := Build(cfg); err == nil {
 		t.Error("a version with a slash was accepted")
 	}
+}
+
+// checkOCILayout unpacks the OCI archive and checks it holds the same image (config and layers) as
+// the docker archive, with OCI media types, named by the ref.name annotation.
+func checkOCILayout(t *testing.T, path string, tag name.Tag, want v1.Image) {
+	t.Helper()
+	dir := t.TempDir()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(dir, filepath.FromSlash(h.Name))
+		if !strings.HasPrefix(dst, dir+string(filepath.Separator)) {
+			t.Fatalf("archive entry %q escapes", h.Name)
+		}
+		if h.Typeflag == tar.TypeDir {
+			os.MkdirAll(dst, 0o755)
+			continue
+		}
+		b, _ := io.ReadAll(tr)
+		os.MkdirAll(filepath.Dir(dst), 0o755)
+		os.WriteFile(dst, b, 0o644)
+	}
+	ii, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		t.Fatalf("%s: not an OCI layout: %v", path, err)
+	}
+	im, err := ii.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(im.Manifests) != 1 {
+		t.Fatalf("%s: %d manifests", path, len(im.Manifests))
+	}
+	d := im.Manifests[0]
+	if d.MediaType != types.OCIManifestSchema1 || d.Annotations["org.opencontainers.image.ref.name"] != tag.TagStr() ||
+		d.Annotations["io.containerd.image.name"] != tag.Name() {
+		t.Errorf("%s: descriptor %s %v", path, d.MediaType, d.Annotations)
+	}
+	img, err := ii.Image(d.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotCfg, _ := img.ConfigName()
+	wantCfg, _ := want.ConfigName()
+	if gotCfg != wantCfg {
+		t.Errorf("%s: config %s, the docker archive has %s", path, gotCfg, wantCfg)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl, _ := want.Layers()
+	if m.Config.MediaType != types.OCIConfigJSON || len(m.Layers) != len(wl) {
+		t.Fatalf("%s: config %s, %d layers", path, m.Config.MediaType, len(m.Layers))
+	}
+	for i, l := range m.Layers {
+		wd, _ := wl[i].Digest()
+		if l.MediaType != types.OCILayer || l.Digest != wd {
+			t.Errorf("%s: layer %d %s %s, want %s %s", path, i, l.MediaType, l.Digest, types.OCILayer, wd)
+		}
+	}
+	if err := validateBlobs(img); err != nil {
+		t.Errorf("%s: %v", path, err)
+	}
+}
+
+// validateBlobs checks every layer blob of img against its digest.
+func validateBlobs(img v1.Image) error {
+	ls, err := img.Layers()
+	if err != nil {
+		return err
+	}
+	for i, l := range ls {
+		rc, err := l.Compressed()
+		if err != nil {
+			return err
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, rc)
+		rc.Close()
+		if err != nil {
+			return err
+		}
+		d, _ := l.Digest()
+		if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != d.String() {
+			return fmt.Errorf("layer %d blob hashes to %s, its digest says %s", i, got, d)
+		}
+	}
+	return nil
 }
