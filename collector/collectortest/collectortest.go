@@ -120,6 +120,8 @@ type Options struct {
 	Name  string   // collector instance name
 	Args  []string // extra flags
 	Plain bool     // -insecure-plaintext on loopback
+	// Metrics serves Prometheus metrics on a free loopback port (MetricsURL).
+	Metrics bool
 }
 
 // Collector is a running keyguard-collector process.
@@ -129,6 +131,7 @@ type Collector struct {
 	addr string
 	dir  string
 	cmd  *exec.Cmd
+	murl string
 	done chan struct{}
 	log  *bytes.Buffer
 	mu   sync.Mutex
@@ -151,6 +154,9 @@ func Start(tb testing.TB, bin string, o Options) *Collector {
 		args = append(args, "-tls-cert", o.PKI.File("collector.crt"), "-tls-key", o.PKI.File("collector.key"),
 			"-tls-client-ca", o.PKI.File("ca.crt"), "-revoked-serials", o.PKI.File("revoked.txt"))
 	}
+	if o.Metrics {
+		args = append(args, "-metrics-listen", "127.0.0.1:0", "-metrics-addr-file", filepath.Join(dir, "metrics-addr"))
+	}
 	args = append(args, o.Args...)
 	c := &Collector{bin: bin, args: args, dir: dir}
 	c.launch(tb)
@@ -162,6 +168,7 @@ func (c *Collector) launch(tb testing.TB) {
 	tb.Helper()
 	addrFile := filepath.Join(c.dir, "addr")
 	os.Remove(addrFile)
+	os.Remove(filepath.Join(c.dir, "metrics-addr"))
 	args := append(append([]string(nil), c.args...), "-addr-file", addrFile)
 	if c.addr != "" { // restart on the same port so clients reconnect to the same address
 		for i, a := range args {
@@ -184,6 +191,10 @@ func (c *Collector) launch(tb testing.TB) {
 	for {
 		if b, err := os.ReadFile(addrFile); err == nil {
 			c.addr = strings.TrimSpace(string(b))
+			// The metrics address is written before the gRPC one.
+			if b, err := os.ReadFile(filepath.Join(c.dir, "metrics-addr")); err == nil {
+				c.murl = "http://" + strings.TrimSpace(string(b)) + "/metrics"
+			}
 			return
 		}
 		select {
@@ -208,6 +219,9 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	return s.w.Write(p)
 }
+
+// MetricsURL is the collector's /metrics URL ("" unless Options.Metrics); the port changes on Restart.
+func (c *Collector) MetricsURL() string { return c.murl }
 
 // Addr is the collector's host:port (stable across Restart).
 func (c *Collector) Addr() string { return c.addr }

@@ -392,7 +392,25 @@ func lintChart(t *testing.T, values map[string]any) {
 }
 
 // values parses a YAML values document (what `-f file.yaml` gives helm).
+// testOperatorKey is a throwaway operator public key for rendering (the chart requires one).
+const testOperatorKey = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA/8jSHqr4D+8eAXi3phhWbwhhEeL3W/j5T39JrQxJBGk=\n-----END PUBLIC KEY-----\n"
+
+// values parses doc and adds the operator key unless doc sets one.
 func values(t *testing.T, doc string) map[string]any {
+	t.Helper()
+	v := rawValues(t, doc)
+	agent, _ := v["agent"].(map[string]any)
+	if agent == nil {
+		agent = map[string]any{}
+		v["agent"] = agent
+	}
+	if _, ok := agent["operatorPublicKey"]; !ok {
+		agent["operatorPublicKey"] = testOperatorKey
+	}
+	return v
+}
+
+func rawValues(t *testing.T, doc string) map[string]any {
 	t.Helper()
 	v, err := chartutil.ReadValues([]byte(doc))
 	if err != nil {
@@ -411,6 +429,16 @@ func TestChart(t *testing.T) {
 		check      func(t *testing.T, objs []object)
 	}{
 		{
+			name:   "policy token",
+			values: "agent: {policyToken: kgt1.abc.def}\ncollector: {enabled: false}\n",
+			kinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
+			check: func(t *testing.T, objs []object) {
+				if got := find[*corev1.ConfigMap](objs)[0].Data["policy.yaml.token"]; got != "kgt1.abc.def" {
+					t.Errorf("policy.yaml.token = %q", got)
+				}
+			},
+		},
+		{
 			name:  "defaults",
 			kinds: []string{"ConfigMap", "DaemonSet", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount", "ServiceAccount"},
 			check: func(t *testing.T, objs []object) {
@@ -419,6 +447,13 @@ func TestChart(t *testing.T) {
 				if !strings.Contains(args, "-collector kg-collector.security.svc:7443") ||
 					!strings.Contains(args, "-cert /etc/keyguard/tls/$(NODE_NAME).crt") {
 					t.Errorf("agent not pointed at the chart's collector with its node's certificate: %s", args)
+				}
+				cm := find[*corev1.ConfigMap](objs)[0]
+				if strings.TrimSpace(cm.Data["operator.pub"]) != strings.TrimSpace(testOperatorKey) {
+					t.Errorf("operator.pub in the agent's ConfigMap = %q, want the operator key", cm.Data["operator.pub"])
+				}
+				if _, ok := cm.Data["policy.yaml.token"]; ok {
+					t.Error("policy.yaml.token rendered without agent.policyToken")
 				}
 				d := find[*appsv1.Deployment](objs)[0]
 				if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType || *d.Spec.Replicas != 1 {
@@ -501,8 +536,36 @@ collector:
 			kinds:  []string{"ConfigMap", "DaemonSet", "ServiceAccount"},
 			check: func(t *testing.T, objs []object) {
 				c := find[*appsv1.DaemonSet](objs)[0].Spec.Template.Spec.Containers[0]
-				if args := strings.Join(c.Args, " "); strings.Contains(args, "-collector") || strings.Contains(args, "tls") {
+				if args := strings.Join(c.Args, " "); strings.Contains(args, "-collector") || strings.Contains(args, "tls") || strings.Contains(args, "-metrics") {
 					t.Errorf("agent without collector still configured for one: %s", args)
+				}
+			},
+		},
+		{
+			name:   "metrics on",
+			values: "agent: {metrics: {enabled: true}}\ncollector: {metrics: {enabled: true, port: 9100}}\n",
+			kinds:  []string{"ConfigMap", "DaemonSet", "Deployment", "PersistentVolumeClaim", "Service", "ServiceAccount", "ServiceAccount"},
+			check: func(t *testing.T, objs []object) {
+				for _, c := range []struct {
+					name string
+					pod  corev1.PodSpec
+					port int32
+				}{
+					{"agent", find[*appsv1.DaemonSet](objs)[0].Spec.Template.Spec, 9464},
+					{"collector", find[*appsv1.Deployment](objs)[0].Spec.Template.Spec, 9100},
+				} {
+					ctr := c.pod.Containers[0]
+					args := strings.Join(ctr.Args, " ")
+					if want := fmt.Sprintf("-metrics-listen 0.0.0.0:%d -metrics-allow-remote", c.port); !strings.Contains(args, want) {
+						t.Errorf("%s args %q lack %q", c.name, args, want)
+					}
+					found := false
+					for _, p := range ctr.Ports {
+						found = found || (p.Name == "metrics" && p.ContainerPort == c.port)
+					}
+					if !found {
+						t.Errorf("%s has no container port metrics/%d: %+v", c.name, c.port, ctr.Ports)
+					}
 				}
 			},
 		},
@@ -568,6 +631,7 @@ func TestChartRejects(t *testing.T) {
 		{"bad collector address", "agent: {collector: {address: collector.example.net}}\n", "v1.37.0", "address"},
 		{"SQLite with 2 replicas", "collector: {replicas: 2}\n", "v1.37.0", "needs PostgreSQL"},
 		{"old Kubernetes", "", "v1.29.9", "kubeVersion"},
+		{"no operator key", "agent: {operatorPublicKey: \"\"}\n", "v1.37.0", "operatorPublicKey"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -582,7 +646,7 @@ func TestChartRejects(t *testing.T) {
 // TestStrictDecodingBites shows that the decoder used above refuses what the API server's strict
 // field validation refuses, on a real rendered DaemonSet.
 func TestStrictDecodingBites(t *testing.T) {
-	manifest, err := render(t, loadChart(t), "kg", "security", kubeVersions[1], nil)
+	manifest, err := render(t, loadChart(t), "kg", "security", kubeVersions[1], values(t, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -662,14 +726,19 @@ func TestPlainDaemonSet(t *testing.T) {
 		cj, _ := yaml.Marshal(cds.Spec)
 		t.Errorf("daemonset.yaml's DaemonSet spec differs from the chart's; re-render it:\n--- daemonset.yaml\n%s\n--- chart\n%s", pj, cj)
 	}
-	if pcm, ccm := find[*corev1.ConfigMap](plain)[0], find[*corev1.ConfigMap](charted)[0]; !equality.Semantic.DeepEqual(pcm.Data, ccm.Data) || pcm.Name != ccm.Name {
+	// Same policy; the plain file carries a placeholder where the chart has the operator's key.
+	pcm, ccm := find[*corev1.ConfigMap](plain)[0], find[*corev1.ConfigMap](charted)[0]
+	if pcm.Data["policy.yaml"] != ccm.Data["policy.yaml"] || pcm.Name != ccm.Name || len(pcm.Data) != len(ccm.Data) {
 		t.Errorf("policy ConfigMap differs from the chart's: %v vs %v", pcm.Data, ccm.Data)
+	}
+	if !strings.HasPrefix(pcm.Data["operator.pub"], "REPLACE WITH") {
+		t.Errorf("daemonset.yaml's operator.pub is not the placeholder: %q", pcm.Data["operator.pub"])
 	}
 }
 
 // TestFactChecksBite shows that each security fact checked above fails when the manifest breaks it.
 func TestFactChecksBite(t *testing.T) {
-	manifest, err := render(t, loadChart(t), "kg", "security", kubeVersions[1], nil)
+	manifest, err := render(t, loadChart(t), "kg", "security", kubeVersions[1], values(t, ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -426,7 +426,7 @@ func TestCollectorStarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	moved := strings.NewReplacer("/etc/keyguard/", pki.Dir+"/", "/var/lib/keyguard-collector/", state+"/", "0.0.0.0:7443", "127.0.0.1:0").Replace(string(cfg))
+	moved := strings.NewReplacer("/etc/keyguard/", pki.Dir+"/", "/var/lib/keyguard-collector/", state+"/", "0.0.0.0:7443", "127.0.0.1:0", "127.0.0.1:9465", "127.0.0.1:0").Replace(string(cfg))
 	cfgPath := filepath.Join(t.TempDir(), "collector.yaml")
 	if err := os.WriteFile(cfgPath, []byte(moved), 0o644); err != nil {
 		t.Fatal(err)

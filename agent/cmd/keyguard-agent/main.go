@@ -25,6 +25,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/dumphandler"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/collector/metricsserver"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -72,6 +73,8 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.StringVar(&cfg.OperatorKeyPath, "operator-key", "/etc/keyguard/operator.pub", "the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens")
 	fs.StringVar(&cfg.PolicyTokenPath, "policy-token", "", "token approving a changed policy (default: the policy path + .token)")
 	fs.StringVar(&cfg.Hostname, "host-name", "", "this host's name in operator tokens (default: the host name)")
+	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 (empty: off)")
+	fs.BoolVar(&cfg.Metrics.AllowRemote, "metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
 	var exp export.Config
 	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port (empty: local event log only)")
 	fs.StringVar(&exp.CAFile, "collector-ca", "/etc/keyguard/collector-ca.pem", "CA bundle that signs the collector's certificate")
@@ -82,6 +85,12 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.StringVar(&exp.PlaintextHost, "insecure-plaintext-host", "", "DEMO ONLY: send without TLS to a loopback collector, claiming this host name")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if cfg.Metrics.Listen != "" {
+		if err := metricsserver.Check(cfg.Metrics.Listen, cfg.Metrics.AllowRemote, metricsserver.Flags()); err != nil {
+			fmt.Fprintln(stderr, "keyguard-agent:", err)
+			return 2
+		}
 	}
 	if exp.Collector != "" {
 		if exp.PlaintextHost != "" {

@@ -62,3 +62,17 @@ func TestBadPolicyNamesFileLineKey(t *testing.T) {
 		t.Fatalf("error does not name file:line and key:\n%s", stderr.String())
 	}
 }
+
+// A metrics address off loopback is refused before anything else happens, unless allowed.
+func TestMetricsListenOffLoopbackRefused(t *testing.T) {
+	for _, addr := range []string{"0.0.0.0:9464", ":9464", "192.0.2.1:9464"} {
+		t.Run(addr, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run([]string{"run", "-policy", "/nonexistent/policy.yaml", "-metrics-listen", addr,
+				"-pin-path", "/sys/fs/bpf/kg_metrics_test", "-control-socket", ""}, &stdout, &stderr)
+			if code != 2 || !strings.Contains(stderr.String(), "-metrics-allow-remote") {
+				t.Fatalf("exit %d, want 2 and a hint at -metrics-allow-remote; stderr:\n%s", code, stderr.String())
+			}
+		})
+	}
+}

@@ -5,18 +5,26 @@
 // Each run numbers its events n=1,2,... in the detail field ("loadgen run=<id> n=<k>"), stops
 // submitting once the spool has assigned -target sequence numbers in total (across restarts on the
 // same spool), waits until the collector acknowledged everything, prints a JSON summary and exits.
+//
+// With -events FILE it submits the events in FILE instead (one protojson keyguard.v1.Event per line;
+// "-" is stdin), in order, with the priority the agent would give them; other end-to-end tests (the
+// collector's web console) use it to feed chosen events through the real pipeline.
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/keyguard/keyguard/agent/internal/export"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
@@ -39,6 +47,7 @@ func main() {
 	rate := flag.Int("rate", 0, "events per second (0: as fast as the queue takes them without loss)")
 	runID := flag.String("run-id", "", "label of this run in event details (default: pid)")
 	verbose := flag.Bool("v", false, "log pipeline messages to stderr")
+	eventsFile := flag.String("events", "", "submit these events (protojson, one per line; - for stdin) instead of generated ones")
 	flag.Parse()
 	if *runID == "" {
 		*runID = fmt.Sprint(os.Getpid())
@@ -52,7 +61,15 @@ func main() {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := run(ctx, cfg, log, *target, *rate, *runID); err != nil {
+	var fileEvents []*keyguardv1.Event
+	if *eventsFile != "" {
+		var err error
+		if fileEvents, err = readEvents(*eventsFile); err != nil {
+			fmt.Fprintln(os.Stderr, "keyguard-loadgen:", err)
+			os.Exit(1)
+		}
+	}
+	if err := run(ctx, cfg, log, *target, *rate, *runID, fileEvents); err != nil {
 		fmt.Fprintln(os.Stderr, "keyguard-loadgen:", err)
 		os.Exit(1)
 	}
@@ -70,7 +87,7 @@ type Summary struct {
 	Reconnect uint64  `json:"reconnects"`
 }
 
-func run(ctx context.Context, cfg export.Config, log *slog.Logger, target uint64, rate int, runID string) error {
+func run(ctx context.Context, cfg export.Config, log *slog.Logger, target uint64, rate int, runID string, fileEvents []*keyguardv1.Event) error {
 	p, err := export.New(cfg, log)
 	if err != nil {
 		return err
@@ -85,6 +102,9 @@ func run(ctx context.Context, cfg export.Config, log *slog.Logger, target uint64
 	toSend := uint64(0)
 	if next <= target {
 		toSend = target - next + 1
+	}
+	if fileEvents != nil {
+		toSend = uint64(len(fileEvents)) // every run submits the whole file
 	}
 	var interval time.Duration
 	if rate > 0 {
@@ -103,7 +123,12 @@ func run(ctx context.Context, cfg export.Config, log *slog.Logger, target uint64
 				time.Sleep(200 * time.Microsecond)
 			}
 		}
-		if p.Submit(event(runID, k), export.PriorityOf(sample)) {
+		ev, prio := event(runID, k), export.PriorityOf(sample)
+		if fileEvents != nil {
+			ev = fileEvents[k-1]
+			prio = export.PriorityOf(ev)
+		}
+		if p.Submit(ev, prio) {
 			sum.Submitted++
 		} else {
 			sum.Refused++
@@ -157,4 +182,33 @@ func event(runID string, k uint64) *keyguardv1.Event {
 			Detail:          fmt.Sprintf("loadgen run=%s n=%d", runID, k),
 		}},
 	}
+}
+
+// readEvents reads protojson events, one per line (blank lines skipped).
+func readEvents(path string) ([]*keyguardv1.Event, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read -events: %w", err)
+	}
+	var evs []*keyguardv1.Event
+	for i, line := range bytes.Split(data, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		ev := &keyguardv1.Event{}
+		if err := protojson.Unmarshal(line, ev); err != nil {
+			return nil, fmt.Errorf("-events %s line %d: %w", path, i+1, err)
+		}
+		evs = append(evs, ev)
+	}
+	if len(evs) == 0 {
+		return nil, fmt.Errorf("-events %s holds no events", path)
+	}
+	return evs, nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
+	"github.com/keyguard/keyguard/agent/internal/metrics"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 )
 
@@ -47,6 +48,8 @@ type Config struct {
 	PolicyTokenPath string
 	// Hostname is the name operator tokens must carry (default os.Hostname()).
 	Hostname string
+	// Metrics serves Prometheus metrics (see metrics.go; zero: off).
+	Metrics MetricsConfig
 }
 
 // Agent is a running agent.
@@ -65,6 +68,8 @@ type Agent struct {
 	nextID uint64
 	opKey  []byte             // the installed operator key (ed25519.PublicKey)
 	stop   context.CancelFunc // ends Run (after uninstall)
+
+	met *metrics.Agent // nil unless Config.Metrics.Listen is set
 }
 
 // RuleName implements events.Names.
@@ -143,6 +148,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		defer a.exp.Close()
 	}
+	stopMetrics, err := a.startMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	if err := g.RegisterAgent(os.Getpid(), cfg.Loader.PinPath); err != nil {
 		return err
 	}
@@ -275,6 +285,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 func (a *Agent) emit(ev events.Event) {
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
+	}
+	if a.met != nil {
+		a.met.Observe(ev)
 	}
 	if a.exp != nil {
 		pe := ev.Proto(a.cfg.Version)

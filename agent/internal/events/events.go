@@ -467,3 +467,9 @@ func (r *Reader) Run(ctx context.Context, emit func(Event)) error {
 		}
 	}
 }
+
+// IsTamper reports whether a side_door event is an attempt on keyguard's own programs, maps, links or
+// pins (the operations named keyguard_*), as opposed to a side door into a protected process.
+func (ev Event) IsTamper() bool {
+	return ev.Kind == KindSideDoor && strings.HasPrefix(ev.Operation, "keyguard_")
+}

@@ -101,8 +101,9 @@ type Pipeline struct {
 	storeErrs  atomic.Uint64
 	lastErr    atomic.Pointer[string]
 
-	ackHook func(uint64)
-	mu      sync.Mutex // guards close of the spool
+	ackHook   func(uint64)
+	spoolHook func(seq uint64, eventTime time.Time)
+	mu        sync.Mutex // guards close of the spool
 }
 
 // New validates the configuration, loads the TLS material and opens (recovering) the spool.
@@ -152,6 +153,11 @@ func New(cfg Config, log *slog.Logger) (*Pipeline, error) {
 // SetAckHook registers a function called (from the sender goroutine) with each new acknowledged
 // sequence number; for metrics and benchmarks. Call before Run.
 func (p *Pipeline) SetAckHook(f func(ackedSeq uint64)) { p.ackHook = f }
+
+// SetSpoolHook registers a function called (from the writer goroutine) after each event is appended to
+// the spool, with its sequence number and event time; with SetAckHook it measures delivery lag. It
+// must return quickly. Call before Run.
+func (p *Pipeline) SetSpoolHook(f func(seq uint64, eventTime time.Time)) { p.spoolHook = f }
 
 // Submit queues an event for export and returns at once. The pipeline owns ev afterwards (it sets
 // seq, boot id, agent version and, if missing, time). If the queue is full the event is dropped,
@@ -338,10 +344,13 @@ func (p *Pipeline) store(it item) {
 		p.log.Error("export: event without a kind dropped (agent bug); counted as lost")
 		return
 	}
-	_, _, err := p.sp.Append(uint8(kind), it.prio, func(seq uint64, dst []byte) ([]byte, error) {
+	seq, stored, err := p.sp.Append(uint8(kind), it.prio, func(seq uint64, dst []byte) ([]byte, error) {
 		ev.Seq = seq
 		return proto.MarshalOptions{}.MarshalAppend(dst, ev)
 	})
+	if err == nil && stored && p.spoolHook != nil {
+		p.spoolHook(seq, ev.Time.AsTime())
+	}
 	if err != nil {
 		// Refusals for lack of space are counted by the spool itself; this is a real error (disk
 		// failure, oversized event). Count it as queue loss so it is reported.

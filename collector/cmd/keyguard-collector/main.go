@@ -4,6 +4,7 @@
 //	keyguard-collector [serve] [flags]        run the collector (flags override -config YAML)
 //	keyguard-collector certs <init|host|operator|revoke> [flags]
 //	keyguard-collector verify -db DSN [-host H]... [-chain-key-file F]
+//	keyguard-collector console user add -users FILE -name NAME -role admin|viewer   (password on stdin)
 package main
 
 import (
@@ -33,6 +34,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return certs(args[1:], stdout, stderr)
 		case "verify":
 			return verify(ctx, args[1:], stdout, stderr, log)
+		case "console":
+			return consoleCmd(args[1:], os.Stdin, stdout, stderr)
 		case "help", "-h", "--help":
 			usage(stdout)
 			return 0
@@ -52,5 +55,7 @@ func usage(w io.Writer) {
   keyguard-collector certs init|host|operator|revoke [flags]
                                           demo PKI: CA, collector, host and operator certificates, revocation
   keyguard-collector verify -db DSN       verify the hash chains directly in a database
+  keyguard-collector console user add -users FILE -name NAME -role admin|viewer
+                                          add or replace a web console user (password on stdin)
 `)
 }

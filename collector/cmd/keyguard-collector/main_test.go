@@ -215,6 +215,8 @@ func TestCertsAndConfigErrors(t *testing.T) {
 		{"revoke", []string{"certs", "revoke", "-dir", dir, "-name", "web1"}, 0, "revoked web1"},
 		{"serve without TLS files", []string{"serve", "-listen", "127.0.0.1:0", "-db", dir + "/a.db"}, 1, "certs init"},
 		{"plaintext off loopback", []string{"-insecure-plaintext", "-listen", "0.0.0.0:0", "-db", dir + "/a.db"}, 1, "loopback"},
+		{"metrics off loopback", []string{"-insecure-plaintext", "-listen", "127.0.0.1:0", "-db", dir + "/a.db", "-metrics-listen", "0.0.0.0:0"}, 1, "-metrics-allow-remote"},
+		{"metrics off loopback in YAML", []string{"-config", writeFile(t, dir+"/m.yaml", "listen: 127.0.0.1:0\ninsecure_plaintext: true\nmetrics_listen: \":9465\"\n"), "-db", dir + "/a.db"}, 1, "metrics_allow_remote"},
 		{"bad config key", []string{"-config", writeFile(t, dir+"/bad.yaml", "listen: 127.0.0.1:0\nretension: 1h\n")}, 1, "retension"},
 		{"bad duration", []string{"-config", writeFile(t, dir+"/bad2.yaml", "retention:\n  max_age: forever\n")}, 1, "not a duration"},
 		{"unknown command", []string{"frobnicate"}, 2, "unknown command"},

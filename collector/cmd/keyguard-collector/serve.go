@@ -33,6 +33,16 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 	retentionEvery := fs.Duration("retention-interval", time.Duration(d.Retention.Interval), "how often the retention job runs")
 	stale := fs.Duration("stale-after", time.Duration(d.StaleAfter), "list hosts not heard from for this long as stale")
 	maxMsg := fs.Int("max-message-bytes", d.MaxMessageBytes, "largest gRPC message accepted")
+	consoleListen := fs.String("console-listen", "", "web console HTTPS address (off unless set), e.g. 0.0.0.0:8443")
+	consoleCert := fs.String("console-tls-cert", "", "console certificate (default: -tls-cert)")
+	consoleKey := fs.String("console-tls-key", "", "console private key (default: -tls-key)")
+	consolePlain := fs.Bool("console-insecure-plaintext", false, "serve the console over plain HTTP (loopback addresses only; demo)")
+	consoleUsers := fs.String("console-users", "", "console users file (keyguard-collector console user add)")
+	consoleOpKey := fs.String("console-operator-key", "", "Ed25519 operator private key for issuing tokens from the console")
+	consoleAddrFile := fs.String("console-addr-file", "", "write the console's bound address to this file once listening")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9465 (empty: off)")
+	metricsRemote := fs.Bool("metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
+	metricsAddrFile := fs.String("metrics-addr-file", "", "write the bound metrics address to this file once listening (for tests and scripts using port 0)")
 	addrFile := fs.String("addr-file", "", "write the bound address to this file once listening (for tests and scripts using port 0)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -79,6 +89,22 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 			cfg.StaleAfter = server.Duration(*stale)
 		case "max-message-bytes":
 			cfg.MaxMessageBytes = *maxMsg
+		case "console-listen":
+			cfg.Console.Listen = *consoleListen
+		case "console-tls-cert":
+			cfg.Console.TLSCert = *consoleCert
+		case "console-tls-key":
+			cfg.Console.TLSKey = *consoleKey
+		case "console-insecure-plaintext":
+			cfg.Console.InsecurePlaintext = *consolePlain
+		case "console-users":
+			cfg.Console.UsersFile = *consoleUsers
+		case "console-operator-key":
+			cfg.Console.OperatorKey = *consoleOpKey
+		case "metrics-listen":
+			cfg.MetricsListen = *metricsListen
+		case "metrics-allow-remote":
+			cfg.MetricsAllowRemote = *metricsRemote
 		}
 	})
 	srv, err := server.New(ctx, cfg, log)
@@ -86,12 +112,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 		fmt.Fprintln(stderr, "keyguard-collector:", err)
 		return 1
 	}
-	if *addrFile != "" {
-		tmp := *addrFile + ".tmp"
-		if err := os.WriteFile(tmp, []byte(srv.Addr().String()+"\n"), 0o644); err == nil {
-			err = os.Rename(tmp, *addrFile)
+	if a := srv.ConsoleAddr(); a != nil && *consoleAddrFile != "" {
+		if err := writeAddr(*consoleAddrFile, a.String()); err != nil {
+			fmt.Fprintln(stderr, "keyguard-collector: write -console-addr-file:", err)
+			return 1
 		}
-		if err != nil {
+	}
+	if a := srv.MetricsAddr(); a != nil && *metricsAddrFile != "" {
+		if err := writeAddr(*metricsAddrFile, a.String()); err != nil {
+			fmt.Fprintln(stderr, "keyguard-collector: write -metrics-addr-file:", err)
+			return 1
+		}
+	}
+	if *addrFile != "" { // written last: tests wait for it
+		if err := writeAddr(*addrFile, srv.Addr().String()); err != nil {
 			fmt.Fprintln(stderr, "keyguard-collector: write -addr-file:", err)
 			return 1
 		}
@@ -116,4 +150,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 		return 1
 	}
 	return 0
+}
+
+// writeAddr writes addr to path atomically (readers see the whole address or no file).
+func writeAddr(path, addr string) error {
+	tmp := path + ".tmp"
+	err := os.WriteFile(tmp, []byte(addr+"\n"), 0o644)
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	return err
 }

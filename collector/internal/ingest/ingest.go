@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keyguard/keyguard/collector/internal/identity"
+	"github.com/keyguard/keyguard/collector/internal/metrics"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
@@ -32,7 +33,11 @@ type Server struct {
 	log     *slog.Logger
 	stored  func()              // called after each commit that stored events (wakes watchers)
 	revoked func(*big.Int) bool // consulted on every batch; nil = never
+	metrics *metrics.Collector  // nil: no metrics
 }
+
+// SetMetrics makes the server record ingest metrics in m. Call before serving.
+func (s *Server) SetMetrics(m *metrics.Collector) { s.metrics = m }
 
 // New returns an ingest server. stored and revoked may be nil.
 func New(st *store.Store, log *slog.Logger, stored func(), revoked func(*big.Int) bool) *Server {
@@ -59,6 +64,8 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 	if err := stream.Send(&pb.PushResponse{AckedSeq: acked, Host: host}); err != nil {
 		return err
 	}
+	s.metrics.StreamOpened(host, acked)
+	defer s.metrics.StreamClosed()
 	log.Info("agent stream opened", "identity", id.String(), "acked_seq", acked)
 	for {
 		req, err := stream.Recv()
@@ -73,10 +80,12 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 			return err
 		}
 		if id.Serial != nil && s.revoked != nil && s.revoked(id.Serial) {
+			s.metrics.Rejected(metrics.ReasonRevoked, len(req.GetEvents()))
 			log.Warn("closing stream of revoked certificate", "serial", id.Serial.Text(16))
 			return status.Errorf(codes.PermissionDenied, "client certificate %q has been revoked", host)
 		}
-		if err := validate(host, req); err != nil {
+		if reason, err := validate(host, req); err != nil {
+			s.metrics.Rejected(reason, len(req.GetEvents()))
 			log.Warn("refused batch", "err", err)
 			return err
 		}
@@ -89,8 +98,9 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 		}
 		res, err := s.store.Append(ctx, host, req.GetEvents(), skipped)
 		if err != nil {
-			return s.storeError(ctx, log, err)
+			return s.storeError(ctx, log, err, len(req.GetEvents()))
 		}
+		s.metrics.Batch(host, res.Stored, res.Duplicates, res.Acked)
 		if res.Stored > 0 {
 			s.stored()
 		}
@@ -100,53 +110,57 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 	}
 }
 
-func (s *Server) storeError(ctx context.Context, log *slog.Logger, err error) error {
+func (s *Server) storeError(ctx context.Context, log *slog.Logger, err error, n int) error {
 	switch {
 	case errors.Is(err, store.ErrConflict):
+		s.metrics.Rejected(metrics.ReasonConflict, n)
 		log.Error("refused batch: sequence conflict", "err", err)
 		return status.Errorf(codes.AlreadyExists, "%v", err)
 	case errors.Is(err, store.ErrInvalid):
+		s.metrics.Rejected(metrics.ReasonInvalid, n)
 		log.Warn("refused batch", "err", err)
 		return status.Errorf(codes.InvalidArgument, "%v", err)
 	case ctx.Err() != nil:
 		return status.FromContextError(ctx.Err()).Err()
 	default:
+		s.metrics.Rejected(metrics.ReasonStorage, n)
 		log.Error("storing batch failed", "err", err)
 		return status.Errorf(codes.Unavailable, "collector could not store the batch (nothing of it was acknowledged; retry): %v", err)
 	}
 }
 
-func validate(host string, req *pb.PushRequest) error {
+// validate checks a batch before it is stored; a refusal names its reason (a metrics label).
+func validate(host string, req *pb.PushRequest) (reason string, err error) {
 	if n := len(req.GetEvents()); n > MaxBatchEvents {
-		return status.Errorf(codes.InvalidArgument, "batch of %d events exceeds the limit of %d: send smaller batches", n, MaxBatchEvents)
+		return metrics.ReasonTooManyEvents, status.Errorf(codes.InvalidArgument, "batch of %d events exceeds the limit of %d: send smaller batches", n, MaxBatchEvents)
 	}
 	if n := len(req.GetSkipped()); n > MaxSkipped {
-		return status.Errorf(codes.InvalidArgument, "%d skipped ranges exceed the limit of %d: merge them", n, MaxSkipped)
+		return metrics.ReasonTooManySkipped, status.Errorf(codes.InvalidArgument, "%d skipped ranges exceed the limit of %d: merge them", n, MaxSkipped)
 	}
 	for i, ev := range req.GetEvents() {
 		if ev == nil {
-			return status.Errorf(codes.InvalidArgument, "event %d of the batch is empty", i)
+			return metrics.ReasonEmptyEvent, status.Errorf(codes.InvalidArgument, "event %d of the batch is empty", i)
 		}
 		if ev.GetHost() != "" && ev.GetHost() != host {
-			return status.Errorf(codes.PermissionDenied, "event seq %d claims host %q but the client certificate identifies %q: agents must leave host empty", ev.GetSeq(), ev.GetHost(), host)
+			return metrics.ReasonHostMismatch, status.Errorf(codes.PermissionDenied, "event seq %d claims host %q but the client certificate identifies %q: agents must leave host empty", ev.GetSeq(), ev.GetHost(), host)
 		}
 		if ev.GetSeq() == 0 {
-			return status.Errorf(codes.InvalidArgument, "event %d of the batch has sequence number 0: sequence numbers start at 1", i)
+			return metrics.ReasonZeroSequence, status.Errorf(codes.InvalidArgument, "event %d of the batch has sequence number 0: sequence numbers start at 1", i)
 		}
 		// A kind newer than this collector arrives as unknown fields: it is stored (kind unspecified) rather
 		// than refused, so a newer agent is never stuck behind an older collector.
 		if store.KindOf(ev) == pb.EventKind_EVENT_KIND_UNSPECIFIED && len(ev.ProtoReflect().GetUnknown()) == 0 {
-			return status.Errorf(codes.InvalidArgument, "event seq %d has no kind set", ev.GetSeq())
+			return metrics.ReasonNoKind, status.Errorf(codes.InvalidArgument, "event seq %d has no kind set", ev.GetSeq())
 		}
 		if ev.GetTime() == nil {
-			return status.Errorf(codes.InvalidArgument, "event seq %d has no time", ev.GetSeq())
+			return metrics.ReasonNoTime, status.Errorf(codes.InvalidArgument, "event seq %d has no time", ev.GetSeq())
 		}
 		if err := ev.GetTime().CheckValid(); err != nil {
-			return status.Errorf(codes.InvalidArgument, "event seq %d has an invalid time: %v", ev.GetSeq(), err)
+			return metrics.ReasonInvalidTime, status.Errorf(codes.InvalidArgument, "event seq %d has an invalid time: %v", ev.GetSeq(), err)
 		}
 		if sz := proto.Size(ev); sz > MaxEventBytes {
-			return status.Errorf(codes.InvalidArgument, "event seq %d is %d bytes, over the per-event limit of %d", ev.GetSeq(), sz, MaxEventBytes)
+			return metrics.ReasonTooLarge, status.Errorf(codes.InvalidArgument, "event seq %d is %d bytes, over the per-event limit of %d", ev.GetSeq(), sz, MaxEventBytes)
 		}
 	}
-	return nil
+	return "", nil
 }

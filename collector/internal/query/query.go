@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/keyguard/keyguard/collector/internal/metrics"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
@@ -54,8 +55,9 @@ func (n *Notifier) Wait() <-chan struct{} {
 
 // Options tune the server.
 type Options struct {
-	StaleAfter   time.Duration // hosts not seen for this long are STALE (default 5m)
-	PollInterval time.Duration // how often watchers look for events stored by other collectors (default 1s)
+	StaleAfter   time.Duration      // hosts not seen for this long are STALE (default 5m)
+	PollInterval time.Duration      // how often watchers look for events stored by other collectors (default 1s)
+	Metrics      *metrics.Collector // chain verification results (nil: none)
 }
 
 // Server is the QueryService implementation.
@@ -236,6 +238,7 @@ func (s *Server) VerifyChain(ctx context.Context, req *pb.VerifyChainRequest) (*
 		return nil, storageErr(ctx, s.log, "verify chains", err)
 	}
 	for _, r := range reps {
+		s.opts.Metrics.ChainVerified(r.GetHost(), r.GetOk())
 		if !r.GetOk() {
 			s.log.Warn("hash chain verification failed", "host", r.GetHost(), "problems", len(r.GetProblems()))
 		}

@@ -4,6 +4,7 @@ package server
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -20,11 +21,15 @@ import (
 	"google.golang.org/grpc/reflection"
 	"gopkg.in/yaml.v3"
 
+	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/collector/internal/console"
 	"github.com/keyguard/keyguard/collector/internal/identity"
 	"github.com/keyguard/keyguard/collector/internal/ingest"
+	"github.com/keyguard/keyguard/collector/internal/metrics"
 	"github.com/keyguard/keyguard/collector/internal/query"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	"github.com/keyguard/keyguard/collector/internal/tlsconfig"
+	"github.com/keyguard/keyguard/collector/metricsserver"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -79,6 +84,32 @@ type Config struct {
 	MaxMessageBytes int `yaml:"max_message_bytes"`
 	// WatchPoll: how often watchers poll for events stored by other collectors (default 1s).
 	WatchPoll Duration `yaml:"watch_poll"`
+	// MetricsListen: plain-HTTP address of Prometheus metrics at /metrics, e.g. 127.0.0.1:9465 (""
+	// = off). A non-loopback address needs MetricsAllowRemote.
+	MetricsListen      string `yaml:"metrics_listen"`
+	MetricsAllowRemote bool   `yaml:"metrics_allow_remote"`
+	// MetricsMaxHosts caps the distinct host label values (default 2000; later hosts share "_other").
+	MetricsMaxHosts int `yaml:"metrics_max_hosts"`
+	// Console is the operator web console (off unless Listen is set).
+	Console ConsoleConfig `yaml:"console"`
+}
+
+// ConsoleConfig configures the operator web console (package console).
+type ConsoleConfig struct {
+	// Listen is the HTTPS address, e.g. "0.0.0.0:8443"; empty disables the console.
+	Listen string `yaml:"listen"`
+	// TLSCert and TLSKey: the console's certificate; default the collector's tls.cert and tls.key.
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// InsecurePlaintext serves plain HTTP; only allowed on a loopback address.
+	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+	// UsersFile lists operators (name:role:hash); required.
+	UsersFile string `yaml:"users_file"`
+	// OperatorKey is the Ed25519 private key (PKCS#8 PEM) signing tokens; empty disables issuance.
+	OperatorKey string `yaml:"operator_key"`
+	// SessionIdle and SessionMax expire sessions unused for that long (default 30m) or that old (12h).
+	SessionIdle Duration `yaml:"session_idle"`
+	SessionMax  Duration `yaml:"session_max"`
 }
 
 // Defaults returns a configuration with default values.
@@ -109,18 +140,13 @@ func LoadFile(path string) (Config, error) {
 	return c, nil
 }
 
-// IsLoopback reports whether a listen address only accepts local connections.
-func IsLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
+// metricsNames spell the metrics options in errors: the YAML key and the flag.
+func metricsNames() metricsserver.Names {
+	return metricsserver.Names{Listen: "metrics_listen (-metrics-listen)", AllowRemote: "metrics_allow_remote: true (-metrics-allow-remote)"}
 }
+
+// IsLoopback reports whether a listen address only accepts local connections.
+func IsLoopback(addr string) bool { return metricsserver.IsLoopback(addr) }
 
 // Server is a configured collector.
 type Server struct {
@@ -131,6 +157,12 @@ type Server struct {
 	lis    net.Listener
 	grpc   *grpc.Server
 	health *health.Server
+
+	console      *console.Console
+	consoleLis   net.Listener
+	consoleCerts *console.CertLoader
+	metrics      *metrics.Collector // nil: metrics off
+	metricsLis   net.Listener
 }
 
 // New opens storage, loads TLS material and binds the listener. Call Serve, which also closes everything.
@@ -139,6 +171,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, log: log}
+	if cfg.MetricsListen != "" {
+		// Checked first: a refused address must not leave storage or listeners half set up.
+		if err := metricsserver.Check(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
+			return nil, err
+		}
+		s.metrics = metrics.New(cfg.MetricsMaxHosts)
+	}
 	var creds grpc.ServerOption
 	auth := identity.Authorizer{}
 	if cfg.InsecurePlaintext {
@@ -169,7 +208,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", cfg.Storage.ChainKeyFile)
 		}
 	}
-	st, err := store.Open(ctx, store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log})
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log}
+	if s.metrics != nil {
+		sopts.Timed = s.metrics.ObserveStore
+	}
+	st, err := store.Open(ctx, sopts)
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +223,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.lis = lis
+	if s.metrics != nil {
+		if s.metricsLis, err = metricsserver.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
+			lis.Close()
+			st.Close()
+			return nil, err
+		}
+	}
 
 	maxMsg := cfg.MaxMessageBytes
 	if maxMsg <= 0 {
@@ -197,16 +247,80 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	notifier := query.NewNotifier()
-	pb.RegisterIngestServiceServer(s.grpc, ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked))
-	pb.RegisterQueryServiceServer(s.grpc, query.New(st, log.With("service", "query"), notifier,
-		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll)}))
+	ing := ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked)
+	ing.SetMetrics(s.metrics)
+	pb.RegisterIngestServiceServer(s.grpc, ing)
+	qs := query.New(st, log.With("service", "query"), notifier,
+		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll), Metrics: s.metrics})
+	pb.RegisterQueryServiceServer(s.grpc, qs)
 	s.health = health.NewServer()
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	for _, svc := range []string{"", pb.IngestService_ServiceDesc.ServiceName, pb.QueryService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
+	if cfg.Console.Listen != "" {
+		if err := s.newConsole(cfg, qs); err != nil {
+			lis.Close()
+			st.Close()
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// newConsole prepares the web console: TLS material, users, operator key and its listener.
+func (s *Server) newConsole(cfg Config, qs *query.Server) error {
+	cc := cfg.Console
+	if cc.InsecurePlaintext {
+		if !IsLoopback(cc.Listen) {
+			return fmt.Errorf("console.insecure_plaintext is only allowed on a loopback address (127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not %q: configure console TLS (console.tls_cert/tls_key, or the collector's tls.cert/tls.key)", cc.Listen)
+		}
+		s.log.Warn("!!! console serves plain HTTP: loopback demo use only !!!", "listen", cc.Listen)
+	} else {
+		cert, key := cc.TLSCert, cc.TLSKey
+		if cert == "" && key == "" {
+			cert, key = cfg.TLS.Cert, cfg.TLS.Key
+		}
+		if cert == "" || key == "" {
+			return errors.New("the console needs a TLS certificate: set console.tls_cert and console.tls_key, or the collector's tls.cert and tls.key")
+		}
+		l, err := console.NewCertLoader(cert, key)
+		if err != nil {
+			return err
+		}
+		s.consoleCerts = l
+	}
+	var priv ed25519.PrivateKey
+	if cc.OperatorKey != "" {
+		k, err := optoken.LoadPrivateKey(cc.OperatorKey)
+		if err != nil {
+			return fmt.Errorf("console.operator_key: %w (create one with 'keyguard token keygen')", err)
+		}
+		priv = k
+	}
+	c, err := console.New(console.Options{
+		Store: s.store, Query: qs, Log: s.log.With("service", "console"), UsersFile: cc.UsersFile, OperatorKey: priv,
+		SessionIdle: time.Duration(cc.SessionIdle), SessionMax: time.Duration(cc.SessionMax),
+		StaleAfter: time.Duration(cfg.StaleAfter), Plaintext: cc.InsecurePlaintext,
+	})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", cc.Listen)
+	if err != nil {
+		return fmt.Errorf("console: listen on %s: %w", cc.Listen, err)
+	}
+	s.console, s.consoleLis = c, lis
+	return nil
+}
+
+// ConsoleAddr is the console's bound address (nil when the console is off).
+func (s *Server) ConsoleAddr() net.Addr {
+	if s.consoleLis == nil {
+		return nil
+	}
+	return s.consoleLis.Addr()
 }
 
 // Addr is the bound listen address.
@@ -214,6 +328,14 @@ func (s *Server) Addr() net.Addr { return s.lis.Addr() }
 
 // Store is the open store.
 func (s *Server) Store() *store.Store { return s.store }
+
+// MetricsAddr is the bound metrics address (nil when metrics are off).
+func (s *Server) MetricsAddr() net.Addr {
+	if s.metricsLis == nil {
+		return nil
+	}
+	return s.metricsLis.Addr()
+}
 
 // TLS is the TLS manager (nil in plaintext mode).
 func (s *Server) TLS() *tlsconfig.Manager { return s.tls }
@@ -226,6 +348,27 @@ func (s *Server) Serve(ctx context.Context) error {
 	retCtx, stopRet := context.WithCancel(ctx)
 	retDone := make(chan struct{})
 	go func() { defer close(retDone); s.retention(retCtx) }()
+	consoleDone := make(chan struct{})
+	if s.console != nil {
+		go func() {
+			defer close(consoleDone)
+			if err := s.console.Serve(retCtx, s.consoleLis, s.consoleCerts); err != nil && retCtx.Err() == nil {
+				s.log.Error("console stopped", "err", err)
+			}
+		}()
+	} else {
+		close(consoleDone)
+	}
+	metricsDone := make(chan struct{})
+	go func() {
+		defer close(metricsDone)
+		if s.metricsLis == nil {
+			return
+		}
+		if err := metricsserver.Serve(retCtx, s.metricsLis, s.metrics.Registry(), s.log); err != nil {
+			s.log.Error("metrics endpoint stopped", "err", err)
+		}
+	}()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -233,6 +376,8 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopRet()
 	<-retDone
+	<-consoleDone
+	<-metricsDone
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(stopped) }()

@@ -43,6 +43,7 @@ const insertColumns = 19
 // same content, is a duplicate and is not stored again. A seq already stored with different content
 // fails the whole batch with ErrConflict; nothing of the batch is stored then.
 func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, skipped []Range) (AppendResult, error) {
+	start := time.Now()
 	var res AppendResult
 	if host == "" {
 		return res, fmt.Errorf("%w: empty host", ErrInvalid)
@@ -292,9 +293,12 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 			return res, fmt.Errorf("prune skipped ranges: %w", err)
 		}
 	}
+	commitStart := time.Now()
 	if err := tx.Commit(); err != nil {
 		return res, fmt.Errorf("commit events of host %q: %w", host, err)
 	}
+	s.since("commit", commitStart)
+	s.since("append", start)
 	res.Acked = st.acked
 	return res, nil
 }

@@ -131,6 +131,7 @@ func scanEvents(rows *sql.Rows) ([]*pb.StoredEvent, []Cursor, error) {
 // List returns up to limit events matching f in (time, host, seq) order, after the cursor if given.
 // next is nil when there are no more events.
 func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *Cursor, newestFirst bool) ([]*pb.StoredEvent, *Cursor, error) {
+	defer s.since("list", time.Now())
 	w := filterWhere(f)
 	cmp, order := ">", "ASC"
 	if newestFirst {
@@ -202,6 +203,7 @@ func (s *Store) ChainRange(ctx context.Context, host string, after, upto uint64,
 // Hosts returns the known hosts (all when names is empty), sorted by name. A host not seen for staleAfter
 // is HOST_STATUS_STALE.
 func (s *Store) Hosts(ctx context.Context, names []string, now time.Time, staleAfter time.Duration) ([]*pb.Host, error) {
+	defer s.since("hosts", time.Now())
 	w := &where{}
 	vals := make([]any, len(names))
 	for i, n := range names {

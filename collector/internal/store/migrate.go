@@ -123,6 +123,57 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		// Console: sessions shared by every collector of the database, a record of issued operator
+		// tokens, and an index for the console's most common search (one host, a time range, newest first).
+		version: 2,
+		sqlite: []string{
+			`CREATE INDEX events_host_time ON events (host, time_ns, seq)`,
+			`CREATE TABLE console_sessions (
+				id_hash BLOB PRIMARY KEY,
+				username TEXT NOT NULL,
+				csrf TEXT NOT NULL,
+				created_ns INTEGER NOT NULL,
+				last_ns INTEGER NOT NULL
+			)`,
+			`CREATE TABLE console_tokens (
+				id INTEGER PRIMARY KEY AUTOINCREMENT,
+				issued_ns INTEGER NOT NULL,
+				expires_ns INTEGER NOT NULL,
+				operator TEXT NOT NULL,
+				action TEXT NOT NULL,
+				host TEXT NOT NULL,
+				reason TEXT NOT NULL,
+				detail TEXT NOT NULL,
+				nonce TEXT NOT NULL,
+				token_sha256 BLOB NOT NULL,
+				collector TEXT NOT NULL
+			)`,
+		},
+		postgres: []string{
+			`CREATE INDEX events_host_time ON events (host, time_ns, seq)`,
+			`CREATE TABLE console_sessions (
+				id_hash BYTEA PRIMARY KEY,
+				username TEXT NOT NULL,
+				csrf TEXT NOT NULL,
+				created_ns BIGINT NOT NULL,
+				last_ns BIGINT NOT NULL
+			)`,
+			`CREATE TABLE console_tokens (
+				id BIGSERIAL PRIMARY KEY,
+				issued_ns BIGINT NOT NULL,
+				expires_ns BIGINT NOT NULL,
+				operator TEXT NOT NULL,
+				action TEXT NOT NULL,
+				host TEXT NOT NULL,
+				reason TEXT NOT NULL,
+				detail TEXT NOT NULL,
+				nonce TEXT NOT NULL,
+				token_sha256 BYTEA NOT NULL,
+				collector TEXT NOT NULL
+			)`,
+		},
+	},
 }
 
 // migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.

@@ -55,6 +55,9 @@ type Options struct {
 	MaxAhead uint64
 	// Logger receives operational messages (nil = discard).
 	Logger *slog.Logger
+	// Timed, when set, receives the duration of each append (and of its commit alone), list, hosts
+	// and verify operation, named "append", "commit", "list", "hosts", "verify" (for metrics).
+	Timed func(op string, d time.Duration)
 }
 
 // Store is an open event database. It is safe for concurrent use.
@@ -65,6 +68,14 @@ type Store struct {
 	collector string
 	maxAhead  uint64
 	log       *slog.Logger
+	timed     func(op string, d time.Duration)
+}
+
+// since reports the time since start for op to Options.Timed.
+func (s *Store) since(op string, start time.Time) {
+	if s.timed != nil {
+		s.timed(op, time.Since(start))
+	}
 }
 
 // ParseDSN says which backend a DSN selects and returns the driver name and driver DSN.
@@ -132,6 +143,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		collector: opts.Collector,
 		maxAhead:  opts.MaxAhead,
 		log:       log,
+		timed:     opts.Timed,
 	}
 	if s.maxAhead == 0 {
 		s.maxAhead = DefaultMaxAhead

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -18,6 +19,7 @@ const MaxProblems = 100
 // Verify recomputes the hash chain of each host (all hosts when names is empty) and reports events that
 // were modified, deleted or relinked, and a chain head that no longer matches.
 func (s *Store) Verify(ctx context.Context, names []string) ([]*pb.HostChainReport, error) {
+	defer s.since("verify", time.Now())
 	if len(names) == 0 {
 		rows, err := s.db.QueryContext(ctx, `SELECT host FROM hosts UNION SELECT DISTINCT host FROM events ORDER BY 1`)
 		if err != nil {
