@@ -34,8 +34,13 @@ fi
 mirror=${mirror:-http://deb.debian.org/debian}
 
 tmp=$(mktemp -d "$cache/rootfs/.build.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
 r=$tmp/root
+# debootstrap mounts proc and sys in the target while it runs; never let rm descend into them.
+cleanup() {
+	for m in proc sys dev/pts dev; do umount -l "$r/$m" 2>/dev/null || true; done
+	rm -rf --one-file-system "$tmp"
+}
+trap cleanup EXIT
 start=$(date +%s)
 echo "rootfs.sh: debootstrap bookworm from $mirror (about 40 s)" >&2
 debootstrap --variant=minbase \
