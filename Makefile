@@ -3,6 +3,8 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED ?= 0
 KERNELS ?= 6.1 6.12
+# Kernels for the systemd VM test (Debian 12 + systemd as PID 1, the .deb packages).
+SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
 # Extra vmtest flags, e.g. make vmtest VMTEST_FLAGS="-run TestDeny -suites agent -v"
 VMTEST_FLAGS ?=
@@ -16,7 +18,7 @@ demo: deps ## Boot the VM with agent + sample signing service, run the attacks, 
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -demo $(VMTEST_FLAGS)
 
 .PHONY: check
-check: deps check-generate lint test vmtest ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on both kernels
+check: deps check-generate lint test vmtest vmtest-systemd ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on both kernels, the packages under systemd
 
 ##@ Pieces
 
@@ -48,6 +50,11 @@ check-generate: generate ## Fail if `make generate` changes any committed file
 build: ## Build all binaries into bin/
 	$(GO) build -trimpath -o bin/ ./agent/cmd/... ./collector/cmd/...
 
+.PHONY: packages
+packages: ## Build the .deb packages and container image tarballs into out/ (VERSION=... overrides git describe)
+	$(GO) build -trimpath -ldflags "-s -w -X main.version=$$($(GO) run ./deploy/cmd/kgpackage -print-version $(if $(VERSION),-version $(VERSION)))" -o out/bin/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector
+	$(GO) run ./deploy/cmd/kgpackage -bin out/bin -out out $(if $(VERSION),-version $(VERSION))
+
 .PHONY: lint
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -60,6 +67,10 @@ test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
 .PHONY: vmtest
 vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in testvm/out/<series>/)
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" $(VMTEST_FLAGS)
+
+.PHONY: vmtest-systemd
+vmtest-systemd: deps ## The .deb packages on Debian 12 with systemd as PID 1 in QEMU: dpkg, systemd-coredump, upgrade under attack, removal (kernels SYSTEMD_KERNELS; logs in testvm/out/systemd/)
+	$(GO) run ./testvm/cmd/vmtest -systemd -cache $(CACHE) -kernels "$(SYSTEMD_KERNELS)" $(VMTEST_FLAGS)
 
 .PHONY: help
 help: ## Show this help

@@ -2,7 +2,9 @@
 # Usage: bash testvm/setup.sh CACHE
 # Idempotent and fast when everything is present:
 #  1. installs the Debian packages listed in .ci/packages.txt that are missing;
-#  2. fetches the stock kernels pinned in testvm/kernels.txt into CACHE/kernels/<series>/{vmlinuz,package}.
+#  2. fetches the stock kernels pinned in testvm/kernels.txt into CACHE/kernels/<series>/{vmlinuz,package};
+#  3. builds the systemd VM's Debian 12 root (testvm/rootfs.sh) into CACHE/rootfs/ when it is absent
+#     or its recipe changed (~1 min, needs root and the Debian mirror).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -103,3 +105,6 @@ while read -r series pkg _; do
 	trap - EXIT
 	echo "setup.sh: $series: $(cat "$dir/package") ($(du -h "$dir/vmlinuz" | cut -f1))" >&2
 done < <(entries "$root/testvm/kernels.txt")
+
+# 3. The systemd VM's root file system.
+"${sudo[@]}" bash "$root/testvm/rootfs.sh" "$cache"

@@ -119,6 +119,11 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 	for _, s := range img.suites {
 		jobs = append(jobs, job{[]string{"test", "-c", "-o", filepath.Join(dir, "tests", s.name+".test"), s.pkg.ImportPath}, s.pkg.ImportPath})
 	}
+	if cfg.systemd {
+		for _, p := range packagedBinaries {
+			jobs = append(jobs, job{[]string{"build", "-o", filepath.Join(dir, "pkgbin", path.Base(p)), p}, p})
+		}
+	}
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -155,7 +160,12 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 	if cfg.compress == "gzip" {
 		img.path += ".gz"
 	}
-	if err := writeImage(img, dir, cfg.compress); err != nil {
+	if cfg.systemd {
+		img.path = filepath.Join(dir, "initrd-systemd")
+		if err := writeSystemdImage(cfg, img, dir); err != nil {
+			return nil, err
+		}
+	} else if err := writeImage(img, dir, cfg.compress); err != nil {
 		return nil, err
 	}
 	st, err := os.Stat(img.path)

@@ -47,6 +47,7 @@ type config struct {
 	suitesFile   string
 	binsFile     string
 	out          string // output folder, testvm/out by default
+	systemd      bool   // boot the cached Debian 12 + systemd root instead of the Go /init image
 }
 
 type multiFlag []string
@@ -81,7 +82,31 @@ func mainErr() int {
 	flag.StringVar(&cfg.out, "out", "testvm/out", "output folder (relative to the module root); one vmtest at a time per folder")
 	flag.StringVar(&cfg.suitesFile, "suites-file", "testvm/suites.txt", "list of suite packages, relative to the module root")
 	flag.StringVar(&cfg.binsFile, "bins-file", "testvm/bins.txt", "list of main packages for /bin, relative to the module root")
+	flag.BoolVar(&cfg.systemd, "systemd", false, "boot Debian 12 with systemd as PID 1 (root from testvm/rootfs.sh in the cache) with the .deb packages, and run the suites in -suites-file (default testvm/systemd-suites.txt) as a systemd service")
 	flag.Parse()
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if cfg.systemd {
+		if !set["suites-file"] {
+			cfg.suitesFile = "testvm/systemd-suites.txt"
+		}
+		if !set["bins-file"] {
+			cfg.binsFile = "testvm/systemd-bins.txt"
+		}
+		if !set["mem"] {
+			cfg.memMB = 1536
+		}
+		if !set["out"] {
+			cfg.out = "testvm/out/systemd"
+		}
+		// Redacting a ~80 MB dump and scanning it take minutes under TCG on a busy host.
+		if !set["suite-timeout"] {
+			cfg.suiteTimeout = 20 * time.Minute
+		}
+		if !set["timeout"] {
+			cfg.timeout = 30 * time.Minute
+		}
+	}
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "vmtest: unexpected arguments %q\n", flag.Args())
 		return 2
@@ -127,6 +152,9 @@ func (c *config) check(suites string) error {
 	c.out = inRoot(root, c.out)
 	if len(c.kernels) == 0 {
 		return errors.New("-kernels is empty")
+	}
+	if c.demo && c.systemd {
+		return errors.New("-demo and -systemd do not go together")
 	}
 	if c.demo {
 		c.kernels = c.kernels[len(c.kernels)-1:]

@@ -58,7 +58,7 @@ func cmdline(cfg *config, series string) string {
 	// Under TCG on a busy 2-core host the guest can lose the CPU for seconds; the default RCU stall
 	// (21 s) and soft-lockup (20 s) detectors would then print stack traces that fail the run. They
 	// stay on, with their longest thresholds, to still catch a real hang.
-	words := []string{"console=ttyS0", "quiet", "panic=-1", "rcupdate.rcu_cpu_stall_timeout=300", "watchdog_thresh=60",
+	words := []string{"console=ttyS0", "quiet", "panic=-1", "rcupdate.rcu_cpu_stall_timeout=300", "watchdog_thresh=60", systemdWords(cfg),
 		"KEYGUARD_KERNEL=" + series, "KEYGUARD_MODE=" + mode,
 		"KEYGUARD_SUITE_TIMEOUT=" + strconv.Itoa(int(cfg.suiteTimeout.Seconds()))}
 	for _, kv := range []struct{ k, v string }{{"KEYGUARD_RUN", cfg.run}, {"KEYGUARD_BENCH", cfg.bench}, {"KEYGUARD_BENCHTIME", cfg.benchtime}, {"KEYGUARD_ENV", strings.Join(cfg.env, "\x00")}} {

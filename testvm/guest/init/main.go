@@ -13,6 +13,11 @@
 //	KEYGUARD_BENCHTIME=<base64url>  -test.benchtime value
 //	KEYGUARD_ENV=<base64url>        extra environment for the tests, NUL-separated KEY=VAL
 //	KEYGUARD_SUITE_TIMEOUT=<secs>   per-binary timeout
+//
+// In the systemd image (vmtest -systemd) the same binary runs as a systemd service instead of PID 1
+// (it notices by its pid): systemd has mounted everything and /etc is Debian's, so it skips setup,
+// reads the KEYGUARD_* words from /proc/cmdline, finds the suites below ServiceRoot, never kills
+// other processes between suites (they are systemd's), and powers off through systemctl.
 package main
 
 import (
@@ -21,6 +26,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"strconv"
@@ -34,16 +40,35 @@ import (
 )
 
 const (
-	manifestPath  = "/tests/manifest"
 	demoBinary    = "/bin/keyguard-demo"
 	artifactsRoot = "/run/keyguard/artifacts"
+	// ServiceRoot holds tests/, bin/ and debs/ in the systemd image.
+	serviceRoot = "/opt/keyguard-test"
 )
+
+// service is true when this runs as a systemd service rather than as PID 1.
+var service = os.Getpid() != 1
+
+// root is where tests/ (and in service mode bin/) are.
+func root() string {
+	if service {
+		return serviceRoot
+	}
+	return "/"
+}
 
 func main() {
 	start := time.Now()
 	con := console.NewWriter(os.Stdout)
 	run(con)
 	unix.Sync()
+	if service {
+		if out, err := exec.Command("systemctl", "poweroff", "--no-block").CombinedOutput(); err == nil {
+			return
+		} else {
+			fmt.Fprintf(os.Stderr, "init: systemctl poweroff: %v: %s\n", err, out)
+		}
+	}
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	// Not reached unless reboot failed; PID 1 exiting panics the kernel, which panic=-1 turns into
 	// a reboot that -no-reboot turns into QEMU exiting.
@@ -61,7 +86,24 @@ type settings struct {
 	suiteTimeout time.Duration
 }
 
+// cmdlineEnv sets the KEYGUARD_* words of the kernel command line as environment (systemd does not
+// hand them to services).
+func cmdlineEnv() {
+	b, err := os.ReadFile("/proc/cmdline")
+	if err != nil {
+		return
+	}
+	for _, w := range strings.Fields(string(b)) {
+		if k, v, ok := strings.Cut(w, "="); ok && strings.HasPrefix(k, "KEYGUARD_") {
+			os.Setenv(k, v)
+		}
+	}
+}
+
 func readSettings() (settings, error) {
+	if service {
+		cmdlineEnv()
+	}
 	s := settings{
 		kernel:       os.Getenv("KEYGUARD_KERNEL"),
 		mode:         os.Getenv("KEYGUARD_MODE"),
@@ -102,7 +144,10 @@ func readSettings() (settings, error) {
 // run does everything between boot and power-off and reports whether the guest side passed.
 func run(con *console.Writer) bool {
 	start := time.Now()
-	setupErrs := setup()
+	var setupErrs []error
+	if !service {
+		setupErrs = setup()
+	}
 	uptime := readUptime()
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
@@ -144,7 +189,7 @@ func run(con *console.Writer) bool {
 }
 
 func readManifest() ([]string, error) {
-	data, err := os.ReadFile(manifestPath)
+	data, err := os.ReadFile(path.Join(root(), "tests/manifest"))
 	if err != nil {
 		return nil, fmt.Errorf("reading the suite list: %w", err)
 	}
@@ -160,6 +205,10 @@ func readManifest() ([]string, error) {
 // runSuite runs one test binary (or the demo) and ships its artifacts. It reports success.
 func runSuite(con *console.Writer, s settings, name string) bool {
 	artifacts := path.Join(artifactsRoot, name)
+	if service {
+		// /run/keyguard is the agent unit's RuntimeDirectory, which package removal deletes.
+		artifacts = path.Join("/run/keyguard-vmtest/artifacts", name)
+	}
 	_ = os.RemoveAll(artifacts)
 	if err := os.MkdirAll(artifacts, 0o777); err != nil {
 		con.Note("%s: %v", name, err)
@@ -167,13 +216,20 @@ func runSuite(con *console.Writer, s settings, name string) bool {
 	}
 	_ = os.Chmod(artifacts, 0o777) // tests running as the unprivileged user may write here too
 
+	pathEnv := "PATH=/bin"
+	if service {
+		pathEnv = "PATH=" + path.Join(serviceRoot, "bin") + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	}
 	env := []string{
-		"PATH=/bin",
+		pathEnv,
 		"HOME=/root",
 		"TMPDIR=/tmp",
 		"KEYGUARD_VM=1",
 		"KEYGUARD_KERNEL=" + s.kernel,
 		"KEYGUARD_ARTIFACTS=" + artifacts,
+	}
+	if service {
+		env = append(env, "KEYGUARD_SYSTEMD=1", "KEYGUARD_TEST_ROOT="+serviceRoot)
 	}
 	env = append(env, s.extraEnv...)
 
@@ -183,7 +239,7 @@ func runSuite(con *console.Writer, s settings, name string) bool {
 		argv = []string{demoBinary}
 		dir = "/root"
 	} else {
-		dir = path.Join("/tests", name)
+		dir = path.Join(root(), "tests", name)
 		argv = []string{path.Join(dir, name+".test"), "-test.v", "-test.count=1",
 			"-test.timeout=" + s.suiteTimeout.String()}
 		if s.run != "" {
@@ -206,7 +262,9 @@ func runSuite(con *console.Writer, s settings, name string) bool {
 	if err != nil {
 		con.Note("%s: %v", name, err)
 	}
-	if n := killLeftovers(); n > 0 {
+	if service {
+		// systemd owns every other process; the suite cleans up after itself.
+	} else if n := killLeftovers(); n > 0 {
 		con.Note("%s: killed %d processes the suite left running", name, n)
 	}
 	sendErr := sendArtifacts(con, name, artifacts)

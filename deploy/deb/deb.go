@@ -1,0 +1,229 @@
+// Package deb builds keyguard's Debian packages, keyguard-agent and keyguard-collector, with nfpm
+// (as a Go library: no dpkg-deb, no debhelper). Contents: the static binaries, the systemd units and
+// default files from deploy/systemd (configuration files marked as conffiles), and the maintainer
+// scripts in scripts/ (embedded), which follow dh_installsystemd except where keyguard needs more:
+//
+//   - keyguard-agent is enabled and started only once /etc/keyguard/policy.yaml and
+//     /etc/keyguard/operator.pub exist (postinst says what to do otherwise);
+//   - an upgrade never stops the agent: the running agent sees the new binary land and trusts it,
+//     and only then does postinst restart it (an agent binary it never saw cannot take over);
+//   - removal while keyguard enforces goes through `keyguard-agent uninstall -token-file
+//     /etc/keyguard/uninstall.token` (an operator-signed token); without it prerm refuses and
+//     nothing is removed.
+package deb
+
+import (
+	"embed"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/goreleaser/nfpm/v2"
+	_ "github.com/goreleaser/nfpm/v2/deb" // registers the "deb" packager
+	"github.com/goreleaser/nfpm/v2/files"
+)
+
+//go:embed scripts
+var scripts embed.FS
+
+// Config says where the inputs are and what to write.
+type Config struct {
+	Version    string    // Debian version, see Version
+	BinDir     string    // holds keyguard-agent, keyguard and keyguard-collector (static linux/amd64)
+	SystemdDir string    // deploy/systemd: units, /etc/default files, collector.yaml
+	PolicyFile string    // example policy installed as /usr/share/keyguard/policy.example.yaml
+	OutDir     string    // where the .deb files go
+	MTime      time.Time // timestamp of every file (reproducible builds); zero: now
+}
+
+// File is one file a package installs.
+type File struct {
+	Src, Dst string
+	Mode     fs.FileMode
+	Conffile bool
+}
+
+// Package describes one .deb.
+type Package struct {
+	Name        string
+	Description string
+	Depends     []string
+	Files       []File
+	Scripts     map[string]string // preinst, postinst, prerm, postrm -> file in scripts/
+}
+
+// Packages returns the two packages for cfg.
+func Packages(cfg Config) []Package {
+	bin := func(name string) File {
+		return File{Src: filepath.Join(cfg.BinDir, name), Dst: "/usr/bin/" + name, Mode: 0o755}
+	}
+	sd := func(name, dst string, mode fs.FileMode, conf bool) File {
+		return File{Src: filepath.Join(cfg.SystemdDir, name), Dst: dst, Mode: mode, Conffile: conf}
+	}
+	return []Package{
+		{
+			Name: "keyguard-agent",
+			Description: "keyguard agent: keeps signing keys inside the processes that hold them\n" +
+				"BPF LSM programs deny every other process, root included, every way of reading a\n" +
+				"protected process's memory, block or redact its core dumps, and report every attempt\n" +
+				"to a keyguard collector. Includes the keyguard operator CLI.",
+			Depends: []string{"systemd"},
+			Files: []File{
+				bin("keyguard-agent"),
+				bin("keyguard"),
+				sd("keyguard-agent.service", "/lib/systemd/system/keyguard-agent.service", 0o644, false),
+				sd("keyguard-agent.default", "/etc/default/keyguard-agent", 0o644, true),
+				{Src: cfg.PolicyFile, Dst: "/usr/share/keyguard/policy.example.yaml", Mode: 0o644},
+			},
+			Scripts: map[string]string{"preinst": "agent-preinst", "postinst": "agent-postinst", "prerm": "agent-prerm", "postrm": "agent-postrm"},
+		},
+		{
+			Name: "keyguard-collector",
+			Description: "keyguard collector: stores keyguard agents' events\n" +
+				"Receives events over mutual-TLS gRPC and keeps them exactly once in a tamper-evident\n" +
+				"chain, in SQLite or PostgreSQL.",
+			Depends: []string{"systemd"},
+			Files: []File{
+				bin("keyguard-collector"),
+				sd("keyguard-collector.service", "/lib/systemd/system/keyguard-collector.service", 0o644, false),
+				sd("keyguard-collector.default", "/etc/default/keyguard-collector", 0o644, true),
+				sd("collector.yaml", "/etc/keyguard/collector.yaml", 0o644, true),
+			},
+			Scripts: map[string]string{"postinst": "collector-postinst", "prerm": "collector-prerm", "postrm": "collector-postrm"},
+		},
+	}
+}
+
+var debVersion = regexp.MustCompile(`^[0-9][A-Za-z0-9.+~-]*$`)
+
+// Version turns `git describe --tags --always --dirty` output into a Debian version that sorts
+// the way the commits do: v1.2.3 -> 1.2.3; v1.2.3-4-gabc1234 -> 1.2.3+4.gabc1234; without a tag,
+// 0~git<commit time as YYYYMMDDhhmmss>.<hash> (commitTime: the commit's time). A -dirty suffix
+// becomes +dirty. A version that already looks like a Debian one is kept.
+func Version(describe string, commitTime time.Time) (string, error) {
+	d := strings.TrimSpace(describe)
+	if d == "" {
+		return "", fmt.Errorf("empty version: pass -version or build from a git checkout")
+	}
+	dirty := strings.HasSuffix(d, "-dirty")
+	d = strings.TrimSuffix(d, "-dirty")
+	var v string
+	switch m := regexp.MustCompile(`^v?([0-9][0-9A-Za-z.]*)(?:-([0-9]+)-(g[0-9a-f]+))?$`).FindStringSubmatch(d); {
+	case regexp.MustCompile(`^[0-9a-f]{7,40}$`).MatchString(d): // no tag: an abbreviated commit hash
+		v = "0~git" + commitTime.UTC().Format("20060102150405") + "." + d
+	case m != nil && m[2] != "":
+		v = m[1] + "+" + m[2] + "." + m[3]
+	case m != nil:
+		v = m[1]
+	default:
+		v = d
+	}
+	if dirty {
+		v += "+dirty"
+	}
+	if !debVersion.MatchString(v) {
+		return "", fmt.Errorf("version %q (from %q) is not a valid Debian version: it must start with a digit and use only A-Za-z0-9.+~-", v, describe)
+	}
+	return v, nil
+}
+
+// Build writes every package into cfg.OutDir as <name>_<version>_amd64.deb and returns the paths.
+func Build(cfg Config) ([]string, error) {
+	if !debVersion.MatchString(cfg.Version) {
+		return nil, fmt.Errorf("version %q is not a valid Debian version (see deb.Version)", cfg.Version)
+	}
+	if cfg.MTime.IsZero() {
+		cfg.MTime = time.Now()
+	}
+	if err := os.MkdirAll(cfg.OutDir, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp("", "keyguard-deb-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp)
+	var out []string
+	for _, p := range Packages(cfg) {
+		path, err := build(cfg, p, tmp)
+		if err != nil {
+			return nil, fmt.Errorf("package %s: %w", p.Name, err)
+		}
+		out = append(out, path)
+	}
+	return out, nil
+}
+
+func build(cfg Config, p Package, tmp string) (string, error) {
+	info := &nfpm.Info{
+		Name:          p.Name,
+		Arch:          "amd64",
+		Platform:      "linux",
+		Version:       cfg.Version,
+		VersionSchema: "none",
+		Section:       "admin",
+		Priority:      "optional",
+		Maintainer:    "keyguard maintainers <keyguard@example.org>",
+		Description:   p.Description,
+		Homepage:      "https://github.com/keyguard/keyguard",
+		License:       "Apache-2.0",
+		MTime:         cfg.MTime,
+	}
+	info.Depends = p.Depends
+	for _, f := range p.Files {
+		if _, err := os.Stat(f.Src); err != nil {
+			return "", fmt.Errorf("missing input (build the binaries first: make packages): %w", err)
+		}
+		c := &files.Content{Source: f.Src, Destination: f.Dst,
+			FileInfo: &files.ContentFileInfo{Owner: "root", Group: "root", Mode: f.Mode, MTime: cfg.MTime}}
+		if f.Conffile {
+			c.Type = files.TypeConfig
+		}
+		info.Contents = append(info.Contents, c)
+	}
+	for kind, name := range p.Scripts {
+		b, err := scripts.ReadFile("scripts/" + name)
+		if err != nil {
+			return "", err
+		}
+		path := filepath.Join(tmp, p.Name+"."+kind)
+		if err := os.WriteFile(path, b, 0o755); err != nil {
+			return "", err
+		}
+		switch kind {
+		case "preinst":
+			info.Scripts.PreInstall = path
+		case "postinst":
+			info.Scripts.PostInstall = path
+		case "prerm":
+			info.Scripts.PreRemove = path
+		case "postrm":
+			info.Scripts.PostRemove = path
+		default:
+			return "", fmt.Errorf("unknown maintainer script kind %q", kind)
+		}
+	}
+	info = nfpm.WithDefaults(info)
+	if err := nfpm.PrepareForPackager(info, "deb"); err != nil {
+		return "", err
+	}
+	pkgr, err := nfpm.Get("deb")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(cfg.OutDir, fmt.Sprintf("%s_%s_amd64.deb", p.Name, cfg.Version))
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	if err := pkgr.Package(info, f); err != nil {
+		f.Close()
+		os.Remove(path)
+		return "", err
+	}
+	return path, f.Close()
+}
