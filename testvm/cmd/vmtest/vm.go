@@ -63,7 +63,11 @@ func cmdline(cfg *config, series string) string {
 		"KEYGUARD_KERNEL=" + series, "KEYGUARD_MODE=" + mode,
 		"KEYGUARD_SUITE_TIMEOUT=" + strconv.Itoa(int(cfg.suiteTimeout.Seconds()))}
 	if cfg.demo && cfg.systemd {
-		words = append(words, "KEYGUARD_DEMO_HOLD="+strconv.Itoa(int(cfg.demoHold.Seconds())))
+		hold := -1 // until the host stops the VM
+		if cfg.demoHold >= 0 {
+			hold = int(cfg.demoHold.Seconds())
+		}
+		words = append(words, "KEYGUARD_DEMO_HOLD="+strconv.Itoa(hold))
 	}
 	for _, kv := range []struct{ k, v string }{{"KEYGUARD_RUN", cfg.run}, {"KEYGUARD_BENCH", cfg.bench}, {"KEYGUARD_BENCHTIME", cfg.benchtime}, {"KEYGUARD_ENV", strings.Join(cfg.env, "\x00")}} {
 		if kv.v != "" {

@@ -259,6 +259,7 @@ func run() error {
 			return bytes.Contains(out, []byte("console login"))
 		}) {
 			fmt.Println("The collector logged the host's console login.")
+			time.Sleep(20 * time.Second) // the host still reads the events pages
 		} else {
 			fmt.Println("No console login from the host within 3 minutes.")
 		}
