@@ -19,8 +19,11 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "netmods.sh: apt-get download $pkg=$ver for virtio-net (once)" >&2
-(cd "$tmp" && apt-get download -qq "$pkg=$ver" 2>&1 | grep -v unsandboxed >&2 || true)
-deb=$(ls "$tmp"/*.deb 2>/dev/null | head -n1)
+fetch() { (cd "$tmp" && apt-get download -qq "$pkg=$ver" 2>&1 | grep -v unsandboxed >&2 || true); ls "$tmp"/*.deb 2>/dev/null | head -n1; }
+deb=$(fetch)
+if [ -z "$deb" ] && [ "$(id -u)" -eq 0 ]; then
+	apt-get update -qq && deb=$(fetch)
+fi
 [ -n "$deb" ] || { echo "netmods.sh: apt-get download $pkg=$ver produced no .deb (apt-get update?)" >&2; exit 1; }
 dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards \
 	'./lib/modules/*/kernel/net/core/failover.ko*' \
