@@ -267,7 +267,9 @@ func run() error {
 	switch {
 	case hold < 0:
 		fmt.Println("The VM stays up: open the console, then press Ctrl-C here to stop it.")
-		select {}
+		for {
+			time.Sleep(time.Hour) // not select{}: with no other goroutine the runtime calls that a deadlock
+		}
 	case hold > 0:
 		fmt.Printf("The VM stays up for %d s (DEMO_HOLD); Ctrl-C stops it earlier.\n", hold)
 		time.Sleep(time.Duration(hold) * time.Second)
