@@ -8,13 +8,24 @@ SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
 # Extra vmtest flags, e.g. make vmtest VMTEST_FLAGS="-run TestDeny -suites agent -v"
 VMTEST_FLAGS ?=
+# The systemd demo's kernel and how long its VM stays up afterwards (empty: until Ctrl-C; 0: at once).
+DEMO_KERNEL ?= 6.12
+DEMO_HOLD ?=
 
 .DEFAULT_GOAL := help
 
 ##@ Main jobs
 
 .PHONY: demo
-demo: deps ## Boot the VM with agent + sample signing service, run the attacks, show the events
+demo: demo-systemd ## The demo: `make demo-systemd` (the initramfs one is `make demo-initramfs`)
+
+.PHONY: demo-systemd
+demo-systemd: deps ## Debian 12 + systemd VM: .deb packages, a signing service, root's attacks blocked, web console on https://127.0.0.1:8443 (DEMO_HOLD=10m or 0; default: until Ctrl-C)
+	bash testvm/netmods.sh $(CACHE) $(DEMO_KERNEL)
+	$(GO) run ./testvm/cmd/vmtest -systemd -demo -cache $(CACHE) -kernels "$(DEMO_KERNEL)" $(if $(DEMO_HOLD),-demo-hold $(DEMO_HOLD)) $(VMTEST_FLAGS)
+
+.PHONY: demo-initramfs
+demo-initramfs: deps ## The small demo: initramfs VM with agent + sample signing service, attacks, events (no console)
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -demo $(VMTEST_FLAGS)
 
 .PHONY: check

@@ -22,6 +22,8 @@ import (
 const (
 	initPackage = "./testvm/guest/init"
 	demoBinary  = "keyguard-demo"
+	// systemdDemoBinary is what the systemd image runs in -demo mode.
+	systemdDemoBinary = "keyguard-demo-systemd"
 )
 
 type suite struct {
@@ -35,6 +37,14 @@ type image struct {
 	suites    []suite
 	bins      []string // names in /bin
 	buildTime time.Duration
+}
+
+// demoBin is the demo's main package name: keyguard-demo, or keyguard-demo-systemd with -systemd.
+func demoBin(cfg *config) string {
+	if cfg.systemd {
+		return systemdDemoBinary
+	}
+	return demoBinary
 }
 
 // buildImage compiles the guest init, the suites and the bins, and writes the initramfs.
@@ -103,8 +113,8 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 		seenBin[name] = p.ImportPath
 		img.bins = append(img.bins, name)
 	}
-	if cfg.demo && seenBin[demoBinary] == "" {
-		return nil, fmt.Errorf("-demo needs a main package named %s in testvm/bins.txt", demoBinary)
+	if want := demoBin(cfg); cfg.demo && seenBin[want] == "" {
+		return nil, fmt.Errorf("-demo needs a main package named %s in %s", want, cfg.binsFile)
 	}
 
 	// Compile everything, two go commands at a time (the build cache is shared).

@@ -187,3 +187,43 @@ func TestCmdline(t *testing.T) {
 		}
 	}
 }
+
+// The systemd demo: its hold reaches the guest (-1 = until Ctrl-C), and QEMU forwards only the
+// host's loopback port to the guest console; no other mode gets a network.
+func TestDemoQEMU(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		cfg           config
+		hold, nic     string
+		wantNoHoldArg bool
+	}{
+		{"until Ctrl-C", config{demo: true, systemd: true, demoHold: -1, demoPort: 8443}, "KEYGUARD_DEMO_HOLD=-1", "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:8443-:8443", false},
+		{"CI", config{demo: true, systemd: true, demoHold: 0, demoPort: 8443}, "KEYGUARD_DEMO_HOLD=0", "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:8443-:8443", false},
+		{"ten minutes, other port", config{demo: true, systemd: true, demoHold: 10 * time.Minute, demoPort: 9443}, "KEYGUARD_DEMO_HOLD=600", "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:9443-:8443", false},
+		{"initramfs demo", config{demo: true, demoHold: -1, demoPort: 8443}, "", "none", true},
+		{"systemd tests", config{systemd: true, demoHold: -1, demoPort: 8443}, "", "none", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := qemuArgs(&c.cfg, &image{path: "initrd"}, &vmResult{series: "6.12", vmlinuz: "vmlinuz"})
+			var nic, appendArg string
+			for i := 0; i+1 < len(args); i++ {
+				switch args[i] {
+				case "-nic":
+					nic = args[i+1]
+				case "-append":
+					appendArg = args[i+1]
+				}
+			}
+			if nic != c.nic {
+				t.Errorf("-nic %q, want %q", nic, c.nic)
+			}
+			if c.wantNoHoldArg {
+				if strings.Contains(appendArg, "KEYGUARD_DEMO_HOLD") {
+					t.Errorf("cmdline %q has a demo hold", appendArg)
+				}
+			} else if !strings.Contains(" "+appendArg+" ", " "+c.hold+" ") {
+				t.Errorf("cmdline %q lacks %q", appendArg, c.hold)
+			}
+		})
+	}
+}

@@ -46,8 +46,10 @@ type config struct {
 	compress     string
 	suitesFile   string
 	binsFile     string
-	out          string // output folder, testvm/out by default
-	systemd      bool   // boot the cached Debian 12 + systemd root instead of the Go /init image
+	out          string        // output folder, testvm/out by default
+	systemd      bool          // boot the cached Debian 12 + systemd root instead of the Go /init image
+	demoHold     time.Duration // -demo -systemd: how long the VM stays up after the demo; < 0 until Ctrl-C
+	demoPort     int           // -demo -systemd: host loopback port forwarded to the guest console (:8443)
 }
 
 type multiFlag []string
@@ -70,7 +72,9 @@ func mainErr() int {
 	flag.StringVar(&cfg.bench, "bench", "", "also run benchmarks matching this regexp (-test.bench, -test.benchmem); results in out/<series>/bench.txt")
 	flag.StringVar(&cfg.benchtime, "benchtime", "", "-test.benchtime for -bench")
 	flag.Var(&env, "env", "KEY=VAL added to the tests' environment in the guest (repeatable)")
-	flag.BoolVar(&cfg.demo, "demo", false, "boot the last kernel of -kernels and run /bin/keyguard-demo instead of the suites, output live")
+	flag.BoolVar(&cfg.demo, "demo", false, "boot the last kernel of -kernels and run /bin/keyguard-demo instead of the suites, output live (with -systemd: the demo on Debian 12 + systemd with the .deb packages and the web console)")
+	flag.DurationVar(&cfg.demoHold, "demo-hold", -1, "-demo -systemd: keep the VM up this long after the demo for the operator to use the console (negative: until Ctrl-C; 0: power off at once)")
+	flag.IntVar(&cfg.demoPort, "demo-port", 8443, "-demo -systemd: host port on 127.0.0.1 that QEMU forwards to the guest's console (:8443)")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep the build folder (binaries, initramfs) in testvm/out/build and print how to boot it by hand")
 	flag.BoolVar(&cfg.verbose, "v", false, "stream every VM's console to stdout, prefixed with its series")
 	flag.DurationVar(&cfg.timeout, "timeout", 30*time.Minute, "hard limit per VM, QEMU start to power-off")
@@ -92,6 +96,9 @@ func mainErr() int {
 		}
 		if !set["bins-file"] {
 			cfg.binsFile = "testvm/systemd-bins.txt"
+			if cfg.demo {
+				cfg.binsFile = "testvm/systemd-demo-bins.txt"
+			}
 		}
 		if !set["mem"] {
 			cfg.memMB = 1536
@@ -105,6 +112,13 @@ func mainErr() int {
 		}
 		if !set["timeout"] {
 			cfg.timeout = 30 * time.Minute
+			if cfg.demo {
+				// The demo itself, then the operator's time with the console.
+				cfg.timeout = 20*time.Minute + max(cfg.demoHold, 0)
+				if cfg.demoHold < 0 {
+					cfg.timeout = 100000 * time.Hour
+				}
+			}
 		}
 	}
 	if flag.NArg() > 0 {
@@ -153,8 +167,8 @@ func (c *config) check(suites string) error {
 	if len(c.kernels) == 0 {
 		return errors.New("-kernels is empty")
 	}
-	if c.demo && c.systemd {
-		return errors.New("-demo and -systemd do not go together")
+	if c.demo && c.systemd && (c.demoPort < 1 || c.demoPort > 65535) {
+		return fmt.Errorf("-demo-port %d: want 1..65535", c.demoPort)
 	}
 	if c.demo {
 		c.kernels = c.kernels[len(c.kernels)-1:]

@@ -48,13 +48,18 @@ func report(w io.Writer, cfg *config, img *image, vms []*vmResult, total time.Du
 		if s.resultRec != nil {
 			suites = s.resultRec.Fields["seconds"] + "s"
 		}
-		if cfg.demo {
+		if vm.held {
+			fmt.Fprintf(w, "  demo: DEMO OK, then stopped with Ctrl-C while the VM was held   boot: %s   VM wall: %.1fs\n", boot, vm.wall.Seconds())
+		} else if cfg.demo {
 			fmt.Fprintf(w, "  demo exit status %d   boot: %s   demo: %s   VM wall: %.1fs\n", s.suites["demo"].exit, boot, suites, vm.wall.Seconds())
 		} else {
 			fmt.Fprintf(w, "  tests: %d passed, %d failed, %d skipped   boot: %s   suites: %s   VM wall: %.1fs\n",
 				passed, failed, skipped, boot, suites, vm.wall.Seconds())
 		}
 		for _, name := range s.expected {
+			if vm.held {
+				break
+			}
 			sr := s.suites[name]
 			state := "ok"
 			switch {

@@ -45,6 +45,18 @@ WantedBy=multi-user.target
 `
 )
 
+// netModules are the kernel modules for virtio-net, in load order (-demo only).
+var netModules = []string{"failover", "net_failover", "virtio_net"}
+
+// demoNetwork: QEMU user networking's fixed guest address, where hostfwd delivers.
+const demoNetwork = `[Match]
+Driver=virtio_net
+
+[Network]
+Address=10.0.2.15/24
+Gateway=10.0.2.2
+`
+
 // packagedBinaries are built for the .deb packages in the systemd image.
 var packagedBinaries = []string{
 	"github.com/keyguard/keyguard/agent/cmd/keyguard-agent",
@@ -103,6 +115,18 @@ func writeSystemdImage(cfg *config, img *image, dir string) (err error) {
 		w.Dir(path.Join(serviceRoot, "bin"), 0o755),
 		w.File("etc/systemd/system/"+serviceUnit, 0o644, []byte(serviceUnitDef)),
 		w.Symlink("etc/systemd/system/multi-user.target.wants/"+serviceUnit, "/etc/systemd/system/"+serviceUnit),
+	}
+	if cfg.demo {
+		// virtio-net is a module in Debian's kernels (testvm/netmods.sh extracts it); the demo
+		// binary loads it, and systemd-networkd gives it QEMU user networking's guest address.
+		series := cfg.kernels[len(cfg.kernels)-1]
+		if _, err := os.Stat(filepath.Join(cfg.cache, "kernels", series, "net", "virtio_net.ko")); err != nil {
+			return fmt.Errorf("the demo needs virtio-net for kernel %s (%w): run `bash testvm/netmods.sh %s %s` (make demo-systemd does)", series, err, cfg.cache, series)
+		}
+		for _, m := range netModules {
+			add = append(add, w.CopyFile(path.Join(serviceRoot, "modules", m+".ko"), filepath.Join(cfg.cache, "kernels", series, "net", m+".ko")))
+		}
+		add = append(add, w.File("etc/systemd/network/10-keyguard-demo.network", 0o644, []byte(demoNetwork)))
 	}
 	for _, b := range img.bins {
 		add = append(add, w.CopyFile(path.Join(serviceRoot, "bin", b), filepath.Join(dir, "bin", b)))

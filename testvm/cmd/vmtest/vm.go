@@ -28,6 +28,7 @@ type vmResult struct {
 
 	sess      *session
 	fails     []string
+	held      bool // -systemd -demo: stopped with Ctrl-C after DEMO OK, while held for the operator
 	wall      time.Duration
 	qemuStart time.Time
 }
@@ -61,6 +62,13 @@ func cmdline(cfg *config, series string) string {
 	words := []string{"console=ttyS0", "quiet", "panic=-1", "rcupdate.rcu_cpu_stall_timeout=300", "watchdog_thresh=60", systemdWords(cfg),
 		"KEYGUARD_KERNEL=" + series, "KEYGUARD_MODE=" + mode,
 		"KEYGUARD_SUITE_TIMEOUT=" + strconv.Itoa(int(cfg.suiteTimeout.Seconds()))}
+	if cfg.demo && cfg.systemd {
+		hold := -1 // until the host stops the VM
+		if cfg.demoHold >= 0 {
+			hold = int(cfg.demoHold.Seconds())
+		}
+		words = append(words, "KEYGUARD_DEMO_HOLD="+strconv.Itoa(hold))
+	}
 	for _, kv := range []struct{ k, v string }{{"KEYGUARD_RUN", cfg.run}, {"KEYGUARD_BENCH", cfg.bench}, {"KEYGUARD_BENCHTIME", cfg.benchtime}, {"KEYGUARD_ENV", strings.Join(cfg.env, "\x00")}} {
 		if kv.v != "" {
 			words = append(words, kv.k+"="+b64([]byte(kv.v)))
@@ -76,14 +84,21 @@ func cmdline(cfg *config, series string) string {
 }
 
 func qemuArgs(cfg *config, img *image, vm *vmResult) []string {
+	nic := "none"
+	if cfg.demo && cfg.systemd {
+		// QEMU user networking; only the host's loopback port reaches the guest's console.
+		nic = fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:8443", cfg.demoPort)
+	}
 	return []string{
 		"-accel", "tcg,thread=single", // multi-threaded TCG crashed 6.12 while patching code (notes/kernel.md)
 		"-m", strconv.Itoa(cfg.memMB), "-smp", strconv.Itoa(cfg.cpus),
-		"-nographic", "-no-reboot", "-nic", "none",
+		"-nographic", "-no-reboot", "-nic", nic,
 		"-kernel", vm.vmlinuz, "-initrd", img.path,
 		"-append", cmdline(cfg, vm.series),
 	}
 }
+
+var errInterrupted = errors.New("interrupted")
 
 // runVM boots one kernel and fills vm.sess and vm.fails.
 func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *vmResult) {
@@ -105,9 +120,15 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 		names = []string{"demo"}
 	}
 	var live io.Writer
+	var demo *demoWatch
 	switch {
 	case cfg.demo:
-		live = os.Stdout
+		port := 0
+		if cfg.systemd {
+			port = cfg.demoPort
+		}
+		demo = newDemoWatch(os.Stdout, port)
+		live = demo
 	case cfg.verbose:
 		live = &prefixWriter{prefix: "[" + vm.series + "] ", w: os.Stdout}
 	}
@@ -164,11 +185,24 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 	case errors.Is(vctx.Err(), context.DeadlineExceeded):
 		runErr = fmt.Errorf("timed out: the VM ran longer than -timeout %s and was killed", cfg.timeout)
 	case ctx.Err() != nil:
-		runErr = fmt.Errorf("interrupted")
+		runErr = errInterrupted
 	case waitErr != nil:
 		runErr = fmt.Errorf("qemu-system-x86_64: %v: %s", waitErr, strings.TrimSpace(stderr.String()))
 	}
 	vm.fails = vm.sess.finish(runErr)
+	if cfg.demo && cfg.systemd {
+		if !demo.seen() {
+			vm.fails = append(vm.fails, "the demo did not reach DEMO OK")
+		} else {
+			if ctx.Err() != nil && errors.Is(runErr, errInterrupted) {
+				// Ctrl-C while the finished demo held the VM up for the operator: how it ends.
+				vm.fails, vm.held = nil, true
+			}
+			if ok, rep := demo.result(2 * time.Minute); !ok {
+				vm.fails = append(vm.fails, "web console check from the host: "+rep)
+			}
+		}
+	}
 	if err := os.WriteFile(filepath.Join(vm.outDir, "bench.txt"), vm.sess.bench.Bytes(), 0o644); err != nil {
 		vm.fails = append(vm.fails, err.Error())
 	}

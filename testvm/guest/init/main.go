@@ -40,8 +40,10 @@ import (
 )
 
 const (
-	demoBinary    = "/bin/keyguard-demo"
-	artifactsRoot = "/run/keyguard/artifacts"
+	demoBinary = "/bin/keyguard-demo"
+	// systemdDemoBinary is the demo in the systemd image (vmtest -demo -systemd), in ServiceRoot/bin.
+	systemdDemoBinary = "keyguard-demo-systemd"
+	artifactsRoot     = "/run/keyguard/artifacts"
 	// ServiceRoot holds tests/, bin/ and debs/ in the systemd image.
 	serviceRoot = "/opt/keyguard-test"
 )
@@ -237,6 +239,9 @@ func runSuite(con *console.Writer, s settings, name string) bool {
 	var dir string
 	if s.mode == "demo" {
 		argv = []string{demoBinary}
+		if service {
+			argv = []string{path.Join(serviceRoot, "bin", systemdDemoBinary)}
+		}
 		dir = "/root"
 	} else {
 		dir = path.Join(root(), "tests", name)

@@ -1,0 +1,508 @@
+// Command keyguard-demo-systemd is what `make demo-systemd` (vmtest -demo -systemd) runs inside the
+// Debian 12 + systemd VM, as the keyguard-vmtest.service: a sample signing service runs as a systemd
+// unit holding a real ECDSA key; root steals the key from its memory and from a crash dump stored by
+// systemd-coredump; then keyguard is installed from its .deb packages (agent + collector with the web
+// console on :8443, which QEMU forwards to 127.0.0.1:8443 on the host); the same attacks are blocked,
+// the protected crash is redacted into systemd-coredump, and the VM stays up for the operator to log in.
+//
+// The host passes KEYGUARD_DEMO_HOLD=<seconds> on the kernel command line: how long to keep the VM up
+// after the summary (-1: until the host stops it).
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	testRoot   = "/opt/keyguard-test"
+	signerExe  = "/usr/local/bin/signer"
+	signerUnit = "demo-signer.service"
+	keyFile    = "/etc/signer/keys/signing.pem"
+	pubFile    = "/etc/signer/pub/signing.pem"
+	usersFile  = "/etc/keyguard/console-users"
+	eventLog   = "/var/log/keyguard/events.jsonl"
+	consoleURL = "https://127.0.0.1:8443"
+)
+
+const signerUnitDef = `[Unit]
+Description=Sample token-signing service (keyguard demo)
+
+[Service]
+ExecStart=/usr/local/bin/signer -key /etc/signer/keys/signing.pem
+Environment=GOTRACEBACK=crash
+LimitCORE=infinity
+Restart=always
+RestartSec=1
+StandardOutput=journal
+
+[Install]
+WantedBy=multi-user.target
+`
+
+const policy = `version: 1
+rules:
+  - name: token-signer
+    mode: enforce
+    dumps: redact
+    match:
+      executables: [/usr/local/bin/signer]
+    public_keys: ["/etc/signer/pub/*.pem"]
+`
+
+// The collector's console: on every guest address (QEMU forwards only the host's loopback to it),
+// its users file handed to the sandboxed (DynamicUser) service as a systemd credential.
+const collectorDropIn = `[Service]
+LoadCredential=console-users:/etc/keyguard/console-users
+`
+
+const collectorDefault = `KEYGUARD_COLLECTOR_FLAGS=-console-listen 0.0.0.0:8443 -console-users /run/credentials/keyguard-collector.service/console-users
+`
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Println("\nDEMO FAILED:", err)
+		os.Exit(1)
+	}
+}
+
+func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
+
+func sh(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return string(out), nil
+}
+
+func shIn(stdin, name string, args ...string) error {
+	c := exec.Command(name, args...)
+	c.Stdin = strings.NewReader(stdin)
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func write(p, content string, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(p, []byte(content), mode)
+}
+
+func waitFor(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+func mainPID(unit string) int {
+	out, _ := exec.Command("systemctl", "show", "-p", "MainPID", "--value", unit).Output()
+	n, _ := strconv.Atoi(strings.TrimSpace(string(out)))
+	return n
+}
+
+func run() error {
+	start := time.Now()
+	hold := holdSeconds()
+	exec.Command("systemctl", "is-system-running", "--wait").Run()
+
+	step("Network: virtio-net and a static address, so the host reaches the console through QEMU's forward")
+	if err := networkUp(); err != nil {
+		return err
+	}
+
+	step("A sample token-signing service runs as a systemd unit (%s) with a real ECDSA P-256 key", signerUnit)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	der, _ := x509.MarshalPKCS8PrivateKey(key)
+	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	scalar := key.D.FillBytes(make([]byte, 32))
+	for _, e := range []error{
+		write(keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), 0o600),
+		write(pubFile, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})), 0o644),
+		copyFile(filepath.Join(testRoot, "bin/signer"), signerExe),
+		write("/etc/systemd/system/"+signerUnit, signerUnitDef, 0o644),
+	} {
+		if e != nil {
+			return e
+		}
+	}
+	if _, err := sh("systemctl", "daemon-reload"); err != nil {
+		return err
+	}
+	if _, err := sh("systemctl", "enable", "--now", signerUnit); err != nil {
+		return err
+	}
+	pid := signerPID(0)
+	if pid == 0 {
+		return fmt.Errorf("%s did not start", signerUnit)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	fmt.Printf("    %s active, main pid %d, key %s\n", signerUnit, pid, keyFile)
+
+	step("Without keyguard: root reads the signer's memory (/proc/%d/mem)", pid)
+	if off, ok := findInMemory(pid, scalar); ok {
+		fmt.Printf("    STOLEN: the private key's 32-byte scalar is at 0x%x in pid %d's memory\n", off, pid)
+	} else {
+		fmt.Printf("    root read all of pid %d's memory (the scalar's layout was not found this time)\n", pid)
+	}
+
+	step("Without keyguard: the signer crashes (SIGABRT) and systemd-coredump stores its dump")
+	leaked, err := crashAndDump(pid, scalar)
+	if err != nil {
+		return err
+	}
+	if !leaked {
+		return fmt.Errorf("the unprotected dump of pid %d does not hold the key: the search is broken", pid)
+	}
+	fmt.Printf("    STOLEN: `coredumpctl dump %d` holds the private key scalar (the Storm-0558 path)\n", pid)
+
+	step("keyguard is installed from its .deb packages: collector (with the web console) and agent")
+	password, err := installKeyguard()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("    keyguard-agent and keyguard-collector active; console on :8443 (host: %s)\n", consoleURL)
+
+	pid = signerPID(pid)
+	step("The same attacks, as root, against the running signer (pid %d)", pid)
+	blocked := 0
+	attacks := []struct{ op, what string }{
+		{"attach", "ptrace attach (what gdb -p does)"},
+		{"mem", "read /proc/PID/mem (what memory scrapers do)"},
+		{"vmreadv", "process_vm_readv"},
+		{"seize", "ptrace seize"},
+		{"environ", "read /proc/PID/environ"},
+	}
+	for _, a := range attacks {
+		out, _ := exec.Command(filepath.Join(testRoot, "bin/testproc"), "attack", a.op, strconv.Itoa(pid)).Output()
+		res := strings.TrimSpace(string(out))
+		verdict := "NOT BLOCKED"
+		if strings.HasPrefix(res, "ERR") {
+			verdict = "BLOCKED"
+			blocked++
+		}
+		fmt.Printf("    %-46s %-11s (%s)\n", a.what, verdict, res)
+	}
+	if _, ok := findInMemory(pid, scalar); ok {
+		return fmt.Errorf("the key scalar is still readable with keyguard running")
+	}
+
+	step("The protected signer crashes: keyguard redacts the dump before systemd-coredump stores it")
+	leaked, err = crashAndDump(pid, scalar)
+	if err != nil {
+		return err
+	}
+	action := dumpAction(pid)
+	fmt.Printf("    keyguard core_dump event for pid %d: %s; key in the stored dump: %v\n", pid, action, leaked)
+	if leaked || action != "redacted" {
+		return fmt.Errorf("the protected crash was not redacted (action %q, key found %v)", action, leaked)
+	}
+
+	step("The security team's view: what the collector stored (keyguard events, mTLS)")
+	denied := 0
+	waitFor(30*time.Second, func() bool {
+		out, _ := exec.Command("keyguard", eventsArgs("-decision", "denied")...).Output()
+		denied = strings.Count(string(out), "\n") - 1
+		return denied >= 3
+	})
+	for _, filter := range [][]string{{"-decision", "denied"}, {"-kind", "core_dump"}} {
+		cli := exec.Command("keyguard", eventsArgs(filter...)...)
+		cli.Stdout, cli.Stderr = os.Stdout, os.Stdout
+		if err := cli.Run(); err != nil {
+			return fmt.Errorf("keyguard events: %w", err)
+		}
+		fmt.Println()
+	}
+
+	step("Summary")
+	fmt.Printf("    %d of %d attacks by root on the running signer were BLOCKED (ptrace attach, /proc/PID/mem,\n", blocked, len(attacks))
+	fmt.Println("    process_vm_readv, ...); the protected crash was REDACTED into systemd-coredump.")
+	fmt.Println("    Before keyguard, root read the key from the signer's memory and from its crash dump.")
+	fmt.Printf("    Web console:  %s   (self-signed certificate from keyguard-collector certs)\n", consoleURL)
+	fmt.Println("    Login:        admin")
+	fmt.Printf("    Password:     %s\n", password)
+	fmt.Printf("    DEMO CONSOLE url=%s user=admin password=%s\n", consoleURL, password)
+	fmt.Printf("    (guest time %.0f s)\n", time.Since(start).Seconds())
+	if blocked != len(attacks) {
+		return fmt.Errorf("%d attacks were not blocked", len(attacks)-blocked)
+	}
+	fmt.Println("\nDEMO OK")
+	// The host (vmtest) now logs in to the console through the forwarded port and reads the
+	// events page; with a bounded hold, stay up until it has.
+	if hold >= 0 {
+		if waitFor(3*time.Minute, func() bool {
+			out, _ := exec.Command("journalctl", "--no-pager", "-q", "-u", "keyguard-collector", "-g", "console login").CombinedOutput()
+			return bytes.Contains(out, []byte("console login"))
+		}) {
+			fmt.Println("The collector logged the host's console login.")
+			time.Sleep(20 * time.Second) // the host still reads the events pages
+		} else {
+			fmt.Println("No console login from the host within 3 minutes.")
+		}
+	}
+	switch {
+	case hold < 0:
+		fmt.Println("The VM stays up: open the console, then press Ctrl-C here to stop it.")
+		for {
+			time.Sleep(time.Hour) // not select{}: with no other goroutine the runtime calls that a deadlock
+		}
+	case hold > 0:
+		fmt.Printf("The VM stays up for %d s (DEMO_HOLD); Ctrl-C stops it earlier.\n", hold)
+		time.Sleep(time.Duration(hold) * time.Second)
+	}
+	return nil
+}
+
+// holdSeconds reads KEYGUARD_DEMO_HOLD from the kernel command line (default 0).
+func holdSeconds() int {
+	b, _ := os.ReadFile("/proc/cmdline")
+	for _, w := range strings.Fields(string(b)) {
+		if v, ok := strings.CutPrefix(w, "KEYGUARD_DEMO_HOLD="); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
+// networkUp loads virtio-net (a module in Debian's kernel; the host put it in testRoot/modules) and
+// lets systemd-networkd give it QEMU user networking's guest address (the host wrote
+// /etc/systemd/network/10-keyguard-demo.network).
+func networkUp() error {
+	for _, m := range []string{"failover", "net_failover", "virtio_net"} {
+		if out, err := exec.Command("insmod", filepath.Join(testRoot, "modules", m+".ko")).CombinedOutput(); err != nil && !bytes.Contains(out, []byte("File exists")) {
+			return fmt.Errorf("insmod %s: %v: %s", m, err, out)
+		}
+	}
+	if _, err := sh("systemctl", "start", "systemd-networkd"); err != nil {
+		return err
+	}
+	if !waitFor(30*time.Second, func() bool {
+		out, _ := exec.Command("networkctl", "status", "--no-pager").CombinedOutput()
+		return bytes.Contains(out, []byte("10.0.2.15"))
+	}) {
+		out, _ := exec.Command("networkctl", "--no-pager").CombinedOutput()
+		return fmt.Errorf("the guest has no 10.0.2.15 address: %s", out)
+	}
+	fmt.Println("    10.0.2.15/24 up (QEMU forwards host 127.0.0.1:8443 to guest :8443)")
+	return nil
+}
+
+// signerPID waits for the signer unit's main pid to be a running process other than old.
+func signerPID(old int) int {
+	pid := 0
+	waitFor(60*time.Second, func() bool {
+		pid = mainPID(signerUnit)
+		return pid != 0 && pid != old
+	})
+	if pid == old {
+		return 0
+	}
+	return pid
+}
+
+// crashAndDump sends SIGABRT to pid (GOTRACEBACK=crash makes Go dump core like C), waits until
+// systemd-coredump has stored the dump and reports whether the key scalar is in it.
+func crashAndDump(pid int, scalar []byte) (bool, error) {
+	if _, err := sh("kill", "-ABRT", strconv.Itoa(pid)); err != nil {
+		return false, err
+	}
+	file := fmt.Sprintf("/var/tmp/core.%d", pid)
+	var last []byte
+	if !waitFor(5*time.Minute, func() bool {
+		out, err := exec.Command("coredumpctl", "--no-pager", "-q", "dump", strconv.Itoa(pid), "-o", file).CombinedOutput()
+		last = out
+		return err == nil
+	}) {
+		return false, fmt.Errorf("systemd-coredump has no dump of pid %d: %s", pid, last)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return false, err
+	}
+	info, _ := exec.Command("coredumpctl", "--no-pager", "list", strconv.Itoa(pid)).CombinedOutput()
+	fmt.Printf("    coredumpctl list %d:\n      %s\n", pid, strings.ReplaceAll(strings.TrimSpace(string(info)), "\n", "\n      "))
+	return containsKey(b, scalar), nil
+}
+
+func containsKey(b, scalar []byte) bool {
+	rev := make([]byte, len(scalar))
+	for i := range scalar {
+		rev[i] = scalar[len(scalar)-1-i]
+	}
+	return bytes.Contains(b, scalar) || bytes.Contains(b, rev)
+}
+
+// installKeyguard installs and configures both packages as an operator would and returns the
+// console admin's generated password.
+func installKeyguard() (string, error) {
+	host, _ := os.Hostname()
+	pw := make([]byte, 15)
+	rand.Read(pw)
+	password := base64.RawURLEncoding.EncodeToString(pw)
+	steps := []func() error{
+		func() error {
+			_, err := sh("dpkg", "-i", testRoot+"/debs/keyguard-collector_1.0_amd64.deb")
+			return err
+		},
+		func() error { _, err := sh("dpkg", "-i", testRoot+"/debs/keyguard-agent_1.0_amd64.deb"); return err },
+		func() error {
+			_, err := sh("keyguard-collector", "certs", "init", "-dir", "/etc/keyguard")
+			return err
+		},
+		func() error {
+			_, err := sh("keyguard-collector", "certs", "host", "-dir", "/etc/keyguard", "-name", host)
+			return err
+		},
+		func() error {
+			_, err := sh("keyguard-collector", "certs", "operator", "-dir", "/etc/keyguard", "-name", "security-team")
+			return err
+		},
+		func() error {
+			return shIn(password+"\n", "keyguard-collector", "console", "user", "add", "-users", usersFile, "-name", "admin", "-role", "admin")
+		},
+		func() error {
+			return write("/etc/systemd/system/keyguard-collector.service.d/console.conf", collectorDropIn, 0o644)
+		},
+		func() error { return write("/etc/default/keyguard-collector", collectorDefault, 0o644) },
+		func() error { _, err := sh("systemctl", "daemon-reload"); return err },
+		func() error { _, err := sh("systemctl", "restart", "keyguard-collector.service"); return err },
+		func() error { _, err := sh("keyguard", "token", "keygen", "-out", "/root/operator"); return err },
+		func() error { return copyFile("/root/operator.pub", "/etc/keyguard/operator.pub") },
+		func() error { return write("/etc/keyguard/policy.yaml", policy, 0o644) },
+		func() error {
+			return write("/etc/default/keyguard-agent", fmt.Sprintf("KEYGUARD_COLLECTOR=localhost:7443\nKEYGUARD_COLLECTOR_CA=/etc/keyguard/ca.crt\nKEYGUARD_CERT=/etc/keyguard/%s.crt\nKEYGUARD_KEY=/etc/keyguard/%s.key\n", host, host), 0o644)
+		},
+		func() error { _, err := sh("systemctl", "enable", "--now", "keyguard-agent.service"); return err },
+	}
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return "", err
+		}
+	}
+	if !waitFor(90*time.Second, func() bool { return exec.Command("keyguard", "status").Run() == nil }) {
+		j, _ := exec.Command("journalctl", "--no-pager", "-n", "30", "-u", "keyguard-agent").CombinedOutput()
+		return "", fmt.Errorf("the agent does not answer keyguard status:\n%s", j)
+	}
+	if !waitFor(30*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:8443", time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		j, _ := exec.Command("journalctl", "--no-pager", "-n", "30", "-u", "keyguard-collector").CombinedOutput()
+		return "", fmt.Errorf("the collector's console is not listening on :8443:\n%s", j)
+	}
+	return password, nil
+}
+
+func eventsArgs(filter ...string) []string {
+	return append([]string{"events", "-collector", "localhost:7443", "-ca", "/etc/keyguard/ca.crt",
+		"-cert", "/etc/keyguard/security-team.crt", "-key", "/etc/keyguard/security-team.key", "-limit", "20"}, filter...)
+}
+
+// dumpAction waits for the agent's core_dump event about pid and returns its final action.
+func dumpAction(pid int) string {
+	action := ""
+	waitFor(5*time.Minute, func() bool {
+		f, err := os.Open(eventLog)
+		if err != nil {
+			return false
+		}
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var e struct {
+				Kind   string `json:"kind"`
+				Target *struct {
+					PID int `json:"pid"`
+				} `json:"target"`
+				Dump *struct {
+					Action string `json:"action"`
+				} `json:"dump"`
+			}
+			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Kind == "core_dump" && e.Target != nil && e.Target.PID == pid &&
+				e.Dump != nil && e.Dump.Action != "to_handler" {
+				action = e.Dump.Action
+				return true
+			}
+		}
+		return false
+	})
+	return action
+}
+
+// findInMemory searches the writable mappings of pid for the scalar, big-endian or byte-reversed.
+func findInMemory(pid int, needle []byte) (uint64, bool) {
+	maps, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		return 0, false
+	}
+	defer maps.Close()
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return 0, false
+	}
+	defer mem.Close()
+	sc := bufio.NewScanner(maps)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || !strings.HasPrefix(f[1], "rw") {
+			continue
+		}
+		lo, hi, _ := strings.Cut(f[0], "-")
+		start, _ := strconv.ParseUint(lo, 16, 64)
+		end, _ := strconv.ParseUint(hi, 16, 64)
+		if end-start > 256<<20 {
+			continue
+		}
+		buf := make([]byte, end-start)
+		n, _ := mem.ReadAt(buf, int64(start))
+		if containsKey(buf[:n], needle) {
+			rev := make([]byte, len(needle))
+			for i := range needle {
+				rev[i] = needle[len(needle)-1-i]
+			}
+			i := bytes.Index(buf[:n], needle)
+			if i < 0 {
+				i = bytes.Index(buf[:n], rev)
+			}
+			return start + uint64(i), true
+		}
+	}
+	return 0, false
+}
+
+func copyFile(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return write(dst, string(b), 0o755)
+}
