@@ -40,6 +40,10 @@ import (
 // Secret is what the tests look for in the victim's memory.
 const Secret = "KEYGUARD-TEST-SECRET-0123456789abcdef"
 
+// The main goroutine stays on the thread-group leader, so the other threads "hold" reports are never the
+// leader (a goroutine that locks its thread while running on the leader would take it).
+func init() { runtime.LockOSThread() }
+
 func main() {
 	if len(os.Args) < 2 {
 		fmt.Fprintln(os.Stderr, "usage: testproc hold|attack|exec-attack|loop-attack ...")
@@ -261,7 +265,7 @@ func hold(args []string) {
 	}
 	secret = make([]byte, 4096)
 	copy(secret, Secret)
-	tids := []int{unix.Gettid()}
+	tids := []int{os.Getpid()} // the leader: main runs on it (init locks it there)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for i := 0; i < threads; i++ {
