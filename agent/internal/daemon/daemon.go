@@ -4,7 +4,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -103,16 +102,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		cfg.Hostname = h
 	}
-	policyBytes, err := os.ReadFile(cfg.PolicyPath)
-	if err != nil {
-		return fmt.Errorf("read the policy: %w", err)
-	}
 	pol, err := policy.Load(cfg.PolicyPath)
 	if err != nil {
 		return fmt.Errorf("the policy is invalid, the agent did not start:\n%w", err)
-	}
-	if again, err := os.ReadFile(cfg.PolicyPath); err != nil || !bytes.Equal(again, policyBytes) {
-		return fmt.Errorf("the policy file changed while it was loaded; start the agent again")
 	}
 	probe := loader.Probe(filepath.Dir(cfg.Loader.PinPath))
 	if err := probe.Err(); err != nil {
@@ -137,7 +129,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		log.Warn("could not tell whether the host rebooted since the agent last ran", "error", err)
 	}
-	installEvents, err := a.checkInstall(policyBytes)
+	installEvents, err := a.checkInstall(pol.SHA256)
 	if err != nil {
 		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{State: "refused", Version: cfg.Version, Message: err.Error()}})
 		_ = out.Flush()

@@ -16,15 +16,11 @@ import (
 	"github.com/keyguard/keyguard/agent/optoken"
 )
 
-// PolicyDigest is the SHA-256 of a policy file's bytes: what a policy token approves
-// (`keyguard token sign -action policy -policy FILE`).
-func PolicyDigest(policy []byte) [32]byte { return sha256.Sum256(policy) }
-
-// configDigest binds the approved policy and the enforcement flags the agent runs with: changing
-// either after install needs a policy token.
-func configDigest(policy []byte, lc loader.Config) [32]byte {
+// configDigest binds the approved policy (the SHA-256 of its file, what a policy token names) and the
+// enforcement flags the agent runs with: changing either after install needs a policy token.
+func configDigest(policySHA [32]byte, lc loader.Config) [32]byte {
 	h := sha256.New()
-	fmt.Fprintf(h, "keyguard-config-v1\npolicy=%x\ndeny_traced=%v\n", PolicyDigest(policy), lc.DenyTraced)
+	fmt.Fprintf(h, "keyguard-config-v1\npolicy=%x\ndeny_traced=%v\n", policySHA, lc.DenyTraced)
 	var d [32]byte
 	copy(d[:], h.Sum(nil))
 	return d
@@ -40,14 +36,15 @@ func Fingerprint(pub []byte) string {
 // start after boot (nothing pinned) the operator key file and the policy are recorded in the pinned
 // install map. Later starts use the pinned key, whatever the file now holds, and a changed policy (or
 // enforcement flag) needs a policy token signed by that key. It returns the health events to emit.
-func (a *Agent) checkInstall(policy []byte) ([]events.Event, error) {
+func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
+	policyHex := hex.EncodeToString(policySHA[:])
 	fileKey, err := optoken.LoadPublicKey(a.cfg.OperatorKeyPath)
 	if err != nil {
 		return nil, fmt.Errorf("%w\nkeyguard needs the operator's public key, which signs uninstall, break-glass and policy tokens: "+
 			"make a key pair off this host with `keyguard token keygen -out operator` and install operator.pub as %s (or pass -operator-key)",
 			err, a.cfg.OperatorKeyPath)
 	}
-	digest := configDigest(policy, a.cfg.Loader)
+	digest := configDigest(policySHA, a.cfg.Loader)
 	in, ok, err := a.guard.Installed()
 	if err != nil {
 		return nil, err
@@ -61,7 +58,7 @@ func (a *Agent) checkInstall(policy []byte) ([]events.Event, error) {
 			return nil, err
 		}
 		a.opKey = ed25519.PublicKey(in.OperatorKey[:])
-		a.log.Info("operator key and policy recorded", "operator_key", Fingerprint(a.opKey), "policy_sha256", hex.EncodeToString(sum(policy)))
+		a.log.Info("operator key and policy recorded", "operator_key", Fingerprint(a.opKey), "policy_sha256", policyHex)
 		return nil, nil
 	}
 	a.opKey = ed25519.PublicKey(bytes.Clone(in.OperatorKey[:]))
@@ -80,7 +77,7 @@ func (a *Agent) checkInstall(policy []byte) ([]events.Event, error) {
 		return fmt.Errorf("the policy or enforcement flags changed since they were approved, and %s.\n"+
 			"Enforcement of the approved policy continues (it is pinned in the kernel). To apply the change, have an operator sign it:\n"+
 			"  keyguard token sign -key operator.key -action policy -policy %s -host %s -operator NAME -reason TEXT > %s\n"+
-			"and start the agent again (policy sha256 %s)", why, a.cfg.PolicyPath, a.cfg.Hostname, tokPath, hex.EncodeToString(sum(policy)))
+			"and start the agent again (policy sha256 %s)", why, a.cfg.PolicyPath, a.cfg.Hostname, tokPath, policyHex)
 	}
 	raw, err := os.ReadFile(tokPath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -92,7 +89,7 @@ func (a *Agent) checkInstall(policy []byte) ([]events.Event, error) {
 	if err != nil {
 		return nil, refuse(fmt.Sprintf("the policy token at %s is not valid: %v", tokPath, err))
 	}
-	if c.PolicySHA256 != hex.EncodeToString(sum(policy)) {
+	if c.PolicySHA256 != policyHex {
 		return nil, refuse(fmt.Sprintf("the policy token at %s approves another policy (sha256 %s)", tokPath, c.PolicySHA256))
 	}
 	if err := a.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
@@ -107,8 +104,6 @@ func (a *Agent) checkInstall(policy []byte) ([]events.Event, error) {
 	evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "policy_approved", Version: a.cfg.Version, Message: msg}})
 	return evs, nil
 }
-
-func sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
 // verifyToken checks a token against the installed operator key, this host and the action. It does not
 // mark it used.

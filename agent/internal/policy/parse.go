@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -95,7 +96,7 @@ func parse(name string, data []byte) (*Policy, []error) {
 	if isNull(root) {
 		return nil, fileErr(emptyMsg)
 	}
-	p := &Policy{Source: name, pos: ps.pos}
+	p := &Policy{Source: name, SHA256: sha256.Sum256(data), pos: ps.pos}
 	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules")
 	if !ok {
 		return nil, ps.errs

@@ -89,6 +89,8 @@ const MaxUID = AnyUID - 1
 // Policy is a parsed and validated policy file. It holds no filesystem state; see Resolve.
 type Policy struct {
 	Source string // file name as given to Load or Parse
+	// SHA256 is the digest of the file's bytes as parsed: what an operator's policy token approves.
+	SHA256 [32]byte
 	Rules  []Rule
 	// BPFLoaders may load BPF programs that can read user memory (tracing, kprobe, perf_event, LSM,
 	// sleepable, ...), besides keyguard itself: another security agent, say. In the kernel's allow map

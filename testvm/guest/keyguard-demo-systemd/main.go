@@ -27,6 +27,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guest/memscan"
 )
 
 const (
@@ -164,7 +166,7 @@ func run() error {
 	fmt.Printf("    %s active, main pid %d, key %s\n", signerUnit, pid, keyFile)
 
 	step("Without keyguard: root reads the signer's memory (/proc/%d/mem)", pid)
-	if off, ok := findInMemory(pid, scalar); ok {
+	if off, ok := memscan.Find(pid, scalar); ok {
 		fmt.Printf("    STOLEN: the private key's 32-byte scalar is at 0x%x in pid %d's memory\n", off, pid)
 	} else {
 		fmt.Printf("    root read all of pid %d's memory (the scalar's layout was not found this time)\n", pid)
@@ -207,7 +209,7 @@ func run() error {
 		}
 		fmt.Printf("    %-46s %-11s (%s)\n", a.what, verdict, res)
 	}
-	if _, ok := findInMemory(pid, scalar); ok {
+	if _, ok := memscan.Find(pid, scalar); ok {
 		return fmt.Errorf("the key scalar is still readable with keyguard running")
 	}
 
@@ -456,47 +458,6 @@ func dumpAction(pid int) string {
 		return false
 	})
 	return action
-}
-
-// findInMemory searches the writable mappings of pid for the scalar, big-endian or byte-reversed.
-func findInMemory(pid int, needle []byte) (uint64, bool) {
-	maps, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0, false
-	}
-	defer maps.Close()
-	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
-	if err != nil {
-		return 0, false
-	}
-	defer mem.Close()
-	sc := bufio.NewScanner(maps)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 || !strings.HasPrefix(f[1], "rw") {
-			continue
-		}
-		lo, hi, _ := strings.Cut(f[0], "-")
-		start, _ := strconv.ParseUint(lo, 16, 64)
-		end, _ := strconv.ParseUint(hi, 16, 64)
-		if end-start > 256<<20 {
-			continue
-		}
-		buf := make([]byte, end-start)
-		n, _ := mem.ReadAt(buf, int64(start))
-		if containsKey(buf[:n], needle) {
-			rev := make([]byte, len(needle))
-			for i := range needle {
-				rev[i] = needle[len(needle)-1-i]
-			}
-			i := bytes.Index(buf[:n], needle)
-			if i < 0 {
-				i = bytes.Index(buf[:n], rev)
-			}
-			return start + uint64(i), true
-		}
-	}
-	return 0, false
 }
 
 func copyFile(src, dst string) error {

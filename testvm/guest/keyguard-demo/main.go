@@ -4,7 +4,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,6 +19,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guest/memscan"
 )
 
 const dir = "/tmp/demo"
@@ -81,7 +82,7 @@ func run() error {
 	time.Sleep(1500 * time.Millisecond)
 
 	step("Without keyguard: root reads the signer's memory through /proc/%d/mem", pid)
-	if off, ok := findInMemory(pid, scalar); ok {
+	if off, ok := memscan.Find(pid, scalar); ok {
 		fmt.Printf("    STOLEN: the private key's 32-byte scalar found at 0x%x in pid %d's memory\n", off, pid)
 	} else {
 		fmt.Printf("    root read pid %d's memory (the scalar's layout was not found this time, but every byte was readable)\n", pid)
@@ -155,7 +156,7 @@ rules:
 		}
 		fmt.Printf("    %-48s %-8s (%s)\n", a.what, verdict, res)
 	}
-	if _, ok := findInMemory(pid, scalar); ok {
+	if _, ok := memscan.Find(pid, scalar); ok {
 		return fmt.Errorf("the key scalar is still readable with keyguard running")
 	}
 
@@ -229,46 +230,6 @@ rules:
 	}
 	fmt.Println("\nDEMO OK")
 	return nil
-}
-
-// findInMemory searches the writable mappings of pid for needle, big-endian or byte-reversed
-// (little-endian machine words, as Go's math/big and OpenSSL hold numbers).
-func findInMemory(pid int, needle []byte) (uint64, bool) {
-	maps, err := os.Open(fmt.Sprintf("/proc/%d/maps", pid))
-	if err != nil {
-		return 0, false
-	}
-	defer maps.Close()
-	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
-	if err != nil {
-		return 0, false
-	}
-	defer mem.Close()
-	rev := make([]byte, len(needle))
-	for i := range needle {
-		rev[i] = needle[len(needle)-1-i]
-	}
-	sc := bufio.NewScanner(maps)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 || !strings.HasPrefix(f[1], "rw") {
-			continue
-		}
-		lo, hi, _ := strings.Cut(f[0], "-")
-		start, _ := strconv.ParseUint(lo, 16, 64)
-		end, _ := strconv.ParseUint(hi, 16, 64)
-		if end-start > 256<<20 {
-			continue
-		}
-		buf := make([]byte, end-start)
-		n, _ := mem.ReadAt(buf, int64(start))
-		for _, nd := range [][]byte{needle, rev} {
-			if i := bytes.Index(buf[:n], nd); i >= 0 {
-				return start + uint64(i), true
-			}
-		}
-	}
-	return 0, false
 }
 
 func waitFor(path, substr string, d time.Duration) error {
