@@ -105,7 +105,7 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 		if req.Op == "uninstall" || req.Op == "break-glass" {
 			// A refused attempt to switch protection off is itself worth an alarm.
 			a.emit(events.Event{Time: time.Now(), Kind: events.KindSideDoor, Operation: strings.ReplaceAll(req.Op, "-", "_") + "_refused",
-				Decision: "denied", Detail: err.Error(), Accessor: procInfo(int(peerPID))})
+				Decision: "denied", Detail: err.Error(), Accessor: procInfo(a.proc, int(peerPID))})
 		}
 	}
 	_ = enc.Encode(resp)
@@ -272,16 +272,7 @@ func (a *Agent) status() (*control.Status, error) {
 		s.ActiveGrants = append(s.ActiveGrants, g.Grant)
 	}
 	a.mu.Unlock()
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
-			continue
-		}
-		if _, ok, err := a.guard.MarkOf(pid); err == nil && ok {
-			s.ProtectedPIDs = append(s.ProtectedPIDs, pid)
-		}
-	}
+	s.ProtectedPIDs, _ = a.protectedPIDs()
 	s.ProtectedNow = len(s.ProtectedPIDs)
 	s.Posture, _ = a.posture()
 	return s, nil

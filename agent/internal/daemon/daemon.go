@@ -9,8 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +20,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/metrics"
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/agent/internal/procfs"
 )
 
 // Config is the agent's configuration; main fills it from flags.
@@ -71,7 +70,8 @@ type Agent struct {
 	opKey  []byte             // the installed operator key (ed25519.PublicKey)
 	stop   context.CancelFunc // ends Run (after uninstall)
 
-	met *metrics.Agent // nil unless Config.Metrics.Listen is set
+	met  *metrics.Agent // nil unless Config.Metrics.Listen is set
+	proc procfs.FS
 }
 
 // RuleName implements events.Names.
@@ -333,7 +333,7 @@ func (a *Agent) scan() (int, error) {
 	a.mu.Lock()
 	rs := a.rs
 	a.mu.Unlock()
-	procs, err := scanProcs(rs, os.Getpid())
+	procs, err := scanProcs(a.proc, rs, os.Getpid())
 	n := 0
 	for _, p := range procs {
 		m, had, merr := a.guard.MarkOf(p.PID)
@@ -356,7 +356,7 @@ func (a *Agent) scan() (int, error) {
 		if !had || p.TracerPID != 0 {
 			a.emit(events.Event{
 				Time: time.Now(), Kind: events.KindProtect, Rule: a.RuleName(m.RuleId),
-				Reason: events.ReasonName(m.Reason), Detail: detail, Target: procInfo(p.PID),
+				Reason: events.ReasonName(m.Reason), Detail: detail, Target: procInfo(a.proc, p.PID),
 			})
 		}
 	}
@@ -414,28 +414,14 @@ func (a *Agent) writeLostBaseline(n uint64) {
 }
 
 // procInfo describes a running process from procfs.
-func procInfo(pid int) *events.Process {
-	p := &events.Process{PID: uint32(pid), TID: uint32(pid)}
-	p.Executable, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
-	if id, err := loader.StatFileID(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
+func procInfo(proc procfs.FS, pid int) *events.Process {
+	p := &events.Process{PID: uint32(pid), TID: uint32(pid), Executable: proc.Exe(pid), Comm: proc.Comm(pid), Cgroup: proc.Cgroup(pid)}
+	if id, err := loader.StatFileID(proc.Path(pid, "exe")); err == nil {
 		p.ExeDev, p.ExeIno = id.Dev, id.Ino
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
-		p.Comm = strings.TrimSpace(string(b))
+	if st, err := proc.Status(pid); err == nil {
+		p.UID, p.EUID = st.UID, st.EUID
 	}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, "Uid:"); ok {
-				f := strings.Fields(v)
-				if len(f) >= 2 {
-					u, _ := strconv.Atoi(f[0])
-					e, _ := strconv.Atoi(f[1])
-					p.UID, p.EUID = uint32(u), uint32(e)
-				}
-			}
-		}
-	}
-	p.Cgroup = events.CgroupPath(uint32(pid))
 	return p
 }
 

@@ -2,9 +2,6 @@ package daemon
 
 import (
 	"context"
-	"fmt"
-	"os"
-	"strconv"
 
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/metrics"
@@ -66,19 +63,21 @@ func (a *Agent) startMetrics() (stop func(), err error) {
 
 // protectedNow counts the processes marked in the kernel now.
 func (a *Agent) protectedNow() (int, error) {
-	ents, err := os.ReadDir("/proc")
+	pids, err := a.protectedPIDs()
+	return len(pids), err
+}
+
+// protectedPIDs lists the processes marked in the kernel now.
+func (a *Agent) protectedPIDs() ([]int, error) {
+	pids, err := a.proc.PIDs()
 	if err != nil {
-		return 0, fmt.Errorf("list processes: %w", err)
+		return nil, err
 	}
-	n := 0
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	var out []int
+	for _, pid := range pids {
 		if _, ok, err := a.guard.MarkOf(pid); err == nil && ok {
-			n++
+			out = append(out, pid)
 		}
 	}
-	return n, nil
+	return out, nil
 }

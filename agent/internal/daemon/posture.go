@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -58,20 +57,16 @@ func (a *Agent) postureInput() posture.Input {
 	a.mu.Unlock()
 	var in posture.Input
 	users := map[string][]uint32{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	pids, _ := a.proc.PIDs()
+	for _, pid := range pids {
 		m, ok, err := a.guard.MarkOf(pid)
 		if err != nil || !ok {
 			continue
 		}
 		rule := a.RuleName(m.RuleId)
 		in.Processes = append(in.Processes, posture.Target{PID: pid, Rule: rule, Dumps: policy.DumpMode(rs.Rules[m.RuleId].Dumps).String()})
-		if euid, ok := procEUID(pid); ok && !slices.Contains(users[rule], euid) {
-			users[rule] = append(users[rule], euid)
+		if st, err := a.proc.Status(pid); err == nil && !slices.Contains(users[rule], st.EUID) {
+			users[rule] = append(users[rule], st.EUID)
 		}
 	}
 	if res != nil {
@@ -84,22 +79,6 @@ func (a *Agent) postureInput() posture.Input {
 	}
 	sort.Slice(in.KeyFiles, func(i, j int) bool { return in.KeyFiles[i].Path < in.KeyFiles[j].Path })
 	return in
-}
-
-func procEUID(pid int) (uint32, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "Uid:"); ok {
-			if f := strings.Fields(v); len(f) >= 2 {
-				n, err := strconv.ParseUint(f[1], 10, 32)
-				return uint32(n), err == nil
-			}
-		}
-	}
-	return 0, false
 }
 
 // watchPosture checks the posture every interval and reports a change (a finding that appeared, went

@@ -29,6 +29,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/agent/internal/procfs"
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 )
 
@@ -227,7 +228,7 @@ func cgroupRule(pinPath string, pid int) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	for p := events.CgroupPath(uint32(pid)); p != "" && p != "/"; p = filepath.Dir(p) {
+	for p := (procfs.FS{}).Cgroup(pid); p != "" && p != "/"; p = filepath.Dir(p) {
 		cg, err := policy.CgroupID(filepath.Join(root, p))
 		if err != nil {
 			continue

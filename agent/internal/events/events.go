@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/keyguard/keyguard/agent/internal/posture"
+	"github.com/keyguard/keyguard/agent/internal/procfs"
 	kgbpf "github.com/keyguard/keyguard/bpf"
 )
 
@@ -326,7 +327,7 @@ func process(p kgbpf.KeyguardKgProc) *Process {
 				}
 			}
 		}
-		out.Cgroup = CgroupPath(p.Pid)
+		out.Cgroup = procfs.FS{}.Cgroup(int(p.Pid))
 	}
 	return out
 }
@@ -354,20 +355,6 @@ func exePath(b []int8) string {
 		comps[i], comps[j] = comps[j], comps[i]
 	}
 	return "/" + strings.Join(comps, "/")
-}
-
-// CgroupPath returns a process's cgroup v2 path from /proc/PID/cgroup, or "".
-func CgroupPath(pid uint32) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "0::"); ok {
-			return rest
-		}
-	}
-	return ""
 }
 
 func cstr(b []int8) string {

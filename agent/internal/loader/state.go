@@ -4,10 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -17,6 +14,7 @@ import (
 	kgbpf "github.com/keyguard/keyguard/bpf"
 
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/agent/internal/procfs"
 )
 
 func attachLSM(p *ebpf.Program) (link.Link, error) {
@@ -230,7 +228,7 @@ func (g *Guard) Mark(pid int, ruleID uint32, reason uint32) error {
 	if err := g.Maps.Marks.Update(uint32(fd), Mark{RuleId: ruleID, Reason: reason}, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("mark pid %d: %w", pid, err)
 	}
-	ticks, err := startTicks(pid)
+	ticks, err := procfs.FS{}.StartTicks(pid)
 	if err != nil {
 		return err
 	}
@@ -337,34 +335,4 @@ func WallTime(bootNs uint64) time.Time {
 		return time.Now()
 	}
 	return time.Now().Add(time.Duration(int64(bootNs) - ts.Nano()))
-}
-
-// startTicks reads a process's start time in clock ticks since boot (field 22 of /proc/PID/stat).
-func startTicks(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, fmt.Errorf("read start time of %d: %w", pid, err)
-	}
-	return parseStartTicks(b)
-}
-
-func parseStartTicks(stat []byte) (uint64, error) {
-	// The command name (field 2) may contain spaces and parentheses; fields resume after the last ')'.
-	i := len(stat) - 1
-	for i >= 0 && stat[i] != ')' {
-		i--
-	}
-	if i < 0 {
-		return 0, errors.New("malformed /proc/PID/stat")
-	}
-	fields := strings.Fields(string(stat[i+1:]))
-	// fields[0] is field 3 (state); starttime is field 22.
-	if len(fields) < 20 {
-		return 0, errors.New("malformed /proc/PID/stat: too few fields")
-	}
-	v, err := strconv.ParseUint(fields[19], 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("parse start time in /proc/PID/stat: %w", err)
-	}
-	return v, nil
 }

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/keyguard/keyguard/agent/internal/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,8 +33,8 @@ func (c Checker) Process(t Target) []Finding {
 	if !ok {
 		return nil
 	}
-	st := parseStatus(status)
-	who := fmt.Sprintf("pid %d (%s, rule %s, dumps: %s)", t.PID, st.name, t.Rule, orDefault(t.Dumps, "block"))
+	st := procfs.ParseStatus([]byte(status))
+	who := fmt.Sprintf("pid %d (%s, rule %s, dumps: %s)", t.PID, st.Name, t.Rule, orDefault(t.Dumps, "block"))
 	prefix := fmt.Sprintf("process.%d.", t.PID)
 	pattern, _ := c.sysctl("kernel.core_pattern")
 	pipe := strings.HasPrefix(pattern, "|")
@@ -97,11 +98,11 @@ func (c Checker) Process(t Target) []Finding {
 	out = append(out, c.dumpable(t.PID, st, who, prefix))
 
 	// Tracer.
-	f = Finding{Name: prefix + "tracer", Value: strconv.Itoa(st.tracer), Severity: Info, Remediation: who + ": not traced"}
-	if st.tracer != 0 {
-		comm, _ := read(c.proc(strconv.Itoa(st.tracer), "comm"))
-		f.Value = fmt.Sprintf("%d (%s)", st.tracer, comm)
-		f.Severity, f.Remediation = Critical, fmt.Sprintf("%s is traced by pid %d (%s), which attached before keyguard protected it and can read its memory; keyguard cannot detach a tracer: kill %d, then restart the process", who, st.tracer, comm, st.tracer)
+	f = Finding{Name: prefix + "tracer", Value: strconv.Itoa(st.TracerPID), Severity: Info, Remediation: who + ": not traced"}
+	if st.TracerPID != 0 {
+		comm, _ := read(c.proc(strconv.Itoa(st.TracerPID), "comm"))
+		f.Value = fmt.Sprintf("%d (%s)", st.TracerPID, comm)
+		f.Severity, f.Remediation = Critical, fmt.Sprintf("%s is traced by pid %d (%s), which attached before keyguard protected it and can read its memory; keyguard cannot detach a tracer: kill %d, then restart the process", who, st.TracerPID, comm, st.TracerPID)
 	}
 	return append(out, f)
 }
@@ -111,7 +112,7 @@ func (c Checker) Process(t Target) []Finding {
 // to root:root when it is not (prctl(PR_SET_DUMPABLE, 0), set-uid exec, credential change with
 // fs.suid_dumpable 0 or 2), updated at every lookup (task_dump_owner). The /proc/PID folder itself
 // always keeps the euid (for ps), so it cannot tell. A root process looks the same either way.
-func (c Checker) dumpable(pid int, st procStatus, who, prefix string) Finding {
+func (c Checker) dumpable(pid int, st procfs.Status, who, prefix string) Finding {
 	f := Finding{Name: prefix + "dumpable", Severity: Info}
 	var s unix.Stat_t
 	if err := unix.Stat(c.proc(strconv.Itoa(pid), "status"), &s); err != nil {
@@ -120,52 +121,16 @@ func (c Checker) dumpable(pid int, st procStatus, who, prefix string) Finding {
 	}
 	fix := "call prctl(PR_SET_DUMPABLE, 0) in the process after start (the kernel then refuses its own ptrace and dump paths too, under keyguard's)"
 	switch {
-	case st.euid == 0 && st.egid == 0:
+	case st.EUID == 0 && st.EGID == 0:
 		f.Value, f.Remediation = "unknown (euid 0)", who+": runs as root, so procfs ownership cannot tell; "+fix
-	case s.Uid == st.euid && s.Gid == st.egid:
+	case s.Uid == st.EUID && s.Gid == st.EGID:
 		f.Value, f.Severity, f.Remediation = "1", Low, who+": the kernel treats it as dumpable (its user may ptrace it and it dumps core; keyguard still denies and blocks): "+fix
 	case s.Uid == 0 && s.Gid == 0:
 		f.Value, f.Remediation = "0", who+": not dumpable"
 	default:
-		f.Value, f.Remediation = fmt.Sprintf("unknown (/proc/%d/status owned by %d:%d, euid:egid %d:%d)", pid, s.Uid, s.Gid, st.euid, st.egid), who
+		f.Value, f.Remediation = fmt.Sprintf("unknown (/proc/%d/status owned by %d:%d, euid:egid %d:%d)", pid, s.Uid, s.Gid, st.EUID, st.EGID), who
 	}
 	return f
-}
-
-type procStatus struct {
-	name       string
-	euid, egid uint32
-	tracer     int
-}
-
-func parseStatus(s string) procStatus {
-	var st procStatus
-	for _, line := range strings.Split(s, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		fs := strings.Fields(v)
-		switch k {
-		case "Name":
-			st.name = strings.TrimSpace(v)
-		case "Uid":
-			if len(fs) >= 2 {
-				n, _ := strconv.ParseUint(fs[1], 10, 32)
-				st.euid = uint32(n)
-			}
-		case "Gid":
-			if len(fs) >= 2 {
-				n, _ := strconv.ParseUint(fs[1], 10, 32)
-				st.egid = uint32(n)
-			}
-		case "TracerPid":
-			if len(fs) >= 1 {
-				st.tracer, _ = strconv.Atoi(fs[0])
-			}
-		}
-	}
-	return st
 }
 
 // coreLimit reads "Max core file size" from /proc/PID/limits.
