@@ -14,13 +14,16 @@ import (
 
 	kgbpf "github.com/keyguard/keyguard/bpf"
 
+	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/metrics"
+	"github.com/keyguard/keyguard/agent/internal/operator"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 	"github.com/keyguard/keyguard/agent/internal/procfs"
+	"github.com/keyguard/keyguard/agent/internal/supervise"
 )
 
 // Config is the agent's configuration; main fills it from flags.
@@ -54,24 +57,27 @@ type Config struct {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg   Config
-	log   *slog.Logger
-	guard *loader.Guard
-	pol   *policy.Policy
-	out   *events.JSONLines
-	exp   *export.Pipeline
+	cfg     Config
+	log     *slog.Logger
+	proc    procfs.FS
+	probe   loader.ProbeResult
+	guard   *loader.Guard
+	pol     *policy.Policy
+	out     *events.JSONLines
+	exp     *export.Pipeline
+	op      *operator.Operator
+	watcher *policy.Watcher
+	gap     *events.Gap
+	met     *metrics.Agent // nil unless Config.Metrics.Listen is set
+	closers []func()       // run in reverse order when Run returns
 
-	mu     sync.Mutex
-	rs     loader.RuleSet
-	res    *policy.Resolved
-	names  map[uint32]string
-	grants map[uint64]grant
-	nextID uint64
-	opKey  []byte             // the installed operator key (ed25519.PublicKey)
-	stop   context.CancelFunc // ends Run (after uninstall)
+	installEvents []events.Event // what the install check reports, emitted once the agent runs
 
-	met  *metrics.Agent // nil unless Config.Metrics.Listen is set
-	proc procfs.FS
+	mu    sync.Mutex
+	rs    loader.RuleSet
+	res   *policy.Resolved
+	names map[uint32]string
+	stop  context.CancelFunc // ends Run (after uninstall)
 }
 
 // RuleName implements events.Names.
@@ -89,6 +95,39 @@ func (a *Agent) RuleName(id uint32) string {
 
 // Run starts the agent and blocks until ctx is done. Enforcement stays pinned after it returns.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	a := &Agent{log: log}
+	defer a.close()
+	err := supervise.Steps(log,
+		supervise.Step{Name: "configuration", Run: func() error { return a.configure(cfg) }},
+		supervise.Step{Name: "policy", Run: a.loadPolicy},
+		supervise.Step{Name: "kernel probe", Run: a.probeKernel},
+		supervise.Step{Name: "event log", Run: a.openEventLog},
+		supervise.Step{Name: "BPF programs", Run: a.loadGuard},
+		supervise.Step{Name: "reboot gap", Run: a.detectGap},
+		supervise.Step{Name: "install check", Run: a.checkInstall},
+		supervise.Step{Name: "event export", Run: a.newExport},
+		supervise.Step{Name: "metrics", Run: a.startMetrics},
+		supervise.Step{Name: "self registration", Run: a.register},
+		supervise.Step{Name: "core-dump handler", Run: a.installDumpHandler},
+		supervise.Step{Name: "policy rules", Run: a.resolvePolicy},
+		supervise.Step{Name: "export", Run: a.runExport},
+	)
+	if err != nil {
+		return err
+	}
+	return a.run(ctx)
+}
+
+// onClose registers f to run when Run returns (last registered, first run).
+func (a *Agent) onClose(f func()) { a.closers = append(a.closers, f) }
+
+func (a *Agent) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+}
+
+func (a *Agent) configure(cfg Config) error {
 	if abs, err := filepath.Abs(cfg.PolicyPath); err == nil {
 		cfg.PolicyPath = abs
 	}
@@ -102,183 +141,204 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		cfg.Hostname = h
 	}
-	pol, err := policy.Load(cfg.PolicyPath)
-	if err != nil {
+	a.cfg = cfg
+	return nil
+}
+
+func (a *Agent) loadPolicy() (err error) {
+	if a.pol, err = policy.Load(a.cfg.PolicyPath); err != nil {
 		return fmt.Errorf("the policy is invalid, the agent did not start:\n%w", err)
 	}
-	probe := loader.Probe(filepath.Dir(cfg.Loader.PinPath))
-	if err := probe.Err(); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+	return nil
+}
+
+func (a *Agent) probeKernel() error {
+	a.probe = loader.Probe(filepath.Dir(a.cfg.Loader.PinPath))
+	return a.probe.Err()
+}
+
+func (a *Agent) openEventLog() (err error) {
+	if err := os.MkdirAll(a.cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state folder: %w", err)
 	}
-	out, err := events.OpenJSONLines(cfg.EventLog, 0)
-	if err != nil {
+	if a.out, err = events.OpenJSONLines(a.cfg.EventLog, 0); err != nil {
 		return err
 	}
-	defer out.Close()
+	a.onClose(func() { a.out.Close() })
+	return nil
+}
 
-	g, err := loader.Load(cfg.Loader, log)
-	if err != nil {
+func (a *Agent) loadGuard() (err error) {
+	if a.guard, err = loader.Load(a.cfg.Loader, a.log); err != nil {
 		return err
 	}
-	defer g.Close()
-	a := &Agent{cfg: cfg, log: log, guard: g, pol: pol, out: out, grants: map[uint64]grant{}}
-	gap, err := detectGap(cfg.StateDir, "/proc", time.Now())
+	a.onClose(func() { a.guard.Close() })
+	return nil
+}
+
+func (a *Agent) detectGap() error {
+	gap, err := detectGap(a.cfg.StateDir, a.proc.File(), time.Now())
 	if err != nil {
-		log.Warn("could not tell whether the host rebooted since the agent last ran", "error", err)
+		a.log.Warn("could not tell whether the host rebooted since the agent last ran", "error", err)
 	}
-	installEvents, err := a.checkInstall(pol.SHA256)
+	a.gap = gap
+	return nil
+}
+
+// checkInstall makes sure the operator approved what this agent enforces (package operator); a
+// refusal is reported as a "refused" health event.
+func (a *Agent) checkInstall() error {
+	a.op = operator.New(operator.Config{KeyPath: a.cfg.OperatorKeyPath, PolicyPath: a.cfg.PolicyPath,
+		PolicyTokenPath: a.cfg.PolicyTokenPath, Hostname: a.cfg.Hostname, Version: a.cfg.Version, Loader: a.cfg.Loader},
+		operator.Deps{Guard: a.guard, Policy: a.pol, Emit: a.emit, Flush: a.out.Flush, Log: a.log,
+			Drain: func() { a.waitDelivered(10 * time.Second) }})
+	evs, err := a.op.CheckInstall(a.pol.SHA256)
 	if err != nil {
-		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{State: "refused", Version: cfg.Version, Message: err.Error()}})
-		_ = out.Flush()
+		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{State: "refused", Version: a.cfg.Version, Message: err.Error()}})
+		_ = a.out.Flush()
 		return err
 	}
-	if cfg.Export != nil {
-		ec := *cfg.Export
-		ec.AgentVersion = cfg.Version
-		if a.exp, err = export.New(ec, log); err != nil {
-			return fmt.Errorf("event export: %w", err)
+	a.installEvents = evs
+	return nil
+}
+
+func (a *Agent) newExport() (err error) {
+	if a.cfg.Export == nil {
+		return nil
+	}
+	ec := *a.cfg.Export
+	ec.AgentVersion = a.cfg.Version
+	if a.exp, err = export.New(ec, a.log); err != nil {
+		return fmt.Errorf("event export: %w", err)
+	}
+	a.onClose(func() { a.exp.Close() })
+	return nil
+}
+
+// runExport starts the export pipeline on its own context, so that the final "stopping" event is
+// still sent; when Run returns it gives the collector a moment to acknowledge what is queued (the
+// spool keeps the rest).
+func (a *Agent) runExport() error {
+	if a.exp == nil {
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := a.exp.Run(ctx); err != nil {
+			a.log.Error("event export stopped", "error", err)
 		}
-		defer a.exp.Close()
-	}
-	stopMetrics, err := a.startMetrics()
-	if err != nil {
+	}()
+	a.onClose(func() {
+		time.Sleep(500 * time.Millisecond)
+		cancel()
+		<-done
+	})
+	return nil
+}
+
+// register tells the kernel which process and objects are keyguard's own, and where core dumps of
+// protected processes may go.
+func (a *Agent) register() error {
+	if err := a.guard.RegisterAgent(os.Getpid(), a.cfg.Loader.PinPath); err != nil {
 		return err
 	}
-	defer stopMetrics()
-	if err := g.RegisterAgent(os.Getpid(), cfg.Loader.PinPath); err != nil {
-		return err
-	}
-	if err := g.RegisterOwn(cfg.Loader.PinPath); err != nil {
+	if err := a.guard.RegisterOwn(a.cfg.Loader.PinPath); err != nil {
 		return fmt.Errorf("register keyguard's own objects: %w", err)
 	}
-	if err := g.SetHandler("/proc/self/exe"); err != nil {
-		return err
-	}
-	if err := a.installDumpHandler(); err != nil {
-		return err
-	}
+	return a.guard.SetHandler("/proc/self/exe")
+}
+
+// resolvePolicy resolves the policy's selectors and writes the rules into the kernel.
+func (a *Agent) resolvePolicy() (err error) {
 	root, err := policy.CgroupRoot()
 	if err != nil {
-		log.Warn("no cgroup2 mount: cgroup selectors stay pending", "error", err)
+		a.log.Warn("no cgroup2 mount: cgroup selectors stay pending", "error", err)
 	}
-	watcher, err := policy.NewWatcher(pol, policy.WatchOptions{CgroupRoot: root, Logger: log})
-	if err != nil {
+	if a.watcher, err = policy.NewWatcher(a.pol, policy.WatchOptions{CgroupRoot: root, Logger: a.log}); err != nil {
 		return err
 	}
-	if err := a.applyPolicy(watcher.Resolved()); err != nil {
-		watcher.Close()
+	if err := a.applyPolicy(a.watcher.Resolved()); err != nil {
+		a.watcher.Close()
 		return err
 	}
+	return nil
+}
 
-	// Read events before scanning so that nothing the kernel reports from now on waits.
+// run reads events, protects what already runs, reports the start and serves until ctx ends.
+func (a *Agent) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	a.stop = cancel
+	sup := supervise.New(ctx, a.log)
+	// Read events before scanning so that nothing the kernel reports from now on waits.
 	rd := &events.Reader{
-		Events: g.Maps.Events, Lost: g.Lost, Names: a, Log: log,
+		Events: a.guard.Maps.Events, Lost: a.guard.Lost, Names: a, Log: a.log,
 		LostBaseline:   a.readLostBaseline(),
 		OnLostReported: a.writeLostBaseline,
 	}
-	var wg sync.WaitGroup
-	if a.exp != nil {
-		// Export runs on its own context so the final "stopping" event is still sent.
-		expCtx, expCancel := context.WithCancel(context.Background())
-		defer expCancel()
-		expDone := make(chan struct{})
-		go func() {
-			defer close(expDone)
-			if err := a.exp.Run(expCtx); err != nil {
-				log.Error("event export stopped", "error", err)
-			}
-		}()
-		defer func() {
-			// Give the collector a moment to acknowledge what is queued; the spool keeps the rest.
-			time.Sleep(500 * time.Millisecond)
-			expCancel()
-			<-expDone
-		}()
-	}
 	readErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		readErr <- rd.Run(ctx, a.emit)
-	}()
-
+	sup.Go("event reader", func(ctx context.Context) error { readErr <- rd.Run(ctx, a.emit); return nil })
 	// The agent is a protected process too: nobody reads its memory or takes its fds.
-	if err := g.Mark(os.Getpid(), selfRuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+	if err := a.guard.Mark(os.Getpid(), selfRuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
 		return fmt.Errorf("protect the agent itself: %w", err)
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.trustUpgrades(ctx)
-	}()
-	protected, err := a.scan()
-	if err != nil {
-		log.Warn("procfs scan incomplete", "error", err)
+	sup.Every("upgrade trust", time.Second, a.upgradeTruster())
+	start := a.reportStart()
+	sup.Every("posture", a.postureInterval(), a.postureWatcher(start))
+	if err := writeAlive(a.cfg.StateDir, a.proc.File(), time.Now()); err != nil {
+		a.log.Warn("could not record that the agent is alive", "error", err)
 	}
-	state := "started"
-	if g.Adopted {
-		state = "adopted"
+	sup.Every("alive", aliveEvery, a.keepAlive)
+	if a.cfg.ControlSocket != "" {
+		sup.Go("control socket", func(ctx context.Context) error {
+			return control.Serve(ctx, a.cfg.ControlSocket, a.handleControl, a.log)
+		})
+		sup.Every("break-glass expiry", time.Second, a.op.ExpireGrants)
 	}
-	for _, ev := range installEvents {
-		a.emit(ev)
-	}
-	hev := a.health(state, protected, probe)
-	if gap != nil {
-		hev.Health.Gap = gap
-		hev.Health.Message = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
-			gap.PreviousBootID, gap.BootID, gap.LastSeen.Format(time.RFC3339), gap.Resumed.Format(time.RFC3339))
-		log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
-	}
-	a.emit(hev)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.watchPosture(ctx, hev.Health.Posture, cfg.PostureInterval, *hev.Health)
-	}()
-	if err := writeAlive(cfg.StateDir, "/proc", time.Now()); err != nil {
-		log.Warn("could not record that the agent is alive", "error", err)
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.keepAlive(ctx)
-	}()
-	log.Info("keyguard agent running", "state", state, "rules", len(pol.Rules), "protected_at_start", protected)
+	sup.Go("policy watcher", a.watchPolicy)
 
-	if cfg.ControlSocket != "" {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := a.serveControl(ctx); err != nil {
-				log.Error("control socket stopped", "error", err)
-			}
-		}()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		a.watchPolicy(ctx, watcher)
-	}()
-
+	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-readErr:
 		if err != nil {
-			log.Error("event reader stopped", "error", err)
+			a.log.Error("event reader stopped", "error", err)
 		}
 	}
 	cancel()
-	if _, err := os.Stat(cfg.Loader.PinPath); err == nil {
-		a.emit(a.health("stopping", 0, probe))
+	if _, err := os.Stat(a.cfg.Loader.PinPath); err == nil {
+		a.emit(a.health("stopping", 0))
 	}
-	wg.Wait()
+	sup.Wait()
 	return err
+}
+
+// reportStart protects the processes already running and emits the start (or adoption) health
+// event, with a reboot gap when there was one. It returns that event's health.
+func (a *Agent) reportStart() events.Health {
+	protected, err := a.scan()
+	if err != nil {
+		a.log.Warn("procfs scan incomplete", "error", err)
+	}
+	state := "started"
+	if a.guard.Adopted {
+		state = "adopted"
+	}
+	for _, ev := range a.installEvents {
+		a.emit(ev)
+	}
+	hev := a.health(state, protected)
+	if gap := a.gap; gap != nil {
+		hev.Health.Gap = gap
+		hev.Health.Message = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
+			gap.PreviousBootID, gap.BootID, gap.LastSeen.Format(time.RFC3339), gap.Resumed.Format(time.RFC3339))
+		a.log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
+	}
+	a.emit(hev)
+	a.log.Info("keyguard agent running", "state", state, "rules", len(a.pol.Rules), "protected_at_start", protected)
+	return *hev.Health
 }
 
 // emit records an event in the local log and hands it to the export pipeline, which never blocks.
@@ -295,10 +355,10 @@ func (a *Agent) emit(ev events.Event) {
 	}
 }
 
-func (a *Agent) health(state string, protected int, probe loader.ProbeResult) events.Event {
+func (a *Agent) health(state string, protected int) events.Event {
 	h := &events.Health{
-		State: state, Version: a.cfg.Version, Kernel: probe.Kernel,
-		LSMActive: len(probe.Missing) == 0, ProtectedProcesses: protected,
+		State: state, Version: a.cfg.Version, Kernel: a.probe.Kernel,
+		LSMActive: len(a.probe.Missing) == 0, ProtectedProcesses: protected,
 	}
 	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
 	h.EnforcementPinned = len(builds) > 0
@@ -365,8 +425,8 @@ func (a *Agent) scan() (int, error) {
 
 // watchPolicy re-applies the policy when key files, executables or cgroups change on disk, and
 // protects running processes the new resolution selects.
-func (a *Agent) watchPolicy(ctx context.Context, w *policy.Watcher) {
-	err := w.Run(ctx, func(res *policy.Resolved) {
+func (a *Agent) watchPolicy(ctx context.Context) error {
+	err := a.watcher.Run(ctx, func(res *policy.Resolved) {
 		if err := a.applyPolicy(res); err != nil {
 			a.log.Error("re-applying policy after a file change", "error", err)
 			return
@@ -376,8 +436,9 @@ func (a *Agent) watchPolicy(ctx context.Context, w *policy.Watcher) {
 		}
 	})
 	if err != nil {
-		a.log.Error("policy watcher stopped; new key files and restarted units are no longer picked up", "error", err)
+		return fmt.Errorf("new key files and restarted units are no longer picked up: %w", err)
 	}
+	return nil
 }
 
 func (a *Agent) statePath(name string) string { return filepath.Join(a.cfg.StateDir, name) }
@@ -451,30 +512,23 @@ func (a *Agent) installDumpHandler() error {
 	return nil
 }
 
-// trustUpgrades watches the agent's own executable path: when a package upgrade puts a new binary
+// upgradeTruster watches the agent's own executable path: when a package upgrade puts a new binary
 // there while this agent runs, the new file is trusted, so the upgraded agent may take over keyguard's
 // pinned programs and maps (nothing else may touch them).
-func (a *Agent) trustUpgrades(ctx context.Context) {
+func (a *Agent) upgradeTruster() func(time.Time) {
 	exe, err := os.Executable()
 	if err != nil {
-		return
+		return func(time.Time) {}
 	}
 	cur, _ := loader.StatFileID("/proc/self/exe")
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	return func(time.Time) {
 		id, err := loader.StatFileID(exe)
 		if err != nil || id == cur {
-			continue
+			return
 		}
 		if err := a.guard.TrustExe(id); err != nil {
 			a.log.Error("could not trust the upgraded agent executable", "path", exe, "error", err)
-			continue
+			return
 		}
 		a.log.Info("trusting the upgraded agent executable for the next start", "path", exe, "dev", id.Dev, "ino", id.Ino)
 		cur = id

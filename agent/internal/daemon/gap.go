@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -83,18 +82,9 @@ func writeAlive(stateDir, procRoot string, now time.Time) error {
 	return os.Rename(tmp, stateDir+"/"+aliveFile)
 }
 
-// keepAlive refreshes the alive file until ctx ends.
-func (a *Agent) keepAlive(ctx context.Context) {
-	t := time.NewTicker(aliveEvery)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			if err := writeAlive(a.cfg.StateDir, "/proc", now); err != nil {
-				a.log.Warn("could not record that the agent is alive; a later reboot gap will be reported less precisely", "error", err)
-			}
-		}
+// keepAlive refreshes the alive file (periodic work, every aliveEvery).
+func (a *Agent) keepAlive(now time.Time) {
+	if err := writeAlive(a.cfg.StateDir, a.proc.File(), now); err != nil {
+		a.log.Warn("could not record that the agent is alive; a later reboot gap will be reported less precisely", "error", err)
 	}
 }

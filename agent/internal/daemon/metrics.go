@@ -16,25 +16,25 @@ type MetricsConfig struct {
 	AllowRemote bool
 }
 
-// startMetrics creates the agent's metrics, hooks them to the export pipeline and serves them until the
-// returned stop is called. With no listen address it does nothing. Call it after the export pipeline
+// startMetrics creates the agent's metrics, hooks them to the export pipeline and serves them until Run
+// returns. With no listen address it does nothing. Call it after the export pipeline
 // is created and before it runs.
 //
 // A malformed address, or a non-loopback one without AllowRemote, is a configuration error and stops the agent. An address
 // that cannot be bound (port in use) does not: reporting attacks matters more than metrics, so the
 // agent logs the error and runs without them (Prometheus then sees the target down).
-func (a *Agent) startMetrics() (stop func(), err error) {
+func (a *Agent) startMetrics() error {
 	mc := a.cfg.Metrics
 	if mc.Listen == "" {
-		return func() {}, nil
+		return nil
 	}
 	if err := metricsserver.Check(mc.Listen, mc.AllowRemote, metricsserver.Flags()); err != nil {
-		return nil, err
+		return err
 	}
 	ln, err := metricsserver.Listen(mc.Listen, mc.AllowRemote, metricsserver.Flags())
 	if err != nil {
 		a.log.Error("metrics endpoint not started; the agent runs without it", "error", err)
-		return func() {}, nil
+		return nil
 	}
 	src := metrics.Sources{
 		KernelCounters: a.guard.Counters,
@@ -58,7 +58,8 @@ func (a *Agent) startMetrics() (stop func(), err error) {
 			a.log.Error("metrics endpoint stopped", "error", err)
 		}
 	}()
-	return func() { cancel(); <-done }, nil
+	a.onClose(func() { cancel(); <-done })
+	return nil
 }
 
 // protectedNow counts the processes marked in the kernel now.

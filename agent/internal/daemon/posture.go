@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -81,31 +80,28 @@ func (a *Agent) postureInput() posture.Input {
 	return in
 }
 
-// watchPosture checks the posture every interval and reports a change (a finding that appeared, went
-// away, or changed value or severity; see posture.Changes) as a "running" health event carrying the
-// current findings. start is what the start event reported.
-func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, interval time.Duration, h events.Health) {
-	if interval <= 0 {
-		interval = time.Minute
+func (a *Agent) postureInterval() time.Duration {
+	if a.cfg.PostureInterval <= 0 {
+		return time.Minute
 	}
-	last := start
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	return a.cfg.PostureInterval
+}
+
+// postureWatcher returns the periodic posture check: a change (a finding that appeared, went away, or
+// changed value or severity; see posture.Changes) is reported as a "running" health event carrying the
+// current findings. start is what the start event reported.
+func (a *Agent) postureWatcher(start events.Health) func(time.Time) {
+	last := start.Posture
+	return func(time.Time) {
 		cur, protected := a.posture()
 		appeared, gone, changed := posture.Changes(last, cur)
 		if len(appeared)+len(gone)+len(changed) == 0 {
-			continue
+			return
 		}
 		last = cur
 		msg := postureChange(appeared, gone, changed)
 		a.log.Info("host posture changed", "change", msg)
-		ev := h
+		ev := start
 		ev.State, ev.ProtectedProcesses, ev.Posture, ev.Message = "running", protected, posture.Summarize(cur, eventProcesses), msg
 		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &ev})
 	}

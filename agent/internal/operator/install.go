@@ -1,4 +1,7 @@
-package daemon
+// Package operator carries out what the operator approves with tokens signed by the operator key
+// (package optoken): the install check (the key and the approved policy pinned at the first start after
+// boot, a changed policy only with a policy token), break-glass grants and uninstall.
+package operator
 
 import (
 	"bytes"
@@ -32,20 +35,20 @@ func Fingerprint(pub []byte) string {
 	return hex.EncodeToString(s[:8])
 }
 
-// checkInstall makes sure the operator has approved what this agent is about to enforce. On the first
+// CheckInstall makes sure the operator has approved what this agent is about to enforce. On the first
 // start after boot (nothing pinned) the operator key file and the policy are recorded in the pinned
 // install map. Later starts use the pinned key, whatever the file now holds, and a changed policy (or
 // enforcement flag) needs a policy token signed by that key. It returns the health events to emit.
-func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
+func (o *Operator) CheckInstall(policySHA [32]byte) ([]events.Event, error) {
 	policyHex := hex.EncodeToString(policySHA[:])
-	fileKey, err := optoken.LoadPublicKey(a.cfg.OperatorKeyPath)
+	fileKey, err := optoken.LoadPublicKey(o.cfg.KeyPath)
 	if err != nil {
 		return nil, fmt.Errorf("%w\nkeyguard needs the operator's public key, which signs uninstall, break-glass and policy tokens: "+
 			"make a key pair off this host with `keyguard token keygen -out operator` and install operator.pub as %s (or pass -operator-key)",
-			err, a.cfg.OperatorKeyPath)
+			err, o.cfg.KeyPath)
 	}
-	digest := configDigest(policySHA, a.cfg.Loader)
-	in, ok, err := a.guard.Installed()
+	digest := configDigest(policySHA, o.cfg.Loader)
+	in, ok, err := o.guard.Installed()
 	if err != nil {
 		return nil, err
 	}
@@ -54,30 +57,30 @@ func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
 		in = loader.Install{InstalledUnix: uint64(now.Unix())}
 		copy(in.OperatorKey[:], fileKey)
 		in.ConfigSha256 = digest
-		if err := a.guard.SetInstalled(in); err != nil {
+		if err := o.guard.SetInstalled(in); err != nil {
 			return nil, err
 		}
-		a.opKey = ed25519.PublicKey(in.OperatorKey[:])
-		a.log.Info("operator key and policy recorded", "operator_key", Fingerprint(a.opKey), "policy_sha256", policyHex)
+		o.key = ed25519.PublicKey(in.OperatorKey[:])
+		o.log.Info("operator key and policy recorded", "operator_key", Fingerprint(o.key), "policy_sha256", policyHex)
 		return nil, nil
 	}
-	a.opKey = ed25519.PublicKey(bytes.Clone(in.OperatorKey[:]))
+	o.key = ed25519.PublicKey(bytes.Clone(in.OperatorKey[:]))
 	var evs []events.Event
-	if !bytes.Equal(fileKey, a.opKey) {
+	if !bytes.Equal(fileKey, o.key) {
 		msg := fmt.Sprintf("the operator key in %s (%s) is not the key installed at %s (%s); the installed key stays in force until keyguard is uninstalled or the host reboots",
-			a.cfg.OperatorKeyPath, Fingerprint(fileKey), time.Unix(int64(in.InstalledUnix), 0).UTC().Format(time.RFC3339), Fingerprint(a.opKey))
-		a.log.Warn(msg)
-		evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "running", Version: a.cfg.Version, Message: msg}})
+			o.cfg.KeyPath, Fingerprint(fileKey), time.Unix(int64(in.InstalledUnix), 0).UTC().Format(time.RFC3339), Fingerprint(o.key))
+		o.log.Warn(msg)
+		evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "running", Version: o.cfg.Version, Message: msg}})
 	}
 	if in.ConfigSha256 == digest {
 		return evs, nil
 	}
-	tokPath := a.cfg.PolicyTokenPath
+	tokPath := o.cfg.PolicyTokenPath
 	refuse := func(why string) error {
 		return fmt.Errorf("the policy or enforcement flags changed since they were approved, and %s.\n"+
 			"Enforcement of the approved policy continues (it is pinned in the kernel). To apply the change, have an operator sign it:\n"+
 			"  keyguard token sign -key operator.key -action policy -policy %s -host %s -operator NAME -reason TEXT > %s\n"+
-			"and start the agent again (policy sha256 %s)", why, a.cfg.PolicyPath, a.cfg.Hostname, tokPath, policyHex)
+			"and start the agent again (policy sha256 %s)", why, o.cfg.PolicyPath, o.cfg.Hostname, tokPath, policyHex)
 	}
 	raw, err := os.ReadFile(tokPath)
 	if errors.Is(err, os.ErrNotExist) {
@@ -85,41 +88,41 @@ func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
 	} else if err != nil {
 		return nil, refuse(fmt.Sprintf("the policy token could not be read: %v", err))
 	}
-	c, err := a.verifyToken(string(raw), optoken.ActionPolicy)
+	c, err := o.Verify(string(raw), optoken.ActionPolicy)
 	if err != nil {
 		return nil, refuse(fmt.Sprintf("the policy token at %s is not valid: %v", tokPath, err))
 	}
 	if c.PolicySHA256 != policyHex {
 		return nil, refuse(fmt.Sprintf("the policy token at %s approves another policy (sha256 %s)", tokPath, c.PolicySHA256))
 	}
-	if err := a.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
+	if err := o.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
 		return nil, refuse(err.Error())
 	}
 	in.ConfigSha256 = digest
-	if err := a.guard.SetInstalled(in); err != nil {
+	if err := o.guard.SetInstalled(in); err != nil {
 		return nil, err
 	}
 	msg := fmt.Sprintf("policy change approved by %s: %s (policy sha256 %s)", c.Operator, c.Reason, c.PolicySHA256)
-	a.log.Warn(msg)
-	evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "policy_approved", Version: a.cfg.Version, Message: msg}})
+	o.log.Warn(msg)
+	evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "policy_approved", Version: o.cfg.Version, Message: msg}})
 	return evs, nil
 }
 
-// verifyToken checks a token against the installed operator key, this host and the action. It does not
+// Verify checks a token against the installed operator key, this host and the action. It does not
 // mark it used.
-func (a *Agent) verifyToken(tok, action string) (optoken.Claims, error) {
-	if a.opKey == nil {
+func (o *Operator) Verify(tok, action string) (optoken.Claims, error) {
+	if o.key == nil {
 		return optoken.Claims{}, errors.New("no operator key is installed")
 	}
-	c, err := optoken.Verify(a.opKey, strings.TrimSpace(tok), time.Now())
+	c, err := optoken.Verify(o.key, strings.TrimSpace(tok), time.Now())
 	if err != nil {
 		return c, err
 	}
 	if c.Action != action {
 		return c, fmt.Errorf("the token authorises %q, not %q", c.Action, action)
 	}
-	if c.Host != a.cfg.Hostname {
-		return c, fmt.Errorf("the token is for host %q, this is %q", c.Host, a.cfg.Hostname)
+	if c.Host != o.cfg.Hostname {
+		return c, fmt.Errorf("the token is for host %q, this is %q", c.Host, o.cfg.Hostname)
 	}
 	return c, nil
 }
