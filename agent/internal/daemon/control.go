@@ -8,6 +8,7 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/events"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // handleControl answers one request on the control socket (control.Serve checked that the peer is root).
@@ -26,15 +27,18 @@ func (a *Agent) handleControl(req control.Request, peerPID int) (control.Respons
 			return resp, a.stop // the agent exits once the answer is out
 		}
 	case "report-dump":
-		if req.Dump == nil || req.Dump.Kind != events.KindDump || req.Dump.Dump == nil {
+		var cd *keyguardv1.CoreDump
+		if req.Dump != nil {
+			cd = req.Dump.GetCoreDump()
+		}
+		if cd == nil {
 			err = errors.New("report-dump needs a core_dump event")
 			break
 		}
-		ev := *req.Dump
-		if ev.Rule == "" {
-			ev.Rule = a.RuleName(ev.RuleID)
+		if cd.Rule == "" {
+			cd.Rule = a.RuleName(req.DumpRuleID)
 		}
-		a.emit(ev)
+		a.emit(req.Dump.Event)
 	default:
 		err = fmt.Errorf("unknown op %q (want status, break-glass or revoke)", req.Op)
 	}
@@ -42,8 +46,9 @@ func (a *Agent) handleControl(req control.Request, peerPID int) (control.Respons
 		resp.Error = err.Error()
 		if req.Op == "uninstall" || req.Op == "break-glass" {
 			// A refused attempt to switch protection off is itself worth an alarm.
-			a.emit(events.Event{Time: time.Now(), Kind: events.KindSideDoor, Operation: strings.ReplaceAll(req.Op, "-", "_") + "_refused",
-				Decision: "denied", Detail: err.Error(), Accessor: procInfo(a.proc, peerPID)})
+			a.emit(events.SideDoor(&keyguardv1.SideDoor{Kind: keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER,
+				Detail:   strings.ReplaceAll(req.Op, "-", "_") + "_refused " + err.Error(),
+				Decision: keyguardv1.Decision_DECISION_DENIED, Accessor: procInfo(a.proc, peerPID)}))
 		}
 	}
 	return resp, nil

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	kgbpf "github.com/keyguard/keyguard/bpf"
-
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
@@ -22,8 +20,11 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/metrics"
 	"github.com/keyguard/keyguard/agent/internal/operator"
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/agent/internal/posture"
 	"github.com/keyguard/keyguard/agent/internal/procfs"
 	"github.com/keyguard/keyguard/agent/internal/supervise"
+	kgbpf "github.com/keyguard/keyguard/bpf"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Config is the agent's configuration; main fills it from flags.
@@ -67,11 +68,11 @@ type Agent struct {
 	exp     *export.Pipeline
 	op      *operator.Operator
 	watcher *policy.Watcher
-	gap     *events.Gap
+	gap     *gap
 	met     *metrics.Agent // nil unless Config.Metrics.Listen is set
 	closers []func()       // run in reverse order when Run returns
 
-	installEvents []events.Event // what the install check reports, emitted once the agent runs
+	installEvents []*keyguardv1.Event // what the install check reports, emitted once the agent runs
 
 	mu    sync.Mutex
 	rs    loader.RuleSet
@@ -194,7 +195,7 @@ func (a *Agent) checkInstall() error {
 			Drain: func() { a.waitDelivered(10 * time.Second) }})
 	evs, err := a.op.CheckInstall(a.pol.SHA256)
 	if err != nil {
-		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{State: "refused", Version: a.cfg.Version, Message: err.Error()}})
+		a.emit(events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_REFUSED, AgentVersion: a.cfg.Version, Detail: err.Error()}))
 		_ = a.out.Flush()
 		return err
 	}
@@ -285,8 +286,8 @@ func (a *Agent) run(ctx context.Context) error {
 		return fmt.Errorf("protect the agent itself: %w", err)
 	}
 	sup.Every("upgrade trust", time.Second, a.upgradeTruster())
-	start := a.reportStart()
-	sup.Every("posture", a.postureInterval(), a.postureWatcher(start))
+	findings, start := a.reportStart()
+	sup.Every("posture", a.postureInterval(), a.postureWatcher(findings, start))
 	if err := writeAlive(a.cfg.StateDir, a.proc.File(), time.Now()); err != nil {
 		a.log.Warn("could not record that the agent is alive", "error", err)
 	}
@@ -309,40 +310,43 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	cancel()
 	if _, err := os.Stat(a.cfg.Loader.PinPath); err == nil {
-		a.emit(a.health("stopping", 0))
+		a.emit(events.Health(a.health(keyguardv1.AgentState_AGENT_STATE_STOPPING, 0, a.eventPosture())))
 	}
 	sup.Wait()
 	return err
 }
 
 // reportStart protects the processes already running and emits the start (or adoption) health
-// event, with a reboot gap when there was one. It returns that event's health.
-func (a *Agent) reportStart() events.Health {
+// event, with a reboot gap when there was one. It returns that event's health and posture findings.
+func (a *Agent) reportStart() ([]posture.Finding, *keyguardv1.AgentHealth) {
 	protected, err := a.scan()
 	if err != nil {
 		a.log.Warn("procfs scan incomplete", "error", err)
 	}
-	state := "started"
+	state := keyguardv1.AgentState_AGENT_STATE_STARTED
 	if a.guard.Adopted {
-		state = "adopted"
+		state = keyguardv1.AgentState_AGENT_STATE_ADOPTED
 	}
 	for _, ev := range a.installEvents {
 		a.emit(ev)
 	}
-	hev := a.health(state, protected)
+	findings := a.eventPosture()
+	hev := a.health(state, protected, findings)
 	if gap := a.gap; gap != nil {
-		hev.Health.Gap = gap
-		hev.Health.Message = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
+		hev.Gap = gap.proto()
+		hev.Detail = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
 			gap.PreviousBootID, gap.BootID, gap.LastSeen.Format(time.RFC3339), gap.Resumed.Format(time.RFC3339))
 		a.log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
 	}
-	a.emit(hev)
+	a.emit(events.Health(hev))
 	a.log.Info("keyguard agent running", "state", state, "rules", len(a.pol.Rules), "protected_at_start", protected)
-	return *hev.Health
+	return findings, hev
 }
 
 // emit records an event in the local log and hands it to the export pipeline, which never blocks.
-func (a *Agent) emit(ev events.Event) {
+// The event is stamped with the agent's version first; nothing changes it afterwards.
+func (a *Agent) emit(ev *keyguardv1.Event) {
+	ev.AgentVersion = a.cfg.Version
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
 	}
@@ -350,20 +354,19 @@ func (a *Agent) emit(ev events.Event) {
 		a.met.Observe(ev)
 	}
 	if a.exp != nil {
-		pe := ev.Proto(a.cfg.Version)
-		a.exp.Submit(pe, export.PriorityOf(pe))
+		a.exp.Submit(ev, export.PriorityOf(ev))
 	}
 }
 
-func (a *Agent) health(state string, protected int) events.Event {
-	h := &events.Health{
-		State: state, Version: a.cfg.Version, Kernel: a.probe.Kernel,
-		LSMActive: len(a.probe.Missing) == 0, ProtectedProcesses: protected,
+// health is the AgentHealth of a start, stop or posture change.
+func (a *Agent) health(state keyguardv1.AgentState, protected int, fs []posture.Finding) *keyguardv1.AgentHealth {
+	h := &keyguardv1.AgentHealth{
+		State: state, AgentVersion: a.cfg.Version, KernelRelease: a.probe.Kernel,
+		LsmActive: len(a.probe.Missing) == 0, ProtectedProcessCount: uint32(protected), Findings: events.Findings(fs),
 	}
 	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
 	h.EnforcementPinned = len(builds) > 0
-	h.Posture = a.eventPosture()
-	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
+	return h
 }
 
 // selfRule protects the agent's own process.
@@ -414,10 +417,10 @@ func (a *Agent) scan() (int, error) {
 			a.log.Error("protected process is already traced", "pid", p.PID, "tracer", p.TracerPID)
 		}
 		if !had || p.TracerPID != 0 {
-			a.emit(events.Event{
-				Time: time.Now(), Kind: events.KindProtect, Rule: a.RuleName(m.RuleId),
-				Reason: events.ReasonName(m.Reason), Detail: detail, Target: procInfo(a.proc, p.PID),
-			})
+			a.emit(events.Protection(&keyguardv1.ProtectionChange{
+				Process: procInfo(a.proc, p.PID), Rule: a.RuleName(m.RuleId), State: keyguardv1.ProtectionState_PROTECTION_STATE_PROTECTED,
+				Reason: events.Reason(m.Reason), Detail: detail,
+			}))
 		}
 	}
 	return n, err
@@ -475,13 +478,13 @@ func (a *Agent) writeLostBaseline(n uint64) {
 }
 
 // procInfo describes a running process from procfs.
-func procInfo(proc procfs.FS, pid int) *events.Process {
-	p := &events.Process{PID: uint32(pid), TID: uint32(pid), Executable: proc.Exe(pid), Comm: proc.Comm(pid), Cgroup: proc.Cgroup(pid)}
+func procInfo(proc procfs.FS, pid int) *keyguardv1.Process {
+	p := &keyguardv1.Process{Pid: uint32(pid), Tid: uint32(pid), ExePath: proc.Exe(pid), Comm: proc.Comm(pid), CgroupPath: proc.Cgroup(pid)}
 	if id, err := loader.StatFileID(proc.Path(pid, "exe")); err == nil {
-		p.ExeDev, p.ExeIno = id.Dev, id.Ino
+		p.ExeDev, p.ExeInode = id.Dev, id.Ino
 	}
 	if st, err := proc.Status(pid); err == nil {
-		p.UID, p.EUID = st.UID, st.EUID
+		p.Uid, p.Euid = st.UID, st.EUID
 	}
 	return p
 }

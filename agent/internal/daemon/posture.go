@@ -9,10 +9,13 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 	"github.com/keyguard/keyguard/agent/internal/posture"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // posture checks the host, every protected process and every key file of the policy that exists. It
@@ -90,8 +93,8 @@ func (a *Agent) postureInterval() time.Duration {
 // postureWatcher returns the periodic posture check: a change (a finding that appeared, went away, or
 // changed value or severity; see posture.Changes) is reported as a "running" health event carrying the
 // current findings. start is what the start event reported.
-func (a *Agent) postureWatcher(start events.Health) func(time.Time) {
-	last := start.Posture
+func (a *Agent) postureWatcher(findings []posture.Finding, start *keyguardv1.AgentHealth) func(time.Time) {
+	last := findings
 	return func(time.Time) {
 		cur, protected := a.posture()
 		appeared, gone, changed := posture.Changes(last, cur)
@@ -101,9 +104,10 @@ func (a *Agent) postureWatcher(start events.Health) func(time.Time) {
 		last = cur
 		msg := postureChange(appeared, gone, changed)
 		a.log.Info("host posture changed", "change", msg)
-		ev := start
-		ev.State, ev.ProtectedProcesses, ev.Posture, ev.Message = "running", protected, posture.Summarize(cur, eventProcesses), msg
-		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &ev})
+		ev := proto.CloneOf(start)
+		ev.State, ev.ProtectedProcessCount, ev.Detail = keyguardv1.AgentState_AGENT_STATE_RUNNING, uint32(protected), msg
+		ev.Findings, ev.Gap = events.Findings(posture.Summarize(cur, eventProcesses)), nil
+		a.emit(events.Health(ev))
 	}
 }
 

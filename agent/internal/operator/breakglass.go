@@ -6,10 +6,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/optoken"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // MaxBreakGlass is the longest exception a break-glass grant may give.
@@ -145,9 +148,20 @@ func (o *Operator) Grants() []control.Grant {
 	return out
 }
 
-func breakGlassEvent(action string, g control.Grant) events.Event {
-	return events.Event{Time: time.Now(), Kind: events.KindBreakGlass, Rule: g.Rule, BreakGlass: &events.BreakGlass{
-		Action: action, Operator: g.Operator, Executable: g.Executable, UID: g.UID, Rule: g.Rule,
-		Reason: g.Reason, Expires: g.Expires, GrantID: g.ID,
-	}}
+// grantStates maps what happened to a grant to the API's state.
+var grantStates = map[string]keyguardv1.BreakGlassState{
+	"granted": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_GRANTED,
+	"expired": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_EXPIRED,
+	"revoked": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_REVOKED,
+}
+
+func breakGlassEvent(action string, g control.Grant) *keyguardv1.Event {
+	uid := uint32(g.UID)
+	if g.UID < 0 {
+		uid = ^uint32(0) // any uid
+	}
+	return events.BreakGlass(&keyguardv1.BreakGlass{
+		Operator: g.Operator, AccessorExePath: g.Executable, AccessorUid: uid, Rule: g.Rule,
+		Reason: g.Reason, State: grantStates[action], ExpireTime: timestamppb.New(g.Expires),
+	})
 }

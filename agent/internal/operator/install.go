@@ -17,6 +17,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/optoken"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // configDigest binds the approved policy (the SHA-256 of its file, what a policy token names) and the
@@ -39,7 +40,7 @@ func Fingerprint(pub []byte) string {
 // start after boot (nothing pinned) the operator key file and the policy are recorded in the pinned
 // install map. Later starts use the pinned key, whatever the file now holds, and a changed policy (or
 // enforcement flag) needs a policy token signed by that key. It returns the health events to emit.
-func (o *Operator) CheckInstall(policySHA [32]byte) ([]events.Event, error) {
+func (o *Operator) CheckInstall(policySHA [32]byte) ([]*keyguardv1.Event, error) {
 	policyHex := hex.EncodeToString(policySHA[:])
 	fileKey, err := optoken.LoadPublicKey(o.cfg.KeyPath)
 	if err != nil {
@@ -65,12 +66,12 @@ func (o *Operator) CheckInstall(policySHA [32]byte) ([]events.Event, error) {
 		return nil, nil
 	}
 	o.key = ed25519.PublicKey(bytes.Clone(in.OperatorKey[:]))
-	var evs []events.Event
+	var evs []*keyguardv1.Event
 	if !bytes.Equal(fileKey, o.key) {
 		msg := fmt.Sprintf("the operator key in %s (%s) is not the key installed at %s (%s); the installed key stays in force until keyguard is uninstalled or the host reboots",
 			o.cfg.KeyPath, Fingerprint(fileKey), time.Unix(int64(in.InstalledUnix), 0).UTC().Format(time.RFC3339), Fingerprint(o.key))
 		o.log.Warn(msg)
-		evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "running", Version: o.cfg.Version, Message: msg}})
+		evs = append(evs, events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_RUNNING, AgentVersion: o.cfg.Version, Detail: msg}))
 	}
 	if in.ConfigSha256 == digest {
 		return evs, nil
@@ -104,7 +105,7 @@ func (o *Operator) CheckInstall(policySHA [32]byte) ([]events.Event, error) {
 	}
 	msg := fmt.Sprintf("policy change approved by %s: %s (policy sha256 %s)", c.Operator, c.Reason, c.PolicySHA256)
 	o.log.Warn(msg)
-	evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "policy_approved", Version: o.cfg.Version, Message: msg}})
+	evs = append(evs, events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_POLICY_APPROVED, AgentVersion: o.cfg.Version, Detail: msg}))
 	return evs, nil
 }
 

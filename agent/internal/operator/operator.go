@@ -5,9 +5,9 @@ import (
 	"log/slog"
 	"sync"
 
-	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Config says where the operator's key and approvals are, and what tokens must name.
@@ -30,7 +30,7 @@ type Deps struct {
 	Policy *policy.Policy
 	// Emit reports an event (local log and export); Flush makes the local log durable, so an action
 	// is recorded before it takes effect.
-	Emit  func(events.Event)
+	Emit  func(*keyguardv1.Event)
 	Flush func() error
 	// Drain waits up to the given time for the collector to acknowledge what was emitted (nil: no export).
 	Drain func()
@@ -42,7 +42,7 @@ type Operator struct {
 	cfg   Config
 	guard *loader.Guard
 	pol   *policy.Policy
-	emit  func(events.Event)
+	emit  func(*keyguardv1.Event)
 	flush func() error
 	drain func()
 	log   *slog.Logger

@@ -3,12 +3,12 @@ package operator
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/optoken"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Uninstall removes keyguard on an operator's explicit request: the event is recorded (and given to
@@ -25,9 +25,9 @@ func (o *Operator) Uninstall(token string) error {
 	if err := o.guard.UseToken(c.Nonce, c.ExpiresAt); err != nil {
 		return fmt.Errorf("uninstall token refused: %w", err)
 	}
-	o.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{
-		State: "uninstalled", Version: o.cfg.Version,
-		Message: fmt.Sprintf("uninstalled by %s: %s", c.Operator, c.Reason)}})
+	o.emit(events.Health(&keyguardv1.AgentHealth{
+		State: keyguardv1.AgentState_AGENT_STATE_UNINSTALLED, AgentVersion: o.cfg.Version,
+		Detail: fmt.Sprintf("uninstalled by %s: %s", c.Operator, c.Reason)}))
 	if err := o.flush(); err != nil {
 		return fmt.Errorf("could not record the uninstall, so nothing was removed: %w", err)
 	}
