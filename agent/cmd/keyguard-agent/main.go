@@ -1,9 +1,11 @@
 // Command keyguard-agent is keyguard's per-host daemon: it loads the BPF LSM programs that keep every
 // other process out of key-holding processes' memory, and reports every decision.
 //
-//	keyguard-agent run -policy /etc/keyguard/policy.yaml [flags]
-//	keyguard-agent probe
-//	keyguard-agent uninstall [-pin-path DIR]
+//	keyguard-agent run [-config /etc/keyguard/agent.yaml] [flags]
+//	keyguard-agent probe [-pin-path DIR] [-json]
+//	keyguard-agent policy check FILE [-offline]
+//	keyguard-agent uninstall -token-file FILE
+//	keyguard-agent version | help
 package main
 
 import (
@@ -18,16 +20,15 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/daemon"
 	"github.com/keyguard/keyguard/agent/internal/dumphandler"
-	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/posture"
 	"github.com/keyguard/keyguard/collector/metricsserver"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -37,93 +38,73 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: keyguard-agent run|probe|uninstall [flags]  (-h for flags)")
-		return 2
+func program() cmdline.Program {
+	return cmdline.Program{
+		Name: "keyguard-agent", Version: version,
+		About: "keyguard-agent keeps signing keys inside the processes that hold them (BPF LSM) and reports every decision.",
+		Commands: []cmdline.Command{
+			{Name: "run", Summary: "run the agent (flags override " + defaultConfigPath + ")", Run: runAgent},
+			{Name: "probe", Summary: "check whether this kernel can run keyguard, and the host's posture", Run: probe},
+			{Name: "policy", Summary: "policy check FILE [-offline]: validate a policy (no kernel needed)", Run: policyCmd},
+			{Name: "uninstall", Summary: "remove keyguard through the running agent (needs an operator token)", Run: uninstall},
+			// The kernel runs this through core_pattern for every core dump; not for people.
+			{Name: "dump-handler", Run: func(args []string, _, _ io.Writer) int { return dumpHandler(args) }},
+		},
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil))
-	switch args[0] {
-	case "run":
-		return runAgent(args[1:], log, stderr)
-	case "probe":
-		return probe(args[1:], stdout, stderr)
-	case "uninstall":
-		return uninstall(args[1:], stdout, stderr)
-	case "dump-handler":
-		return dumpHandler(args[1:])
-	case "version":
-		fmt.Fprintln(stdout, version)
-		return 0
-	}
-	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall or version)\n", args[0])
-	return 2
 }
 
-func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfg := daemon.Config{Loader: loader.DefaultConfig(), Version: version}
-	fs.StringVar(&cfg.PolicyPath, "policy", "/etc/keyguard/policy.yaml", "protection policy file")
-	fs.StringVar(&cfg.Loader.PinPath, "pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pinned programs and maps")
-	fs.StringVar(&cfg.EventLog, "events", "/var/log/keyguard/events.jsonl", `event log: a version header, then one protojson keyguard.v1.Event per line ("-" for standard output)`)
-	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/keyguard", "folder for state kept across restarts")
-	fs.StringVar(&cfg.ControlSocket, "control-socket", "/run/keyguard/agent.sock", `unix socket for the keyguard CLI ("" disables)`)
-	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
-	fs.BoolVar(&cfg.DumpKeepStacks, "dump-keep-stacks", false, "keep thread stacks in redacted core dumps (backtraces need them)")
-	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
-	fs.DurationVar(&cfg.PostureInterval, "posture-interval", time.Minute, "how often host posture is checked again; a change is reported as a health event")
-	fs.StringVar(&cfg.OperatorKeyPath, "operator-key", "/etc/keyguard/operator.pub", "the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens")
-	fs.StringVar(&cfg.PolicyTokenPath, "policy-token", "", "token approving a changed policy (default: the policy path + .token)")
-	fs.StringVar(&cfg.Hostname, "host-name", "", "this host's name in operator tokens (default: the host name)")
-	fs.StringVar(&cfg.Metrics.Listen, "metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 (empty: off)")
-	fs.BoolVar(&cfg.Metrics.AllowRemote, "metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
-	var exp export.Config
-	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port (empty: local event log only)")
-	fs.StringVar(&exp.CAFile, "collector-ca", "/etc/keyguard/collector-ca.pem", "CA bundle that signs the collector's certificate")
-	fs.StringVar(&exp.CertFile, "cert", "/etc/keyguard/agent.pem", "this host's client certificate (one per host)")
-	fs.StringVar(&exp.KeyFile, "key", "/etc/keyguard/agent-key.pem", "this host's client key")
-	fs.StringVar(&exp.SpoolDir, "spool-dir", "/var/lib/keyguard/spool", "durable spool of events not yet acknowledged by the collector")
-	fs.Int64Var(&exp.SpoolMaxBytes, "spool-max-bytes", 256<<20, "spool size cap; when full, low-value events are dropped first and the drop is reported")
-	fs.StringVar(&exp.PlaintextHost, "insecure-plaintext-host", "", "DEMO ONLY: send without TLS to a loopback collector, claiming this host name")
-	if err := fs.Parse(args); err != nil {
-		return 2
+func run(args []string, stdout, stderr io.Writer) int {
+	return program().Main(args, stdout, stderr)
+}
+
+func runAgent(args []string, stdout, stderr io.Writer) int {
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	fs := cmdline.NewFlagSet("keyguard-agent run", "[-config FILE] [flags]",
+		"Runs the agent. Settings come from the defaults, then the configuration file, then the flags given.")
+	configPath := fs.String("config", defaultConfigPath, "YAML configuration file (a missing default file is ignored; flags given override it)")
+	c := defaultConfig()
+	bound := cmdline.BindConfig(fs, &c)
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
+	if fs.NArg() > 0 {
+		return cmdline.Usagef(fs, stderr, "unexpected arguments %q", fs.Args())
+	}
+	explicit := false
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
+	if err := bound.Load(*configPath, !explicit); err != nil {
+		fmt.Fprintln(stderr, "keyguard-agent:", err)
+		return cmdline.ExitUsage
+	}
+	cfg := c.daemon(version)
 	if cfg.Metrics.Listen != "" {
 		if err := metricsserver.Check(cfg.Metrics.Listen, cfg.Metrics.AllowRemote, metricsserver.Flags()); err != nil {
 			fmt.Fprintln(stderr, "keyguard-agent:", err)
-			return 2
+			return cmdline.ExitUsage
 		}
-	}
-	if exp.Collector != "" {
-		if exp.PlaintextHost != "" {
-			exp.Plaintext = true
-			exp.CAFile, exp.CertFile, exp.KeyFile = "", "", ""
-		}
-		cfg.Export = &exp
 	}
 	if cfg.EventLog != "-" {
 		if err := os.MkdirAll(filepath.Dir(cfg.EventLog), 0o750); err != nil {
 			log.Error("create event log folder", "error", err)
-			return 1
+			return cmdline.ExitFailure
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := daemon.Run(ctx, cfg, log); err != nil {
 		fmt.Fprintln(stderr, "keyguard-agent:", err)
-		return 1
+		return cmdline.ExitFailure
 	}
-	return 0
+	return cmdline.ExitOK
 }
 
 func probe(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("probe", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard-agent probe", "[-pin-path DIR] [-json]",
+		"Checks whether this kernel can run keyguard (exit 1 if not) and prints the host's posture. Read-only.")
 	pin := fs.String("pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pins")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	r := loader.Probe(filepath.Dir(*pin))
 	// keyguard's handler is expected as core_pattern while the agent has it installed.
@@ -153,12 +134,12 @@ func probe(args []string, stdout, stderr io.Writer) int {
 }
 
 func uninstall(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("uninstall", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard-agent uninstall", "-token-file FILE [-socket PATH]",
+		"Removes keyguard through the running agent: it checks the operator token, records the uninstall, restores\ncore_pattern and removes every pin, then stops.")
 	socket := fs.String("socket", control.DefaultSocket, "the running agent's control socket")
 	tokenFile := fs.String("token-file", "", `uninstall token signed by the operator key ("-" for standard input; required)`)
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	if *tokenFile == "" {
 		fmt.Fprintln(stderr, "keyguard-agent uninstall: -token-file is required: an operator signs one with\n"+

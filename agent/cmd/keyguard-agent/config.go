@@ -1,0 +1,80 @@
+package main
+
+import (
+	"time"
+
+	"github.com/keyguard/keyguard/agent/internal/daemon"
+	"github.com/keyguard/keyguard/agent/internal/export"
+	"github.com/keyguard/keyguard/agent/internal/loader"
+)
+
+// defaultConfigPath is the agent's configuration file; flags given on the command line override it.
+const defaultConfigPath = "/etc/keyguard/agent.yaml"
+
+// config is the agent's configuration file (YAML keys) and its `run` flags, bound by cmdline.Config.
+type config struct {
+	Policy          string        `yaml:"policy" flag:"policy" help:"protection policy file"`
+	PinPath         string        `yaml:"pin_path" flag:"pin-path" help:"bpffs folder for keyguard's pinned programs and maps"`
+	Events          string        `yaml:"events" flag:"events" help:"event log: a version header, then one protojson keyguard.v1.Event per line (\"-\" for standard output)"`
+	StateDir        string        `yaml:"state_dir" flag:"state-dir" help:"folder for state kept across restarts"`
+	ControlSocket   string        `yaml:"control_socket" flag:"control-socket" help:"unix socket for the keyguard CLI (\"\" disables)"`
+	ReportNoAudit   bool          `yaml:"report_noaudit" flag:"report-noaudit" help:"also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way"`
+	DumpKeepStacks  bool          `yaml:"dump_keep_stacks" flag:"dump-keep-stacks" help:"keep thread stacks in redacted core dumps (backtraces need them)"`
+	DenyTraced      bool          `yaml:"deny_traced" flag:"deny-traced" help:"refuse exec of a protected executable and key-file opens by a process under a tracer"`
+	PostureInterval time.Duration `yaml:"posture_interval" flag:"posture-interval" help:"how often host posture is checked again; a change is reported as a health event"`
+	OperatorKey     string        `yaml:"operator_key" flag:"operator-key" help:"the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens"`
+	PolicyToken     string        `yaml:"policy_token" flag:"policy-token" help:"token approving a changed policy (default: the policy path + .token)"`
+	HostName        string        `yaml:"host_name" flag:"host-name" help:"this host's name in operator tokens (default: the host name)"`
+	Metrics         struct {
+		Listen      string `yaml:"listen" flag:"metrics-listen" help:"serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 (empty: off)"`
+		AllowRemote bool   `yaml:"allow_remote" flag:"metrics-allow-remote" help:"allow a non-loopback -metrics-listen address (plain HTTP, no authentication)"`
+	} `yaml:"metrics"`
+	Collector struct {
+		Address               string `yaml:"address" flag:"collector" help:"collector ingest address host:port (empty: local event log only)"`
+		CA                    string `yaml:"ca" flag:"collector-ca" help:"CA bundle that signs the collector's certificate"`
+		Cert                  string `yaml:"cert" flag:"cert" help:"this host's client certificate (one per host)"`
+		Key                   string `yaml:"key" flag:"key" help:"this host's client key"`
+		SpoolDir              string `yaml:"spool_dir" flag:"spool-dir" help:"durable spool of events not yet acknowledged by the collector"`
+		SpoolMaxBytes         int64  `yaml:"spool_max_bytes" flag:"spool-max-bytes" help:"spool size cap; when full, low-value events are dropped first and the drop is reported"`
+		InsecurePlaintextHost string `yaml:"insecure_plaintext_host" flag:"insecure-plaintext-host" help:"DEMO ONLY: send without TLS to a loopback collector, claiming this host name"`
+	} `yaml:"collector"`
+}
+
+func defaultConfig() config {
+	var c config
+	c.Policy = "/etc/keyguard/policy.yaml"
+	c.PinPath = loader.DefaultPinPath
+	c.Events = "/var/log/keyguard/events.jsonl"
+	c.StateDir = "/var/lib/keyguard"
+	c.ControlSocket = "/run/keyguard/agent.sock"
+	c.DenyTraced = loader.DefaultConfig().DenyTraced
+	c.PostureInterval = time.Minute
+	c.OperatorKey = "/etc/keyguard/operator.pub"
+	c.Collector.CA = "/etc/keyguard/collector-ca.pem"
+	c.Collector.Cert = "/etc/keyguard/agent.pem"
+	c.Collector.Key = "/etc/keyguard/agent-key.pem"
+	c.Collector.SpoolDir = "/var/lib/keyguard/spool"
+	c.Collector.SpoolMaxBytes = 256 << 20
+	return c
+}
+
+// daemon is the configuration the daemon runs with.
+func (c config) daemon(version string) daemon.Config {
+	d := daemon.Config{
+		PolicyPath: c.Policy, EventLog: c.Events, StateDir: c.StateDir, ControlSocket: c.ControlSocket, Version: version,
+		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced},
+		DumpKeepStacks:  c.DumpKeepStacks,
+		PostureInterval: c.PostureInterval, OperatorKeyPath: c.OperatorKey, PolicyTokenPath: c.PolicyToken, Hostname: c.HostName,
+		Metrics: daemon.MetricsConfig{Listen: c.Metrics.Listen, AllowRemote: c.Metrics.AllowRemote},
+	}
+	if cc := c.Collector; cc.Address != "" {
+		exp := export.Config{Collector: cc.Address, CAFile: cc.CA, CertFile: cc.Cert, KeyFile: cc.Key, SpoolDir: cc.SpoolDir,
+			SpoolMaxBytes: cc.SpoolMaxBytes, PlaintextHost: cc.InsecurePlaintextHost}
+		if exp.PlaintextHost != "" {
+			exp.Plaintext = true
+			exp.CAFile, exp.CertFile, exp.KeyFile = "", "", ""
+		}
+		d.Export = &exp
+	}
+	return d
+}
