@@ -30,7 +30,9 @@ const (
 )
 
 // IsHelp reports whether arg asks for help.
-func IsHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help" }
+func IsHelp(arg string) bool {
+	return arg == "-h" || arg == "--help" || arg == "-help" || arg == "help"
+}
 
 // IsVersion reports whether arg asks for the version.
 func IsVersion(arg string) bool { return arg == "version" || arg == "--version" || arg == "-version" }
