@@ -2,6 +2,7 @@
 // SQLite or PostgreSQL.
 //
 //	keyguard-collector [serve] [flags]        run the collector (flags override -config YAML)
+//	keyguard-collector version | help
 //	keyguard-collector certs <init|host|operator|revoke> [flags]
 //	keyguard-collector verify -db DSN [-host H]... [-chain-key-file F]
 //	keyguard-collector console user add -users FILE -name NAME -role admin|viewer   (password on stdin)
@@ -9,13 +10,17 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -26,36 +31,21 @@ func main() {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	if len(args) > 0 {
-		switch args[0] {
-		case "serve":
-			return serve(ctx, args[1:], stderr, log)
-		case "certs":
-			return certs(args[1:], stdout, stderr)
-		case "verify":
-			return verify(ctx, args[1:], stdout, stderr, log)
-		case "console":
-			return consoleCmd(args[1:], os.Stdin, stdout, stderr)
-		case "help", "-h", "--help":
-			usage(stdout)
-			return 0
-		}
-		if args[0] != "" && args[0][0] != '-' {
-			fmt.Fprintf(stderr, "keyguard-collector: unknown command %q\n\n", args[0])
-			usage(stderr)
-			return 2
-		}
+	serveCmd := cmdline.Command{Name: "serve", Summary: "run the collector (the default; flags override -config YAML)",
+		Run: func(args []string, stdout, stderr io.Writer) int { return serve(ctx, args, stdout, stderr, log) }}
+	p := cmdline.Program{
+		Name: "keyguard-collector", Version: version,
+		About: "keyguard-collector receives keyguard events from agents over mTLS gRPC and stores them in SQLite or PostgreSQL.",
+		Commands: []cmdline.Command{
+			serveCmd,
+			{Name: "certs", Summary: "demo PKI: CA, collector, host and operator certificates, revocation", Run: certs},
+			{Name: "verify", Summary: "verify the hash chains directly in a database (read-only)",
+				Run: func(args []string, stdout, stderr io.Writer) int { return verify(ctx, args, stdout, stderr, log) }},
+			{Name: "console", Summary: "console user add: add or replace a web console user (password on stdin)",
+				Run: func(args []string, stdout, stderr io.Writer) int { return consoleCmd(args, os.Stdin, stdout, stderr) }},
+		},
+		Default: &serveCmd,
+		Footer:  "Flags without a command run serve: keyguard-collector -config FILE is keyguard-collector serve -config FILE.",
 	}
-	return serve(ctx, args, stderr, log)
-}
-
-func usage(w io.Writer) {
-	fmt.Fprint(w, `usage:
-  keyguard-collector [serve] [flags]      run the collector ('serve -h' lists flags)
-  keyguard-collector certs init|host|operator|revoke [flags]
-                                          demo PKI: CA, collector, host and operator certificates, revocation
-  keyguard-collector verify -db DSN       verify the hash chains directly in a database
-  keyguard-collector console user add -users FILE -name NAME -role admin|viewer
-                                          add or replace a web console user (password on stdin)
-`)
+	return p.Main(args, stdout, stderr)
 }

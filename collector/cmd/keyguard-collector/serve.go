@@ -2,111 +2,36 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/keyguard/keyguard/collector/internal/server"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
-func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logger) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) int {
+	fs := cmdline.NewFlagSet("keyguard-collector serve", "[-config FILE] [flags]",
+		"Runs the collector. Settings come from the defaults, then the -config file, then the flags given.")
 	configPath := fs.String("config", "", "YAML configuration file (flags given explicitly override it)")
-	d := server.Defaults()
-	listen := fs.String("listen", d.Listen, "gRPC listen address")
-	name := fs.String("name", "", "name of this collector instance (default: hostname)")
-	cert := fs.String("tls-cert", "", "server certificate (PEM)")
-	key := fs.String("tls-key", "", "server private key (PEM)")
-	ca := fs.String("tls-client-ca", "", "CA bundle that client certificates must chain to (PEM)")
-	crl := fs.String("tls-crl", "", "certificate revocation list signed by the client CA (PEM or DER), reloaded on change")
-	revoked := fs.String("revoked-serials", "", "file of revoked client certificate serials (hex, one per line), reloaded on change")
-	plaintext := fs.Bool("insecure-plaintext", false, "serve without TLS (loopback addresses only; demo)")
-	dsn := fs.String("db", d.Storage.DSN, "storage: SQLite file path, or postgres://user@host/db URL")
-	chainKey := fs.String("chain-key-file", "", "secret key file for HMAC hash chains (same on every collector sharing a database)")
-	retention := fs.Duration("retention", 0, "delete events received longer ago than this (0 keeps all)")
-	retentionEvery := fs.Duration("retention-interval", time.Duration(d.Retention.Interval), "how often the retention job runs")
-	stale := fs.Duration("stale-after", time.Duration(d.StaleAfter), "list hosts not heard from for this long as stale")
-	maxMsg := fs.Int("max-message-bytes", d.MaxMessageBytes, "largest gRPC message accepted")
-	consoleListen := fs.String("console-listen", "", "web console HTTPS address (off unless set), e.g. 0.0.0.0:8443")
-	consoleCert := fs.String("console-tls-cert", "", "console certificate (default: -tls-cert)")
-	consoleKey := fs.String("console-tls-key", "", "console private key (default: -tls-key)")
-	consolePlain := fs.Bool("console-insecure-plaintext", false, "serve the console over plain HTTP (loopback addresses only; demo)")
-	consoleUsers := fs.String("console-users", "", "console users file (keyguard-collector console user add)")
-	consoleOpKey := fs.String("console-operator-key", "", "Ed25519 operator private key for issuing tokens from the console")
 	consoleAddrFile := fs.String("console-addr-file", "", "write the console's bound address to this file once listening")
-	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9465 (empty: off)")
-	metricsRemote := fs.Bool("metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
 	metricsAddrFile := fs.String("metrics-addr-file", "", "write the bound metrics address to this file once listening (for tests and scripts using port 0)")
 	addrFile := fs.String("addr-file", "", "write the bound address to this file once listening (for tests and scripts using port 0)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	cfg := server.Defaults()
+	bound := cmdline.BindConfig(fs, &cfg)
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "serve: unexpected arguments %q\n", fs.Args())
-		return 2
+		return cmdline.Usagef(fs, stderr, "unexpected arguments %q", fs.Args())
 	}
-	cfg := d
-	if *configPath != "" {
-		var err error
-		if cfg, err = server.LoadFile(*configPath); err != nil {
-			fmt.Fprintln(stderr, "keyguard-collector:", err)
-			return 1
-		}
+	if err := bound.Load(*configPath, false); err != nil {
+		fmt.Fprintln(stderr, "keyguard-collector:", err)
+		return cmdline.ExitFailure
 	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "listen":
-			cfg.Listen = *listen
-		case "name":
-			cfg.Name = *name
-		case "tls-cert":
-			cfg.TLS.Cert = *cert
-		case "tls-key":
-			cfg.TLS.Key = *key
-		case "tls-client-ca":
-			cfg.TLS.ClientCA = *ca
-		case "tls-crl":
-			cfg.TLS.CRL = *crl
-		case "revoked-serials":
-			cfg.TLS.RevokedSerials = *revoked
-		case "insecure-plaintext":
-			cfg.InsecurePlaintext = *plaintext
-		case "db":
-			cfg.Storage.DSN = *dsn
-		case "chain-key-file":
-			cfg.Storage.ChainKeyFile = *chainKey
-		case "retention":
-			cfg.Retention.MaxAge = server.Duration(*retention)
-		case "retention-interval":
-			cfg.Retention.Interval = server.Duration(*retentionEvery)
-		case "stale-after":
-			cfg.StaleAfter = server.Duration(*stale)
-		case "max-message-bytes":
-			cfg.MaxMessageBytes = *maxMsg
-		case "console-listen":
-			cfg.Console.Listen = *consoleListen
-		case "console-tls-cert":
-			cfg.Console.TLSCert = *consoleCert
-		case "console-tls-key":
-			cfg.Console.TLSKey = *consoleKey
-		case "console-insecure-plaintext":
-			cfg.Console.InsecurePlaintext = *consolePlain
-		case "console-users":
-			cfg.Console.UsersFile = *consoleUsers
-		case "console-operator-key":
-			cfg.Console.OperatorKey = *consoleOpKey
-		case "metrics-listen":
-			cfg.MetricsListen = *metricsListen
-		case "metrics-allow-remote":
-			cfg.MetricsAllowRemote = *metricsRemote
-		}
-	})
 	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "keyguard-collector:", err)

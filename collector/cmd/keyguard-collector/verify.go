@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -10,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keyguard/keyguard/collector/internal/store"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 type multi []string
@@ -18,14 +18,18 @@ func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
 func verify(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) int {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	dsn := fs.String("db", "keyguard-events.db", "storage: SQLite file path or postgres:// URL")
+	fs := cmdline.NewFlagSet("keyguard-collector verify", "-db DSN [-host H]... [-chain-key-file F]",
+		"Verifies the hash chains in the database (read-only: a missing SQLite file is an error, nothing is created).\n"+
+			"Exit 0 when every chain is intact, 1 when a problem is found or the database cannot be read.")
+	dsn := fs.String("db", "keyguard-events.db", "storage: SQLite file path or postgres:// URL (must exist)")
 	keyFile := fs.String("chain-key-file", "", "chain key file, if the collector uses one")
 	var hosts multi
 	fs.Var(&hosts, "host", "verify only this host (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return cmdline.Usagef(fs, stderr, "unexpected arguments %q", fs.Args())
 	}
 	var key []byte
 	if *keyFile != "" {
@@ -36,7 +40,7 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer, log *s
 		}
 		key = []byte(strings.TrimSpace(string(k)))
 	}
-	st, err := store.Open(ctx, store.Options{DSN: *dsn, ChainKey: key, Logger: log})
+	st, err := store.Open(ctx, store.Options{DSN: *dsn, ChainKey: key, Logger: log, MustExist: true})
 	if err != nil {
 		fmt.Fprintln(stderr, "verify:", err)
 		return 1

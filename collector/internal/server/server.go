@@ -30,11 +30,25 @@ import (
 	"github.com/keyguard/keyguard/collector/internal/store"
 	"github.com/keyguard/keyguard/collector/internal/tlsconfig"
 	"github.com/keyguard/keyguard/collector/metricsserver"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Duration is a time.Duration that reads "90s"/"720h" in YAML.
 type Duration time.Duration
+
+// String formats the duration as Go does (flag.Value).
+func (d *Duration) String() string { return time.Duration(*d).String() }
+
+// Set parses a Go duration string (flag.Value).
+func (d *Duration) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a duration like 90s or 720h", s)
+	}
+	*d = Duration(v)
+	return nil
+}
 
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
@@ -50,44 +64,45 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// Config is the collector configuration (YAML keys in tags).
+// Config is the collector configuration: YAML keys, and the serve flags that override them, in tags
+// (see deploy/cmdline.Config).
 type Config struct {
 	// Listen is the gRPC address, e.g. "0.0.0.0:7443".
-	Listen string `yaml:"listen"`
+	Listen string `yaml:"listen" flag:"listen" help:"gRPC listen address"`
 	// Name identifies this collector instance in stored events (default: the machine's hostname).
-	Name string `yaml:"name"`
+	Name string `yaml:"name" flag:"name" help:"name of this collector instance (default: hostname)"`
 	// TLS files; required unless InsecurePlaintext.
 	TLS struct {
-		Cert           string `yaml:"cert"`
-		Key            string `yaml:"key"`
-		ClientCA       string `yaml:"client_ca"`
-		CRL            string `yaml:"crl"`
-		RevokedSerials string `yaml:"revoked_serials"`
+		Cert           string `yaml:"cert" flag:"tls-cert" help:"server certificate (PEM)"`
+		Key            string `yaml:"key" flag:"tls-key" help:"server private key (PEM)"`
+		ClientCA       string `yaml:"client_ca" flag:"tls-client-ca" help:"CA bundle that client certificates must chain to (PEM)"`
+		CRL            string `yaml:"crl" flag:"tls-crl" help:"certificate revocation list signed by the client CA (PEM or DER), reloaded on change"`
+		RevokedSerials string `yaml:"revoked_serials" flag:"revoked-serials" help:"file of revoked client certificate serials (hex, one per line), reloaded on change"`
 	} `yaml:"tls"`
 	// InsecurePlaintext serves without TLS; only allowed on a loopback address (demo).
-	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+	InsecurePlaintext bool `yaml:"insecure_plaintext" flag:"insecure-plaintext" help:"serve without TLS (loopback addresses only; demo)"`
 	Storage           struct {
 		// DSN: SQLite file path (default keyguard-events.db) or postgres:// URL.
-		DSN string `yaml:"dsn"`
+		DSN string `yaml:"dsn" flag:"db" help:"storage: SQLite file path, or postgres://user@host/db URL"`
 		// ChainKeyFile: optional secret for HMAC chain hashes (same on every collector of a database).
-		ChainKeyFile string `yaml:"chain_key_file"`
+		ChainKeyFile string `yaml:"chain_key_file" flag:"chain-key-file" help:"secret key file for HMAC hash chains (same on every collector sharing a database)"`
 	} `yaml:"storage"`
 	Retention struct {
 		// MaxAge: events received longer ago are deleted; 0 keeps everything.
-		MaxAge Duration `yaml:"max_age"`
+		MaxAge Duration `yaml:"max_age" flag:"retention" help:"delete events received longer ago than this (0 keeps all)"`
 		// Interval between retention runs (default 1h).
-		Interval Duration `yaml:"interval"`
+		Interval Duration `yaml:"interval" flag:"retention-interval" help:"how often the retention job runs"`
 	} `yaml:"retention"`
 	// StaleAfter: hosts not heard from for this long are listed as stale (default 5m).
-	StaleAfter Duration `yaml:"stale_after"`
+	StaleAfter Duration `yaml:"stale_after" flag:"stale-after" help:"list hosts not heard from for this long as stale"`
 	// MaxMessageBytes: largest gRPC message accepted (default 4 MiB).
-	MaxMessageBytes int `yaml:"max_message_bytes"`
+	MaxMessageBytes int `yaml:"max_message_bytes" flag:"max-message-bytes" help:"largest gRPC message accepted"`
 	// WatchPoll: how often watchers poll for events stored by other collectors (default 1s).
 	WatchPoll Duration `yaml:"watch_poll"`
 	// MetricsListen: plain-HTTP address of Prometheus metrics at /metrics, e.g. 127.0.0.1:9465 (""
 	// = off). A non-loopback address needs MetricsAllowRemote.
-	MetricsListen      string `yaml:"metrics_listen"`
-	MetricsAllowRemote bool   `yaml:"metrics_allow_remote"`
+	MetricsListen      string `yaml:"metrics_listen" flag:"metrics-listen" help:"serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9465 (empty: off)"`
+	MetricsAllowRemote bool   `yaml:"metrics_allow_remote" flag:"metrics-allow-remote" help:"allow a non-loopback -metrics-listen address (plain HTTP, no authentication)"`
 	// MetricsMaxHosts caps the distinct host label values (default 2000; later hosts share "_other").
 	MetricsMaxHosts int `yaml:"metrics_max_hosts"`
 	// Console is the operator web console (off unless Listen is set).
@@ -97,16 +112,16 @@ type Config struct {
 // ConsoleConfig configures the operator web console (package console).
 type ConsoleConfig struct {
 	// Listen is the HTTPS address, e.g. "0.0.0.0:8443"; empty disables the console.
-	Listen string `yaml:"listen"`
+	Listen string `yaml:"listen" flag:"console-listen" help:"web console HTTPS address (off unless set), e.g. 0.0.0.0:8443"`
 	// TLSCert and TLSKey: the console's certificate; default the collector's tls.cert and tls.key.
-	TLSCert string `yaml:"tls_cert"`
-	TLSKey  string `yaml:"tls_key"`
+	TLSCert string `yaml:"tls_cert" flag:"console-tls-cert" help:"console certificate (default: -tls-cert)"`
+	TLSKey  string `yaml:"tls_key" flag:"console-tls-key" help:"console private key (default: -tls-key)"`
 	// InsecurePlaintext serves plain HTTP; only allowed on a loopback address.
-	InsecurePlaintext bool `yaml:"insecure_plaintext"`
+	InsecurePlaintext bool `yaml:"insecure_plaintext" flag:"console-insecure-plaintext" help:"serve the console over plain HTTP (loopback addresses only; demo)"`
 	// UsersFile lists operators (name:role:hash); required.
-	UsersFile string `yaml:"users_file"`
+	UsersFile string `yaml:"users_file" flag:"console-users" help:"console users file (keyguard-collector console user add)"`
 	// OperatorKey is the Ed25519 private key (PKCS#8 PEM) signing tokens; empty disables issuance.
-	OperatorKey string `yaml:"operator_key"`
+	OperatorKey string `yaml:"operator_key" flag:"console-operator-key" help:"Ed25519 operator private key for issuing tokens from the console"`
 	// SessionIdle and SessionMax expire sessions unused for that long (default 30m) or that old (12h).
 	SessionIdle Duration `yaml:"session_idle"`
 	SessionMax  Duration `yaml:"session_max"`
@@ -124,18 +139,12 @@ func Defaults() Config {
 	return c
 }
 
-// LoadFile reads a YAML configuration over the defaults; unknown keys are an error.
+// LoadFile reads a YAML configuration over the defaults; unknown keys are errors naming
+// file:line:column.
 func LoadFile(path string) (Config, error) {
 	c := Defaults()
-	f, err := os.Open(path)
-	if err != nil {
-		return c, fmt.Errorf("read collector config: %w", err)
-	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return c, fmt.Errorf("parse collector config %s: %w", path, err)
+	if err := cmdline.LoadYAML(path, &c); err != nil {
+		return c, fmt.Errorf("collector config: %w", err)
 	}
 	return c, nil
 }

@@ -55,6 +55,10 @@ type Options struct {
 	MaxAhead uint64
 	// Logger receives operational messages (nil = discard).
 	Logger *slog.Logger
+	// MustExist opens an existing database only: for SQLite, a missing file (or folder) is an error
+	// and nothing is created. Read-only commands (verify) set it, so a mistyped path fails instead of
+	// yielding an empty database.
+	MustExist bool
 	// Timed, when set, receives the duration of each append (and of its commit alone), list, hosts
 	// and verify operation, named "append", "commit", "list", "hosts", "verify" (for metrics).
 	Timed func(op string, d time.Duration)
@@ -110,7 +114,11 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if backend == SQLite {
 		path := strings.TrimPrefix(strings.TrimPrefix(opts.DSN, "sqlite:"), "//")
-		if dir := filepath.Dir(path); dir != "" {
+		if opts.MustExist {
+			if _, err := os.Stat(path); err != nil {
+				return nil, fmt.Errorf("no SQLite database at %s (check the path; nothing was created): %w", path, err)
+			}
+		} else if dir := filepath.Dir(path); dir != "" {
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return nil, fmt.Errorf("create directory for SQLite database %s: %w", path, err)
 			}
