@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,10 +26,23 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/keyguard/keyguard/agent/internal/export"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
-func main() {
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() { os.Exit(mainArgs(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func mainArgs(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && cmdline.IsVersion(args[0]) {
+		fmt.Fprint(stdout, cmdline.VersionText("keyguard-loadgen", version))
+		return cmdline.ExitOK
+	}
+	flag := cmdline.NewFlagSet("keyguard-loadgen", "[flags]",
+		"Pushes synthetic (or -events) events through the agent's real export pipeline to a collector, for delivery\n"+
+			"tests and benchmarks; prints a JSON summary. Also: keyguard-loadgen version.")
 	var cfg export.Config
 	flag.StringVar(&cfg.Collector, "collector", "127.0.0.1:7443", "collector ingest address host:port")
 	flag.StringVar(&cfg.CAFile, "ca", "", "CA bundle for the collector's certificate")
@@ -48,7 +60,12 @@ func main() {
 	runID := flag.String("run-id", "", "label of this run in event details (default: pid)")
 	verbose := flag.Bool("v", false, "log pipeline messages to stderr")
 	eventsFile := flag.String("events", "", "submit these events (protojson, one per line; - for stdin) instead of generated ones")
-	flag.Parse()
+	if code, done := cmdline.Parse(flag, args, stdout, stderr); done {
+		return code
+	}
+	if flag.NArg() > 0 {
+		return cmdline.Usagef(flag, stderr, "unexpected arguments %q", flag.Args())
+	}
 	if *runID == "" {
 		*runID = fmt.Sprint(os.Getpid())
 	}
@@ -58,21 +75,22 @@ func main() {
 	if *verbose {
 		level = slog.LevelInfo
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var fileEvents []*keyguardv1.Event
 	if *eventsFile != "" {
 		var err error
 		if fileEvents, err = readEvents(*eventsFile); err != nil {
-			fmt.Fprintln(os.Stderr, "keyguard-loadgen:", err)
-			os.Exit(1)
+			fmt.Fprintln(stderr, "keyguard-loadgen:", err)
+			return cmdline.ExitFailure
 		}
 	}
 	if err := run(ctx, cfg, log, *target, *rate, *runID, fileEvents); err != nil {
-		fmt.Fprintln(os.Stderr, "keyguard-loadgen:", err)
-		os.Exit(1)
+		fmt.Fprintln(stderr, "keyguard-loadgen:", err)
+		return cmdline.ExitFailure
 	}
+	return cmdline.ExitOK
 }
 
 // Summary is printed as JSON on exit.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 func init() {
@@ -17,13 +17,12 @@ func init() {
 }
 
 func runBreakGlass(_ context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("break-glass", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard break-glass", "[flags]", "")
 	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket")
 	tokenFile := fs.String("token-file", "", `break-glass token signed by the operator key ("-" for standard input); see keyguard token sign`)
 	revoke := fs.Uint64("revoke", 0, "revoke the grant with this id instead (needs no token)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	req := control.Request{Op: "revoke", GrantID: *revoke}
 	if *revoke == 0 {

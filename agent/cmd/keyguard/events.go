@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keyguard/keyguard/deploy/cmdline"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -37,8 +37,7 @@ func enumValue(prefix, word string, names map[string]int32) (int32, error) {
 }
 
 func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("events", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard events", "[flags]", "")
 	var conn collectorFlags
 	conn.register(fs)
 	var hosts, kinds, decisions multiFlag
@@ -54,8 +53,8 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	newest := fs.Bool("newest-first", false, "newest events first")
 	asJSON := fs.Bool("json", false, "print one JSON object per line (protojson of keyguard.v1.StoredEvent)")
 	follow := fs.Bool("follow", false, "after listing, keep printing new events as they are stored")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	filter := &pb.EventFilter{Hosts: hosts, Process: *process, Pid: uint32(*pid), Rule: *rule}
 	for _, k := range kinds {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -11,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/keyguard/keyguard/deploy/cmdline"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -19,13 +19,12 @@ func init() {
 }
 
 func runHosts(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("hosts", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard hosts", "[flags]", "")
 	var conn collectorFlags
 	conn.register(fs)
 	asJSON := fs.Bool("json", false, "print protojson of keyguard.v1.ListHostsResponse")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	cc, err := conn.dial()
 	if err != nil {

@@ -3,12 +3,12 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"sort"
 	"syscall"
+
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 // command is one subcommand of the CLI. run returns the process exit code.
@@ -27,35 +27,23 @@ func register(name, summary string, run func(ctx context.Context, args []string,
 	commands[name] = command{summary: summary, run: run}
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: keyguard <command> [flags]\n\ncommands:")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
-		names = append(names, n)
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func program(ctx context.Context) cmdline.Program {
+	p := cmdline.Program{Name: "keyguard", Version: version,
+		About: "keyguard is the operator's CLI: the local agent (status, break-glass, scan, tokens) and the collector (events, hosts, verify)."}
+	for name, c := range commands {
+		run := c.run
+		p.Commands = append(p.Commands, cmdline.Command{Name: name, Summary: c.summary,
+			Run: func(args []string, stdout, stderr io.Writer) int { return run(ctx, args, stdout, stderr) }})
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
-	}
-	fmt.Fprintln(w, "\nRun 'keyguard <command> -h' for a command's flags.")
+	return p
 }
 
 func main() {
-	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
-		usage(os.Stdout)
-		if len(os.Args) < 2 {
-			os.Exit(2)
-		}
-		return
-	}
-	cmd, ok := commands[os.Args[1]]
-	if !ok {
-		fmt.Fprintf(os.Stderr, "keyguard: unknown command %q\n\n", os.Args[1])
-		usage(os.Stderr)
-		os.Exit(2)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := cmd.run(ctx, os.Args[2:], os.Stdout, os.Stderr)
+	code := program(ctx).Main(os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

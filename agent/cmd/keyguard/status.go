@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"sort"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/posture"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 func init() {
@@ -17,12 +17,11 @@ func init() {
 }
 
 func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard status", "[flags]", "")
 	socket := fs.String("socket", control.DefaultSocket, "the agent's control socket")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	resp, err := control.Call(*socket, control.Request{Op: "status"})
 	if err != nil {

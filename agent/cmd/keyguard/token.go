@@ -5,21 +5,20 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"time"
 
 	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 func init() {
 	register("token", "make an operator key pair, or sign an uninstall, break-glass or policy token with it", runToken)
 }
 
-const tokenUsage = `usage:
-  keyguard token keygen -out PATH        writes PATH.key (private, 0600: keep it off the hosts) and PATH.pub
+const tokenUsage = `  keyguard token keygen -out PATH        writes PATH.key (private, 0600: keep it off the hosts) and PATH.pub
   keyguard token sign -key PATH.key -action uninstall|break-glass|policy -host HOST -operator NAME -reason TEXT [flags]
       break-glass: -rule RULE -executable PATH -uid N (-1: any) -for DURATION (at most 4h)
       policy:      -policy FILE (the exact file the agent will load)
@@ -27,29 +26,18 @@ const tokenUsage = `usage:
 The agent accepts a token once, for the host it names, until it expires.`
 
 func runToken(_ context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprintln(stderr, tokenUsage)
-		return 2
-	}
-	switch args[0] {
-	case "keygen":
-		return tokenKeygen(args[1:], stdout, stderr)
-	case "sign":
-		return tokenSign(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprintln(stdout, tokenUsage)
-		return 0
-	}
-	fmt.Fprintf(stderr, "keyguard token: unknown subcommand %q\n%s\n", args[0], tokenUsage)
-	return 2
+	p := cmdline.Program{Name: "keyguard token", Version: version, About: tokenUsage, Commands: []cmdline.Command{
+		{Name: "keygen", Summary: "make an operator key pair", Run: tokenKeygen},
+		{Name: "sign", Summary: "sign an uninstall, break-glass or policy token", Run: tokenSign},
+	}}
+	return p.Main(args, stdout, stderr)
 }
 
 func tokenKeygen(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("token keygen", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard token keygen", "[flags]", "")
 	out := fs.String("out", "", "path prefix of the key files (required)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	if *out == "" {
 		fmt.Fprintln(stderr, "keyguard token keygen: -out is required")
@@ -64,8 +52,7 @@ func tokenKeygen(args []string, stdout, stderr io.Writer) int {
 }
 
 func tokenSign(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("token sign", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard token sign", "[flags]", "")
 	keyPath := fs.String("key", "", "the operator's private key (required)")
 	var c optoken.Claims
 	fs.StringVar(&c.Action, "action", "", "uninstall, break-glass or policy (required)")
@@ -78,8 +65,8 @@ func tokenSign(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.Duration, "for", "", "break-glass: how long the exception lasts, e.g. 15m (at most 4h)")
 	policyFile := fs.String("policy", "", "policy: the policy file to approve")
 	valid := fs.Duration("valid", time.Hour, "how long the token can be used (at most 24h)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	if *keyPath == "" {
 		fmt.Fprintln(stderr, "keyguard token sign: -key is required")

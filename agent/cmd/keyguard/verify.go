@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/keyguard/keyguard/deploy/cmdline"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -17,16 +17,15 @@ func init() {
 }
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := cmdline.NewFlagSet("keyguard verify", "[flags]", "")
 	var conn collectorFlags
 	conn.register(fs)
 	conn.timeout = 0
 	var hosts multiFlag
 	fs.Var(&hosts, "host", "verify only these hosts (default all)")
 	asJSON := fs.Bool("json", false, "print protojson of keyguard.v1.VerifyChainResponse")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
 	}
 	cc, err := conn.dial()
 	if err != nil {

@@ -3,7 +3,6 @@ package scan
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
+	"github.com/keyguard/keyguard/deploy/cmdline"
 )
 
 // Exit codes of the scan command.
@@ -27,8 +27,7 @@ const CommandSummary = "scan files and directories (crash dumps, systemd-coredum
 // Command is `keyguard scan`: it parses args, scans, writes findings to stdout and diagnostics to
 // stderr, and returns the exit code.
 func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fl := flag.NewFlagSet("scan", flag.ContinueOnError)
-	fl.SetOutput(stderr)
+	fl := flag.NewFlagSet("keyguard scan", flag.ContinueOnError)
 	format := fl.String("format", "text", "output format: text or json")
 	pub := fl.String("pubkeys", "", "comma-separated public key files (PEM public keys, certificates, JWK/JWKS, OpenSSH .pub) whose raw private material (RSA primes and d, EC scalars, Ed25519 seeds) is searched for too")
 	align := fl.Int("align", 8, "alignment of stream offsets at which raw key material is searched (1 = every offset, 8x slower)")
@@ -36,7 +35,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	verbose := fl.Bool("v", false, "log each file scanned to stderr")
 	workers := fl.Int("j", 0, "files scanned at once (0 = number of CPUs)")
 	fl.Usage = func() {
-		fmt.Fprintf(stderr, "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-raw rsa,ec,ed25519|none] [-align N] [-j N] [-v] PATH...\n\n"+
+		fmt.Fprintf(fl.Output(), "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-raw rsa,ec,ed25519|none] [-align N] [-j N] [-v] PATH...\n\n"+
 			"Scans files and directories (recursively; symbolic links are not followed) for private keys:\n"+
 			"PEM, DER, OpenSSH and JWK private keys, and with -pubkeys the raw private material of those keys.\n"+
 			"zstd, lz4, xz and gzip files (e.g. /var/lib/systemd/coredump) are decompressed; their offsets are\n"+
@@ -44,11 +43,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			"Exit status: 0 nothing found, 1 key material found, 2 usage error or a path could not be scanned.\n\nFlags:\n")
 		fl.PrintDefaults()
 	}
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return ExitClean
-		}
-		return ExitError
+	if code, done := cmdline.Parse(fl, args, stdout, stderr); done {
+		return code
 	}
 	if *format != "text" && *format != "json" {
 		fmt.Fprintf(stderr, "keyguard scan: -format must be text or json, not %q\n", *format)
