@@ -27,8 +27,8 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/dumphandler"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/posture"
-	"github.com/keyguard/keyguard/collector/metricsserver"
 	"github.com/keyguard/keyguard/deploy/cmdline"
+	"github.com/keyguard/keyguard/deploy/metricsserver"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".

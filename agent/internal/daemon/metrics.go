@@ -5,7 +5,7 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/metrics"
-	"github.com/keyguard/keyguard/collector/metricsserver"
+	"github.com/keyguard/keyguard/deploy/metricsserver"
 )
 
 // MetricsConfig configures the agent's Prometheus endpoint.

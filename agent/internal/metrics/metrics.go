@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/keyguard/keyguard/agent/internal/export"
-	"github.com/keyguard/keyguard/collector/metricsserver"
+	"github.com/keyguard/keyguard/deploy/metricsserver"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 

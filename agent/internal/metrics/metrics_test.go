@@ -12,8 +12,8 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/collector/collectortest"
-	"github.com/keyguard/keyguard/collector/metricsserver"
 	"github.com/keyguard/keyguard/collector/promtest"
+	"github.com/keyguard/keyguard/deploy/metricsserver"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/keyguard/keyguard/collector/metricsserver"
+	"github.com/keyguard/keyguard/deploy/metricsserver"
 )
 
 // DefaultMaxHosts is the default cap on distinct host label values.

@@ -29,8 +29,8 @@ import (
 	"github.com/keyguard/keyguard/collector/internal/query"
 	"github.com/keyguard/keyguard/collector/internal/store"
 	"github.com/keyguard/keyguard/collector/internal/tlsconfig"
-	"github.com/keyguard/keyguard/collector/metricsserver"
 	"github.com/keyguard/keyguard/deploy/cmdline"
+	"github.com/keyguard/keyguard/deploy/metricsserver"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 

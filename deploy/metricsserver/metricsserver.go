@@ -1,6 +1,9 @@
 // Package metricsserver serves one Prometheus registry on plain HTTP at /metrics, for the agent and the
 // collector. It refuses a listen address that is not loopback unless the operator allowed it: the
 // metrics name rules, hosts and counts an attacker should not be able to read from the network.
+//
+// It lives in deploy/, beside the other conventions both binaries share (deploy/cmdline), so that
+// neither the agent's tree nor the collector's imports the other's at run time.
 package metricsserver
 
 import (
