@@ -12,12 +12,8 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -30,8 +26,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
-
-	"github.com/keyguard/keyguard/testvm/guest/memscan"
+	"github.com/keyguard/keyguard/testvm/guest/demo"
 )
 
 const (
@@ -79,14 +74,9 @@ LoadCredential=console-users:/etc/keyguard/console-users
 const collectorDefault = `KEYGUARD_COLLECTOR_FLAGS=-console-listen 0.0.0.0:8443 -console-users /run/credentials/keyguard-collector.service/console-users
 `
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Println("\nDEMO FAILED:", err)
-		os.Exit(1)
-	}
-}
+func main() { demo.Main(run) }
 
-func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
+var step = demo.Step
 
 func sh(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
@@ -138,16 +128,14 @@ func run() error {
 	}
 
 	step("A sample token-signing service runs as a systemd unit (%s) with a real ECDSA P-256 key", signerUnit)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := demo.NewSigningKey()
 	if err != nil {
 		return err
 	}
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
-	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	scalar := key.D.FillBytes(make([]byte, 32))
+	scalar := key.Scalar
 	for _, e := range []error{
-		write(keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), 0o600),
-		write(pubFile, string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})), 0o644),
+		write(keyFile, string(key.PrivatePEM), 0o600),
+		write(pubFile, string(key.PublicPEM), 0o644),
 		copyFile(filepath.Join(testRoot, "bin/signer"), signerExe),
 		write("/etc/systemd/system/"+signerUnit, signerUnitDef, 0o644),
 	} {
@@ -169,11 +157,7 @@ func run() error {
 	fmt.Printf("    %s active, main pid %d, key %s\n", signerUnit, pid, keyFile)
 
 	step("Without keyguard: root reads the signer's memory (/proc/%d/mem)", pid)
-	if off, ok := memscan.Find(pid, scalar); ok {
-		fmt.Printf("    STOLEN: the private key's 32-byte scalar is at 0x%x in pid %d's memory\n", off, pid)
-	} else {
-		fmt.Printf("    root read all of pid %d's memory (the scalar's layout was not found this time)\n", pid)
-	}
+	demo.StealFromMemory(pid, scalar)
 
 	step("Without keyguard: the signer crashes (SIGABRT) and systemd-coredump stores its dump")
 	leaked, err := crashAndDump(pid, scalar)
@@ -194,26 +178,10 @@ func run() error {
 
 	pid = signerPID(pid)
 	step("The same attacks, as root, against the running signer (pid %d)", pid)
-	blocked := 0
-	attacks := []struct{ op, what string }{
-		{"attach", "ptrace attach (what gdb -p does)"},
-		{"mem", "read /proc/PID/mem (what memory scrapers do)"},
-		{"vmreadv", "process_vm_readv"},
-		{"seize", "ptrace seize"},
-		{"environ", "read /proc/PID/environ"},
-	}
-	for _, a := range attacks {
-		out, _ := exec.Command(filepath.Join(testRoot, "bin/testproc"), "attack", a.op, strconv.Itoa(pid)).Output()
-		res := strings.TrimSpace(string(out))
-		verdict := "NOT BLOCKED"
-		if strings.HasPrefix(res, "ERR") {
-			verdict = "BLOCKED"
-			blocked++
-		}
-		fmt.Printf("    %-46s %-11s (%s)\n", a.what, verdict, res)
-	}
-	if _, ok := memscan.Find(pid, scalar); ok {
-		return fmt.Errorf("the key scalar is still readable with keyguard running")
+	attacks := demo.Attacks
+	blocked, err := demo.RunAttacks(filepath.Join(testRoot, "bin/testproc"), pid, scalar, attacks)
+	if err != nil {
+		return err
 	}
 
 	step("The protected signer crashes: keyguard redacts the dump before systemd-coredump stores it")
@@ -234,13 +202,8 @@ func run() error {
 		denied = strings.Count(string(out), "\n") - 1
 		return denied >= 3
 	})
-	for _, filter := range [][]string{{"-decision", "denied"}, {"-kind", "core_dump"}} {
-		cli := exec.Command("keyguard", eventsArgs(filter...)...)
-		cli.Stdout, cli.Stderr = os.Stdout, os.Stdout
-		if err := cli.Run(); err != nil {
-			return fmt.Errorf("keyguard events: %w", err)
-		}
-		fmt.Println()
+	if err := demo.ShowEvents("keyguard", eventsArgs()[1:], []string{"-decision", "denied"}, []string{"-kind", "core_dump"}); err != nil {
+		return err
 	}
 
 	step("Summary")

@@ -5,11 +5,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"os"
@@ -20,35 +15,28 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/keyguard/keyguard/testvm/guest/memscan"
+	"github.com/keyguard/keyguard/testvm/guest/demo"
 )
 
 const dir = "/tmp/demo"
 
-func main() {
-	if err := run(); err != nil {
-		fmt.Println("\nDEMO FAILED:", err)
-		os.Exit(1)
-	}
-}
+func main() { demo.Main(run) }
 
-func step(format string, a ...any) { fmt.Printf("\n==> "+format+"\n", a...) }
+var step = demo.Step
 
 func run() error {
 	os.MkdirAll(dir+"/keys", 0o755)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := demo.NewSigningKey()
 	if err != nil {
 		return err
 	}
-	der, _ := x509.MarshalPKCS8PrivateKey(key)
 	keyFile := dir + "/keys/signing.pem"
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, key.PrivatePEM, 0o600); err != nil {
 		return err
 	}
-	scalar := key.D.FillBytes(make([]byte, 32))
-	pubDER, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	scalar := key.Scalar
 	pubFile := dir + "/signing.pub.pem"
-	os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
+	os.WriteFile(pubFile, key.PublicPEM, 0o644)
 	cores := dir + "/cores"
 	os.MkdirAll(cores, 0o755)
 	if err := os.WriteFile("/proc/sys/kernel/core_pattern", []byte(cores+"/core.%e.%p"), 0); err != nil {
@@ -82,11 +70,7 @@ func run() error {
 	time.Sleep(1500 * time.Millisecond)
 
 	step("Without keyguard: root reads the signer's memory through /proc/%d/mem", pid)
-	if off, ok := memscan.Find(pid, scalar); ok {
-		fmt.Printf("    STOLEN: the private key's 32-byte scalar found at 0x%x in pid %d's memory\n", off, pid)
-	} else {
-		fmt.Printf("    root read pid %d's memory (the scalar's layout was not found this time, but every byte was readable)\n", pid)
-	}
+	demo.StealFromMemory(pid, scalar)
 
 	step("keyguard starts: a collector (mTLS) and the agent with a policy naming the key files")
 	certs := dir + "/certs"
@@ -137,27 +121,10 @@ rules:
 	fmt.Printf("    agent running; the signer (pid %d) was already running and is now protected\n", pid)
 
 	step("The same attacks, as root, against the running signer")
-	blocked := 0
-	attacks := []struct{ op, what string }{
-		{"mem", "read /proc/PID/mem (what memory scrapers do)"},
-		{"attach", "ptrace attach (what gdb -p does)"},
-		{"seize", "ptrace seize"},
-		{"vmreadv", "process_vm_readv"},
-		{"environ", "read /proc/PID/environ"},
-		{"pidfd_getfd", "steal an open file descriptor with pidfd_getfd"},
-	}
-	for _, a := range attacks {
-		out, _ := exec.Command("/bin/testproc", "attack", a.op, strconv.Itoa(pid)).Output()
-		res := strings.TrimSpace(string(out))
-		verdict := "NOT BLOCKED"
-		if strings.HasPrefix(res, "ERR") {
-			verdict = "BLOCKED"
-			blocked++
-		}
-		fmt.Printf("    %-48s %-8s (%s)\n", a.what, verdict, res)
-	}
-	if _, ok := memscan.Find(pid, scalar); ok {
-		return fmt.Errorf("the key scalar is still readable with keyguard running")
+	attacks := append(demo.Attacks, demo.Attack{Op: "pidfd_getfd", What: "steal an open file descriptor with pidfd_getfd"})
+	blocked, err := demo.RunAttacks("/bin/testproc", pid, scalar, attacks)
+	if err != nil {
+		return err
 	}
 
 	step("A new signer started while keyguard runs is protected from its first instruction")
@@ -180,14 +147,10 @@ rules:
 
 	step("The security team's view: what the collector stored (keyguard events)")
 	time.Sleep(2 * time.Second)
-	for _, filter := range [][]string{{"-decision", "denied"}, {"-kind", "core_dump"}} {
-		cli := exec.Command("/bin/keyguard", append([]string{"events", "-collector", "127.0.0.1:7443", "-ca", certs + "/ca.crt",
-			"-cert", certs + "/security-team.crt", "-key", certs + "/security-team.key", "-limit", "20"}, filter...)...)
-		cli.Stdout, cli.Stderr = os.Stdout, os.Stdout
-		if err := cli.Run(); err != nil {
-			return fmt.Errorf("keyguard events: %w", err)
-		}
-		fmt.Println()
+	if err := demo.ShowEvents("/bin/keyguard", []string{"-collector", "127.0.0.1:7443", "-ca", certs + "/ca.crt",
+		"-cert", certs + "/security-team.crt", "-key", certs + "/security-team.key", "-limit", "20"},
+		[]string{"-decision", "denied"}, []string{"-kind", "core_dump"}); err != nil {
+		return err
 	}
 
 	step("Root tries to switch keyguard off")
