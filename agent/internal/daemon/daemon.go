@@ -23,7 +23,6 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/posture"
 	"github.com/keyguard/keyguard/agent/internal/procfs"
 	"github.com/keyguard/keyguard/agent/internal/supervise"
-	kgbpf "github.com/keyguard/keyguard/bpf"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -282,7 +281,7 @@ func (a *Agent) run(ctx context.Context) error {
 	readErr := make(chan error, 1)
 	sup.Go("event reader", func(ctx context.Context) error { readErr <- rd.Run(ctx, a.emit); return nil })
 	// The agent is a protected process too: nobody reads its memory or takes its fds.
-	if err := a.guard.Mark(os.Getpid(), selfRuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+	if err := a.guard.Mark(os.Getpid(), selfRuleID, loader.ReasonScan); err != nil {
 		return fmt.Errorf("protect the agent itself: %w", err)
 	}
 	sup.Every("upgrade trust", time.Second, a.upgradeTruster())
@@ -404,11 +403,11 @@ func (a *Agent) scan() (int, error) {
 			continue // exited
 		}
 		if !had {
-			if err := a.guard.Mark(p.PID, p.RuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+			if err := a.guard.Mark(p.PID, p.RuleID, loader.ReasonScan); err != nil {
 				a.log.Warn("could not protect running process", "pid", p.PID, "error", err)
 				continue
 			}
-			m = loader.Mark{RuleId: p.RuleID, Reason: uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)}
+			m = loader.Mark{RuleId: p.RuleID, Reason: loader.ReasonScan}
 		}
 		n++
 		detail := "found running (" + p.Why + ")"

@@ -106,7 +106,7 @@ func (a *Agent) postureWatcher(findings []posture.Finding, start *keyguardv1.Age
 		a.log.Info("host posture changed", "change", msg)
 		ev := proto.CloneOf(start)
 		ev.State, ev.ProtectedProcessCount, ev.Detail = keyguardv1.AgentState_AGENT_STATE_RUNNING, uint32(protected), msg
-		ev.Findings, ev.Gap = events.Findings(posture.Summarize(cur, eventProcesses)), nil
+		ev.Findings = events.Findings(posture.Summarize(cur, eventProcesses))
 		a.emit(events.Health(ev))
 	}
 }
