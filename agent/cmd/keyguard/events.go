@@ -56,37 +56,10 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
 		return code
 	}
-	filter := &pb.EventFilter{Hosts: hosts, Process: *process, Pid: uint32(*pid), Rule: *rule}
-	for _, k := range kinds {
-		v, err := enumValue("EVENT_KIND_", k, pb.EventKind_value)
-		if err != nil {
-			fmt.Fprintln(stderr, "events: -kind:", err)
-			return 2
-		}
-		filter.Kinds = append(filter.Kinds, pb.EventKind(v))
-	}
-	for _, d := range decisions {
-		v, err := enumValue("DECISION_", d, pb.Decision_value)
-		if err != nil {
-			fmt.Fprintln(stderr, "events: -decision:", err)
-			return 2
-		}
-		filter.Decisions = append(filter.Decisions, pb.Decision(v))
-	}
-	now := time.Now()
-	for _, tf := range []struct {
-		s   string
-		dst **timestamppb.Timestamp
-	}{{*since, &filter.StartTime}, {*until, &filter.EndTime}} {
-		if tf.s == "" {
-			continue
-		}
-		t, err := parseWhen(tf.s, now)
-		if err != nil {
-			fmt.Fprintln(stderr, "events:", err)
-			return 2
-		}
-		*tf.dst = timestamppb.New(t)
+	filter, err := eventFilter(hosts, kinds, decisions, *since, *until, *process, uint32(*pid), *rule)
+	if err != nil {
+		fmt.Fprintln(stderr, "events:", err)
+		return cmdline.ExitUsage
 	}
 	cc, err := conn.dial()
 	if err != nil {
@@ -246,4 +219,38 @@ func describeEvent(ev *pb.Event) (kind, decision, proc, target, rule, detail str
 		kind = "unknown"
 	}
 	return kind, decision, proc, target, clip(rule, 24), clip(detail, 80)
+}
+
+// eventFilter builds the query filter from the command's flags.
+func eventFilter(hosts, kinds, decisions []string, since, until, process string, pid uint32, rule string) (*pb.EventFilter, error) {
+	filter := &pb.EventFilter{Hosts: hosts, Process: process, Pid: pid, Rule: rule}
+	for _, k := range kinds {
+		v, err := enumValue("EVENT_KIND_", k, pb.EventKind_value)
+		if err != nil {
+			return nil, fmt.Errorf("-kind: %w", err)
+		}
+		filter.Kinds = append(filter.Kinds, pb.EventKind(v))
+	}
+	for _, d := range decisions {
+		v, err := enumValue("DECISION_", d, pb.Decision_value)
+		if err != nil {
+			return nil, fmt.Errorf("-decision: %w", err)
+		}
+		filter.Decisions = append(filter.Decisions, pb.Decision(v))
+	}
+	now := time.Now()
+	for _, tf := range []struct {
+		s   string
+		dst **timestamppb.Timestamp
+	}{{since, &filter.StartTime}, {until, &filter.EndTime}} {
+		if tf.s == "" {
+			continue
+		}
+		t, err := parseWhen(tf.s, now)
+		if err != nil {
+			return nil, err
+		}
+		*tf.dst = timestamppb.New(t)
+	}
+	return filter, nil
 }

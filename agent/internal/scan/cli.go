@@ -59,37 +59,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "keyguard scan: -align must be between 1 and 4096")
 		return ExitError
 	}
-	var keys []pubkeys.Key
-	if *pub != "" {
-		var paths []string
-		for _, p := range strings.Split(*pub, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				paths = append(paths, p)
-			}
-		}
-		var err error
-		keys, err = pubkeys.Load(paths...)
-		if err != nil {
-			fmt.Fprintf(stderr, "keyguard scan: %v\n", err)
-			return ExitError
-		}
-	}
-	modes := detect.ModeFormats
-	for _, r := range strings.Split(*raw, ",") {
-		switch strings.TrimSpace(r) {
-		case "rsa":
-			modes |= detect.ModeRSARaw
-		case "ec":
-			modes |= detect.ModeECRaw
-		case "ed25519":
-			modes |= detect.ModeEd25519Raw
-		case "none", "":
-		default:
-			fmt.Fprintf(stderr, "keyguard scan: -raw: unknown search %q (use rsa, ec, ed25519 or none)\n", r)
-			return ExitError
-		}
-	}
-	det, err := detect.New(detect.Options{Keys: keys, Align: *align, Modes: modes})
+	det, err := newDetector(*pub, *raw, *align)
 	if err != nil {
 		fmt.Fprintf(stderr, "keyguard scan: %v\n", err)
 		return ExitError
@@ -153,4 +123,36 @@ func textLine(f Finding) string {
 		fmt.Fprintf(&b, " (offset in %s-decompressed stream)", f.Compression)
 	}
 	return b.String()
+}
+
+// newDetector builds the detector for -pubkeys (comma-separated files), -raw and -align.
+func newDetector(pub, raw string, align int) (*detect.Detector, error) {
+	var keys []pubkeys.Key
+	if pub != "" {
+		var paths []string
+		for _, p := range strings.Split(pub, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				paths = append(paths, p)
+			}
+		}
+		var err error
+		if keys, err = pubkeys.Load(paths...); err != nil {
+			return nil, err
+		}
+	}
+	modes := detect.ModeFormats
+	for _, r := range strings.Split(raw, ",") {
+		switch strings.TrimSpace(r) {
+		case "rsa":
+			modes |= detect.ModeRSARaw
+		case "ec":
+			modes |= detect.ModeECRaw
+		case "ed25519":
+			modes |= detect.ModeEd25519Raw
+		case "none", "":
+		default:
+			return nil, fmt.Errorf("-raw: unknown search %q (use rsa, ec, ed25519 or none)", r)
+		}
+	}
+	return detect.New(detect.Options{Keys: keys, Align: align, Modes: modes})
 }
