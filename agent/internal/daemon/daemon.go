@@ -1,6 +1,9 @@
-// Package daemon runs the keyguard agent: it loads the policy, probes the kernel, loads or adopts the
-// pinned BPF programs, fills their rule maps, protects processes already running, and reports every
-// decision the kernel makes.
+// Package daemon wires the keyguard agent together: Run is the list of start-up steps (policy, kernel
+// probe, event log, BPF programs, install check, export, metrics, registration, core-dump handler,
+// rules), then the supervised work (event reader, procfs scan, posture, alive file, control socket,
+// grant expiry, policy watcher) until the context ends. The domain lives in the packages it calls:
+// operator (install check, tokens, break-glass, uninstall), control (the socket server and protocol),
+// procfs (every read of /proc), supervise (steps and periodic work), loader, events, export, posture.
 package daemon
 
 import (
