@@ -385,15 +385,15 @@ func TestAgentCommandLine(t *testing.T) {
 			if argv[0] != "/usr/bin/keyguard-agent" || argv[1] != "run" {
 				t.Fatalf("ExecStart = %q", argv)
 			}
-			out, _ := exec.Command(bin, append(slices.Clone(argv[1:]), "-h")...).CombinedOutput()
-			if !strings.HasPrefix(string(out), "Usage of run:") {
+			out, err := exec.Command(bin, append(slices.Clone(argv[1:]), "-h")...).CombinedOutput()
+			if err != nil || !strings.HasPrefix(string(out), "usage: keyguard-agent run") {
 				t.Fatalf("keyguard-agent %q refused the unit's flags:\n%s", argv[1:], out)
 			}
 		})
 	}
 	t.Run("rejects an unknown flag", func(t *testing.T) {
 		out, _ := exec.Command(bin, "run", "-policy", "/etc/keyguard/policy.yaml", "-colector", "x:1", "-h").CombinedOutput()
-		if strings.HasPrefix(string(out), "Usage of run:") || !strings.Contains(string(out), "flag provided but not defined") {
+		if strings.HasPrefix(string(out), "usage: keyguard-agent run") || !strings.Contains(string(out), "flag provided but not defined") {
 			t.Fatalf("misspelled flag not reported:\n%s", out)
 		}
 	})
