@@ -130,7 +130,7 @@ func New(opts Options) (*Detector, error) {
 	d.chunk = (d.chunk + 7) &^ 7
 	d.attr = opts.Keys
 	if opts.Fingerprints != nil {
-		fk, err := opts.Fingerprints.publicKeys()
+		fk, err := opts.Fingerprints.PublicKeys()
 		if err != nil {
 			return nil, err
 		}

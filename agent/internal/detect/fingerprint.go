@@ -442,8 +442,8 @@ func ParseFingerprints(b []byte) (*FingerprintSet, error) {
 	return &s, nil
 }
 
-// publicKeys returns the set's public keys for attribution.
-func (s *FingerprintSet) publicKeys() ([]pubkeys.Key, error) {
+// PublicKeys returns the public keys of the fingerprinted keys, named as in the fingerprints.
+func (s *FingerprintSet) PublicKeys() ([]pubkeys.Key, error) {
 	var out []pubkeys.Key
 	for _, k := range s.Keys {
 		pub, err := x509.ParsePKIXPublicKey(k.PublicKey)
