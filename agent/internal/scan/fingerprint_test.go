@@ -115,3 +115,52 @@ func TestFingerprintCommand(t *testing.T) {
 }
 
 func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// TestFileParts: a plain file scanned in parts gives exactly the findings of one sequential scan,
+// with keys planted across the part boundaries.
+func TestFileParts(t *testing.T) {
+	k := keytest.Generate()
+	f, err := detect.NewFingerprinter(detect.NewDeploymentKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddKey("ed", k.Ed); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.AddKey("rsa", k.RSA); err != nil {
+		t.Fatal(err)
+	}
+	det, err := detect.New(detect.Options{Fingerprints: f.Set(), Modes: detect.ModeFormats})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 1<<20)
+	rand.Read(b)
+	pemKey := pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k.RSA)})
+	step := (len(b)/4 + 4095) &^ 4095
+	copy(b[step-16:], k.Ed.Seed())            // straddles the first boundary
+	copy(b[2*step-1000:], pemKey)             // starts before the second, ends after
+	copy(b[3*step:], k.RSA.Primes[0].Bytes()) // starts on the third
+	p := filepath.Join(t.TempDir(), "core")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(workers int, split int64) []Finding {
+		s := New(det, nil, workers)
+		s.splitMin = split
+		var out []Finding
+		if _, err := s.Run(context.Background(), []string{p}, func(f Finding) error { out = append(out, f); return nil }, func(e *FileError) { t.Error(e) }); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	seq, par := run(1, 1<<40), run(4, 1)
+	if len(seq) != 3 || len(par) != len(seq) {
+		t.Fatalf("sequential %d findings, in parts %d; want 3 each:\n%+v\n%+v", len(seq), len(par), seq, par)
+	}
+	for i := range seq {
+		if seq[i] != par[i] {
+			t.Errorf("finding %d: sequential %+v, in parts %+v", i, seq[i], par[i])
+		}
+	}
+}
