@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
@@ -58,6 +62,51 @@ func TestRedactWithFingerprints(t *testing.T) {
 	for _, k := range []string{detect.KindECScalarBE, detect.KindRSADLE, detect.KindEd25519SeedPub} {
 		if sum.Findings[k] == 0 {
 			t.Errorf("summary: no %s finding scrubbed: %v", k, sum.Findings)
+		}
+	}
+}
+
+// TestVerifySparseFile: Verify on a sparse file (holes skipped with SEEK_DATA/SEEK_HOLE) finds
+// exactly what it finds reading the same bytes.
+func TestVerifySparseFile(t *testing.T) {
+	in := synthetic(t)
+	in = append(in, make([]byte, 5*pageSize+100)...) // a trailing hole and a partial page
+	copy(in[len(in)-200:], enc(t, "ed25519/seed"))
+	path := filepath.Join(t.TempDir(), "core")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for off := 0; off < len(in); off += pageSize {
+		p := in[off:min(len(in), off+pageSize)]
+		if allZero(p) && len(p) == pageSize {
+			continue // leave a hole
+		}
+		if _, err := f.WriteAt(p, int64(off)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Truncate(int64(len(in))); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil || st.Blocks*512 >= int64(len(in))/2 {
+		t.Fatalf("test file is not sparse (%d blocks for %d bytes, %v)", st.Blocks, len(in), err)
+	}
+	for _, det := range []*detect.Detector{testDetector(t), fpDetector(t)} {
+		want, err := Verify(context.Background(), bytes.NewReader(in), det)
+		if err != nil || len(want) < 10 {
+			t.Fatalf("Verify(bytes) = %d findings, %v", len(want), err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Verify(context.Background(), f, det)
+		f.Close()
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("Verify(sparse file) = %v, %v\nwant %v", got, err, want)
 		}
 	}
 }
