@@ -243,6 +243,15 @@ func describeEvent(ev *pb.Event) (kind, decision, proc, target, rule, detail str
 		c := k.LossReport
 		kind = "loss_report"
 		detail = fmt.Sprintf("%d lost (%s)", c.GetCount(), short(c.GetSource().String(), "LOSS_SOURCE_"))
+	case *pb.Event_KeyMaterialFound:
+		c := k.KeyMaterialFound
+		kind = "key_material_found"
+		decision = "critical"
+		target = c.GetPath()
+		detail = fmt.Sprintf("%s at %d key %q", c.GetEncoding(), c.GetOffset(), c.GetKey())
+		if c.GetQuarantinePath() != "" {
+			detail += " quarantined"
+		}
 	default:
 		kind = "unknown"
 	}

@@ -34,6 +34,8 @@ func KindOf(ev *pb.Event) pb.EventKind {
 		return pb.EventKind_EVENT_KIND_AGENT_HEALTH
 	case *pb.Event_LossReport:
 		return pb.EventKind_EVENT_KIND_LOSS_REPORT
+	case *pb.Event_KeyMaterialFound:
+		return pb.EventKind_EVENT_KIND_KEY_MATERIAL_FOUND
 	}
 	return pb.EventKind_EVENT_KIND_UNSPECIFIED
 }
