@@ -39,7 +39,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: keyguard-agent run|probe|uninstall [flags]  (-h for flags)")
+		fmt.Fprintln(stderr, "usage: keyguard-agent run|probe|uninstall|sentinel [flags]  (-h for flags)")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
@@ -52,11 +52,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return uninstall(args[1:], stdout, stderr)
 	case "dump-handler":
 		return dumpHandler(args[1:])
+	case "sentinel":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return sentinelCmd(ctx, args[1:], stdout, log, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return 0
 	}
-	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall or version)\n", args[0])
+	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall, sentinel or version)\n", args[0])
 	return 2
 }
 
