@@ -273,18 +273,18 @@ func (s *Stream) process(final bool) error {
 }
 
 // Scan reads r to the end and reports every finding to emit. It stops early when ctx is done or
-// emit returns an error.
+// emit returns an error. It reads straight into the stream's window (no second copy).
 func (d *Detector) Scan(ctx context.Context, r io.Reader, emit func(Finding) error) error {
 	s := d.NewStream(emit)
-	buf := make([]byte, 256<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := s.Write(buf[:n]); werr != nil {
-				return werr
+		n, err := r.Read(s.buf[len(s.buf):cap(s.buf)])
+		s.buf = s.buf[:len(s.buf)+n]
+		if len(s.buf) == cap(s.buf) {
+			if perr := s.process(false); perr != nil {
+				return perr
 			}
 		}
 		if errors.Is(err, io.EOF) {

@@ -1,15 +1,20 @@
 package detect
 
 import (
+	"bytes"
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"io"
 	mrand "math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
 	"golang.org/x/crypto/ssh"
@@ -184,5 +189,29 @@ func TestFingerprintFileRoundTrip(t *testing.T) {
 	}
 	if _, err := ParseFingerprints([]byte(`{"format":"x"}`)); err == nil {
 		t.Error("bad format accepted")
+	}
+}
+
+// TestScanReaderPieces: Scan (reading straight into the window) finds what ScanBytes finds, however
+// the reader splits the input.
+func TestScanReaderPieces(t *testing.T) {
+	d, err := New(Options{Modes: ModeFormats, Fingerprints: fingerprintSet(t), Chunk: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	encs := keytest.Generate().Encodings()
+	buf, _ := plantFill(mrand.New(mrand.NewPCG(9, 9)), encs, nil, true)
+	want := d.ScanBytes(buf)
+	if len(want) < len(encs)/2 {
+		t.Fatalf("only %d findings", len(want))
+	}
+	for name, r := range map[string]io.Reader{"one-byte": iotest.OneByteReader(bytes.NewReader(buf)), "half": iotest.HalfReader(bytes.NewReader(buf)), "whole": bytes.NewReader(buf)} {
+		var got []Finding
+		if err := d.Scan(context.Background(), r, func(f Finding) error { got = append(got, f); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("%s: %d findings, ScanBytes %d", name, len(got), len(want))
+		}
 	}
 }
