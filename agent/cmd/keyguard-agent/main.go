@@ -39,7 +39,7 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: keyguard-agent run|probe|uninstall|sentinel [flags]  (-h for flags)")
+		fmt.Fprintln(stderr, "usage: keyguard-agent run|probe|uninstall|sentinel|publish-fingerprints [flags]  (-h for flags)")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
@@ -56,11 +56,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
 		return sentinelCmd(ctx, args[1:], stdout, log, stderr)
+	case "publish-fingerprints":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return publishFingerprints(ctx, args[1:], stdout, log, stderr)
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return 0
 	}
-	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall, sentinel or version)\n", args[0])
+	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall, sentinel, publish-fingerprints or version)\n", args[0])
 	return 2
 }
 

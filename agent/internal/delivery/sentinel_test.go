@@ -2,7 +2,10 @@ package delivery
 
 import (
 	"crypto/rand"
+	"crypto/x509"
 	"database/sql"
+	"encoding/hex"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
+	"github.com/keyguard/keyguard/collector/certgen"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -24,7 +28,8 @@ var (
 	agentErr  error
 )
 
-// buildAgent builds keyguard-agent once per test binary (into the binaries' directory).
+// buildAgent builds keyguard-agent and keyguard once per test binary (into the binaries' directory)
+// and returns keyguard-agent's path (keyguard is beside it).
 func buildAgent(tb testing.TB, b binaries) string {
 	tb.Helper()
 	agentOnce.Do(func() {
@@ -34,7 +39,7 @@ func buildAgent(tb testing.TB, b binaries) string {
 			return
 		}
 		agentBin = filepath.Join(filepath.Dir(b.collector), "keyguard-agent")
-		cmd := exec.Command("go", "build", "-o", agentBin, "./agent/cmd/keyguard-agent")
+		cmd := exec.Command("go", "build", "-o", filepath.Dir(b.collector)+"/", "./agent/cmd/keyguard-agent", "./agent/cmd/keyguard")
 		cmd.Dir = filepath.Dir(strings.TrimSpace(string(out)))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			agentErr = err
@@ -125,4 +130,71 @@ func storedFinding(t *testing.T, db *sql.DB, host string) *keyguardv1.KeyMateria
 		}
 	}
 	return nil
+}
+
+// TestFingerprintsPublishedToSentinel is the whole flow across three identities on loopback: the
+// signing host publishes its keys' fingerprints to the collector (keyguard-agent
+// publish-fingerprints, its own certificate), an operator fetches them (keyguard
+// fetch-fingerprints), and a sentinel on a debug host finds a dump holding only the raw P-256
+// scalar (as little-endian limbs, no PEM anywhere); the finding, attributed to the signer's key
+// file, is stored at the collector and the dump quarantined.
+func TestFingerprintsPublishedToSentinel(t *testing.T) {
+	b := buildBinaries(t)
+	agent := buildAgent(t, b)
+	cli := filepath.Join(filepath.Dir(agent), "keyguard")
+	k := newPKI(t)
+	dsn := filepath.Join(t.TempDir(), "events.db")
+	c := startCollector(t, b, k, "c1", dsn)
+	dir := t.TempDir()
+	keys := keytest.Generate()
+	ecDER, err := x509.MarshalECPrivateKey(keys.P256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "signer-p256.pem")
+	writeFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: ecDER}))
+	deploy := filepath.Join(dir, "deployment.key")
+	writeFile(t, deploy, []byte(hex.EncodeToString(detect.NewDeploymentKey())+"\n"))
+	run := func(name string, args ...string) {
+		t.Helper()
+		out, err := exec.Command(name, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s: %v\n%s", filepath.Base(name), args[0], err, out)
+		}
+	}
+	scert, skey := k.host(t, "signer")
+	run(agent, "publish-fingerprints", "-deployment-key", deploy, "-collector", c.addr, "-collector-ca", k.caFile,
+		"-cert", scert, "-key", skey, "-spool-dir", filepath.Join(dir, "fp-spool"), "-timeout", "30s", keyFile)
+	ocert, okey := k.issue(t, "operator-alice", "alice", certgen.OUOperator, false)
+	fpFile := filepath.Join(dir, "fetched.json")
+	run(cli, "fetch-fingerprints", "-collector", c.addr, "-ca", k.caFile, "-cert", ocert, "-key", okey, "-o", fpFile)
+
+	watched, quarantine := filepath.Join(dir, "crash"), filepath.Join(dir, "quarantine")
+	os.Mkdir(watched, 0o755)
+	dcert, dkey := k.host(t, "debug-box")
+	p := startProc(t, "sentinel", dir, agent, "sentinel", "-watch", watched, "-fingerprints", fpFile,
+		"-state", filepath.Join(dir, "state.json"), "-quarantine", quarantine, "-collector", c.addr,
+		"-collector-ca", k.caFile, "-cert", dcert, "-key", dkey, "-spool-dir", filepath.Join(dir, "spool"))
+	time.Sleep(500 * time.Millisecond)
+	core := make([]byte, 2<<20)
+	rand.Read(core)
+	limbs := keys.P256.D.FillBytes(make([]byte, 32))
+	for i, j := 0, 31; i < j; i, j = i+1, j-1 {
+		limbs[i], limbs[j] = limbs[j], limbs[i]
+	}
+	copy(core[777<<10:], limbs)
+	start := time.Now()
+	writeFile(t, filepath.Join(watched, "core.signer.77"), core)
+	db := openDB(t, dsn)
+	var got *keyguardv1.KeyMaterialFound
+	for deadline := time.Now().Add(30 * time.Second); got == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) || p.exited() {
+			t.Fatalf("no finding at the collector after %v; sentinel log:\n%s", time.Since(start), p.logTail())
+		}
+		got = storedFinding(t, db, "debug-box")
+	}
+	t.Logf("finding stored %v after the dump was written", time.Since(start).Round(time.Millisecond))
+	if got.GetOffset() != 777<<10 || got.GetEncoding() != detect.KindECScalarLE || got.GetKey() != keyFile || got.GetQuarantinePath() == "" {
+		t.Errorf("stored finding %v", got)
+	}
 }

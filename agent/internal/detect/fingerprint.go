@@ -431,15 +431,26 @@ func ParseFingerprints(b []byte) (*FingerprintSet, error) {
 	if s.Format != FingerprintFormat {
 		return nil, fmt.Errorf("fingerprint file: format %q, want %q (write it with keyguard fingerprint)", s.Format, FingerprintFormat)
 	}
+	return &s, s.check()
+}
+
+var errDeployment = errors.New("fingerprints: the sets are keyed with different deployment keys (fingerprint every key of a deployment with one key)")
+
+func errMalformed(kind, key string) error {
+	return fmt.Errorf("fingerprints: entry (%s of %s) is malformed", kind, key)
+}
+
+// check validates the deployment key and every entry.
+func (s *FingerprintSet) check() error {
 	if len(s.DeploymentKey) != DeploymentKeySize {
-		return nil, fmt.Errorf("fingerprint file: deployment key is %d bytes, want %d", len(s.DeploymentKey), DeploymentKeySize)
+		return fmt.Errorf("fingerprints: deployment key is %d bytes, want %d", len(s.DeploymentKey), DeploymentKeySize)
 	}
-	for i, e := range s.Entries {
+	for _, e := range s.Entries {
 		if e.Length < FingerprintAnchor || e.Length > MaxMatch || e.Skip < 0 || e.Skip >= e.Length || len(e.Tag) != tagSize {
-			return nil, fmt.Errorf("fingerprint file: entry %d (%s of %s) is malformed", i, e.Kind, e.Key)
+			return errMalformed(e.Kind, e.Key)
 		}
 	}
-	return &s, nil
+	return nil
 }
 
 // PublicKeys returns the public keys of the fingerprinted keys, named as in the fingerprints.

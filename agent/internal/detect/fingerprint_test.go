@@ -215,3 +215,49 @@ func TestScanReaderPieces(t *testing.T) {
 		}
 	}
 }
+
+// TestFingerprintsProtoMerge: a set survives the trip through keyguard.v1.KeyFingerprints; sets of
+// one deployment merge (a key once), sets of two deployments do not.
+func TestFingerprintsProtoMerge(t *testing.T) {
+	k := keytest.Generate()
+	deploy := NewDeploymentKey()
+	a, _ := NewFingerprinter(deploy)
+	b, _ := NewFingerprinter(deploy)
+	must(a.AddKey("ed", k.Ed))
+	must(b.AddKey("p256", k.P256))
+	must(b.AddKey("ed", k.Ed))
+	back, err := FingerprintsFromProto(a.Set().Proto())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := back.Merge(b.Set()); err != nil {
+		t.Fatal(err)
+	}
+	p256 := 0
+	for _, e := range b.Set().Entries {
+		if e.Key == "p256" {
+			p256++
+		}
+	}
+	if len(back.Keys) != 2 || len(back.Entries) != len(a.Set().Entries)+p256 {
+		t.Errorf("merged %d keys, %d entries", len(back.Keys), len(back.Entries))
+	}
+	d, err := New(Options{Modes: ModeFormats, Fingerprints: back})
+	must(err)
+	buf := make([]byte, 8192)
+	copy(buf[1024:], k.Ed.Seed())
+	copy(buf[4096:], be(k.P256.D, 32))
+	if got := d.ScanBytes(buf); len(got) != 2 || got[0].Key != "ed" || got[1].Key != "p256" {
+		t.Errorf("merged set finds %+v", got)
+	}
+	other, _ := NewFingerprinter(NewDeploymentKey())
+	must(other.AddKey("x", k.P384))
+	if err := back.Merge(other.Set()); err == nil {
+		t.Error("sets of two deployment keys merged")
+	}
+	bad := a.Set().Proto()
+	bad.Fingerprints[0].Tag = nil
+	if _, err := FingerprintsFromProto(bad); err == nil {
+		t.Error("malformed published set accepted")
+	}
+}

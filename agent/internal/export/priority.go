@@ -20,7 +20,7 @@ func PriorityOf(ev *keyguardv1.Event) spool.Priority {
 			return spool.PriorityKeep
 		}
 		return spool.PriorityHigh
-	case *keyguardv1.Event_CoreDump, *keyguardv1.Event_BreakGlass, *keyguardv1.Event_LossReport, *keyguardv1.Event_KeyMaterialFound:
+	case *keyguardv1.Event_CoreDump, *keyguardv1.Event_BreakGlass, *keyguardv1.Event_LossReport, *keyguardv1.Event_KeyMaterialFound, *keyguardv1.Event_KeyFingerprints:
 		return spool.PriorityKeep
 	case *keyguardv1.Event_ProtectionChange:
 		return spool.PriorityHigh
@@ -66,6 +66,8 @@ func KindOf(ev *keyguardv1.Event) keyguardv1.EventKind {
 		return keyguardv1.EventKind_EVENT_KIND_LOSS_REPORT
 	case *keyguardv1.Event_KeyMaterialFound:
 		return keyguardv1.EventKind_EVENT_KIND_KEY_MATERIAL_FOUND
+	case *keyguardv1.Event_KeyFingerprints:
+		return keyguardv1.EventKind_EVENT_KIND_KEY_FINGERPRINTS
 	}
 	return keyguardv1.EventKind_EVENT_KIND_UNSPECIFIED
 }

@@ -43,7 +43,7 @@ func FingerprintCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 		fl.Usage()
 		return ExitError
 	}
-	deploy, created, err := loadOrCreateDeploymentKey(*keyPath)
+	deploy, created, err := LoadDeploymentKey(*keyPath, true)
 	if err != nil {
 		fmt.Fprintf(stderr, "keyguard fingerprint: %v\n", err)
 		return ExitError
@@ -75,10 +75,11 @@ func FingerprintCommand(ctx context.Context, args []string, stdout, stderr io.Wr
 	return ExitClean
 }
 
-// loadOrCreateDeploymentKey reads a hex deployment key, or writes a fresh one if path does not exist.
-func loadOrCreateDeploymentKey(path string) ([]byte, bool, error) {
+// LoadDeploymentKey reads a hex deployment key; if path does not exist and create is set, it writes
+// a fresh one (mode 0600) and reports created.
+func LoadDeploymentKey(path string, create bool) (key []byte, created bool, err error) {
 	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) && create {
 		k := detect.NewDeploymentKey()
 		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 		if err != nil {

@@ -36,6 +36,8 @@ func KindOf(ev *pb.Event) pb.EventKind {
 		return pb.EventKind_EVENT_KIND_LOSS_REPORT
 	case *pb.Event_KeyMaterialFound:
 		return pb.EventKind_EVENT_KIND_KEY_MATERIAL_FOUND
+	case *pb.Event_KeyFingerprints:
+		return pb.EventKind_EVENT_KIND_KEY_FINGERPRINTS
 	}
 	return pb.EventKind_EVENT_KIND_UNSPECIFIED
 }

@@ -46,21 +46,24 @@ const (
 	EventKind_EVENT_KIND_LOSS_REPORT EventKind = 8
 	// Event.key_material_found.
 	EventKind_EVENT_KIND_KEY_MATERIAL_FOUND EventKind = 9
+	// Event.key_fingerprints.
+	EventKind_EVENT_KIND_KEY_FINGERPRINTS EventKind = 10
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_MEMORY_ACCESS",
-		2: "EVENT_KIND_PROTECTION_CHANGE",
-		3: "EVENT_KIND_CORE_DUMP",
-		4: "EVENT_KIND_KEY_FILE_ACCESS",
-		5: "EVENT_KIND_SIDE_DOOR",
-		6: "EVENT_KIND_BREAK_GLASS",
-		7: "EVENT_KIND_AGENT_HEALTH",
-		8: "EVENT_KIND_LOSS_REPORT",
-		9: "EVENT_KIND_KEY_MATERIAL_FOUND",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_MEMORY_ACCESS",
+		2:  "EVENT_KIND_PROTECTION_CHANGE",
+		3:  "EVENT_KIND_CORE_DUMP",
+		4:  "EVENT_KIND_KEY_FILE_ACCESS",
+		5:  "EVENT_KIND_SIDE_DOOR",
+		6:  "EVENT_KIND_BREAK_GLASS",
+		7:  "EVENT_KIND_AGENT_HEALTH",
+		8:  "EVENT_KIND_LOSS_REPORT",
+		9:  "EVENT_KIND_KEY_MATERIAL_FOUND",
+		10: "EVENT_KIND_KEY_FINGERPRINTS",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":        0,
@@ -73,6 +76,7 @@ var (
 		"EVENT_KIND_AGENT_HEALTH":       7,
 		"EVENT_KIND_LOSS_REPORT":        8,
 		"EVENT_KIND_KEY_MATERIAL_FOUND": 9,
+		"EVENT_KIND_KEY_FINGERPRINTS":   10,
 	}
 )
 
@@ -855,6 +859,7 @@ type Event struct {
 	//	*Event_AgentHealth
 	//	*Event_LossReport
 	//	*Event_KeyMaterialFound
+	//	*Event_KeyFingerprints
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1013,6 +1018,15 @@ func (x *Event) GetKeyMaterialFound() *KeyMaterialFound {
 	return nil
 }
 
+func (x *Event) GetKeyFingerprints() *KeyFingerprints {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_KeyFingerprints); ok {
+			return x.KeyFingerprints
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -1062,6 +1076,11 @@ type Event_KeyMaterialFound struct {
 	KeyMaterialFound *KeyMaterialFound `protobuf:"bytes,18,opt,name=key_material_found,json=keyMaterialFound,proto3,oneof"`
 }
 
+type Event_KeyFingerprints struct {
+	// Keyed fingerprints of the private keys a host holds, for sentinels and scanners elsewhere.
+	KeyFingerprints *KeyFingerprints `protobuf:"bytes,19,opt,name=key_fingerprints,json=keyFingerprints,proto3,oneof"`
+}
+
 func (*Event_MemoryAccess) isEvent_Kind() {}
 
 func (*Event_ProtectionChange) isEvent_Kind() {}
@@ -1079,6 +1098,8 @@ func (*Event_AgentHealth) isEvent_Kind() {}
 func (*Event_LossReport) isEvent_Kind() {}
 
 func (*Event_KeyMaterialFound) isEvent_Kind() {}
+
+func (*Event_KeyFingerprints) isEvent_Kind() {}
 
 // Process identifies one task as the kernel saw it when the event happened.
 type Process struct {
@@ -2595,11 +2616,224 @@ func (x *KeyMaterialFound) GetFileFindings() uint32 {
 	return 0
 }
 
+// KeyFingerprints publishes keyed, truncated fingerprints of every encoding of a host's private keys
+// (`keyguard fingerprint`; README.md, Key fingerprints, says what they reveal: nothing that lets
+// anyone recover a key or test a guess cheaper than brute force on it). Sentinels and
+// `keyguard scan -fingerprints` use them to find the keys with no public-key arithmetic.
+type KeyFingerprints struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The per-deployment fingerprint key the set is keyed with (scanners need it).
+	DeploymentKey []byte `protobuf:"bytes,1,opt,name=deployment_key,json=deploymentKey,proto3" json:"deployment_key,omitempty"`
+	// The fingerprinted keys' public halves, for attributing format findings.
+	Keys []*FingerprintedKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// One entry per encoding of each key.
+	Fingerprints  []*Fingerprint `protobuf:"bytes,3,rep,name=fingerprints,proto3" json:"fingerprints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyFingerprints) Reset() {
+	*x = KeyFingerprints{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyFingerprints) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyFingerprints) ProtoMessage() {}
+
+func (x *KeyFingerprints) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyFingerprints.ProtoReflect.Descriptor instead.
+func (*KeyFingerprints) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *KeyFingerprints) GetDeploymentKey() []byte {
+	if x != nil {
+		return x.DeploymentKey
+	}
+	return nil
+}
+
+func (x *KeyFingerprints) GetKeys() []*FingerprintedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *KeyFingerprints) GetFingerprints() []*Fingerprint {
+	if x != nil {
+		return x.Fingerprints
+	}
+	return nil
+}
+
+// FingerprintedKey is one fingerprinted key.
+type FingerprintedKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's name (its file path on the publishing host).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// PKIX (SubjectPublicKeyInfo) DER of the public key.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FingerprintedKey) Reset() {
+	*x = FingerprintedKey{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FingerprintedKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FingerprintedKey) ProtoMessage() {}
+
+func (x *FingerprintedKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FingerprintedKey.ProtoReflect.Descriptor instead.
+func (*FingerprintedKey) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FingerprintedKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FingerprintedKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+// Fingerprint is one encoding of one key.
+type Fingerprint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// FingerprintedKey.name of the key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The encoding (detect kinds: rsa-prime-be, ec-scalar-le64, ed25519-seed, der-pkcs8, ...).
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Length of the encoding in bytes.
+	Length uint32 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	// Leading bytes of the encoding not reported as key material (zero padding).
+	Skip uint32 `protobuf:"varint,4,opt,name=skip,proto3" json:"skip,omitempty"`
+	// 16-bit keyed prefilter of the encoding's first 32 bytes.
+	Anchor uint32 `protobuf:"varint,5,opt,name=anchor,proto3" json:"anchor,omitempty"`
+	// First 16 bytes of the keyed HMAC-SHA256 of the encoding.
+	Tag           []byte `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fingerprint) Reset() {
+	*x = Fingerprint{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fingerprint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fingerprint) ProtoMessage() {}
+
+func (x *Fingerprint) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fingerprint.ProtoReflect.Descriptor instead.
+func (*Fingerprint) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Fingerprint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Fingerprint) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Fingerprint) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *Fingerprint) GetSkip() uint32 {
+	if x != nil {
+		return x.Skip
+	}
+	return 0
+}
+
+func (x *Fingerprint) GetAnchor() uint32 {
+	if x != nil {
+		return x.Anchor
+	}
+	return 0
+}
+
+func (x *Fingerprint) GetTag() []byte {
+	if x != nil {
+		return x.Tag
+	}
+	return nil
+}
+
 var File_keyguard_v1_event_proto protoreflect.FileDescriptor
 
 const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x17keyguard/v1/event.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x05\n" +
+	"\x17keyguard/v1/event.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x06\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12\x10\n" +
@@ -2617,7 +2851,8 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\fagent_health\x18\x10 \x01(\v2\x18.keyguard.v1.AgentHealthH\x00R\vagentHealth\x12:\n" +
 	"\vloss_report\x18\x11 \x01(\v2\x17.keyguard.v1.LossReportH\x00R\n" +
 	"lossReport\x12M\n" +
-	"\x12key_material_found\x18\x12 \x01(\v2\x1d.keyguard.v1.KeyMaterialFoundH\x00R\x10keyMaterialFoundB\x06\n" +
+	"\x12key_material_found\x18\x12 \x01(\v2\x1d.keyguard.v1.KeyMaterialFoundH\x00R\x10keyMaterialFound\x12I\n" +
+	"\x10key_fingerprints\x18\x13 \x01(\v2\x1c.keyguard.v1.KeyFingerprintsH\x00R\x0fkeyFingerprintsB\x06\n" +
 	"\x04kind\"\xf6\x01\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
@@ -2751,7 +2986,22 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"file_mtime\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tfileMtime\x12'\n" +
 	"\x0fquarantine_path\x18\n" +
 	" \x01(\tR\x0equarantinePath\x12#\n" +
-	"\rfile_findings\x18\v \x01(\rR\ffileFindings*\xb3\x02\n" +
+	"\rfile_findings\x18\v \x01(\rR\ffileFindings\"\xa9\x01\n" +
+	"\x0fKeyFingerprints\x12%\n" +
+	"\x0edeployment_key\x18\x01 \x01(\fR\rdeploymentKey\x121\n" +
+	"\x04keys\x18\x02 \x03(\v2\x1d.keyguard.v1.FingerprintedKeyR\x04keys\x12<\n" +
+	"\ffingerprints\x18\x03 \x03(\v2\x18.keyguard.v1.FingerprintR\ffingerprints\"E\n" +
+	"\x10FingerprintedKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"\x89\x01\n" +
+	"\vFingerprint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\rR\x06length\x12\x12\n" +
+	"\x04skip\x18\x04 \x01(\rR\x04skip\x12\x16\n" +
+	"\x06anchor\x18\x05 \x01(\rR\x06anchor\x12\x10\n" +
+	"\x03tag\x18\x06 \x01(\fR\x03tag*\xd4\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_MEMORY_ACCESS\x10\x01\x12 \n" +
@@ -2762,7 +3012,9 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x16EVENT_KIND_BREAK_GLASS\x10\x06\x12\x1b\n" +
 	"\x17EVENT_KIND_AGENT_HEALTH\x10\a\x12\x1a\n" +
 	"\x16EVENT_KIND_LOSS_REPORT\x10\b\x12!\n" +
-	"\x1dEVENT_KIND_KEY_MATERIAL_FOUND\x10\t*\xaa\x01\n" +
+	"\x1dEVENT_KIND_KEY_MATERIAL_FOUND\x10\t\x12\x1f\n" +
+	"\x1bEVENT_KIND_KEY_FINGERPRINTS\x10\n" +
+	"*\xaa\x01\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_DENIED\x10\x01\x12\x1a\n" +
@@ -2860,7 +3112,7 @@ func file_keyguard_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_keyguard_v1_event_proto_goTypes = []any{
 	(EventKind)(0),                // 0: keyguard.v1.EventKind
 	(Decision)(0),                 // 1: keyguard.v1.Decision
@@ -2891,10 +3143,13 @@ var file_keyguard_v1_event_proto_goTypes = []any{
 	(*SequenceRange)(nil),         // 26: keyguard.v1.SequenceRange
 	(*StoredEvent)(nil),           // 27: keyguard.v1.StoredEvent
 	(*KeyMaterialFound)(nil),      // 28: keyguard.v1.KeyMaterialFound
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*KeyFingerprints)(nil),       // 29: keyguard.v1.KeyFingerprints
+	(*FingerprintedKey)(nil),      // 30: keyguard.v1.FingerprintedKey
+	(*Fingerprint)(nil),           // 31: keyguard.v1.Fingerprint
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
 }
 var file_keyguard_v1_event_proto_depIdxs = []int32{
-	29, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
+	32, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
 	14, // 1: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
 	15, // 2: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
 	17, // 3: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
@@ -2904,47 +3159,50 @@ var file_keyguard_v1_event_proto_depIdxs = []int32{
 	22, // 7: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
 	25, // 8: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
 	28, // 9: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
-	13, // 10: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
-	13, // 11: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
-	3,  // 12: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
-	2,  // 13: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 14: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
-	13, // 15: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
-	4,  // 16: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
-	5,  // 17: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 18: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
-	6,  // 19: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
-	16, // 20: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
-	13, // 21: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
-	2,  // 22: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 23: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
-	13, // 24: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
-	7,  // 25: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
-	13, // 26: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
-	1,  // 27: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
-	8,  // 28: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	29, // 29: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
-	10, // 30: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
-	9,  // 31: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
-	21, // 32: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	23, // 33: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
-	29, // 34: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
-	29, // 35: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
-	29, // 36: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
-	0,  // 37: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	11, // 38: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	24, // 39: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	29, // 40: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	29, // 41: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	26, // 42: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	12, // 43: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	29, // 44: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	29, // 45: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	29, // 10: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
+	13, // 11: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
+	13, // 12: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
+	3,  // 13: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
+	2,  // 14: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 15: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
+	13, // 16: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
+	4,  // 17: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
+	5,  // 18: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
+	13, // 19: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
+	6,  // 20: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
+	16, // 21: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
+	13, // 22: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
+	2,  // 23: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 24: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
+	13, // 25: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
+	7,  // 26: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
+	13, // 27: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
+	1,  // 28: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
+	8,  // 29: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
+	32, // 30: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	10, // 31: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
+	9,  // 32: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
+	21, // 33: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
+	23, // 34: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	32, // 35: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	32, // 36: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	32, // 37: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 38: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	11, // 39: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	24, // 40: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	32, // 41: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	32, // 42: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	26, // 43: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	12, // 44: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	32, // 45: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	32, // 46: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
+	30, // 47: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
+	31, // 48: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
+	49, // [49:49] is the sub-list for method output_type
+	49, // [49:49] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }
@@ -2962,6 +3220,7 @@ func file_keyguard_v1_event_proto_init() {
 		(*Event_AgentHealth)(nil),
 		(*Event_LossReport)(nil),
 		(*Event_KeyMaterialFound)(nil),
+		(*Event_KeyFingerprints)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2969,7 +3228,7 @@ func file_keyguard_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyguard_v1_event_proto_rawDesc), len(file_keyguard_v1_event_proto_rawDesc)),
 			NumEnums:      12,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
