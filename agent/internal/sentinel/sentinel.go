@@ -275,8 +275,8 @@ func (s *Sentinel) worker(ctx context.Context) {
 // records the file as done.
 func (s *Sentinel) scanFile(ctx context.Context, path string) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // gone (renamed away, deleted): nothing to scan
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ELOOP) {
+		return nil // gone (renamed away, deleted), or a symbolic link: nothing to scan
 	}
 	if err != nil {
 		return err

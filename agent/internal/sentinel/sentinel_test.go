@@ -189,6 +189,15 @@ func TestSentinel(t *testing.T) {
 	write(filepath.Join(watched, "core.xz"), compressWith(t, "xz", dump(65536, seed)))
 	write(filepath.Join(watched, "core.gz"), compressWith(t, "gzip", dump(256, prime)))
 	write(filepath.Join(watched, "clean"), dump(0, nil))
+	// A symbolic link moved in (to a file with key material outside): not followed, not an error.
+	outside := filepath.Join(root, "outside")
+	write(outside, dump(0, seed))
+	if err := os.Symlink(outside, filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(root, "link"), filepath.Join(watched, "core.link")); err != nil {
+		t.Fatal(err)
+	}
 	tmp := filepath.Join(watched, ".#core.renamed.tmp")
 	write(tmp, dump(1024, scalar))
 	if err := os.Rename(tmp, filepath.Join(watched, "core.renamed")); err != nil {
