@@ -47,6 +47,8 @@ func program() cmdline.Program {
 			{Name: "probe", Summary: "check whether this kernel can run keyguard, and the host's posture", Run: probe},
 			{Name: "policy", Summary: "policy check FILE [-offline]: validate a policy (no kernel needed)", Run: policyCmd},
 			{Name: "uninstall", Summary: "remove keyguard through the running agent (needs an operator token)", Run: uninstall},
+			{Name: "sentinel", Summary: "watch dump folders for key material and report each finding (debug hosts)", Run: withSignals(sentinelCmd)},
+			{Name: "publish-fingerprints", Summary: "send the key fingerprints of KEYFILE... to the collector", Run: withSignals(publishFingerprints)},
 			// The kernel runs this through core_pattern for every core dump; not for people.
 			{Name: "dump-handler", Run: func(args []string, _, _ io.Writer) int { return dumpHandler(args) }},
 		},
@@ -191,4 +193,14 @@ func readToken(path string) (string, error) {
 		return "", fmt.Errorf("read the token: %w", err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// withSignals runs a long-running command with a context that SIGINT and SIGTERM cancel and a text
+// logger on stderr.
+func withSignals(f func(ctx context.Context, args []string, stdout io.Writer, log *slog.Logger, stderr io.Writer) int) func(args []string, stdout, stderr io.Writer) int {
+	return func(args []string, stdout, stderr io.Writer) int {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return f(ctx, args, stdout, slog.New(slog.NewTextHandler(stderr, nil)), stderr)
+	}
 }

@@ -42,7 +42,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	conn.register(fs)
 	var hosts, kinds, decisions multiFlag
 	fs.Var(&hosts, "host", "only these hosts (repeatable or comma-separated)")
-	fs.Var(&kinds, "kind", "only these kinds: memory_access, protection_change, core_dump, key_file_access, side_door, break_glass, agent_health, loss_report")
+	fs.Var(&kinds, "kind", "only these kinds: memory_access, protection_change, core_dump, key_file_access, side_door, break_glass, agent_health, loss_report, key_material_found, key_fingerprints")
 	fs.Var(&decisions, "decision", "only these decisions: denied, allowed_audit, allowed_policy, allowed_break_glass, allowed")
 	since := fs.String("since", "", "only events at or after this time (RFC 3339, or a duration such as 2h meaning 2h ago)")
 	until := fs.String("until", "", "only events before this time (RFC 3339 or duration ago)")
@@ -215,6 +215,15 @@ func describeEvent(ev *pb.Event) (kind, decision, proc, target, rule, detail str
 		c := k.LossReport
 		kind = "loss_report"
 		detail = fmt.Sprintf("%d lost (%s)", c.GetCount(), short(c.GetSource().String(), "LOSS_SOURCE_"))
+	case *pb.Event_KeyMaterialFound:
+		c := k.KeyMaterialFound
+		kind = "key_material_found"
+		decision = "critical"
+		target = c.GetPath()
+		detail = fmt.Sprintf("%s at %d key %q", c.GetEncoding(), c.GetOffset(), c.GetKey())
+		if c.GetQuarantinePath() != "" {
+			detail += " quarantined"
+		}
 	default:
 		kind = "unknown"
 	}

@@ -30,6 +30,7 @@ func BenchmarkDetect(b *testing.B) {
 	plain := keytest.Filler(mrand.New(mrand.NewPCG(13, 14)), 8<<20, false)
 	rnd := make([]byte, 8<<20)
 	rand.Read(rnd)
+	fps := fingerprintSet(b)
 	modes := []struct {
 		name string
 		opts Options
@@ -39,6 +40,7 @@ func BenchmarkDetect(b *testing.B) {
 		{"openssh", Options{Modes: ModeOpenSSH}},
 		{"jwk", Options{Modes: ModeJWK}},
 		{"formats", Options{Modes: ModeFormats}},
+		{"fingerprints-5-keys", Options{Modes: ModeFormats, Fingerprints: fps}},
 		{"rsa2048-raw", Options{Modes: ModeRSARaw, Keys: sub("rsa.pem")}},
 		{"p256-raw", Options{Modes: ModeECRaw, Keys: sub("p256.pem")}},
 		{"p384-raw", Options{Modes: ModeECRaw, Keys: sub("p384.pem")}},

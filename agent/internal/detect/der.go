@@ -50,7 +50,7 @@ func (d *Detector) findDER(w *window) {
 			}
 			tlv := b[start : start+total]
 			report := func(kind string, pp privParts) {
-				key := pubkeys.Match(d.keys, pp.pub)
+				key := pubkeys.Match(d.attr, pp.pub)
 				w.add(start, total, kind, key)
 				w.learn(pp, key)
 				skipTo = start + total

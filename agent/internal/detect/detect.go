@@ -91,6 +91,9 @@ type Options struct {
 	// Chunk is the number of new bytes per scan window; 0 means DefaultChunk. Rounded up to a
 	// multiple of 8.
 	Chunk int
+	// Fingerprints, if set, are searched for at Align-ed offsets (every encoding they list, with
+	// no public-key arithmetic), and PEM/DER/OpenSSH/JWK findings are attributed to their keys.
+	Fingerprints *FingerprintSet
 }
 
 // Detector finds private key material. It is immutable and safe for concurrent use; each Stream
@@ -100,6 +103,8 @@ type Detector struct {
 	align int
 	chunk int
 	keys  []pubkeys.Key
+	attr  []pubkeys.Key // keys findings are attributed to: keys and the fingerprinted keys
+	fp    *fpMatcher
 	rsa   []*rsaKey
 	ec    []*ecKey
 	ed    []*edKey
@@ -123,6 +128,15 @@ func New(opts Options) (*Detector, error) {
 		d.chunk = DefaultChunk
 	}
 	d.chunk = (d.chunk + 7) &^ 7
+	d.attr = opts.Keys
+	if opts.Fingerprints != nil {
+		fk, err := opts.Fingerprints.PublicKeys()
+		if err != nil {
+			return nil, err
+		}
+		d.attr = append(slices.Clone(opts.Keys), fk...)
+		d.fp = newFPMatcher(opts.Fingerprints)
+	}
 	for _, k := range opts.Keys {
 		if d.modes&ModeRSARaw != 0 {
 			rk, err := newRSAKey(k)
@@ -259,18 +273,18 @@ func (s *Stream) process(final bool) error {
 }
 
 // Scan reads r to the end and reports every finding to emit. It stops early when ctx is done or
-// emit returns an error.
+// emit returns an error. It reads straight into the stream's window (no second copy).
 func (d *Detector) Scan(ctx context.Context, r io.Reader, emit func(Finding) error) error {
 	s := d.NewStream(emit)
-	buf := make([]byte, 256<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n, err := r.Read(buf)
-		if n > 0 {
-			if _, werr := s.Write(buf[:n]); werr != nil {
-				return werr
+		n, err := r.Read(s.buf[len(s.buf):cap(s.buf)])
+		s.buf = s.buf[:len(s.buf)+n]
+		if len(s.buf) == cap(s.buf) {
+			if perr := s.process(false); perr != nil {
+				return perr
 			}
 		}
 		if errors.Is(err, io.EOF) {
@@ -307,6 +321,9 @@ func (d *Detector) scanWindow(sc *scratch, b []byte, base int64, out []Finding) 
 	if d.modes&ModeJWK != 0 {
 		d.findJWK(&w)
 		d.findJWKEscaped(&w)
+	}
+	if d.fp != nil {
+		d.findFingerprints(&w)
 	}
 	if d.rawActive() {
 		sc.computeDensity(b)

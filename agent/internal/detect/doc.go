@@ -51,6 +51,15 @@
 //     multiplication compared with the public key's Montgomery u-coordinate. Random-looking memory
 //     is scanned at about 0.6 MB/s per Ed25519 key.
 //
+// Fingerprints (Options.Fingerprints, fingerprint.go, fpsearch.go): keyed fingerprints of every
+// encoding of given private keys (DER/PEM bodies, JWK members, RSA p, q, d, CRT values, EC scalars,
+// Ed25519 seeds and expanded keys, both byte orders) are searched for at every Align-ed offset
+// with no public-key arithmetic: a 16-bit keyed prefilter of the 32 bytes there (two 64x64-bit
+// multiplications and a bitmap lookup), then HMAC-SHA256 of the candidate encoding for the
+// ~n/65536 offsets that pass. Exact (a 128-bit tag), about as fast as memory on any data. The
+// fingerprinted keys' public keys attribute format findings. README.md holds what a fingerprint
+// file reveals.
+//
 // Learned secrets: once a stream has seen a private key — parsed from PEM/DER/JWK, configured or
 // not, or recovered from a raw prime or d — every secret value of that key (RSA d in both variants,
 // p, q, dp, dq, qinv; EC scalar; Ed25519 seed), big- and little-endian, is searched for exactly at

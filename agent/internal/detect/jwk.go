@@ -110,7 +110,7 @@ func (d *Detector) reportJWK(w *window, j *pubkeys.JWK, start, end int) {
 	if pub, err := pubkeys.PublicFromJWK(j); err == nil {
 		pp.pub = pub
 	}
-	key := pubkeys.Match(d.keys, pp.pub)
+	key := pubkeys.Match(d.attr, pp.pub)
 	w.add(start, end-start, KindJWK, key)
 	num := func(s string) *big.Int {
 		b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(s, "="))

@@ -21,7 +21,7 @@ func (d *Detector) findOpenSSH(w *window) {
 		if !ok {
 			continue
 		}
-		w.add(p, n, KindOpenSSHBinary, pubkeys.Match(d.keys, pub))
+		w.add(p, n, KindOpenSSHBinary, pubkeys.Match(d.attr, pub))
 		i = p + n
 	}
 }

@@ -52,7 +52,7 @@ func (d *Detector) findPEM(w *window) {
 			continue
 		}
 		kind, pp := classifyPEM(string(label), der, encrypted)
-		key := pubkeys.Match(d.keys, pp.pub)
+		key := pubkeys.Match(d.attr, pp.pub)
 		w.add(st, end-st, kind, key)
 		w.learn(pp, key)
 		i = end

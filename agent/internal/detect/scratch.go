@@ -23,6 +23,7 @@ type scratch struct {
 	z     big.Int
 
 	learned learnedSet
+	fp      fpScratch
 }
 
 func (sc *scratch) computeDensity(b []byte) {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -157,11 +158,23 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	return nil
 }
 
+// FingerprintsFile is the name of the fingerprint file (keyguard fingerprint -o) the dump handler
+// reads beside the policy file, if it exists.
+const FingerprintsFile = "fingerprints.json"
+
 // detector finds key material in every known encoding, plus the raw private numbers of the public keys
-// the rule names (public_keys in the policy).
+// the rule names (public_keys in the policy). Keys fingerprinted in FingerprintsFile beside the
+// policy are found by fingerprint instead (no public-key arithmetic per window: memory speed).
 func detector(policyPath string, ruleID uint32) (*detect.Detector, error) {
 	var keys []pubkeys.Key
+	var set *detect.FingerprintSet
 	if policyPath != "" {
+		fp := filepath.Join(filepath.Dir(policyPath), FingerprintsFile)
+		if _, err := os.Stat(fp); err == nil {
+			if set, err = detect.LoadFingerprints(fp); err != nil {
+				return nil, fmt.Errorf("%s: %w (rewrite it with keyguard fingerprint, or remove it)", fp, err)
+			}
+		}
 		pol, err := policy.Load(policyPath)
 		if err != nil {
 			return nil, err
@@ -172,7 +185,14 @@ func detector(policyPath string, ruleID uint32) (*detect.Detector, error) {
 			}
 		}
 	}
-	return detect.New(detect.Options{Keys: keys})
+	if set != nil {
+		fk, err := set.PublicKeys()
+		if err != nil {
+			return nil, err
+		}
+		keys = slices.DeleteFunc(keys, func(k pubkeys.Key) bool { return pubkeys.Match(fk, k.Public) != "" })
+	}
+	return detect.New(detect.Options{Keys: keys, Fingerprints: set})
 }
 
 // protection reads the crashing process's protection from keyguard's pinned state (loader.View).

@@ -42,7 +42,7 @@ import (
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
-const numKinds = int(keyguardv1.EventKind_EVENT_KIND_LOSS_REPORT) + 1
+const numKinds = int(keyguardv1.EventKind_EVENT_KIND_KEY_FINGERPRINTS) + 1
 
 // maxEventBytes is the collector's per-event limit.
 const maxEventBytes = 256 << 10

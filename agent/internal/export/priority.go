@@ -20,7 +20,7 @@ func PriorityOf(ev *keyguardv1.Event) spool.Priority {
 			return spool.PriorityKeep
 		}
 		return spool.PriorityHigh
-	case *keyguardv1.Event_CoreDump, *keyguardv1.Event_BreakGlass, *keyguardv1.Event_LossReport:
+	case *keyguardv1.Event_CoreDump, *keyguardv1.Event_BreakGlass, *keyguardv1.Event_LossReport, *keyguardv1.Event_KeyMaterialFound, *keyguardv1.Event_KeyFingerprints:
 		return spool.PriorityKeep
 	case *keyguardv1.Event_ProtectionChange:
 		return spool.PriorityHigh

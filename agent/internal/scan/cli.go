@@ -34,8 +34,9 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	raw := fl.String("raw", "rsa,ec,ed25519", "raw-material searches to run for -pubkeys keys: any of rsa, ec, ed25519, or none (EC and Ed25519 cost about 2 µs per byte of random-looking data; PEM/DER/JWK findings are attributed to the keys either way)")
 	verbose := fl.Bool("v", false, "log each file scanned to stderr")
 	workers := fl.Int("j", 0, "files scanned at once (0 = number of CPUs)")
+	fps := fl.String("fingerprints", "", "fingerprint file (keyguard fingerprint) whose keys are searched for in every encoding, with no public-key arithmetic")
 	fl.Usage = func() {
-		fmt.Fprintf(fl.Output(), "usage: keyguard scan [-format text|json] [-pubkeys file,...] [-raw rsa,ec,ed25519|none] [-align N] [-j N] [-v] PATH...\n\n"+
+		fmt.Fprintf(fl.Output(), "usage: keyguard scan [-format text|json] [-fingerprints FILE] [-pubkeys file,...] [-raw rsa,ec,ed25519|none] [-align N] [-j N] [-v] PATH...\n\n"+
 			"Scans files and directories (recursively; symbolic links are not followed) for private keys:\n"+
 			"PEM, DER, OpenSSH and JWK private keys, and with -pubkeys the raw private material of those keys.\n"+
 			"zstd, lz4, xz and gzip files (e.g. /var/lib/systemd/coredump) are decompressed; their offsets are\n"+
@@ -59,7 +60,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "keyguard scan: -align must be between 1 and 4096")
 		return ExitError
 	}
-	det, err := newDetector(*pub, *raw, *align)
+	det, err := newDetector(*pub, *raw, *align, *fps)
 	if err != nil {
 		fmt.Fprintf(stderr, "keyguard scan: %v\n", err)
 		return ExitError
@@ -126,7 +127,7 @@ func textLine(f Finding) string {
 }
 
 // newDetector builds the detector for -pubkeys (comma-separated files), -raw and -align.
-func newDetector(pub, raw string, align int) (*detect.Detector, error) {
+func newDetector(pub, raw string, align int, fingerprints string) (*detect.Detector, error) {
 	var keys []pubkeys.Key
 	if pub != "" {
 		var paths []string
@@ -154,5 +155,12 @@ func newDetector(pub, raw string, align int) (*detect.Detector, error) {
 			return nil, fmt.Errorf("-raw: unknown search %q (use rsa, ec, ed25519 or none)", r)
 		}
 	}
-	return detect.New(detect.Options{Keys: keys, Align: align, Modes: modes})
+	var set *detect.FingerprintSet
+	if fingerprints != "" {
+		var err error
+		if set, err = detect.LoadFingerprints(fingerprints); err != nil {
+			return nil, err
+		}
+	}
+	return detect.New(detect.Options{Keys: keys, Align: align, Modes: modes, Fingerprints: set})
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/klauspost/compress/zstd"
@@ -54,9 +55,10 @@ type Summary struct {
 
 // Scanner scans paths with one detector.
 type Scanner struct {
-	det     *detect.Detector
-	log     *slog.Logger
-	workers int
+	det      *detect.Detector
+	log      *slog.Logger
+	workers  int
+	splitMin int64 // plain files this large are scanned in parts (one per worker)
 }
 
 // New returns a Scanner that scans up to workers files at once (0 means GOMAXPROCS). log receives
@@ -68,7 +70,7 @@ func New(det *detect.Detector, log *slog.Logger, workers int) *Scanner {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	return &Scanner{det: det, log: log, workers: workers}
+	return &Scanner{det: det, log: log, workers: workers, splitMin: splitMin}
 }
 
 // job is one file to scan (or a path that failed before scanning), and its results.
@@ -214,6 +216,10 @@ func (s *Scanner) file(ctx context.Context, j *job) {
 	}
 	defer f.Close()
 	j.scanned = true
+	if fi, err := f.Stat(); err == nil && s.workers > 1 && fi.Size() >= s.splitMin && plain(f) {
+		s.fileParts(ctx, j, f, fi.Size())
+		return
+	}
 	r, comp, closeFn, err := Decompress(bufio.NewReaderSize(f, 256<<10))
 	if err != nil {
 		j.errs = append(j.errs, err)
@@ -233,6 +239,65 @@ func (s *Scanner) file(ctx context.Context, j *job) {
 		}
 		j.errs = append(j.errs, err)
 	}
+}
+
+// splitMin is the size from which a plain (uncompressed) file is scanned in parts, one per worker.
+const splitMin = 64 << 20
+
+// plain reports whether f starts with none of the compression magic numbers.
+func plain(f *os.File) bool {
+	head := make([]byte, 6)
+	n, _ := f.ReadAt(head, 0)
+	for _, m := range [][]byte{magicZstd, magicLZ4, magicXZ, magicGzip} {
+		if bytes.HasPrefix(head[:n], m) {
+			return false
+		}
+	}
+	return true
+}
+
+// fileParts scans a plain file in s.workers parts concurrently. Part i covers the findings that
+// start in [start_i, end_i) and reads MaxMatch bytes past end_i, so a match up to MaxMatch long is
+// found by the part it starts in; parts start at multiples of 4096, keeping the alignment grid.
+// A key learned from a PEM/DER/JWK copy (detect's learned secrets) is searched for only in the
+// rest of the part where it was learned.
+func (s *Scanner) fileParts(ctx context.Context, j *job, f *os.File, size int64) {
+	parts := int64(s.workers)
+	step := (size/parts + 4095) &^ 4095
+	type result struct {
+		findings []Finding
+		err      error
+	}
+	res := make([]result, parts)
+	var wg sync.WaitGroup
+	for i := range parts {
+		start := i * step
+		if start >= size {
+			break
+		}
+		end := min(size, start+step)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := io.NewSectionReader(f, start, min(size, end+detect.MaxMatch)-start)
+			res[i].err = s.det.Scan(ctx, bufio.NewReaderSize(r, 256<<10), func(fd detect.Finding) error {
+				fd.Offset += start
+				if fd.Offset < end {
+					res[i].findings = append(res[i].findings, Finding{Path: j.path, Finding: fd})
+				}
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	for _, r := range res {
+		j.findings = append(j.findings, r.findings...)
+		if r.err != nil && ctx.Err() == nil {
+			j.errs = append(j.errs, r.err)
+		}
+	}
+	j.bytes = size
+	s.log.Debug("scanned", "path", j.path, "parts", parts, "bytes", size, "findings", len(j.findings))
 }
 
 type countingReader struct {

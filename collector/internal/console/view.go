@@ -105,6 +105,18 @@ func rowOf(se *pb.StoredEvent) eventRow {
 		r.Kind = "loss report"
 		r.Summary = fmt.Sprintf("%d events lost (%s)", l.GetCount(), strings.ToLower(strings.TrimPrefix(l.GetSource().String(), "LOSS_SOURCE_")))
 		r.Alert = true
+	case *pb.Event_KeyMaterialFound:
+		m := k.KeyMaterialFound
+		r.Kind = "key material found"
+		r.Target = m.GetPath()
+		r.Summary = fmt.Sprintf("%s at offset %d, key %q", m.GetEncoding(), m.GetOffset(), m.GetKey())
+		if m.GetQuarantinePath() != "" {
+			r.Summary += ", quarantined"
+		}
+		r.Alert = true
+	case *pb.Event_KeyFingerprints:
+		r.Kind = "key fingerprints"
+		r.Summary = fmt.Sprintf("%d keys, %d fingerprints published", len(k.KeyFingerprints.GetKeys()), len(k.KeyFingerprints.GetFingerprints()))
 	}
 	r.Decision = decisionLabel(d)
 	if d == pb.Decision_DECISION_DENIED || d == pb.Decision_DECISION_ALLOWED_AUDIT || d == pb.Decision_DECISION_ALLOWED_BREAK_GLASS {
@@ -256,6 +268,25 @@ func detailSections(se *pb.StoredEvent) []section {
 			ls.Fields = append(ls.Fields, field{"evicted seq", fmt.Sprintf("%d–%d", r.GetFirst(), r.GetLast())})
 		}
 		out = append(out, ls)
+	case *pb.Event_KeyMaterialFound:
+		m := k.KeyMaterialFound
+		out = append(out, section{Title: "Key material found", Fields: []field{
+			{"file", m.GetPath()},
+			{"compression", m.GetCompression()},
+			{"offset", strconv.FormatUint(m.GetOffset(), 10)},
+			{"length", strconv.FormatUint(uint64(m.GetLength()), 10)},
+			{"encoding", m.GetEncoding()},
+			{"key", m.GetKey()},
+			{"key fingerprint", m.GetKeyFingerprint()},
+			{"findings in the file", strconv.FormatUint(uint64(m.GetFileFindings()), 10)},
+			{"quarantined to", m.GetQuarantinePath()},
+		}})
+	case *pb.Event_KeyFingerprints:
+		fs := section{Title: "Key fingerprints"}
+		for _, key := range k.KeyFingerprints.GetKeys() {
+			fs.Fields = append(fs.Fields, field{"key", key.GetName()})
+		}
+		out = append(out, fs)
 	}
 	out = append(out, section{Title: "Storage", Fields: []field{
 		{"received", fmtTime(se.GetReceiveTime())},

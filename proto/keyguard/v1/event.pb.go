@@ -44,31 +44,39 @@ const (
 	EventKind_EVENT_KIND_AGENT_HEALTH EventKind = 7
 	// Event.loss_report.
 	EventKind_EVENT_KIND_LOSS_REPORT EventKind = 8
+	// Event.key_material_found.
+	EventKind_EVENT_KIND_KEY_MATERIAL_FOUND EventKind = 9
+	// Event.key_fingerprints.
+	EventKind_EVENT_KIND_KEY_FINGERPRINTS EventKind = 10
 )
 
 // Enum value maps for EventKind.
 var (
 	EventKind_name = map[int32]string{
-		0: "EVENT_KIND_UNSPECIFIED",
-		1: "EVENT_KIND_MEMORY_ACCESS",
-		2: "EVENT_KIND_PROTECTION_CHANGE",
-		3: "EVENT_KIND_CORE_DUMP",
-		4: "EVENT_KIND_KEY_FILE_ACCESS",
-		5: "EVENT_KIND_SIDE_DOOR",
-		6: "EVENT_KIND_BREAK_GLASS",
-		7: "EVENT_KIND_AGENT_HEALTH",
-		8: "EVENT_KIND_LOSS_REPORT",
+		0:  "EVENT_KIND_UNSPECIFIED",
+		1:  "EVENT_KIND_MEMORY_ACCESS",
+		2:  "EVENT_KIND_PROTECTION_CHANGE",
+		3:  "EVENT_KIND_CORE_DUMP",
+		4:  "EVENT_KIND_KEY_FILE_ACCESS",
+		5:  "EVENT_KIND_SIDE_DOOR",
+		6:  "EVENT_KIND_BREAK_GLASS",
+		7:  "EVENT_KIND_AGENT_HEALTH",
+		8:  "EVENT_KIND_LOSS_REPORT",
+		9:  "EVENT_KIND_KEY_MATERIAL_FOUND",
+		10: "EVENT_KIND_KEY_FINGERPRINTS",
 	}
 	EventKind_value = map[string]int32{
-		"EVENT_KIND_UNSPECIFIED":       0,
-		"EVENT_KIND_MEMORY_ACCESS":     1,
-		"EVENT_KIND_PROTECTION_CHANGE": 2,
-		"EVENT_KIND_CORE_DUMP":         3,
-		"EVENT_KIND_KEY_FILE_ACCESS":   4,
-		"EVENT_KIND_SIDE_DOOR":         5,
-		"EVENT_KIND_BREAK_GLASS":       6,
-		"EVENT_KIND_AGENT_HEALTH":      7,
-		"EVENT_KIND_LOSS_REPORT":       8,
+		"EVENT_KIND_UNSPECIFIED":        0,
+		"EVENT_KIND_MEMORY_ACCESS":      1,
+		"EVENT_KIND_PROTECTION_CHANGE":  2,
+		"EVENT_KIND_CORE_DUMP":          3,
+		"EVENT_KIND_KEY_FILE_ACCESS":    4,
+		"EVENT_KIND_SIDE_DOOR":          5,
+		"EVENT_KIND_BREAK_GLASS":        6,
+		"EVENT_KIND_AGENT_HEALTH":       7,
+		"EVENT_KIND_LOSS_REPORT":        8,
+		"EVENT_KIND_KEY_MATERIAL_FOUND": 9,
+		"EVENT_KIND_KEY_FINGERPRINTS":   10,
 	}
 )
 
@@ -850,6 +858,8 @@ type Event struct {
 	//	*Event_BreakGlass
 	//	*Event_AgentHealth
 	//	*Event_LossReport
+	//	*Event_KeyMaterialFound
+	//	*Event_KeyFingerprints
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -999,6 +1009,24 @@ func (x *Event) GetLossReport() *LossReport {
 	return nil
 }
 
+func (x *Event) GetKeyMaterialFound() *KeyMaterialFound {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_KeyMaterialFound); ok {
+			return x.KeyMaterialFound
+		}
+	}
+	return nil
+}
+
+func (x *Event) GetKeyFingerprints() *KeyFingerprints {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_KeyFingerprints); ok {
+			return x.KeyFingerprints
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -1043,6 +1071,16 @@ type Event_LossReport struct {
 	LossReport *LossReport `protobuf:"bytes,17,opt,name=loss_report,json=lossReport,proto3,oneof"`
 }
 
+type Event_KeyMaterialFound struct {
+	// Private key material was found in a file the sentinel watches (a core dump in a debug store).
+	KeyMaterialFound *KeyMaterialFound `protobuf:"bytes,18,opt,name=key_material_found,json=keyMaterialFound,proto3,oneof"`
+}
+
+type Event_KeyFingerprints struct {
+	// Keyed fingerprints of the private keys a host holds, for sentinels and scanners elsewhere.
+	KeyFingerprints *KeyFingerprints `protobuf:"bytes,19,opt,name=key_fingerprints,json=keyFingerprints,proto3,oneof"`
+}
+
 func (*Event_MemoryAccess) isEvent_Kind() {}
 
 func (*Event_ProtectionChange) isEvent_Kind() {}
@@ -1058,6 +1096,10 @@ func (*Event_BreakGlass) isEvent_Kind() {}
 func (*Event_AgentHealth) isEvent_Kind() {}
 
 func (*Event_LossReport) isEvent_Kind() {}
+
+func (*Event_KeyMaterialFound) isEvent_Kind() {}
+
+func (*Event_KeyFingerprints) isEvent_Kind() {}
 
 // Process identifies one task as the kernel saw it when the event happened.
 type Process struct {
@@ -2443,11 +2485,364 @@ func (x *StoredEvent) GetCollector() string {
 	return ""
 }
 
+// KeyMaterialFound is one finding of the sentinel (keyguard-agent sentinel): private key material
+// in a file under a watched directory (systemd-coredump, /var/crash, apport, a debug share). Always
+// critical: a key has left the process that holds it.
+type KeyMaterialFound struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path of the file, as found in the watched directory.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// "zstd", "lz4", "xz" or "gzip" when the file was decompressed; offset is then an offset in the
+	// decompressed stream. Empty for plain files.
+	Compression string `protobuf:"bytes,2,opt,name=compression,proto3" json:"compression,omitempty"`
+	// Offset of the material in the (decompressed) file.
+	Offset uint64 `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Length of the material in bytes.
+	Length uint32 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
+	// The encoding found (detect kinds: pem-pkcs8, der-rsa-pkcs1, rsa-prime-be, ec-scalar-le64,
+	// ed25519-seed, ...).
+	Encoding string `protobuf:"bytes,5,opt,name=encoding,proto3" json:"encoding,omitempty"`
+	// Name of the key it belongs to (from the fingerprint file or public keys), empty if unattributed.
+	Key string `protobuf:"bytes,6,opt,name=key,proto3" json:"key,omitempty"`
+	// "SHA256:" and the hex SHA-256 of that key's PKIX public key, when attributed.
+	KeyFingerprint string `protobuf:"bytes,7,opt,name=key_fingerprint,json=keyFingerprint,proto3" json:"key_fingerprint,omitempty"`
+	// Size of the file when it was scanned.
+	FileSize uint64 `protobuf:"varint,8,opt,name=file_size,json=fileSize,proto3" json:"file_size,omitempty"`
+	// Modification time of the file when it was scanned.
+	FileMtime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=file_mtime,json=fileMtime,proto3" json:"file_mtime,omitempty"`
+	// Where the file was moved if it was quarantined; empty if it was left in place.
+	QuarantinePath string `protobuf:"bytes,10,opt,name=quarantine_path,json=quarantinePath,proto3" json:"quarantine_path,omitempty"`
+	// Findings in this file in all (this event is one of them); at most the first 64 are reported.
+	FileFindings  uint32 `protobuf:"varint,11,opt,name=file_findings,json=fileFindings,proto3" json:"file_findings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyMaterialFound) Reset() {
+	*x = KeyMaterialFound{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyMaterialFound) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyMaterialFound) ProtoMessage() {}
+
+func (x *KeyMaterialFound) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyMaterialFound.ProtoReflect.Descriptor instead.
+func (*KeyMaterialFound) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *KeyMaterialFound) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *KeyMaterialFound) GetCompression() string {
+	if x != nil {
+		return x.Compression
+	}
+	return ""
+}
+
+func (x *KeyMaterialFound) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *KeyMaterialFound) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *KeyMaterialFound) GetEncoding() string {
+	if x != nil {
+		return x.Encoding
+	}
+	return ""
+}
+
+func (x *KeyMaterialFound) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyMaterialFound) GetKeyFingerprint() string {
+	if x != nil {
+		return x.KeyFingerprint
+	}
+	return ""
+}
+
+func (x *KeyMaterialFound) GetFileSize() uint64 {
+	if x != nil {
+		return x.FileSize
+	}
+	return 0
+}
+
+func (x *KeyMaterialFound) GetFileMtime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FileMtime
+	}
+	return nil
+}
+
+func (x *KeyMaterialFound) GetQuarantinePath() string {
+	if x != nil {
+		return x.QuarantinePath
+	}
+	return ""
+}
+
+func (x *KeyMaterialFound) GetFileFindings() uint32 {
+	if x != nil {
+		return x.FileFindings
+	}
+	return 0
+}
+
+// KeyFingerprints publishes keyed, truncated fingerprints of every encoding of a host's private keys
+// (`keyguard fingerprint`; README.md, Key fingerprints, says what they reveal: nothing that lets
+// anyone recover a key or test a guess cheaper than brute force on it). Sentinels and
+// `keyguard scan -fingerprints` use them to find the keys with no public-key arithmetic.
+type KeyFingerprints struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The per-deployment fingerprint key the set is keyed with (scanners need it).
+	DeploymentKey []byte `protobuf:"bytes,1,opt,name=deployment_key,json=deploymentKey,proto3" json:"deployment_key,omitempty"`
+	// The fingerprinted keys' public halves, for attributing format findings.
+	Keys []*FingerprintedKey `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	// One entry per encoding of each key.
+	Fingerprints  []*Fingerprint `protobuf:"bytes,3,rep,name=fingerprints,proto3" json:"fingerprints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyFingerprints) Reset() {
+	*x = KeyFingerprints{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyFingerprints) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyFingerprints) ProtoMessage() {}
+
+func (x *KeyFingerprints) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyFingerprints.ProtoReflect.Descriptor instead.
+func (*KeyFingerprints) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *KeyFingerprints) GetDeploymentKey() []byte {
+	if x != nil {
+		return x.DeploymentKey
+	}
+	return nil
+}
+
+func (x *KeyFingerprints) GetKeys() []*FingerprintedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *KeyFingerprints) GetFingerprints() []*Fingerprint {
+	if x != nil {
+		return x.Fingerprints
+	}
+	return nil
+}
+
+// FingerprintedKey is one fingerprinted key.
+type FingerprintedKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's name (its file path on the publishing host).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// PKIX (SubjectPublicKeyInfo) DER of the public key.
+	PublicKey     []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FingerprintedKey) Reset() {
+	*x = FingerprintedKey{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FingerprintedKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FingerprintedKey) ProtoMessage() {}
+
+func (x *FingerprintedKey) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FingerprintedKey.ProtoReflect.Descriptor instead.
+func (*FingerprintedKey) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *FingerprintedKey) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FingerprintedKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+// Fingerprint is one encoding of one key.
+type Fingerprint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// FingerprintedKey.name of the key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The encoding (detect kinds: rsa-prime-be, ec-scalar-le64, ed25519-seed, der-pkcs8, ...).
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Length of the encoding in bytes.
+	Length uint32 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	// Leading bytes of the encoding not reported as key material (zero padding).
+	Skip uint32 `protobuf:"varint,4,opt,name=skip,proto3" json:"skip,omitempty"`
+	// 16-bit keyed prefilter of the encoding's first 32 bytes.
+	Anchor uint32 `protobuf:"varint,5,opt,name=anchor,proto3" json:"anchor,omitempty"`
+	// First 16 bytes of the keyed HMAC-SHA256 of the encoding.
+	Tag           []byte `protobuf:"bytes,6,opt,name=tag,proto3" json:"tag,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Fingerprint) Reset() {
+	*x = Fingerprint{}
+	mi := &file_keyguard_v1_event_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Fingerprint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Fingerprint) ProtoMessage() {}
+
+func (x *Fingerprint) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_event_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Fingerprint.ProtoReflect.Descriptor instead.
+func (*Fingerprint) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Fingerprint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Fingerprint) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Fingerprint) GetLength() uint32 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *Fingerprint) GetSkip() uint32 {
+	if x != nil {
+		return x.Skip
+	}
+	return 0
+}
+
+func (x *Fingerprint) GetAnchor() uint32 {
+	if x != nil {
+		return x.Anchor
+	}
+	return 0
+}
+
+func (x *Fingerprint) GetTag() []byte {
+	if x != nil {
+		return x.Tag
+	}
+	return nil
+}
+
 var File_keyguard_v1_event_proto protoreflect.FileDescriptor
 
 const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x17keyguard/v1/event.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\x05\n" +
+	"\x17keyguard/v1/event.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x06\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12\x10\n" +
@@ -2464,7 +2859,9 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"breakGlass\x12=\n" +
 	"\fagent_health\x18\x10 \x01(\v2\x18.keyguard.v1.AgentHealthH\x00R\vagentHealth\x12:\n" +
 	"\vloss_report\x18\x11 \x01(\v2\x17.keyguard.v1.LossReportH\x00R\n" +
-	"lossReportB\x06\n" +
+	"lossReport\x12M\n" +
+	"\x12key_material_found\x18\x12 \x01(\v2\x1d.keyguard.v1.KeyMaterialFoundH\x00R\x10keyMaterialFound\x12I\n" +
+	"\x10key_fingerprints\x18\x13 \x01(\v2\x1c.keyguard.v1.KeyFingerprintsH\x00R\x0fkeyFingerprintsB\x06\n" +
 	"\x04kind\"\xf6\x01\n" +
 	"\aProcess\x12\x10\n" +
 	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x10\n" +
@@ -2585,7 +2982,36 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x0echain_position\x18\x03 \x01(\x04R\rchainPosition\x12\x1d\n" +
 	"\n" +
 	"chain_hash\x18\x04 \x01(\fR\tchainHash\x12\x1c\n" +
-	"\tcollector\x18\x05 \x01(\tR\tcollector*\x90\x02\n" +
+	"\tcollector\x18\x05 \x01(\tR\tcollector\"\xf5\x02\n" +
+	"\x10KeyMaterialFound\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12 \n" +
+	"\vcompression\x18\x02 \x01(\tR\vcompression\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x04 \x01(\rR\x06length\x12\x1a\n" +
+	"\bencoding\x18\x05 \x01(\tR\bencoding\x12\x10\n" +
+	"\x03key\x18\x06 \x01(\tR\x03key\x12'\n" +
+	"\x0fkey_fingerprint\x18\a \x01(\tR\x0ekeyFingerprint\x12\x1b\n" +
+	"\tfile_size\x18\b \x01(\x04R\bfileSize\x129\n" +
+	"\n" +
+	"file_mtime\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tfileMtime\x12'\n" +
+	"\x0fquarantine_path\x18\n" +
+	" \x01(\tR\x0equarantinePath\x12#\n" +
+	"\rfile_findings\x18\v \x01(\rR\ffileFindings\"\xa9\x01\n" +
+	"\x0fKeyFingerprints\x12%\n" +
+	"\x0edeployment_key\x18\x01 \x01(\fR\rdeploymentKey\x121\n" +
+	"\x04keys\x18\x02 \x03(\v2\x1d.keyguard.v1.FingerprintedKeyR\x04keys\x12<\n" +
+	"\ffingerprints\x18\x03 \x03(\v2\x18.keyguard.v1.FingerprintR\ffingerprints\"E\n" +
+	"\x10FingerprintedKey\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\"\x89\x01\n" +
+	"\vFingerprint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\rR\x06length\x12\x12\n" +
+	"\x04skip\x18\x04 \x01(\rR\x04skip\x12\x16\n" +
+	"\x06anchor\x18\x05 \x01(\rR\x06anchor\x12\x10\n" +
+	"\x03tag\x18\x06 \x01(\fR\x03tag*\xd4\x02\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18EVENT_KIND_MEMORY_ACCESS\x10\x01\x12 \n" +
@@ -2595,7 +3021,10 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x14EVENT_KIND_SIDE_DOOR\x10\x05\x12\x1a\n" +
 	"\x16EVENT_KIND_BREAK_GLASS\x10\x06\x12\x1b\n" +
 	"\x17EVENT_KIND_AGENT_HEALTH\x10\a\x12\x1a\n" +
-	"\x16EVENT_KIND_LOSS_REPORT\x10\b*\xaa\x01\n" +
+	"\x16EVENT_KIND_LOSS_REPORT\x10\b\x12!\n" +
+	"\x1dEVENT_KIND_KEY_MATERIAL_FOUND\x10\t\x12\x1f\n" +
+	"\x1bEVENT_KIND_KEY_FINGERPRINTS\x10\n" +
+	"*\xaa\x01\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fDECISION_DENIED\x10\x01\x12\x1a\n" +
@@ -2693,7 +3122,7 @@ func file_keyguard_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
-var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_keyguard_v1_event_proto_goTypes = []any{
 	(EventKind)(0),                // 0: keyguard.v1.EventKind
 	(Decision)(0),                 // 1: keyguard.v1.Decision
@@ -2723,10 +3152,14 @@ var file_keyguard_v1_event_proto_goTypes = []any{
 	(*LossReport)(nil),            // 25: keyguard.v1.LossReport
 	(*SequenceRange)(nil),         // 26: keyguard.v1.SequenceRange
 	(*StoredEvent)(nil),           // 27: keyguard.v1.StoredEvent
-	(*timestamppb.Timestamp)(nil), // 28: google.protobuf.Timestamp
+	(*KeyMaterialFound)(nil),      // 28: keyguard.v1.KeyMaterialFound
+	(*KeyFingerprints)(nil),       // 29: keyguard.v1.KeyFingerprints
+	(*FingerprintedKey)(nil),      // 30: keyguard.v1.FingerprintedKey
+	(*Fingerprint)(nil),           // 31: keyguard.v1.Fingerprint
+	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
 }
 var file_keyguard_v1_event_proto_depIdxs = []int32{
-	28, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
+	32, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
 	14, // 1: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
 	15, // 2: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
 	17, // 3: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
@@ -2735,47 +3168,52 @@ var file_keyguard_v1_event_proto_depIdxs = []int32{
 	20, // 6: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
 	22, // 7: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
 	25, // 8: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
-	13, // 9: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
-	13, // 10: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
-	3,  // 11: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
-	2,  // 12: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 13: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
-	5,  // 14: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 15: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
-	4,  // 16: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
-	5,  // 17: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 18: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
-	6,  // 19: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
-	16, // 20: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
-	13, // 21: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
-	2,  // 22: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 23: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
-	13, // 24: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
-	7,  // 25: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
-	13, // 26: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
-	1,  // 27: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
-	8,  // 28: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	28, // 29: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
-	10, // 30: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
-	9,  // 31: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
-	21, // 32: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	23, // 33: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
-	28, // 34: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
-	28, // 35: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
-	28, // 36: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
-	0,  // 37: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	11, // 38: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	24, // 39: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	28, // 40: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	28, // 41: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	26, // 42: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	12, // 43: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	28, // 44: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	45, // [45:45] is the sub-list for method output_type
-	45, // [45:45] is the sub-list for method input_type
-	45, // [45:45] is the sub-list for extension type_name
-	45, // [45:45] is the sub-list for extension extendee
-	0,  // [0:45] is the sub-list for field type_name
+	28, // 9: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
+	29, // 10: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
+	13, // 11: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
+	13, // 12: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
+	3,  // 13: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
+	2,  // 14: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 15: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
+	5,  // 16: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
+	13, // 17: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
+	4,  // 18: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
+	5,  // 19: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
+	13, // 20: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
+	6,  // 21: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
+	16, // 22: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
+	13, // 23: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
+	2,  // 24: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 25: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
+	13, // 26: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
+	7,  // 27: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
+	13, // 28: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
+	1,  // 29: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
+	8,  // 30: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
+	32, // 31: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	10, // 32: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
+	9,  // 33: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
+	21, // 34: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
+	23, // 35: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	32, // 36: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	32, // 37: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	32, // 38: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 39: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	11, // 40: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	24, // 41: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	32, // 42: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	32, // 43: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	26, // 44: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	12, // 45: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	32, // 46: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	32, // 47: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
+	30, // 48: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
+	31, // 49: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
+	50, // [50:50] is the sub-list for method output_type
+	50, // [50:50] is the sub-list for method input_type
+	50, // [50:50] is the sub-list for extension type_name
+	50, // [50:50] is the sub-list for extension extendee
+	0,  // [0:50] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }
@@ -2792,6 +3230,8 @@ func file_keyguard_v1_event_proto_init() {
 		(*Event_BreakGlass)(nil),
 		(*Event_AgentHealth)(nil),
 		(*Event_LossReport)(nil),
+		(*Event_KeyMaterialFound)(nil),
+		(*Event_KeyFingerprints)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2799,7 +3239,7 @@ func file_keyguard_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyguard_v1_event_proto_rawDesc), len(file_keyguard_v1_event_proto_rawDesc)),
 			NumEnums:      12,
-			NumMessages:   16,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

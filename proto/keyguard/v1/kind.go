@@ -24,6 +24,10 @@ func KindOf(ev *Event) EventKind {
 		return EventKind_EVENT_KIND_AGENT_HEALTH
 	case *Event_LossReport:
 		return EventKind_EVENT_KIND_LOSS_REPORT
+	case *Event_KeyMaterialFound:
+		return EventKind_EVENT_KIND_KEY_MATERIAL_FOUND
+	case *Event_KeyFingerprints:
+		return EventKind_EVENT_KIND_KEY_FINGERPRINTS
 	}
 	return EventKind_EVENT_KIND_UNSPECIFIED
 }
