@@ -265,7 +265,7 @@ func (p *Pipeline) writeLoop(ctx context.Context) error {
 	sync := func() {
 		if err := p.sp.Sync(); err != nil {
 			p.setErr(err)
-			p.log.Error("export: spool sync failed; events stay in memory until it works", "err", err)
+			p.log.Error("export: spool sync failed; events are counted as lost and reported once the disk takes writes again", "err", err)
 		}
 		lastSync = time.Now()
 		dirty = false
@@ -364,6 +364,11 @@ func (p *Pipeline) store(it item) {
 // flushLoss turns accumulated queue and kernel losses into LossReport events in the spool.
 // It reports whether it wrote any.
 func (p *Pipeline) flushLoss(now time.Time) bool {
+	if p.sp.Failing() {
+		// The report would be refused and counted as one lost event, hiding its counts: keep
+		// counting until the spool takes writes again.
+		return false
+	}
 	wrote := false
 	for _, src := range []struct {
 		c      *lossCounter
