@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -30,6 +31,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Redactor turns a protected process's core dump into one without its secrets. It must read in at
@@ -66,23 +68,22 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	st, stErr := corepattern.Load(h.RunDir)
 	prot, rule, mode, perr := protection(st.PinPath, pid)
 	sig, _ := strconv.Atoi(v.Signal)
-	report := func(action, reason, dest string, redacted map[string]uint64, verdict string) {
-		h.report(st, events.Event{
-			Time: time.Now(), Kind: events.KindDump, RuleID: rule,
-			Target: &events.Process{PID: uint32(pid), Comm: v.Comm, Executable: v.Exe},
-			Dump: &events.Dump{Action: action, Signal: uint32(sig), Reason: reason, Destination: dest,
-				RedactedBytes: redacted, VerifierVerdict: verdict},
-		})
+	report := func(action keyguardv1.CoreDumpAction, reason, dest string, redacted map[string]uint64, verdict string) {
+		h.report(st, rule, events.CoreDump(&keyguardv1.CoreDump{
+			Process: &keyguardv1.Process{Pid: uint32(pid), Comm: v.Comm, ExePath: v.Exe},
+			Action:  action, Signal: int32(sig), Reason: reason, Destination: dest,
+			Redacted: redactedBytes(redacted), VerifierVerdict: verdict,
+		}))
 	}
 	if perr != nil {
 		// Unsure whether it is protected: do not let it out.
 		h.logf("pid %d: cannot tell whether it is protected (%v): dump discarded", pid, perr)
-		report("discarded", "keyguard's maps are unreadable: "+perr.Error(), "", nil, "")
+		report(discarded, "keyguard's maps are unreadable: "+perr.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	if stErr != nil {
 		if prot {
-			report("discarded", "the core_pattern keyguard replaced is unknown ("+stErr.Error()+")", "", nil, "")
+			report(discarded, "the core_pattern keyguard replaced is unknown ("+stErr.Error()+")", "", nil, "")
 		}
 		h.logf("pid %d: no saved core_pattern (%v): dump discarded", pid, stErr)
 		return drain(h.Stdin)
@@ -91,7 +92,7 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		h.logf("pid %d: previous core_pattern %q: %v: dump discarded", pid, st.Previous, err)
 		if prot {
-			report("discarded", "the previous core_pattern is unusable: "+err.Error(), "", nil, "")
+			report(discarded, "the previous core_pattern is unusable: "+err.Error(), "", nil, "")
 		}
 		return drain(h.Stdin)
 	}
@@ -100,11 +101,11 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		return passOn(ctx, next, h.Stdin, cwd, v)
 	}
 	if mode != uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_REDACT) {
-		report("discarded", "the rule does not allow this dump to be written", "", nil, "")
+		report(discarded, "the rule does not allow this dump to be written", "", nil, "")
 		return drain(h.Stdin)
 	}
 	if h.Redactor == nil {
-		report("discarded", "this keyguard build has no core redactor, so a protected dump cannot be made safe", "", nil, "")
+		report(discarded, "this keyguard build has no core redactor, so a protected dump cannot be made safe", "", nil, "")
 		return drain(h.Stdin)
 	}
 
@@ -113,24 +114,24 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		tmpDir = h.RunDir
 	}
 	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
-		report("discarded", "no room to redact: "+err.Error(), "", nil, "")
+		report(discarded, "no room to redact: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	tmp, err := os.CreateTemp(tmpDir, "core-redacting-*")
 	if err != nil {
-		report("discarded", "no room to redact: "+err.Error(), "", nil, "")
+		report(discarded, "no room to redact: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	det, err := detector(st.PolicyPath, rule)
 	if err != nil {
-		report("discarded", "cannot build the key detector: "+err.Error(), "", nil, "")
+		report(discarded, "cannot build the key detector: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	redacted, err := h.Redactor.Redact(ctx, h.Stdin, tmp, det, st.KeepStacks)
 	if err != nil {
-		report("discarded", "the dump could not be redacted: "+err.Error(), "", nil, "")
+		report(discarded, "the dump could not be redacted: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
@@ -142,7 +143,7 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		if err != nil {
 			verdict = "FAILED: " + err.Error()
 		}
-		report("discarded", "the verifier found key material after redaction", "", redacted, verdict)
+		report(discarded, "the verifier found key material after redaction", "", redacted, verdict)
 		return nil
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
@@ -153,10 +154,10 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		dest = resolvePath(next.Path, cwd)
 	}
 	if err := passOn(ctx, next, tmp, cwd, v); err != nil {
-		report("discarded", "handing the redacted dump on failed: "+err.Error(), dest, redacted, "clean")
+		report(discarded, "handing the redacted dump on failed: "+err.Error(), dest, redacted, "clean")
 		return err
 	}
-	report("redacted", "", dest, redacted, "clean: no key material found in the output")
+	report(keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_REDACTED, "", dest, redacted, "clean: no key material found in the output")
 	return nil
 }
 
@@ -284,13 +285,33 @@ func (h *Handler) logf(format string, a ...any) {
 	}
 }
 
-// report hands the event to the agent (which logs and exports it); if the agent is not reachable it
-// is appended to the agent's event log so it is not lost.
-func (h *Handler) report(st corepattern.State, ev events.Event) {
+const discarded = keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_DISCARDED
+
+// redactedBytes lists the bytes redacted per kind of memory, by kind.
+func redactedBytes(m map[string]uint64) []*keyguardv1.RedactedBytes {
+	kinds := make([]string, 0, len(m))
+	for k := range m {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	var out []*keyguardv1.RedactedBytes
+	for _, k := range kinds {
+		out = append(out, &keyguardv1.RedactedBytes{Kind: k, Bytes: m[k]})
+	}
+	return out
+}
+
+// report hands the event to the agent (which names the rule, logs and exports it); if the agent is not
+// reachable it is appended to the agent's event log so it is not lost, with the rule's id for a name.
+func (h *Handler) report(st corepattern.State, rule uint32, ev *keyguardv1.Event) {
 	if st.ControlSocket != "" {
-		if _, err := control.Call(st.ControlSocket, control.Request{Op: "report-dump", Dump: &ev}); err == nil {
+		req := control.Request{Op: "report-dump", Dump: &control.Event{Event: ev}, DumpRuleID: rule}
+		if _, err := control.Call(st.ControlSocket, req); err == nil {
 			return
 		}
+	}
+	if rule != 0 {
+		ev.GetCoreDump().Rule = fmt.Sprintf("rule-%08x", rule)
 	}
 	if st.EventLog != "" && st.EventLog != "-" {
 		j, err := events.OpenJSONLines(st.EventLog, time.Hour)
@@ -300,5 +321,5 @@ func (h *Handler) report(st corepattern.State, ev events.Event) {
 			return
 		}
 	}
-	h.logf("could not report a core-dump event: %+v", ev.Dump)
+	h.logf("could not report a core-dump event: %v", ev.GetCoreDump())
 }
