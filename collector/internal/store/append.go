@@ -101,7 +101,8 @@ type item struct {
 }
 
 // validateBatch is step 1: every event belongs to host and has a storable sequence number, every
-// skipped range is a range; events are encoded canonically (deterministic marshalling) and digested.
+// skipped range is a range; events lose their unknown fields and are encoded canonically
+// (deterministic marshalling) and digested.
 func validateBatch(host string, events []*pb.Event, skipped []Range) ([]item, error) {
 	if host == "" {
 		return nil, fmt.Errorf("%w: empty host", ErrInvalid)
@@ -114,6 +115,7 @@ func validateBatch(host string, events []*pb.Event, skipped []Range) ([]item, er
 		if ev.GetSeq() == 0 || ev.GetSeq() > math.MaxInt64 {
 			return nil, fmt.Errorf("%w: sequence number %d out of range 1..2^63-1", ErrInvalid, ev.GetSeq())
 		}
+		dropUnknown(ev.ProtoReflect())
 		payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
 		if err != nil {
 			return nil, fmt.Errorf("%w: encode event seq %d: %v", ErrInvalid, ev.GetSeq(), err)

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protowire"
+
 	"github.com/keyguard/keyguard/collector/internal/chain"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
@@ -302,6 +304,53 @@ func TestAdvanceChain(t *testing.T) {
 					t.Errorf("acked %d (state %d), %d gaps; want %d and %d gaps", acked, st.acked, gaps, tc.wantAcked, tc.wantGaps)
 				}
 			})
+		}
+	})
+}
+
+// Fields an agent sends beyond the schema are not stored: not at the top, not nested, not in lists.
+func TestUnknownFieldsDropped(t *testing.T) {
+	junk := protowire.AppendBytes(protowire.AppendTag(nil, 9999, protowire.BytesType), []byte("smuggled"))
+	withJunk := func(seq uint64) *pb.Event {
+		ev := memEvent("h", seq, "gdb", pb.Decision_DECISION_DENIED)
+		ev.ProtoReflect().SetUnknown(junk)
+		ma := ev.GetMemoryAccess()
+		ma.ProtoReflect().SetUnknown(junk)
+		ma.GetAccessor().ProtoReflect().SetUnknown(junk)
+		return ev
+	}
+	lr := &pb.Event{Host: "h", Seq: 2, Kind: &pb.Event_LossReport{LossReport: &pb.LossReport{
+		Count: 1, Evicted: []*pb.SequenceRange{{First: 1, Last: 1}}}}}
+	lr.GetLossReport().GetEvicted()[0].ProtoReflect().SetUnknown(junk)
+	backends(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		if _, err := s.Append(ctx, "h", []*pb.Event{withJunk(1), lr}, nil); err != nil {
+			t.Fatal(err)
+		}
+		rows, err := s.DB().Query(`SELECT seq, payload FROM events WHERE host = $1`, "h")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		n := 0
+		for rows.Next() {
+			var seq int64
+			var payload []byte
+			if err := rows.Scan(&seq, &payload); err != nil {
+				t.Fatal(err)
+			}
+			n++
+			if bytes.Contains(payload, []byte("smuggled")) {
+				t.Errorf("seq %d stored with the unknown field", seq)
+			}
+		}
+		if n != 2 {
+			t.Fatalf("%d events stored, want 2", n)
+		}
+		// A resend with the same junk is a duplicate, not a conflict.
+		res, err := s.Append(ctx, "h", []*pb.Event{withJunk(1)}, nil)
+		if err != nil || res.Duplicates != 1 {
+			t.Fatalf("resend: %+v %v", res, err)
 		}
 	})
 }
