@@ -53,6 +53,9 @@ type Options struct {
 	ChainKey []byte
 	// MaxAhead bounds seq - acked_seq for accepted events (0 = DefaultMaxAhead).
 	MaxAhead uint64
+	// Witness, when set, is a witness file (see witness.go): retention appends a tombstone to it
+	// before it moves a host's chain base, and refuses to cut if it cannot.
+	Witness string
 	// Logger receives operational messages (nil = discard).
 	Logger *slog.Logger
 	// Timed, when set, receives the duration of each append (and of its commit alone), list, hosts
@@ -67,6 +70,7 @@ type Store struct {
 	hasher    chain.Hasher
 	collector string
 	maxAhead  uint64
+	witness   string
 	log       *slog.Logger
 	timed     func(op string, d time.Duration)
 }
@@ -142,6 +146,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		hasher:    chain.NewHasher(opts.ChainKey),
 		collector: opts.Collector,
 		maxAhead:  opts.MaxAhead,
+		witness:   opts.Witness,
 		log:       log,
 		timed:     opts.Timed,
 	}
