@@ -3,7 +3,8 @@
 //
 //	keyguard-collector [serve] [flags]        run the collector (flags override -config YAML)
 //	keyguard-collector certs <init|host|operator|revoke> [flags]
-//	keyguard-collector verify -db DSN [-host H]... [-chain-key-file F]
+//	keyguard-collector verify -db DSN [-host H]... [-chain-key-file F] [-checkpoints FILE]
+//	keyguard-collector checkpoint -db DSN -witness FILE
 //	keyguard-collector console user add -users FILE -name NAME -role admin|viewer   (password on stdin)
 package main
 
@@ -34,6 +35,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return certs(args[1:], stdout, stderr)
 		case "verify":
 			return verify(ctx, args[1:], stdout, stderr, log)
+		case "checkpoint":
+			return checkpoint(ctx, args[1:], stdout, stderr, log)
 		case "console":
 			return consoleCmd(args[1:], os.Stdin, stdout, stderr)
 		case "help", "-h", "--help":
@@ -54,7 +57,10 @@ func usage(w io.Writer) {
   keyguard-collector [serve] [flags]      run the collector ('serve -h' lists flags)
   keyguard-collector certs init|host|operator|revoke [flags]
                                           demo PKI: CA, collector, host and operator certificates, revocation
-  keyguard-collector verify -db DSN       verify the hash chains directly in a database
+  keyguard-collector verify -db DSN [-checkpoints FILE]
+                                          verify the hash chains directly in a database (and against a witness file)
+  keyguard-collector checkpoint -db DSN -witness FILE
+                                          append every host's chain state to a witness file
   keyguard-collector console user add -users FILE -name NAME -role admin|viewer
                                           add or replace a web console user (password on stdin)
 `)
