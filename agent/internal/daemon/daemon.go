@@ -14,8 +14,6 @@ import (
 	"sync"
 	"time"
 
-	kgbpf "github.com/keyguard/keyguard/bpf"
-
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
@@ -211,7 +209,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}()
 
 	// The agent is a protected process too: nobody reads its memory or takes its fds.
-	if err := g.Mark(os.Getpid(), selfRuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+	if err := g.Mark(os.Getpid(), selfRuleID, loader.ReasonScan); err != nil {
 		return fmt.Errorf("protect the agent itself: %w", err)
 	}
 	wg.Add(1)
@@ -345,11 +343,11 @@ func (a *Agent) scan() (int, error) {
 			continue // exited
 		}
 		if !had {
-			if err := a.guard.Mark(p.PID, p.RuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+			if err := a.guard.Mark(p.PID, p.RuleID, loader.ReasonScan); err != nil {
 				a.log.Warn("could not protect running process", "pid", p.PID, "error", err)
 				continue
 			}
-			m = loader.Mark{RuleId: p.RuleID, Reason: uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)}
+			m = loader.Mark{RuleId: p.RuleID, Reason: loader.ReasonScan}
 		}
 		n++
 		detail := "found running (" + p.Why + ")"

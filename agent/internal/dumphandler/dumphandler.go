@@ -1,5 +1,5 @@
 // Package dumphandler is keyguard's core_pattern pipe handler. The kernel starts it for every core
-// dump once the agent has installed it; it decides from keyguard's pinned maps whether the crashing
+// dump once the agent has installed it; it decides from keyguard's pinned state (loader.View) whether the crashing
 // process is protected, passes unprotected dumps on unchanged (byte for byte) to the pattern keyguard
 // replaced, and redacts protected ones in bounded memory, verifies the result with a second,
 // independent detector pass and only then passes it on. Anything it cannot make safe it discards, and
@@ -8,7 +8,6 @@ package dumphandler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,15 +19,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
-
-	kgbpf "github.com/keyguard/keyguard/bpf"
-
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/events"
+	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
@@ -96,11 +91,11 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		}
 		return drain(h.Stdin)
 	}
-	if !prot || mode == uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_ALLOW) {
+	if !prot || mode == loader.DumpAllow {
 		// Byte for byte: the next handler reads the kernel's pipe itself.
 		return passOn(ctx, next, h.Stdin, cwd, v)
 	}
-	if mode != uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_REDACT) {
+	if mode != loader.DumpRedact {
 		report(discarded, "the rule does not allow this dump to be written", "", nil, "")
 		return drain(h.Stdin)
 	}
@@ -179,51 +174,39 @@ func detector(policyPath string, ruleID uint32) (*detect.Detector, error) {
 	return detect.New(detect.Options{Keys: keys})
 }
 
-// protection reads the crashing process's protection from keyguard's pinned maps.
+// protection reads the crashing process's protection from keyguard's pinned state (loader.View).
 func protection(pinPath string, pid int) (prot bool, rule uint32, dumps uint32, err error) {
-	if pinPath == "" {
-		return false, 0, 0, errors.New("no pin path in the handler state")
-	}
-	marks, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "marks"), &ebpf.LoadPinOptions{ReadOnly: true})
+	v, err := loader.OpenView(pinPath)
 	if err != nil {
 		return false, 0, 0, err
 	}
-	defer marks.Close()
-	rules, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "rules"), &ebpf.LoadPinOptions{ReadOnly: true})
+	defer v.Close()
+	m, ok, err := v.MarkOf(pid)
 	if err != nil {
 		return false, 0, 0, err
 	}
-	defer rules.Close()
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return false, 0, 0, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	defer unix.Close(fd)
-	var m kgbpf.KeyguardKgMark
-	var id uint32
-	if err := marks.Lookup(uint32(fd), &m); err == nil && m.RuleId != 0 {
-		id = m.RuleId
-	} else if id, err = cgroupRule(pinPath, pid); err != nil {
-		return false, 0, 0, err
+	id := m.RuleId
+	if !ok {
+		if id, err = cgroupRule(v, pid); err != nil {
+			return false, 0, 0, err
+		}
 	}
 	if id == 0 {
 		return false, 0, 0, nil
 	}
-	var r kgbpf.KeyguardKgRule
-	if err := rules.Lookup(id, &r); err != nil {
+	r, ok, err := v.Rule(id)
+	if err != nil {
+		return false, 0, 0, err
+	}
+	if !ok {
 		// A rule no longer in the policy: the kernel treats it as block, so do we.
-		return true, id, uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_BLOCK), nil
+		return true, id, loader.DumpBlock, nil
 	}
 	return true, id, r.Dumps, nil
 }
 
 // cgroupRule looks the process's cgroup and its ancestors up in the cgroup rules, as the kernel does.
-func cgroupRule(pinPath string, pid int) (uint32, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "cgroup_rules"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return 0, err
-	}
-	defer m.Close()
+func cgroupRule(v *loader.View, pid int) (uint32, error) {
 	root, err := policy.CgroupRoot()
 	if err != nil {
 		return 0, err
@@ -233,8 +216,9 @@ func cgroupRule(pinPath string, pid int) (uint32, error) {
 		if err != nil {
 			continue
 		}
-		var id uint32
-		if m.Lookup(cg, &id) == nil {
+		if id, ok, err := v.CgroupRule(cg); err != nil {
+			return 0, err
+		} else if ok {
 			return id, nil
 		}
 	}
