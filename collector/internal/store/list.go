@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -142,19 +143,31 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 	}
 	q := `SELECT ` + eventColumns + ` FROM events WHERE ` + w.sql() +
 		` ORDER BY time_ns ` + order + `, host ` + order + `, seq ` + order + ` LIMIT ` + strconv.Itoa(limit+1)
-	rows, err := s.db.QueryContext(ctx, q, w.args...)
+	qctx, cancel := context.WithTimeout(ctx, s.qtimeout)
+	defer cancel()
+	rows, err := s.qdb.QueryContext(qctx, q, w.args...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("query events: %w", err)
+		return nil, nil, s.queryErr(ctx, qctx, err)
 	}
 	evs, curs, err := scanEvents(rows)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, s.queryErr(ctx, qctx, err)
 	}
 	if len(evs) <= limit {
 		return evs, nil, nil
 	}
 	next := curs[limit-1]
 	return evs[:limit], &next, nil
+}
+
+// queryErr turns a query stopped by the query timeout (not by the caller) into ErrTooBroad.
+func (s *Store) queryErr(ctx, qctx context.Context, err error) error {
+	var pgErr interface{ SQLState() string }
+	timedOut := ctx.Err() == nil && (qctx.Err() != nil || errors.As(err, &pgErr) && pgErr.SQLState() == "57014")
+	if timedOut {
+		return fmt.Errorf("%w: stopped after %s; narrow it with a host, a shorter time range, a kind or a decision", ErrTooBroad, s.qtimeout)
+	}
+	return fmt.Errorf("query events: %w", err)
 }
 
 // ChainHeads returns every host's current chain length.
