@@ -361,6 +361,7 @@ func (s *Server) Serve(ctx context.Context) error {
 		var wg sync.WaitGroup
 		wg.Go(func() { s.retention(retCtx) })
 		wg.Go(func() { s.witness(retCtx) })
+		wg.Go(func() { s.optimize(retCtx) })
 		wg.Wait()
 	}()
 	consoleDone := make(chan struct{})
@@ -441,6 +442,20 @@ func (s *Server) witness(ctx context.Context) {
 			return
 		case <-time.After(every):
 			write(ctx)
+		}
+	}
+}
+
+// optimize refreshes the query planner's statistics hourly (see store.Optimize).
+func (s *Server) optimize(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+		if err := s.store.Optimize(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("refreshing query statistics failed; will retry", "err", err)
 		}
 	}
 }

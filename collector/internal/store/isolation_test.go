@@ -131,6 +131,9 @@ func BenchmarkIngestUnderQueries(b *testing.B) {
 				next = min(next+batch, total+1)
 			}
 			b.Logf("%s: loaded %d events in %s", backend, total, time.Since(loadStart).Round(time.Second))
+			if err := s.Optimize(ctx); err != nil { // what the server does hourly
+				b.Fatal(err)
+			}
 			const window = 10 * time.Second
 			for b.Loop() {
 				alone := ingest(window)

@@ -181,7 +181,28 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.Optimize(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
+}
+
+// Optimize refreshes the planner's statistics so that a filter picks its most selective index (a
+// host filter alone would otherwise be read row by row for a rule that matches nothing). SQLite
+// samples (analysis_limit) so it stays fast on large tables; PostgreSQL's autovacuum analyzes by
+// itself. Run it at start and periodically (the server does so hourly).
+func (s *Store) Optimize(ctx context.Context) error {
+	if s.backend != SQLite {
+		return nil
+	}
+	if _, err := s.db.ExecContext(ctx, `PRAGMA analysis_limit = 1000`); err != nil {
+		return fmt.Errorf("optimize database: %w", err)
+	}
+	if _, err := s.db.ExecContext(ctx, `ANALYZE`); err != nil {
+		return fmt.Errorf("optimize database (ANALYZE): %w", err)
+	}
+	return nil
 }
 
 // openQueryPool opens the separate connections of event queries: at most QueryConns of them,
