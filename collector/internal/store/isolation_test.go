@@ -33,6 +33,19 @@ func TestQueryTooBroad(t *testing.T) {
 			t.Fatalf("err = %v, want ErrTooBroad", err)
 		}
 		t.Logf("answer: %v", err)
+		// A full query budget: refused within the timeout, saying so.
+		s.qtimeout = 100 * time.Millisecond
+		for range cap(s.qslots) {
+			s.qslots <- struct{}{}
+		}
+		t0 := time.Now()
+		_, _, err = s.List(ctx, nil, 10, nil, true)
+		if !errors.Is(err, ErrQueryBusy) || time.Since(t0) > time.Second {
+			t.Fatalf("with the budget in use: %v after %s, want ErrQueryBusy within the timeout", err, time.Since(t0))
+		}
+		for range cap(s.qslots) {
+			<-s.qslots
+		}
 		s.qtimeout = time.Minute
 		cctx, cancel := context.WithCancel(ctx)
 		cancel()
@@ -47,7 +60,7 @@ func TestQueryTooBroad(t *testing.T) {
 func TestEveryFilterIndexed(t *testing.T) {
 	s := open(t, filepath.Join(t.TempDir(), "events.db"))
 	for _, f := range worstQueries() {
-		w := filterWhere(f)
+		w := filterWhereFor(f, SQLite)
 		q := `EXPLAIN QUERY PLAN SELECT ` + eventColumns + ` FROM events WHERE ` + w.sql() + ` ORDER BY time_ns DESC, host DESC, seq DESC LIMIT 51`
 		rows, err := s.DB().Query(q, w.args...)
 		if err != nil {
@@ -134,6 +147,11 @@ func BenchmarkIngestUnderQueries(b *testing.B) {
 			if err := s.Optimize(ctx); err != nil { // what the server does hourly
 				b.Fatal(err)
 			}
+			for _, f := range worstQueries() { // each alone, for the record
+				t0 := time.Now()
+				_, _, err := s.List(ctx, f, 50, nil, true)
+				b.Logf("alone: %v: %s (err %v)", f, time.Since(t0).Round(time.Millisecond), err)
+			}
 			const window = 10 * time.Second
 			for b.Loop() {
 				alone := ingest(window)
@@ -155,7 +173,7 @@ func BenchmarkIngestUnderQueries(b *testing.B) {
 							_, _, err := s.List(ctx, qs[j%len(qs)], 50, nil, true)
 							d := time.Since(t0)
 							switch {
-							case errors.Is(err, ErrTooBroad):
+							case errors.Is(err, ErrTooBroad) || errors.Is(err, ErrQueryBusy):
 								refused.Add(1)
 							case err != nil:
 								b.Error(err)

@@ -59,26 +59,36 @@ func (w *where) sql() string {
 	return strings.Join(w.conds, " AND ")
 }
 
-func filterWhere(f *pb.EventFilter) *where {
+func filterWhere(f *pb.EventFilter) *where { return filterWhereFor(f, Postgres) }
+
+// filterWhereFor builds the condition for backend. On SQLite, when the filter names a process, pid
+// or rule (narrow: few rows each), the broad columns (host, kind, decision) are written as +column
+// so that the planner uses the narrow column's index: it cannot tell that a rule matches nothing and
+// would otherwise walk every row of the host in time order.
+func filterWhereFor(f *pb.EventFilter, backend Backend) *where {
 	w := &where{}
 	if f == nil {
 		return w
+	}
+	broad := func(col string) string { return col }
+	if backend == SQLite && (f.GetProcess() != "" || f.GetPid() != 0 || f.GetRule() != "") {
+		broad = func(col string) string { return "+" + col }
 	}
 	hosts := make([]any, len(f.GetHosts()))
 	for i, h := range f.GetHosts() {
 		hosts[i] = h
 	}
-	w.in("host", hosts)
+	w.in(broad("host"), hosts)
 	kinds := make([]any, len(f.GetKinds()))
 	for i, k := range f.GetKinds() {
 		kinds[i] = int32(k)
 	}
-	w.in("kind", kinds)
+	w.in(broad("kind"), kinds)
 	decisions := make([]any, len(f.GetDecisions()))
 	for i, d := range f.GetDecisions() {
 		decisions[i] = int32(d)
 	}
-	w.in("decision", decisions)
+	w.in(broad("decision"), decisions)
 	if t := f.GetStartTime(); t != nil {
 		w.add("time_ns >= ?", t.AsTime().UnixNano())
 	}
@@ -133,7 +143,7 @@ func scanEvents(rows *sql.Rows) ([]*pb.StoredEvent, []Cursor, error) {
 // next is nil when there are no more events.
 func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *Cursor, newestFirst bool) ([]*pb.StoredEvent, *Cursor, error) {
 	defer s.since("list", time.Now())
-	w := filterWhere(f)
+	w := filterWhereFor(f, s.backend)
 	cmp, order := ">", "ASC"
 	if newestFirst {
 		cmp, order = "<", "DESC"
@@ -145,6 +155,12 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 		` ORDER BY time_ns ` + order + `, host ` + order + `, seq ` + order + ` LIMIT ` + strconv.Itoa(limit+1)
 	qctx, cancel := context.WithTimeout(ctx, s.qtimeout)
 	defer cancel()
+	// A slot of the query budget, within the same deadline: a query answers or is refused within
+	// the timeout, queueing included.
+	if err := s.querySlot(ctx, qctx); err != nil {
+		return nil, nil, err
+	}
+	defer func() { <-s.qslots }()
 	rows, err := s.qdb.QueryContext(qctx, q, w.args...)
 	if err != nil {
 		return nil, nil, s.queryErr(ctx, qctx, err)
@@ -158,6 +174,24 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 	}
 	next := curs[limit-1]
 	return evs[:limit], &next, nil
+}
+
+// querySlot takes a slot of the query budget before qctx ends.
+func (s *Store) querySlot(ctx, qctx context.Context) error {
+	select {
+	case s.qslots <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case s.qslots <- struct{}{}:
+		return nil
+	case <-qctx.Done():
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: %d queries already running took the whole %s; retry in a moment", ErrQueryBusy, cap(s.qslots), s.qtimeout)
+	}
 }
 
 // queryErr turns a query stopped by the query timeout (not by the caller) into ErrTooBroad.

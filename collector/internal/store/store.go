@@ -42,11 +42,13 @@ var (
 	ErrInvalid = errors.New("invalid input")
 	// ErrTooBroad: a query ran longer than Options.QueryTimeout and was stopped.
 	ErrTooBroad = errors.New("query too broad")
+	// ErrQueryBusy: the query budget stayed in use by other queries for the whole query timeout.
+	ErrQueryBusy = errors.New("query budget busy")
 )
 
 // Query isolation defaults.
 const (
-	DefaultQueryConns   = 2
+	DefaultQueryConns   = 1 // SQLite; PostgreSQL gets 2 (its server has more room)
 	DefaultQueryTimeout = 2 * time.Second
 )
 
@@ -88,6 +90,7 @@ type Store struct {
 	witness   string
 	qdb       *sql.DB // event queries: own connections, statement timeout
 	qtimeout  time.Duration
+	qslots    chan struct{} // one per query connection
 	log       *slog.Logger
 	timed     func(op string, d time.Duration)
 }
@@ -216,7 +219,11 @@ func (s *Store) openQueryPool(driver, dsn string, opts Options) error {
 	n := opts.QueryConns
 	if n <= 0 {
 		n = DefaultQueryConns
+		if s.backend == Postgres {
+			n = 2 * DefaultQueryConns
+		}
 	}
+	s.qslots = make(chan struct{}, n)
 	sep := "?"
 	if strings.Contains(dsn, "?") {
 		sep = "&"
