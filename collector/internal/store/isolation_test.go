@@ -27,6 +27,7 @@ func TestQueryTooBroad(t *testing.T) {
 		if _, _, err := s.List(ctx, &pb.EventFilter{Process: "gdb"}, 10, nil, true); err != nil {
 			t.Fatalf("a narrow query: %v", err)
 		}
+		waitSlots(t, s)
 		s.qtimeout = time.Nanosecond
 		_, _, err := s.List(ctx, &pb.EventFilter{Process: "gdb"}, 10, nil, true)
 		if !errors.Is(err, ErrTooBroad) {
@@ -34,6 +35,7 @@ func TestQueryTooBroad(t *testing.T) {
 		}
 		t.Logf("answer: %v", err)
 		// A full query budget: refused within the timeout, saying so.
+		waitSlots(t, s)
 		s.qtimeout = 100 * time.Millisecond
 		for range cap(s.qslots) {
 			s.qslots <- struct{}{}
@@ -53,6 +55,16 @@ func TestQueryTooBroad(t *testing.T) {
 			t.Fatalf("cancelled by the caller: %v, want a plain error", err)
 		}
 	})
+}
+
+// waitSlots waits until the query slots rested after earlier queries.
+func waitSlots(t *testing.T, s *Store) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); len(s.qslots) > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("query slots still taken after 10 s")
+		}
+	}
 }
 
 // Every filter the console and API offer has an index: the query plan of a filter on each column
