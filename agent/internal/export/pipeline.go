@@ -265,7 +265,7 @@ func (p *Pipeline) writeLoop(ctx context.Context) error {
 	sync := func() {
 		if err := p.sp.Sync(); err != nil {
 			p.setErr(err)
-			p.log.Error("export: spool sync failed; events stay in memory until it works", "err", err)
+			p.log.Error("export: spool sync failed; events are counted as lost and reported once the disk takes writes again", "err", err)
 		}
 		lastSync = time.Now()
 		dirty = false
@@ -322,8 +322,21 @@ func (p *Pipeline) drainQueue() {
 	}
 }
 
-// store appends one event to the spool.
-func (p *Pipeline) store(it item) {
+// storeNow appends a PriorityKeep event to the spool and makes it durable, from any goroutine. It
+// reports whether the event is on disk.
+func (p *Pipeline) storeNow(ev *keyguardv1.Event) bool {
+	if !p.store(item{ev, spool.PriorityKeep}) {
+		return false
+	}
+	if err := p.sp.Sync(); err != nil {
+		p.setErr(err)
+		return false
+	}
+	return true
+}
+
+// store appends one event to the spool and reports whether it was stored.
+func (p *Pipeline) store(it item) bool {
 	ev := it.ev
 	ev.Host = "" // the collector decides the host from the certificate
 	if ev.BootId == "" {
@@ -342,7 +355,7 @@ func (p *Pipeline) store(it item) {
 		p.storeErrs.Add(1)
 		p.queueLoss.add(kind, 1)
 		p.log.Error("export: event without a kind dropped (agent bug); counted as lost")
-		return
+		return false
 	}
 	seq, stored, err := p.sp.Append(uint8(kind), it.prio, func(seq uint64, dst []byte) ([]byte, error) {
 		ev.Seq = seq
@@ -359,11 +372,17 @@ func (p *Pipeline) store(it item) {
 		p.setErr(err)
 		p.log.Error("export: event could not be spooled; counted as lost", "kind", kind, "err", err)
 	}
+	return err == nil && stored
 }
 
 // flushLoss turns accumulated queue and kernel losses into LossReport events in the spool.
 // It reports whether it wrote any.
 func (p *Pipeline) flushLoss(now time.Time) bool {
+	if p.sp.Failing() {
+		// The report would be refused and counted as one lost event, hiding its counts: keep
+		// counting until the spool takes writes again.
+		return false
+	}
 	wrote := false
 	for _, src := range []struct {
 		c      *lossCounter

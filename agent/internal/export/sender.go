@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keyguard/keyguard/agent/internal/spool"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
@@ -260,10 +261,9 @@ func (p *Pipeline) reconcile(collectorAcked uint64) (uint64, error) {
 		// Numbers between the collector's acknowledgement and first are declared skipped.
 		return collectorAcked + 1, nil
 	case collectorAcked < st.AckedSeq:
-		// The collector lost events it had acknowledged (database restored?). They are gone from
-		// the spool; they will be declared skipped.
-		p.log.Error("export: the collector acknowledges less than it did before; events it lost cannot be resent",
-			"collector_acked_seq", collectorAcked, "spool_acked_seq", st.AckedSeq)
+		if err := p.regress(collectorAcked, st.AckedSeq); err != nil {
+			return 0, err
+		}
 		return collectorAcked + 1, nil
 	default:
 		p.onAck(collectorAcked)
@@ -292,4 +292,41 @@ func (p *Pipeline) onAck(seq uint64) {
 	if p.ackHook != nil {
 		p.ackHook(seq)
 	}
+}
+
+// regress handles a collector that acknowledges less than it did before (database restored from a
+// backup, or replaced by an empty or another collector's database): what the spool still holds above
+// collectorAcked is sent again; the rest is reported as a LossReport listing the exact ranges, which
+// the stream also declares skipped. The spool's acknowledgement moves back, so a reconnect does not
+// report the same loss twice.
+func (p *Pipeline) regress(collectorAcked, agentAcked uint64) error {
+	missing, total, err := p.sp.Missing(collectorAcked+1, agentAcked)
+	if err != nil {
+		return fmt.Errorf("collector acknowledges %d after %d: %w", collectorAcked, agentAcked, err)
+	}
+	p.log.Error("export: the collector acknowledges less than it did before (database restored or replaced?); resending what the spool holds and reporting the rest as lost",
+		"collector_acked_seq", collectorAcked, "agent_acked_seq", agentAcked,
+		"resent", agentAcked-collectorAcked-total, "lost", total)
+	if total > 0 {
+		now := timestamppb.Now()
+		lr := &keyguardv1.LossReport{
+			Source:            keyguardv1.LossSource_LOSS_SOURCE_COLLECTOR_REGRESSION,
+			Count:             total,
+			WindowStartTime:   now,
+			WindowEndTime:     now,
+			CollectorAckedSeq: collectorAcked,
+			AgentAckedSeq:     agentAcked,
+		}
+		for _, r := range missing {
+			lr.Evicted = append(lr.Evicted, &keyguardv1.SequenceRange{First: r.First, Last: r.Last})
+		}
+		if !p.storeNow(&keyguardv1.Event{Time: now, Kind: &keyguardv1.Event_LossReport{LossReport: lr}}) {
+			return fmt.Errorf("collector regression from %d to %d: the loss report could not be spooled; retrying", agentAcked, collectorAcked)
+		}
+	}
+	if err := p.sp.Regress(collectorAcked); err != nil {
+		return fmt.Errorf("collector acknowledges %d after %d: %w", collectorAcked, agentAcked, err)
+	}
+	p.ackedSeq.Store(collectorAcked)
+	return nil
 }

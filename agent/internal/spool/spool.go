@@ -16,6 +16,11 @@
 // the new record is refused. Every eviction and refusal is counted per kind and written into the
 // spool as a loss record (encoded by Config.EncodeLoss), so no drop goes unreported.
 //
+// A disk that refuses writes (full filesystem, I/O error) does not lose records in silence either:
+// the records not yet fsynced and every record appended while writing fails are counted, and the
+// spool retries by itself every Config.RetryInterval; when the disk takes writes again the first
+// record written is the loss record (see failure.go).
+//
 // Memory use is bounded: a few hundred bytes per segment plus a sparse offset index (one entry per
 // 64 KiB of records), independent of the number of records.
 package spool
@@ -65,6 +70,8 @@ const (
 	indexInterval         = 64 << 10
 	writeBufferSize       = 256 << 10
 	lossInterval          = time.Second
+	// DefaultRetryInterval is how often a spool whose disk failed tries writing again.
+	DefaultRetryInterval = time.Second
 )
 
 // Loss is what the spool had to drop since its last loss record.
@@ -142,6 +149,9 @@ type Config struct {
 	LossKind uint8
 	// Logger receives recovery and eviction reports. Default: discard.
 	Logger *slog.Logger
+	// RetryInterval is how often a spool whose writes failed (disk full, I/O error) tries again.
+	// Default DefaultRetryInterval.
+	RetryInterval time.Duration
 }
 
 // Stats is a snapshot of the spool's state.
@@ -167,6 +177,14 @@ type Stats struct {
 	Fresh bool
 	// LossRecords counts loss records written since Open.
 	LossRecords uint64
+	// LostIO counts records lost since Open because the disk refused them (full, I/O error):
+	// refused while writing failed, or written but not yet durable when a write or fsync failed.
+	// They are reported in a loss record once the disk takes writes again.
+	LostIO uint64
+	// IOErrors counts the times writing failed since Open.
+	IOErrors uint64
+	// Failing is the write error the spool is waiting out, empty while it is healthy.
+	Failing string
 }
 
 type indexEntry struct {
@@ -243,6 +261,14 @@ type Spool struct {
 	corrupt  uint64
 	lossRecs uint64
 	gen      uint64
+
+	// Write-failure state (see failure.go).
+	failErr  error         // the error that stopped writing; nil while healthy
+	lastTry  time.Time     // last failure or repair attempt
+	unsynced []unsyncedRec // records written to the active segment since the last fsync
+	inFlight Loss          // counts in a loss record that is not durable yet
+	ioLost   uint64
+	ioErrors uint64
 }
 
 func (c *Config) setDefaults() error {
@@ -270,6 +296,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.RetryInterval <= 0 {
+		c.RetryInterval = DefaultRetryInterval
 	}
 	return nil
 }
@@ -508,17 +537,20 @@ func (s *Spool) newActive(base uint64) error {
 	if err != nil {
 		return fmt.Errorf("spool: create segment: %w", err)
 	}
-	if _, err := f.Write([]byte(segmentMagic)); err != nil {
+	fail := func(err error) error {
+		// Leave no half-made segment behind: a retry creates it again.
 		f.Close()
-		return fmt.Errorf("spool: write segment header: %w", err)
+		os.Remove(path)
+		return err
+	}
+	if _, err := f.Write([]byte(segmentMagic)); err != nil {
+		return fail(fmt.Errorf("spool: write segment header: %w", err))
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("spool: sync new segment: %w", err)
+		return fail(fmt.Errorf("spool: sync new segment: %w", err))
 	}
 	if err := syncDir(s.cfg.Dir); err != nil {
-		f.Close()
-		return err
+		return fail(err)
 	}
 	g := &segment{base: base, path: path, size: int64(len(segmentMagic))}
 	g.durable = g.size
@@ -554,7 +586,11 @@ var ErrTooLarge = errors.New("spool: record too large")
 // Append stores a record. encode is called with the sequence number the record will get and must
 // append the payload (which normally embeds that number) to dst. If the spool is full of records at
 // least as valuable, the record is refused: Append returns stored=false, counts the loss and
-// reports it in a later loss record. The record becomes durable and readable at the next Sync.
+// reports it in a later loss record. The same holds while the disk refuses writes (full
+// filesystem, I/O error): the record and every record written since the last Sync are counted as
+// lost, and the spool tries writing again every Config.RetryInterval; the first thing it writes
+// when the disk takes writes again is the loss record. The record becomes durable and readable at
+// the next Sync.
 func (s *Spool) Append(kind uint8, prio Priority, encode func(seq uint64, dst []byte) ([]byte, error)) (seq uint64, stored bool, err error) {
 	if prio > PriorityKeep {
 		prio = PriorityKeep
@@ -563,6 +599,11 @@ func (s *Spool) Append(kind uint8, prio Priority, encode func(seq uint64, dst []
 	defer s.mu.Unlock()
 	if s.closed {
 		return 0, false, ErrClosed
+	}
+	now := time.Now()
+	if !s.repair(now) { // first: resuming writes a loss record, which takes a sequence number
+		s.lostIO(kind, now)
+		return 0, false, nil
 	}
 	seq = s.next
 	s.payload, err = encode(seq, s.payload[:0])
@@ -573,11 +614,12 @@ func (s *Spool) Append(kind uint8, prio Priority, encode func(seq uint64, dst []
 	if size > int64(s.cfg.MaxRecordBytes) {
 		return 0, false, fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, size, s.cfg.MaxRecordBytes)
 	}
-	now := time.Now()
 	evictedBefore := s.evicted
 	ok, err := s.makeRoom(size, prio, now)
 	if err != nil {
-		return 0, false, err
+		s.fail(err, now)
+		s.lostIO(kind, now)
+		return 0, false, nil
 	}
 	if !ok {
 		s.refused++
@@ -585,12 +627,15 @@ func (s *Spool) Append(kind uint8, prio Priority, encode func(seq uint64, dst []
 		return 0, false, nil
 	}
 	if err := s.write(seq, now.UnixNano(), prio, kind, s.payload); err != nil {
-		return 0, false, err
+		s.fail(err, now)
+		s.lostIO(kind, now)
+		return 0, false, nil
 	}
 	if s.evicted != evictedBefore {
 		// Evicted records are gone from disk: report them right away.
 		if err := s.writeLoss(now); err != nil {
-			return seq, true, err
+			s.fail(err, now) // counts this record too: it was not durable yet
+			return 0, false, nil
 		}
 	}
 	return seq, true, nil
@@ -598,6 +643,11 @@ func (s *Spool) Append(kind uint8, prio Priority, encode func(seq uint64, dst []
 
 // write appends one record to the active segment, rotating it when full.
 func (s *Spool) write(seq uint64, t int64, prio Priority, kind uint8, payload []byte) error {
+	return s.writeRec(seq, t, prio, kind, payload, false)
+}
+
+// writeRec is write; isLoss marks the spool's own loss records.
+func (s *Spool) writeRec(seq uint64, t int64, prio Priority, kind uint8, payload []byte, isLoss bool) error {
 	g := s.segs[len(s.segs)-1]
 	if g.size+int64(RecordOverhead+len(payload)) > s.cfg.SegmentBytes && g.count > 0 {
 		if err := s.rotate(); err != nil {
@@ -611,6 +661,7 @@ func (s *Spool) write(seq uint64, t int64, prio Priority, kind uint8, payload []
 	}
 	s.used += int64(len(s.scratch))
 	g.note(seq, g.size, int64(len(s.scratch)), t, prio)
+	s.unsynced = append(s.unsynced, unsyncedRec{seq: seq, kind: kind, prio: prio, size: int64(len(s.scratch)), loss: kind == s.cfg.LossKind && prio == PriorityKeep && isLoss})
 	s.next = seq + 1
 	return nil
 }
@@ -643,11 +694,13 @@ func (s *Spool) writeLoss(now time.Time) error {
 				continue // more records were evicted: encode them too
 			}
 		}
-		if err := s.write(seq, now.UnixNano(), PriorityKeep, s.cfg.LossKind, p); err != nil {
+		if err := s.writeRec(seq, now.UnixNano(), PriorityKeep, s.cfg.LossKind, p, true); err != nil {
 			return err
 		}
 		s.lossRecs++
-		s.log.Warn("spool: full; records dropped and reported", "lost", s.pending.Total(), "loss_seq", seq)
+		s.log.Warn("spool: records dropped and reported", "lost", s.pending.Total(), "loss_seq", seq)
+		// Until the loss record is durable its counts stay on hand: a failed fsync puts them back.
+		s.inFlight.merge(s.pending)
 		s.pending = Loss{}
 		return nil
 	}
@@ -840,12 +893,21 @@ func (s *Spool) Sync() error {
 	if s.closed {
 		return ErrClosed
 	}
-	if s.pending.Total() > 0 && time.Since(s.pending.Start) >= lossInterval {
-		if err := s.writeLoss(time.Now()); err != nil {
+	now := time.Now()
+	if !s.repair(now) {
+		return fmt.Errorf("%w (%d records lost so far; they are reported once writing works again)", s.failErr, s.ioLost)
+	}
+	if s.pending.Total() > 0 && now.Sub(s.pending.Start) >= lossInterval {
+		if err := s.writeLoss(now); err != nil {
+			s.fail(err, now)
 			return err
 		}
 	}
-	return s.syncLocked()
+	if err := s.syncLocked(); err != nil {
+		s.fail(err, now)
+		return err
+	}
+	return nil
 }
 
 func (s *Spool) syncLocked() error {
@@ -861,6 +923,8 @@ func (s *Spool) syncLocked() error {
 	}
 	g.durable = g.size
 	g.durableSeq = g.last
+	s.unsynced = s.unsynced[:0]
+	s.inFlight = Loss{}
 	if s.next-1 > s.durable {
 		s.durable = s.next - 1
 		close(s.changed)
@@ -924,6 +988,10 @@ func (s *Spool) Stats() Stats {
 		NextSeq: s.next, DurableSeq: s.durable, AckedSeq: s.acked,
 		Bytes: s.used, MaxBytes: s.cfg.MaxBytes, Segments: len(s.segs),
 		Evicted: s.evicted, Refused: s.refused, Corrupt: s.corrupt, LossRecords: s.lossRecs, Fresh: s.fresh,
+		LostIO: s.ioLost, IOErrors: s.ioErrors,
+	}
+	if s.failErr != nil {
+		st.Failing = s.failErr.Error()
 	}
 	for _, g := range s.segs {
 		if g.count == 0 || g.last <= s.acked {
@@ -956,12 +1024,19 @@ func (s *Spool) Close() error {
 	if s.closed {
 		return nil
 	}
+	now := time.Now()
+	s.lastTry = time.Time{} // one last try, whenever the previous one was
 	var err error
-	if s.pending.Total() > 0 {
-		err = s.writeLoss(time.Now())
-	}
-	if e := s.syncLocked(); err == nil {
-		err = e
+	if !s.repair(now) {
+		err = fmt.Errorf("%w: %d lost records could not be reported: free space on the spool's filesystem before restarting", s.failErr, s.pending.Total())
+		s.log.Error("spool: closing while the disk refuses writes; the loss record could not be written", "lost", s.pending.Total(), "err", s.failErr)
+	} else {
+		if s.pending.Total() > 0 {
+			err = s.writeLoss(now)
+		}
+		if e := s.syncLocked(); err == nil {
+			err = e
+		}
 	}
 	s.closed = true
 	s.closeFiles()

@@ -4,7 +4,8 @@
 //	keyguard-collector [serve] [flags]        run the collector (flags override -config YAML)
 //	keyguard-collector version | help
 //	keyguard-collector certs <init|host|operator|revoke> [flags]
-//	keyguard-collector verify -db DSN [-host H]... [-chain-key-file F]
+//	keyguard-collector verify -db DSN [-host H]... [-chain-key-file F] [-checkpoints FILE]
+//	keyguard-collector checkpoint -db DSN -witness FILE
 //	keyguard-collector console user add -users FILE -name NAME -role admin|viewer   (password on stdin)
 package main
 
@@ -41,6 +42,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			{Name: "certs", Summary: "demo PKI: CA, collector, host and operator certificates, revocation", Run: certs},
 			{Name: "verify", Summary: "verify the hash chains directly in a database (read-only)",
 				Run: func(args []string, stdout, stderr io.Writer) int { return verify(ctx, args, stdout, stderr, log) }},
+			{Name: "checkpoint", Summary: "append every host's chain state to a witness file (read-only on the database)",
+				Run: func(args []string, stdout, stderr io.Writer) int { return checkpoint(ctx, args, stdout, stderr, log) }},
 			{Name: "console", Summary: "console user add: add or replace a web console user (password on stdin)",
 				Run: func(args []string, stdout, stderr io.Writer) int { return consoleCmd(args, os.Stdin, stdout, stderr) }},
 		},

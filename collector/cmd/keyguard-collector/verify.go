@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/keyguard/keyguard/collector/internal/store"
 	"github.com/keyguard/keyguard/deploy/cmdline"
@@ -18,13 +19,14 @@ func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
 func verify(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) int {
-	fs := cmdline.NewFlagSet("keyguard-collector verify", "-db DSN [-host H]... [-chain-key-file F]",
+	fs := cmdline.NewFlagSet("keyguard-collector verify", "-db DSN [-host H]... [-chain-key-file F] [-checkpoints FILE]",
 		"Verifies the hash chains in the database (read-only: a missing SQLite file is an error, nothing is created).\n"+
 			"Exit 0 when every chain is intact, 1 when a problem is found or the database cannot be read.")
 	dsn := fs.String("db", "keyguard-events.db", "storage: SQLite file path or postgres:// URL (must exist)")
 	keyFile := fs.String("chain-key-file", "", "chain key file, if the collector uses one")
 	var hosts multi
 	fs.Var(&hosts, "host", "verify only this host (repeatable)")
+	witness := fs.String("checkpoints", "", "also check the database against this witness file of earlier checkpoints and tombstones\n(finds chains cut at either end and deleted hosts)")
 	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
 		return code
 	}
@@ -63,8 +65,67 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer, log *s
 			fmt.Fprintf(stdout, "      %s at position %d: %s\n", strings.TrimPrefix(p.GetKind().String(), "CHAIN_PROBLEM_KIND_"), p.GetChainPosition(), p.GetDetail())
 		}
 	}
+	if *witness != "" {
+		n, err := checkWitness(ctx, st, *witness, stdout)
+		if err != nil {
+			fmt.Fprintln(stderr, "verify:", err)
+			return 1
+		}
+		bad += n
+	}
 	if bad > 0 {
 		return 1
 	}
+	return 0
+}
+
+// checkWitness prints the disagreements between the database and a witness file and returns their
+// number.
+func checkWitness(ctx context.Context, st *store.Store, path string, stdout io.Writer) (int, error) {
+	recs, err := store.ReadWitness(path)
+	if err != nil {
+		return 0, err
+	}
+	probs, err := st.CheckWitness(ctx, recs)
+	if err != nil {
+		return 0, err
+	}
+	for _, p := range probs {
+		fmt.Fprintf(stdout, "FAIL  %s: %s\n", p.Host, p.Detail)
+	}
+	if len(probs) == 0 {
+		fmt.Fprintf(stdout, "OK    %d witness record(s) in %s agree with the database\n", len(recs), path)
+	}
+	return len(probs), nil
+}
+
+// checkpoint appends every host's current chain state to a witness file.
+func checkpoint(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) int {
+	fs := cmdline.NewFlagSet("keyguard-collector checkpoint", "-db DSN -witness FILE",
+		"Appends every host's chain state (a checkpoint) to the witness file. Reads the database, never creates it.")
+	dsn := fs.String("db", "keyguard-events.db", "storage: SQLite file path or postgres:// URL")
+	witness := fs.String("witness", "", "witness file to append to (keep it where the collector's administrator cannot rewrite it)")
+	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
+		return code
+	}
+	if *witness == "" {
+		return cmdline.Usagef(fs, stderr, "-witness FILE is required")
+	}
+	st, err := store.Open(ctx, store.Options{DSN: *dsn, Logger: log, MustExist: true})
+	if err != nil {
+		fmt.Fprintln(stderr, "checkpoint:", err)
+		return 1
+	}
+	defer st.Close()
+	cps, err := st.Checkpoints(ctx, time.Now().UTC())
+	if err != nil {
+		fmt.Fprintln(stderr, "checkpoint:", err)
+		return 1
+	}
+	if err := store.AppendWitness(*witness, cps); err != nil {
+		fmt.Fprintln(stderr, "checkpoint:", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "%d host checkpoint(s) appended to %s\n", len(cps), *witness)
 	return 0
 }

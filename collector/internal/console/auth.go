@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -166,7 +167,8 @@ func clientIP(r *http.Request) string {
 }
 
 // loginPost checks name and password. A wrong password and an unknown user get the same answer and
-// cost the same time; repeated failures per user and per client address are refused for a while.
+// cost the same time; repeated failures are refused for a while (see limiter): an address backs off
+// before a user name is locked.
 func (c *Console) loginPost(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	if !c.sameOrigin(r) {
@@ -185,7 +187,7 @@ func (c *Console) loginPost(w http.ResponseWriter, r *http.Request) {
 	}
 	ip := clientIP(r)
 	now := c.opts.Now()
-	if wait := c.limiter.blocked(now, "user:"+name, "ip:"+ip); wait > 0 {
+	if wait := c.limiter.blocked(now, name, ip); wait > 0 {
 		c.log.Warn("console login rate-limited", "user", shownName, "ip", ip)
 		w.Header().Set("Retry-After", itoa(int(wait.Seconds())+1))
 		c.render(w, r, nil, http.StatusTooManyRequests, "login", "Log in",
@@ -202,13 +204,13 @@ func (c *Console) loginPost(w http.ResponseWriter, r *http.Request) {
 		c.log.Error("console users file holds an unreadable hash", "user", shownName, "err", err)
 	}
 	if !known || !ok || err != nil || len(password) > 1024 {
-		c.limiter.fail(now, "user:"+name, "ip:"+ip)
+		c.limiter.fail(now, name, ip)
 		c.log.Warn("console login failed", "user", shownName, "ip", ip)
 		c.render(w, r, nil, http.StatusUnauthorized, "login", "Log in",
 			loginData{Next: next, User: shownName, Error: "Wrong user name or password."})
 		return
 	}
-	c.limiter.reset("user:" + name)
+	c.limiter.succeeded(name, ip)
 	id := randomToken(32)
 	if err := c.st.CreateSession(r.Context(), hashID(id), u.Name, randomToken(32), now); err != nil {
 		c.log.Error("console login: store session", "err", err)
@@ -230,20 +232,32 @@ func (c *Console) logout(w http.ResponseWriter, r *http.Request, s *session) {
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
 
-// limiter counts failed logins per key in a sliding window. It is per collector process: with several
-// collectors behind a load balancer an attacker gets the limit once per collector.
+// limiter throttles failed logins. It is per collector process: with several collectors behind a
+// load balancer an attacker gets the limits once per collector.
+//
+// Backoff per address comes before lockout per user, so that an anonymous attacker cannot lock a
+// named user out: failures of one address for one user name make that address wait, doubling from
+// 1 s after the fifth failure up to the whole window; one address gets at most limitPerIP failures
+// per window over all names; a user name is locked only when failures come from limitUserAddrs
+// different addresses within the window (a distributed guess), and a success clears it.
 type limiter struct {
 	mu    sync.Mutex
-	fails map[string][]time.Time
+	fails map[string][]time.Time          // "pair:ip\x00user" and "ip:addr" → failure times
+	users map[string]map[string]time.Time // user → address → last failure
 }
 
 const (
-	limitWindow  = 10 * time.Minute
-	limitPerUser = 5
-	limitPerIP   = 20
+	limitWindow    = 10 * time.Minute
+	limitPairFree  = 5  // failures of one address for one user before it must wait
+	limitPerIP     = 20 // failures of one address over all users
+	limitUserAddrs = 5  // addresses failing for one user before the user is locked
 )
 
-func newLimiter() *limiter { return &limiter{fails: map[string][]time.Time{}} }
+func newLimiter() *limiter {
+	return &limiter{fails: map[string][]time.Time{}, users: map[string]map[string]time.Time{}}
+}
+
+func pairKey(user, ip string) string { return "pair:" + ip + "\x00" + user }
 
 func (l *limiter) prune(now time.Time, key string) []time.Time {
 	ts := l.fails[key]
@@ -260,24 +274,44 @@ func (l *limiter) prune(now time.Time, key string) []time.Time {
 	return ts
 }
 
-// blocked returns how long until the next attempt is allowed (0 = now).
-func (l *limiter) blocked(now time.Time, userKey, ipKey string) time.Duration {
+// userAddrs returns the last failure times of the addresses that failed for user in the window,
+// oldest first.
+func (l *limiter) userAddrs(now time.Time, user string) []time.Time {
+	var ts []time.Time
+	for ip, t := range l.users[user] {
+		if now.Sub(t) > limitWindow {
+			delete(l.users[user], ip)
+			continue
+		}
+		ts = append(ts, t)
+	}
+	if len(l.users[user]) == 0 {
+		delete(l.users, user)
+	}
+	slices.SortFunc(ts, func(a, b time.Time) int { return a.Compare(b) })
+	return ts
+}
+
+// blocked returns how long until the next attempt of ip for user is allowed (0 = now).
+func (l *limiter) blocked(now time.Time, user, ip string) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var wait time.Duration
-	for _, k := range []struct {
-		key   string
-		limit int
-	}{{userKey, limitPerUser}, {ipKey, limitPerIP}} {
-		ts := l.prune(now, k.key)
-		if len(ts) >= k.limit {
-			wait = max(wait, limitWindow-now.Sub(ts[len(ts)-k.limit]))
-		}
+	if ts := l.prune(now, pairKey(user, ip)); len(ts) >= limitPairFree {
+		backoff := min(time.Second<<(len(ts)-limitPairFree), limitWindow)
+		wait = max(wait, backoff-now.Sub(ts[len(ts)-1]))
 	}
-	return wait
+	if ts := l.prune(now, "ip:"+ip); len(ts) >= limitPerIP {
+		wait = max(wait, limitWindow-now.Sub(ts[len(ts)-limitPerIP]))
+	}
+	if ts := l.userAddrs(now, user); len(ts) >= limitUserAddrs {
+		wait = max(wait, limitWindow-now.Sub(ts[len(ts)-limitUserAddrs]))
+	}
+	return max(wait, 0)
 }
 
-func (l *limiter) fail(now time.Time, keys ...string) {
+// fail records a failed login of ip for user.
+func (l *limiter) fail(now time.Time, user, ip string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.fails) > 100000 { // bound memory under a spray of names
@@ -285,16 +319,31 @@ func (l *limiter) fail(now time.Time, keys ...string) {
 			l.prune(now, k)
 		}
 	}
-	for _, k := range keys {
+	if len(l.users) > 100000 {
+		for u := range l.users {
+			l.userAddrs(now, u)
+		}
+	}
+	for _, k := range []string{pairKey(user, ip), "ip:" + ip} {
 		l.fails[k] = append(l.prune(now, k), now)
 		if len(l.fails[k]) > 100 {
 			l.fails[k] = l.fails[k][len(l.fails[k])-100:]
 		}
 	}
+	addrs := l.users[user]
+	if addrs == nil {
+		addrs = map[string]time.Time{}
+		l.users[user] = addrs
+	}
+	if _, ok := addrs[ip]; ok || len(addrs) < 100 {
+		addrs[ip] = now
+	}
 }
 
-func (l *limiter) reset(key string) {
+// succeeded clears user's failures (and ip's for user) after a correct password.
+func (l *limiter) succeeded(user, ip string) {
 	l.mu.Lock()
-	delete(l.fails, key)
-	l.mu.Unlock()
+	defer l.mu.Unlock()
+	delete(l.fails, pairKey(user, ip))
+	delete(l.users, user)
 }

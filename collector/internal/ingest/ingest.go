@@ -95,6 +95,12 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 		}
 		for _, ev := range req.GetEvents() {
 			ev.Host = host
+			if lr := ev.GetLossReport(); lr.GetSource() == pb.LossSource_LOSS_SOURCE_COLLECTOR_REGRESSION {
+				// Stored as an event (in the host's chain and its loss totals); said loudly here too.
+				log.Error("agent reports that this collector lost events it had acknowledged (database restored from a backup or replaced?)",
+					"collector_acked_seq", lr.GetCollectorAckedSeq(), "agent_acked_seq", lr.GetAgentAckedSeq(),
+					"lost", lr.GetCount(), "seq", ev.GetSeq())
+			}
 		}
 		res, err := s.store.Append(ctx, host, req.GetEvents(), skipped)
 		if err != nil {

@@ -175,6 +175,10 @@ func storageErr(ctx context.Context, log *slog.Logger, what string, err error) e
 	if ctx.Err() != nil {
 		return status.FromContextError(ctx.Err()).Err()
 	}
+	if errors.Is(err, store.ErrTooBroad) || errors.Is(err, store.ErrQueryBusy) {
+		log.Warn(what+": refused as too broad", "err", err)
+		return status.Errorf(codes.ResourceExhausted, "%s: %v", what, err)
+	}
 	log.Error(what, "err", err)
 	return status.Errorf(codes.Unavailable, "%s: %v", what, err)
 }

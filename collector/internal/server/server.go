@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -93,6 +94,14 @@ type Config struct {
 		// Interval between retention runs (default 1h).
 		Interval Duration `yaml:"interval" flag:"retention-interval" help:"how often the retention job runs"`
 	} `yaml:"retention"`
+	// Witness: a file outside this collector's control (another machine's mount, an append-only
+	// file) to which every host's chain state is appended each Interval (default 5m) and retention
+	// appends a tombstone before each cut; 'keyguard-collector verify -checkpoints FILE' checks a
+	// database against it.
+	Witness struct {
+		File     string   `yaml:"file"`
+		Interval Duration `yaml:"interval"`
+	} `yaml:"witness"`
 	// StaleAfter: hosts not heard from for this long are listed as stale (default 5m).
 	StaleAfter Duration `yaml:"stale_after" flag:"stale-after" help:"list hosts not heard from for this long as stale"`
 	// MaxMessageBytes: largest gRPC message accepted (default 4 MiB).
@@ -217,7 +226,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", cfg.Storage.ChainKeyFile)
 		}
 	}
-	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log}
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log, Witness: cfg.Witness.File}
 	if s.metrics != nil {
 		sopts.Timed = s.metrics.ObserveStore
 	}
@@ -356,7 +365,14 @@ func (s *Server) Serve(ctx context.Context) error {
 	go func() { errc <- s.grpc.Serve(s.lis) }()
 	retCtx, stopRet := context.WithCancel(ctx)
 	retDone := make(chan struct{})
-	go func() { defer close(retDone); s.retention(retCtx) }()
+	go func() {
+		defer close(retDone)
+		var wg sync.WaitGroup
+		wg.Go(func() { s.retention(retCtx) })
+		wg.Go(func() { s.witness(retCtx) })
+		wg.Go(func() { s.optimize(retCtx) })
+		wg.Wait()
+	}()
 	consoleDone := make(chan struct{})
 	if s.console != nil {
 		go func() {
@@ -405,6 +421,52 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = nil
 	}
 	return err
+}
+
+// witness appends every host's chain state to the witness file periodically and at shutdown.
+func (s *Server) witness(ctx context.Context) {
+	if s.cfg.Witness.File == "" {
+		return
+	}
+	every := time.Duration(s.cfg.Witness.Interval)
+	if every <= 0 {
+		every = 5 * time.Minute
+	}
+	write := func(ctx context.Context) {
+		cps, err := s.store.Checkpoints(ctx, time.Now().UTC())
+		if err == nil {
+			err = store.AppendWitness(s.cfg.Witness.File, cps)
+		}
+		if err != nil {
+			s.log.Error("writing checkpoints to the witness failed; will retry", "file", s.cfg.Witness.File, "err", err)
+		}
+	}
+	write(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			write(stop)
+			cancel()
+			return
+		case <-time.After(every):
+			write(ctx)
+		}
+	}
+}
+
+// optimize refreshes the query planner's statistics hourly (see store.Optimize).
+func (s *Server) optimize(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Hour):
+		}
+		if err := s.store.Optimize(ctx); err != nil && ctx.Err() == nil {
+			s.log.Warn("refreshing query statistics failed; will retry", "err", err)
+		}
+	}
 }
 
 func (s *Server) retention(ctx context.Context) {

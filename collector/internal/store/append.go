@@ -6,7 +6,6 @@ import (
 	"database/sql"
 	"fmt"
 	"math"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -42,35 +41,15 @@ const insertColumns = 19
 // An event whose seq is at most the host's acknowledged sequence number, or is already stored with the
 // same content, is a duplicate and is not stored again. A seq already stored with different content
 // fails the whole batch with ErrConflict; nothing of the batch is stored then.
+//
+// It runs as named steps, each tested on its own: validate the batch, lock the host's row, dedupe
+// against what is stored, insert the new events, and advance the chain and the host's state.
 func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, skipped []Range) (AppendResult, error) {
 	start := time.Now()
 	var res AppendResult
-	if host == "" {
-		return res, fmt.Errorf("%w: empty host", ErrInvalid)
-	}
-	type item struct {
-		ev      *pb.Event
-		payload []byte
-		digest  []byte
-	}
-	items := make([]item, 0, len(events))
-	for _, ev := range events {
-		if ev.GetHost() != host {
-			return res, fmt.Errorf("%w: event seq %d carries host %q, batch is for %q", ErrInvalid, ev.GetSeq(), ev.GetHost(), host)
-		}
-		if ev.GetSeq() == 0 || ev.GetSeq() > math.MaxInt64 {
-			return res, fmt.Errorf("%w: sequence number %d out of range 1..2^63-1", ErrInvalid, ev.GetSeq())
-		}
-		payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
-		if err != nil {
-			return res, fmt.Errorf("%w: encode event seq %d: %v", ErrInvalid, ev.GetSeq(), err)
-		}
-		items = append(items, item{ev: ev, payload: payload, digest: chain.Digest(payload)})
-	}
-	for _, r := range skipped {
-		if r.First == 0 || r.Last < r.First || r.Last > math.MaxInt64 {
-			return res, fmt.Errorf("%w: skipped range %d..%d is not a valid range of sequence numbers", ErrInvalid, r.First, r.Last)
-		}
+	items, err := validateBatch(host, events, skipped)
+	if err != nil {
+		return res, err
 	}
 	now := time.Now().UnixNano()
 
@@ -80,218 +59,29 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	}
 	defer tx.Rollback()
 
-	if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (host, first_seen_ns, last_seen_ns, chain_head, chain_base_hash)
-		VALUES ($1, $2, $2, $3, $3) ON CONFLICT (host) DO NOTHING`, host, now, chain.Genesis(host)); err != nil {
-		return res, fmt.Errorf("register host %q: %w", host, err)
-	}
-	var st hostState
-	var acked, maxSeq, count, chainLen, latestSeq, healthSeq int64
-	if err := tx.QueryRowContext(ctx, `SELECT acked_seq, max_seq, event_count, chain_len, chain_head, latest_seq, last_health_seq
-		FROM hosts WHERE host = $1`+s.forUpdate(), host).Scan(&acked, &maxSeq, &count, &chainLen, &st.head, &latestSeq, &healthSeq); err != nil {
-		return res, fmt.Errorf("lock host %q: %w", host, err)
-	}
-	st.acked, st.maxSeq, st.count, st.chainLen, st.latestSeq, st.healthSeq = uint64(acked), uint64(maxSeq), uint64(count), uint64(chainLen), uint64(latestSeq), uint64(healthSeq)
-
-	for _, it := range items {
-		if seq := it.ev.GetSeq(); seq > st.acked+s.maxAhead {
-			return res, fmt.Errorf("%w: sequence number %d is more than %d ahead of the acknowledged %d: send events in order", ErrInvalid, seq, s.maxAhead, st.acked)
-		}
-	}
-	for _, r := range skipped {
-		if r.Last > st.acked+s.maxAhead {
-			return res, fmt.Errorf("%w: skipped range %d..%d reaches more than %d ahead of the acknowledged %d", ErrInvalid, r.First, r.Last, s.maxAhead, st.acked)
-		}
-	}
-
-	// Which of the batch's sequence numbers are already stored, and with what content?
-	existing := map[uint64][]byte{}
-	var lo, hi uint64 = math.MaxUint64, 0
-	for _, it := range items {
-		if seq := it.ev.GetSeq(); seq > st.acked {
-			lo, hi = min(lo, seq), max(hi, seq)
-		}
-	}
-	if hi > 0 && lo <= st.maxSeq {
-		rows, err := tx.QueryContext(ctx, `SELECT seq, digest FROM events WHERE host = $1 AND seq >= $2 AND seq <= $3`, host, int64(lo), int64(hi))
-		if err != nil {
-			return res, fmt.Errorf("look up stored sequence numbers: %w", err)
-		}
-		for rows.Next() {
-			var seq int64
-			var d []byte
-			if err := rows.Scan(&seq, &d); err != nil {
-				rows.Close()
-				return res, fmt.Errorf("look up stored sequence numbers: %w", err)
-			}
-			existing[uint64(seq)] = d
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return res, fmt.Errorf("look up stored sequence numbers: %w", err)
-		}
-	}
-	// Acknowledged sequence numbers that are still stored must match too: a mismatch means the agent
-	// renumbered (e.g. its spool was wiped) and must not be silently treated as a replay.
-	var oldSeqs []uint64
-	for _, it := range items {
-		if seq := it.ev.GetSeq(); seq <= st.acked {
-			oldSeqs = append(oldSeqs, seq)
-		}
-	}
-	if len(oldSeqs) > 0 {
-		sort.Slice(oldSeqs, func(i, j int) bool { return oldSeqs[i] < oldSeqs[j] })
-		rows, err := tx.QueryContext(ctx, `SELECT seq, digest FROM events WHERE host = $1 AND seq >= $2 AND seq <= $3`, host, int64(oldSeqs[0]), int64(oldSeqs[len(oldSeqs)-1]))
-		if err != nil {
-			return res, fmt.Errorf("look up replayed sequence numbers: %w", err)
-		}
-		for rows.Next() {
-			var seq int64
-			var d []byte
-			if err := rows.Scan(&seq, &d); err != nil {
-				rows.Close()
-				return res, fmt.Errorf("look up replayed sequence numbers: %w", err)
-			}
-			existing[uint64(seq)] = d
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return res, fmt.Errorf("look up replayed sequence numbers: %w", err)
-		}
-	}
-
-	type row struct {
-		it             item
-		pos            uint64
-		prev, hash     []byte
-		ix             index
-		receiveNanosec int64
-	}
-	var toInsert []row
-	batchSeen := map[uint64][]byte{}
-	head := st.head
-	var latest *pb.Event
-	var health *pb.Event
-	for _, it := range items {
-		seq := it.ev.GetSeq()
-		if d, ok := batchSeen[seq]; ok {
-			if !bytes.Equal(d, it.digest) {
-				return res, fmt.Errorf("%w: seq %d appears twice in one batch with different content", ErrConflict, seq)
-			}
-			res.Duplicates++
-			continue
-		}
-		batchSeen[seq] = it.digest
-		if d, ok := existing[seq]; ok {
-			if !bytes.Equal(d, it.digest) {
-				return res, fmt.Errorf("%w: host %q seq %d; if the agent's spool was reset it must continue numbering after %d", ErrConflict, host, seq, st.acked)
-			}
-			res.Duplicates++
-			continue
-		}
-		if seq <= st.acked {
-			// Acknowledged earlier and since removed by retention, or declared skipped: a replay.
-			res.Duplicates++
-			continue
-		}
-		st.chainLen++
-		h := s.hasher.Link(head, host, seq, st.chainLen, it.digest)
-		toInsert = append(toInsert, row{it: it, pos: st.chainLen, prev: head, hash: h, ix: indexOf(it.ev), receiveNanosec: now})
-		head = h
-		if seq > st.maxSeq {
-			st.maxSeq = seq
-		}
-		if seq > st.latestSeq {
-			st.latestSeq = seq
-			latest = it.ev
-		}
-		if _, ok := it.ev.GetKind().(*pb.Event_AgentHealth); ok && seq > st.healthSeq {
-			st.healthSeq = seq
-			health = it.ev
-		}
-	}
-	res.Stored = len(toInsert)
-
-	const chunk = 250
-	for start := 0; start < len(toInsert); start += chunk {
-		end := min(start+chunk, len(toInsert))
-		var sb strings.Builder
-		sb.WriteString(`INSERT INTO events (host, seq, chain_pos, time_ns, receive_ns, kind, decision, rule,
-			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector) VALUES `)
-		args := make([]any, 0, (end-start)*insertColumns)
-		for i, r := range toInsert[start:end] {
-			if i > 0 {
-				sb.WriteByte(',')
-			}
-			sb.WriteByte('(')
-			for c := 0; c < insertColumns; c++ {
-				if c > 0 {
-					sb.WriteByte(',')
-				}
-				if s.backend == SQLite {
-					// Positional ? parameters: SQLite resolves $N names by a linear search per
-					// parameter, which made large multi-row inserts CPU-bound.
-					sb.WriteByte('?')
-				} else {
-					sb.WriteByte('$')
-					sb.WriteString(strconv.Itoa(i*insertColumns + c + 1))
-				}
-			}
-			sb.WriteByte(')')
-			p, t := r.ix.proc, r.ix.target
-			args = append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
-				int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
-				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
-				r.it.payload, r.it.digest, r.prev, r.hash, s.collector)
-		}
-		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
-			return res, fmt.Errorf("store %d events of host %q: %w", end-start, host, err)
-		}
-	}
-
-	// Declared gaps.
-	for _, r := range skipped {
-		if r.Last <= st.acked {
-			continue
-		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO seq_gaps (host, first_seq, last_seq) VALUES ($1, $2, $3)
-			ON CONFLICT (host, first_seq) DO UPDATE SET last_seq = CASE WHEN excluded.last_seq > seq_gaps.last_seq THEN excluded.last_seq ELSE seq_gaps.last_seq END`,
-			host, int64(r.First), int64(r.Last)); err != nil {
-			return res, fmt.Errorf("record skipped range %d..%d: %w", r.First, r.Last, err)
-		}
-		if r.Last > st.maxSeq {
-			st.maxSeq = r.Last
-		}
-	}
-
-	newAcked, err := s.advance(ctx, tx, host, st.acked, st.maxSeq)
+	st, err := s.lockHost(ctx, tx, host, now)
 	if err != nil {
 		return res, err
 	}
-	st.acked = newAcked
-	st.count += uint64(len(toInsert))
-
-	q := `UPDATE hosts SET acked_seq = $2, max_seq = $3, event_count = $4, chain_len = $5, chain_head = $6, last_seen_ns = $7, latest_seq = $8`
-	args := []any{host, int64(st.acked), int64(st.maxSeq), int64(st.count), int64(st.chainLen), head, now, int64(st.latestSeq)}
-	if latest != nil {
-		q += `, agent_version = $9, boot_id = $10`
-		args = append(args, latest.GetAgentVersion(), latest.GetBootId())
+	if err := checkAhead(items, skipped, st.acked, s.maxAhead); err != nil {
+		return res, err
 	}
-	if health != nil {
-		hb, err := proto.Marshal(health.GetAgentHealth())
-		if err != nil {
-			return res, fmt.Errorf("encode health: %w", err)
-		}
-		n := len(args)
-		q += fmt.Sprintf(`, last_health = $%d, last_health_seq = $%d, last_health_ns = $%d`, n+1, n+2, n+3)
-		args = append(args, hb, int64(st.healthSeq), indexOf(health).timeNanos)
+	existing, err := s.storedDigests(ctx, tx, host, items, st)
+	if err != nil {
+		return res, err
 	}
-	if _, err := tx.ExecContext(ctx, q+` WHERE host = $1`, args...); err != nil {
-		return res, fmt.Errorf("update host %q: %w", host, err)
+	fresh, dups, err := dedupe(host, items, existing, st.acked)
+	if err != nil {
+		return res, err
 	}
-	if st.acked > 0 {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM seq_gaps WHERE host = $1 AND last_seq <= $2`, host, int64(st.acked)); err != nil {
-			return res, fmt.Errorf("prune skipped ranges: %w", err)
-		}
+	res.Duplicates = dups
+	rows, upd := s.link(host, fresh, &st, now)
+	res.Stored = len(rows)
+	if err := s.insert(ctx, tx, host, rows); err != nil {
+		return res, err
+	}
+	if err := s.advanceChain(ctx, tx, host, skipped, &st, upd, now); err != nil {
+		return res, err
 	}
 	commitStart := time.Now()
 	if err := tx.Commit(); err != nil {
@@ -301,6 +91,285 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	s.since("append", start)
 	res.Acked = st.acked
 	return res, nil
+}
+
+// item is one event of a batch with its canonical encoding and digest.
+type item struct {
+	ev      *pb.Event
+	payload []byte
+	digest  []byte
+}
+
+// validateBatch is step 1: every event belongs to host and has a storable sequence number, every
+// skipped range is a range; events lose their unknown fields and are encoded canonically
+// (deterministic marshalling) and digested.
+func validateBatch(host string, events []*pb.Event, skipped []Range) ([]item, error) {
+	if host == "" {
+		return nil, fmt.Errorf("%w: empty host", ErrInvalid)
+	}
+	items := make([]item, 0, len(events))
+	for _, ev := range events {
+		if ev.GetHost() != host {
+			return nil, fmt.Errorf("%w: event seq %d carries host %q, batch is for %q", ErrInvalid, ev.GetSeq(), ev.GetHost(), host)
+		}
+		if ev.GetSeq() == 0 || ev.GetSeq() > math.MaxInt64 {
+			return nil, fmt.Errorf("%w: sequence number %d out of range 1..2^63-1", ErrInvalid, ev.GetSeq())
+		}
+		dropUnknown(ev.ProtoReflect())
+		payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(ev)
+		if err != nil {
+			return nil, fmt.Errorf("%w: encode event seq %d: %v", ErrInvalid, ev.GetSeq(), err)
+		}
+		items = append(items, item{ev: ev, payload: payload, digest: chain.Digest(payload)})
+	}
+	for _, r := range skipped {
+		if r.First == 0 || r.Last < r.First || r.Last > math.MaxInt64 {
+			return nil, fmt.Errorf("%w: skipped range %d..%d is not a valid range of sequence numbers", ErrInvalid, r.First, r.Last)
+		}
+	}
+	return items, nil
+}
+
+// lockHost is step 2: register the host if new and read its row, locked until the transaction ends
+// (PostgreSQL: SELECT ... FOR UPDATE; SQLite: the write transaction holds the database).
+func (s *Store) lockHost(ctx context.Context, tx *sql.Tx, host string, now int64) (hostState, error) {
+	var st hostState
+	if _, err := tx.ExecContext(ctx, `INSERT INTO hosts (host, first_seen_ns, last_seen_ns, chain_head, chain_base_hash)
+		VALUES ($1, $2, $2, $3, $3) ON CONFLICT (host) DO NOTHING`, host, now, chain.Genesis(host)); err != nil {
+		return st, fmt.Errorf("register host %q: %w", host, err)
+	}
+	var acked, maxSeq, count, chainLen, latestSeq, healthSeq int64
+	if err := tx.QueryRowContext(ctx, `SELECT acked_seq, max_seq, event_count, chain_len, chain_head, latest_seq, last_health_seq
+		FROM hosts WHERE host = $1`+s.forUpdate(), host).Scan(&acked, &maxSeq, &count, &chainLen, &st.head, &latestSeq, &healthSeq); err != nil {
+		return st, fmt.Errorf("lock host %q: %w", host, err)
+	}
+	st.acked, st.maxSeq, st.count, st.chainLen, st.latestSeq, st.healthSeq = uint64(acked), uint64(maxSeq), uint64(count), uint64(chainLen), uint64(latestSeq), uint64(healthSeq)
+	return st, nil
+}
+
+// checkAhead refuses a batch reaching more than maxAhead beyond the acknowledged number.
+func checkAhead(items []item, skipped []Range, acked, maxAhead uint64) error {
+	for _, it := range items {
+		if seq := it.ev.GetSeq(); seq > acked+maxAhead {
+			return fmt.Errorf("%w: sequence number %d is more than %d ahead of the acknowledged %d: send events in order", ErrInvalid, seq, maxAhead, acked)
+		}
+	}
+	for _, r := range skipped {
+		if r.Last > acked+maxAhead {
+			return fmt.Errorf("%w: skipped range %d..%d reaches more than %d ahead of the acknowledged %d", ErrInvalid, r.First, r.Last, maxAhead, acked)
+		}
+	}
+	return nil
+}
+
+// storedDigests is the lookup half of step 3: the digests already stored for the batch's sequence
+// numbers. Acknowledged numbers that are still stored are looked up too: a mismatch there means the
+// agent renumbered (its spool was wiped) and must not pass as a replay.
+func (s *Store) storedDigests(ctx context.Context, tx *sql.Tx, host string, items []item, st hostState) (map[uint64][]byte, error) {
+	existing := map[uint64][]byte{}
+	var lo, hi uint64 = math.MaxUint64, 0       // unacknowledged numbers
+	var oldLo, oldHi uint64 = math.MaxUint64, 0 // acknowledged numbers (replays)
+	for _, it := range items {
+		if seq := it.ev.GetSeq(); seq > st.acked {
+			lo, hi = min(lo, seq), max(hi, seq)
+		} else {
+			oldLo, oldHi = min(oldLo, seq), max(oldHi, seq)
+		}
+	}
+	if hi > 0 && lo <= st.maxSeq {
+		if err := s.digestsIn(ctx, tx, host, lo, hi, existing); err != nil {
+			return nil, fmt.Errorf("look up stored sequence numbers: %w", err)
+		}
+	}
+	if oldHi > 0 {
+		if err := s.digestsIn(ctx, tx, host, oldLo, oldHi, existing); err != nil {
+			return nil, fmt.Errorf("look up replayed sequence numbers: %w", err)
+		}
+	}
+	return existing, nil
+}
+
+func (s *Store) digestsIn(ctx context.Context, tx *sql.Tx, host string, lo, hi uint64, into map[uint64][]byte) error {
+	rows, err := tx.QueryContext(ctx, `SELECT seq, digest FROM events WHERE host = $1 AND seq >= $2 AND seq <= $3`, host, int64(lo), int64(hi))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var seq int64
+		var d []byte
+		if err := rows.Scan(&seq, &d); err != nil {
+			return err
+		}
+		into[uint64(seq)] = d
+	}
+	return rows.Err()
+}
+
+// dedupe is the decision half of step 3: which items are new, and how many are duplicates (already
+// stored with the same digest, repeated in the batch, or at most acked). A number stored with other
+// content, or repeated in the batch with other content, is ErrConflict.
+func dedupe(host string, items []item, existing map[uint64][]byte, acked uint64) (fresh []item, dups int, err error) {
+	seen := map[uint64][]byte{}
+	for _, it := range items {
+		seq := it.ev.GetSeq()
+		if d, ok := seen[seq]; ok {
+			if !bytes.Equal(d, it.digest) {
+				return nil, 0, fmt.Errorf("%w: seq %d appears twice in one batch with different content", ErrConflict, seq)
+			}
+			dups++
+			continue
+		}
+		seen[seq] = it.digest
+		if d, ok := existing[seq]; ok {
+			if !bytes.Equal(d, it.digest) {
+				return nil, 0, fmt.Errorf("%w: host %q seq %d; if the agent's spool was reset it must continue numbering after %d", ErrConflict, host, seq, acked)
+			}
+			dups++
+			continue
+		}
+		if seq <= acked {
+			// Acknowledged earlier and since removed by retention, or declared skipped: a replay.
+			dups++
+			continue
+		}
+		fresh = append(fresh, it)
+	}
+	return fresh, dups, nil
+}
+
+// row is one event to insert, linked into the host's chain.
+type row struct {
+	it             item
+	pos            uint64
+	prev, hash     []byte
+	ix             index
+	receiveNanosec int64
+}
+
+// hostUpdate is what the batch changes in the host's row besides the chain.
+type hostUpdate struct {
+	latest, health *pb.Event
+}
+
+// link links the new items into the host's chain in batch order, advancing st's chain length, head
+// and highest numbers (part of step 5, computed before the insert that stores the links).
+func (s *Store) link(host string, fresh []item, st *hostState, now int64) ([]row, hostUpdate) {
+	var upd hostUpdate
+	rows := make([]row, 0, len(fresh))
+	for _, it := range fresh {
+		seq := it.ev.GetSeq()
+		st.chainLen++
+		h := s.hasher.Link(st.head, host, seq, st.chainLen, it.digest)
+		rows = append(rows, row{it: it, pos: st.chainLen, prev: st.head, hash: h, ix: indexOf(it.ev), receiveNanosec: now})
+		st.head = h
+		st.maxSeq = max(st.maxSeq, seq)
+		if seq > st.latestSeq {
+			st.latestSeq = seq
+			upd.latest = it.ev
+		}
+		if _, ok := it.ev.GetKind().(*pb.Event_AgentHealth); ok && seq > st.healthSeq {
+			st.healthSeq = seq
+			upd.health = it.ev
+		}
+	}
+	st.count += uint64(len(rows))
+	return rows, upd
+}
+
+// insertChunk bounds the rows of one INSERT statement.
+const insertChunk = 250
+
+// insert is step 4: the rows, in multi-row INSERT statements.
+func (s *Store) insert(ctx context.Context, tx *sql.Tx, host string, rows []row) error {
+	for start := 0; start < len(rows); start += insertChunk {
+		end := min(start+insertChunk, len(rows))
+		args := make([]any, 0, (end-start)*insertColumns)
+		for _, r := range rows[start:end] {
+			p, t := r.ix.proc, r.ix.target
+			args = append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
+				int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
+				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
+				r.it.payload, r.it.digest, r.prev, r.hash, s.collector)
+		}
+		if _, err := tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...); err != nil {
+			return fmt.Errorf("store %d events of host %q: %w", end-start, host, err)
+		}
+	}
+	return nil
+}
+
+// insertSQL is the INSERT statement for n rows.
+func insertSQL(backend Backend, n int) string {
+	var sb strings.Builder
+	sb.WriteString(`INSERT INTO events (host, seq, chain_pos, time_ns, receive_ns, kind, decision, rule,
+			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector) VALUES `)
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteByte('(')
+		for c := range insertColumns {
+			if c > 0 {
+				sb.WriteByte(',')
+			}
+			if backend == SQLite {
+				// Positional ? parameters: SQLite resolves $N names by a linear search per
+				// parameter, which made large multi-row inserts CPU-bound.
+				sb.WriteByte('?')
+			} else {
+				sb.WriteByte('$')
+				sb.WriteString(strconv.Itoa(i*insertColumns + c + 1))
+			}
+		}
+		sb.WriteByte(')')
+	}
+	return sb.String()
+}
+
+// advanceChain is step 5: record the declared gaps, move the acknowledged number over everything
+// now contiguous, and write the host's new chain head, counts and latest state.
+func (s *Store) advanceChain(ctx context.Context, tx *sql.Tx, host string, skipped []Range, st *hostState, upd hostUpdate, now int64) error {
+	for _, r := range skipped {
+		if r.Last <= st.acked {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO seq_gaps (host, first_seq, last_seq) VALUES ($1, $2, $3)
+			ON CONFLICT (host, first_seq) DO UPDATE SET last_seq = CASE WHEN excluded.last_seq > seq_gaps.last_seq THEN excluded.last_seq ELSE seq_gaps.last_seq END`,
+			host, int64(r.First), int64(r.Last)); err != nil {
+			return fmt.Errorf("record skipped range %d..%d: %w", r.First, r.Last, err)
+		}
+		st.maxSeq = max(st.maxSeq, r.Last)
+	}
+	acked, err := s.advance(ctx, tx, host, st.acked, st.maxSeq)
+	if err != nil {
+		return err
+	}
+	st.acked = acked
+	q := `UPDATE hosts SET acked_seq = $2, max_seq = $3, event_count = $4, chain_len = $5, chain_head = $6, last_seen_ns = $7, latest_seq = $8`
+	args := []any{host, int64(st.acked), int64(st.maxSeq), int64(st.count), int64(st.chainLen), st.head, now, int64(st.latestSeq)}
+	if upd.latest != nil {
+		q += `, agent_version = $9, boot_id = $10`
+		args = append(args, upd.latest.GetAgentVersion(), upd.latest.GetBootId())
+	}
+	if upd.health != nil {
+		hb, err := proto.Marshal(upd.health.GetAgentHealth())
+		if err != nil {
+			return fmt.Errorf("encode health: %w", err)
+		}
+		n := len(args)
+		q += fmt.Sprintf(`, last_health = $%d, last_health_seq = $%d, last_health_ns = $%d`, n+1, n+2, n+3)
+		args = append(args, hb, int64(st.healthSeq), indexOf(upd.health).timeNanos)
+	}
+	if _, err := tx.ExecContext(ctx, q+` WHERE host = $1`, args...); err != nil {
+		return fmt.Errorf("update host %q: %w", host, err)
+	}
+	if st.acked > 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM seq_gaps WHERE host = $1 AND last_seq <= $2`, host, int64(st.acked)); err != nil {
+			return fmt.Errorf("prune skipped ranges: %w", err)
+		}
+	}
+	return nil
 }
 
 // advance returns the highest n >= acked such that every seq in acked+1..n is stored or in a declared gap.

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -58,26 +59,36 @@ func (w *where) sql() string {
 	return strings.Join(w.conds, " AND ")
 }
 
-func filterWhere(f *pb.EventFilter) *where {
+func filterWhere(f *pb.EventFilter) *where { return filterWhereFor(f, Postgres) }
+
+// filterWhereFor builds the condition for backend. On SQLite, when the filter names a process, pid
+// or rule (narrow: few rows each), the broad columns (host, kind, decision) are written as +column
+// so that the planner uses the narrow column's index: it cannot tell that a rule matches nothing and
+// would otherwise walk every row of the host in time order.
+func filterWhereFor(f *pb.EventFilter, backend Backend) *where {
 	w := &where{}
 	if f == nil {
 		return w
+	}
+	broad := func(col string) string { return col }
+	if backend == SQLite && (f.GetProcess() != "" || f.GetPid() != 0 || f.GetRule() != "") {
+		broad = func(col string) string { return "+" + col }
 	}
 	hosts := make([]any, len(f.GetHosts()))
 	for i, h := range f.GetHosts() {
 		hosts[i] = h
 	}
-	w.in("host", hosts)
+	w.in(broad("host"), hosts)
 	kinds := make([]any, len(f.GetKinds()))
 	for i, k := range f.GetKinds() {
 		kinds[i] = int32(k)
 	}
-	w.in("kind", kinds)
+	w.in(broad("kind"), kinds)
 	decisions := make([]any, len(f.GetDecisions()))
 	for i, d := range f.GetDecisions() {
 		decisions[i] = int32(d)
 	}
-	w.in("decision", decisions)
+	w.in(broad("decision"), decisions)
 	if t := f.GetStartTime(); t != nil {
 		w.add("time_ns >= ?", t.AsTime().UnixNano())
 	}
@@ -132,7 +143,7 @@ func scanEvents(rows *sql.Rows) ([]*pb.StoredEvent, []Cursor, error) {
 // next is nil when there are no more events.
 func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *Cursor, newestFirst bool) ([]*pb.StoredEvent, *Cursor, error) {
 	defer s.since("list", time.Now())
-	w := filterWhere(f)
+	w := filterWhereFor(f, s.backend)
 	cmp, order := ">", "ASC"
 	if newestFirst {
 		cmp, order = "<", "DESC"
@@ -142,19 +153,70 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 	}
 	q := `SELECT ` + eventColumns + ` FROM events WHERE ` + w.sql() +
 		` ORDER BY time_ns ` + order + `, host ` + order + `, seq ` + order + ` LIMIT ` + strconv.Itoa(limit+1)
-	rows, err := s.db.QueryContext(ctx, q, w.args...)
+	qctx, cancel := context.WithTimeout(ctx, s.qtimeout)
+	defer cancel()
+	// A slot of the query budget, within the same deadline: a query answers or is refused within
+	// the timeout, queueing included.
+	if err := s.querySlot(ctx, qctx); err != nil {
+		return nil, nil, err
+	}
+	defer s.releaseSlot(time.Now())
+	rows, err := s.qdb.QueryContext(qctx, q, w.args...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("query events: %w", err)
+		return nil, nil, s.queryErr(ctx, qctx, err)
 	}
 	evs, curs, err := scanEvents(rows)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, s.queryErr(ctx, qctx, err)
 	}
 	if len(evs) <= limit {
 		return evs, nil, nil
 	}
 	next := curs[limit-1]
 	return evs[:limit], &next, nil
+}
+
+// querySlot takes a slot of the query budget before qctx ends.
+func (s *Store) querySlot(ctx, qctx context.Context) error {
+	select {
+	case s.qslots <- struct{}{}:
+		return nil
+	default:
+	}
+	select {
+	case s.qslots <- struct{}{}:
+		return nil
+	case <-qctx.Done():
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("%w: %d queries already running took the whole %s; retry in a moment", ErrQueryBusy, cap(s.qslots), s.qtimeout)
+	}
+}
+
+// queryRest is how long a query slot rests after a query, as a multiple of the query's duration:
+// with 4, queries keep a query connection busy at most a fifth of the time, so that however many
+// run back to back, they take at most that share of the CPU from ingest.
+const queryRest = 4
+
+// releaseSlot frees the slot taken at start after its rest.
+func (s *Store) releaseSlot(start time.Time) {
+	rest := queryRest * time.Since(start)
+	if rest <= 0 {
+		<-s.qslots
+		return
+	}
+	time.AfterFunc(rest, func() { <-s.qslots })
+}
+
+// queryErr turns a query stopped by the query timeout (not by the caller) into ErrTooBroad.
+func (s *Store) queryErr(ctx, qctx context.Context, err error) error {
+	var pgErr interface{ SQLState() string }
+	timedOut := ctx.Err() == nil && (qctx.Err() != nil || errors.As(err, &pgErr) && pgErr.SQLState() == "57014")
+	if timedOut {
+		return fmt.Errorf("%w: stopped after %s; narrow it with a host, a shorter time range, a kind or a decision", ErrTooBroad, s.qtimeout)
+	}
+	return fmt.Errorf("query events: %w", err)
 }
 
 // ChainHeads returns every host's current chain length.

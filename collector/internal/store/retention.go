@@ -8,7 +8,8 @@ import (
 
 // DeleteBefore removes, for each host, the oldest events received before cutoff. Only a prefix of each
 // host's chain is removed, and the host's chain base moves to the last removed event, so the remaining
-// chain still verifies. It returns how many events were removed.
+// chain still verifies. With Options.Witness set, each cut is first recorded there as a tombstone.
+// It returns how many events were removed.
 func (s *Store) DeleteBefore(ctx context.Context, cutoff time.Time) (int64, error) {
 	heads, err := s.ChainHeads(ctx)
 	if err != nil {
@@ -59,6 +60,14 @@ func (s *Store) trimHost(ctx context.Context, host string, cutoff time.Time) (in
 	if _, err := tx.ExecContext(ctx, `UPDATE hosts SET chain_base_pos = $2, chain_base_hash = $3, event_count = $4 WHERE host = $1`,
 		host, upto, baseHash, max(count-n, 0)); err != nil {
 		return 0, fmt.Errorf("move chain base of %q: %w", host, err)
+	}
+	if s.witness != "" {
+		// Before the commit: a tombstone for a cut that then fails is harmless, a cut without one
+		// would look like tampering.
+		tomb := WitnessRecord{Kind: WitnessTombstone, Time: time.Now().UTC(), Host: host, BasePos: uint64(upto), BaseHash: baseHash}
+		if err := AppendWitness(s.witness, []WitnessRecord{tomb}); err != nil {
+			return 0, fmt.Errorf("retention for %q: record its tombstone (nothing was deleted): %w", host, err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("commit retention for %q: %w", host, err)

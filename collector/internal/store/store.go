@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +40,16 @@ var (
 	ErrConflict = errors.New("sequence number already stored with different content")
 	// ErrInvalid: the input cannot be stored as given.
 	ErrInvalid = errors.New("invalid input")
+	// ErrTooBroad: a query ran longer than Options.QueryTimeout and was stopped.
+	ErrTooBroad = errors.New("query too broad")
+	// ErrQueryBusy: the query budget stayed in use by other queries for the whole query timeout.
+	ErrQueryBusy = errors.New("query budget busy")
+)
+
+// Query isolation defaults.
+const (
+	DefaultQueryConns   = 1 // SQLite; PostgreSQL gets 2 (its server has more room)
+	DefaultQueryTimeout = 2 * time.Second
 )
 
 // Options configure Open.
@@ -53,6 +64,15 @@ type Options struct {
 	ChainKey []byte
 	// MaxAhead bounds seq - acked_seq for accepted events (0 = DefaultMaxAhead).
 	MaxAhead uint64
+	// QueryConns is the connection budget of event queries (List), kept apart from ingest's
+	// connections so that queries cannot take them all (0 = DefaultQueryConns).
+	QueryConns int
+	// QueryTimeout stops an event query that runs longer (0 = DefaultQueryTimeout); the caller gets
+	// ErrTooBroad.
+	QueryTimeout time.Duration
+	// Witness, when set, is a witness file (see witness.go): retention appends a tombstone to it
+	// before it moves a host's chain base, and refuses to cut if it cannot.
+	Witness string
 	// Logger receives operational messages (nil = discard).
 	Logger *slog.Logger
 	// MustExist opens an existing database only: for SQLite, a missing file (or folder) is an error
@@ -71,6 +91,10 @@ type Store struct {
 	hasher    chain.Hasher
 	collector string
 	maxAhead  uint64
+	witness   string
+	qdb       *sql.DB // event queries: own connections, statement timeout
+	qtimeout  time.Duration
+	qslots    chan struct{} // one per query connection
 	log       *slog.Logger
 	timed     func(op string, d time.Duration)
 }
@@ -150,6 +174,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		hasher:    chain.NewHasher(opts.ChainKey),
 		collector: opts.Collector,
 		maxAhead:  opts.MaxAhead,
+		witness:   opts.Witness,
 		log:       log,
 		timed:     opts.Timed,
 	}
@@ -163,7 +188,69 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.openQueryPool(driver, dsn, opts); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.Optimize(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
+}
+
+// Optimize refreshes the planner's statistics so that a filter picks its most selective index (a
+// host filter alone would otherwise be read row by row for a rule that matches nothing). SQLite
+// samples (analysis_limit) so it stays fast on large tables; PostgreSQL's autovacuum analyzes by
+// itself. Run it at start and periodically (the server does so hourly).
+func (s *Store) Optimize(ctx context.Context) error {
+	if s.backend != SQLite {
+		return nil
+	}
+	if _, err := s.db.ExecContext(ctx, `PRAGMA analysis_limit = 1000`); err != nil {
+		return fmt.Errorf("optimize database: %w", err)
+	}
+	if _, err := s.db.ExecContext(ctx, `ANALYZE`); err != nil {
+		return fmt.Errorf("optimize database (ANALYZE): %w", err)
+	}
+	return nil
+}
+
+// openQueryPool opens the separate connections of event queries: at most QueryConns of them,
+// read-only on SQLite, with a server-side statement timeout on PostgreSQL (SQLite queries are
+// interrupted when their context ends).
+func (s *Store) openQueryPool(driver, dsn string, opts Options) error {
+	s.qtimeout = opts.QueryTimeout
+	if s.qtimeout <= 0 {
+		s.qtimeout = DefaultQueryTimeout
+	}
+	n := opts.QueryConns
+	if n <= 0 {
+		n = DefaultQueryConns
+		if s.backend == Postgres {
+			n = 2 * DefaultQueryConns
+		}
+	}
+	s.qslots = make(chan struct{}, n)
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	if s.backend == SQLite {
+		dsn += sep + "_pragma=query_only(1)"
+	} else {
+		// pgx passes unknown URL parameters to the server as run-time settings.
+		dsn += sep + "statement_timeout=" + strconv.FormatInt(s.qtimeout.Milliseconds()+500, 10)
+	}
+	qdb, err := sql.Open(driver, dsn)
+	if err != nil {
+		return fmt.Errorf("open %s database for queries: %w", s.backend, err)
+	}
+	qdb.SetMaxOpenConns(n)
+	qdb.SetMaxIdleConns(n)
+	qdb.SetConnMaxIdleTime(5 * time.Minute)
+	s.qdb = qdb
+	return nil
 }
 
 // Backend returns the storage engine in use.
@@ -173,7 +260,12 @@ func (s *Store) Backend() Backend { return s.backend }
 func (s *Store) DB() *sql.DB { return s.db }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	if s.qdb != nil {
+		s.qdb.Close()
+	}
+	return s.db.Close()
+}
 
 // forUpdate is the row-locking suffix for SELECTs inside a write transaction.
 func (s *Store) forUpdate() string {

@@ -783,8 +783,13 @@ const (
 	LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER LossSource = 1
 	// The agent's in-memory queue was full.
 	LossSource_LOSS_SOURCE_AGENT_QUEUE LossSource = 2
-	// The on-disk spool was full and evicted events before delivery.
+	// The on-disk spool was full and evicted events before delivery, or its disk refused writes
+	// (full filesystem, I/O error).
 	LossSource_LOSS_SOURCE_SPOOL_EVICTION LossSource = 3
+	// The collector acknowledged less than it had before (database restored from a backup, replaced
+	// by an empty or another collector's database); the agent resent what its spool still held and
+	// reports the rest (LossReport.evicted lists the exact ranges).
+	LossSource_LOSS_SOURCE_COLLECTOR_REGRESSION LossSource = 4
 )
 
 // Enum value maps for LossSource.
@@ -794,12 +799,14 @@ var (
 		1: "LOSS_SOURCE_KERNEL_RING_BUFFER",
 		2: "LOSS_SOURCE_AGENT_QUEUE",
 		3: "LOSS_SOURCE_SPOOL_EVICTION",
+		4: "LOSS_SOURCE_COLLECTOR_REGRESSION",
 	}
 	LossSource_value = map[string]int32{
-		"LOSS_SOURCE_UNSPECIFIED":        0,
-		"LOSS_SOURCE_KERNEL_RING_BUFFER": 1,
-		"LOSS_SOURCE_AGENT_QUEUE":        2,
-		"LOSS_SOURCE_SPOOL_EVICTION":     3,
+		"LOSS_SOURCE_UNSPECIFIED":          0,
+		"LOSS_SOURCE_KERNEL_RING_BUFFER":   1,
+		"LOSS_SOURCE_AGENT_QUEUE":          2,
+		"LOSS_SOURCE_SPOOL_EVICTION":       3,
+		"LOSS_SOURCE_COLLECTOR_REGRESSION": 4,
 	}
 )
 
@@ -2271,7 +2278,13 @@ type LossReport struct {
 	// End of that window.
 	WindowEndTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=window_end_time,json=windowEndTime,proto3" json:"window_end_time,omitempty"`
 	// For LOSS_SOURCE_SPOOL_EVICTION: the sequence numbers evicted (declared in PushRequest.skipped too).
-	Evicted       []*SequenceRange `protobuf:"bytes,6,rep,name=evicted,proto3" json:"evicted,omitempty"`
+	// For LOSS_SOURCE_COLLECTOR_REGRESSION: the sequence numbers the collector had acknowledged, lost
+	// and the agent could not resend (declared in PushRequest.skipped too).
+	Evicted []*SequenceRange `protobuf:"bytes,6,rep,name=evicted,proto3" json:"evicted,omitempty"`
+	// For LOSS_SOURCE_COLLECTOR_REGRESSION: what the collector acknowledged at the handshake.
+	CollectorAckedSeq uint64 `protobuf:"varint,7,opt,name=collector_acked_seq,json=collectorAckedSeq,proto3" json:"collector_acked_seq,omitempty"`
+	// For LOSS_SOURCE_COLLECTOR_REGRESSION: what the agent had seen acknowledged before.
+	AgentAckedSeq uint64 `protobuf:"varint,8,opt,name=agent_acked_seq,json=agentAckedSeq,proto3" json:"agent_acked_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2346,6 +2359,20 @@ func (x *LossReport) GetEvicted() []*SequenceRange {
 		return x.Evicted
 	}
 	return nil
+}
+
+func (x *LossReport) GetCollectorAckedSeq() uint64 {
+	if x != nil {
+		return x.CollectorAckedSeq
+	}
+	return 0
+}
+
+func (x *LossReport) GetAgentAckedSeq() uint64 {
+	if x != nil {
+		return x.AgentAckedSeq
+	}
+	return 0
 }
 
 // SequenceRange is an inclusive range of per-host sequence numbers.
@@ -2964,7 +2991,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"resumeTime\"M\n" +
 	"\tKindCount\x12*\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x16.keyguard.v1.EventKindR\x04kind\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\x04R\x05count\"\xc8\x02\n" +
+	"\x05count\x18\x02 \x01(\x04R\x05count\"\xa0\x03\n" +
 	"\n" +
 	"LossReport\x12/\n" +
 	"\x06source\x18\x01 \x01(\x0e2\x17.keyguard.v1.LossSourceR\x06source\x12\x14\n" +
@@ -2972,7 +2999,9 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\bper_kind\x18\x03 \x03(\v2\x16.keyguard.v1.KindCountR\aperKind\x12F\n" +
 	"\x11window_start_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x0fwindowStartTime\x12B\n" +
 	"\x0fwindow_end_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\rwindowEndTime\x124\n" +
-	"\aevicted\x18\x06 \x03(\v2\x1a.keyguard.v1.SequenceRangeR\aevicted\"9\n" +
+	"\aevicted\x18\x06 \x03(\v2\x1a.keyguard.v1.SequenceRangeR\aevicted\x12.\n" +
+	"\x13collector_acked_seq\x18\a \x01(\x04R\x11collectorAckedSeq\x12&\n" +
+	"\x0fagent_acked_seq\x18\b \x01(\x04R\ragentAckedSeq\"9\n" +
 	"\rSequenceRange\x12\x14\n" +
 	"\x05first\x18\x01 \x01(\x04R\x05first\x12\x12\n" +
 	"\x04last\x18\x02 \x01(\x04R\x04last\"\xda\x01\n" +
@@ -3101,13 +3130,14 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\fSEVERITY_LOW\x10\x02\x12\x13\n" +
 	"\x0fSEVERITY_MEDIUM\x10\x03\x12\x11\n" +
 	"\rSEVERITY_HIGH\x10\x04\x12\x15\n" +
-	"\x11SEVERITY_CRITICAL\x10\x05*\x8a\x01\n" +
+	"\x11SEVERITY_CRITICAL\x10\x05*\xb0\x01\n" +
 	"\n" +
 	"LossSource\x12\x1b\n" +
 	"\x17LOSS_SOURCE_UNSPECIFIED\x10\x00\x12\"\n" +
 	"\x1eLOSS_SOURCE_KERNEL_RING_BUFFER\x10\x01\x12\x1b\n" +
 	"\x17LOSS_SOURCE_AGENT_QUEUE\x10\x02\x12\x1e\n" +
-	"\x1aLOSS_SOURCE_SPOOL_EVICTION\x10\x03B;Z9github.com/keyguard/keyguard/proto/keyguard/v1;keyguardv1b\x06proto3"
+	"\x1aLOSS_SOURCE_SPOOL_EVICTION\x10\x03\x12$\n" +
+	" LOSS_SOURCE_COLLECTOR_REGRESSION\x10\x04B;Z9github.com/keyguard/keyguard/proto/keyguard/v1;keyguardv1b\x06proto3"
 
 var (
 	file_keyguard_v1_event_proto_rawDescOnce sync.Once
