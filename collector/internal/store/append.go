@@ -34,7 +34,7 @@ type hostState struct {
 	head                                                 []byte
 }
 
-const insertColumns = 19
+const insertColumns = 20
 
 // Append stores a batch of one host's events exactly once and advances the host's chain, in one
 // transaction that is committed (durably) before it returns. Every event's Host must equal host.
@@ -216,7 +216,7 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 		end := min(start+chunk, len(toInsert))
 		var sb strings.Builder
 		sb.WriteString(`INSERT INTO events (host, seq, chain_pos, time_ns, receive_ns, kind, decision, rule,
-			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector) VALUES `)
+			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector, severity) VALUES `)
 		args := make([]any, 0, (end-start)*insertColumns)
 		for i, r := range toInsert[start:end] {
 			if i > 0 {
@@ -241,7 +241,7 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 			args = append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
 				int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
 				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
-				r.it.payload, r.it.digest, r.prev, r.hash, s.collector)
+				r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
 		}
 		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
 			return res, fmt.Errorf("store %d events of host %q: %w", end-start, host, err)

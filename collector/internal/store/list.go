@@ -93,6 +93,9 @@ func filterWhere(f *pb.EventFilter) *where {
 	if r := f.GetRule(); r != "" {
 		w.add("rule = ?", r)
 	}
+	if sv := f.GetMinSeverity(); sv != pb.Severity_SEVERITY_UNSPECIFIED {
+		w.add("severity >= ?", int32(sv))
+	}
 	return w
 }
 

@@ -174,6 +174,19 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		// Severity (proto/keyguard/v1/severity.go SeverityOf) as an indexed column; rows stored before
+		// this migration are filled in by backfillSeverity.
+		version: 3,
+		sqlite: []string{
+			`ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 0`,
+			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
+		},
+		postgres: []string{
+			`ALTER TABLE events ADD COLUMN severity SMALLINT NOT NULL DEFAULT 0`,
+			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
+		},
+	},
 }
 
 // migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.

@@ -155,6 +155,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.backfillSeverity(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
