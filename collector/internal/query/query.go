@@ -116,6 +116,9 @@ func ValidateFilter(f *pb.EventFilter) error {
 			return status.Errorf(codes.InvalidArgument, "unknown decision %d", int32(d))
 		}
 	}
+	if _, ok := pb.Severity_name[int32(f.GetMinSeverity())]; !ok {
+		return status.Errorf(codes.InvalidArgument, "unknown severity %d", int32(f.GetMinSeverity()))
+	}
 	if err := checkString("process", f.GetProcess(), maxStringBytes); err != nil {
 		return err
 	}
