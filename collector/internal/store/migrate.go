@@ -187,6 +187,92 @@ var migrations = []migration{
 			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
 		},
 	},
+	{
+		// Alerts (package alert): a per-host cursor over the chain (events already evaluated; hosts known
+		// now start at their current chain, so enabling alerts does not replay history), the outbox
+		// delivered at least once, and the hosts already reported silent.
+		version: 4,
+		sqlite: []string{
+			`CREATE TABLE alert_cursor (
+				host TEXT PRIMARY KEY,
+				chain_pos INTEGER NOT NULL
+			)`,
+			`INSERT INTO alert_cursor (host, chain_pos) SELECT host, chain_len FROM hosts`,
+			`CREATE TABLE alert_outbox (
+				id INTEGER PRIMARY KEY AUTOINCREMENT,
+				alert_rule TEXT NOT NULL,
+				output TEXT NOT NULL,
+				group_key TEXT NOT NULL,
+				severity INTEGER NOT NULL,
+				host TEXT NOT NULL,
+				kind TEXT NOT NULL,
+				summary TEXT NOT NULL,
+				event_count INTEGER NOT NULL,
+				first_ns INTEGER NOT NULL,
+				last_ns INTEGER NOT NULL,
+				first_seq INTEGER NOT NULL,
+				last_seq INTEGER NOT NULL,
+				event BLOB,
+				created_ns INTEGER NOT NULL,
+				not_before_ns INTEGER NOT NULL,
+				next_ns INTEGER NOT NULL DEFAULT 0,
+				attempts INTEGER NOT NULL DEFAULT 0,
+				lease_owner TEXT NOT NULL DEFAULT '',
+				lease_until_ns INTEGER NOT NULL DEFAULT 0,
+				delivered_ns INTEGER NOT NULL DEFAULT 0,
+				last_error TEXT NOT NULL DEFAULT '',
+				suppressed INTEGER NOT NULL DEFAULT 0,
+				collector TEXT NOT NULL
+			)`,
+			`CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_ns, next_ns, id)`,
+			`CREATE INDEX alert_outbox_group ON alert_outbox (alert_rule, output, group_key, delivered_ns)`,
+			`CREATE INDEX alert_outbox_rate ON alert_outbox (alert_rule, output, created_ns)`,
+			`CREATE TABLE alert_silent (
+				host TEXT PRIMARY KEY,
+				last_seen_ns INTEGER NOT NULL
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE alert_cursor (
+				host TEXT PRIMARY KEY,
+				chain_pos BIGINT NOT NULL
+			)`,
+			`INSERT INTO alert_cursor (host, chain_pos) SELECT host, chain_len FROM hosts`,
+			`CREATE TABLE alert_outbox (
+				id BIGSERIAL PRIMARY KEY,
+				alert_rule TEXT NOT NULL,
+				output TEXT NOT NULL,
+				group_key TEXT NOT NULL,
+				severity BIGINT NOT NULL,
+				host TEXT NOT NULL,
+				kind TEXT NOT NULL,
+				summary TEXT NOT NULL,
+				event_count BIGINT NOT NULL,
+				first_ns BIGINT NOT NULL,
+				last_ns BIGINT NOT NULL,
+				first_seq BIGINT NOT NULL,
+				last_seq BIGINT NOT NULL,
+				event BYTEA,
+				created_ns BIGINT NOT NULL,
+				not_before_ns BIGINT NOT NULL,
+				next_ns BIGINT NOT NULL DEFAULT 0,
+				attempts BIGINT NOT NULL DEFAULT 0,
+				lease_owner TEXT NOT NULL DEFAULT '',
+				lease_until_ns BIGINT NOT NULL DEFAULT 0,
+				delivered_ns BIGINT NOT NULL DEFAULT 0,
+				last_error TEXT NOT NULL DEFAULT '',
+				suppressed BIGINT NOT NULL DEFAULT 0,
+				collector TEXT NOT NULL
+			)`,
+			`CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_ns, next_ns, id)`,
+			`CREATE INDEX alert_outbox_group ON alert_outbox (alert_rule, output, group_key, delivered_ns)`,
+			`CREATE INDEX alert_outbox_rate ON alert_outbox (alert_rule, output, created_ns)`,
+			`CREATE TABLE alert_silent (
+				host TEXT PRIMARY KEY,
+				last_seen_ns BIGINT NOT NULL
+			)`,
+		},
+	},
 }
 
 // migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.
