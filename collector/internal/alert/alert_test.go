@@ -547,4 +547,3 @@ func TestVerifyRefusesForgedAndStale(t *testing.T) {
 		t.Error("a replay an hour later was accepted")
 	}
 }
-
