@@ -23,6 +23,8 @@ type Observer interface {
 	AlertFailed(output string)
 	// AlertSuppressed: an event matched a rule over its rate limit.
 	AlertSuppressed(rule string)
+	// AlertsPending: alerts not yet delivered, and the age of the oldest, after each round.
+	AlertsPending(n int, oldest time.Duration)
 }
 
 type noObserver struct{}
@@ -31,6 +33,7 @@ func (noObserver) EventEvaluated(string, string) {}
 func (noObserver) AlertSent(string)              {}
 func (noObserver) AlertFailed(string)            {}
 func (noObserver) AlertSuppressed(string)        {}
+func (noObserver) AlertsPending(int, time.Duration) {}
 
 // Options configure New.
 type Options struct {
@@ -99,6 +102,9 @@ func (e *Engine) Run(ctx context.Context) error {
 	for {
 		if _, err := e.Step(ctx); err != nil && ctx.Err() == nil {
 			e.log.Warn("alerting step failed; retrying at the next poll", "err", err)
+		}
+		if n, age, err := e.Pending(ctx); err == nil {
+			e.obs.AlertsPending(n, age)
 		}
 		select {
 		case <-ctx.Done():

@@ -162,6 +162,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// Collector returns the name of this collector instance (stored in rows it writes).
+func (s *Store) Collector() string { return s.collector }
+
 // Backend returns the storage engine in use.
 func (s *Store) Backend() Backend { return s.backend }
 
