@@ -29,10 +29,10 @@ type Observer interface {
 
 type noObserver struct{}
 
-func (noObserver) EventEvaluated(string, string) {}
-func (noObserver) AlertSent(string)              {}
-func (noObserver) AlertFailed(string)            {}
-func (noObserver) AlertSuppressed(string)        {}
+func (noObserver) EventEvaluated(string, string)    {}
+func (noObserver) AlertSent(string)                 {}
+func (noObserver) AlertFailed(string)               {}
+func (noObserver) AlertSuppressed(string)           {}
 func (noObserver) AlertsPending(int, time.Duration) {}
 
 // Options configure New.
