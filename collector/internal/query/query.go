@@ -240,6 +240,9 @@ func (s *Server) VerifyChain(ctx context.Context, req *pb.VerifyChainRequest) (*
 	if err != nil {
 		return nil, storageErr(ctx, s.log, "verify chains", err)
 	}
+	if err := s.store.RecordVerdicts(ctx, reps, time.Now()); err != nil {
+		s.log.Warn("could not record chain verdicts for the fleet page", "err", err)
+	}
 	for _, r := range reps {
 		s.opts.Metrics.ChainVerified(r.GetHost(), r.GetOk())
 		if !r.GetOk() {

@@ -190,7 +190,8 @@ var migrations = []migration{
 	{
 		// Alerts (package alert): a per-host cursor over the chain (events already evaluated; hosts known
 		// now start at their current chain, so enabling alerts does not replay history), the outbox
-		// delivered at least once, and the hosts already reported silent.
+		// delivered at least once, the hosts already reported silent, and each host's last chain verdict
+		// (the console's fleet page shows "tampered").
 		version: 4,
 		sqlite: []string{
 			`CREATE TABLE alert_cursor (
@@ -231,6 +232,12 @@ var migrations = []migration{
 				host TEXT PRIMARY KEY,
 				last_seen_ns INTEGER NOT NULL
 			)`,
+			`CREATE TABLE chain_verdicts (
+				host TEXT PRIMARY KEY,
+				verified_ns INTEGER NOT NULL,
+				ok INTEGER NOT NULL,
+				problems INTEGER NOT NULL
+			)`,
 		},
 		postgres: []string{
 			`CREATE TABLE alert_cursor (
@@ -270,6 +277,12 @@ var migrations = []migration{
 			`CREATE TABLE alert_silent (
 				host TEXT PRIMARY KEY,
 				last_seen_ns BIGINT NOT NULL
+			)`,
+			`CREATE TABLE chain_verdicts (
+				host TEXT PRIMARY KEY,
+				verified_ns BIGINT NOT NULL,
+				ok BIGINT NOT NULL,
+				problems BIGINT NOT NULL
 			)`,
 		},
 	},
