@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
@@ -59,8 +60,11 @@ type Agent struct {
 	log   *slog.Logger
 	guard *loader.Guard
 	pol   *policy.Policy
-	out   *events.JSONLines
-	exp   *export.Pipeline
+	// ruleSev: policy rules' own severities (policy.Rule.Severity); emit stamps every event. Atomic, not
+	// under mu: emit may be called with mu held.
+	ruleSev atomic.Pointer[map[string]keyguardv1.Severity]
+	out     *events.JSONLines
+	exp     *export.Pipeline
 
 	mu     sync.Mutex
 	rs     loader.RuleSet
@@ -286,6 +290,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 // The event is stamped with the agent's version first; nothing changes it afterwards.
 func (a *Agent) emit(ev *keyguardv1.Event) {
 	ev.AgentVersion = a.cfg.Version
+	var ruleSev keyguardv1.Severity
+	if m := a.ruleSev.Load(); m != nil {
+		ruleSev = (*m)[keyguardv1.RuleOf(ev)]
+	}
+	keyguardv1.ApplyRuleSeverity(ev, ruleSev)
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
 	}
@@ -326,6 +335,13 @@ func (a *Agent) applyPolicy(res *policy.Resolved) error {
 	}
 	a.mu.Lock()
 	a.rs, a.res, a.names = rs, res, names
+	sev := map[string]keyguardv1.Severity{}
+	for _, r := range res.Policy.Rules {
+		if r.Severity != keyguardv1.Severity_SEVERITY_UNSPECIFIED {
+			sev[r.Name] = r.Severity
+		}
+	}
+	a.ruleSev.Store(&sev)
 	a.mu.Unlock()
 	return nil
 }

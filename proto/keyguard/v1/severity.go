@@ -173,3 +173,36 @@ func ParseSeverity(s string) (Severity, bool) {
 	}
 	return Severity(v), true
 }
+
+// RuleOf returns the name of the policy rule an event concerns ("" when none).
+func RuleOf(ev *Event) string {
+	switch k := ev.GetKind().(type) {
+	case *Event_MemoryAccess:
+		return k.MemoryAccess.GetRule()
+	case *Event_KeyFileAccess:
+		return k.KeyFileAccess.GetRule()
+	case *Event_SideDoor:
+		return k.SideDoor.GetRule()
+	case *Event_CoreDump:
+		return k.CoreDump.GetRule()
+	case *Event_ProtectionChange:
+		return k.ProtectionChange.GetRule()
+	case *Event_BreakGlass:
+		return k.BreakGlass.GetRule()
+	}
+	return ""
+}
+
+// ApplyRuleSeverity stamps Event.severity: DefaultSeverity, replaced by the rule's own severity (when
+// not unspecified) for events at warning level (SEVERITY_MEDIUM) or above by default. The agent calls
+// it on every event before recording it.
+func ApplyRuleSeverity(ev *Event, rule Severity) {
+	if ev.GetSeverity() != Severity_SEVERITY_UNSPECIFIED {
+		return
+	}
+	s := DefaultSeverity(ev)
+	if rule != Severity_SEVERITY_UNSPECIFIED && s >= Severity_SEVERITY_MEDIUM {
+		s = rule
+	}
+	ev.Severity = s
+}

@@ -61,3 +61,31 @@ func TestParseSeverity(t *testing.T) {
 		}
 	}
 }
+
+func TestApplyRuleSeverity(t *testing.T) {
+	denied := func() *Event {
+		return &Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{Rule: "ca", Decision: Decision_DECISION_DENIED,
+			Operation: AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH}}}
+	}
+	allowed := &Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{Rule: "ca", Decision: Decision_DECISION_ALLOWED_POLICY}}}
+	tests := []struct {
+		name string
+		ev   *Event
+		rule Severity
+		want Severity
+	}{
+		{"no rule severity: default", denied(), Severity_SEVERITY_UNSPECIFIED, Severity_SEVERITY_HIGH},
+		{"raised", denied(), Severity_SEVERITY_CRITICAL, Severity_SEVERITY_CRITICAL},
+		{"lowered", denied(), Severity_SEVERITY_LOW, Severity_SEVERITY_LOW},
+		{"info stays info", allowed, Severity_SEVERITY_CRITICAL, Severity_SEVERITY_INFO},
+	}
+	for _, tt := range tests {
+		ApplyRuleSeverity(tt.ev, tt.rule)
+		if tt.ev.GetSeverity() != tt.want {
+			t.Errorf("%s: severity %v, want %v", tt.name, tt.ev.GetSeverity(), tt.want)
+		}
+		if RuleOf(tt.ev) != "ca" {
+			t.Errorf("%s: RuleOf = %q", tt.name, RuleOf(tt.ev))
+		}
+	}
+}
