@@ -547,3 +547,48 @@ func TestVerifyRefusesForgedAndStale(t *testing.T) {
 		t.Error("a replay an hour later was accepted")
 	}
 }
+
+// TestChainFailureAlert: a failed chain verification (recorded by VerifyChain) raises one critical
+// chain_failed alert; a later successful verification raises none.
+func TestChainFailureAlert(t *testing.T) {
+	backends(t, func(t *testing.T, dsn string) {
+		s := openStore(t, dsn)
+		rcv := newReceiver(t)
+		cfg := Config{Outputs: []Output{{Name: "hook", Type: "webhook", URL: "http://" + rcv.addr + "/webhook", secret: secret}},
+			Rules: []Rule{{Name: "tamper", Kinds: []string{KindChainFailed}, Outputs: []string{"hook"}}}}
+		e := newEngine(t, s, cfg, "c1")
+		ctx := context.Background()
+		appendEvents(t, s, "web1", attack(1, "/usr/bin/gdb", pb.Decision_DECISION_DENIED), attack(2, "/usr/bin/gdb", pb.Decision_DECISION_DENIED))
+		reps, err := s.Verify(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordVerdicts(ctx, reps, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			e.Step(ctx)
+		}
+		if n := rcv.count("/webhook"); n != 0 {
+			t.Fatalf("%d alerts after a clean verification", n)
+		}
+		if _, err := s.DB().Exec(`UPDATE events SET payload = $1 WHERE host = 'web1' AND seq = 1`, []byte("forged")); err != nil {
+			t.Fatal(err)
+		}
+		if reps, err = s.Verify(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordVerdicts(ctx, reps, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		stepUntil(t, e, func() bool { return rcv.count("/webhook") == 1 })
+		for range 3 {
+			e.Step(ctx)
+		}
+		var a WebhookBody
+		json.Unmarshal(rcv.got["/webhook"][0], &a)
+		if n := rcv.count("/webhook"); n != 1 || a.Kind != KindChainFailed || a.Severity != "critical" || a.Host != "web1" {
+			t.Fatalf("%d alerts, first %+v; want one critical chain_failed for web1", n, a.Alert)
+		}
+	})
+}

@@ -22,8 +22,14 @@ import (
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
-// KindAgentSilent is the kind of the alert raised for a host not heard from for Config.SilentAfter.
-const KindAgentSilent = "agent_silent"
+// Kinds of alerts raised by the collector itself rather than by a stored event.
+const (
+	// KindAgentSilent: a host not heard from for Config.SilentAfter.
+	KindAgentSilent = "agent_silent"
+	// KindChainFailed: a verification of a host's hash chain found events modified, deleted or relinked
+	// (critical).
+	KindChainFailed = "chain_failed"
+)
 
 // Rule is one alert rule: which events raise alerts and where they go.
 type Rule struct {

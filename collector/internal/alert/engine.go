@@ -124,6 +124,9 @@ func (e *Engine) Step(ctx context.Context) (int, error) {
 	if err := e.checkSilent(ctx); err != nil {
 		errs = append(errs, err)
 	}
+	if err := e.checkTampered(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	n, err := e.deliver(ctx)
 	if err != nil {
 		errs = append(errs, err)
@@ -353,6 +356,59 @@ func (e *Engine) checkSilent(ctx context.Context) error {
 			}
 			for _, out := range r.Outputs {
 				if err := e.enqueue(ctx, tx, r, out, s.host, f, pb.Severity_SEVERITY_HIGH, ev, now.UnixNano()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return tx.Commit()
+}
+
+// checkTampered raises chain_failed (critical) once per failed chain verification recorded in
+// chain_verdicts (store.RecordVerdicts); the UPDATE that marks it alerted decides which collector raises it.
+func (e *Engine) checkTampered(ctx context.Context) error {
+	tx, err := e.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin chain-verdict check: %w", err)
+	}
+	defer tx.Rollback()
+	rows, err := tx.QueryContext(ctx, `SELECT host, verified_ns, problems FROM chain_verdicts WHERE ok = 0 AND alerted_ns < verified_ns`)
+	if err != nil {
+		return fmt.Errorf("read chain verdicts: %w", err)
+	}
+	type verdict struct {
+		host         string
+		ns, problems int64
+	}
+	var failed []verdict
+	for rows.Next() {
+		var v verdict
+		if err := rows.Scan(&v.host, &v.ns, &v.problems); err != nil {
+			rows.Close()
+			return fmt.Errorf("read chain verdict: %w", err)
+		}
+		failed = append(failed, v)
+	}
+	rows.Close()
+	now := e.now()
+	for _, v := range failed {
+		res, err := tx.ExecContext(ctx, `UPDATE chain_verdicts SET alerted_ns = $1 WHERE host = $2 AND alerted_ns < $1`, v.ns, v.host)
+		if err != nil {
+			return fmt.Errorf("mark chain verdict alerted: %w", err)
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			continue
+		}
+		at := time.Unix(0, v.ns).UTC()
+		f := facts{kind: KindChainFailed, decision: "failed", summary: fmt.Sprintf("hash chain verification at %s found %d problem(s): stored events were modified, deleted or relinked; run keyguard-collector verify and protect the database", at.Format(time.RFC3339), v.problems)}
+		ev := &pb.Event{Host: v.host, Time: timestampOf(at)}
+		for i := range e.cfg.Rules {
+			r := &e.cfg.Rules[i]
+			if !r.matches(pb.Severity_SEVERITY_CRITICAL, f.kind, v.host, "") {
+				continue
+			}
+			for _, out := range r.Outputs {
+				if err := e.enqueue(ctx, tx, r, out, v.host, f, pb.Severity_SEVERITY_CRITICAL, ev, now.UnixNano()); err != nil {
 					return err
 				}
 			}

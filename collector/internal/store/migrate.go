@@ -236,7 +236,8 @@ var migrations = []migration{
 				host TEXT PRIMARY KEY,
 				verified_ns INTEGER NOT NULL,
 				ok INTEGER NOT NULL,
-				problems INTEGER NOT NULL
+				problems INTEGER NOT NULL,
+				alerted_ns INTEGER NOT NULL DEFAULT 0
 			)`,
 		},
 		postgres: []string{
@@ -282,7 +283,8 @@ var migrations = []migration{
 				host TEXT PRIMARY KEY,
 				verified_ns BIGINT NOT NULL,
 				ok BIGINT NOT NULL,
-				problems BIGINT NOT NULL
+				problems BIGINT NOT NULL,
+				alerted_ns BIGINT NOT NULL DEFAULT 0
 			)`,
 		},
 	},
