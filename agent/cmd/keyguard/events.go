@@ -49,6 +49,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	process := fs.String("process", "", "only events whose accessor/target/process comm or executable path equals this")
 	pid := fs.Uint("pid", 0, "only events whose accessor/target/process has this PID")
 	rule := fs.String("rule", "", "only events of this rule")
+	minSev := fs.String("severity", "", "only events at or above this severity: info, low, medium (warning), high, critical")
 	limit := fs.Int("limit", 100, "at most this many events (0 = all)")
 	newest := fs.Bool("newest-first", false, "newest events first")
 	asJSON := fs.Bool("json", false, "print one JSON object per line (protojson of keyguard.v1.StoredEvent)")
@@ -57,6 +58,13 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return code
 	}
 	filter, err := eventFilter(hosts, kinds, decisions, *since, *until, *process, uint32(*pid), *rule)
+	if err == nil && *minSev != "" {
+		sv, ok := pb.ParseSeverity(*minSev)
+		if !ok {
+			err = fmt.Errorf("-severity: unknown value %q; valid: info, low, medium, high, critical", *minSev)
+		}
+		filter.MinSeverity = sv
+	}
 	if err != nil {
 		fmt.Fprintln(stderr, "events:", err)
 		return cmdline.ExitUsage
@@ -136,13 +144,13 @@ func (p *eventPrinter) print(e *pb.StoredEvent) {
 		return
 	}
 	if !p.header {
-		fmt.Fprintln(p.tw, "TIME\tHOST\tSEQ\tKIND\tDECISION\tPROCESS\tTARGET\tRULE\tDETAIL")
+		fmt.Fprintln(p.tw, "TIME\tHOST\tSEQ\tSEVERITY\tKIND\tDECISION\tPROCESS\tTARGET\tRULE\tDETAIL")
 		p.header = true
 	}
 	ev := e.GetEvent()
 	kind, decision, proc, target, rule, detail := describeEvent(ev)
-	fmt.Fprintf(p.tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.GetTime().AsTime().Local().Format("2006-01-02 15:04:05.000"),
-		ev.GetHost(), ev.GetSeq(), kind, decision, proc, target, rule, detail)
+	fmt.Fprintf(p.tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.GetTime().AsTime().Local().Format("2006-01-02 15:04:05.000"),
+		ev.GetHost(), ev.GetSeq(), pb.SeverityLabel(pb.SeverityOf(ev)), kind, decision, proc, target, rule, detail)
 }
 
 func (p *eventPrinter) flush() { p.tw.Flush() }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/posture"
@@ -45,6 +46,16 @@ func runStatus(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "  %-20s %d\n", n, s.Counters[n])
 	}
 	fmt.Fprintf(stdout, "events lost in the kernel: %d\n", s.KernelLost)
+	if e := s.Export; e != nil {
+		switch {
+		case e.Problem != "":
+			fmt.Fprintf(stdout, "export to %s: NOT DELIVERING since %s: %s\n  what to do: %s\n", e.Collector, e.Since.Format(time.RFC3339), e.Problem, e.Advice)
+		case e.Connected:
+			fmt.Fprintf(stdout, "export to %s: connected, last acknowledgement %s\n", e.Collector, e.LastAck.Format(time.RFC3339))
+		default:
+			fmt.Fprintf(stdout, "export to %s: connecting\n", e.Collector)
+		}
+	}
 	for _, g := range s.ActiveGrants {
 		fmt.Fprintf(stdout, "break-glass #%d: %s uid %d on rule %s until %s by %s: %s\n", g.ID, g.Executable, g.UID, g.Rule, g.Expires.Format("15:04:05"), g.Operator, g.Reason)
 	}

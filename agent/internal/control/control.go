@@ -77,6 +77,21 @@ type Status struct {
 	PolicyPath    string            `json:"policy_path"`
 	ProtectedNow  int               `json:"protected_processes"`
 	ProtectedPIDs []int             `json:"protected_pids"`
+	// Export is the delivery to the collector (nil when the agent exports nothing).
+	Export *Export `json:"export,omitempty"`
+}
+
+// Export is the state of event delivery to the collector.
+type Export struct {
+	Collector string    `json:"collector"`
+	Connected bool      `json:"connected"`
+	LastAck   time.Time `json:"last_ack"`
+	// Problem, Advice and Since are set while events cannot be delivered.
+	Problem string    `json:"problem,omitempty"`
+	Advice  string    `json:"advice,omitempty"`
+	Since   time.Time `json:"since"`
+	// Failures counts failed streams by reason since the agent started.
+	Failures map[string]uint64 `json:"failures,omitempty"`
 }
 
 // Grant is an active break-glass exception.

@@ -78,6 +78,13 @@ func (a *Agent) status() (*control.Status, error) {
 	s.ActiveGrants = a.op.Grants()
 	s.ProtectedPIDs, _ = a.protectedPIDs()
 	s.ProtectedNow = len(s.ProtectedPIDs)
+	if a.exp != nil {
+		st := a.exp.Stats()
+		s.Export = &control.Export{Collector: a.cfg.Export.Collector, Connected: st.Connected, LastAck: st.LastAck, Failures: st.Failures}
+		if pr := st.Problem; pr != nil {
+			s.Export.Problem, s.Export.Advice, s.Export.Since = pr.Reason+": "+pr.Error, pr.Advice, pr.Since
+		}
+	}
 	s.Posture, _ = a.posture()
 	return s, nil
 }

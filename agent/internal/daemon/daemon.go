@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
@@ -60,12 +61,15 @@ type Config struct {
 
 // Agent is a running agent.
 type Agent struct {
-	cfg     Config
-	log     *slog.Logger
-	proc    procfs.FS
-	probe   loader.ProbeResult
-	guard   *loader.Guard
-	pol     *policy.Policy
+	cfg   Config
+	log   *slog.Logger
+	proc  procfs.FS
+	probe loader.ProbeResult
+	guard *loader.Guard
+	pol   *policy.Policy
+	// ruleSev: policy rules' own severities (policy.Rule.Severity); emit stamps every event. Atomic, not
+	// under mu: emit may be called with mu held.
+	ruleSev atomic.Pointer[map[string]keyguardv1.Severity]
 	out     *events.JSONLines
 	exp     *export.Pipeline
 	op      *operator.Operator
@@ -349,6 +353,11 @@ func (a *Agent) reportStart() ([]posture.Finding, *keyguardv1.AgentHealth) {
 // The event is stamped with the agent's version first; nothing changes it afterwards.
 func (a *Agent) emit(ev *keyguardv1.Event) {
 	ev.AgentVersion = a.cfg.Version
+	var ruleSev keyguardv1.Severity
+	if m := a.ruleSev.Load(); m != nil {
+		ruleSev = (*m)[keyguardv1.RuleOf(ev)]
+	}
+	keyguardv1.ApplyRuleSeverity(ev, ruleSev)
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
 	}
@@ -389,6 +398,13 @@ func (a *Agent) applyPolicy(res *policy.Resolved) error {
 	}
 	a.mu.Lock()
 	a.rs, a.res, a.names = rs, res, names
+	sev := map[string]keyguardv1.Severity{}
+	for _, r := range res.Policy.Rules {
+		if r.Severity != keyguardv1.Severity_SEVERITY_UNSPECIFIED {
+			sev[r.Name] = r.Severity
+		}
+	}
+	a.ruleSev.Store(&sev)
 	a.mu.Unlock()
 	return nil
 }

@@ -22,7 +22,25 @@ import (
 // also returns how many processes are protected.
 func (a *Agent) posture() ([]posture.Finding, int) {
 	in := a.postureInput()
-	return a.postureChecker().Check(in), len(in.Processes)
+	fs := a.postureChecker().Check(in)
+	if f, ok := a.exportFinding(); ok {
+		fs = append(fs, f)
+	}
+	return fs, len(in.Processes)
+}
+
+// exportFinding is a high finding while events cannot be delivered to the collector, so the problem
+// shows in keyguard status and in health events (sent once delivery works again, dating the outage).
+func (a *Agent) exportFinding() (posture.Finding, bool) {
+	if a.exp == nil {
+		return posture.Finding{}, false
+	}
+	pr := a.exp.Stats().Problem
+	if pr == nil {
+		return posture.Finding{}, false
+	}
+	return posture.Finding{Name: "export", Value: "not delivering: " + pr.Reason, Severity: posture.High,
+		Remediation: pr.Advice + " (since " + pr.Since.UTC().Format(time.RFC3339) + ": " + pr.Error + ")"}, true
 }
 
 // eventProcesses bounds the per-process findings a health event carries (see posture.Summarize).

@@ -91,15 +91,18 @@ type Pipeline struct {
 	closed  atomic.Bool
 	done    chan struct{} // closed when Run returns
 
-	connected  atomic.Bool
-	lastAck    atomic.Int64 // unix nanos
-	ackedSeq   atomic.Uint64
-	sent       atomic.Uint64
-	resent     atomic.Uint64
-	maxSent    atomic.Uint64 // highest sequence number sent so far
-	reconnects atomic.Uint64
-	storeErrs  atomic.Uint64
-	lastErr    atomic.Pointer[string]
+	connected     atomic.Bool
+	lastAck       atomic.Int64 // unix nanos
+	ackedSeq      atomic.Uint64
+	sent          atomic.Uint64
+	resent        atomic.Uint64
+	maxSent       atomic.Uint64 // highest sequence number sent so far
+	reconnects    atomic.Uint64
+	storeErrs     atomic.Uint64
+	lastErr       atomic.Pointer[string]
+	problem       atomic.Pointer[Problem] // nil while delivery works
+	problemLogged atomic.Int64            // unix nanos of the last warning about it
+	failures      [6]atomic.Uint64        // by Reasons index
 
 	ackHook   func(uint64)
 	spoolHook func(seq uint64, eventTime time.Time)
@@ -202,6 +205,10 @@ type Stats struct {
 	KernelLost         uint64 // kernel ring-buffer loss reported by the caller, since start
 	SpoolErrors        uint64 // events that could not be written to the spool (disk errors)
 	LastError          string
+	// Problem is why events cannot be delivered now (nil while delivery works).
+	Problem *Problem
+	// Failures counts failed streams by reason (Reasons), since start.
+	Failures map[string]uint64
 }
 
 // Stats returns a snapshot of the pipeline's counters.
@@ -219,6 +226,14 @@ func (p *Pipeline) Stats() Stats {
 	}
 	if e := p.lastErr.Load(); e != nil {
 		st.LastError = *e
+	}
+	if pr := p.problem.Load(); pr != nil {
+		c := *pr
+		st.Problem = &c
+	}
+	st.Failures = make(map[string]uint64, len(Reasons))
+	for i, r := range Reasons {
+		st.Failures[r] = p.failures[i].Load()
 	}
 	return st
 }

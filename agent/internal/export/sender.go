@@ -107,7 +107,7 @@ func (p *Pipeline) sendLoop(ctx context.Context) {
 		delay := backoffDelay(p.cfg.BackoffMin, p.cfg.BackoffMax, failures)
 		failures++
 		p.reconnects.Add(1)
-		p.log.Warn("export: collector stream ended; reconnecting", "collector", p.cfg.Collector, "err", err, "retry_in", delay)
+		p.noteProblem(err, delay)
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
@@ -138,9 +138,10 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 	if p.cfg.Plaintext {
 		sctx = metadata.AppendToOutgoingContext(sctx, plaintextHostKey, p.cfg.PlaintextHost)
 	}
-	// WaitForReady: while the collector is unreachable the call waits for gRPC's own reconnection
-	// (same backoff settings) instead of failing in a loop.
-	st, err := client.Push(sctx, grpc.WaitForReady(true))
+	// No WaitForReady: while the connection is in transient failure the call fails at once with the
+	// connection's error, so noteProblem can say what is wrong (address, TLS, certificate) instead of
+	// the agent waiting silently; sendLoop's backoff paces the retries.
+	st, err := client.Push(sctx)
 	if err != nil {
 		return fmt.Errorf("open ingest stream: %w", err)
 	}
@@ -153,6 +154,7 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 		return err
 	}
 	p.connected.Store(true)
+	p.clearProblem()
 	p.log.Info("export: connected to collector", "collector", p.cfg.Collector, "host", first.GetHost(),
 		"collector_acked_seq", first.GetAckedSeq(), "resend_from", start)
 	r.Seek(start)
@@ -329,4 +331,43 @@ func (p *Pipeline) regress(collectorAcked, agentAcked uint64) error {
 	}
 	p.ackedSeq.Store(collectorAcked)
 	return nil
+}
+
+// problemLogEvery is how often an unchanged delivery problem is logged again.
+const problemLogEvery = 5 * time.Minute
+
+// noteProblem records why delivery failed, counts it by reason and logs a warning saying what to do:
+// when the reason changes, and then every problemLogEvery while it lasts.
+func (p *Pipeline) noteProblem(err error, retryIn time.Duration) {
+	reason, advice := Diagnose(err, p.cfg.Collector)
+	p.countFailure(reason)
+	now := time.Now()
+	prev := p.problem.Load()
+	pr := &Problem{Reason: reason, Advice: advice, Error: err.Error(), Since: now}
+	if prev != nil && prev.Reason == reason {
+		pr.Since = prev.Since
+	}
+	p.problem.Store(pr)
+	if prev == nil || prev.Reason != reason || now.Sub(time.Unix(0, p.problemLogged.Load())) >= problemLogEvery {
+		p.problemLogged.Store(now.UnixNano())
+		p.log.Warn("export: cannot deliver events to the collector; "+advice, "collector", p.cfg.Collector, "reason", reason,
+			"err", err, "failing_since", pr.Since, "retry_in", retryIn)
+	}
+}
+
+// clearProblem forgets the delivery problem once a stream is established.
+func (p *Pipeline) clearProblem() {
+	if prev := p.problem.Swap(nil); prev != nil {
+		p.log.Info("export: delivery to the collector restored", "collector", p.cfg.Collector, "was", prev.Reason,
+			"failed_for", time.Since(prev.Since).Round(time.Second))
+	}
+}
+
+func (p *Pipeline) countFailure(reason string) {
+	for i, r := range Reasons {
+		if r == reason {
+			p.failures[i].Add(1)
+			return
+		}
+	}
 }

@@ -3,6 +3,8 @@ package metrics
 import (
 	"time"
 
+	"github.com/keyguard/keyguard/agent/internal/export"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -47,6 +49,10 @@ var (
 		"Events sent again after a reconnect since the agent started.", nil, nil)
 	descReconnects = prometheus.NewDesc("keyguard_agent_export_reconnects_total",
 		"Collector streams that ended and were reopened since the agent started.", nil, nil)
+	descExportFailures = prometheus.NewDesc("keyguard_agent_export_failures_total",
+		"Failed collector streams since the agent started, by reason (unreachable, tls_untrusted, cert_expired, cert_refused, refused, other).", []string{"reason"}, nil)
+	descExportProblem = prometheus.NewDesc("keyguard_agent_export_problem",
+		"1 while events cannot be delivered (reason label says why; keyguard status says what to do), else absent.", []string{"reason"}, nil)
 )
 
 // scrape reads Sources when Prometheus scrapes.
@@ -55,7 +61,7 @@ type scrape struct{ src Sources }
 func (s *scrape) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descKernelCounter, descKernelLost, descScrapeErrors, descProtected,
 		descSpoolEvents, descSpoolBytes, descSpoolMaxBytes, descSpoolOldest, descSpoolLost, descQueueEvents,
-		descQueueLost, descConnected, descAcked, descLastAck, descSent, descResent, descReconnects} {
+		descQueueLost, descConnected, descAcked, descLastAck, descSent, descResent, descReconnects, descExportFailures, descExportProblem} {
 		ch <- d
 	}
 }
@@ -128,5 +134,11 @@ func (s *scrape) Collect(ch chan<- prometheus.Metric) {
 		counter(descSent, st.Sent)
 		counter(descResent, st.Resent)
 		counter(descReconnects, st.Reconnects)
+		for _, r := range export.Reasons {
+			counter(descExportFailures, st.Failures[r], r)
+		}
+		if st.Problem != nil {
+			gauge(descExportProblem, 1, st.Problem.Reason)
+		}
 	}
 }

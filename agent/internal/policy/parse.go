@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 	"io"
 	"path"
 	"regexp"
@@ -224,7 +225,7 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 	rn = deref(rn)
 	ps.mark(rn, key)
 	r := Rule{index: i, Mode: Enforce, Dumps: DumpBlock}
-	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "match", "allow", "public_keys")
+	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "severity", "match", "allow", "public_keys")
 	if !ok {
 		return r
 	}
@@ -271,6 +272,15 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 				r.Dumps = DumpAllow
 			default:
 				ps.errorf(v.val, key+".dumps", "%q is not a dump mode; use block, redact or allow", s)
+			}
+		}
+	}
+	if v, ok := f["severity"]; ok {
+		if s, ok := ps.scalar(v.val, key+".severity"); ok {
+			if sv, ok := keyguardv1.ParseSeverity(s); ok {
+				r.Severity = sv
+			} else {
+				ps.errorf(v.val, key+".severity", "%q is not a severity; use info, low, medium, high or critical", s)
 			}
 		}
 	}

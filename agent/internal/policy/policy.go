@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 	"hash/fnv"
 	"strconv"
 )
@@ -116,6 +117,10 @@ type Rule struct {
 	ID    uint32 // FNV-1a of Name, never 0, unique within the policy; the kernel's rule id
 	Mode  Mode
 	Dumps DumpMode
+	// Severity, when set (policy key "severity"), replaces the severity of this rule's events that are
+	// at warning level or above by default (keyguardv1.ApplyRuleSeverity): raise a rule that guards a
+	// root CA key to critical, or lower a noisy one to low. Informational events keep theirs.
+	Severity keyguardv1.Severity
 
 	Executables []string // absolute paths (exact, no globs)
 	Cgroups     []string // absolute cgroup v2 paths ("/system.slice/x.service") or unit names ("x.service")

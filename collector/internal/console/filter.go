@@ -31,6 +31,7 @@ type filterForm struct {
 	Process   string
 	PID       string
 	Rule      string
+	Severity  []choice // one selected: the minimum severity shown
 	Page      string
 	Filter    *pb.EventFilter
 	Query     url.Values // the filter alone (no page), for links and the live stream
@@ -96,7 +97,7 @@ func truncate(s string, n int) string {
 func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 	ff := &filterForm{Filter: &pb.EventFilter{}, Query: url.Values{}}
 	var errs []string
-	for _, field := range []string{"host", "kind", "decision", "since", "until", "process", "pid", "rule", "page"} {
+	for _, field := range []string{"host", "kind", "decision", "since", "until", "process", "pid", "rule", "severity", "page"} {
 		for _, v := range q[field] {
 			if !utf8.ValidString(v) || strings.IndexByte(v, 0) >= 0 {
 				return ff, fmt.Errorf("the %s field contains invalid UTF-8 or a NUL byte", field)
@@ -181,6 +182,20 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 	if ff.Rule != "" {
 		ff.Filter.Rule = ff.Rule
 		ff.Query.Set("rule", ff.Rule)
+	}
+	sev := strings.TrimSpace(q.Get("severity"))
+	ff.Severity = []choice{{Value: "", Label: "any", Selected: sev == ""}}
+	for _, c := range enumChoices(pb.Severity_name, "SEVERITY_", map[string]bool{strings.ToLower(sev): true}) {
+		c.Label += " and above"
+		ff.Severity = append(ff.Severity, c)
+	}
+	if sev != "" {
+		if sv, ok := pb.ParseSeverity(sev); ok {
+			ff.Filter.MinSeverity = sv
+			ff.Query.Set("severity", pb.SeverityLabel(sv))
+		} else {
+			errs = append(errs, fmt.Sprintf("severity %q is not one of info, low, medium, high, critical", truncate(sev, 40)))
+		}
 	}
 	ff.Page = q.Get("page")
 	if len(errs) > 0 {

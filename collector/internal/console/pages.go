@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -99,6 +100,10 @@ type hostRow struct {
 	Kernel       string
 	LSM          string
 	Pinned       string
+	// NotEnforcing: the agent refused to start, BPF LSM is inactive, nothing is pinned, keyguard was
+	// uninstalled, or no process is protected. Tampered: the last chain verification failed.
+	NotEnforcing string
+	Tampered     string
 	Protected    string
 	Findings     []finding
 	Lost         string
@@ -175,6 +180,10 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 		}
 		req.PageToken = resp.GetNextPageToken()
 	}
+	verdicts, err := c.st.Verdicts(ctx)
+	if err != nil {
+		return nil, err
+	}
 	now := c.opts.Now()
 	fd := &fleetData{StaleAfter: c.opts.StaleAfter.String(), LossNote: note}
 	for _, h := range hosts.GetHosts() {
@@ -207,6 +216,12 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 				row.Findings = append(row.Findings, finding{Text: f.GetName() + " = " + f.GetValue(), Class: "finding sev-" + lower(f.GetSeverity(), "SEVERITY_")})
 			}
 			row.Problem = !hh.GetLsmActive() || !hh.GetEnforcementPinned() || h.GetStatus() == pb.HostStatus_HOST_STATUS_UNINSTALLED
+			row.NotEnforcing = notEnforcing(hh, h.GetStatus())
+			row.Problem = row.Problem || row.NotEnforcing != ""
+		}
+		if v, ok := verdicts[h.GetHost()]; ok && !v.OK {
+			row.Tampered = fmt.Sprintf("chain verification at %s found %d problem(s)", v.Time.UTC().Format(timeLayout), v.Problems)
+			row.Problem = true
 		}
 		row.RowClass, row.LSMClass, row.PinnedClass, row.LostClass = "host", "lsm", "pinned", "lost"
 		if l := losses[h.GetHost()]; l != nil {
@@ -232,6 +247,23 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 	return fd, nil
 }
 
+// notEnforcing says why a host's keys are not guarded, from its last health report ("" when enforcing).
+func notEnforcing(hh *pb.AgentHealth, st pb.HostStatus) string {
+	switch {
+	case hh.GetState() == pb.AgentState_AGENT_STATE_REFUSED:
+		return "the agent refused to start: " + hh.GetDetail()
+	case st == pb.HostStatus_HOST_STATUS_UNINSTALLED || hh.GetState() == pb.AgentState_AGENT_STATE_UNINSTALLED:
+		return "keyguard was uninstalled"
+	case !hh.GetLsmActive():
+		return "BPF LSM is not active on this kernel (boot with lsm=...,bpf)"
+	case !hh.GetEnforcementPinned():
+		return "no enforcement programs are pinned"
+	case hh.GetProtectedProcessCount() == 0:
+		return "no process is protected (is the signer running, does a policy rule match it?)"
+	}
+	return ""
+}
+
 func urlQuery(s string) string {
 	return strings.ReplaceAll(template.URLQueryEscaper(s), "%2c", ",")
 }
@@ -246,6 +278,15 @@ type eventsData struct {
 	FirstURL  string
 	StreamURL string
 	Live      bool
+	// Grouped view (view=grouped): counts per actor, target, kind, decision and rule.
+	Grouped    bool
+	Groups     []groupRow
+	GroupedURL string
+	ListURL    string
+}
+
+type groupRow struct {
+	Count, Actor, Target, Kind, Decision, Rule, Severity, First, Last, URL string
 }
 
 func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
@@ -270,6 +311,16 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 		d.Rows = append(d.Rows, rowOf(se))
 	}
 	q := ff.Query.Encode()
+	d.ListURL, d.GroupedURL = "/events?"+q, "/events?view=grouped&"+q
+	if r.URL.Query().Get("view") == "grouped" {
+		if err := c.groups(r.Context(), ff, &d); err != nil {
+			d.Error = apiMessage(err)
+			c.render(w, r, s, http.StatusServiceUnavailable, "events", "Events", d)
+			return
+		}
+		c.render(w, r, s, http.StatusOK, "events", "Events", d)
+		return
+	}
 	d.FirstURL = "/events?" + q
 	if t := resp.GetNextPageToken(); t != "" {
 		nq := ff.Query
@@ -283,6 +334,34 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request, s *session) {
 		d.StreamURL = "/events/stream?" + q
 	}
 	c.render(w, r, s, http.StatusOK, "events", "Events", d)
+}
+
+// maxGroups bounds the grouped view.
+const maxGroups = 200
+
+// groups fills the grouped view: like events counted together, largest first.
+func (c *Console) groups(ctx context.Context, ff *filterForm, d *eventsData) error {
+	gs, err := c.st.GroupEvents(ctx, ff.Filter, maxGroups)
+	if err != nil {
+		return err
+	}
+	d.Grouped, d.Rows = true, nil
+	for _, g := range gs {
+		q := ff.Query
+		row := groupRow{Count: strconv.FormatInt(g.Count, 10), Actor: g.Actor, Target: g.Target, Kind: kindLabel(g.Kind),
+			Decision: decisionLabel(g.Decision), Rule: g.Rule, Severity: pb.SeverityLabel(g.Severity),
+			First: g.First.UTC().Format(timeLayout), Last: g.Last.UTC().Format(timeLayout)}
+		if g.Actor != "" {
+			nq := url.Values{}
+			for k, v := range q {
+				nq[k] = v
+			}
+			nq.Set("process", g.Actor)
+			row.URL = "/events?" + nq.Encode()
+		}
+		d.Groups = append(d.Groups, row)
+	}
+	return nil
 }
 
 // watchStream adapts an HTTP Server-Sent Events response to the QueryService's WatchEvents stream, so

@@ -18,6 +18,7 @@ type eventRow struct {
 	Time     string `json:"time"`
 	Host     string `json:"host"`
 	Seq      uint64 `json:"seq"`
+	Severity string `json:"severity"` // pb.SeverityLabel(pb.SeverityOf(ev)); also the row's CSS class sev-<label>
 	Kind     string `json:"kind"`
 	Decision string `json:"decision"`
 	Rule     string `json:"rule"`
@@ -54,7 +55,8 @@ func eventURL(host string, pos uint64) string {
 
 func rowOf(se *pb.StoredEvent) eventRow {
 	ev := se.GetEvent()
-	r := eventRow{Time: fmtTime(ev.GetTime()), Host: ev.GetHost(), Seq: ev.GetSeq(), URL: eventURL(ev.GetHost(), se.GetChainPosition())}
+	r := eventRow{Time: fmtTime(ev.GetTime()), Host: ev.GetHost(), Seq: ev.GetSeq(), URL: eventURL(ev.GetHost(), se.GetChainPosition()),
+		Severity: pb.SeverityLabel(pb.SeverityOf(ev))}
 	var d pb.Decision
 	switch k := ev.GetKind().(type) {
 	case *pb.Event_MemoryAccess:

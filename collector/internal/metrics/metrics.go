@@ -64,6 +64,12 @@ type Collector struct {
 	acked      *prometheus.GaugeVec
 	verified   *prometheus.CounterVec
 	chainFail  *prometheus.CounterVec
+	severity   *prometheus.CounterVec
+	alertsSent *prometheus.CounterVec
+	alertsFail *prometheus.CounterVec
+	alertsSupp *prometheus.CounterVec
+	alertsPend prometheus.Gauge
+	alertsAge  prometheus.Gauge
 
 	mu    sync.Mutex
 	hosts map[string]struct{}
@@ -118,7 +124,32 @@ func New(maxHosts int) *Collector {
 			Name: "keyguard_collector_chain_verification_failures_total",
 			Help: "Chain verifications that found events modified, deleted or relinked, by host.",
 		}, []string{"host"}),
+		severity: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyguard_collector_events_by_severity_total",
+			Help: "Stored events evaluated for alerts, by kind and severity (proto/keyguard/v1 SeverityOf); each event counted once across collectors.",
+		}, []string{"kind", "severity"}),
+		alertsSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyguard_collector_alerts_sent_total",
+			Help: "Alerts delivered, by output.",
+		}, []string{"output"}),
+		alertsFail: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyguard_collector_alert_delivery_failures_total",
+			Help: "Failed alert delivery attempts (the alert stays in the outbox and is retried), by output.",
+		}, []string{"output"}),
+		alertsSupp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyguard_collector_alerts_suppressed_total",
+			Help: "Events that matched an alert rule over its rate limit, by rule.",
+		}, []string{"rule"}),
+		alertsPend: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyguard_collector_alerts_pending",
+			Help: "Alerts in the outbox not yet delivered.",
+		}),
+		alertsAge: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "keyguard_collector_alert_oldest_pending_seconds",
+			Help: "Age of the oldest undelivered alert (0 when none).",
+		}),
 	}
+	c.reg.MustRegister(c.severity, c.alertsSent, c.alertsFail, c.alertsSupp, c.alertsPend, c.alertsAge)
 	c.reg.MustRegister(c.events, c.duplicates, c.batches, c.rejEvents, c.rejBatches, c.storeDur, c.streams,
 		c.acked, c.verified, c.chainFail)
 	// Known label values start at 0, so a rate or an alert sees them before the first occurrence.
@@ -217,4 +248,45 @@ func (c *Collector) ChainVerified(host string, ok bool) {
 	}
 	c.verified.WithLabelValues("failed").Inc()
 	c.chainFail.WithLabelValues(c.host(host)).Inc()
+}
+
+// EventEvaluated counts one stored event by kind and severity (alert.Observer).
+func (c *Collector) EventEvaluated(kind, severity string) {
+	if c == nil {
+		return
+	}
+	c.severity.WithLabelValues(kind, severity).Inc()
+}
+
+// AlertSent counts a delivered alert (alert.Observer).
+func (c *Collector) AlertSent(output string) {
+	if c == nil {
+		return
+	}
+	c.alertsSent.WithLabelValues(output).Inc()
+}
+
+// AlertFailed counts a failed delivery attempt (alert.Observer).
+func (c *Collector) AlertFailed(output string) {
+	if c == nil {
+		return
+	}
+	c.alertsFail.WithLabelValues(output).Inc()
+}
+
+// AlertSuppressed counts an event over a rule's rate limit (alert.Observer).
+func (c *Collector) AlertSuppressed(rule string) {
+	if c == nil {
+		return
+	}
+	c.alertsSupp.WithLabelValues(rule).Inc()
+}
+
+// AlertsPending sets the outbox gauges (alert.Observer).
+func (c *Collector) AlertsPending(n int, oldest time.Duration) {
+	if c == nil {
+		return
+	}
+	c.alertsPend.Set(float64(n))
+	c.alertsAge.Set(oldest.Seconds())
 }

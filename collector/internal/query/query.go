@@ -116,6 +116,9 @@ func ValidateFilter(f *pb.EventFilter) error {
 			return status.Errorf(codes.InvalidArgument, "unknown decision %d", int32(d))
 		}
 	}
+	if _, ok := pb.Severity_name[int32(f.GetMinSeverity())]; !ok {
+		return status.Errorf(codes.InvalidArgument, "unknown severity %d", int32(f.GetMinSeverity()))
+	}
 	if err := checkString("process", f.GetProcess(), maxStringBytes); err != nil {
 		return err
 	}
@@ -240,6 +243,9 @@ func (s *Server) VerifyChain(ctx context.Context, req *pb.VerifyChainRequest) (*
 	reps, err := s.store.Verify(ctx, req.GetHosts())
 	if err != nil {
 		return nil, storageErr(ctx, s.log, "verify chains", err)
+	}
+	if err := s.store.RecordVerdicts(ctx, reps, time.Now()); err != nil {
+		s.log.Warn("could not record chain verdicts for the fleet page", "err", err)
 	}
 	for _, r := range reps {
 		s.opts.Metrics.ChainVerified(r.GetHost(), r.GetOk())

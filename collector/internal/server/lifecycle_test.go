@@ -118,4 +118,7 @@ func TestExampleConfigParses(t *testing.T) {
 	if c.Listen != "0.0.0.0:7443" || c.TLS.RevokedSerials == "" || time.Duration(c.Retention.MaxAge) != 90*24*time.Hour || c.Storage.ChainKeyFile == "" {
 		t.Fatalf("parsed %+v", c)
 	}
+	if a := c.Alerts; a.SilentAfter != 15*time.Minute || len(a.Rules) != 2 || a.Rules[0].GroupWindow != time.Minute || len(a.Outputs) != 2 {
+		t.Fatalf("alerts parsed as %+v", a)
+	}
 }

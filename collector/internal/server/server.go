@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/collector/internal/alert"
 	"github.com/keyguard/keyguard/collector/internal/console"
 	"github.com/keyguard/keyguard/collector/internal/identity"
 	"github.com/keyguard/keyguard/collector/internal/ingest"
@@ -116,6 +117,8 @@ type Config struct {
 	MetricsMaxHosts int `yaml:"metrics_max_hosts"`
 	// Console is the operator web console (off unless Listen is set).
 	Console ConsoleConfig `yaml:"console"`
+	// Alerts: alert rules and outputs (package alert); off when there are no rules.
+	Alerts alert.Config `yaml:"alerts"`
 }
 
 // ConsoleConfig configures the operator web console (package console).
@@ -180,6 +183,7 @@ type Server struct {
 	consoleLis   net.Listener
 	consoleCerts *console.CertLoader
 	metrics      *metrics.Collector // nil: metrics off
+	alerts       *alert.Engine      // nil: no alert rules
 	metricsLis   net.Listener
 }
 
@@ -235,6 +239,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store = st
+	if len(cfg.Alerts.Rules) > 0 {
+		var obs alert.Observer
+		if s.metrics != nil {
+			obs = s.metrics
+		}
+		if s.alerts, err = alert.New(alert.Options{Store: st, Config: cfg.Alerts, Owner: st.Collector(), Logger: log.With("component", "alert"), Observer: obs}); err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		st.Close()
@@ -373,6 +387,13 @@ func (s *Server) Serve(ctx context.Context) error {
 		wg.Go(func() { s.optimize(retCtx) })
 		wg.Wait()
 	}()
+	alertsDone := make(chan struct{})
+	go func() {
+		defer close(alertsDone)
+		if s.alerts != nil {
+			s.alerts.Run(retCtx)
+		}
+	}()
 	consoleDone := make(chan struct{})
 	if s.console != nil {
 		go func() {
@@ -401,6 +422,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	stopRet()
 	<-retDone
+	<-alertsDone
 	<-consoleDone
 	<-metricsDone
 	s.health.Shutdown()

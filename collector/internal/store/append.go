@@ -33,7 +33,7 @@ type hostState struct {
 	head                                                 []byte
 }
 
-const insertColumns = 19
+const insertColumns = 20
 
 // Append stores a batch of one host's events exactly once and advances the host's chain, in one
 // transaction that is committed (durably) before it returns. Every event's Host must equal host.
@@ -290,7 +290,7 @@ func (s *Store) insert(ctx context.Context, tx *sql.Tx, host string, rows []row)
 			args = append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
 				int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
 				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
-				r.it.payload, r.it.digest, r.prev, r.hash, s.collector)
+				r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
 		}
 		if _, err := tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...); err != nil {
 			return fmt.Errorf("store %d events of host %q: %w", end-start, host, err)
@@ -303,7 +303,7 @@ func (s *Store) insert(ctx context.Context, tx *sql.Tx, host string, rows []row)
 func insertSQL(backend Backend, n int) string {
 	var sb strings.Builder
 	sb.WriteString(`INSERT INTO events (host, seq, chain_pos, time_ns, receive_ns, kind, decision, rule,
-			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector) VALUES `)
+			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector, severity) VALUES `)
 	for i := range n {
 		if i > 0 {
 			sb.WriteByte(',')

@@ -23,10 +23,11 @@ type index struct {
 	proc      *pb.Process // accessor or subject process
 	target    *pb.Process
 	timeNanos int64
+	severity  pb.Severity // pb.SeverityOf: not compared by verify (the mapping may change between versions)
 }
 
 func indexOf(ev *pb.Event) index {
-	ix := index{kind: pb.KindOf(ev)}
+	ix := index{kind: pb.KindOf(ev), severity: pb.SeverityOf(ev)}
 	if t := ev.GetTime(); t != nil {
 		ix.timeNanos = t.AsTime().UnixNano()
 	}

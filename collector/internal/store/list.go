@@ -104,6 +104,9 @@ func filterWhereFor(f *pb.EventFilter, backend Backend) *where {
 	if r := f.GetRule(); r != "" {
 		w.add("rule = ?", r)
 	}
+	if sv := f.GetMinSeverity(); sv != pb.Severity_SEVERITY_UNSPECIFIED {
+		w.add("severity >= ?", int32(sv))
+	}
 	return w
 }
 

@@ -175,9 +175,122 @@ var migrations = []migration{
 		},
 	},
 	{
+		// Severity (proto/keyguard/v1/severity.go SeverityOf) as an indexed column; rows stored before
+		// this migration are filled in by backfillSeverity.
+		version: 3,
+		sqlite: []string{
+			`ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 0`,
+			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
+		},
+		postgres: []string{
+			`ALTER TABLE events ADD COLUMN severity SMALLINT NOT NULL DEFAULT 0`,
+			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
+		},
+	},
+	{
+		// Alerts (package alert): a per-host cursor over the chain (events already evaluated; hosts known
+		// now start at their current chain, so enabling alerts does not replay history), the outbox
+		// delivered at least once, the hosts already reported silent, and each host's last chain verdict
+		// (the console's fleet page shows "tampered").
+		version: 4,
+		sqlite: []string{
+			`CREATE TABLE alert_cursor (
+				host TEXT PRIMARY KEY,
+				chain_pos INTEGER NOT NULL
+			)`,
+			`INSERT INTO alert_cursor (host, chain_pos) SELECT host, chain_len FROM hosts`,
+			`CREATE TABLE alert_outbox (
+				id INTEGER PRIMARY KEY AUTOINCREMENT,
+				alert_rule TEXT NOT NULL,
+				output TEXT NOT NULL,
+				group_key TEXT NOT NULL,
+				severity INTEGER NOT NULL,
+				host TEXT NOT NULL,
+				kind TEXT NOT NULL,
+				summary TEXT NOT NULL,
+				event_count INTEGER NOT NULL,
+				first_ns INTEGER NOT NULL,
+				last_ns INTEGER NOT NULL,
+				first_seq INTEGER NOT NULL,
+				last_seq INTEGER NOT NULL,
+				event BLOB,
+				created_ns INTEGER NOT NULL,
+				not_before_ns INTEGER NOT NULL,
+				next_ns INTEGER NOT NULL DEFAULT 0,
+				attempts INTEGER NOT NULL DEFAULT 0,
+				lease_owner TEXT NOT NULL DEFAULT '',
+				lease_until_ns INTEGER NOT NULL DEFAULT 0,
+				delivered_ns INTEGER NOT NULL DEFAULT 0,
+				last_error TEXT NOT NULL DEFAULT '',
+				suppressed INTEGER NOT NULL DEFAULT 0,
+				collector TEXT NOT NULL
+			)`,
+			`CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_ns, next_ns, id)`,
+			`CREATE INDEX alert_outbox_group ON alert_outbox (alert_rule, output, group_key, delivered_ns)`,
+			`CREATE INDEX alert_outbox_rate ON alert_outbox (alert_rule, output, created_ns)`,
+			`CREATE TABLE alert_silent (
+				host TEXT PRIMARY KEY,
+				last_seen_ns INTEGER NOT NULL
+			)`,
+			`CREATE TABLE chain_verdicts (
+				host TEXT PRIMARY KEY,
+				verified_ns INTEGER NOT NULL,
+				ok INTEGER NOT NULL,
+				problems INTEGER NOT NULL,
+				alerted_ns INTEGER NOT NULL DEFAULT 0
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE alert_cursor (
+				host TEXT PRIMARY KEY,
+				chain_pos BIGINT NOT NULL
+			)`,
+			`INSERT INTO alert_cursor (host, chain_pos) SELECT host, chain_len FROM hosts`,
+			`CREATE TABLE alert_outbox (
+				id BIGSERIAL PRIMARY KEY,
+				alert_rule TEXT NOT NULL,
+				output TEXT NOT NULL,
+				group_key TEXT NOT NULL,
+				severity BIGINT NOT NULL,
+				host TEXT NOT NULL,
+				kind TEXT NOT NULL,
+				summary TEXT NOT NULL,
+				event_count BIGINT NOT NULL,
+				first_ns BIGINT NOT NULL,
+				last_ns BIGINT NOT NULL,
+				first_seq BIGINT NOT NULL,
+				last_seq BIGINT NOT NULL,
+				event BYTEA,
+				created_ns BIGINT NOT NULL,
+				not_before_ns BIGINT NOT NULL,
+				next_ns BIGINT NOT NULL DEFAULT 0,
+				attempts BIGINT NOT NULL DEFAULT 0,
+				lease_owner TEXT NOT NULL DEFAULT '',
+				lease_until_ns BIGINT NOT NULL DEFAULT 0,
+				delivered_ns BIGINT NOT NULL DEFAULT 0,
+				last_error TEXT NOT NULL DEFAULT '',
+				suppressed BIGINT NOT NULL DEFAULT 0,
+				collector TEXT NOT NULL
+			)`,
+			`CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_ns, next_ns, id)`,
+			`CREATE INDEX alert_outbox_group ON alert_outbox (alert_rule, output, group_key, delivered_ns)`,
+			`CREATE INDEX alert_outbox_rate ON alert_outbox (alert_rule, output, created_ns)`,
+			`CREATE TABLE alert_silent (
+				host TEXT PRIMARY KEY,
+				last_seen_ns BIGINT NOT NULL
+			)`,
+			`CREATE TABLE chain_verdicts (
+				host TEXT PRIMARY KEY,
+				verified_ns BIGINT NOT NULL,
+				ok BIGINT NOT NULL,
+				problems BIGINT NOT NULL,
+				alerted_ns BIGINT NOT NULL DEFAULT 0
+			)`,
+		},
+	},
+	{
 		// An index for every filter the console and the query API offer (host, kind and time have theirs
-		// already), so that a filter matching little or nothing does not scan the table. Numbered 5:
-		// versions 3 and 4 are the severity column and the alert tables (h/signal).
+		// already), so that a filter matching little or nothing does not scan the table. After 3 (severity) and 4 (alert tables).
 		version: 5,
 		sqlite: []string{
 			`CREATE INDEX events_decision_time ON events (decision, time_ns)`,

@@ -188,6 +188,10 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if err := s.backfillSeverity(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := s.openQueryPool(driver, dsn, opts); err != nil {
 		db.Close()
 		return nil, err
@@ -198,6 +202,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	return s, nil
 }
+
+// Collector returns the name of this collector instance (stored in rows it writes).
+func (s *Store) Collector() string { return s.collector }
 
 // Optimize refreshes the planner's statistics so that a filter picks its most selective index (a
 // host filter alone would otherwise be read row by row for a rule that matches nothing). SQLite

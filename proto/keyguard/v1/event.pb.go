@@ -708,7 +708,7 @@ func (AgentState) EnumDescriptor() ([]byte, []int) {
 	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
-// Severity ranks a posture finding.
+// Severity ranks an event or a posture finding. Warning level is SEVERITY_MEDIUM and above.
 type Severity int32
 
 const (
@@ -853,6 +853,9 @@ type Event struct {
 	Time *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=time,proto3" json:"time,omitempty"`
 	// Version of the agent that recorded the event.
 	AgentVersion string `protobuf:"bytes,5,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// How much the event matters: the mapping in proto/keyguard/v1/severity.go (DefaultSeverity), or the
+	// severity a policy rule sets. Unspecified (older agents): readers apply DefaultSeverity.
+	Severity Severity `protobuf:"varint,6,opt,name=severity,proto3,enum=keyguard.v1.Severity" json:"severity,omitempty"`
 	// What happened; exactly one is set.
 	//
 	// Types that are valid to be assigned to Kind:
@@ -935,6 +938,13 @@ func (x *Event) GetAgentVersion() string {
 		return x.AgentVersion
 	}
 	return ""
+}
+
+func (x *Event) GetSeverity() Severity {
+	if x != nil {
+		return x.Severity
+	}
+	return Severity_SEVERITY_UNSPECIFIED
 }
 
 func (x *Event) GetKind() isEvent_Kind {
@@ -2869,13 +2879,14 @@ var File_keyguard_v1_event_proto protoreflect.FileDescriptor
 
 const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x17keyguard/v1/event.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x06\n" +
+	"\x17keyguard/v1/event.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe9\x06\n" +
 	"\x05Event\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12\x10\n" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12.\n" +
 	"\x04time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12#\n" +
-	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\x12@\n" +
+	"\ragent_version\x18\x05 \x01(\tR\fagentVersion\x121\n" +
+	"\bseverity\x18\x06 \x01(\x0e2\x15.keyguard.v1.SeverityR\bseverity\x12@\n" +
 	"\rmemory_access\x18\n" +
 	" \x01(\v2\x19.keyguard.v1.MemoryAccessH\x00R\fmemoryAccess\x12L\n" +
 	"\x11protection_change\x18\v \x01(\v2\x1d.keyguard.v1.ProtectionChangeH\x00R\x10protectionChange\x124\n" +
@@ -3190,60 +3201,61 @@ var file_keyguard_v1_event_proto_goTypes = []any{
 }
 var file_keyguard_v1_event_proto_depIdxs = []int32{
 	32, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
-	14, // 1: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
-	15, // 2: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
-	17, // 3: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
-	18, // 4: keyguard.v1.Event.key_file_access:type_name -> keyguard.v1.KeyFileAccess
-	19, // 5: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
-	20, // 6: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
-	22, // 7: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
-	25, // 8: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
-	28, // 9: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
-	29, // 10: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
-	13, // 11: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
-	13, // 12: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
-	3,  // 13: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
-	2,  // 14: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 15: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
-	5,  // 16: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 17: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
-	4,  // 18: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
-	5,  // 19: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 20: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
-	6,  // 21: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
-	16, // 22: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
-	13, // 23: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
-	2,  // 24: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 25: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
-	13, // 26: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
-	7,  // 27: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
-	13, // 28: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
-	1,  // 29: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
-	8,  // 30: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	32, // 31: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
-	10, // 32: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
-	9,  // 33: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
-	21, // 34: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	23, // 35: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
-	32, // 36: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
-	32, // 37: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
-	32, // 38: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
-	0,  // 39: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	11, // 40: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	24, // 41: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	32, // 42: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	32, // 43: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	26, // 44: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	12, // 45: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	32, // 46: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	32, // 47: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
-	30, // 48: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
-	31, // 49: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
-	50, // [50:50] is the sub-list for method output_type
-	50, // [50:50] is the sub-list for method input_type
-	50, // [50:50] is the sub-list for extension type_name
-	50, // [50:50] is the sub-list for extension extendee
-	0,  // [0:50] is the sub-list for field type_name
+	10, // 1: keyguard.v1.Event.severity:type_name -> keyguard.v1.Severity
+	14, // 2: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
+	15, // 3: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
+	17, // 4: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
+	18, // 5: keyguard.v1.Event.key_file_access:type_name -> keyguard.v1.KeyFileAccess
+	19, // 6: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
+	20, // 7: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
+	22, // 8: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
+	25, // 9: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
+	28, // 10: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
+	29, // 11: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
+	13, // 12: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
+	13, // 13: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
+	3,  // 14: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
+	2,  // 15: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 16: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
+	5,  // 17: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
+	13, // 18: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
+	4,  // 19: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
+	5,  // 20: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
+	13, // 21: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
+	6,  // 22: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
+	16, // 23: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
+	13, // 24: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
+	2,  // 25: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 26: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
+	13, // 27: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
+	7,  // 28: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
+	13, // 29: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
+	1,  // 30: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
+	8,  // 31: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
+	32, // 32: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	10, // 33: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
+	9,  // 34: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
+	21, // 35: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
+	23, // 36: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	32, // 37: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	32, // 38: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	32, // 39: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 40: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	11, // 41: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	24, // 42: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	32, // 43: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	32, // 44: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	26, // 45: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	12, // 46: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	32, // 47: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	32, // 48: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
+	30, // 49: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
+	31, // 50: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
+	51, // [51:51] is the sub-list for method output_type
+	51, // [51:51] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }

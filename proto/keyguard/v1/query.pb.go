@@ -162,7 +162,9 @@ type EventFilter struct {
 	// PID: matches the pid of the event's accessor, target or process.
 	Pid uint32 `protobuf:"varint,7,opt,name=pid,proto3" json:"pid,omitempty"`
 	// Rule name (exact).
-	Rule          string `protobuf:"bytes,8,opt,name=rule,proto3" json:"rule,omitempty"`
+	Rule string `protobuf:"bytes,8,opt,name=rule,proto3" json:"rule,omitempty"`
+	// Only events at or above this severity (SeverityOf: the event's own, else DefaultSeverity).
+	MinSeverity   Severity `protobuf:"varint,9,opt,name=min_severity,json=minSeverity,proto3,enum=keyguard.v1.Severity" json:"min_severity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -251,6 +253,13 @@ func (x *EventFilter) GetRule() string {
 		return x.Rule
 	}
 	return ""
+}
+
+func (x *EventFilter) GetMinSeverity() Severity {
+	if x != nil {
+		return x.MinSeverity
+	}
+	return Severity_SEVERITY_UNSPECIFIED
 }
 
 // ListEventsRequest is the request of QueryService.ListEvents.
@@ -952,7 +961,7 @@ var File_keyguard_v1_query_proto protoreflect.FileDescriptor
 
 const file_keyguard_v1_query_proto_rawDesc = "" +
 	"\n" +
-	"\x17keyguard/v1/query.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyguard/v1/event.proto\"\xb8\x02\n" +
+	"\x17keyguard/v1/query.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyguard/v1/event.proto\"\xf2\x02\n" +
 	"\vEventFilter\x12\x14\n" +
 	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12,\n" +
 	"\x05kinds\x18\x02 \x03(\x0e2\x16.keyguard.v1.EventKindR\x05kinds\x123\n" +
@@ -962,7 +971,8 @@ const file_keyguard_v1_query_proto_rawDesc = "" +
 	"\bend_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x18\n" +
 	"\aprocess\x18\x06 \x01(\tR\aprocess\x12\x10\n" +
 	"\x03pid\x18\a \x01(\rR\x03pid\x12\x12\n" +
-	"\x04rule\x18\b \x01(\tR\x04rule\"\xa4\x01\n" +
+	"\x04rule\x18\b \x01(\tR\x04rule\x128\n" +
+	"\fmin_severity\x18\t \x01(\x0e2\x15.keyguard.v1.SeverityR\vminSeverity\"\xa4\x01\n" +
 	"\x11ListEventsRequest\x120\n" +
 	"\x06filter\x18\x01 \x01(\v2\x18.keyguard.v1.EventFilterR\x06filter\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
@@ -1063,41 +1073,43 @@ var file_keyguard_v1_query_proto_goTypes = []any{
 	(EventKind)(0),                // 14: keyguard.v1.EventKind
 	(Decision)(0),                 // 15: keyguard.v1.Decision
 	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*StoredEvent)(nil),           // 17: keyguard.v1.StoredEvent
-	(*AgentHealth)(nil),           // 18: keyguard.v1.AgentHealth
+	(Severity)(0),                 // 17: keyguard.v1.Severity
+	(*StoredEvent)(nil),           // 18: keyguard.v1.StoredEvent
+	(*AgentHealth)(nil),           // 19: keyguard.v1.AgentHealth
 }
 var file_keyguard_v1_query_proto_depIdxs = []int32{
 	14, // 0: keyguard.v1.EventFilter.kinds:type_name -> keyguard.v1.EventKind
 	15, // 1: keyguard.v1.EventFilter.decisions:type_name -> keyguard.v1.Decision
 	16, // 2: keyguard.v1.EventFilter.start_time:type_name -> google.protobuf.Timestamp
 	16, // 3: keyguard.v1.EventFilter.end_time:type_name -> google.protobuf.Timestamp
-	2,  // 4: keyguard.v1.ListEventsRequest.filter:type_name -> keyguard.v1.EventFilter
-	17, // 5: keyguard.v1.ListEventsResponse.events:type_name -> keyguard.v1.StoredEvent
-	2,  // 6: keyguard.v1.WatchEventsRequest.filter:type_name -> keyguard.v1.EventFilter
-	16, // 7: keyguard.v1.WatchEventsRequest.since_time:type_name -> google.protobuf.Timestamp
-	17, // 8: keyguard.v1.WatchEventsResponse.event:type_name -> keyguard.v1.StoredEvent
-	16, // 9: keyguard.v1.Host.first_seen_time:type_name -> google.protobuf.Timestamp
-	16, // 10: keyguard.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
-	0,  // 11: keyguard.v1.Host.status:type_name -> keyguard.v1.HostStatus
-	18, // 12: keyguard.v1.Host.last_health:type_name -> keyguard.v1.AgentHealth
-	16, // 13: keyguard.v1.Host.last_health_time:type_name -> google.protobuf.Timestamp
-	8,  // 14: keyguard.v1.ListHostsResponse.hosts:type_name -> keyguard.v1.Host
-	1,  // 15: keyguard.v1.ChainProblem.kind:type_name -> keyguard.v1.ChainProblemKind
-	11, // 16: keyguard.v1.HostChainReport.problems:type_name -> keyguard.v1.ChainProblem
-	12, // 17: keyguard.v1.VerifyChainResponse.reports:type_name -> keyguard.v1.HostChainReport
-	3,  // 18: keyguard.v1.QueryService.ListEvents:input_type -> keyguard.v1.ListEventsRequest
-	5,  // 19: keyguard.v1.QueryService.WatchEvents:input_type -> keyguard.v1.WatchEventsRequest
-	7,  // 20: keyguard.v1.QueryService.ListHosts:input_type -> keyguard.v1.ListHostsRequest
-	10, // 21: keyguard.v1.QueryService.VerifyChain:input_type -> keyguard.v1.VerifyChainRequest
-	4,  // 22: keyguard.v1.QueryService.ListEvents:output_type -> keyguard.v1.ListEventsResponse
-	6,  // 23: keyguard.v1.QueryService.WatchEvents:output_type -> keyguard.v1.WatchEventsResponse
-	9,  // 24: keyguard.v1.QueryService.ListHosts:output_type -> keyguard.v1.ListHostsResponse
-	13, // 25: keyguard.v1.QueryService.VerifyChain:output_type -> keyguard.v1.VerifyChainResponse
-	22, // [22:26] is the sub-list for method output_type
-	18, // [18:22] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	17, // 4: keyguard.v1.EventFilter.min_severity:type_name -> keyguard.v1.Severity
+	2,  // 5: keyguard.v1.ListEventsRequest.filter:type_name -> keyguard.v1.EventFilter
+	18, // 6: keyguard.v1.ListEventsResponse.events:type_name -> keyguard.v1.StoredEvent
+	2,  // 7: keyguard.v1.WatchEventsRequest.filter:type_name -> keyguard.v1.EventFilter
+	16, // 8: keyguard.v1.WatchEventsRequest.since_time:type_name -> google.protobuf.Timestamp
+	18, // 9: keyguard.v1.WatchEventsResponse.event:type_name -> keyguard.v1.StoredEvent
+	16, // 10: keyguard.v1.Host.first_seen_time:type_name -> google.protobuf.Timestamp
+	16, // 11: keyguard.v1.Host.last_seen_time:type_name -> google.protobuf.Timestamp
+	0,  // 12: keyguard.v1.Host.status:type_name -> keyguard.v1.HostStatus
+	19, // 13: keyguard.v1.Host.last_health:type_name -> keyguard.v1.AgentHealth
+	16, // 14: keyguard.v1.Host.last_health_time:type_name -> google.protobuf.Timestamp
+	8,  // 15: keyguard.v1.ListHostsResponse.hosts:type_name -> keyguard.v1.Host
+	1,  // 16: keyguard.v1.ChainProblem.kind:type_name -> keyguard.v1.ChainProblemKind
+	11, // 17: keyguard.v1.HostChainReport.problems:type_name -> keyguard.v1.ChainProblem
+	12, // 18: keyguard.v1.VerifyChainResponse.reports:type_name -> keyguard.v1.HostChainReport
+	3,  // 19: keyguard.v1.QueryService.ListEvents:input_type -> keyguard.v1.ListEventsRequest
+	5,  // 20: keyguard.v1.QueryService.WatchEvents:input_type -> keyguard.v1.WatchEventsRequest
+	7,  // 21: keyguard.v1.QueryService.ListHosts:input_type -> keyguard.v1.ListHostsRequest
+	10, // 22: keyguard.v1.QueryService.VerifyChain:input_type -> keyguard.v1.VerifyChainRequest
+	4,  // 23: keyguard.v1.QueryService.ListEvents:output_type -> keyguard.v1.ListEventsResponse
+	6,  // 24: keyguard.v1.QueryService.WatchEvents:output_type -> keyguard.v1.WatchEventsResponse
+	9,  // 25: keyguard.v1.QueryService.ListHosts:output_type -> keyguard.v1.ListHostsResponse
+	13, // 26: keyguard.v1.QueryService.VerifyChain:output_type -> keyguard.v1.VerifyChainResponse
+	23, // [23:27] is the sub-list for method output_type
+	19, // [19:23] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_query_proto_init() }

@@ -28,7 +28,7 @@
       var empty = tbody.querySelector("tr.empty");
       if (empty) { empty.remove(); }
       var tr = document.createElement("tr");
-      tr.className = "event new" + (e.alert ? " alert" : "");
+      tr.className = "event new" + (/^[a-z]+$/.test(e.severity || "") ? " sev-" + e.severity : "") + (e.alert ? " alert" : "");
       tr.setAttribute("data-host", e.host || "");
       tr.setAttribute("data-seq", String(e.seq || 0));
       var td = document.createElement("td");
@@ -38,6 +38,7 @@
       td.appendChild(a);
       tr.appendChild(td);
       cell(tr, e.host, "host");
+      cell(tr, e.severity, "severity");
       cell(tr, e.kind, "kind");
       cell(tr, e.decision, "decision");
       cell(tr, e.rule, "rule");
