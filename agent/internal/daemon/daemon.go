@@ -3,7 +3,8 @@
 // rules), then the supervised work (event reader, procfs scan, posture, alive file, control socket,
 // grant expiry, policy watcher) until the context ends. The domain lives in the packages it calls:
 // operator (install check, tokens, break-glass, uninstall), control (the socket server and protocol),
-// procfs (every read of /proc), supervise (steps and periodic work), loader, events, export, posture.
+// procfs (every read of /proc), supervise (steps and periodic work), bootgap (the reboot gap), loader,
+// events, export, posture.
 package daemon
 
 import (
@@ -16,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/keyguard/keyguard/agent/internal/bootgap"
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
@@ -74,7 +76,7 @@ type Agent struct {
 	exp     *export.Pipeline
 	op      *operator.Operator
 	watcher *policy.Watcher
-	gap     *gap
+	gap     *bootgap.Gap
 	met     *metrics.Agent // nil unless Config.Metrics.Listen is set
 	closers []func()       // run in reverse order when Run returns
 
@@ -184,7 +186,7 @@ func (a *Agent) loadGuard() (err error) {
 }
 
 func (a *Agent) detectGap() error {
-	gap, err := detectGap(a.cfg.StateDir, a.proc.File(), time.Now())
+	gap, err := bootgap.Detect(a.cfg.StateDir, a.proc.File(), time.Now())
 	if err != nil {
 		a.log.Warn("could not tell whether the host rebooted since the agent last ran", "error", err)
 	}
@@ -294,10 +296,10 @@ func (a *Agent) run(ctx context.Context) error {
 	sup.Every("upgrade trust", time.Second, a.upgradeTruster())
 	findings, start := a.reportStart()
 	sup.Every("posture", a.postureInterval(), a.postureWatcher(findings, start))
-	if err := writeAlive(a.cfg.StateDir, a.proc.File(), time.Now()); err != nil {
+	if err := bootgap.WriteAlive(a.cfg.StateDir, a.proc.File(), time.Now()); err != nil {
 		a.log.Warn("could not record that the agent is alive", "error", err)
 	}
-	sup.Every("alive", aliveEvery, a.keepAlive)
+	sup.Every("alive", bootgap.AliveEvery, a.keepAlive)
 	if a.cfg.ControlSocket != "" {
 		sup.Go("control socket", func(ctx context.Context) error {
 			return control.Serve(ctx, a.cfg.ControlSocket, a.handleControl, a.log)
@@ -339,7 +341,7 @@ func (a *Agent) reportStart() ([]posture.Finding, *keyguardv1.AgentHealth) {
 	findings := a.eventPosture()
 	hev := a.health(state, protected, findings)
 	if gap := a.gap; gap != nil {
-		hev.Gap = gap.proto()
+		hev.Gap = gap.Proto()
 		hev.Detail = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
 			gap.PreviousBootID, gap.BootID, gap.LastSeen.Format(time.RFC3339), gap.Resumed.Format(time.RFC3339))
 		a.log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
@@ -553,5 +555,12 @@ func (a *Agent) upgradeTruster() func(time.Time) {
 		}
 		a.log.Info("trusting the upgraded agent executable for the next start", "path", exe, "dev", id.Dev, "ino", id.Ino)
 		cur = id
+	}
+}
+
+// keepAlive refreshes the alive file (periodic work, every bootgap.AliveEvery).
+func (a *Agent) keepAlive(now time.Time) {
+	if err := bootgap.WriteAlive(a.cfg.StateDir, a.proc.File(), now); err != nil {
+		a.log.Warn("could not record that the agent is alive; a later reboot gap will be reported less precisely", "error", err)
 	}
 }

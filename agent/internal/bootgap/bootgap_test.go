@@ -1,4 +1,4 @@
-package daemon
+package bootgap
 
 import (
 	"os"
@@ -24,18 +24,18 @@ func TestDetectGap(t *testing.T) {
 	t0 := time.Unix(1764700000, 0)
 
 	setBoot("boot-a")
-	if g, err := detectGap(state, proc, t0); err != nil || g != nil {
+	if g, err := Detect(state, proc, t0); err != nil || g != nil {
 		t.Fatalf("first start ever: gap %+v, %v; want none", g, err)
 	}
-	if err := writeAlive(state, proc, t0); err != nil {
+	if err := WriteAlive(state, proc, t0); err != nil {
 		t.Fatal(err)
 	}
-	if g, err := detectGap(state, proc, t0.Add(time.Minute)); err != nil || g != nil {
+	if g, err := Detect(state, proc, t0.Add(time.Minute)); err != nil || g != nil {
 		t.Fatalf("restart in the same boot: gap %+v, %v; want none", g, err)
 	}
 	setBoot("boot-b")
 	now := time.Unix(1764763260, 0)
-	g, err := detectGap(state, proc, now)
+	g, err := Detect(state, proc, now)
 	if err != nil || g == nil {
 		t.Fatalf("after reboot: gap %+v, %v", g, err)
 	}
@@ -46,7 +46,7 @@ func TestDetectGap(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(state, aliveFile), []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := detectGap(state, proc, now); err == nil {
+	if _, err := Detect(state, proc, now); err == nil {
 		t.Fatal("malformed alive file accepted")
 	}
 }
@@ -54,10 +54,10 @@ func TestDetectGap(t *testing.T) {
 func TestGapOnThisHost(t *testing.T) {
 	// The real boot id: a file written now names this boot, so no gap.
 	state := t.TempDir()
-	if err := writeAlive(state, "/proc", time.Now()); err != nil {
+	if err := WriteAlive(state, "/proc", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if g, err := detectGap(state, "/proc", time.Now()); err != nil || g != nil {
+	if g, err := Detect(state, "/proc", time.Now()); err != nil || g != nil {
 		t.Fatalf("gap %+v, %v", g, err)
 	}
 	if bootTime("/proc").IsZero() || time.Since(bootTime("/proc")) <= 0 {

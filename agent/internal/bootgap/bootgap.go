@@ -1,4 +1,7 @@
-package daemon
+// Package bootgap tells the first agent start after a reboot how long keyguard was not enforcing: the
+// agent records the boot id and the time it was last alive in its state folder (pins live in kernel
+// memory, so a reboot ends enforcement until the agent starts again).
+package bootgap
 
 import (
 	"fmt"
@@ -16,8 +19,8 @@ import (
 // start after a reboot can report the time keyguard was not enforcing (pins live in kernel memory).
 const aliveFile = "alive"
 
-// aliveEvery is how often the agent refreshes aliveFile: the lapse start is known to this precision.
-const aliveEvery = 10 * time.Second
+// AliveEvery is how often the agent refreshes aliveFile: the lapse start is known to this precision.
+const AliveEvery = 10 * time.Second
 
 func readBootID(procRoot string) (string, error) {
 	b, err := os.ReadFile(procRoot + "/sys/kernel/random/boot_id")
@@ -43,9 +46,9 @@ func bootTime(procRoot string) time.Time {
 	return time.Time{}
 }
 
-// detectGap compares the recorded boot id with the current one. It returns nil when the agent ran in
+// Detect compares the recorded boot id with the current one. It returns nil when the agent ran in
 // this boot before (a restart: enforcement stayed pinned) or never ran on this host.
-func detectGap(stateDir, procRoot string, now time.Time) (*gap, error) {
+func Detect(stateDir, procRoot string, now time.Time) (*Gap, error) {
 	cur, err := readBootID(procRoot)
 	if err != nil {
 		return nil, err
@@ -67,12 +70,12 @@ func detectGap(stateDir, procRoot string, now time.Time) (*gap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s is malformed (%q); delete it", stateDir, aliveFile, b)
 	}
-	return &gap{PreviousBootID: f[0], BootID: cur, LastSeen: time.Unix(secs, 0).UTC(),
+	return &Gap{PreviousBootID: f[0], BootID: cur, LastSeen: time.Unix(secs, 0).UTC(),
 		BootTime: bootTime(procRoot), Resumed: now.UTC()}, nil
 }
 
-// writeAlive records the current boot id and time (atomically).
-func writeAlive(stateDir, procRoot string, now time.Time) error {
+// WriteAlive records the current boot id and time (atomically).
+func WriteAlive(stateDir, procRoot string, now time.Time) error {
 	cur, err := readBootID(procRoot)
 	if err != nil {
 		return err
@@ -84,15 +87,8 @@ func writeAlive(stateDir, procRoot string, now time.Time) error {
 	return os.Rename(tmp, stateDir+"/"+aliveFile)
 }
 
-// keepAlive refreshes the alive file (periodic work, every aliveEvery).
-func (a *Agent) keepAlive(now time.Time) {
-	if err := writeAlive(a.cfg.StateDir, a.proc.File(), now); err != nil {
-		a.log.Warn("could not record that the agent is alive; a later reboot gap will be reported less precisely", "error", err)
-	}
-}
-
-// gap is a time without keyguard: the host rebooted since the agent last ran.
-type gap struct {
+// Gap is a time without keyguard: the host rebooted since the agent last ran.
+type Gap struct {
 	PreviousBootID string
 	BootID         string
 	LastSeen       time.Time // the previous boot's agent was last seen alive
@@ -100,7 +96,8 @@ type gap struct {
 	Resumed        time.Time
 }
 
-func (g *gap) proto() *keyguardv1.ProtectionGap {
+// Proto is the gap as the API reports it in a health event.
+func (g *Gap) Proto() *keyguardv1.ProtectionGap {
 	return &keyguardv1.ProtectionGap{PreviousBootId: g.PreviousBootID, BootId: g.BootID, LapseStartTime: timestamppb.New(g.LastSeen),
 		BootTime: timestamppb.New(g.BootTime), ResumeTime: timestamppb.New(g.Resumed)}
 }
