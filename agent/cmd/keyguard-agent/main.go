@@ -55,6 +55,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "version":
 		fmt.Fprintln(stdout, version)
 		return 0
+	case "-h", "-help", "--help", "help":
+		fmt.Fprintln(stdout, "usage: keyguard-agent run|probe|uninstall|version [flags]\n\n"+
+			"  run        load and pin the BPF LSM programs, enforce the policy, report events (the systemd unit runs it)\n"+
+			"  probe      report this kernel's BPF LSM support, the host's posture and any pinned enforcement\n"+
+			"  uninstall  remove keyguard's enforcement with an operator-signed token (-token-file)\n"+
+			"  version    print the version\n\n"+
+			"Run 'keyguard-agent <command> -h' for a command's flags.")
+		return 0
 	}
 	fmt.Fprintf(stderr, "keyguard-agent: unknown command %q (want run, probe, uninstall or version)\n", args[0])
 	return 2
