@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -207,4 +208,42 @@ func waitLog(c *collectortest.Collector, want ...string) bool {
 		}
 	}
 	return false
+}
+
+// The collector binary's own enrollment listener (serve -enroll-listen) and token command
+// (enroll token): a fresh agent enrolls with a token from the CLI and pushes over mTLS.
+func TestCollectorEnrollmentListener(t *testing.T) {
+	bin := collectortest.Build(t)
+	pki := collectortest.NewPKI(t, bin)
+	dir := t.TempDir()
+	tokenKey, addrFile := dir+"/token.key", dir+"/enroll-addr"
+	if out, err := exec.Command(bin, "enroll", "token-key", "-out", tokenKey).CombinedOutput(); err != nil {
+		t.Fatalf("enroll token-key: %v\n%s", err, out)
+	}
+	c := collectortest.Start(t, bin, collectortest.Options{PKI: pki, Args: []string{"-enroll-listen", "127.0.0.1:0",
+		"-enroll-ca-dir", pki.Dir, "-enroll-token-key", tokenKey, "-enroll-addr-file", addrFile, "-enroll-validity", "1h"}})
+	addr, err := os.ReadFile(addrFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := exec.Command(bin, "enroll", "token", "-token-key", tokenKey, "-scope", "node-*", "-ttl", "5m").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, _ := os.ReadFile(pki.File("ca.crt"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	cl := &Client{URL: "https://" + strings.TrimSpace(string(addr)), CA: pool, Name: "node-7", CertFile: pki.File("node-7.crt"), KeyFile: pki.File("node-7.key")}
+	if err := cl.Enroll(context.Background(), strings.TrimSpace(string(tok))); err != nil {
+		t.Fatal(err)
+	}
+	if na, err := cl.NotAfter(); err != nil || time.Until(na) > time.Hour || time.Until(na) < 50*time.Minute {
+		t.Errorf("certificate expires %v (%v), want in 1h", na, err)
+	}
+	push(t, pki, c.Addr(), "node-7", 2)
+	stored, err := pb.NewQueryServiceClient(pki.Dial(t, c.Addr(), "operator")).ListEvents(context.Background(),
+		&pb.ListEventsRequest{Filter: &pb.EventFilter{Hosts: []string{"node-7"}}})
+	if err != nil || len(stored.Events) != 2 {
+		t.Fatalf("stored events for node-7: %v, %v", stored, err)
+	}
 }

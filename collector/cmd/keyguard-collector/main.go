@@ -34,6 +34,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return certs(args[1:], stdout, stderr)
 		case "verify":
 			return verify(ctx, args[1:], stdout, stderr, log)
+		case "enroll":
+			return enrollCmd(args[1:], stdout, stderr)
 		case "console":
 			return consoleCmd(args[1:], os.Stdin, stdout, stderr)
 		case "help", "-h", "--help":
@@ -54,6 +56,8 @@ func usage(w io.Writer) {
   keyguard-collector [serve] [flags]      run the collector ('serve -h' lists flags)
   keyguard-collector certs init|host|operator|revoke [flags]
                                           demo PKI: CA, collector, host and operator certificates, revocation
+  keyguard-collector enroll token-key|token [flags]
+                                          agent enrollment: bootstrap-token secret, single-use tokens (serve -enroll-listen)
   keyguard-collector verify -db DSN       verify the hash chains directly in a database
   keyguard-collector console user add -users FILE -name NAME -role admin|viewer
                                           add or replace a web console user (password on stdin)

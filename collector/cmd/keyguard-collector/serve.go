@@ -43,6 +43,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9465 (empty: off)")
 	metricsRemote := fs.Bool("metrics-allow-remote", false, "allow a non-loopback -metrics-listen address (plain HTTP, no authentication)")
 	metricsAddrFile := fs.String("metrics-addr-file", "", "write the bound metrics address to this file once listening (for tests and scripts using port 0)")
+	enrollF := addEnrollFlags(fs)
 	addrFile := fs.String("addr-file", "", "write the bound address to this file once listening (for tests and scripts using port 0)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -123,6 +124,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer, log *slog.Logge
 			fmt.Fprintln(stderr, "keyguard-collector: write -metrics-addr-file:", err)
 			return 1
 		}
+	}
+	if err := startEnroll(ctx, enrollF, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.RevokedSerials, log); err != nil {
+		fmt.Fprintln(stderr, "keyguard-collector:", err)
+		return 1
 	}
 	if *addrFile != "" { // written last: tests wait for it
 		if err := writeAddr(*addrFile, srv.Addr().String()); err != nil {
