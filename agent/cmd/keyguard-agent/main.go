@@ -94,6 +94,7 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.StringVar(&exp.SpoolDir, "spool-dir", "/var/lib/keyguard/spool", "durable spool of events not yet acknowledged by the collector")
 	fs.Int64Var(&exp.SpoolMaxBytes, "spool-max-bytes", 256<<20, "spool size cap; when full, low-value events are dropped first and the drop is reported")
 	fs.StringVar(&exp.PlaintextHost, "insecure-plaintext-host", "", "DEMO ONLY: send without TLS to a loopback collector, claiming this host name")
+	enrollF := addEnrollFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -118,6 +119,10 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := enrollAndRenew(ctx, enrollF, cfg.Export, cfg.Hostname, log); err != nil {
+		fmt.Fprintln(stderr, "keyguard-agent:", err)
+		return 1
+	}
 	if err := daemon.Run(ctx, cfg, log); err != nil {
 		fmt.Fprintln(stderr, "keyguard-agent:", err)
 		return 1
