@@ -137,7 +137,7 @@ func Packages(cfg Config) []Package {
 			},
 			Man: []Man{{Binary: "keyguard-collector", Summary: "keyguard's event collector",
 				Helps: [][]string{{"-h"}, {"serve", "-h"}, {"certs"}, {"certs", "init", "-h"}, {"certs", "host", "-h"},
-					{"certs", "operator", "-h"}, {"certs", "revoke", "-h"}, {"verify", "-h"}, {"console", "-h"}}}},
+					{"certs", "operator", "-h"}, {"certs", "revoke", "-h"}, {"enroll"}, {"verify", "-h"}, {"console", "-h"}}}},
 			Scripts: map[string]string{"postinst": "collector-postinst", "prerm": "collector-prerm", "postrm": "collector-postrm"},
 		},
 	}
