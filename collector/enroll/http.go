@@ -5,6 +5,8 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+
+	"github.com/keyguard/keyguard/collector/certgen"
 )
 
 type request struct {
@@ -17,7 +19,7 @@ type response struct {
 	Error       string `json:"error,omitempty"`
 }
 
-// Handler serves POST /v1/enroll and POST /v1/renew. It must run behind TLS that asks for (but does
+// Handler serves POST /v1/enroll, POST /v1/renew and POST /v1/approve {"name"} (operator certificate). It must run behind TLS that asks for (but does
 // not require) a client certificate verified by the CA: tls.VerifyClientCertIfGiven.
 func (a *Authority) Handler(log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
@@ -57,6 +59,21 @@ func (a *Authority) Handler(log *slog.Logger) http.Handler {
 		log.Info("certificate issued", "remote", r.RemoteAddr, "renew", renew)
 		reply(w, code, response{Certificate: string(cert)})
 	}
+	// An operator (client certificate with OU keyguard-operator) approves re-enrollment of a name.
+	mux.HandleFunc("POST /v1/approve", func(w http.ResponseWriter, r *http.Request) {
+		var req struct{ Name string }
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 || !slicesHas(r.TLS.VerifiedChains[0][0].Subject.OrganizationalUnit, certgen.OUOperator) {
+			reply(w, http.StatusForbidden, response{Error: "approval needs an operator certificate (OU keyguard-operator)"})
+			return
+		}
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4<<10)).Decode(&req); err != nil || !validName(req.Name) {
+			reply(w, http.StatusBadRequest, response{Error: "want {\"name\": HOST}"})
+			return
+		}
+		a.Approve(req.Name)
+		log.Info("re-enrollment approved", "name", req.Name, "operator", r.TLS.VerifiedChains[0][0].Subject.CommonName)
+		reply(w, http.StatusOK, response{})
+	})
 	mux.HandleFunc("POST /v1/enroll", func(w http.ResponseWriter, r *http.Request) { serve(w, r, false) })
 	mux.HandleFunc("POST /v1/renew", func(w http.ResponseWriter, r *http.Request) { serve(w, r, true) })
 	return mux

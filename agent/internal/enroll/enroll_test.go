@@ -9,6 +9,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -107,8 +108,14 @@ func TestEnrollPushRenew(t *testing.T) {
 	if err := thief.Enroll(ctx, tok2); err == nil || !strings.Contains(err.Error(), "409") {
 		t.Fatalf("second enrollment of live web1: %v", err)
 	}
-	// ... until an operator approves; the first identity is then revoked.
-	a.Approve("web1")
+	// ... until an operator approves (over HTTPS with the operator certificate; a host certificate
+	// cannot); the first identity is then revoked.
+	if code := approve(t, srv.URL, pki, "web1", "web1"); code != http.StatusForbidden {
+		t.Fatalf("approval with a host certificate: HTTP %d", code)
+	}
+	if code := approve(t, srv.URL, pki, "operator", "web1"); code != http.StatusOK {
+		t.Fatalf("approval with the operator certificate: HTTP %d", code)
+	}
 	if err := thief.Enroll(ctx, tok2); err != nil {
 		t.Fatalf("approved re-enrollment: %v", err)
 	}
@@ -246,4 +253,16 @@ func TestCollectorEnrollmentListener(t *testing.T) {
 	if err != nil || len(stored.Events) != 2 {
 		t.Fatalf("stored events for node-7: %v, %v", stored, err)
 	}
+}
+
+// approve POSTs /v1/approve for name presenting the PKI certificate who.
+func approve(t *testing.T, url string, pki *collectortest.PKI, who, name string) int {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.TLSConfig(t, who)}}
+	resp, err := hc.Post(url+"/v1/approve", "application/json", strings.NewReader(`{"name":"`+name+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
