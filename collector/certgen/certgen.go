@@ -137,6 +137,27 @@ func (ca *Pair) Issue(req Request) (*Pair, error) {
 	return finish(der, key)
 }
 
+// SignPublicKey issues a client certificate for req to a key the CA does not hold (an enrolling
+// agent's CSR), with serial sn.
+func (ca *Pair) SignPublicKey(req Request, pub any, sn *big.Int) (*x509.Certificate, error) {
+	if req.CommonName == "" || req.NotAfter.IsZero() {
+		return nil, errors.New("certificate needs a common name and an expiry")
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: sn,
+		Subject:      pkix.Name{CommonName: req.CommonName, OrganizationalUnit: []string{req.OU}, Organization: []string{"keyguard"}},
+		NotBefore:    req.NotBefore,
+		NotAfter:     req.NotAfter,
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("sign certificate for %q: %w", req.CommonName, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
 // CRL returns a PEM certificate revocation list signed by the CA listing serials.
 func (ca *Pair) CRL(serials []*big.Int, number int64) ([]byte, error) {
 	now := time.Now()

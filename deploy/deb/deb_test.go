@@ -63,7 +63,8 @@ func fixture(t *testing.T) Config {
 	bin := filepath.Join(dir, "bin")
 	os.MkdirAll(bin, 0o755)
 	for _, n := range []string{"keyguard-agent", "keyguard", "keyguard-collector"} {
-		if err := os.WriteFile(filepath.Join(bin, n), []byte("#!fake "+n+"\n"), 0o700); err != nil {
+		// Stand-ins that print help the way the binaries do (the man pages are made from it).
+		if err := os.WriteFile(filepath.Join(bin, n), []byte("#!/bin/sh\necho \"usage: "+n+" $*\"\n"), 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -159,13 +160,23 @@ func TestBuild(t *testing.T) {
 		files     map[string]fs.FileMode
 		conffiles []string
 		scripts   map[string]string
+		control   map[string]string
+		man       []string // text each man page must hold: the binaries' help output
 	}{
 		"keyguard-agent": {
-			files: map[string]fs.FileMode{"/usr/bin/keyguard-agent": 0o755, "/usr/bin/keyguard": 0o755,
+			files: map[string]fs.FileMode{"/usr/bin/keyguard-agent": 0o755,
 				"/lib/systemd/system/keyguard-agent.service": 0o644, "/etc/default/keyguard-agent": 0o644,
-				"/usr/share/keyguard/policy.example.yaml": 0o644},
+				"/lib/systemd/system/keyguard-agent-failed.service": 0o644, "/lib/systemd/system/keyguard-agent-retry.timer": 0o644,
+				"/usr/libexec/keyguard/agent-failed": 0o755, "/usr/share/keyguard/policy.example.yaml": 0o644},
 			conffiles: []string{"/etc/default/keyguard-agent"},
 			scripts:   map[string]string{"preinst": "agent-preinst", "postinst": "agent-postinst", "prerm": "agent-prerm", "postrm": "agent-postrm"},
+			control:   map[string]string{"Depends": "systemd, keyguard"},
+			man:       []string{`usage: keyguard\-agent \-h`, `usage: keyguard\-agent uninstall \-h`},
+		},
+		"keyguard": {
+			files:   map[string]fs.FileMode{"/usr/bin/keyguard": 0o755},
+			control: map[string]string{"Replaces": "keyguard-agent (<< 1.2.3+4.gabc1234)"},
+			man:     []string{`usage: keyguard \-h`, `usage: keyguard token \-h`, `usage: keyguard break\-glass \-h`},
 		},
 		"keyguard-collector": {
 			files: map[string]fs.FileMode{"/usr/bin/keyguard-collector": 0o755,
@@ -173,6 +184,8 @@ func TestBuild(t *testing.T) {
 				"/etc/keyguard/collector.yaml": 0o644},
 			conffiles: []string{"/etc/default/keyguard-collector", "/etc/keyguard/collector.yaml"},
 			scripts:   map[string]string{"postinst": "collector-postinst", "prerm": "collector-prerm", "postrm": "collector-postrm"},
+			control:   map[string]string{"Depends": "systemd"},
+			man:       []string{`usage: keyguard\-collector serve \-h`, `usage: keyguard\-collector certs revoke \-h`},
 		},
 	}
 	if len(paths) != len(want) {
@@ -194,7 +207,15 @@ func TestBuild(t *testing.T) {
 		if filepath.Base(path) != name+"_1.2.3+4.gabc1234_amd64.deb" {
 			t.Errorf("file name %s", filepath.Base(path))
 		}
-		for k, v := range map[string]string{"Version": cfg.Version, "Architecture": "amd64", "Depends": "systemd", "Section": "admin"} {
+		ctl := map[string]string{"Version": cfg.Version, "Architecture": "amd64", "Section": "admin", "Priority": "optional"}
+		for k, v := range w.control {
+			ctl[k] = v
+		}
+		if _, ok := w.control["Depends"]; !ok && p.control["Depends"] != "" {
+			t.Errorf("%s: Depends %q, want none", name, p.control["Depends"])
+		}
+		checkDocs(t, name, cfg, p, w.man)
+		for k, v := range ctl {
 			if p.control[k] != v {
 				t.Errorf("%s: control %s = %q, want %q", name, k, p.control[k], v)
 			}
@@ -202,6 +223,9 @@ func TestBuild(t *testing.T) {
 		// Exactly the expected files, root-owned, with their modes and their sources' content.
 		var got []string
 		for dst, f := range p.data {
+			if isDoc(dst) {
+				continue
+			}
 			got = append(got, dst)
 			wm, ok := w.files[dst]
 			if !ok {
@@ -288,4 +312,88 @@ func TestBuildErrors(t *testing.T) {
 	if _, err := Build(cfg); err == nil || !strings.Contains(err.Error(), "not a valid Debian version") {
 		t.Errorf("bad version: %v", err)
 	}
+}
+
+func isDoc(path string) bool {
+	for _, p := range []string{"/usr/share/doc/", "/usr/share/man/", "/usr/share/lintian/"} {
+		if strings.HasPrefix(path, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// checkDocs: exactly a copyright file, a changelog, a lintian override and the binaries' man pages,
+// made from the help they print.
+func checkDocs(t *testing.T, name string, cfg Config, p debPkg, man []string) {
+	t.Helper()
+	var got []string
+	for dst, f := range p.data {
+		if !isDoc(dst) {
+			continue
+		}
+		got = append(got, dst)
+		if f.mode != 0o644 || f.owner != "root:root" {
+			t.Errorf("%s: %s mode %v owner %s", name, dst, f.mode, f.owner)
+		}
+	}
+	sort.Strings(got)
+	var want []string
+	var bins []string
+	for _, pk := range Packages(cfg) {
+		if pk.Name != name {
+			continue
+		}
+		for _, m := range pk.Man {
+			want = append(want, "/usr/share/man/man1/"+m.Binary+".1.gz")
+		}
+		for _, f := range pk.Files {
+			if strings.HasPrefix(f.Dst, "/usr/bin/") {
+				bins = append(bins, f.Dst)
+			}
+		}
+	}
+	doc := "/usr/share/doc/" + name + "/"
+	want = append(want, doc+"changelog.gz", doc+"copyright", "/usr/share/lintian/overrides/"+name)
+	sort.Strings(want)
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("%s: doc files %v, want %v", name, got, want)
+	}
+	if !bytes.Equal(p.data[doc+"copyright"].data, copyright) || !bytes.Contains(copyright, []byte("License: GPL-2")) {
+		t.Errorf("%s: copyright is not deb/copyright", name)
+	}
+	if cl := gunzip(t, p.data[doc+"changelog.gz"].data); !strings.HasPrefix(cl, name+" ("+cfg.Version+") unstable; urgency=medium\n") ||
+		!strings.Contains(cl, " -- keyguard maintainers <keyguard@example.org>  Tue, 24 Nov 2026 00:00:00 +0000\n") {
+		t.Errorf("%s: changelog\n%s", name, cl)
+	}
+	override := string(p.data["/usr/share/lintian/overrides/"+name].data)
+	for _, b := range bins {
+		if !strings.Contains(override, name+": statically-linked-binary ["+strings.TrimPrefix(b, "/")+"]\n") {
+			t.Errorf("%s: lintian override lacks %s:\n%s", name, b, override)
+		}
+	}
+	var pages string
+	for _, f := range got {
+		if strings.HasPrefix(f, "/usr/share/man/") {
+			pages += gunzip(t, p.data[f].data)
+		}
+	}
+	for _, m := range man {
+		if !strings.Contains(pages, m) {
+			t.Errorf("%s: man page lacks the help line %q:\n%s", name, m, pages)
+		}
+	}
+}
+
+func gunzip(t *testing.T, b []byte) string {
+	t.Helper()
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("gunzip: %v", err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("gunzip: %v", err)
+	}
+	return string(out)
 }

@@ -8,14 +8,17 @@ package kubernetes_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 
 	"helm.sh/helm/v3/pkg/action"
@@ -32,6 +35,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	sigsjson "sigs.k8s.io/json"
+
+	"github.com/keyguard/keyguard/deploy/oci"
 	"sigs.k8s.io/yaml"
 )
 
@@ -280,6 +285,15 @@ func agentFacts(t reporter, ds *appsv1.DaemonSet, privileged bool) {
 	sc := c.SecurityContext
 	if sc.RunAsUser == nil || *sc.RunAsUser != 0 {
 		t.Errorf("agent: not root")
+	}
+	// Probes ask the agent on its control socket, as `keyguard status` does (TestProbeCommand runs it).
+	for what, p := range map[string]*corev1.Probe{"startup": c.StartupProbe, "readiness": c.ReadinessProbe, "liveness": c.LivenessProbe} {
+		if p == nil || p.Exec == nil || !slices.Equal(p.Exec.Command, agentProbe) {
+			t.Errorf("agent: %s probe %+v, want exec %v", what, p, agentProbe)
+		}
+	}
+	if !strings.Contains(strings.Join(c.Args, " "), "-host-name $(NODE_NAME)") {
+		t.Errorf("agent: operator tokens must name the node: no -host-name $(NODE_NAME) in %v", c.Args)
 	}
 	if privileged {
 		if sc.Privileged == nil || !*sc.Privileged {
@@ -815,5 +829,134 @@ func TestFactChecksBite(t *testing.T) {
 				t.Fatalf("%s not reported; got %q", tt.name, c.msgs)
 			}
 		})
+	}
+}
+
+// agentProbe is the agent's probe command: the image's keyguard CLI asks the agent on its socket.
+var agentProbe = []string{"/usr/bin/keyguard", "status", "-socket", "/run/keyguard/agent.sock"}
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+// buildCLIs builds keyguard and keyguard-agent once for the tests that run the chart's commands.
+func buildCLIs(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "keyguard-chart-bin-"); binErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./agent/cmd/keyguard", "./agent/cmd/keyguard-agent")
+		cmd.Dir = filepath.Join(here(t), "..", "..")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binDir
+}
+
+// TestProbeCommand runs the agent's probe command: with no agent it fails as a probe must (exit 1,
+// the socket named), not with a usage error.
+func TestProbeCommand(t *testing.T) {
+	bin := buildCLIs(t)
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	out, err := exec.Command(filepath.Join(bin, "keyguard"), append(agentProbe[1:3], sock)...).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), sock) {
+		t.Errorf("probe without an agent: %v\n%s", err, out)
+	}
+}
+
+// TestNotesCommands renders the chart's NOTES and runs the commands they give the operator with the
+// real binaries: the token is signed, and the agent's uninstall accepts its flags and the token on
+// stdin and fails only because no agent listens on this machine's socket.
+func TestNotesCommands(t *testing.T) {
+	bin := buildCLIs(t)
+	notes := renderNotes(t, "kg", "security", values(t, ""))
+	var cmds []string
+	for _, l := range strings.Split(notes, "\n") {
+		// Commands are the indented lines.
+		if strings.HasPrefix(l, "  keyguard") || strings.HasPrefix(l, "  kubectl") {
+			l = strings.TrimSpace(l)
+			cmds = append(cmds, l)
+		}
+	}
+	if len(cmds) != 2 {
+		t.Fatalf("NOTES commands %q, want sign + uninstall:\n%s", cmds, notes)
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command(filepath.Join(bin, "keyguard"), "token", "keygen", "-out", filepath.Join(dir, "operator")).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	fill := strings.NewReplacer("NODE", "node1", "POD", "kg-agent-x1", "NAME", "alice", "TEXT", "decommission")
+	run := func(line string) (string, error) {
+		cmd := exec.Command("/bin/sh", "-c", fill.Replace(line))
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "PATH="+bin+":/usr/bin:/bin")
+		out, err := cmd.CombinedOutput()
+		t.Logf("$ %s\n%s", fill.Replace(line), out)
+		return string(out), err
+	}
+	if _, err := run(cmds[0]); err != nil {
+		t.Fatalf("sign: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "node1.token")); len(b) < 20 {
+		t.Fatalf("no token written: %q", b)
+	}
+	// kubectl -n NS exec -i POD -c agent -- CMD < FILE runs CMD in the pod with FILE on stdin.
+	pre, podCmd, ok := strings.Cut(cmds[1], " -- ")
+	if !ok || !strings.HasPrefix(pre, "kubectl -n security exec -i POD -c agent") {
+		t.Fatalf("uninstall command %q", cmds[1])
+	}
+	out, err := run(podCmd)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(out, "agent.sock") {
+		t.Errorf("uninstall as the NOTES say: want a failure to reach the agent's socket (exit 1), got %v", err)
+	}
+}
+
+// renderNotes is `helm install --dry-run`'s NOTES.
+func renderNotes(t *testing.T, release, namespace string, vals map[string]any) string {
+	t.Helper()
+	cfg := &action.Configuration{Log: func(string, ...any) {}}
+	install := action.NewInstall(cfg)
+	install.DryRun, install.DryRunOption, install.ClientOnly, install.Replace = true, "client", true, true
+	install.ReleaseName, install.Namespace = release, namespace
+	kv, err := chartutil.ParseKubeVersion(kubeVersions[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	install.KubeVersion = kv
+	rel, err := install.RunWithContext(context.Background(), loadChart(t), vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rel.Info.Notes
+}
+
+// TestImageTag: the chart's appVersion is the package version (kgpackage sets it); the images it runs
+// are the tags deploy/oci gives that version, '+' and '~' included.
+func TestImageTag(t *testing.T) {
+	c := loadChart(t)
+	const v = "1.2.3+4.gabc1234~rc1"
+	c.Metadata.AppVersion = v
+	manifest, err := render(t, c, "kg", "security", kubeVersions[1], values(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := decodeAll(t, manifest)
+	want := oci.Ref(oci.Config{Version: v, Repository: "keyguard"}, "keyguard-agent")
+	if got := find[*appsv1.DaemonSet](objs)[0].Spec.Template.Spec.Containers[0].Image; got != want {
+		t.Errorf("agent image %s, want %s", got, want)
+	}
+	want = oci.Ref(oci.Config{Version: v, Repository: "keyguard"}, "keyguard-collector")
+	if got := find[*appsv1.Deployment](objs)[0].Spec.Template.Spec.Containers[0].Image; got != want {
+		t.Errorf("collector image %s, want %s", got, want)
 	}
 }

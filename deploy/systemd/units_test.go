@@ -165,6 +165,19 @@ func verifyRoot(t *testing.T, name string, content []byte) (string, error) {
 	if err := os.CopyFS(filepath.Join(root, "usr/lib/systemd/system"), os.DirFS(hostUnitDir(t))); err != nil {
 		t.Fatal(err)
 	}
+	// The units it names (OnFailure=, a timer's Unit=) are there too, as the package installs them.
+	for _, other := range append(append([]string{}, units...), helperUnits...) {
+		if other == name {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(unitDir(t), other))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "usr/lib/systemd/system", other), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	u := filepath.Join(root, "etc/systemd/system", name)
 	if err := os.MkdirAll(filepath.Dir(u), 0o755); err != nil {
 		t.Fatal(err)
@@ -194,8 +207,11 @@ func verifyRoot(t *testing.T, name string, content []byte) (string, error) {
 
 var units = []string{"keyguard-agent.service", "keyguard-collector.service"}
 
+// helperUnits raise the alert when the agent's start limit trips and start it again later.
+var helperUnits = []string{"keyguard-agent-failed.service", "keyguard-agent-retry.timer"}
+
 func TestVerify(t *testing.T) {
-	for _, name := range units {
+	for _, name := range append(append([]string{}, units...), helperUnits...) {
 		t.Run(name, func(t *testing.T) {
 			b, err := os.ReadFile(filepath.Join(unitDir(t), name))
 			if err != nil {
@@ -494,5 +510,48 @@ func TestCollectorStarts(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, "events.db")); err != nil {
 		t.Fatalf("the database is not in the state directory: %v", err)
+	}
+}
+
+// TestStartLimit: the agent's restarts are bounded and, when they stop, a unit that is shipped here
+// raises the alert and a shipped timer starts the agent again (systemd-analyze verify does not check
+// that OnFailure= names an existing unit, so this test does).
+func TestStartLimit(t *testing.T) {
+	keys := map[string]string{}
+	b, err := os.ReadFile(filepath.Join(unitDir(t), "keyguard-agent.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && !strings.HasPrefix(l, "#") {
+			keys[k] = v
+		}
+	}
+	if keys["StartLimitIntervalSec"] == "0" || keys["StartLimitIntervalSec"] == "" || keys["StartLimitBurst"] == "" {
+		t.Errorf("agent unit has no start limit: StartLimitIntervalSec=%q StartLimitBurst=%q", keys["StartLimitIntervalSec"], keys["StartLimitBurst"])
+	}
+	exists := func(name string) {
+		if _, err := os.Stat(filepath.Join(unitDir(t), name)); err != nil {
+			t.Errorf("%s is referenced but not shipped: %v", name, err)
+		}
+	}
+	if keys["OnFailure"] != "keyguard-agent-failed.service" {
+		t.Errorf("OnFailure=%q", keys["OnFailure"])
+	}
+	exists(keys["OnFailure"])
+	timer, _ := os.ReadFile(filepath.Join(unitDir(t), "keyguard-agent-retry.timer"))
+	if !strings.Contains(string(timer), "\nUnit=keyguard-agent.service\n") {
+		t.Errorf("retry timer does not start the agent:\n%s", timer)
+	}
+	script, _ := os.ReadFile(filepath.Join(unitDir(t), "keyguard-agent-failed"))
+	for _, want := range []string{"<1>ALERT", "systemctl restart keyguard-agent-retry.timer", "reset-failed"} {
+		if !strings.Contains(string(script), want) {
+			t.Errorf("keyguard-agent-failed lacks %q", want)
+		}
+	}
+	if sh, err := exec.LookPath("dash"); err == nil {
+		if out, err := exec.Command(sh, "-n", filepath.Join(unitDir(t), "keyguard-agent-failed")).CombinedOutput(); err != nil {
+			t.Errorf("dash -n keyguard-agent-failed: %v\n%s", err, out)
+		}
 	}
 }

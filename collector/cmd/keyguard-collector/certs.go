@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -23,8 +24,8 @@ func certs(args []string, stdout, stderr io.Writer) int {
 	}
 	p := cmdline.Program{Name: "keyguard-collector certs", Version: version, Commands: []cmdline.Command{
 		cmd("init", "-dir D [-server-name N]... [-days N]", "create CA (ca.crt/ca.key) and collector certificate (collector.crt/.key)"),
-		cmd("host", "-dir D -name HOST [-days N]", "host client certificate HOST.crt/.key (OU keyguard-host, CN HOST)"),
-		cmd("operator", "-dir D -name NAME [-days N]", "operator client certificate NAME.crt/.key (OU keyguard-operator)"),
+		cmd("host", "-dir D -name HOST [-days N] [-reissue]", "host client certificate HOST.crt/.key (OU keyguard-host, CN HOST); an existing one is replaced only with -reissue, which revokes it first"),
+		cmd("operator", "-dir D -name NAME [-days N] [-reissue]", "operator client certificate NAME.crt/.key (OU keyguard-operator); -reissue as for host"),
 		cmd("revoke", "-dir D -name NAME", "add NAME.crt's serial to revoked.txt and rewrite crl.pem"),
 	}}
 	return p.Main(args, stdout, stderr)
@@ -35,6 +36,7 @@ func certsCmd(cmd, synopsis, about string, args []string, stdout, stderr io.Writ
 	dir := fs.String("dir", "certs", "directory holding the CA and certificates")
 	name := fs.String("name", "", "host or operator identity (certificate CN)")
 	days := fs.Int("days", 365, "validity in days")
+	reissue := fs.Bool("reissue", false, "host, operator: replace an existing certificate of this name, revoking the old one's serial")
 	var serverNames multi
 	fs.Var(&serverNames, "server-name", "extra DNS name or IP of the collector (repeatable; localhost and 127.0.0.1 are always included)")
 	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
@@ -49,7 +51,7 @@ func certsCmd(cmd, synopsis, about string, args []string, stdout, stderr io.Writ
 	case "init":
 		err = certsInit(*dir, serverNames, validity, stdout)
 	case "host", "operator":
-		err = certsIssue(cmd, *dir, *name, validity, stdout)
+		err = certsIssue(cmd, *dir, *name, validity, *reissue, stdout)
 	case "revoke":
 		err = certsRevoke(*dir, *name, stdout)
 	}
@@ -93,7 +95,9 @@ func certsInit(dir string, serverNames []string, validity time.Duration, stdout 
 	return nil
 }
 
-func certsIssue(kind, dir, name string, validity time.Duration, stdout io.Writer) error {
+// certsIssue issues a host or operator certificate. One live certificate per name: an existing one is
+// replaced only with reissue, which revokes its serial first.
+func certsIssue(kind, dir, name string, validity time.Duration, reissue bool, stdout io.Writer) error {
 	if !identity.ValidName(name) {
 		return fmt.Errorf("-name %q: give the identity (letters, digits, '.', '-', '_')", name)
 	}
@@ -104,6 +108,17 @@ func certsIssue(kind, dir, name string, validity time.Duration, stdout io.Writer
 	ou := certgen.OUHost
 	if kind == "operator" {
 		ou = certgen.OUOperator
+	}
+	if prev, err := certgen.Load(dir, name); err == nil {
+		if !reissue {
+			return fmt.Errorf("%s/%s.crt exists (serial %s): pass -reissue to revoke it and issue a new one", dir, name, prev.Cert.SerialNumber.Text(16))
+		}
+		if err := revoke(dir, name, ca, prev); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked the previous %s.crt (serial %s)\n", name, prev.Cert.SerialNumber.Text(16))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("reading the existing %s.crt: %w", name, err)
 	}
 	p, err := ca.Issue(certgen.Request{CommonName: name, OU: ou, NotAfter: time.Now().Add(validity)})
 	if err != nil {
@@ -125,6 +140,15 @@ func certsRevoke(dir, name string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := revoke(dir, name, ca, p); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revoked %s (serial %s): %s/revoked.txt and crl.pem updated; a running collector picks them up at the next connection\n", name, p.Cert.SerialNumber.Text(16), dir)
+	return nil
+}
+
+// revoke adds p's serial to dir/revoked.txt and rewrites dir/crl.pem signed by ca.
+func revoke(dir, name string, ca, p *certgen.Pair) error {
 	path := filepath.Join(dir, "revoked.txt")
 	old, _ := os.ReadFile(path)
 	list := string(old) + p.Cert.SerialNumber.Text(16) + " # " + name + "\n"
@@ -144,9 +168,5 @@ func certsRevoke(dir, name string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := certgen.WriteFile(filepath.Join(dir, "crl.pem"), crl, 0o644); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "revoked %s (serial %s): %s and %s/crl.pem updated; a running collector picks them up at the next connection\n", name, p.Cert.SerialNumber.Text(16), path, dir)
-	return nil
+	return certgen.WriteFile(filepath.Join(dir, "crl.pem"), crl, 0o644)
 }

@@ -44,6 +44,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				Run: func(args []string, stdout, stderr io.Writer) int { return verify(ctx, args, stdout, stderr, log) }},
 			{Name: "checkpoint", Summary: "append every host's chain state to a witness file (read-only on the database)",
 				Run: func(args []string, stdout, stderr io.Writer) int { return checkpoint(ctx, args, stdout, stderr, log) }},
+			{Name: "enroll", Summary: "agent enrollment: token-key (bootstrap-token secret) and token (single-use tokens; serve -enroll-listen)", Run: enrollCmd},
 			{Name: "console", Summary: "console user add: add or replace a web console user (password on stdin)",
 				Run: func(args []string, stdout, stderr io.Writer) int { return consoleCmd(args, os.Stdin, stdout, stderr) }},
 		},

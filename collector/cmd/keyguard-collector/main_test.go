@@ -3,8 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/keyguard/keyguard/collector/certgen"
 	"github.com/keyguard/keyguard/collector/collectortest"
 	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
@@ -237,4 +241,54 @@ func writeFile(t *testing.T, path, s string) string {
 		t.Fatal(err)
 	}
 	return path
+}
+
+// `certs host -name web1` twice does not leave two live certificates for web1: the second run refuses,
+// and -reissue revokes the old serial (revoked.txt and the CRL) before issuing the new one.
+func TestCertsReissue(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	var out bytes.Buffer
+	if code := run(ctx, []string{"certs", "init", "-dir", dir}, &out, &out); code != 0 {
+		t.Fatalf("init: %s", out.String())
+	}
+	serial := func() string {
+		p, err := certgen.Load(dir, "web1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p.Cert.SerialNumber.Text(16)
+	}
+	if code := run(ctx, []string{"certs", "host", "-dir", dir, "-name", "web1"}, &out, &out); code != 0 {
+		t.Fatalf("host: %s", out.String())
+	}
+	first := serial()
+	out.Reset()
+	if code := run(ctx, []string{"certs", "host", "-dir", dir, "-name", "web1"}, &out, &out); code != 1 || !strings.Contains(out.String(), "-reissue") {
+		t.Fatalf("second host web1: exit %d\n%s", code, out.String())
+	}
+	if serial() != first {
+		t.Fatal("refused reissue replaced the certificate")
+	}
+	out.Reset()
+	if code := run(ctx, []string{"certs", "host", "-dir", dir, "-name", "web1", "-reissue"}, &out, &out); code != 0 || !strings.Contains(out.String(), "revoked the previous web1.crt (serial "+first+")") {
+		t.Fatalf("reissue: exit %d\n%s", code, out.String())
+	}
+	second := serial()
+	revoked, _ := os.ReadFile(filepath.Join(dir, "revoked.txt"))
+	if second == first || !strings.Contains(string(revoked), first+" # web1") || strings.Contains(string(revoked), second) {
+		t.Fatalf("serials %s -> %s, revoked.txt:\n%s", first, second, revoked)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "crl.pem"))
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		t.Fatal("crl.pem is not PEM")
+	}
+	crl, err := x509.ParseRevocationList(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Text(16) != first {
+		t.Fatalf("CRL entries %v, want only %s", crl.RevokedCertificateEntries, first)
+	}
 }

@@ -19,6 +19,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, log *sl
 	configPath := fs.String("config", "", "YAML configuration file (flags given explicitly override it)")
 	consoleAddrFile := fs.String("console-addr-file", "", "write the console's bound address to this file once listening")
 	metricsAddrFile := fs.String("metrics-addr-file", "", "write the bound metrics address to this file once listening (for tests and scripts using port 0)")
+	enrollF := addEnrollFlags(fs)
 	addrFile := fs.String("addr-file", "", "write the bound address to this file once listening (for tests and scripts using port 0)")
 	cfg := server.Defaults()
 	bound := cmdline.BindConfig(fs, &cfg)
@@ -48,6 +49,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, log *sl
 			fmt.Fprintln(stderr, "keyguard-collector: write -metrics-addr-file:", err)
 			return 1
 		}
+	}
+	if err := startEnroll(ctx, enrollF, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.RevokedSerials, log); err != nil {
+		fmt.Fprintln(stderr, "keyguard-collector:", err)
+		return 1
 	}
 	if *addrFile != "" { // written last: tests wait for it
 		if err := writeAddr(*addrFile, srv.Addr().String()); err != nil {

@@ -1,8 +1,9 @@
 // Command kgpackage builds keyguard's release artefacts from static binaries: the .deb packages
-// (keyguard-agent, keyguard-collector) and the container image tarballs of the agent and the collector.
+// (keyguard-agent, keyguard, keyguard-collector), the container image tarballs of the agent and the
+// collector, and the Helm chart with appVersion = the package version (so it runs those images).
 // `make packages` builds the binaries into out/bin and runs it:
 //
-//	go run ./deploy/cmd/kgpackage -bin out/bin -out out [-version 1.2.3] [-only deb|oci]
+//	go run ./deploy/cmd/kgpackage -bin out/bin -out out [-version 1.2.3] [-only deb|oci|chart]
 //	go run ./deploy/cmd/kgpackage -print-version
 //
 // Without -version the version comes from `git describe --tags --always --dirty` (see deb.Version).
@@ -34,7 +35,7 @@ func run() error {
 	bin := flag.String("bin", "out/bin", "folder with the static binaries keyguard-agent, keyguard, keyguard-collector")
 	out := flag.String("out", "out", "output folder")
 	version := flag.String("version", "", "package version (default: from git describe)")
-	only := flag.String("only", "", `build only "deb" or "oci"`)
+	only := flag.String("only", "", `build only "deb", "oci" or "chart"`)
 	repo := flag.String("repository", "keyguard", "image repository prefix")
 	cacerts := flag.String("ca-certs", "/etc/ssl/certs/ca-certificates.crt", "CA bundle for the images (Debian ca-certificates)")
 	busybox := flag.String("busybox", "/bin/busybox", "static busybox for the agent image (Debian busybox-static)")
@@ -44,8 +45,8 @@ func run() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", flag.Args())
 	}
-	if *only != "" && *only != "deb" && *only != "oci" {
-		return fmt.Errorf("-only %q: want deb or oci", *only)
+	if *only != "" && *only != "deb" && *only != "oci" && *only != "chart" {
+		return fmt.Errorf("-only %q: want deb, oci or chart", *only)
 	}
 	mtime, describe, err := gitInfo(*root)
 	if err != nil && *version == "" {
@@ -65,7 +66,14 @@ func run() error {
 		return nil
 	}
 	var made []string
-	if *only != "oci" {
+	if *only == "" || *only == "chart" {
+		p, err := packageChart(filepath.Join(*root, "deploy/helm/keyguard"), v, *out)
+		if err != nil {
+			return err
+		}
+		made = append(made, p)
+	}
+	if *only == "" || *only == "deb" {
 		paths, err := deb.Build(deb.Config{Version: v, BinDir: *bin, SystemdDir: filepath.Join(*root, "deploy/systemd"),
 			PolicyFile: filepath.Join(*root, "agent/internal/policy/testdata/example.yaml"), OutDir: *out, MTime: mtime})
 		if err != nil {
@@ -73,7 +81,7 @@ func run() error {
 		}
 		made = append(made, paths...)
 	}
-	if *only != "deb" {
+	if *only == "" || *only == "oci" {
 		paths, err := oci.Build(oci.Config{Version: v, Repository: *repo, BinDir: *bin, CACerts: *cacerts, Busybox: *busybox,
 			OutDir: *out, MTime: mtime})
 		if err != nil {

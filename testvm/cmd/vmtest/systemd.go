@@ -132,8 +132,8 @@ func writeSystemdImage(cfg *config, img *image, dir string) (err error) {
 		add = append(add, w.CopyFile(path.Join(serviceRoot, "bin", b), filepath.Join(dir, "bin", b)))
 	}
 	debs, err := filepath.Glob(filepath.Join(debDir, "*.deb"))
-	if err != nil || len(debs) != len(debVersions)*2 {
-		return fmt.Errorf("expected %d .deb files in %s, found %v (%v)", len(debVersions)*2, debDir, debs, err)
+	if err != nil || len(debs) != len(debVersions)*3 {
+		return fmt.Errorf("expected %d .deb files in %s, found %v (%v)", len(debVersions)*3, debDir, debs, err)
 	}
 	for _, d := range debs {
 		add = append(add, w.CopyFile(path.Join(serviceRoot, "debs", filepath.Base(d)), d))

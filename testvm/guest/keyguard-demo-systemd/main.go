@@ -337,6 +337,7 @@ func installKeyguard() (string, error) {
 			_, err := sh("dpkg", "-i", testRoot+"/debs/keyguard-collector_1.0_amd64.deb")
 			return err
 		},
+		func() error { _, err := sh("dpkg", "-i", testRoot+"/debs/keyguard_1.0_amd64.deb"); return err },
 		func() error { _, err := sh("dpkg", "-i", testRoot+"/debs/keyguard-agent_1.0_amd64.deb"); return err },
 		func() error {
 			_, err := sh("keyguard-collector", "certs", "init", "-dir", "/etc/keyguard")

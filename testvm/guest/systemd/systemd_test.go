@@ -423,11 +423,50 @@ func (v *victim) attack() string {
 	return strings.TrimSpace(string(out))
 }
 
+// startLimit starts the unconfigured agent: it fails (no policy), systemd restarts it until the start
+// limit trips, and then keyguard-agent-failed.service logs an alert saying nothing is enforced, clears
+// the failed state and arms the retry timer. The timer is stopped again afterwards.
+func startLimit(t *testing.T) {
+	t.Helper()
+	since := time.Now().Add(-time.Second).Format("2006-01-02 15:04:05")
+	sh(t, "systemctl", "start", agentUnit)
+	var alert string
+	ok := waitFor(90*time.Second, func() bool {
+		out, _ := exec.Command("journalctl", "-q", "-o", "cat", "-p", "alert", "-t", "keyguard-agent-failed", "--since", since).Output()
+		alert = strings.TrimSpace(string(out))
+		return alert != ""
+	})
+	if !ok {
+		t.Fatalf("no alert after the agent's start limit tripped; agent %s; journal:\n%s", unitState(agentUnit),
+			must(t, "journalctl", "-q", "--no-pager", "-u", agentUnit, "-u", "keyguard-agent-failed.service", "--since", since))
+	}
+	t.Logf("alert: %s", alert)
+	// The alert comes only once the unit is failed, i.e. systemd stopped restarting it (on systemd 252
+	// the unit's Result stays "exit-code" when the start limit trips).
+	if !strings.Contains(alert, "NOTHING IS ENFORCED") || !strings.Contains(alert, "stopped restarting") {
+		t.Errorf("alert does not say nothing is enforced after the start limit: %s", alert)
+	}
+	if !waitFor(20*time.Second, func() bool { return unitState("keyguard-agent-retry.timer") == "active" }) {
+		out, _ := sh(t, "systemctl", "status", "--no-pager", "keyguard-agent-retry.timer")
+		t.Errorf("retry timer not armed: %s", out)
+	}
+	sh(t, "systemctl", "stop", "keyguard-agent-retry.timer", agentUnit)
+	sh(t, "systemctl", "reset-failed", agentUnit)
+}
+
 // --- the tests, in order ------------------------------------------------------------------------
 
 // Both packages install; neither starts before it is configured, and each says what it needs.
 // Once configured, systemd runs both and the agent takes over core_pattern.
 func TestInstall(t *testing.T) {
+	// The operator CLI is its own package; the agent's depends on it.
+	must(t, "dpkg", "-i", deb("keyguard", "1.0"))
+	if owner := strings.TrimSpace(must(t, "dpkg-query", "-S", "/usr/bin/keyguard")); owner != "keyguard: /usr/bin/keyguard" {
+		t.Errorf("/usr/bin/keyguard belongs to %q", owner)
+	}
+	if out := must(t, "keyguard", "token", "-h"); !strings.Contains(out, "keyguard token keygen") {
+		t.Errorf("keyguard token -h from its own package: %s", out)
+	}
 	out := must(t, "dpkg", "-i", deb("keyguard-collector", "1.0"))
 	if !strings.Contains(out, "not started: missing") || unitState(collUnit) == "active" {
 		t.Errorf("collector without certificates: state %s, output does not say what is missing", unitState(collUnit))
@@ -439,6 +478,7 @@ func TestInstall(t *testing.T) {
 	if p := corePattern(t); p != origPattern {
 		t.Errorf("core_pattern changed before the agent ran: %q", p)
 	}
+	startLimit(t)
 	for pkg, want := range map[string][]string{
 		"keyguard-agent":     {"/etc/default/keyguard-agent"},
 		"keyguard-collector": {"/etc/default/keyguard-collector", "/etc/keyguard/collector.yaml"},

@@ -18,10 +18,11 @@ app.kubernetes.io/name: keyguard-collector
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
-{{/* image: repository:tag, tag defaulting to the chart's appVersion */}}
+{{/* image: repository:tag, tag defaulting to the chart's appVersion (the package version) made into a
+Docker tag as deploy/oci does: '+' -> '_', '~' -> '-'. */}}
 {{- define "keyguard.image" -}}
 {{- $img := index . 0 -}}{{- $root := index . 1 -}}
-{{ $img.repository }}:{{ $img.tag | default $root.Chart.AppVersion }}
+{{ $img.repository }}:{{ $img.tag | default ($root.Chart.AppVersion | replace "+" "_" | replace "~" "-") }}
 {{- end -}}
 
 {{/* The agent's collector address: explicit, else this chart's collector Service, else none. */}}

@@ -1,0 +1,71 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/keyguard/keyguard/agent/internal/enroll"
+	"github.com/keyguard/keyguard/agent/internal/export"
+)
+
+// enrollFlags: with -enroll-url (enroll.url in agent.yaml), the agent gets its client certificate from
+// the collector (see agent/internal/enroll) instead of a file an operator put there.
+type enrollFlags struct {
+	url, tokenFile *string
+	timeout        *time.Duration
+}
+
+// enrollAndRenew enrolls when exp's certificate is missing (retrying until f.timeout), then renews it
+// in the background until ctx ends. hostname is the certificate's name.
+func enrollAndRenew(ctx context.Context, f enrollFlags, exp *export.Config, hostname string, log *slog.Logger) error {
+	if *f.url == "" || exp == nil || exp.Plaintext {
+		return nil
+	}
+	caPEM, err := os.ReadFile(exp.CAFile)
+	if err != nil {
+		return fmt.Errorf("enrollment needs the collector CA (-collector-ca): %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return fmt.Errorf("%s holds no PEM certificate", exp.CAFile)
+	}
+	if hostname == "" {
+		if hostname, err = os.Hostname(); err != nil {
+			return err
+		}
+	}
+	cl := &enroll.Client{URL: strings.TrimSuffix(*f.url, "/"), CA: pool, Name: hostname, CertFile: exp.CertFile, KeyFile: exp.KeyFile}
+	if _, err := os.Stat(exp.CertFile); errors.Is(err, os.ErrNotExist) {
+		tok, err := os.ReadFile(*f.tokenFile)
+		if err != nil {
+			return fmt.Errorf("no certificate %s and no bootstrap token (keyguard-collector enroll token -scope %s): %w", exp.CertFile, hostname, err)
+		}
+		ectx, cancel := context.WithTimeout(ctx, *f.timeout)
+		defer cancel()
+		for {
+			err = cl.Enroll(ectx, strings.TrimSpace(string(tok)))
+			if err == nil || ectx.Err() != nil || strings.Contains(err.Error(), "refused") {
+				break
+			}
+			log.Warn("enrollment failed; retrying", "url", cl.URL, "err", err)
+			time.Sleep(5 * time.Second)
+		}
+		if err != nil {
+			return fmt.Errorf("enrollment as %q: %w", hostname, err)
+		}
+		os.Remove(*f.tokenFile) // spent
+		log.Info("enrolled", "name", hostname, "cert", exp.CertFile)
+	}
+	na, err := cl.NotAfter()
+	if err != nil {
+		return err
+	}
+	go cl.Renewer(ctx, log, time.Minute, time.Until(na))
+	return nil
+}
