@@ -34,7 +34,7 @@ func TestCollectorRegressionReported(t *testing.T) {
 			db := openDB(t, dsn)
 			// A small spool: acknowledged segments are deleted, so part of what the collector loses
 			// is gone from the agent too.
-			agent := newAgent(t, b, k, "host-r", coll.addr, first, "-spool-max-bytes", "4194304", "-rate", "20000")
+			agent := newAgent(t, b, k, "host-r", coll.addr, first, "-spool-max-bytes", "8388608", "-rate", "5000")
 			agent.start()
 			backup := filepath.Join(t.TempDir(), "backup.db")
 			if tc.backup {
