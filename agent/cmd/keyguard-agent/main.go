@@ -72,6 +72,7 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")
 	fs.BoolVar(&cfg.DumpKeepStacks, "dump-keep-stacks", false, "keep thread stacks in redacted core dumps (backtraces need them)")
 	fs.BoolVar(&cfg.Loader.DenyTraced, "deny-traced", true, "refuse exec of a protected executable and key-file opens by a process under a tracer")
+	fs.BoolVar(&cfg.Loader.NoDumpGuard, "no-dump-guard", false, "leave the dump_emit guard out as on a kernel that lacks it: dumps: redact is then enforced as block (for tests)")
 	fs.DurationVar(&cfg.PostureInterval, "posture-interval", time.Minute, "how often host posture is checked again; a change is reported as a health event")
 	fs.StringVar(&cfg.OperatorKeyPath, "operator-key", "/etc/keyguard/operator.pub", "the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens")
 	fs.StringVar(&cfg.PolicyTokenPath, "policy-token", "", "token approving a changed policy (default: the policy path + .token)")
@@ -134,9 +135,10 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	findings := posture.Worst(checker.Host())
 	builds, _ := loader.Pinned(*pin)
 	if *asJSON {
-		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "posture": findings, "pinned_builds": builds})
+		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "variants": r.Variants, "posture": findings, "pinned_builds": builds})
 	} else {
 		fmt.Fprintf(stdout, "kernel %s, active LSMs: %v\n", r.Kernel, r.LSMs)
+		fmt.Fprintf(stdout, "program variants: %s\n", r.Variants)
 		if len(builds) > 0 {
 			fmt.Fprintf(stdout, "enforcement pinned in %s (build %v)\n", *pin, builds)
 		} else {

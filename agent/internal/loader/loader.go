@@ -40,6 +40,9 @@ type Config struct {
 	// DenyTraced refuses exec of a protected executable and opens of key files by a process under a
 	// tracer that is not an allowed accessor.
 	DenyTraced bool
+	// NoDumpGuard leaves the dump guard out as if the kernel could not trace dump_emit (tests the
+	// fallback: redact rules enforced as block). See variants.go.
+	NoDumpGuard bool
 }
 
 // DefaultConfig returns the production defaults.
@@ -54,7 +57,9 @@ type Guard struct {
 	Build string
 	// Adopted is true when the links were already pinned by an earlier agent of the same build.
 	Adopted bool
-	links   []link.Link
+	// Variants are the program variants chosen for this kernel.
+	Variants Variants
+	links    []link.Link
 }
 
 // programNames lists the programs in attach order: marking before checking is not required (every
@@ -65,6 +70,7 @@ var programNames = []string{
 	"kg_bprm_committed_creds",
 	"kg_file_open",
 	"kg_ptrace_access_check",
+	"kg_file_post_open",
 	"kg_ptrace_traceme",
 	"kg_file_permission",
 	"kg_signal_deliver",
@@ -124,11 +130,16 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Guard{Build: build}
+	v, build, err := cfg.variants(spec, build)
+	if err != nil {
+		return nil, err
+	}
+	names := activePrograms(v)
+	g := &Guard{Build: build, Variants: v}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
 	linkDir := filepath.Join(cfg.PinPath, "links", build)
 
-	if links, err := loadPinnedLinks(linkDir); err == nil {
+	if links, err := loadPinnedLinks(linkDir, names); err == nil {
 		if err := spec.LoadAndAssign(&g.Maps, opts); err != nil {
 			closeLinks(links)
 			return nil, mapError(err, cfg.PinPath)
@@ -141,7 +152,7 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	}
 
 	var objs kgbpf.KeyguardObjects
-	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+	if err := loadObjects(spec, opts, v, &objs); err != nil {
 		return nil, mapError(err, cfg.PinPath)
 	}
 	defer objs.KeyguardPrograms.Close() // links hold their own references
@@ -152,6 +163,7 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		"kg_bprm_committed_creds": objs.KgBprmCommittedCreds,
 		"kg_file_open":            objs.KgFileOpen,
 		"kg_ptrace_access_check":  objs.KgPtraceAccessCheck,
+		"kg_file_post_open":       objs.KgFilePostOpen,
 		"kg_ptrace_traceme":       objs.KgPtraceTraceme,
 		"kg_file_permission":      objs.KgFilePermission,
 		"kg_signal_deliver":       objs.KgSignalDeliver,
@@ -174,7 +186,7 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		g.Maps.Close()
 		return nil, fmt.Errorf("create link pin folder: %w", err)
 	}
-	for _, name := range programNames {
+	for _, name := range names {
 		l, err := attach(progs[name])
 		if err != nil {
 			closeLinks(g.links)
@@ -200,7 +212,7 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	if err != nil {
 		log.Warn("could not remove links of an earlier build; both stay attached until removed", "error", err)
 	}
-	log.Info("attached and pinned BPF programs", "build", build, "programs", len(g.links), "replaced_builds", removed, "pin_path", cfg.PinPath)
+	log.Info("attached and pinned BPF programs", "build", build, "variants", v.String(), "programs", len(g.links), "replaced_builds", removed, "pin_path", cfg.PinPath)
 	return g, nil
 }
 
@@ -240,9 +252,9 @@ func Pinned(pinPath string) (builds []string, err error) {
 	return builds, err
 }
 
-func loadPinnedLinks(dir string) ([]link.Link, error) {
+func loadPinnedLinks(dir string, names []string) ([]link.Link, error) {
 	var links []link.Link
-	for _, name := range programNames {
+	for _, name := range names {
 		l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil)
 		if err != nil {
 			closeLinks(links)
