@@ -73,7 +73,7 @@ lint: ## gofmt and go vet
 
 .PHONY: test
 test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
-	$(GO) test -count=1 ./...
+	KEYGUARD_CACHE=$(CACHE) $(GO) test -count=1 ./...
 
 .PHONY: vmtest
 vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in testvm/out/<series>/)
