@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED ?= 0
-KERNELS ?= 6.1 6.12
+KERNELS ?= 6.1 6.12 7.3
 # Kernels for the systemd VM test (Debian 12 + systemd as PID 1, the .deb packages).
 SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
@@ -73,7 +73,7 @@ lint: ## gofmt and go vet
 
 .PHONY: test
 test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
-	$(GO) test -count=1 ./...
+	KEYGUARD_CACHE=$(CACHE) $(GO) test -count=1 ./...
 
 .PHONY: vmtest
 vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in testvm/out/<series>/)

@@ -279,6 +279,7 @@ const (
 	KeyguardMapBreakglass            = "breakglass"
 	KeyguardMapCgroupRules           = "cgroup_rules"
 	KeyguardMapCounters              = "counters"
+	KeyguardMapDeniedMm              = "denied_mm"
 	KeyguardMapEvents                = "events"
 	KeyguardMapExeRules              = "exe_rules"
 	KeyguardMapHandler               = "handler"
@@ -302,6 +303,7 @@ const (
 	KeyguardProgKgDumpEmit           = "kg_dump_emit"
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
+	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
 	KeyguardProgKgInodeRename        = "kg_inode_rename"
 	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
 	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
@@ -314,6 +316,7 @@ const (
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
+	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
 	KeyguardVarKgTypes               = "kg_types"
 )
@@ -369,6 +372,7 @@ type KeyguardProgramSpecs struct {
 	KgDumpEmit           *ebpf.ProgramSpec `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
+	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
 	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
 	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
@@ -391,6 +395,7 @@ type KeyguardMapSpecs struct {
 	Breakglass   *ebpf.MapSpec `ebpf:"breakglass"`
 	CgroupRules  *ebpf.MapSpec `ebpf:"cgroup_rules"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	DeniedMm     *ebpf.MapSpec `ebpf:"denied_mm"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	ExeRules     *ebpf.MapSpec `ebpf:"exe_rules"`
 	Handler      *ebpf.MapSpec `ebpf:"handler"`
@@ -412,6 +417,7 @@ type KeyguardMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KeyguardVariableSpecs struct {
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
+	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
 	KgTypes          *ebpf.VariableSpec `ebpf:"kg_types"`
 }
@@ -441,6 +447,7 @@ type KeyguardMaps struct {
 	Breakglass   *ebpf.Map `ebpf:"breakglass"`
 	CgroupRules  *ebpf.Map `ebpf:"cgroup_rules"`
 	Counters     *ebpf.Map `ebpf:"counters"`
+	DeniedMm     *ebpf.Map `ebpf:"denied_mm"`
 	Events       *ebpf.Map `ebpf:"events"`
 	ExeRules     *ebpf.Map `ebpf:"exe_rules"`
 	Handler      *ebpf.Map `ebpf:"handler"`
@@ -464,6 +471,7 @@ func (m *KeyguardMaps) Close() error {
 		m.Breakglass,
 		m.CgroupRules,
 		m.Counters,
+		m.DeniedMm,
 		m.Events,
 		m.ExeRules,
 		m.Handler,
@@ -486,6 +494,7 @@ func (m *KeyguardMaps) Close() error {
 // It can be passed to LoadKeyguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KeyguardVariables struct {
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
+	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
 	KgTypes          *ebpf.Variable `ebpf:"kg_types"`
 }
@@ -503,6 +512,7 @@ type KeyguardPrograms struct {
 	KgDumpEmit           *ebpf.Program `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
+	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
 	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
 	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
@@ -527,6 +537,7 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgDumpEmit,
 		p.KgFileOpen,
 		p.KgFilePermission,
+		p.KgFilePostOpen,
 		p.KgInodeRename,
 		p.KgInodeRmdir,
 		p.KgInodeUnlink,

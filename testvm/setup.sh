@@ -46,28 +46,81 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 2. Kernels.
-# newest_of SERIES: newest linux-image-<series>.*-amd64-unsigned (no cloud/rt flavours) in the archive.
-newest_of() {
-	local re="^linux-image-${1//./\\.}\\.[0-9]+[-+][0-9a-z+]*-amd64-unsigned\$"
-	apt-cache search --names-only "$re" | awk '{print $1}' | grep -E "$re" | sort -V | tail -n1
+# A kernels.txt line may name the apt suites it comes from (third field, comma-separated). Those are
+# read through a private apt folder, CACHE/apt/<suites>/, with its own sources entry: the machine's
+# sources (bookworm) stay untouched. Without a third field the machine's apt is used.
+mirror=${KEYGUARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+aptc=() # the apt-get/apt-cache prefix for the current line
+private_apt() { # SUITES (comma-separated) -> sets aptc; apt-get update once per run
+	local suites=$1 d=$cache/apt/$1
+	mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/sources" "$d/preferences"
+	cat >"$d/sources/kernels.sources" <<-EOF
+		Types: deb
+		URIs: $mirror
+		Suites: ${suites//,/ }
+		Components: main
+		Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+	EOF
+	cat >"$d/apt.conf" <<-EOF
+		Dir::Etc::SourceList "/dev/null";
+		Dir::Etc::SourceParts "$d/sources";
+		Dir::Etc::Preferences "/dev/null";
+		Dir::Etc::PreferencesParts "$d/preferences";
+		Dir::State::Lists "$d/lists";
+		Dir::State::status "/dev/null";
+		Dir::Cache "$d/cache";
+		APT::Architecture "amd64";
+	EOF
+	aptc=(env "APT_CONFIG=$d/apt.conf")
+	if [ -z "${private_updated[$suites]:-}" ] && { [ ! -f "$d/updated" ] || [ "${2:-}" = force ]; }; then
+		echo "setup.sh: apt-get update for $suites (private apt folder $d)" >&2
+		"${aptc[@]}" apt-get update -qq
+		touch "$d/updated"
+		private_updated[$suites]=1
+	fi
 }
-candidate() { apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+declare -A private_updated=()
+# update SUITES: refresh the lists the current line reads.
+update() { if [ -n "$1" ]; then private_apt "$1" force; else apt_update; fi; }
 
-while read -r series pkg _; do
+# newest_of SERIES: newest kernel image of the series (no cloud/rt flavours) in the archive:
+# linux-image-<series>.*-amd64-unsigned (bookworm) or linux-image-<series>.*-amd64 (split packages).
+newest_of() {
+	local re="^linux-image-${1//./\\.}\\.[0-9]+[-+][0-9a-z+]*-amd64(-unsigned)?\$"
+	"${aptc[@]}" apt-cache search --names-only "$re" | awk '{print $1}' | grep -E "$re" | sort -V | tail -n1
+}
+candidate() { "${aptc[@]}" apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
+# image_pkg PKG VER: the package holding the vmlinuz. Since Debian's 7.x kernels, linux-image-X is a
+# small metapackage and the image is in linux-binary-X (signed) or linux-binary-unsigned-X; the
+# modules are in linux-modules-X.
+image_pkg() {
+	local pkg=$1 bin=${1/linux-image-/linux-binary-unsigned-}
+	local deps
+	deps=$("${aptc[@]}" apt-cache show "$pkg=$2" 2>/dev/null | sed -n 's/^Depends: //p' || true)
+	if [[ $deps == *linux-binary-* ]]; then
+		if [ -n "$(candidate "$bin")" ] && [ "$(candidate "$bin")" != "(none)" ]; then echo "$bin"; else echo "${1/linux-image-/linux-binary-}"; fi
+	else
+		echo "$pkg"
+	fi
+}
+
+while read -r series pkg suites _; do
 	dir=$cache/kernels/$series
 	if [ -s "$dir/vmlinuz" ] && [ -f "$dir/package" ] && [ "$(awk '{print $1; exit}' "$dir/package")" = "$pkg" ]; then
 		continue
 	fi
+	aptc=()
+	[ -z "${suites:-}" ] || private_apt "$suites"
 	ver=$(candidate "$pkg")
 	if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
-		apt_update
+		update "${suites:-}"
 		ver=$(candidate "$pkg")
 	fi
 	if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
 		newest=$(newest_of "$series")
 		if [ -z "$newest" ]; then
 			echo "setup.sh: ERROR: $pkg is not in the apt archive and no other $series amd64 kernel is either;" >&2
-			echo "setup.sh: check /etc/apt/sources.list (bookworm and bookworm-security) and testvm/kernels.txt" >&2
+			echo "setup.sh: check the suites (${suites:-/etc/apt/sources.list: bookworm and bookworm-security}) and testvm/kernels.txt" >&2
 			exit 1
 		fi
 		if [ -s "$dir/vmlinuz" ] && [ "$(awk '{print $1; exit}' "$dir/package" 2>/dev/null)" = "$newest" ]; then
@@ -84,20 +137,32 @@ while read -r series pkg _; do
 		pkg=$newest
 		ver=$(candidate "$pkg")
 	fi
-	echo "setup.sh: fetching $pkg $ver into $dir" >&2
+	img=$(image_pkg "$pkg" "$ver")
+	echo "setup.sh: fetching $img $ver (for $pkg) into $dir" >&2
 	tmp=$(mktemp -d "$cache/.fetch.XXXXXX")
 	trap 'rm -rf "$tmp"' EXIT
-	(cd "$tmp" && apt-get download -qq "$pkg=$ver" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+	(cd "$tmp" && "${aptc[@]}" apt-get download -qq "$img=$ver" 2>&1 | grep -v 'unsandboxed' >&2 || true)
 	deb=$(ls "$tmp"/*.deb 2>/dev/null | head -n1)
 	if [ -z "$deb" ]; then
-		echo "setup.sh: ERROR: apt-get download $pkg=$ver produced no .deb" >&2
+		echo "setup.sh: ERROR: apt-get download $img=$ver produced no .deb" >&2
 		exit 1
 	fi
-	# Only boot/vmlinuz-* is needed; extracting just that skips writing the ~400 MB module tree.
-	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards './boot/vmlinuz-*'
+	# Only the vmlinuz is needed; extracting just that skips writing the ~400 MB module tree.
+	# bookworm: ./boot/vmlinuz-*; split packages: ./usr/lib/modules/*/vmlinuz*.
+	dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" --wildcards --no-wildcards-match-slash \
+		'./boot/vmlinuz-*' './usr/lib/modules/*/vmlinuz*' 2>/dev/null || true
 	mkdir -p "$tmp/out"
-	mv "$tmp"/boot/vmlinuz-* "$tmp/out/vmlinuz"
+	k=$(find "$tmp" -path "$tmp/out" -prune -o -name 'vmlinuz*' -type f -print | head -n1)
+	if [ -z "$k" ]; then
+		echo "setup.sh: ERROR: $img=$ver holds no vmlinuz (boot/ or usr/lib/modules/)" >&2
+		exit 1
+	fi
+	mv "$k" "$tmp/out/vmlinuz"
 	printf '%s %s\n' "$pkg" "$ver" >"$tmp/out/package"
+	# Where netmods.sh finds the modules: "<modules package> <version> <suites>".
+	mods=$pkg
+	[ "$img" = "$pkg" ] || mods=${pkg/linux-image-/linux-modules-}
+	printf '%s %s %s\n' "$mods" "$ver" "${suites:-}" >"$tmp/out/modules"
 	rm -rf "$dir"
 	mkdir -p "$(dirname "$dir")"
 	mv "$tmp/out" "$dir"

@@ -27,6 +27,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM 1
 #define ENOMEM 12
+#define EACCES 13
 #define CLONE_THREAD 0x00010000
 #define PTRACE_MODE_NOAUDIT 0x04
 #define MAY_WRITE 0x2
@@ -46,6 +47,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Load-time settings, written by the agent before loading (see loader.Config). */
 const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
+const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -359,6 +361,25 @@ static __always_inline void fill_proc(struct kg_proc *p, struct task_struct *t)
 	}
 }
 
+/*
+ * kernfs_node's parent pointer was renamed __parent (RCU-protected) in 6.15; probed by CO-RE. Both
+ * reads go through flavour types, so the loader knows the one CO-RE drops is guarded (variants.go).
+ */
+struct kernfs_node___new {
+	struct kernfs_node *__parent;
+} __attribute__((preserve_access_index));
+
+struct kernfs_node___old {
+	struct kernfs_node *parent;
+} __attribute__((preserve_access_index));
+
+static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
+{
+	if (bpf_core_field_exists(((struct kernfs_node___new *)0)->__parent))
+		return BPF_CORE_READ((struct kernfs_node___new *)kn, __parent);
+	return BPF_CORE_READ((struct kernfs_node___old *)kn, parent);
+}
+
 /* The rule of the nearest protected cgroup among t's cgroup and its ancestors, or 0. */
 static __always_inline __u32 cgroup_rule(struct task_struct *t)
 {
@@ -374,7 +395,7 @@ static __always_inline __u32 cgroup_rule(struct task_struct *t)
 		r = bpf_map_lookup_elem(&cgroup_rules, &id);
 		if (r)
 			return *r;
-		kn = BPF_CORE_READ(kn, parent);
+		kn = kn_parent(kn);
 	}
 	return 0;
 }
@@ -714,16 +735,59 @@ static __always_inline int file_side_door(struct file *file)
 	return 0;
 }
 
+/*
+ * The mm of the last access keyguard denied to a thread (key: its pid_tgid). Newer kernels' mm_access()
+ * lets a CAP_PERFMON (or CAP_SYS_ADMIN) caller read an mm after ptrace_may_access() refused it, so a
+ * denied open of /proc/PID/environ or auxv would still succeed for root; kg_file_post_open refuses
+ * the opened file when it holds that mm. Every ptrace check by the thread replaces the entry.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, __u64);
+} denied_mm SEC(".maps");
+
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
 {
 	struct kg_mark prot = {};
+	__u64 me = bpf_get_current_pid_tgid(), mm;
+	int r;
 
 	if (ret)
 		return ret;
+	bpf_map_delete_elem(&denied_mm, &me);
 	if (!protection(child, &prot))
 		return 0;
-	return decide(bpf_get_current_task_btf(), child, &prot, mode, KG_OP_OTHER, 0);
+	r = decide(bpf_get_current_task_btf(), child, &prot, mode, KG_OP_OTHER, 0);
+	if (r) {
+		mm = (__u64)BPF_CORE_READ(child, mm);
+		bpf_map_update_elem(&denied_mm, &me, &mm, BPF_ANY);
+		return r;
+	}
+	return 0;
+}
+
+/*
+ * After a successful open (kernels with the file_post_open hook): a /proc file that holds the mm of a
+ * process keyguard just refused to this thread was let through by mm_access()'s CAP_PERFMON override.
+ */
+SEC("lsm/file_post_open")
+int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
+{
+	__u64 me = bpf_get_current_pid_tgid(), *mm;
+
+	if (ret)
+		return ret;
+	mm = bpf_map_lookup_elem(&denied_mm, &me);
+	if (!mm || file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC)
+		return 0;
+	if ((__u64)file->private_data == *mm) {
+		bpf_map_delete_elem(&denied_mm, &me);
+		return -EACCES;
+	}
+	return 0;
 }
 
 /* A protected process asking to be traced by its parent: the parent is the accessor. */
@@ -1019,7 +1083,8 @@ int BPF_PROG(kg_cred_prepare, struct cred *new, const struct cred *old, gfp_t gf
 		emit_dump(cur, &prot, KG_DUMP_ALLOWED, m ? m->dump_signal : 0);
 		return 0;
 	}
-	if (mode == KG_DUMP_MODE_REDACT) {
+	/* Without the dump_emit guard nothing keeps the dump from a foreign destination: block it. */
+	if (mode == KG_DUMP_MODE_REDACT && cfg_dump_guard) {
 		count(KG_CNT_DUMP_TO_HANDLER);
 		emit_dump(cur, &prot, KG_DUMP_TO_HANDLER, m ? m->dump_signal : 0);
 		return 0;

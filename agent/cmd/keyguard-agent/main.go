@@ -122,9 +122,10 @@ func probe(args []string, stdout, stderr io.Writer) int {
 	findings := posture.Worst(checker.Host())
 	builds, _ := loader.Pinned(*pin)
 	if *asJSON {
-		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "posture": findings, "pinned_builds": builds})
+		_ = json.NewEncoder(stdout).Encode(map[string]any{"kernel": r.Kernel, "lsms": r.LSMs, "missing": r.Missing, "variants": r.Variants, "posture": findings, "pinned_builds": builds})
 	} else {
 		fmt.Fprintf(stdout, "kernel %s, active LSMs: %v\n", r.Kernel, r.LSMs)
+		fmt.Fprintf(stdout, "program variants: %s\n", r.Variants)
 		if len(builds) > 0 {
 			fmt.Fprintf(stdout, "enforcement pinned in %s (build %v)\n", *pin, builds)
 		} else {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -164,13 +165,39 @@ type Values struct {
 	Hostname, CoreLimit, Comm        string // %h %c %e
 	Exe                              string // path of the executable, for %f and %E
 	CPU                              string // %C (6.12); empty when unknown
+	PidFD                            string // %F (6.16, pipe patterns only): the helper's pidfd number, "3"
 }
 
-// Parsed is an expanded pattern: a pipe helper's argv, or a file path.
+// PidFDNumber is the descriptor number at which the kernel gives a pipe helper a pidfd of the crashing
+// process when the pattern has %F (COREDUMP_PIDFD_NUMBER).
+const PidFDNumber = 3
+
+// unixPathMax is the size of sun_path: a socket pattern's path must be shorter.
+const unixPathMax = 108
+
+// Parsed is an expanded pattern: a pipe helper's argv, a unix socket, or a file path.
 type Parsed struct {
 	Pipe bool
 	Argv []string // Pipe: program and arguments
-	Path string   // file: the core file path (relative paths are relative to the crasher's cwd)
+	// Socket (`@/path`, Linux 6.16): the kernel connects to the listening unix socket at Path and
+	// writes the dump into the connection. SocketRequest (`@@/path`) is the request protocol: the
+	// kernel first sends a struct coredump_req and waits for the receiver's coredump_ack.
+	Socket        bool
+	SocketRequest bool
+	Path          string // file: the core file path (relative paths are relative to the crasher's cwd); socket: the socket
+}
+
+// Kind names the pattern's destination for messages: "pipe", "socket", "socket request" or "file".
+func (p Parsed) Kind() string {
+	switch {
+	case p.Pipe:
+		return "pipe"
+	case p.SocketRequest:
+		return "socket request"
+	case p.Socket:
+		return "socket"
+	}
+	return "file"
 }
 
 // Expand expands pattern as the kernel's format_corename does.
@@ -185,17 +212,42 @@ func Expand(pattern string, v Values) (Parsed, error) {
 		}
 		p := Parsed{Pipe: true}
 		for _, f := range fields {
-			p.Argv = append(p.Argv, expand(f, v))
+			p.Argv = append(p.Argv, expand(f, v, true))
 		}
 		return p, nil
 	}
-	p := Parsed{Path: expand(pattern, v)}
+	if strings.HasPrefix(pattern, "@") {
+		return parseSocket(pattern)
+	}
+	p := Parsed{Path: expand(pattern, v, false)}
 	// Like the kernel: a pattern without %p gets ".PID" appended when core_uses_pid is set; we do not
 	// read core_uses_pid here, so the path is exactly the expansion.
 	return p, nil
 }
 
-func expand(s string, v Values) string {
+// parseSocket parses `@/path` and `@@/path` as the kernel's format_corename and check_coredump_socket
+// do: the path is taken literally (no specifiers), absolute, without spaces or "..", shorter than
+// sun_path. The kernel writes no dump at all for a pattern it refuses.
+func parseSocket(pattern string) (Parsed, error) {
+	p := Parsed{Socket: true, Path: pattern[1:]}
+	if strings.HasPrefix(p.Path, "@") {
+		p.SocketRequest, p.Path = true, p.Path[1:]
+	}
+	switch {
+	case !strings.HasPrefix(p.Path, "/"):
+		return p, fmt.Errorf("socket core_pattern %q: the socket path must be absolute", pattern)
+	case strings.Contains(p.Path, " "):
+		return p, fmt.Errorf("socket core_pattern %q: the socket path may not contain spaces", pattern)
+	case slices.Contains(strings.Split(p.Path, "/"), ".."):
+		return p, fmt.Errorf("socket core_pattern %q: the socket path may not contain \"..\"", pattern)
+	case len(p.Path) >= unixPathMax:
+		return p, fmt.Errorf("socket core_pattern %q: the socket path is %d bytes, the kernel allows %d", pattern, len(p.Path), unixPathMax-1)
+	}
+	return p, nil
+}
+
+// expand substitutes the specifiers of one pipe argument or of a file pattern.
+func expand(s string, v Values, pipe bool) string {
 	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		if s[i] != '%' || i+1 == len(s) {
@@ -236,6 +288,10 @@ func expand(s string, v Values) string {
 			b.WriteString(v.CoreLimit)
 		case 'C':
 			b.WriteString(v.CPU)
+		case 'F':
+			if pipe { // the kernel installs a pidfd only for a helper it spawns
+				b.WriteString(v.PidFD)
+			}
 		default:
 			// The kernel drops unknown specifiers.
 		}

@@ -4,12 +4,13 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
 var vals = Values{PID: "12", GlobalPID: "1012", TID: "13", GlobalTID: "1013", UID: "1000", GID: "100",
 	DumpMode: "1", Signal: "11", Time: "1700000000", Hostname: "signer-01", CoreLimit: "18446744073709551615",
-	Comm: "my signer", Exe: "/usr/local/bin/signer"}
+	Comm: "my signer", Exe: "/usr/local/bin/signer", CPU: "2", PidFD: "3"}
 
 func TestExpand(t *testing.T) {
 	for _, tc := range []struct {
@@ -24,13 +25,23 @@ func TestExpand(t *testing.T) {
 		{"/var/crash/core.%e.%p.%%.%f.%Z", Parsed{Path: "/var/crash/core.my signer.12.%.signer."}},
 		// A value with a space stays one argument (the kernel splits before expanding).
 		{"|/bin/h %e", Parsed{Pipe: true, Argv: []string{"/bin/h", "my signer"}}},
+		// %C and %F (a pidfd at fd 3, pipe helpers only); a file pattern drops %F like the kernel.
+		{"|/lib/systemd/systemd-coredump %P %u %g %s %t %c %h %d %F %C", Parsed{Pipe: true, Argv: []string{
+			"/lib/systemd/systemd-coredump", "1012", "1000", "100", "11", "1700000000", "18446744073709551615", "signer-01", "1", "3", "2"}}},
+		{"/var/crash/core.%F.%C.%p", Parsed{Path: "/var/crash/core..2.12"}},
+		// Socket patterns (6.16): the path is literal, specifiers included.
+		{"@/run/systemd/coredump", Parsed{Socket: true, Path: "/run/systemd/coredump"}},
+		{"@@/run/systemd/coredump", Parsed{Socket: true, SocketRequest: true, Path: "/run/systemd/coredump"}},
+		{"@/run/core.%p", Parsed{Socket: true, Path: "/run/core.%p"}},
+		{"@/run/a..b", Parsed{Socket: true, Path: "/run/a..b"}},
 	} {
 		got, err := Expand(tc.pattern, vals)
 		if err != nil || !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("Expand(%q) = %+v, %v; want %+v", tc.pattern, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "|", "|   "} {
+	for _, bad := range []string{"", "|", "|   ", "@", "@@", "@run/core", "@@run/core", "@/run/core dump",
+		"@/run/../tmp/core", "@/" + strings.Repeat("s", 107)} {
 		if _, err := Expand(bad, vals); err == nil {
 			t.Errorf("Expand(%q) succeeded", bad)
 		}
@@ -83,5 +94,14 @@ func TestInstallRestore(t *testing.T) {
 	long := "/" + string(make([]byte, 120))
 	if err := s.Install(state, long, State{}); err == nil {
 		t.Fatal("a pattern over 127 bytes was accepted")
+	}
+}
+
+func TestParsedKind(t *testing.T) {
+	for pattern, want := range map[string]string{"|/bin/false": "pipe", "@/run/c": "socket", "@@/run/c": "socket request", "core": "file"} {
+		p, err := Expand(pattern, vals)
+		if err != nil || p.Kind() != want {
+			t.Errorf("Expand(%q).Kind() = %q, %v; want %q", pattern, p.Kind(), err, want)
+		}
 	}
 }

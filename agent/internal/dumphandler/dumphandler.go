@@ -29,6 +29,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/procfs"
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"golang.org/x/sys/unix"
 )
 
 // Redactor turns a protected process's core dump into one without its secrets. It must read in at
@@ -85,7 +86,9 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		h.logf("pid %d: no saved core_pattern (%v): dump discarded", pid, stErr)
 		return drain(h.Stdin)
 	}
+	v.PidFD = strconv.Itoa(corepattern.PidFDNumber)
 	next, err := corepattern.Expand(st.Previous, v)
+	next = viaPipe(next, v, socketReceivers)
 	if err != nil {
 		h.logf("pid %d: previous core_pattern %q: %v: dump discarded", pid, st.Previous, err)
 		if prot {
@@ -255,10 +258,23 @@ func resolvePath(p, cwd string) string {
 
 // passOn gives the dump to what the previous core_pattern named.
 func passOn(ctx context.Context, next corepattern.Parsed, in *os.File, cwd string, v corepattern.Values) error {
+	if next.Socket {
+		// The kernel would connect from the crashing process, whose credentials the receiver reads
+		// from the connection; the handler cannot stand in for it.
+		return fmt.Errorf("the previous core_pattern is the %s %s, which keyguard's handler cannot hand dumps on to: the dump is not written", next.Kind(), next.Path)
+	}
 	if next.Pipe {
 		cmd := exec.CommandContext(ctx, next.Argv[0], next.Argv[1:]...)
 		cmd.Stdin = in
 		cmd.Dir = "/"
+		// %F: like the kernel, give the helper a pidfd of the crashing process at fd 3.
+		if pid, err := strconv.Atoi(v.GlobalPID); err == nil {
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				pidfd := os.NewFile(uintptr(fd), "pidfd")
+				defer pidfd.Close()
+				cmd.ExtraFiles = []*os.File{pidfd} // fd 3 == corepattern.PidFDNumber
+			}
+		}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("%s: %w: %s", next.Argv[0], err, out)
 		}

@@ -46,6 +46,9 @@ type Config struct {
 	// DenyTraced refuses exec of a protected executable and opens of key files by a process under a
 	// tracer that is not an allowed accessor.
 	DenyTraced bool
+	// NoDumpGuard leaves the dump guard out as if the kernel could not trace dump_emit (tests the
+	// fallback: redact rules enforced as block). See variants.go.
+	NoDumpGuard bool
 }
 
 // DefaultConfig returns the production defaults.
@@ -60,7 +63,9 @@ type Guard struct {
 	Build string
 	// Adopted is true when the links were already pinned by an earlier agent of the same build.
 	Adopted bool
-	links   []link.Link
+	// Variants are the program variants chosen for this kernel.
+	Variants Variants
+	links    []link.Link
 }
 
 // programs lists the BPF object's programs, all of which the agent attaches, in attach order: the one
@@ -124,7 +129,12 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &Guard{Build: build}
+	v, build, err := cfg.variants(spec, build)
+	if err != nil {
+		return nil, err
+	}
+	spec = withVariants(spec, v)
+	g := &Guard{Build: build, Variants: v}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
 	linkDir := filepath.Join(cfg.PinPath, "links", build)
 
@@ -181,7 +191,7 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	if err != nil {
 		log.Warn("could not remove links of an earlier build; both stay attached until removed", "error", err)
 	}
-	log.Info("attached and pinned BPF programs", "build", build, "programs", len(g.links), "replaced_builds", removed, "pin_path", cfg.PinPath)
+	log.Info("attached and pinned BPF programs", "build", build, "variants", v.String(), "programs", len(g.links), "replaced_builds", removed, "pin_path", cfg.PinPath)
 	return g, nil
 }
 

@@ -25,6 +25,8 @@ type ProbeResult struct {
 	Kernel  string
 	LSMs    []string
 	Missing []Missing
+	// Variants are the program variants this kernel gets (zero when its BTF is unreadable).
+	Variants Variants
 }
 
 // Err returns nil when everything keyguard needs is present, and otherwise one error listing each
@@ -68,6 +70,10 @@ func Probe(pinParent string) ProbeResult {
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
 		r.Missing = append(r.Missing, Missing{"kernel BTF (/sys/kernel/btf/vmlinux) is missing",
 			"use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian's stock kernels are)"})
+	} else {
+		v, missing := probeVariants()
+		r.Variants = v
+		r.Missing = append(r.Missing, missing...)
 	}
 	if err := checkBPFFS(pinParent); err != nil {
 		r.Missing = append(r.Missing, Missing{"bpffs not mounted at " + pinParent, "mount -t bpf bpf " + pinParent + " (systemd mounts it by default)"})

@@ -5,6 +5,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/keyguard/keyguard/agent/internal/corepattern"
 )
 
 // sysctl reads /proc/sys/<name with dots as slashes>.
@@ -107,6 +111,29 @@ var knownHelpers = map[string]bool{
 	"false": true, "true": true,
 }
 
+// knownSockets are core-dump sockets of known receivers (systemd-coredump's socket mode).
+var knownSockets = map[string]bool{"/run/systemd/coredump": true}
+
+// socketPattern rates a socket core_pattern (`@/path`, `@@/path`, Linux 6.16): the process listening
+// there gets every dump; no listener loses them, and whoever binds the path first gets them.
+func (c Checker) socketPattern(v string) (Severity, string) {
+	p, err := corepattern.Expand(v, corepattern.Values{})
+	if err != nil {
+		return Medium, "the kernel refuses this pattern, so no dump is written at all (" + err.Error() + "): use systemd-coredump's socket (@/run/systemd/coredump) or a pipe helper"
+	}
+	var st unix.Stat_t
+	err = unix.Stat(p.Path, &st)
+	switch {
+	case err != nil:
+		return Medium, "nothing listens on the core-dump " + p.Kind() + " " + p.Path + ": dumps are lost, and whoever binds that path gets every crashing unprotected process's memory; enable systemd-coredump.socket or set another core_pattern"
+	case st.Mode&unix.S_IFMT != unix.S_IFSOCK:
+		return Medium, p.Path + " is not a socket, so the kernel writes no dumps: set core_pattern to systemd-coredump's socket or a pipe helper"
+	case !knownSockets[p.Path]:
+		return Medium, "an unknown " + p.Kind() + " receiver at " + p.Path + " gets the memory of every crashing unprotected process: check who listens there (ss -xlp) and where it writes, or use systemd-coredump"
+	}
+	return Info, "systemd-coredump's socket gets every dump (" + p.Kind() + " mode); keyguard blocks protected processes' dumps before they start (dumps: block) or kills them (dumps: redact without keyguard's handler)"
+}
+
 func (c Checker) corePattern() []Finding {
 	v, ok := c.sysctl("kernel.core_pattern")
 	f := Finding{Name: "kernel.core_pattern", Value: v, Severity: Info}
@@ -133,6 +160,8 @@ func (c Checker) corePattern() []Finding {
 		default:
 			f.Severity, f.Remediation = Medium, "an unknown pipe helper ("+path+") runs as root with the memory of every crashing unprotected process: check what it is and where it writes, or use systemd-coredump"
 		}
+	case strings.HasPrefix(v, "@"):
+		f.Severity, f.Remediation = c.socketPattern(v)
 	default:
 		f.Severity, f.Remediation = Low, "dumps of unprotected processes are written as files where the pattern says (often the process's working folder); keyguard decides protected processes' dumps. Prefer systemd-coredump (root-only storage) or core_pattern=|/bin/false on hosts that hold keys"
 	}

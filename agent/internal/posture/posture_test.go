@@ -2,6 +2,7 @@ package posture
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -548,5 +549,36 @@ func TestSummarize(t *testing.T) {
 	}
 	if got := Summarize(fs[:5], 4); len(got) != 5 {
 		t.Errorf("under the bound everything stays: %v", names(got))
+	}
+}
+
+// Socket core patterns (Linux 6.16): a refused pattern, no listener, not a socket and an unknown
+// listener are each a path keyguard does not cover.
+func TestCorePatternSocket(t *testing.T) {
+	d := t.TempDir()
+	sock := filepath.Join(d, "core.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	plain := filepath.Join(d, "plain")
+	os.WriteFile(plain, nil, 0o600)
+	for _, c := range []struct {
+		name, pattern, says string
+	}{
+		{"relative path", "@run/core", "refuses"},
+		{"no listener", "@" + filepath.Join(d, "missing.sock"), "nothing listens"},
+		{"not a socket", "@@" + plain, "not a socket"},
+		{"unknown receiver", "@" + sock, "unknown socket receiver"},
+		{"unknown request receiver", "@@" + sock, "unknown socket request receiver"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ch := checker(t, map[string]string{"sys/kernel/core_pattern": c.pattern + "\n", "sys/kernel/core_pipe_limit": "0\n"}, nil, nil)
+			f := find(t, ch.Host(), "kernel.core_pattern")
+			if f.Severity != Medium || !strings.Contains(f.Remediation, c.says) {
+				t.Errorf("%q: %s (%s), want medium saying %q", c.pattern, f.Severity, f.Remediation, c.says)
+			}
+		})
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -153,6 +154,24 @@ func main() {
 		// A pipe core_pattern helper: counts the bytes of the dump on stdin and whether it holds Secret.
 		b, _ := io.ReadAll(os.Stdin)
 		os.WriteFile(os.Args[2], []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
+	case "corelisten":
+		// A minimal socket core_pattern receiver (@PATH, Linux 6.16): for each connection the kernel
+		// makes, writes "<bytes> <holds Secret>" to OUTDIR/sock.N. Runs until killed.
+		l, err := net.Listen("unix", os.Args[2])
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		fmt.Println("LISTENING")
+		for n := 0; ; n++ {
+			c, err := l.Accept()
+			if err != nil {
+				os.Exit(1)
+			}
+			b, _ := io.ReadAll(c)
+			c.Close()
+			os.WriteFile(filepath.Join(os.Args[3], fmt.Sprintf("sock.%d", n)), []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
+		}
 	case "loop-attack":
 		pid, _ := strconv.Atoi(os.Args[2])
 		addr, _ := strconv.ParseUint(strings.TrimPrefix(os.Args[3], "0x"), 16, 64)

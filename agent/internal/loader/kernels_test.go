@@ -1,0 +1,130 @@
+package loader
+
+import (
+	"bufio"
+	"bytes"
+	"debug/elf"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+	"github.com/klauspost/compress/zstd"
+
+	kgbpf "github.com/keyguard/keyguard/bpf"
+)
+
+// wantVariants are the variants each kernel series of testvm/kernels.txt calls for, read off its BTF
+// by hand (kernfs_node members, bpf_lsm_file_post_open, bpf_lsm_bpf's parameters). A new series must
+// be added here.
+var wantVariants = map[string]Variants{
+	"6.1":  {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone, BPFHookArgs: 3},
+	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen, BPFHookArgs: 3},
+	"7.3":  {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen, BPFHookArgs: 4},
+}
+
+// Every stock kernel the VM tests boot, probed on the host from its vmlinuz in the testvm cache
+// (KEYGUARD_CACHE): nothing keyguard needs is missing, and each variant is the one the series calls for.
+func TestVariantsOfPinnedKernels(t *testing.T) {
+	cache := os.Getenv("KEYGUARD_CACHE")
+	if cache == "" {
+		t.Skip("KEYGUARD_CACHE is not set (the testvm cache with the pinned kernels)")
+	}
+	f, err := os.Open("../../../testvm/kernels.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(strings.SplitN(sc.Text(), "#", 2)[0])
+		if len(fields) < 2 {
+			continue
+		}
+		series := fields[0]
+		t.Run(series, func(t *testing.T) {
+			kernel := btfOfVmlinuz(t, filepath.Join(cache, "kernels", series, "vmlinuz"))
+			spec, err := kgbpf.LoadKeyguard()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, missing := chooseVariants(spec, kernel)
+			t.Logf("%s: %v", series, v)
+			if len(missing) > 0 {
+				t.Errorf("the kernel lacks %v", missing)
+			}
+			want, ok := wantVariants[series]
+			if !ok {
+				t.Fatalf("no expected variants for series %s: add them to wantVariants", series)
+			}
+			if v != want {
+				t.Errorf("variants %v, want %v", v, want)
+			}
+		})
+	}
+}
+
+// btfOfVmlinuz finds the compressed kernel (zstd or xz) inside a bzImage and reads its .BTF section.
+func btfOfVmlinuz(t *testing.T, path string) *btf.Spec {
+	t.Helper()
+	img, err := os.ReadFile(path)
+	if err != nil {
+		t.Skipf("kernel not in the cache (run testvm/setup.sh): %v", err)
+	}
+	for _, magic := range [][]byte{{0x28, 0xb5, 0x2f, 0xfd}, {0xfd, '7', 'z', 'X', 'Z', 0}} {
+		for off := 0; ; off++ {
+			i := bytes.Index(img[off:], magic)
+			if i < 0 {
+				break
+			}
+			off += i
+			if raw := decompress(img[off:], magic[0] == 0x28); raw != nil {
+				if e, err := elf.NewFile(bytes.NewReader(raw)); err == nil {
+					if s := e.Section(".BTF"); s != nil {
+						b, err := s.Data()
+						if err != nil {
+							t.Fatal(err)
+						}
+						spec, err := btf.LoadSpecFromReader(bytes.NewReader(b))
+						if err != nil {
+							t.Fatal(err)
+						}
+						return spec
+					}
+				}
+			}
+		}
+	}
+	if _, err := exec.LookPath("xz"); err != nil {
+		t.Skipf("%s: no zstd kernel inside, and no xz(1) to try xz (apt install xz-utils)", path)
+	}
+	t.Fatalf("%s: no compressed ELF kernel with BTF inside", path)
+	return nil
+}
+
+func decompress(b []byte, isZstd bool) []byte {
+	var r io.Reader
+	if isZstd {
+		d, err := zstd.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil
+		}
+		defer d.Close()
+		r = d
+	} else {
+		// Kernels compress with xz's x86 BCJ filter, which Go's xz readers lack: use xz(1).
+		cmd := exec.Command("xz", "-dcq")
+		cmd.Stdin = bytes.NewReader(b)
+		out, _ := cmd.Output() // trailing bytes after the stream make xz fail; the kernel is complete
+		r = bytes.NewReader(out)
+	}
+	out, err := io.ReadAll(r)
+	if len(out) < 4 || string(out[:4]) != "\x7fELF" {
+		return nil
+	}
+	_ = err // trailing bytes after the stream end the read with an error; the kernel is complete
+	return out
+}

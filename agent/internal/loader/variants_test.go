@@ -1,0 +1,149 @@
+package loader
+
+import (
+	"bytes"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+
+	kgbpf "github.com/keyguard/keyguard/bpf"
+)
+
+// kernelBTF reads this machine's kernel BTF and rewrites it with edit applied to every type; edit returns
+// false to drop a type. Reading the BTF needs no BPF privileges, so this runs on any Linux host with BTF.
+func kernelBTF(t *testing.T, edit func(btf.Type) bool) *btf.Spec {
+	t.Helper()
+	f, err := os.Open("/sys/kernel/btf/vmlinux")
+	if err != nil {
+		t.Skipf("no kernel BTF on this host: %v", err)
+	}
+	defer f.Close()
+	spec, err := btf.LoadSpecFromReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edit == nil {
+		return spec
+	}
+	var types []btf.Type
+	for typ, err := range spec.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if edit(typ) {
+			types = append(types, typ)
+		}
+	}
+	b, err := btf.NewBuilder(types, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := btf.LoadSpecFromReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func dropFunc(name string) func(btf.Type) bool {
+	return func(typ btf.Type) bool {
+		fn, ok := typ.(*btf.Func)
+		return !ok || fn.Name != name
+	}
+}
+
+// renameMember renames a member of a struct in place (the types are this test's own copy).
+func renameMember(strct, from, to string) func(btf.Type) bool {
+	return func(typ btf.Type) bool {
+		if s, ok := typ.(*btf.Struct); ok && s.Name == strct {
+			for i := range s.Members {
+				if s.Members[i].Name == from {
+					s.Members[i].Name = to
+				}
+			}
+		}
+		return true
+	}
+}
+
+// Each kernel interface that differs between the kernels keyguard supports has a case here: the probe
+// must pick the variant the kernel's BTF calls for, and a missing mandatory hook must refuse the kernel.
+func TestChooseVariants(t *testing.T) {
+	cases := []struct {
+		name        string
+		edit        func(btf.Type) bool
+		kernfs      string // "" when the host decides (checked against its BTF below)
+		dumpGuard   string
+		procGuard   string
+		missing     string // substring of a Missing entry, "" for none
+		wantRefused bool
+	}{
+		{name: "host", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen},
+		{name: "no dump_emit", edit: dropFunc("dump_emit"), dumpGuard: DumpGuardBlock, procGuard: ProcOpenGuardPostOpen},
+		{name: "no file_post_open hook", edit: dropFunc("bpf_lsm_file_post_open"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardNone},
+		{name: "kernfs parent (before 6.15)", edit: renameMember("kernfs_node", "__parent", "parent"), kernfs: "parent", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen},
+		{name: "kernfs __parent (6.15 and later)", edit: renameMember("kernfs_node", "parent", "__parent"), kernfs: "__parent", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen},
+		{name: "no ptrace_access_check hook", edit: dropFunc("bpf_lsm_ptrace_access_check"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen,
+			missing: "bpf_lsm_ptrace_access_check (program kg_ptrace_access_check) is not in this kernel", wantRefused: true},
+		{name: "no perf_event.attr", edit: renameMember("perf_event", "attr", "attr_renamed"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen,
+			missing: "struct perf_event field attr", wantRefused: true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			spec, err := kgbpf.LoadKeyguard()
+			if err != nil {
+				t.Fatal(err)
+			}
+			kernel := kernelBTF(t, c.edit)
+			v, missing := chooseVariants(spec, kernel)
+			if v.DumpGuard != c.dumpGuard || v.ProcOpenGuard != c.procGuard {
+				t.Errorf("variants %v, want dump guard %s, proc open guard %s", v, c.dumpGuard, c.procGuard)
+			}
+			if c.kernfs != "" && v.KernfsParent != c.kernfs {
+				t.Errorf("kernfs_node.%s chosen, want %s", v.KernfsParent, c.kernfs)
+			}
+			if (len(missing) > 0) != c.wantRefused {
+				t.Fatalf("missing %v, want refused=%v", missing, c.wantRefused)
+			}
+			if c.missing != "" {
+				var all []string
+				for _, m := range missing {
+					all = append(all, m.What)
+				}
+				if !strings.Contains(strings.Join(all, "\n"), c.missing) {
+					t.Errorf("missing %q, want one saying %q", all, c.missing)
+				}
+			}
+		})
+	}
+}
+
+func TestSkippedPrograms(t *testing.T) {
+	spec, err := kgbpf.LoadKeyguard()
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := len(spec.Programs)
+	v := Variants{DumpGuard: DumpGuardBlock, ProcOpenGuard: ProcOpenGuardNone}
+	names := programs(withVariants(spec, v))
+	for _, n := range names {
+		if n == dumpGuardProgram || n == procOpenGuardProgram {
+			t.Errorf("%s is active with %v", n, v)
+		}
+	}
+	if len(names) != all-2 {
+		t.Errorf("%d active programs, want %d", len(names), all-2)
+	}
+	if len(spec.Programs) != all {
+		t.Errorf("withVariants changed the spec it was given: %d programs, want %d", len(spec.Programs), all)
+	}
+	if got := programs(withVariants(spec, Variants{DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen})); len(got) != all {
+		t.Errorf("%d active programs with every hook present, want %d", len(got), all)
+	}
+}

@@ -1,0 +1,106 @@
+package guard
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// kallsyms reports which of names the running kernel has as functions (read from /proc/kallsyms, a
+// source independent of the BTF the agent probes).
+func kallsyms(t *testing.T, names ...string) map[string]bool {
+	t.Helper()
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	found := map[string]bool{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 3 && want[fields[2]] {
+			found[fields[2]] = true
+		}
+	}
+	return found
+}
+
+// The agent's probe picks each program variant the kernel calls for. The expectation comes from
+// /proc/kallsyms, not from the BTF the probe reads; the kernfs_node parent variant is checked by its
+// effect (TestCgroupRule protects a process in a cgroup below the protected one).
+func TestKernelVariants(t *testing.T) {
+	out, err := exec.Command(agentBin, "probe", "-json").Output()
+	if err != nil {
+		t.Fatalf("keyguard-agent probe: %v: %s", err, out)
+	}
+	var r struct {
+		Variants struct {
+			KernfsParent  string `json:"kernfs_parent"`
+			DumpGuard     string `json:"dump_guard"`
+			ProcOpenGuard string `json:"proc_open_guard"`
+			BPFHookArgs   int    `json:"bpf_hook_args"`
+		} `json:"variants"`
+		Missing []any `json:"missing"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("probe output %q: %v", out, err)
+	}
+	v := r.Variants
+	t.Logf("kernel %s: variants %+v", os.Getenv("KEYGUARD_KERNEL"), v)
+	if len(r.Missing) != 0 {
+		t.Errorf("probe says the kernel lacks %v", r.Missing)
+	}
+	syms := kallsyms(t, "dump_emit", "bpf_lsm_file_post_open")
+	if want := map[bool]string{true: "fentry/dump_emit", false: "block"}[syms["dump_emit"]]; v.DumpGuard != want {
+		t.Errorf("dump guard %q, want %q (dump_emit in kallsyms: %v)", v.DumpGuard, want, syms["dump_emit"])
+	}
+	if want := map[bool]string{true: "lsm/file_post_open", false: "none"}[syms["bpf_lsm_file_post_open"]]; v.ProcOpenGuard != want {
+		t.Errorf("proc open guard %q, want %q (bpf_lsm_file_post_open in kallsyms: %v)", v.ProcOpenGuard, want, syms["bpf_lsm_file_post_open"])
+	}
+	if v.KernfsParent != "parent" && v.KernfsParent != "__parent" {
+		t.Errorf("kernfs_node parent field %q", v.KernfsParent)
+	}
+}
+
+// Without the dump_emit guard (a kernel where it cannot attach, simulated with -no-dump-guard) nothing
+// keeps a redact rule's dump from a foreign destination, so it is blocked: no bytes, a "blocked" event.
+func TestDumpRedactWithoutGuardIsBlocked(t *testing.T) {
+	cores := dir + "/cores"
+	stopAgent()
+	defer func() {
+		stopAgent()
+		if err := startAgent(); err != nil {
+			t.Fatalf("restart the agent: %v", err)
+		}
+	}()
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe.%p")
+	if err := startAgent("-no-dump-guard"); err != nil {
+		t.Fatal(err)
+	}
+	before := len(readEvents())
+	ws := crash(t, victimRedact, "-sig", "SEGV", "-keys", testKeysDir)
+	if !ws.Signaled() || ws.CoreDump() {
+		t.Fatalf("exit status %v: want death by signal without a core", ws)
+	}
+	ev := waitEventAfter(t, before, "core_dump event", func(e event) bool {
+		return e.Kind == "core_dump" && e.Rule == "redactor" && e.Dump != nil
+	})
+	if ev.Dump.Action != "blocked" {
+		t.Errorf("dump action %q, want blocked", ev.Dump.Action)
+	}
+	time.Sleep(300 * time.Millisecond) // a pipe helper would have started by now
+	if ents, _ := os.ReadDir(cores); len(ents) != 0 {
+		t.Fatalf("dump bytes left: %v", names(ents))
+	}
+}
