@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "7ae62ccafa5da5b366df8a975c70293b6982c4307473125d164f681aea54fc18"
+const SHA256 = "f70bc4523abd05f0512548c0f116983926c0fa8a59a150362e6766000d9f0cc3"
