@@ -31,7 +31,28 @@ const (
 	KindBreakGlass = "break_glass"
 	KindDump       = "core_dump"
 	KindSideDoor   = "side_door"
+	KindKeyFile    = "key_file"
 )
+
+// keyOpNames name what was attempted on a guarded file (Event.Operation of key_file events).
+var keyOpNames = map[kgbpf.KeyguardKgKeyOp]string{
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN:      "open",
+	kgbpf.KeyguardKgKeyOpKG_KEY_LINK:      "link",
+	kgbpf.KeyguardKgKeyOpKG_KEY_RENAME:    "rename",
+	kgbpf.KeyguardKgKeyOpKG_KEY_UNLINK:    "unlink",
+	kgbpf.KeyguardKgKeyOpKG_KEY_TRUNCATE:  "truncate",
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHMOD:     "chmod",
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHOWN:     "chown",
+	kgbpf.KeyguardKgKeyOpKG_KEY_XATTR:     "xattr",
+	kgbpf.KeyguardKgKeyOpKG_KEY_WRITE:     "write",
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_BUSY: "open_busy",
+}
+
+var guardedNames = map[kgbpf.KeyguardKgGuarded]string{
+	kgbpf.KeyguardKgGuardedKG_GUARD_KEY_FILE:   "key_file",
+	kgbpf.KeyguardKgGuardedKG_GUARD_SIGNER_EXE: "signer_executable",
+	kgbpf.KeyguardKgGuardedKG_GUARD_AGENT_EXE:  "agent_executable",
+}
 
 var tamperNames = map[kgbpf.KeyguardKgTamper]string{
 	kgbpf.KeyguardKgTamperKG_TAMPER_MAP_WRITE:   "keyguard_map_write",
@@ -41,6 +62,7 @@ var tamperNames = map[kgbpf.KeyguardKgTamper]string{
 	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_UNLINK:  "keyguard_pin_unlink",
 	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_RENAME:  "keyguard_pin_rename",
 	kgbpf.KeyguardKgTamperKG_TAMPER_UMOUNT:      "keyguard_bpffs_umount",
+	kgbpf.KeyguardKgTamperKG_TAMPER_EXE_WRITE:   "keyguard_exe_write",
 }
 
 // Process identifies an accessor or a target.
@@ -77,6 +99,7 @@ type Event struct {
 	Target          *Process `json:"target,omitempty"`
 
 	Dump       *Dump       `json:"dump,omitempty"`
+	KeyFile    *KeyFile    `json:"key_file,omitempty"`
 	Loss       *Loss       `json:"loss,omitempty"`
 	Health     *Health     `json:"health,omitempty"`
 	BreakGlass *BreakGlass `json:"break_glass,omitempty"`
@@ -93,6 +116,15 @@ type Dump struct {
 	Destination     string            `json:"destination,omitempty"`
 	RedactedBytes   map[string]uint64 `json:"redacted_bytes,omitempty"`
 	VerifierVerdict string            `json:"verifier_verdict,omitempty"`
+}
+
+// KeyFile names the guarded file of a key_file event: a key file, a listed executable or keyguard's
+// own executable, by device (kernel encoding) and inode, with the name it was reached by.
+type KeyFile struct {
+	Guarded string `json:"guarded"` // key_file, signer_executable, agent_executable
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
+	Name    string `json:"name"`
 }
 
 // Loss reports events that were dropped before reaching the agent's output.
@@ -292,6 +324,11 @@ func Decode(raw []byte, names Names) (Event, error) {
 			if ev.Operation == "" {
 				ev.Operation = fmt.Sprintf("kernel_memory_%#x", r.AccessMode)
 			}
+		case kgbpf.KeyguardKgSideDoorKG_SIDE_RAW_DISK:
+			ev.Operation = "raw_disk"
+			if r.AccessMode != 0 {
+				ev.Detail = strings.TrimSpace(fmt.Sprintf("%s (block device %d:%d)", ev.Detail, r.AccessMode>>20, r.AccessMode&(1<<20-1)))
+			}
 		case kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:
 			ev.Operation = "module_load"
 			if r.AccessMode == 2 {
@@ -300,6 +337,24 @@ func Decode(raw []byte, names Names) (Event, error) {
 		}
 		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
 		ev.Accessor = process(r.Actor)
+	case kgbpf.KeyguardKgEventKindKG_EVENT_KEY_FILE:
+		ev.Kind = KindKeyFile
+		ev.Syscall, ev.Target = 0, nil
+		ev.Operation = keyOpNames[kgbpf.KeyguardKgKeyOp(r.Op)]
+		if ev.Operation == "" {
+			ev.Operation = fmt.Sprintf("key_op_%d", r.Op)
+		}
+		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
+		ev.RuleMode = "enforce"
+		if kgbpf.KeyguardKgMode(r.RuleMode) == kgbpf.KeyguardKgModeKG_MODE_AUDIT {
+			ev.RuleMode = "audit"
+		}
+		if kgbpf.KeyguardKgGuarded(r.AccessMode) != kgbpf.KeyguardKgGuardedKG_GUARD_KEY_FILE {
+			ev.Reason = ""
+		}
+		ev.Accessor = process(r.Actor)
+		ev.KeyFile = &KeyFile{Guarded: guardedNames[kgbpf.KeyguardKgGuarded(r.AccessMode)], Dev: r.Target.ExeDev,
+			Ino: r.Target.ExeIno, Name: ev.Detail}
 	default:
 		return Event{}, fmt.Errorf("unknown event kind %d", r.Kind)
 	}

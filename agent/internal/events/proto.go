@@ -150,11 +150,23 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_MODULE_LOAD
 		case "kexec_load":
 			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEXEC_LOAD
+		case "raw_disk":
+			kind = keyguardv1.SideDoorKind_SIDE_DOOR_KIND_RAW_DISK
 		}
 		out.Kind = &keyguardv1.Event_SideDoor{SideDoor: &keyguardv1.SideDoor{
 			Accessor: ev.Accessor.proto(), Kind: kind,
 			Target: ev.Target.proto(), Detail: strings.TrimSpace(ev.Operation + " " + ev.Detail),
 			Decision: protoDecisions[ev.Decision], Rule: ev.Rule,
+		}}
+	case KindKeyFile:
+		k := ev.KeyFile
+		if k == nil {
+			k = &KeyFile{}
+		}
+		out.Kind = &keyguardv1.Event_KeyFileAccess{KeyFileAccess: &keyguardv1.KeyFileAccess{
+			Process: ev.Accessor.proto(), Path: k.Name, Dev: k.Dev, Inode: k.Ino, Rule: ev.Rule,
+			PolicyMode: mode, Decision: protoDecisions[ev.Decision], Detail: ev.Detail,
+			Operation: protoKeyOps[ev.Operation], Guarded: protoGuarded[k.Guarded],
 		}}
 	case KindLoss:
 		src := keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER
@@ -188,4 +200,18 @@ func (ev Event) Proto(agentVersion string) *keyguardv1.Event {
 		}}
 	}
 	return out
+}
+
+var protoKeyOps = map[string]keyguardv1.KeyFileOperation{
+	"open": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN, "link": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_LINK,
+	"rename": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_RENAME, "unlink": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNLINK,
+	"truncate": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_TRUNCATE, "chmod": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHMOD,
+	"chown": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHOWN, "xattr": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_XATTR,
+	"write": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_WRITE, "open_busy": keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY,
+}
+
+var protoGuarded = map[string]keyguardv1.GuardedFile{
+	"key_file":          keyguardv1.GuardedFile_GUARDED_FILE_KEY_FILE,
+	"signer_executable": keyguardv1.GuardedFile_GUARDED_FILE_SIGNER_EXECUTABLE,
+	"agent_executable":  keyguardv1.GuardedFile_GUARDED_FILE_AGENT_EXECUTABLE,
 }

@@ -60,6 +60,11 @@ type Guard struct {
 // programNames lists the programs in attach order: marking before checking is not required (every
 // program is attached before the agent reports ready), but inheritance first keeps forks covered.
 var programNames = []string{
+	// The ends of in-flight memory reads before the programs that start them, so no read is left open.
+	"kg_mem_rw_exit",
+	"kg_vm_readv_exit",
+	"kg_vm_writev_exit",
+	"kg_mem_rw_enter",
 	"kg_task_alloc",
 	"kg_bprm_check_security",
 	"kg_bprm_committed_creds",
@@ -80,6 +85,13 @@ var programNames = []string{
 	"kg_perf_event_alloc",
 	"kg_kernel_read_file",
 	"kg_kernel_load_data",
+	"kg_inode_link",
+	"kg_path_truncate",
+	"kg_path_chmod",
+	"kg_path_chown",
+	"kg_inode_setxattr",
+	"kg_inode_removexattr",
+	"kg_inode_free_security",
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -167,6 +179,17 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		"kg_perf_event_alloc":     objs.KgPerfEventAlloc,
 		"kg_kernel_read_file":     objs.KgKernelReadFile,
 		"kg_kernel_load_data":     objs.KgKernelLoadData,
+		"kg_mem_rw_exit":          objs.KgMemRwExit,
+		"kg_vm_readv_exit":        objs.KgVmReadvExit,
+		"kg_vm_writev_exit":       objs.KgVmWritevExit,
+		"kg_mem_rw_enter":         objs.KgMemRwEnter,
+		"kg_inode_link":           objs.KgInodeLink,
+		"kg_path_truncate":        objs.KgPathTruncate,
+		"kg_path_chmod":           objs.KgPathChmod,
+		"kg_path_chown":           objs.KgPathChown,
+		"kg_inode_setxattr":       objs.KgInodeSetxattr,
+		"kg_inode_removexattr":    objs.KgInodeRemovexattr,
+		"kg_inode_free_security":  objs.KgInodeFreeSecurity,
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)

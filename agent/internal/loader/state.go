@@ -53,6 +53,10 @@ type RuleSet struct {
 	Keys    map[FileID]uint32
 	Cgroups map[uint64]uint32
 	Allow   map[AccessorKey]bool
+	// Openers may open a rule's key files besides its own processes (policy `openers`).
+	Openers map[AccessorKey]bool
+	// RawDevs are block devices (kernel dev_t) holding a key file's filesystem → rule id.
+	RawDevs map[uint32]uint32
 	// Settings are the host-wide side-door settings.
 	Settings Settings
 }
@@ -66,6 +70,8 @@ func (g *Guard) Apply(rs RuleSet) error {
 		syncMap(g.Maps.KeyRules, rs.Keys),
 		syncMap(g.Maps.CgroupRules, rs.Cgroups),
 		syncMap(g.Maps.Allow, boolToU8(rs.Allow)),
+		syncMap(g.Maps.Openers, boolToU8(rs.Openers)),
+		syncMap(g.Maps.RawDevs, rs.RawDevs),
 		g.Maps.Settings.Put(uint32(0), rs.Settings),
 	)
 }
@@ -202,7 +208,8 @@ func (g *Guard) TrustExe(e FileID) error {
 func (g *Guard) mapList() []*ebpf.Map {
 	m := &g.Maps
 	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
-		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens}
+		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens,
+		m.Openers, m.RawDevs, m.Inflight}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

@@ -94,7 +94,7 @@ var parseCases = []struct {
 	{"unknown match key", head + "  - name: a\n    match:\n      key_file: [/k]\n", []want{
 		{"p.yaml:5:7: rules[0].match.key_file: ", `unknown key "key_file" (did you mean "key_files"?)`},
 		{"p.yaml:5:7: rules[0].match: ", "no selector"}}},
-	{"unknown key no suggestion", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    priority: 3\n", []want{{"p.yaml:5:5: rules[0].priority: ", `unknown key "priority" (valid keys here: name, mode, dumps, match, allow, public_keys)`}}},
+	{"unknown key no suggestion", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    priority: 3\n", []want{{"p.yaml:5:5: rules[0].priority: ", `unknown key "priority" (valid keys here: name, mode, dumps, match, allow, public_keys, openers)`}}},
 	{"executables scalar", head + "  - name: a\n    match:\n      executables: /bin/sh\n", []want{{"p.yaml:5:20: rules[0].match.executables: ", `must be a list, got "/bin/sh"; write it as a list item: "- /bin/sh"`}}},
 	{"relative executable", head + "  - name: a\n    match:\n      executables:\n        - /bin/sh\n        - bin/signer\n",
 		[]want{{"p.yaml:7:11: rules[0].match.executables[1]: ", `"bin/signer" is a relative path`}}},

@@ -41,15 +41,26 @@ var (
 	debugger      = dir + "/debugger" // allowed accessor (uid 0) of the signer rule
 	bpfTool       = dir + "/bpf-tool" // allowed BPF loader (uid 0)
 	keyFile       = dir + "/keys/signing.pem"
+	holderExe     = dir + "/holder"      // the holder rule's executable: its key files are its alone
+	holderKey     = dir + "/hkeys/h.pem" // the holder rule's key file
+	racerExe      = dir + "/racer"       // an opener of the racer rule: protected by opening its key
+	racerKey      = dir + "/rkeys/r.pem" // the racer rule's key file
 )
 
-// policyYAML is the suite's policy; %s is the test binary, which sets core_pattern for the dump tests.
+// policyYAML is the suite's policy; %[1]s is the test binary, which sets core_pattern for the dump tests
+// and is the key manager and package manager.
 const policyYAML = `version: 1
 bpf_loaders:
   - executable: /tmp/kg/bpf-tool
     uid: 0
 sysctl_writers:
-  - executable: %s
+  - executable: %[1]s
+    uid: 0
+key_managers:
+  - executable: %[1]s
+    uid: 0
+package_managers:
+  - executable: %[1]s
     uid: 0
 rules:
   - name: signer
@@ -67,6 +78,19 @@ rules:
     mode: enforce
     match:
       key_files: ["/tmp/kg/keys/*.pem"]
+    openers: any
+  - name: holder
+    mode: enforce
+    match:
+      executables: [/tmp/kg/holder]
+      key_files: ["/tmp/kg/hkeys/*.pem"]
+  - name: racer
+    mode: enforce
+    match:
+      key_files: ["/tmp/kg/rkeys/*.pem"]
+    openers:
+      - executable: /tmp/kg/racer
+        uid: any
   - name: container
     mode: enforce
     match:
@@ -109,7 +133,7 @@ func setup() error {
 		return err
 	}
 	os.Chmod(dir, 0o755)
-	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool} {
+	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool, holderExe, racerExe} {
 		if err := copyFile(procBin, p); err != nil {
 			return err
 		}
@@ -118,6 +142,9 @@ func setup() error {
 		return err
 	}
 	if err := os.WriteFile(keyFile, []byte("-----BEGIN PRIVATE KEY-----\ntest\n-----END PRIVATE KEY-----\n"), 0o644); err != nil {
+		return err
+	}
+	if err := writeKeyFiles(); err != nil {
 		return err
 	}
 	self, err := os.Executable()
