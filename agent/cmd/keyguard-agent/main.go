@@ -66,7 +66,7 @@ func runAgent(args []string, log *slog.Logger, stderr io.Writer) int {
 	cfg := daemon.Config{Loader: loader.DefaultConfig(), Version: version}
 	fs.StringVar(&cfg.PolicyPath, "policy", "/etc/keyguard/policy.yaml", "protection policy file")
 	fs.StringVar(&cfg.Loader.PinPath, "pin-path", loader.DefaultPinPath, "bpffs folder for keyguard's pinned programs and maps")
-	fs.StringVar(&cfg.EventLog, "events", "/var/log/keyguard/events.jsonl", `event log, JSON lines ("-" for standard output)`)
+	fs.StringVar(&cfg.EventLog, "events", "/var/log/keyguard/events.jsonl", `event log: a version header, then one protojson keyguard.v1.Event per line ("-" for standard output)`)
 	fs.StringVar(&cfg.StateDir, "state-dir", "/var/lib/keyguard", "folder for state kept across restarts")
 	fs.StringVar(&cfg.ControlSocket, "control-socket", "/run/keyguard/agent.sock", `unix socket for the keyguard CLI ("" disables)`)
 	fs.BoolVar(&cfg.Loader.ReportNoAudit, "report-noaudit", false, "also report PTRACE_MODE_NOAUDIT checks (ps/top reading /proc/PID/stat); they are enforced either way")

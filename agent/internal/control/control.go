@@ -8,8 +8,10 @@ import (
 	"net"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/internal/events"
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/keyguard/keyguard/agent/internal/posture"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // DefaultSocket is where the agent listens by default.
@@ -33,8 +35,24 @@ type Request struct {
 	// revoke
 	GrantID uint64 `json:"grant_id,omitempty"`
 
-	// report-dump (from keyguard's core-dump handler)
-	Dump *events.Event `json:"dump,omitempty"`
+	// report-dump (from keyguard's core-dump handler): a core_dump event, and the id of the rule that
+	// protects the process when the handler could not name it (the agent names it).
+	Dump       *Event `json:"dump,omitempty"`
+	DumpRuleID uint32 `json:"dump_rule_id,omitempty"`
+}
+
+// Event carries a keyguard.v1 event in a request, as protojson (proto field names).
+type Event struct{ *keyguardv1.Event }
+
+// MarshalJSON implements json.Marshaler.
+func (e Event) MarshalJSON() ([]byte, error) {
+	return protojson.MarshalOptions{UseProtoNames: true}.Marshal(e.Event)
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (e *Event) UnmarshalJSON(b []byte) error {
+	e.Event = &keyguardv1.Event{}
+	return protojson.Unmarshal(b, e.Event)
 }
 
 // Response is the agent's answer.

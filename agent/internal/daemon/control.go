@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/optoken"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // MaxBreakGlass is the longest exception a break-glass grant may give.
@@ -88,15 +90,18 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 			return
 		}
 	case "report-dump":
-		if req.Dump == nil || req.Dump.Kind != events.KindDump || req.Dump.Dump == nil {
+		var cd *keyguardv1.CoreDump
+		if req.Dump != nil {
+			cd = req.Dump.GetCoreDump()
+		}
+		if cd == nil {
 			err = errors.New("report-dump needs a core_dump event")
 			break
 		}
-		ev := *req.Dump
-		if ev.Rule == "" {
-			ev.Rule = a.RuleName(ev.RuleID)
+		if cd.Rule == "" {
+			cd.Rule = a.RuleName(req.DumpRuleID)
 		}
-		a.emit(ev)
+		a.emit(req.Dump.Event)
 	default:
 		err = fmt.Errorf("unknown op %q (want status, break-glass or revoke)", req.Op)
 	}
@@ -104,8 +109,9 @@ func (a *Agent) handleControl(c *net.UnixConn) {
 		resp.Error = err.Error()
 		if req.Op == "uninstall" || req.Op == "break-glass" {
 			// A refused attempt to switch protection off is itself worth an alarm.
-			a.emit(events.Event{Time: time.Now(), Kind: events.KindSideDoor, Operation: strings.ReplaceAll(req.Op, "-", "_") + "_refused",
-				Decision: "denied", Detail: err.Error(), Accessor: procInfo(int(peerPID))})
+			a.emit(events.SideDoor(&keyguardv1.SideDoor{Kind: keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER,
+				Detail:   strings.ReplaceAll(req.Op, "-", "_") + "_refused " + err.Error(),
+				Decision: keyguardv1.Decision_DECISION_DENIED, Accessor: procInfo(int(peerPID))}))
 		}
 	}
 	_ = enc.Encode(resp)
@@ -239,11 +245,22 @@ func (a *Agent) expireGrants(ctx context.Context) {
 	}
 }
 
-func breakGlassEvent(action string, g control.Grant) events.Event {
-	return events.Event{Time: time.Now(), Kind: events.KindBreakGlass, Rule: g.Rule, BreakGlass: &events.BreakGlass{
-		Action: action, Operator: g.Operator, Executable: g.Executable, UID: g.UID, Rule: g.Rule,
-		Reason: g.Reason, Expires: g.Expires, GrantID: g.ID,
-	}}
+// grantStates maps what happened to a grant to the API's state.
+var grantStates = map[string]keyguardv1.BreakGlassState{
+	"granted": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_GRANTED,
+	"expired": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_EXPIRED,
+	"revoked": keyguardv1.BreakGlassState_BREAK_GLASS_STATE_REVOKED,
+}
+
+func breakGlassEvent(action string, g control.Grant) *keyguardv1.Event {
+	uid := uint32(g.UID)
+	if g.UID < 0 {
+		uid = ^uint32(0) // any uid
+	}
+	return events.BreakGlass(&keyguardv1.BreakGlass{
+		Operator: g.Operator, AccessorExePath: g.Executable, AccessorUid: uid, Rule: g.Rule,
+		Reason: g.Reason, State: grantStates[action], ExpireTime: timestamppb.New(g.Expires),
+	})
 }
 
 // counterNames names the kernel's counters, by index (enum kg_counter).
@@ -302,9 +319,9 @@ func (a *Agent) uninstall(tr control.Request) error {
 		return fmt.Errorf("uninstall token refused: %w", err)
 	}
 	req := control.Request{Reason: c.Reason, Operator: c.Operator}
-	a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{
-		State: "uninstalled", Version: a.cfg.Version,
-		Message: fmt.Sprintf("uninstalled by %s: %s", req.Operator, req.Reason)}})
+	a.emit(events.Health(&keyguardv1.AgentHealth{
+		State: keyguardv1.AgentState_AGENT_STATE_UNINSTALLED, AgentVersion: a.cfg.Version,
+		Detail: fmt.Sprintf("uninstalled by %s: %s", req.Operator, req.Reason)}))
 	if err := a.out.Flush(); err != nil {
 		return fmt.Errorf("could not record the uninstall, so nothing was removed: %w", err)
 	}

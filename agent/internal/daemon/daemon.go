@@ -14,14 +14,14 @@ import (
 	"sync"
 	"time"
 
-	kgbpf "github.com/keyguard/keyguard/bpf"
-
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/metrics"
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/agent/internal/posture"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Config is the agent's configuration; main fills it from flags.
@@ -131,7 +131,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	installEvents, err := a.checkInstall(pol.SHA256)
 	if err != nil {
-		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &events.Health{State: "refused", Version: cfg.Version, Message: err.Error()}})
+		a.emit(events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_REFUSED, AgentVersion: cfg.Version, Detail: err.Error()}))
 		_ = out.Flush()
 		return err
 	}
@@ -209,7 +209,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}()
 
 	// The agent is a protected process too: nobody reads its memory or takes its fds.
-	if err := g.Mark(os.Getpid(), selfRuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+	if err := g.Mark(os.Getpid(), selfRuleID, loader.ReasonScan); err != nil {
 		return fmt.Errorf("protect the agent itself: %w", err)
 	}
 	wg.Add(1)
@@ -221,25 +221,26 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		log.Warn("procfs scan incomplete", "error", err)
 	}
-	state := "started"
+	state := keyguardv1.AgentState_AGENT_STATE_STARTED
 	if g.Adopted {
-		state = "adopted"
+		state = keyguardv1.AgentState_AGENT_STATE_ADOPTED
 	}
 	for _, ev := range installEvents {
 		a.emit(ev)
 	}
-	hev := a.health(state, protected, probe)
+	findings := a.eventPosture()
+	hev := a.health(state, protected, probe, findings)
 	if gap != nil {
-		hev.Health.Gap = gap
-		hev.Health.Message = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
+		hev.Gap = gap.proto()
+		hev.Detail = fmt.Sprintf("the host rebooted (boot %s → %s): keyguard did not enforce from %s (agent last seen) until %s",
 			gap.PreviousBootID, gap.BootID, gap.LastSeen.Format(time.RFC3339), gap.Resumed.Format(time.RFC3339))
 		log.Warn("protection gap across a reboot", "last_seen", gap.LastSeen, "boot_time", gap.BootTime, "resumed", gap.Resumed)
 	}
-	a.emit(hev)
+	a.emit(events.Health(hev))
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		a.watchPosture(ctx, hev.Health.Posture, cfg.PostureInterval, *hev.Health)
+		a.watchPosture(ctx, findings, cfg.PostureInterval, hev)
 	}()
 	if err := writeAlive(cfg.StateDir, "/proc", time.Now()); err != nil {
 		log.Warn("could not record that the agent is alive", "error", err)
@@ -275,14 +276,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	cancel()
 	if _, err := os.Stat(cfg.Loader.PinPath); err == nil {
-		a.emit(a.health("stopping", 0, probe))
+		a.emit(events.Health(a.health(keyguardv1.AgentState_AGENT_STATE_STOPPING, 0, probe, a.eventPosture())))
 	}
 	wg.Wait()
 	return err
 }
 
 // emit records an event in the local log and hands it to the export pipeline, which never blocks.
-func (a *Agent) emit(ev events.Event) {
+// The event is stamped with the agent's version first; nothing changes it afterwards.
+func (a *Agent) emit(ev *keyguardv1.Event) {
+	ev.AgentVersion = a.cfg.Version
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
 	}
@@ -290,20 +293,19 @@ func (a *Agent) emit(ev events.Event) {
 		a.met.Observe(ev)
 	}
 	if a.exp != nil {
-		pe := ev.Proto(a.cfg.Version)
-		a.exp.Submit(pe, export.PriorityOf(pe))
+		a.exp.Submit(ev, export.PriorityOf(ev))
 	}
 }
 
-func (a *Agent) health(state string, protected int, probe loader.ProbeResult) events.Event {
-	h := &events.Health{
-		State: state, Version: a.cfg.Version, Kernel: probe.Kernel,
-		LSMActive: len(probe.Missing) == 0, ProtectedProcesses: protected,
+// health is the AgentHealth of a start, stop or posture change.
+func (a *Agent) health(state keyguardv1.AgentState, protected int, probe loader.ProbeResult, fs []posture.Finding) *keyguardv1.AgentHealth {
+	h := &keyguardv1.AgentHealth{
+		State: state, AgentVersion: a.cfg.Version, KernelRelease: probe.Kernel,
+		LsmActive: len(probe.Missing) == 0, ProtectedProcessCount: uint32(protected), Findings: events.Findings(fs),
 	}
 	builds, _ := loader.Pinned(a.cfg.Loader.PinPath)
 	h.EnforcementPinned = len(builds) > 0
-	h.Posture = a.eventPosture()
-	return events.Event{Time: time.Now(), Kind: events.KindHealth, Health: h}
+	return h
 }
 
 // selfRule protects the agent's own process.
@@ -341,11 +343,11 @@ func (a *Agent) scan() (int, error) {
 			continue // exited
 		}
 		if !had {
-			if err := a.guard.Mark(p.PID, p.RuleID, uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)); err != nil {
+			if err := a.guard.Mark(p.PID, p.RuleID, loader.ReasonScan); err != nil {
 				a.log.Warn("could not protect running process", "pid", p.PID, "error", err)
 				continue
 			}
-			m = loader.Mark{RuleId: p.RuleID, Reason: uint32(kgbpf.KeyguardKgReasonKG_REASON_SCAN)}
+			m = loader.Mark{RuleId: p.RuleID, Reason: loader.ReasonScan}
 		}
 		n++
 		detail := "found running (" + p.Why + ")"
@@ -354,10 +356,10 @@ func (a *Agent) scan() (int, error) {
 			a.log.Error("protected process is already traced", "pid", p.PID, "tracer", p.TracerPID)
 		}
 		if !had || p.TracerPID != 0 {
-			a.emit(events.Event{
-				Time: time.Now(), Kind: events.KindProtect, Rule: a.RuleName(m.RuleId),
-				Reason: events.ReasonName(m.Reason), Detail: detail, Target: procInfo(p.PID),
-			})
+			a.emit(events.Protection(&keyguardv1.ProtectionChange{
+				Process: procInfo(p.PID), Rule: a.RuleName(m.RuleId), State: keyguardv1.ProtectionState_PROTECTION_STATE_PROTECTED,
+				Reason: events.Reason(m.Reason), Detail: detail,
+			}))
 		}
 	}
 	return n, err
@@ -414,11 +416,11 @@ func (a *Agent) writeLostBaseline(n uint64) {
 }
 
 // procInfo describes a running process from procfs.
-func procInfo(pid int) *events.Process {
-	p := &events.Process{PID: uint32(pid), TID: uint32(pid)}
-	p.Executable, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+func procInfo(pid int) *keyguardv1.Process {
+	p := &keyguardv1.Process{Pid: uint32(pid), Tid: uint32(pid)}
+	p.ExePath, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
 	if id, err := loader.StatFileID(fmt.Sprintf("/proc/%d/exe", pid)); err == nil {
-		p.ExeDev, p.ExeIno = id.Dev, id.Ino
+		p.ExeDev, p.ExeInode = id.Dev, id.Ino
 	}
 	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); err == nil {
 		p.Comm = strings.TrimSpace(string(b))
@@ -430,12 +432,12 @@ func procInfo(pid int) *events.Process {
 				if len(f) >= 2 {
 					u, _ := strconv.Atoi(f[0])
 					e, _ := strconv.Atoi(f[1])
-					p.UID, p.EUID = uint32(u), uint32(e)
+					p.Uid, p.Euid = uint32(u), uint32(e)
 				}
 			}
 		}
 	}
-	p.Cgroup = events.CgroupPath(uint32(pid))
+	p.CgroupPath = events.CgroupPath(uint32(pid))
 	return p
 }
 

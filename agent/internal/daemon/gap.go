@@ -8,7 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/internal/events"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // aliveFile records the boot id and the last time this host's agent was seen alive, so that the first
@@ -44,7 +46,7 @@ func bootTime(procRoot string) time.Time {
 
 // detectGap compares the recorded boot id with the current one. It returns nil when the agent ran in
 // this boot before (a restart: enforcement stayed pinned) or never ran on this host.
-func detectGap(stateDir, procRoot string, now time.Time) (*events.Gap, error) {
+func detectGap(stateDir, procRoot string, now time.Time) (*gap, error) {
 	cur, err := readBootID(procRoot)
 	if err != nil {
 		return nil, err
@@ -66,7 +68,7 @@ func detectGap(stateDir, procRoot string, now time.Time) (*events.Gap, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s is malformed (%q); delete it", stateDir, aliveFile, b)
 	}
-	return &events.Gap{PreviousBootID: f[0], BootID: cur, LastSeen: time.Unix(secs, 0).UTC(),
+	return &gap{PreviousBootID: f[0], BootID: cur, LastSeen: time.Unix(secs, 0).UTC(),
 		BootTime: bootTime(procRoot), Resumed: now.UTC()}, nil
 }
 
@@ -97,4 +99,18 @@ func (a *Agent) keepAlive(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// gap is a time without keyguard: the host rebooted since the agent last ran.
+type gap struct {
+	PreviousBootID string
+	BootID         string
+	LastSeen       time.Time // the previous boot's agent was last seen alive
+	BootTime       time.Time
+	Resumed        time.Time
+}
+
+func (g *gap) proto() *keyguardv1.ProtectionGap {
+	return &keyguardv1.ProtectionGap{PreviousBootId: g.PreviousBootID, BootId: g.BootID, LapseStartTime: timestamppb.New(g.LastSeen),
+		BootTime: timestamppb.New(g.BootTime), ResumeTime: timestamppb.New(g.Resumed)}
 }

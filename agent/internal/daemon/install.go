@@ -14,6 +14,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/optoken"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // configDigest binds the approved policy (the SHA-256 of its file, what a policy token names) and the
@@ -36,7 +37,7 @@ func Fingerprint(pub []byte) string {
 // start after boot (nothing pinned) the operator key file and the policy are recorded in the pinned
 // install map. Later starts use the pinned key, whatever the file now holds, and a changed policy (or
 // enforcement flag) needs a policy token signed by that key. It returns the health events to emit.
-func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
+func (a *Agent) checkInstall(policySHA [32]byte) ([]*keyguardv1.Event, error) {
 	policyHex := hex.EncodeToString(policySHA[:])
 	fileKey, err := optoken.LoadPublicKey(a.cfg.OperatorKeyPath)
 	if err != nil {
@@ -62,12 +63,12 @@ func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
 		return nil, nil
 	}
 	a.opKey = ed25519.PublicKey(bytes.Clone(in.OperatorKey[:]))
-	var evs []events.Event
+	var evs []*keyguardv1.Event
 	if !bytes.Equal(fileKey, a.opKey) {
 		msg := fmt.Sprintf("the operator key in %s (%s) is not the key installed at %s (%s); the installed key stays in force until keyguard is uninstalled or the host reboots",
 			a.cfg.OperatorKeyPath, Fingerprint(fileKey), time.Unix(int64(in.InstalledUnix), 0).UTC().Format(time.RFC3339), Fingerprint(a.opKey))
 		a.log.Warn(msg)
-		evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "running", Version: a.cfg.Version, Message: msg}})
+		evs = append(evs, events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_RUNNING, AgentVersion: a.cfg.Version, Detail: msg}))
 	}
 	if in.ConfigSha256 == digest {
 		return evs, nil
@@ -101,7 +102,7 @@ func (a *Agent) checkInstall(policySHA [32]byte) ([]events.Event, error) {
 	}
 	msg := fmt.Sprintf("policy change approved by %s: %s (policy sha256 %s)", c.Operator, c.Reason, c.PolicySHA256)
 	a.log.Warn(msg)
-	evs = append(evs, events.Event{Time: now, Kind: events.KindHealth, Health: &events.Health{State: "policy_approved", Version: a.cfg.Version, Message: msg}})
+	evs = append(evs, events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_POLICY_APPROVED, AgentVersion: a.cfg.Version, Detail: msg}))
 	return evs, nil
 }
 

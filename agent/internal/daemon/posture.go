@@ -11,10 +11,13 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 	"github.com/keyguard/keyguard/agent/internal/posture"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // posture checks the host, every protected process and every key file of the policy that exists. It
@@ -109,7 +112,7 @@ func procEUID(pid int) (uint32, bool) {
 // watchPosture checks the posture every interval and reports a change (a finding that appeared, went
 // away, or changed value or severity; see posture.Changes) as a "running" health event carrying the
 // current findings. start is what the start event reported.
-func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, interval time.Duration, h events.Health) {
+func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, interval time.Duration, h *keyguardv1.AgentHealth) {
 	if interval <= 0 {
 		interval = time.Minute
 	}
@@ -130,9 +133,10 @@ func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, inter
 		last = cur
 		msg := postureChange(appeared, gone, changed)
 		a.log.Info("host posture changed", "change", msg)
-		ev := h
-		ev.State, ev.ProtectedProcesses, ev.Posture, ev.Message = "running", protected, posture.Summarize(cur, eventProcesses), msg
-		a.emit(events.Event{Time: time.Now(), Kind: events.KindHealth, Health: &ev})
+		ev := proto.CloneOf(h)
+		ev.State, ev.ProtectedProcessCount, ev.Detail = keyguardv1.AgentState_AGENT_STATE_RUNNING, uint32(protected), msg
+		ev.Findings, ev.Gap = events.Findings(posture.Summarize(cur, eventProcesses)), nil
+		a.emit(events.Health(ev))
 	}
 }
 

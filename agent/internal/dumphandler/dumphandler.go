@@ -1,5 +1,5 @@
 // Package dumphandler is keyguard's core_pattern pipe handler. The kernel starts it for every core
-// dump once the agent has installed it; it decides from keyguard's pinned maps whether the crashing
+// dump once the agent has installed it; it decides from keyguard's pinned state (loader.View) whether the crashing
 // process is protected, passes unprotected dumps on unchanged (byte for byte) to the pattern keyguard
 // replaced, and redacts protected ones in bounded memory, verifies the result with a second,
 // independent detector pass and only then passes it on. Anything it cannot make safe it discards, and
@@ -8,28 +8,25 @@ package dumphandler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
-
-	kgbpf "github.com/keyguard/keyguard/bpf"
-
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/events"
+	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 	"github.com/keyguard/keyguard/agent/internal/pubkeys"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // Redactor turns a protected process's core dump into one without its secrets. It must read in at
@@ -66,23 +63,22 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	st, stErr := corepattern.Load(h.RunDir)
 	prot, rule, mode, perr := protection(st.PinPath, pid)
 	sig, _ := strconv.Atoi(v.Signal)
-	report := func(action, reason, dest string, redacted map[string]uint64, verdict string) {
-		h.report(st, events.Event{
-			Time: time.Now(), Kind: events.KindDump, RuleID: rule,
-			Target: &events.Process{PID: uint32(pid), Comm: v.Comm, Executable: v.Exe},
-			Dump: &events.Dump{Action: action, Signal: uint32(sig), Reason: reason, Destination: dest,
-				RedactedBytes: redacted, VerifierVerdict: verdict},
-		})
+	report := func(action keyguardv1.CoreDumpAction, reason, dest string, redacted map[string]uint64, verdict string) {
+		h.report(st, rule, events.CoreDump(&keyguardv1.CoreDump{
+			Process: &keyguardv1.Process{Pid: uint32(pid), Comm: v.Comm, ExePath: v.Exe},
+			Action:  action, Signal: int32(sig), Reason: reason, Destination: dest,
+			Redacted: redactedBytes(redacted), VerifierVerdict: verdict,
+		}))
 	}
 	if perr != nil {
 		// Unsure whether it is protected: do not let it out.
 		h.logf("pid %d: cannot tell whether it is protected (%v): dump discarded", pid, perr)
-		report("discarded", "keyguard's maps are unreadable: "+perr.Error(), "", nil, "")
+		report(discarded, "keyguard's maps are unreadable: "+perr.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	if stErr != nil {
 		if prot {
-			report("discarded", "the core_pattern keyguard replaced is unknown ("+stErr.Error()+")", "", nil, "")
+			report(discarded, "the core_pattern keyguard replaced is unknown ("+stErr.Error()+")", "", nil, "")
 		}
 		h.logf("pid %d: no saved core_pattern (%v): dump discarded", pid, stErr)
 		return drain(h.Stdin)
@@ -91,20 +87,20 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 	if err != nil {
 		h.logf("pid %d: previous core_pattern %q: %v: dump discarded", pid, st.Previous, err)
 		if prot {
-			report("discarded", "the previous core_pattern is unusable: "+err.Error(), "", nil, "")
+			report(discarded, "the previous core_pattern is unusable: "+err.Error(), "", nil, "")
 		}
 		return drain(h.Stdin)
 	}
-	if !prot || mode == uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_ALLOW) {
+	if !prot || mode == loader.DumpAllow {
 		// Byte for byte: the next handler reads the kernel's pipe itself.
 		return passOn(ctx, next, h.Stdin, cwd, v)
 	}
-	if mode != uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_REDACT) {
-		report("discarded", "the rule does not allow this dump to be written", "", nil, "")
+	if mode != loader.DumpRedact {
+		report(discarded, "the rule does not allow this dump to be written", "", nil, "")
 		return drain(h.Stdin)
 	}
 	if h.Redactor == nil {
-		report("discarded", "this keyguard build has no core redactor, so a protected dump cannot be made safe", "", nil, "")
+		report(discarded, "this keyguard build has no core redactor, so a protected dump cannot be made safe", "", nil, "")
 		return drain(h.Stdin)
 	}
 
@@ -113,24 +109,24 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		tmpDir = h.RunDir
 	}
 	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
-		report("discarded", "no room to redact: "+err.Error(), "", nil, "")
+		report(discarded, "no room to redact: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	tmp, err := os.CreateTemp(tmpDir, "core-redacting-*")
 	if err != nil {
-		report("discarded", "no room to redact: "+err.Error(), "", nil, "")
+		report(discarded, "no room to redact: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
 	det, err := detector(st.PolicyPath, rule)
 	if err != nil {
-		report("discarded", "cannot build the key detector: "+err.Error(), "", nil, "")
+		report(discarded, "cannot build the key detector: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	redacted, err := h.Redactor.Redact(ctx, h.Stdin, tmp, det, st.KeepStacks)
 	if err != nil {
-		report("discarded", "the dump could not be redacted: "+err.Error(), "", nil, "")
+		report(discarded, "the dump could not be redacted: "+err.Error(), "", nil, "")
 		return drain(h.Stdin)
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
@@ -142,7 +138,7 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		if err != nil {
 			verdict = "FAILED: " + err.Error()
 		}
-		report("discarded", "the verifier found key material after redaction", "", redacted, verdict)
+		report(discarded, "the verifier found key material after redaction", "", redacted, verdict)
 		return nil
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
@@ -153,10 +149,10 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		dest = resolvePath(next.Path, cwd)
 	}
 	if err := passOn(ctx, next, tmp, cwd, v); err != nil {
-		report("discarded", "handing the redacted dump on failed: "+err.Error(), dest, redacted, "clean")
+		report(discarded, "handing the redacted dump on failed: "+err.Error(), dest, redacted, "clean")
 		return err
 	}
-	report("redacted", "", dest, redacted, "clean: no key material found in the output")
+	report(keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_REDACTED, "", dest, redacted, "clean: no key material found in the output")
 	return nil
 }
 
@@ -178,51 +174,39 @@ func detector(policyPath string, ruleID uint32) (*detect.Detector, error) {
 	return detect.New(detect.Options{Keys: keys})
 }
 
-// protection reads the crashing process's protection from keyguard's pinned maps.
+// protection reads the crashing process's protection from keyguard's pinned state (loader.View).
 func protection(pinPath string, pid int) (prot bool, rule uint32, dumps uint32, err error) {
-	if pinPath == "" {
-		return false, 0, 0, errors.New("no pin path in the handler state")
-	}
-	marks, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "marks"), &ebpf.LoadPinOptions{ReadOnly: true})
+	v, err := loader.OpenView(pinPath)
 	if err != nil {
 		return false, 0, 0, err
 	}
-	defer marks.Close()
-	rules, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "rules"), &ebpf.LoadPinOptions{ReadOnly: true})
+	defer v.Close()
+	m, ok, err := v.MarkOf(pid)
 	if err != nil {
 		return false, 0, 0, err
 	}
-	defer rules.Close()
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return false, 0, 0, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	defer unix.Close(fd)
-	var m kgbpf.KeyguardKgMark
-	var id uint32
-	if err := marks.Lookup(uint32(fd), &m); err == nil && m.RuleId != 0 {
-		id = m.RuleId
-	} else if id, err = cgroupRule(pinPath, pid); err != nil {
-		return false, 0, 0, err
+	id := m.RuleId
+	if !ok {
+		if id, err = cgroupRule(v, pid); err != nil {
+			return false, 0, 0, err
+		}
 	}
 	if id == 0 {
 		return false, 0, 0, nil
 	}
-	var r kgbpf.KeyguardKgRule
-	if err := rules.Lookup(id, &r); err != nil {
+	r, ok, err := v.Rule(id)
+	if err != nil {
+		return false, 0, 0, err
+	}
+	if !ok {
 		// A rule no longer in the policy: the kernel treats it as block, so do we.
-		return true, id, uint32(kgbpf.KeyguardKgDumpModeKG_DUMP_MODE_BLOCK), nil
+		return true, id, loader.DumpBlock, nil
 	}
 	return true, id, r.Dumps, nil
 }
 
 // cgroupRule looks the process's cgroup and its ancestors up in the cgroup rules, as the kernel does.
-func cgroupRule(pinPath string, pid int) (uint32, error) {
-	m, err := ebpf.LoadPinnedMap(filepath.Join(pinPath, "cgroup_rules"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		return 0, err
-	}
-	defer m.Close()
+func cgroupRule(v *loader.View, pid int) (uint32, error) {
 	root, err := policy.CgroupRoot()
 	if err != nil {
 		return 0, err
@@ -232,8 +216,9 @@ func cgroupRule(pinPath string, pid int) (uint32, error) {
 		if err != nil {
 			continue
 		}
-		var id uint32
-		if m.Lookup(cg, &id) == nil {
+		if id, ok, err := v.CgroupRule(cg); err != nil {
+			return 0, err
+		} else if ok {
 			return id, nil
 		}
 	}
@@ -284,13 +269,33 @@ func (h *Handler) logf(format string, a ...any) {
 	}
 }
 
-// report hands the event to the agent (which logs and exports it); if the agent is not reachable it
-// is appended to the agent's event log so it is not lost.
-func (h *Handler) report(st corepattern.State, ev events.Event) {
+const discarded = keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_DISCARDED
+
+// redactedBytes lists the bytes redacted per kind of memory, by kind.
+func redactedBytes(m map[string]uint64) []*keyguardv1.RedactedBytes {
+	kinds := make([]string, 0, len(m))
+	for k := range m {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	var out []*keyguardv1.RedactedBytes
+	for _, k := range kinds {
+		out = append(out, &keyguardv1.RedactedBytes{Kind: k, Bytes: m[k]})
+	}
+	return out
+}
+
+// report hands the event to the agent (which names the rule, logs and exports it); if the agent is not
+// reachable it is appended to the agent's event log so it is not lost, with the rule's id for a name.
+func (h *Handler) report(st corepattern.State, rule uint32, ev *keyguardv1.Event) {
 	if st.ControlSocket != "" {
-		if _, err := control.Call(st.ControlSocket, control.Request{Op: "report-dump", Dump: &ev}); err == nil {
+		req := control.Request{Op: "report-dump", Dump: &control.Event{Event: ev}, DumpRuleID: rule}
+		if _, err := control.Call(st.ControlSocket, req); err == nil {
 			return
 		}
+	}
+	if rule != 0 {
+		ev.GetCoreDump().Rule = fmt.Sprintf("rule-%08x", rule)
 	}
 	if st.EventLog != "" && st.EventLog != "-" {
 		j, err := events.OpenJSONLines(st.EventLog, time.Hour)
@@ -300,5 +305,5 @@ func (h *Handler) report(st corepattern.State, ev events.Event) {
 			return
 		}
 	}
-	h.logf("could not report a core-dump event: %+v", ev.Dump)
+	h.logf("could not report a core-dump event: %v", ev.GetCoreDump())
 }

@@ -1,6 +1,7 @@
-// Package events turns what keyguard's BPF programs report into agent events: it reads the ring
-// buffer, decodes the C-defined records (bpf2go types), names rules, executables and cgroups, and counts
-// kernel-side loss so that none is silent.
+// Package events turns what keyguard's BPF programs report into keyguard.v1 events, the agent's only
+// event model: it reads the ring buffer, decodes the C-defined records (bpf2go types) straight into
+// keyguardv1.Event, names rules, executables and cgroups, counts kernel-side loss so that none is
+// silent, and writes the local event log (protojson lines, see JSONLines).
 package events
 
 import (
@@ -18,43 +19,104 @@ import (
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/keyguard/keyguard/agent/internal/posture"
 	kgbpf "github.com/keyguard/keyguard/bpf"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
-// Kinds of agent events.
-const (
-	KindAccess     = "access"
-	KindProtect    = "protect"
-	KindLoss       = "loss"
-	KindHealth     = "health"
-	KindBreakGlass = "break_glass"
-	KindDump       = "core_dump"
-	KindSideDoor   = "side_door"
-	KindKeyFile    = "key_file"
-)
+// Each BPF enum (bpf2go types from bpf/src) maps straight to its keyguard.v1 value: one table per enum.
+// Where the API has no value of its own for a kernel value, the entry also carries the agent's word for
+// it, which goes first in the event's detail (the API keeps its enums coarse; the detail tells apart,
+// e.g., exec_traced from keyfile_traced).
 
-// keyOpNames name what was attempted on a guarded file (Event.Operation of key_file events).
-var keyOpNames = map[kgbpf.KeyguardKgKeyOp]string{
-	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN:      "open",
-	kgbpf.KeyguardKgKeyOpKG_KEY_LINK:      "link",
-	kgbpf.KeyguardKgKeyOpKG_KEY_RENAME:    "rename",
-	kgbpf.KeyguardKgKeyOpKG_KEY_UNLINK:    "unlink",
-	kgbpf.KeyguardKgKeyOpKG_KEY_TRUNCATE:  "truncate",
-	kgbpf.KeyguardKgKeyOpKG_KEY_CHMOD:     "chmod",
-	kgbpf.KeyguardKgKeyOpKG_KEY_CHOWN:     "chown",
-	kgbpf.KeyguardKgKeyOpKG_KEY_XATTR:     "xattr",
-	kgbpf.KeyguardKgKeyOpKG_KEY_WRITE:     "write",
-	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_BUSY: "open_busy",
+// accessOp is what a KG_OP becomes in a MemoryAccess.
+type accessOp struct {
+	op   keyguardv1.AccessOperation
+	note string // first word of MemoryAccess.detail; "" when the operation says it all
 }
 
-var guardedNames = map[kgbpf.KeyguardKgGuarded]string{
-	kgbpf.KeyguardKgGuardedKG_GUARD_KEY_FILE:   "key_file",
-	kgbpf.KeyguardKgGuardedKG_GUARD_SIGNER_EXE: "signer_executable",
-	kgbpf.KeyguardKgGuardedKG_GUARD_AGENT_EXE:  "agent_executable",
+var accessOps = map[kgbpf.KeyguardKgOp]accessOp{
+	kgbpf.KeyguardKgOpKG_OP_OTHER:             {keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER, "other"},
+	kgbpf.KeyguardKgOpKG_OP_PTRACE_ATTACH:     {keyguardv1.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH, ""},
+	kgbpf.KeyguardKgOpKG_OP_PTRACE_SEIZE:      {keyguardv1.AccessOperation_ACCESS_OPERATION_PTRACE_SEIZE, ""},
+	kgbpf.KeyguardKgOpKG_OP_PROCESS_VM_READV:  {keyguardv1.AccessOperation_ACCESS_OPERATION_PROCESS_VM_READV, ""},
+	kgbpf.KeyguardKgOpKG_OP_PROCESS_VM_WRITEV: {keyguardv1.AccessOperation_ACCESS_OPERATION_PROCESS_VM_WRITEV, ""},
+	kgbpf.KeyguardKgOpKG_OP_PIDFD_GETFD:       {keyguardv1.AccessOperation_ACCESS_OPERATION_PIDFD_GETFD, ""},
+	kgbpf.KeyguardKgOpKG_OP_PROC_OPEN:         {keyguardv1.AccessOperation_ACCESS_OPERATION_PROC_OPEN, ""},
+	kgbpf.KeyguardKgOpKG_OP_KCMP:              {keyguardv1.AccessOperation_ACCESS_OPERATION_KCMP, ""},
+	kgbpf.KeyguardKgOpKG_OP_PERF_EVENT_OPEN:   {keyguardv1.AccessOperation_ACCESS_OPERATION_PERF_EVENT_OPEN, ""},
+	kgbpf.KeyguardKgOpKG_OP_TRACEME:           {keyguardv1.AccessOperation_ACCESS_OPERATION_TRACEME, ""},
+	kgbpf.KeyguardKgOpKG_OP_PROC_READ:         {keyguardv1.AccessOperation_ACCESS_OPERATION_PROC_OPEN, "proc_read"},
+	kgbpf.KeyguardKgOpKG_OP_EXEC_TRACED:       {keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER, "exec_traced"},
+	kgbpf.KeyguardKgOpKG_OP_KEYFILE_TRACED:    {keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER, "keyfile_traced"},
+	kgbpf.KeyguardKgOpKG_OP_PTRACE_OTHER:      {keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER, "ptrace_other"},
+	kgbpf.KeyguardKgOpKG_OP_PROC_LINK:         {keyguardv1.AccessOperation_ACCESS_OPERATION_PROC_OPEN, "proc_link"},
 }
 
-var tamperNames = map[kgbpf.KeyguardKgTamper]string{
+var decisions = map[kgbpf.KeyguardKgDecision]keyguardv1.Decision{
+	kgbpf.KeyguardKgDecisionKG_DECISION_DENIED:              keyguardv1.Decision_DECISION_DENIED,
+	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_AUDIT:       keyguardv1.Decision_DECISION_ALLOWED_AUDIT,
+	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_POLICY:      keyguardv1.Decision_DECISION_ALLOWED_POLICY,
+	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_BREAK_GLASS: keyguardv1.Decision_DECISION_ALLOWED_BREAK_GLASS,
+}
+
+var policyModes = map[kgbpf.KeyguardKgMode]keyguardv1.PolicyMode{
+	kgbpf.KeyguardKgModeKG_MODE_ENFORCE: keyguardv1.PolicyMode_POLICY_MODE_ENFORCE,
+	kgbpf.KeyguardKgModeKG_MODE_AUDIT:   keyguardv1.PolicyMode_POLICY_MODE_AUDIT,
+}
+
+var reasons = map[kgbpf.KeyguardKgReason]keyguardv1.ProtectionReason{
+	kgbpf.KeyguardKgReasonKG_REASON_EXEC:     keyguardv1.ProtectionReason_PROTECTION_REASON_EXEC,
+	kgbpf.KeyguardKgReasonKG_REASON_KEY_FILE: keyguardv1.ProtectionReason_PROTECTION_REASON_KEY_FILE_OPEN,
+	kgbpf.KeyguardKgReasonKG_REASON_CGROUP:   keyguardv1.ProtectionReason_PROTECTION_REASON_CGROUP,
+	kgbpf.KeyguardKgReasonKG_REASON_SCAN:     keyguardv1.ProtectionReason_PROTECTION_REASON_PROCFS_SCAN,
+	kgbpf.KeyguardKgReasonKG_REASON_INHERIT:  keyguardv1.ProtectionReason_PROTECTION_REASON_INHERITED,
+}
+
+// dumpAction is what a KG_DUMP_* becomes in a CoreDump.
+type dumpAction struct {
+	action keyguardv1.CoreDumpAction
+	reason string
+}
+
+var dumpActions = map[kgbpf.KeyguardKgDumpAction]dumpAction{
+	kgbpf.KeyguardKgDumpActionKG_DUMP_BLOCKED: {keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_BLOCKED,
+		"the rule blocks core dumps: denied before any file or helper was created"},
+	kgbpf.KeyguardKgDumpActionKG_DUMP_ALLOWED: {keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_ALLOWED, "the rule allows core dumps"},
+	// The handler reports the outcome (redacted or discarded) in an event of its own.
+	kgbpf.KeyguardKgDumpActionKG_DUMP_TO_HANDLER: {keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_UNSPECIFIED,
+		"streaming to keyguard's handler for redaction"},
+	kgbpf.KeyguardKgDumpActionKG_DUMP_BAD_DESTINATION: {keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_BLOCKED,
+		"the dump was not going to keyguard's handler (core_pattern changed, handler missing, or a file pattern): the dumper was killed before its first byte"},
+}
+
+// sideDoor is what a KG_SIDE_* or KG_TAMPER_* becomes in a SideDoor; op is the first word of its detail.
+type sideDoor struct {
+	kind keyguardv1.SideDoorKind
+	op   string
+}
+
+var sideDoors = map[kgbpf.KeyguardKgSideDoor]sideDoor{
+	kgbpf.KeyguardKgSideDoorKG_SIDE_BPF_LOAD:  {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_BPF_LOAD, "bpf_load"},
+	kgbpf.KeyguardKgSideDoorKG_SIDE_PERF_USER: {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_PERF_EVENT, "perf_event"},
+	kgbpf.KeyguardKgSideDoorKG_SIDE_SYSCTL:    {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_SYSCTL_WRITE, "sysctl_write"},
+	kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:    {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_MODULE_LOAD, "module_load"},
+	kgbpf.KeyguardKgSideDoorKG_SIDE_RAW_DISK:  {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_RAW_DISK, "raw_disk"},
+	// KG_SIDE_KMEM is told apart by the device opened: kmemDoors.
+}
+
+// kmemDoors names the kernel-memory side doors by the device opened (MKDEV(major, minor) as the kernel
+// encodes it; 0 is /proc/kcore).
+var kmemDoors = map[uint32]sideDoor{
+	0:         {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KCORE, "kcore"},
+	1<<20 | 1: {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_DEV_MEM, "dev_mem"},
+	1<<20 | 2: {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_DEV_MEM, "dev_kmem"},
+	1<<20 | 4: {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_DEV_PORT, "dev_port"},
+}
+
+var tamperOps = map[kgbpf.KeyguardKgTamper]string{
 	kgbpf.KeyguardKgTamperKG_TAMPER_MAP_WRITE:   "keyguard_map_write",
 	kgbpf.KeyguardKgTamperKG_TAMPER_PROG_FD:     "keyguard_prog_fd",
 	kgbpf.KeyguardKgTamperKG_TAMPER_LINK_FD:     "keyguard_link_fd",
@@ -65,157 +127,43 @@ var tamperNames = map[kgbpf.KeyguardKgTamper]string{
 	kgbpf.KeyguardKgTamperKG_TAMPER_EXE_WRITE:   "keyguard_exe_write",
 }
 
-// Process identifies an accessor or a target.
-type Process struct {
-	PID        uint32 `json:"pid"`
-	TID        uint32 `json:"tid"`
-	Comm       string `json:"comm"`
-	Executable string `json:"executable"`
-	ExeDev     uint64 `json:"exe_dev"`
-	ExeIno     uint64 `json:"exe_ino"`
-	UID        uint32 `json:"uid"`
-	EUID       uint32 `json:"euid"`
-	Cgroup     string `json:"cgroup,omitempty"`
-	CgroupID   uint64 `json:"cgroup_id"`
+var keyFileOps = map[kgbpf.KeyguardKgKeyOp]keyguardv1.KeyFileOperation{
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN,
+	kgbpf.KeyguardKgKeyOpKG_KEY_LINK:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_LINK,
+	kgbpf.KeyguardKgKeyOpKG_KEY_RENAME:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_RENAME,
+	kgbpf.KeyguardKgKeyOpKG_KEY_UNLINK:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNLINK,
+	kgbpf.KeyguardKgKeyOpKG_KEY_TRUNCATE:  keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_TRUNCATE,
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHMOD:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHMOD,
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHOWN:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHOWN,
+	kgbpf.KeyguardKgKeyOpKG_KEY_XATTR:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_XATTR,
+	kgbpf.KeyguardKgKeyOpKG_KEY_WRITE:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_WRITE,
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_BUSY: keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY,
 }
 
-// Event is one agent event. Exactly one of the kind-specific parts is set, matching Kind.
-type Event struct {
-	Time time.Time `json:"time"`
-	Kind string    `json:"kind"`
-
-	// Access and protect events.
-	Operation       string   `json:"operation,omitempty"`
-	Decision        string   `json:"decision,omitempty"`
-	Rule            string   `json:"rule,omitempty"`
-	RuleID          uint32   `json:"rule_id,omitempty"` // set by the dump handler; the agent names it
-	RuleMode        string   `json:"rule_mode,omitempty"`
-	AccessMode      uint32   `json:"access_mode,omitempty"`
-	AccessModeNames []string `json:"access_mode_names,omitempty"`
-	Reason          string   `json:"reason,omitempty"`
-	Syscall         int32    `json:"syscall,omitempty"`
-	Detail          string   `json:"detail,omitempty"`
-	Accessor        *Process `json:"accessor,omitempty"`
-	Target          *Process `json:"target,omitempty"`
-
-	Dump       *Dump       `json:"dump,omitempty"`
-	KeyFile    *KeyFile    `json:"key_file,omitempty"`
-	Loss       *Loss       `json:"loss,omitempty"`
-	Health     *Health     `json:"health,omitempty"`
-	BreakGlass *BreakGlass `json:"break_glass,omitempty"`
+var guardedFiles = map[kgbpf.KeyguardKgGuarded]keyguardv1.GuardedFile{
+	kgbpf.KeyguardKgGuardedKG_GUARD_KEY_FILE:   keyguardv1.GuardedFile_GUARDED_FILE_KEY_FILE,
+	kgbpf.KeyguardKgGuardedKG_GUARD_SIGNER_EXE: keyguardv1.GuardedFile_GUARDED_FILE_SIGNER_EXECUTABLE,
+	kgbpf.KeyguardKgGuardedKG_GUARD_AGENT_EXE:  keyguardv1.GuardedFile_GUARDED_FILE_AGENT_EXECUTABLE,
 }
 
-// Dump reports what happened to a protected process's core dump.
-type Dump struct {
-	// Action: blocked (no bytes anywhere), allowed (rule allows dumps), to_handler (streaming to
-	// keyguard's redacting handler), redacted, discarded (the handler could not make it safe).
-	Action string `json:"action"`
-	Signal uint32 `json:"signal"`
-	Reason string `json:"reason,omitempty"`
-	// Set by the handler for redacted dumps.
-	Destination     string            `json:"destination,omitempty"`
-	RedactedBytes   map[string]uint64 `json:"redacted_bytes,omitempty"`
-	VerifierVerdict string            `json:"verifier_verdict,omitempty"`
-}
-
-// KeyFile names the guarded file of a key_file event: a key file, a listed executable or keyguard's
-// own executable, by device (kernel encoding) and inode, with the name it was reached by.
-type KeyFile struct {
-	Guarded string `json:"guarded"` // key_file, signer_executable, agent_executable
-	Dev     uint64 `json:"dev"`
-	Ino     uint64 `json:"ino"`
-	Name    string `json:"name"`
-}
-
-// Loss reports events that were dropped before reaching the agent's output.
-type Loss struct {
-	Source string `json:"source"` // kernel_ringbuf, agent_queue
-	Count  uint64 `json:"count"`
-}
-
-// Health reports the agent's state and the host's posture.
-type Health struct {
-	State              string    `json:"state"` // started, adopted, running (posture changed), stopping, uninstalled
-	Version            string    `json:"version"`
-	Kernel             string    `json:"kernel"`
-	LSMActive          bool      `json:"lsm_active"`
-	EnforcementPinned  bool      `json:"enforcement_pinned"`
-	ProtectedProcesses int       `json:"protected_processes"`
-	Posture            []Finding `json:"posture,omitempty"`
-	Message            string    `json:"message,omitempty"`
-	// Gap is set on the first start after a reboot: protection lapsed in between.
-	Gap *Gap `json:"gap,omitempty"`
-}
-
-// Gap is a time without keyguard: the host rebooted since the agent last ran.
-type Gap struct {
-	PreviousBootID string    `json:"previous_boot_id"`
-	BootID         string    `json:"boot_id"`
-	LastSeen       time.Time `json:"last_seen"` // the previous boot's agent was last seen alive
-	BootTime       time.Time `json:"boot_time"`
-	Resumed        time.Time `json:"resumed"`
-}
-
-// Finding is one posture item (see package posture).
-type Finding = posture.Finding
-
-// BreakGlass reports a time-limited exception for one accessor.
-type BreakGlass struct {
-	Action     string    `json:"action"` // granted, expired, revoked
-	Operator   string    `json:"operator"`
-	Executable string    `json:"executable"`
-	UID        int64     `json:"uid"` // -1: any
-	Rule       string    `json:"rule"`
-	Reason     string    `json:"reason"`
-	Expires    time.Time `json:"expires"`
-	GrantID    uint64    `json:"grant_id"`
-}
-
-// kmemNames names the kernel-memory side doors by the device opened (MKDEV(major, minor) as the kernel
-// encodes it; 0 is /proc/kcore).
-var kmemNames = map[uint32]string{0: "kcore", 1<<20 | 1: "dev_mem", 1<<20 | 2: "dev_kmem", 1<<20 | 4: "dev_port"}
-
-// Decisions as reported in events.
-var decisionNames = map[kgbpf.KeyguardKgDecision]string{
-	kgbpf.KeyguardKgDecisionKG_DECISION_DENIED:              "denied",
-	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_AUDIT:       "allowed_audit",
-	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_POLICY:      "allowed_policy",
-	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_BREAK_GLASS: "allowed_break_glass",
-}
-
-var opNames = map[kgbpf.KeyguardKgOp]string{
-	kgbpf.KeyguardKgOpKG_OP_OTHER:             "other",
-	kgbpf.KeyguardKgOpKG_OP_PTRACE_ATTACH:     "ptrace_attach",
-	kgbpf.KeyguardKgOpKG_OP_PTRACE_SEIZE:      "ptrace_seize",
-	kgbpf.KeyguardKgOpKG_OP_PROCESS_VM_READV:  "process_vm_readv",
-	kgbpf.KeyguardKgOpKG_OP_PROCESS_VM_WRITEV: "process_vm_writev",
-	kgbpf.KeyguardKgOpKG_OP_PIDFD_GETFD:       "pidfd_getfd",
-	kgbpf.KeyguardKgOpKG_OP_PROC_OPEN:         "proc_open",
-	kgbpf.KeyguardKgOpKG_OP_KCMP:              "kcmp",
-	kgbpf.KeyguardKgOpKG_OP_PERF_EVENT_OPEN:   "perf_event_open",
-	kgbpf.KeyguardKgOpKG_OP_TRACEME:           "traceme",
-	kgbpf.KeyguardKgOpKG_OP_PROC_READ:         "proc_read",
-	kgbpf.KeyguardKgOpKG_OP_EXEC_TRACED:       "exec_traced",
-	kgbpf.KeyguardKgOpKG_OP_KEYFILE_TRACED:    "keyfile_traced",
-	kgbpf.KeyguardKgOpKG_OP_PTRACE_OTHER:      "ptrace_other",
-	kgbpf.KeyguardKgOpKG_OP_PROC_LINK:         "proc_link",
-}
-
-var reasonNames = map[kgbpf.KeyguardKgReason]string{
-	kgbpf.KeyguardKgReasonKG_REASON_EXEC:     "exec",
-	kgbpf.KeyguardKgReasonKG_REASON_KEY_FILE: "key_file",
-	kgbpf.KeyguardKgReasonKG_REASON_CGROUP:   "cgroup",
-	kgbpf.KeyguardKgReasonKG_REASON_SCAN:     "procfs_scan",
-	kgbpf.KeyguardKgReasonKG_REASON_INHERIT:  "inherited",
-}
-
-// ReasonName names a protection reason.
-func ReasonName(r uint32) string {
-	if n, ok := reasonNames[kgbpf.KeyguardKgReason(r)]; ok {
-		return n
+// keyFileAccess: an open or metadata change of a guarded file; the BPF record carries the file's
+// device and inode in target.exe_dev/exe_ino and the name it was reached by in detail.
+func keyFileAccess(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.KeyFileAccess {
+	k := &keyguardv1.KeyFileAccess{Process: process(r.Actor), Path: cstr(r.Detail[:]), Dev: r.Target.ExeDev,
+		Inode: r.Target.ExeIno, Rule: names.RuleName(r.RuleId), PolicyMode: policyModes[kgbpf.KeyguardKgMode(r.RuleMode)],
+		Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)], Operation: keyFileOps[kgbpf.KeyguardKgKeyOp(r.Op)],
+		Guarded: guardedFiles[kgbpf.KeyguardKgGuarded(r.AccessMode)]}
+	if k.PolicyMode == keyguardv1.PolicyMode_POLICY_MODE_UNSPECIFIED {
+		k.PolicyMode = keyguardv1.PolicyMode_POLICY_MODE_ENFORCE
 	}
-	return fmt.Sprintf("reason_%d", r)
+	if k.Operation == keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNSPECIFIED {
+		k.Detail = fmt.Sprintf("key_op_%d", r.Op)
+	}
+	return k
 }
+
+// Reason maps a kernel protection reason (a mark's KG_REASON_*) to the API's.
+func Reason(r uint32) keyguardv1.ProtectionReason { return reasons[kgbpf.KeyguardKgReason(r)] }
 
 // AccessModeNames decodes PTRACE_MODE_* bits.
 func AccessModeNames(mode uint32) []string {
@@ -237,151 +185,136 @@ type Names interface {
 	RuleName(id uint32) string
 }
 
-// Decode turns one ring-buffer record into an Event.
-func Decode(raw []byte, names Names) (Event, error) {
+// Decode turns one ring-buffer record into a keyguard.v1 event. Host, boot id, sequence number and
+// agent version are left to the export pipeline and the collector.
+func Decode(raw []byte, names Names) (*keyguardv1.Event, error) {
 	var r kgbpf.KeyguardKgEvent
 	if len(raw) < binary.Size(r) {
-		return Event{}, fmt.Errorf("short event record: %d bytes, want %d", len(raw), binary.Size(r))
+		return nil, fmt.Errorf("short event record: %d bytes, want %d", len(raw), binary.Size(r))
 	}
 	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &r); err != nil {
-		return Event{}, fmt.Errorf("decode event record: %w", err)
+		return nil, fmt.Errorf("decode event record: %w", err)
 	}
-	ev := Event{
-		Time:    bootToWall(r.BootNs),
-		Rule:    names.RuleName(r.RuleId),
-		Reason:  ReasonName(r.Reason),
-		Detail:  cstr(r.Detail[:]),
-		Syscall: r.SyscallNr,
-		Target:  process(r.Target),
-	}
+	ev := &keyguardv1.Event{Time: timestamppb.New(bootToWall(r.BootNs))}
 	switch kgbpf.KeyguardKgEventKind(r.Kind) {
 	case kgbpf.KeyguardKgEventKindKG_EVENT_ACCESS:
-		ev.Kind = KindAccess
-		ev.Operation = opNames[kgbpf.KeyguardKgOp(r.Op)]
-		if ev.Operation == "" {
-			ev.Operation = fmt.Sprintf("op_%d", r.Op)
-		}
-		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
-		ev.RuleMode = "enforce"
-		if kgbpf.KeyguardKgMode(r.RuleMode) == kgbpf.KeyguardKgModeKG_MODE_AUDIT {
-			ev.RuleMode = "audit"
-		}
-		ev.AccessMode = r.AccessMode
-		ev.AccessModeNames = AccessModeNames(r.AccessMode)
-		ev.Accessor = process(r.Actor)
+		ev.Kind = &keyguardv1.Event_MemoryAccess{MemoryAccess: memoryAccess(&r, names)}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_PROTECT:
-		ev.Kind = KindProtect
-		ev.Syscall = 0
+		pc := &keyguardv1.ProtectionChange{Process: process(r.Target), Rule: names.RuleName(r.RuleId),
+			State: keyguardv1.ProtectionState_PROTECTION_STATE_PROTECTED, Reason: Reason(r.Reason), Detail: cstr(r.Detail[:])}
+		if pc.Reason == keyguardv1.ProtectionReason_PROTECTION_REASON_KEY_FILE_OPEN {
+			pc.KeyFilePath = pc.Detail
+		}
+		ev.Kind = &keyguardv1.Event_ProtectionChange{ProtectionChange: pc}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_DUMP:
-		ev.Kind = KindDump
-		ev.Syscall = 0
-		d := &Dump{Signal: r.AccessMode}
-		switch kgbpf.KeyguardKgDumpAction(r.Op) {
-		case kgbpf.KeyguardKgDumpActionKG_DUMP_BLOCKED:
-			d.Action, d.Reason = "blocked", "the rule blocks core dumps: denied before any file or helper was created"
-		case kgbpf.KeyguardKgDumpActionKG_DUMP_ALLOWED:
-			d.Action, d.Reason = "allowed", "the rule allows core dumps"
-		case kgbpf.KeyguardKgDumpActionKG_DUMP_TO_HANDLER:
-			d.Action, d.Reason = "to_handler", "streaming to keyguard's handler for redaction"
-		case kgbpf.KeyguardKgDumpActionKG_DUMP_BAD_DESTINATION:
-			d.Action, d.Reason = "blocked", "the dump was not going to keyguard's handler (core_pattern changed, handler missing, or a file pattern): the dumper was killed before its first byte"
-		default:
-			d.Action = fmt.Sprintf("action_%d", r.Op)
+		d, ok := dumpActions[kgbpf.KeyguardKgDumpAction(r.Op)]
+		if !ok {
+			d.reason = fmt.Sprintf("action_%d", r.Op)
 		}
-		ev.Dump = d
+		ev.Kind = &keyguardv1.Event_CoreDump{CoreDump: &keyguardv1.CoreDump{Process: process(r.Target),
+			Signal: int32(r.AccessMode), Rule: names.RuleName(r.RuleId), Action: d.action, Reason: d.reason}}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_TAMPER:
-		ev.Kind = KindSideDoor
-		ev.Rule, ev.Reason, ev.Target = "", "", nil
-		ev.Operation = tamperNames[kgbpf.KeyguardKgTamper(r.Op)]
-		if ev.Operation == "" {
-			ev.Operation = fmt.Sprintf("keyguard_tamper_%d", r.Op)
+		op, ok := tamperOps[kgbpf.KeyguardKgTamper(r.Op)]
+		if !ok {
+			op = fmt.Sprintf("keyguard_tamper_%d", r.Op)
 		}
-		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
-		ev.Accessor = process(r.Actor)
+		detail := cstr(r.Detail[:])
 		if r.AccessMode != 0 {
-			ev.Detail = strings.TrimSpace(fmt.Sprintf("id %d %s", r.AccessMode, ev.Detail))
+			detail = fmt.Sprintf("id %d %s", r.AccessMode, detail)
 		}
+		ev.Kind = &keyguardv1.Event_SideDoor{SideDoor: &keyguardv1.SideDoor{Accessor: process(r.Actor),
+			Kind: keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER, Detail: strings.TrimSpace(op + " " + detail),
+			Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)]}}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_SIDE_DOOR:
-		ev.Kind = KindSideDoor
-		ev.Rule, ev.Reason, ev.Target = "", "", nil
-		ev.Operation = fmt.Sprintf("side_door_%d", r.Op)
-		switch kgbpf.KeyguardKgSideDoor(r.Op) {
-		case kgbpf.KeyguardKgSideDoorKG_SIDE_BPF_LOAD:
-			ev.Operation = "bpf_load"
-			ev.Detail = strings.TrimSpace(fmt.Sprintf("%s (program type %d)", ev.Detail, r.AccessMode))
-		case kgbpf.KeyguardKgSideDoorKG_SIDE_PERF_USER:
-			ev.Operation = "perf_event"
-			ev.Detail = fmt.Sprintf("sample_type %#x", r.AccessMode)
-			if r.Target.Pid != 0 {
-				ev.Target, ev.Rule = process(r.Target), names.RuleName(r.RuleId)
-			} else {
-				ev.Detail += " (CPU-wide)"
-			}
-		case kgbpf.KeyguardKgSideDoorKG_SIDE_SYSCTL:
-			ev.Operation = "sysctl_write"
-		case kgbpf.KeyguardKgSideDoorKG_SIDE_KMEM:
-			ev.Operation = kmemNames[r.AccessMode]
-			if ev.Operation == "" {
-				ev.Operation = fmt.Sprintf("kernel_memory_%#x", r.AccessMode)
-			}
-		case kgbpf.KeyguardKgSideDoorKG_SIDE_RAW_DISK:
-			ev.Operation = "raw_disk"
-			if r.AccessMode != 0 {
-				ev.Detail = strings.TrimSpace(fmt.Sprintf("%s (block device %d:%d)", ev.Detail, r.AccessMode>>20, r.AccessMode&(1<<20-1)))
-			}
-		case kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:
-			ev.Operation = "module_load"
-			if r.AccessMode == 2 {
-				ev.Operation = "kexec_load"
-			}
-		}
-		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
-		ev.Accessor = process(r.Actor)
+		ev.Kind = &keyguardv1.Event_SideDoor{SideDoor: sideDoorEvent(&r, names)}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_KEY_FILE:
-		ev.Kind = KindKeyFile
-		ev.Syscall, ev.Target = 0, nil
-		ev.Operation = keyOpNames[kgbpf.KeyguardKgKeyOp(r.Op)]
-		if ev.Operation == "" {
-			ev.Operation = fmt.Sprintf("key_op_%d", r.Op)
-		}
-		ev.Decision = decisionNames[kgbpf.KeyguardKgDecision(r.Decision)]
-		ev.RuleMode = "enforce"
-		if kgbpf.KeyguardKgMode(r.RuleMode) == kgbpf.KeyguardKgModeKG_MODE_AUDIT {
-			ev.RuleMode = "audit"
-		}
-		if kgbpf.KeyguardKgGuarded(r.AccessMode) != kgbpf.KeyguardKgGuardedKG_GUARD_KEY_FILE {
-			ev.Reason = ""
-		}
-		ev.Accessor = process(r.Actor)
-		ev.KeyFile = &KeyFile{Guarded: guardedNames[kgbpf.KeyguardKgGuarded(r.AccessMode)], Dev: r.Target.ExeDev,
-			Ino: r.Target.ExeIno, Name: ev.Detail}
+		ev.Kind = &keyguardv1.Event_KeyFileAccess{KeyFileAccess: keyFileAccess(&r, names)}
 	default:
-		return Event{}, fmt.Errorf("unknown event kind %d", r.Kind)
+		return nil, fmt.Errorf("unknown event kind %d", r.Kind)
 	}
 	return ev, nil
 }
 
-func process(p kgbpf.KeyguardKgProc) *Process {
-	out := &Process{
-		PID: p.Pid, TID: p.Tid, UID: p.Uid, EUID: p.Euid,
-		Comm: cstr(p.Comm[:]), ExeDev: p.ExeDev, ExeIno: p.ExeIno, CgroupID: p.CgroupId,
+func memoryAccess(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.MemoryAccess {
+	op, ok := accessOps[kgbpf.KeyguardKgOp(r.Op)]
+	if !ok {
+		op = accessOp{keyguardv1.AccessOperation_ACCESS_OPERATION_OTHER, fmt.Sprintf("op_%d", r.Op)}
+	}
+	ma := &keyguardv1.MemoryAccess{
+		Accessor: process(r.Actor), Target: process(r.Target), Operation: op.op,
+		AccessMode: r.AccessMode, AccessModeNames: AccessModeNames(r.AccessMode), Rule: names.RuleName(r.RuleId),
+		PolicyMode: policyModes[kgbpf.KeyguardKgMode(r.RuleMode)], Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)],
+	}
+	if ma.PolicyMode == keyguardv1.PolicyMode_POLICY_MODE_UNSPECIFIED {
+		ma.PolicyMode = keyguardv1.PolicyMode_POLICY_MODE_ENFORCE
+	}
+	detail := cstr(r.Detail[:])
+	if strings.HasPrefix(detail, "/proc/") {
+		ma.ProcPath, detail = detail, ""
+	}
+	if op.note != "" {
+		detail = strings.TrimSuffix(op.note+": "+detail, ": ")
+	}
+	ma.Detail = detail
+	return ma
+}
+
+func sideDoorEvent(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.SideDoor {
+	sd, ok := sideDoors[kgbpf.KeyguardKgSideDoor(r.Op)]
+	if kgbpf.KeyguardKgSideDoor(r.Op) == kgbpf.KeyguardKgSideDoorKG_SIDE_KMEM {
+		if sd, ok = kmemDoors[r.AccessMode]; !ok {
+			sd = sideDoor{keyguardv1.SideDoorKind_SIDE_DOOR_KIND_DEV_MEM, fmt.Sprintf("kernel_memory_%#x", r.AccessMode)}
+		}
+	} else if !ok {
+		sd = sideDoor{keyguardv1.SideDoorKind_SIDE_DOOR_KIND_UNSPECIFIED, fmt.Sprintf("side_door_%d", r.Op)}
+	}
+	out := &keyguardv1.SideDoor{Accessor: process(r.Actor), Kind: sd.kind, Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)]}
+	detail := cstr(r.Detail[:])
+	switch kgbpf.KeyguardKgSideDoor(r.Op) {
+	case kgbpf.KeyguardKgSideDoorKG_SIDE_BPF_LOAD:
+		detail = fmt.Sprintf("%s (program type %d)", detail, r.AccessMode)
+	case kgbpf.KeyguardKgSideDoorKG_SIDE_PERF_USER:
+		detail = fmt.Sprintf("sample_type %#x", r.AccessMode)
+		if r.Target.Pid != 0 {
+			out.Target, out.Rule = process(r.Target), names.RuleName(r.RuleId)
+		} else {
+			detail += " (CPU-wide)"
+		}
+	case kgbpf.KeyguardKgSideDoorKG_SIDE_RAW_DISK:
+		if r.AccessMode != 0 {
+			detail = fmt.Sprintf("%s (block device %d:%d)", detail, r.AccessMode>>20, r.AccessMode&(1<<20-1))
+		}
+	case kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:
+		if r.AccessMode == 2 {
+			sd = sideDoor{keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEXEC_LOAD, "kexec_load"}
+			out.Kind = sd.kind
+		}
+	}
+	out.Detail = strings.TrimSpace(sd.op + " " + strings.TrimSpace(detail))
+	return out
+}
+
+func process(p kgbpf.KeyguardKgProc) *keyguardv1.Process {
+	out := &keyguardv1.Process{
+		Pid: p.Pid, Tid: p.Tid, Uid: p.Uid, Euid: p.Euid,
+		Comm: cstr(p.Comm[:]), ExeDev: p.ExeDev, ExeInode: p.ExeIno, CgroupId: p.CgroupId,
 	}
 	// The kernel walks the executable's dentries; a path it had to cut short is completed from /proc
 	// while the process lives (checked against the inode the kernel reported), else the basename stays.
-	out.Executable = exePath(p.ExePath[:])
-	if out.Executable == "" {
-		out.Executable = cstr(p.ExeName[:])
+	out.ExePath = exePath(p.ExePath[:])
+	if out.ExePath == "" {
+		out.ExePath = cstr(p.ExeName[:])
 	}
 	if p.Pid != 0 {
-		if !strings.HasPrefix(out.Executable, "/") {
+		if !strings.HasPrefix(out.ExePath, "/") {
 			if path, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.Pid)); err == nil {
 				var st unix.Stat_t
 				if unix.Stat(fmt.Sprintf("/proc/%d/exe", p.Pid), &st) == nil && st.Ino == p.ExeIno {
-					out.Executable = path
+					out.ExePath = path
 				}
 			}
 		}
-		out.Cgroup = CgroupPath(p.Pid)
+		out.CgroupPath = CgroupPath(p.Pid)
 	}
 	return out
 }
@@ -463,7 +396,7 @@ type Reader struct {
 }
 
 // Run reads until ctx is done. emit must not block for long: it is on the ring buffer's path.
-func (r *Reader) Run(ctx context.Context, emit func(Event)) error {
+func (r *Reader) Run(ctx context.Context, emit func(*keyguardv1.Event)) error {
 	rd, err := ringbuf.NewReader(r.Events)
 	if err != nil {
 		return fmt.Errorf("open BPF ring buffer: %w", err)
@@ -484,7 +417,8 @@ func (r *Reader) Run(ctx context.Context, emit func(Event)) error {
 			return
 		}
 		if n > reported {
-			emit(Event{Time: time.Now(), Kind: KindLoss, Loss: &Loss{Source: "kernel_ringbuf", Count: n - reported}})
+			emit(&keyguardv1.Event{Time: timestamppb.Now(), Kind: &keyguardv1.Event_LossReport{LossReport: &keyguardv1.LossReport{
+				Source: keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER, Count: n - reported}}})
 			reported = n
 			if r.OnLostReported != nil {
 				r.OnLostReported(n)
@@ -519,8 +453,18 @@ func (r *Reader) Run(ctx context.Context, emit func(Event)) error {
 	}
 }
 
-// IsTamper reports whether a side_door event is an attempt on keyguard's own programs, maps, links or
-// pins (the operations named keyguard_*), as opposed to a side door into a protected process.
-func (ev Event) IsTamper() bool {
-	return ev.Kind == KindSideDoor && strings.HasPrefix(ev.Operation, "keyguard_")
+// severities maps posture severities to the API's.
+var severities = map[posture.Severity]keyguardv1.Severity{
+	posture.Info: keyguardv1.Severity_SEVERITY_INFO, posture.Low: keyguardv1.Severity_SEVERITY_LOW,
+	posture.Medium: keyguardv1.Severity_SEVERITY_MEDIUM, posture.High: keyguardv1.Severity_SEVERITY_HIGH,
+	posture.Critical: keyguardv1.Severity_SEVERITY_CRITICAL,
+}
+
+// Findings turns posture findings into the findings of an AgentHealth event.
+func Findings(fs []posture.Finding) []*keyguardv1.PostureFinding {
+	out := make([]*keyguardv1.PostureFinding, 0, len(fs))
+	for _, f := range fs {
+		out = append(out, &keyguardv1.PostureFinding{Name: f.Name, Value: f.Value, Severity: severities[f.Severity], Remediation: f.Remediation})
+	}
+	return out
 }

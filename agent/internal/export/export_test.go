@@ -63,8 +63,8 @@ func spooled(t *testing.T, dir string) []*keyguardv1.Event {
 			if ev.GetSeq() != rec.Seq {
 				t.Errorf("record %d holds event seq %d", rec.Seq, ev.GetSeq())
 			}
-			if rec.Kind != uint8(KindOf(ev)) {
-				t.Errorf("record %d stored with kind %d, event kind %v", rec.Seq, rec.Kind, KindOf(ev))
+			if rec.Kind != uint8(keyguardv1.KindOf(ev)) {
+				t.Errorf("record %d stored with kind %d, event kind %v", rec.Seq, rec.Kind, keyguardv1.KindOf(ev))
 			}
 			out = append(out, ev)
 			return nil

@@ -170,7 +170,7 @@ func (p *Pipeline) Submit(ev *keyguardv1.Event, prio spool.Priority) bool {
 		default:
 		}
 	}
-	p.queueLoss.add(KindOf(ev), 1)
+	p.queueLoss.add(keyguardv1.KindOf(ev), 1)
 	return false
 }
 
@@ -335,7 +335,7 @@ func (p *Pipeline) store(it item) {
 	if ev.Time == nil || ev.Time.CheckValid() != nil {
 		ev.Time = timestamppb.Now()
 	}
-	kind := KindOf(ev)
+	kind := keyguardv1.KindOf(ev)
 	if kind == keyguardv1.EventKind_EVENT_KIND_UNSPECIFIED {
 		// The collector refuses an event without a kind, and one refused event would hold up every
 		// later one on the stream: drop it here, counted and logged.

@@ -44,26 +44,3 @@ func decisionPriority(d keyguardv1.Decision) spool.Priority {
 	}
 	return spool.PriorityLow
 }
-
-// KindOf returns the EventKind of an event's oneof case.
-func KindOf(ev *keyguardv1.Event) keyguardv1.EventKind {
-	switch ev.GetKind().(type) {
-	case *keyguardv1.Event_MemoryAccess:
-		return keyguardv1.EventKind_EVENT_KIND_MEMORY_ACCESS
-	case *keyguardv1.Event_ProtectionChange:
-		return keyguardv1.EventKind_EVENT_KIND_PROTECTION_CHANGE
-	case *keyguardv1.Event_CoreDump:
-		return keyguardv1.EventKind_EVENT_KIND_CORE_DUMP
-	case *keyguardv1.Event_KeyFileAccess:
-		return keyguardv1.EventKind_EVENT_KIND_KEY_FILE_ACCESS
-	case *keyguardv1.Event_SideDoor:
-		return keyguardv1.EventKind_EVENT_KIND_SIDE_DOOR
-	case *keyguardv1.Event_BreakGlass:
-		return keyguardv1.EventKind_EVENT_KIND_BREAK_GLASS
-	case *keyguardv1.Event_AgentHealth:
-		return keyguardv1.EventKind_EVENT_KIND_AGENT_HEALTH
-	case *keyguardv1.Event_LossReport:
-		return keyguardv1.EventKind_EVENT_KIND_LOSS_REPORT
-	}
-	return keyguardv1.EventKind_EVENT_KIND_UNSPECIFIED
-}

@@ -1,5 +1,8 @@
-// Package loader loads keyguard's BPF LSM programs, attaches and pins them in bpffs, adopts what an
-// earlier agent pinned, and removes everything on uninstall.
+// Package loader is the one owner of keyguard's BPF state: the embedded object (package bpf, built
+// from bpf/src), loading it with its settings, attaching and pinning every program the object holds,
+// adopting what an earlier agent pinned, the agent's reads and writes of the maps (Guard), a read-only
+// View of the pins for other processes (the core-dump handler), and removing everything on uninstall.
+// Apart from the event decoder (package events), nothing else in the agent imports package bpf.
 //
 // Layout under Config.PinPath (default /sys/fs/bpf/keyguard):
 //
@@ -11,13 +14,16 @@
 package loader
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -57,41 +63,28 @@ type Guard struct {
 	links   []link.Link
 }
 
-// programNames lists the programs in attach order: marking before checking is not required (every
-// program is attached before the agent reports ready), but inheritance first keeps forks covered.
-var programNames = []string{
-	// The ends of in-flight memory reads before the programs that start them, so no read is left open.
-	"kg_mem_rw_exit",
-	"kg_vm_readv_exit",
-	"kg_vm_writev_exit",
-	"kg_mem_rw_enter",
-	"kg_task_alloc",
-	"kg_bprm_check_security",
-	"kg_bprm_committed_creds",
-	"kg_file_open",
-	"kg_ptrace_access_check",
-	"kg_ptrace_traceme",
-	"kg_file_permission",
-	"kg_signal_deliver",
-	"kg_cred_prepare",
-	"kg_dump_emit",
-	"kg_bpf_map",
-	"kg_bpf_prog",
-	"kg_bpf",
-	"kg_inode_unlink",
-	"kg_inode_rmdir",
-	"kg_inode_rename",
-	"kg_sb_umount",
-	"kg_perf_event_alloc",
-	"kg_kernel_read_file",
-	"kg_kernel_load_data",
-	"kg_inode_link",
-	"kg_path_truncate",
-	"kg_path_chmod",
-	"kg_path_chown",
-	"kg_inode_setxattr",
-	"kg_inode_removexattr",
-	"kg_inode_free_security",
+// programs lists the BPF object's programs, all of which the agent attaches, in attach order: the one
+// that passes protection on to fork children first (so no child of a protected process escapes while
+// the others attach), then the ends of in-flight memory reads, then by name. The list comes from the object itself: a program added in bpf/src
+// is attached and pinned with no change here.
+func programs(spec *ebpf.CollectionSpec) []string {
+	names := slices.Sorted(maps.Keys(spec.Programs))
+	slices.SortStableFunc(names, func(a, b string) int {
+		return cmp.Compare(attachRank(spec.Programs[a]), attachRank(spec.Programs[b]))
+	})
+	return names
+}
+
+func attachRank(p *ebpf.ProgramSpec) int {
+	if p.AttachTo == "task_alloc" {
+		return 0
+	}
+	// The ends of in-flight memory reads (fexit) before the programs that start them, so no read
+	// begun while the programs attach is left open.
+	if p.AttachType == ebpf.AttachTraceFExit {
+		return 1
+	}
+	return 2
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -140,7 +133,8 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
 	linkDir := filepath.Join(cfg.PinPath, "links", build)
 
-	if links, err := loadPinnedLinks(linkDir); err == nil {
+	names := programs(spec)
+	if links, err := loadPinnedLinks(linkDir, names); err == nil {
 		if err := spec.LoadAndAssign(&g.Maps, opts); err != nil {
 			closeLinks(links)
 			return nil, mapError(err, cfg.PinPath)
@@ -152,44 +146,13 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		log.Warn("pinned links of this build are unusable; attaching anew", "build", build, "error", err)
 	}
 
-	var objs kgbpf.KeyguardObjects
-	if err := spec.LoadAndAssign(&objs, opts); err != nil {
+	coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
+	if err != nil {
 		return nil, mapError(err, cfg.PinPath)
 	}
-	defer objs.KeyguardPrograms.Close() // links hold their own references
-	g.Maps = objs.KeyguardMaps
-	progs := map[string]*ebpf.Program{
-		"kg_task_alloc":           objs.KgTaskAlloc,
-		"kg_bprm_check_security":  objs.KgBprmCheckSecurity,
-		"kg_bprm_committed_creds": objs.KgBprmCommittedCreds,
-		"kg_file_open":            objs.KgFileOpen,
-		"kg_ptrace_access_check":  objs.KgPtraceAccessCheck,
-		"kg_ptrace_traceme":       objs.KgPtraceTraceme,
-		"kg_file_permission":      objs.KgFilePermission,
-		"kg_signal_deliver":       objs.KgSignalDeliver,
-		"kg_cred_prepare":         objs.KgCredPrepare,
-		"kg_dump_emit":            objs.KgDumpEmit,
-		"kg_bpf_map":              objs.KgBpfMap,
-		"kg_bpf_prog":             objs.KgBpfProg,
-		"kg_bpf":                  objs.KgBpf,
-		"kg_inode_unlink":         objs.KgInodeUnlink,
-		"kg_inode_rmdir":          objs.KgInodeRmdir,
-		"kg_inode_rename":         objs.KgInodeRename,
-		"kg_sb_umount":            objs.KgSbUmount,
-		"kg_perf_event_alloc":     objs.KgPerfEventAlloc,
-		"kg_kernel_read_file":     objs.KgKernelReadFile,
-		"kg_kernel_load_data":     objs.KgKernelLoadData,
-		"kg_mem_rw_exit":          objs.KgMemRwExit,
-		"kg_vm_readv_exit":        objs.KgVmReadvExit,
-		"kg_vm_writev_exit":       objs.KgVmWritevExit,
-		"kg_mem_rw_enter":         objs.KgMemRwEnter,
-		"kg_inode_link":           objs.KgInodeLink,
-		"kg_path_truncate":        objs.KgPathTruncate,
-		"kg_path_chmod":           objs.KgPathChmod,
-		"kg_path_chown":           objs.KgPathChown,
-		"kg_inode_setxattr":       objs.KgInodeSetxattr,
-		"kg_inode_removexattr":    objs.KgInodeRemovexattr,
-		"kg_inode_free_security":  objs.KgInodeFreeSecurity,
+	defer coll.Close() // the programs: links hold their own references
+	if err := coll.Assign(&g.Maps); err != nil {
+		return nil, fmt.Errorf("load BPF maps: %w", err)
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)
@@ -197,8 +160,8 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 		g.Maps.Close()
 		return nil, fmt.Errorf("create link pin folder: %w", err)
 	}
-	for _, name := range programNames {
-		l, err := attach(progs[name])
+	for _, name := range names {
+		l, err := attach(coll.Programs[name])
 		if err != nil {
 			closeLinks(g.links)
 			g.Maps.Close()
@@ -263,9 +226,9 @@ func Pinned(pinPath string) (builds []string, err error) {
 	return builds, err
 }
 
-func loadPinnedLinks(dir string) ([]link.Link, error) {
+func loadPinnedLinks(dir string, names []string) ([]link.Link, error) {
 	var links []link.Link
-	for _, name := range programNames {
+	for _, name := range names {
 		l, err := link.LoadPinnedLink(filepath.Join(dir, name), nil)
 		if err != nil {
 			closeLinks(links)

@@ -249,21 +249,7 @@ func (g *Guard) Mark(pid int, ruleID uint32, reason uint32) error {
 }
 
 // MarkOf returns the protection mark of a running process, if any.
-func (g *Guard) MarkOf(pid int) (Mark, bool, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		return Mark{}, false, fmt.Errorf("pidfd_open %d: %w", pid, err)
-	}
-	defer unix.Close(fd)
-	var m Mark
-	if err := g.Maps.Marks.Lookup(uint32(fd), &m); err != nil {
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return Mark{}, false, nil
-		}
-		return Mark{}, false, err
-	}
-	return m, m.RuleId != 0, nil
-}
+func (g *Guard) MarkOf(pid int) (Mark, bool, error) { return markOf(g.Maps.Marks, pid) }
 
 // Grant gives an accessor a break-glass exception until the given time.
 func (g *Guard) Grant(k AccessorKey, until time.Time, id uint64) error {

@@ -4,15 +4,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/internal/events"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // BenchmarkObserve is the agent's metric accounting per event read from the ring buffer (emit calls
 // Observe once per event), for events whose labels change from one event to the next (worst case).
 func BenchmarkObserve(b *testing.B) {
 	a := New(Sources{})
-	evs := []events.Event{access("signer", "denied"), access("signer", "allowed_audit"), access("other", "denied"),
-		{Kind: events.KindSideDoor, Operation: "keyguard_pin_unlink", Decision: "denied"}}
+	evs := []*keyguardv1.Event{access("signer", "denied"), access("signer", "allowed_audit"), access("other", "denied"),
+		sideDoor(keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER, "", "keyguard_pin_unlink events")}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

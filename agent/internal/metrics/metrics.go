@@ -11,9 +11,40 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/collector/metricsserver"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+)
+
+// Label values (part of the metrics' contract, unchanged since the agent's events were strings).
+var (
+	kindLabels = map[keyguardv1.EventKind]string{
+		keyguardv1.EventKind_EVENT_KIND_MEMORY_ACCESS:     "access",
+		keyguardv1.EventKind_EVENT_KIND_PROTECTION_CHANGE: "protect",
+		keyguardv1.EventKind_EVENT_KIND_CORE_DUMP:         "core_dump",
+		keyguardv1.EventKind_EVENT_KIND_KEY_FILE_ACCESS:   "key_file_access",
+		keyguardv1.EventKind_EVENT_KIND_SIDE_DOOR:         "side_door",
+		keyguardv1.EventKind_EVENT_KIND_BREAK_GLASS:       "break_glass",
+		keyguardv1.EventKind_EVENT_KIND_AGENT_HEALTH:      "health",
+		keyguardv1.EventKind_EVENT_KIND_LOSS_REPORT:       "loss",
+		keyguardv1.EventKind_EVENT_KIND_UNSPECIFIED:       "unknown",
+	}
+	decisionLabels = map[keyguardv1.Decision]string{
+		keyguardv1.Decision_DECISION_DENIED:              "denied",
+		keyguardv1.Decision_DECISION_ALLOWED_AUDIT:       "allowed_audit",
+		keyguardv1.Decision_DECISION_ALLOWED_POLICY:      "allowed_policy",
+		keyguardv1.Decision_DECISION_ALLOWED_BREAK_GLASS: "allowed_break_glass",
+		keyguardv1.Decision_DECISION_ALLOWED:             "allowed",
+	}
+	dumpLabels = map[keyguardv1.CoreDumpAction]string{
+		keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_BLOCKED:   "blocked",
+		keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_ALLOWED:   "allowed",
+		keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_REDACTED:  "redacted",
+		keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_DISCARDED: "discarded",
+		// The kernel's report that a dump streams to keyguard's handler has no action yet (the handler
+		// reports redacted or discarded).
+		keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_UNSPECIFIED: "to_handler",
+	}
 )
 
 // MaxRuleLabels caps the distinct rule label values; later ones are counted under rule="other". Rules
@@ -103,32 +134,32 @@ func (a *Agent) Registry() *prometheus.Registry { return a.reg }
 // Observe counts one emitted event. It is on the ring-buffer reader's path: after the first event of a
 // label combination it takes one mutex, at most two map lookups (none when the labels repeat the
 // previous event's) and two atomic adds, and allocates nothing.
-func (a *Agent) Observe(ev events.Event) {
+func (a *Agent) Observe(ev *keyguardv1.Event) {
+	kind := kindLabels[keyguardv1.KindOf(ev)]
 	var k decisionKey
-	switch ev.Kind {
-	case events.KindAccess, events.KindSideDoor:
-		k = decisionKey{kind: ev.Kind, rule: ev.Rule, decision: ev.Decision}
-		if ev.IsTamper() {
+	switch e := ev.GetKind().(type) {
+	case *keyguardv1.Event_MemoryAccess:
+		k = decisionKey{kind: kind, rule: e.MemoryAccess.GetRule(), decision: decisionLabels[e.MemoryAccess.GetDecision()]}
+	case *keyguardv1.Event_SideDoor:
+		k = decisionKey{kind: kind, rule: e.SideDoor.GetRule(), decision: decisionLabels[e.SideDoor.GetDecision()]}
+		if e.SideDoor.IsTamper() {
 			k.kind = "tamper"
 		}
-	case events.KindDump:
-		k = decisionKey{kind: ev.Kind, rule: ev.Rule}
-		if ev.Dump != nil {
-			k.decision = ev.Dump.Action
-		}
+	case *keyguardv1.Event_CoreDump:
+		k = decisionKey{kind: kind, rule: e.CoreDump.GetRule(), decision: dumpLabels[e.CoreDump.GetAction()]}
 	}
 	if k.decision == "" && k.kind != "" {
 		k.decision = "unknown"
 	}
 	a.mu.Lock()
 	ec := a.lastEC
-	if ec == nil || ev.Kind != a.lastKind {
+	if ec == nil || kind != a.lastKind {
 		var ok bool
-		if ec, ok = a.evCache[ev.Kind]; !ok {
-			ec = a.events.WithLabelValues(ev.Kind)
-			a.evCache[ev.Kind] = ec
+		if ec, ok = a.evCache[kind]; !ok {
+			ec = a.events.WithLabelValues(kind)
+			a.evCache[kind] = ec
 		}
-		a.lastKind, a.lastEC = ev.Kind, ec
+		a.lastKind, a.lastEC = kind, ec
 	}
 	var dc prometheus.Counter
 	if k.kind != "" && a.lastDC != nil && k == a.lastKey {

@@ -14,6 +14,7 @@ import (
 	"github.com/keyguard/keyguard/collector/collectortest"
 	"github.com/keyguard/keyguard/collector/metricsserver"
 	"github.com/keyguard/keyguard/collector/promtest"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // serve serves a's registry on a loopback port until the test ends and returns the /metrics URL.
@@ -39,28 +40,43 @@ func scrapeURL(t *testing.T, url string) promtest.Families {
 	return f
 }
 
-func access(rule, decision string) events.Event {
-	return events.Event{Time: time.Now(), Kind: events.KindAccess, Operation: "ptrace_attach", Rule: rule, Decision: decision}
+var decisionOf = map[string]keyguardv1.Decision{
+	"denied": keyguardv1.Decision_DECISION_DENIED, "allowed_audit": keyguardv1.Decision_DECISION_ALLOWED_AUDIT,
+	"allowed_policy": keyguardv1.Decision_DECISION_ALLOWED_POLICY, "allowed_break_glass": keyguardv1.Decision_DECISION_ALLOWED_BREAK_GLASS,
+}
+
+func access(rule, decision string) *keyguardv1.Event {
+	return &keyguardv1.Event{Time: timestamppb.Now(), Kind: &keyguardv1.Event_MemoryAccess{MemoryAccess: &keyguardv1.MemoryAccess{
+		Operation: keyguardv1.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH, Rule: rule, Decision: decisionOf[decision]}}}
+}
+
+// sideDoor is a denied side door; detail starts with the operation.
+func sideDoor(kind keyguardv1.SideDoorKind, rule, detail string) *keyguardv1.Event {
+	return events.SideDoor(&keyguardv1.SideDoor{Kind: kind, Rule: rule, Detail: detail, Decision: keyguardv1.Decision_DECISION_DENIED})
+}
+
+func dump(rule string, action keyguardv1.CoreDumpAction) *keyguardv1.Event {
+	return events.CoreDump(&keyguardv1.CoreDump{Rule: rule, Action: action})
 }
 
 func TestDecisionsCountedFromEvents(t *testing.T) {
 	a := New(Sources{})
 	url := serve(t, a)
-	evs := []events.Event{
+	evs := []*keyguardv1.Event{
 		access("signer", "denied"), access("signer", "denied"), access("signer", "denied"),
 		access("signer", "allowed_audit"),
 		access("signer", "allowed_policy"),
 		access("signer", "allowed_break_glass"),
 		access("other", "denied"),
-		{Kind: events.KindSideDoor, Operation: "bpf_load", Decision: "denied"},
-		{Kind: events.KindSideDoor, Operation: "perf_event", Rule: "signer", Decision: "denied"},
-		{Kind: events.KindSideDoor, Operation: "keyguard_pin_unlink", Decision: "denied"},
-		{Kind: events.KindSideDoor, Operation: "keyguard_map_write", Decision: "denied"},
-		{Kind: events.KindDump, Rule: "signer", Dump: &events.Dump{Action: "blocked"}},
-		{Kind: events.KindDump, Rule: "signer", Dump: &events.Dump{Action: "redacted"}},
-		{Kind: events.KindProtect, Rule: "signer"},
-		{Kind: events.KindLoss, Loss: &events.Loss{Source: "kernel_ringbuf", Count: 5}},
-		{Kind: events.KindHealth, Health: &events.Health{State: "started"}},
+		sideDoor(keyguardv1.SideDoorKind_SIDE_DOOR_KIND_BPF_LOAD, "", "bpf_load x (program type 2)"),
+		sideDoor(keyguardv1.SideDoorKind_SIDE_DOOR_KIND_PERF_EVENT, "signer", "perf_event sample_type 0x2000"),
+		sideDoor(keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER, "", "keyguard_pin_unlink events"),
+		sideDoor(keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER, "", "keyguard_map_write id 7"),
+		dump("signer", keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_BLOCKED),
+		dump("signer", keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_REDACTED),
+		events.Protection(&keyguardv1.ProtectionChange{Rule: "signer"}),
+		{Kind: &keyguardv1.Event_LossReport{LossReport: &keyguardv1.LossReport{Source: keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER, Count: 5}}},
+		events.Health(&keyguardv1.AgentHealth{State: keyguardv1.AgentState_AGENT_STATE_STARTED}),
 	}
 	for _, ev := range evs {
 		a.Observe(ev)
@@ -188,7 +204,7 @@ func TestSpoolAndDeliveryLagWithRealCollector(t *testing.T) {
 	const n = 50
 	raised := time.Now().Add(-2 * time.Second) // events raised 2 s before they reach the pipeline
 	for i := range n {
-		ev := access("signer", "denied").Proto("test")
+		ev := access("signer", "denied")
 		ev.Time = timestamppb.New(raised.Add(time.Duration(i) * time.Millisecond))
 		if !p.Submit(ev, export.PriorityOf(ev)) {
 			t.Fatal("queue full")

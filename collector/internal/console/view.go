@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/keyguard/keyguard/collector/internal/store"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -149,7 +148,7 @@ func detailSections(se *pb.StoredEvent) []section {
 		{"host", ev.GetHost()},
 		{"sequence number", strconv.FormatUint(ev.GetSeq(), 10)},
 		{"time", fmtTime(ev.GetTime())},
-		{"kind", kindLabel(store.KindOf(ev))},
+		{"kind", kindLabel(pb.KindOf(ev))},
 		{"agent version", ev.GetAgentVersion()},
 		{"boot id", ev.GetBootId()},
 	}}

@@ -149,7 +149,7 @@ func validate(host string, req *pb.PushRequest) (reason string, err error) {
 		}
 		// A kind newer than this collector arrives as unknown fields: it is stored (kind unspecified) rather
 		// than refused, so a newer agent is never stuck behind an older collector.
-		if store.KindOf(ev) == pb.EventKind_EVENT_KIND_UNSPECIFIED && len(ev.ProtoReflect().GetUnknown()) == 0 {
+		if pb.KindOf(ev) == pb.EventKind_EVENT_KIND_UNSPECIFIED && len(ev.ProtoReflect().GetUnknown()) == 0 {
 			return metrics.ReasonNoKind, status.Errorf(codes.InvalidArgument, "event seq %d has no kind set", ev.GetSeq())
 		}
 		if ev.GetTime() == nil {

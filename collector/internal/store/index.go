@@ -15,29 +15,6 @@ func clean(s string) string {
 	return strings.ReplaceAll(s, "\x00", "\uFFFD")
 }
 
-// KindOf returns the EventKind of an event's oneof, or EVENT_KIND_UNSPECIFIED when none is set.
-func KindOf(ev *pb.Event) pb.EventKind {
-	switch ev.GetKind().(type) {
-	case *pb.Event_MemoryAccess:
-		return pb.EventKind_EVENT_KIND_MEMORY_ACCESS
-	case *pb.Event_ProtectionChange:
-		return pb.EventKind_EVENT_KIND_PROTECTION_CHANGE
-	case *pb.Event_CoreDump:
-		return pb.EventKind_EVENT_KIND_CORE_DUMP
-	case *pb.Event_KeyFileAccess:
-		return pb.EventKind_EVENT_KIND_KEY_FILE_ACCESS
-	case *pb.Event_SideDoor:
-		return pb.EventKind_EVENT_KIND_SIDE_DOOR
-	case *pb.Event_BreakGlass:
-		return pb.EventKind_EVENT_KIND_BREAK_GLASS
-	case *pb.Event_AgentHealth:
-		return pb.EventKind_EVENT_KIND_AGENT_HEALTH
-	case *pb.Event_LossReport:
-		return pb.EventKind_EVENT_KIND_LOSS_REPORT
-	}
-	return pb.EventKind_EVENT_KIND_UNSPECIFIED
-}
-
 // index holds the columns queries filter on, derived from the payload (verify re-derives and compares them).
 type index struct {
 	kind      pb.EventKind
@@ -49,7 +26,7 @@ type index struct {
 }
 
 func indexOf(ev *pb.Event) index {
-	ix := index{kind: KindOf(ev)}
+	ix := index{kind: pb.KindOf(ev)}
 	if t := ev.GetTime(); t != nil {
 		ix.timeNanos = t.AsTime().UnixNano()
 	}

@@ -17,7 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"github.com/keyguard/keyguard/agent/optoken"
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 const (
@@ -210,50 +213,55 @@ func stopAgent() {
 // --- events -------------------------------------------------------------------------------------
 
 type proc struct {
-	PID        uint32 `json:"pid"`
-	TID        uint32 `json:"tid"`
-	Comm       string `json:"comm"`
-	Executable string `json:"executable"`
-	UID        uint32 `json:"uid"`
-	Cgroup     string `json:"cgroup"`
+	PID        uint32
+	TID        uint32
+	Comm       string
+	Executable string
+	UID        uint32
+	Cgroup     string
 }
 
+// event is what the assertions read from a keyguard.v1 event in the agent's log (see view): the kind,
+// operation, decision and states by their short lower-case names.
 type event struct {
-	Kind       string `json:"kind"`
-	Operation  string `json:"operation"`
-	Decision   string `json:"decision"`
-	Rule       string `json:"rule"`
-	Reason     string `json:"reason"`
-	Detail     string `json:"detail"`
-	AccessMode uint32 `json:"access_mode"`
-	Accessor   *proc  `json:"accessor"`
-	Target     *proc  `json:"target"`
+	Kind       string
+	Operation  string
+	Decision   string
+	Rule       string
+	Reason     string
+	Detail     string
+	AccessMode uint32
+	Accessor   *proc
+	Target     *proc
 	Health     *struct {
-		State   string `json:"state"`
-		Message string `json:"message"`
+		State   string
+		Message string
+		Posture []finding
 		Gap     *struct {
-			PreviousBootID string    `json:"previous_boot_id"`
-			BootID         string    `json:"boot_id"`
-			LastSeen       time.Time `json:"last_seen"`
-		} `json:"gap"`
-	} `json:"health"`
+			PreviousBootID string
+			BootID         string
+			LastSeen       time.Time
+		}
+	}
 	Dump *struct {
-		Action string `json:"action"`
-		Signal uint32 `json:"signal"`
-		Reason string `json:"reason"`
-	} `json:"dump"`
+		Action string
+		Signal uint32
+		Reason string
+	}
 	Loss *struct {
-		Source string `json:"source"`
-		Count  uint64 `json:"count"`
-	} `json:"loss"`
+		Source string
+		Count  uint64
+	}
 	BreakGlass *struct {
-		Action string `json:"action"`
-		Reason string `json:"reason"`
-	} `json:"break_glass"`
+		Action string
+		Reason string
+	}
 }
 
 func countLines(path string) int { return len(readEvents()) }
 
+// readEvents reads the agent's event log (format version 2: a header line, then one protojson
+// keyguard.v1.Event per line).
 func readEvents() []event {
 	f, err := os.Open(eventsLog)
 	if err != nil {
@@ -262,12 +270,133 @@ func readEvents() []event {
 	defer f.Close()
 	var out []event
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var ev event
-		if json.Unmarshal(sc.Bytes(), &ev) == nil {
-			out = append(out, ev)
+	sc.Buffer(make([]byte, 1<<20), 4<<20)
+	for first := true; sc.Scan(); first = false {
+		if first {
+			if sc.Text() != `{"keyguard_event_log":2}` {
+				return nil
+			}
+			continue
 		}
+		ev := &keyguardv1.Event{}
+		if protojson.Unmarshal(sc.Bytes(), ev) == nil {
+			out = append(out, view(ev))
+		}
+	}
+	return out
+}
+
+// short is an enum value's name without its prefix, in lower case: DECISION_DENIED -> denied.
+func short(v interface{ String() string }, prefix string) string {
+	return strings.ToLower(strings.TrimPrefix(v.String(), prefix))
+}
+
+func procOf(p *keyguardv1.Process) *proc {
+	if p == nil {
+		return nil
+	}
+	return &proc{PID: p.GetPid(), TID: p.GetTid(), Comm: p.GetComm(), Executable: p.GetExePath(), UID: p.GetUid(), Cgroup: p.GetCgroupPath()}
+}
+
+var reasonNames = map[keyguardv1.ProtectionReason]string{
+	keyguardv1.ProtectionReason_PROTECTION_REASON_KEY_FILE_OPEN: "key_file",
+	keyguardv1.ProtectionReason_PROTECTION_REASON_PROCFS_SCAN:   "procfs_scan",
+}
+
+// view reads the fields the assertions check from ev. A memory access's operation is the API's
+// operation, or the agent's word for it that leads the detail (proc_read, exec_traced, ...); a side
+// door's operation is the first word of its detail.
+func view(ev *keyguardv1.Event) event {
+	var e event
+	switch k := ev.GetKind().(type) {
+	case *keyguardv1.Event_MemoryAccess:
+		m := k.MemoryAccess
+		e.Kind, e.Operation, e.Decision, e.Rule = "access", short(m.GetOperation(), "ACCESS_OPERATION_"), short(m.GetDecision(), "DECISION_"), m.GetRule()
+		e.AccessMode, e.Accessor, e.Target, e.Detail = m.GetAccessMode(), procOf(m.GetAccessor()), procOf(m.GetTarget()), m.GetDetail()
+		if note, rest, _ := strings.Cut(m.GetDetail(), ": "); e.Operation == "other" || note == "proc_read" || note == "proc_link" {
+			e.Operation, e.Detail = note, rest
+		}
+		if m.GetProcPath() != "" {
+			e.Detail = m.GetProcPath()
+		}
+	case *keyguardv1.Event_ProtectionChange:
+		p := k.ProtectionChange
+		e.Kind, e.Rule, e.Detail, e.Target = "protect", p.GetRule(), p.GetDetail(), procOf(p.GetProcess())
+		if e.Reason = reasonNames[p.GetReason()]; e.Reason == "" {
+			e.Reason = short(p.GetReason(), "PROTECTION_REASON_")
+		}
+	case *keyguardv1.Event_CoreDump:
+		d := k.CoreDump
+		e.Kind, e.Rule, e.Target = "core_dump", d.GetRule(), procOf(d.GetProcess())
+		e.Dump = &struct {
+			Action string
+			Signal uint32
+			Reason string
+		}{short(d.GetAction(), "CORE_DUMP_ACTION_"), uint32(d.GetSignal()), d.GetReason()}
+		if d.GetAction() == keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_UNSPECIFIED {
+			e.Dump.Action = "to_handler" // the kernel's report; the handler's own event follows
+		}
+	case *keyguardv1.Event_SideDoor:
+		sd := k.SideDoor
+		e.Kind, e.Decision, e.Rule = "side_door", short(sd.GetDecision(), "DECISION_"), sd.GetRule()
+		e.Operation, e.Detail, _ = strings.Cut(sd.GetDetail(), " ")
+		e.Accessor, e.Target = procOf(sd.GetAccessor()), procOf(sd.GetTarget())
+	case *keyguardv1.Event_KeyFileAccess:
+		kf := k.KeyFileAccess
+		e.Kind, e.Decision, e.Rule = "key_file", short(kf.GetDecision(), "DECISION_"), kf.GetRule()
+		e.Operation, e.Detail = short(kf.GetOperation(), "KEY_FILE_OPERATION_"), kf.GetPath()
+		e.Accessor = procOf(kf.GetProcess())
+	case *keyguardv1.Event_AgentHealth:
+		e.Kind = "health"
+		e.Health = healthView(k.AgentHealth)
+	case *keyguardv1.Event_LossReport:
+		e.Kind = "loss"
+		src := map[keyguardv1.LossSource]string{keyguardv1.LossSource_LOSS_SOURCE_KERNEL_RING_BUFFER: "kernel_ringbuf",
+			keyguardv1.LossSource_LOSS_SOURCE_AGENT_QUEUE: "agent_queue"}[k.LossReport.GetSource()]
+		e.Loss = &struct {
+			Source string
+			Count  uint64
+		}{src, k.LossReport.GetCount()}
+	case *keyguardv1.Event_BreakGlass:
+		e.Kind = "break_glass"
+		e.BreakGlass = &struct {
+			Action string
+			Reason string
+		}{short(k.BreakGlass.GetState(), "BREAK_GLASS_STATE_"), k.BreakGlass.GetReason()}
+	}
+	return e
+}
+
+func healthView(h *keyguardv1.AgentHealth) *struct {
+	State   string
+	Message string
+	Posture []finding
+	Gap     *struct {
+		PreviousBootID string
+		BootID         string
+		LastSeen       time.Time
+	}
+} {
+	out := &struct {
+		State   string
+		Message string
+		Posture []finding
+		Gap     *struct {
+			PreviousBootID string
+			BootID         string
+			LastSeen       time.Time
+		}
+	}{State: short(h.GetState(), "AGENT_STATE_"), Message: h.GetDetail()}
+	for _, f := range h.GetFindings() {
+		out.Posture = append(out.Posture, finding{Name: f.GetName(), Value: f.GetValue(),
+			Severity: short(f.GetSeverity(), "SEVERITY_"), Remediation: f.GetRemediation()})
+	}
+	if g := h.GetGap(); g != nil {
+		out.Gap = &struct {
+			PreviousBootID string
+			BootID         string
+			LastSeen       time.Time
+		}{g.GetPreviousBootId(), g.GetBootId(), g.GetLapseStartTime().AsTime()}
 	}
 	return out
 }

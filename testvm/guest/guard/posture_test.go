@@ -1,7 +1,6 @@
 package guard
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -141,14 +140,8 @@ func TestPostureStatus(t *testing.T) {
 	}
 }
 
-type healthEvent struct {
-	Kind   string `json:"kind"`
-	Health *struct {
-		State   string    `json:"state"`
-		Message string    `json:"message"`
-		Posture []finding `json:"posture"`
-	} `json:"health"`
-}
+// healthEvent is an event of kind health.
+type healthEvent = event
 
 // waitPostureEvent waits for a "running" health event whose message contains want (the guard suite's
 // agent checks posture every 3 s).
@@ -175,17 +168,9 @@ func waitPostureEventFunc(t *testing.T, what string, pred func(msg string) bool)
 // healthEvents returns the "running" health events (posture changes) in the event log.
 func healthEvents(t *testing.T) []healthEvent {
 	t.Helper()
-	f, err := os.Open(eventsLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
 	var out []healthEvent
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 4<<20)
-	for sc.Scan() {
-		var ev healthEvent
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && ev.Kind == "health" && ev.Health != nil && ev.Health.State == "running" {
+	for _, ev := range readEvents() {
+		if ev.Kind == "health" && ev.Health != nil && ev.Health.State == "running" {
 			out = append(out, ev)
 		}
 	}

@@ -17,7 +17,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -27,6 +26,10 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 
 	"github.com/keyguard/keyguard/testvm/guest/memscan"
 )
@@ -440,18 +443,14 @@ func dumpAction(pid int) string {
 		sc := bufio.NewScanner(f)
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
-			var e struct {
-				Kind   string `json:"kind"`
-				Target *struct {
-					PID int `json:"pid"`
-				} `json:"target"`
-				Dump *struct {
-					Action string `json:"action"`
-				} `json:"dump"`
+			// The event log: a header line, then one protojson keyguard.v1.Event per line. The kernel's
+			// own report (streaming to the handler) has no action; the handler's has the final one.
+			ev := &keyguardv1.Event{}
+			if protojson.Unmarshal(sc.Bytes(), ev) != nil {
+				continue
 			}
-			if json.Unmarshal(sc.Bytes(), &e) == nil && e.Kind == "core_dump" && e.Target != nil && e.Target.PID == pid &&
-				e.Dump != nil && e.Dump.Action != "to_handler" {
-				action = e.Dump.Action
+			if d := ev.GetCoreDump(); d != nil && int(d.GetProcess().GetPid()) == pid && d.GetAction() != keyguardv1.CoreDumpAction_CORE_DUMP_ACTION_UNSPECIFIED {
+				action = strings.ToLower(strings.TrimPrefix(d.GetAction().String(), "CORE_DUMP_ACTION_"))
 				return true
 			}
 		}

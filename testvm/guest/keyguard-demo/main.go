@@ -130,7 +130,7 @@ rules:
 		return err
 	}
 	defer agent.Process.Kill()
-	if err := waitFor(dir+"/events.jsonl", `"state":"started"`, 60*time.Second); err != nil {
+	if err := waitFor(dir+"/events.jsonl", `"state":"AGENT_STATE_STARTED"`, 60*time.Second); err != nil {
 		b, _ := os.ReadFile(dir + "/agent.log")
 		return fmt.Errorf("agent did not start: %v\n%s", err, b)
 	}

@@ -15,7 +15,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"debug/elf"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"math/big"
@@ -28,6 +27,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+
+	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 
 	"github.com/keyguard/keyguard/agent/optoken"
 )
@@ -174,20 +177,15 @@ func waitFor(d time.Duration, cond func() bool) bool {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
+// event is what the assertions read from a core_dump event of the agent's log.
 type event struct {
-	Kind   string `json:"kind"`
-	Target *struct {
-		PID uint32 `json:"pid"`
-	} `json:"target"`
-	Dump *struct {
-		Action string `json:"action"`
-		Reason string `json:"reason"`
-	} `json:"dump"`
-	Health *struct {
-		State string `json:"state"`
-	} `json:"health"`
+	Kind   string
+	Target *struct{ PID uint32 }
+	Dump   *struct{ Action, Reason string }
 }
 
+// events reads the agent's event log (format version 2: a header line, then one protojson
+// keyguard.v1.Event per line) and keeps its core_dump events.
 func events() []event {
 	f, err := os.Open(eventLog)
 	if err != nil {
@@ -196,12 +194,15 @@ func events() []event {
 	defer f.Close()
 	var out []event
 	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	sc.Buffer(make([]byte, 1<<20), 4<<20)
 	for sc.Scan() {
-		var e event
-		if json.Unmarshal(sc.Bytes(), &e) == nil {
-			out = append(out, e)
+		ev := &keyguardv1.Event{}
+		if protojson.Unmarshal(sc.Bytes(), ev) != nil || ev.GetCoreDump() == nil {
+			continue
 		}
+		d := ev.GetCoreDump()
+		out = append(out, event{Kind: "core_dump", Target: &struct{ PID uint32 }{d.GetProcess().GetPid()},
+			Dump: &struct{ Action, Reason string }{strings.ToLower(strings.TrimPrefix(d.GetAction().String(), "CORE_DUMP_ACTION_")), d.GetReason()}})
 	}
 	return out
 }
