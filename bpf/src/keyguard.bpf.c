@@ -987,7 +987,8 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 	if (ret)
 		return ret;
 	/* process_vm_readv copies after this one check: publish the read first (ended at syscall exit). */
-	if (child->tgid != cur->tgid && in_vm_rw(cur)) {
+	if ((mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ && child->tgid != cur->tgid &&
+	    in_vm_rw(cur)) {
 		if (publish_read(child->tgid))
 			return -ENOMEM;
 		vm = 1;

@@ -192,6 +192,9 @@ func TestKeyOpenRace(t *testing.T) {
 		if ee, ok := err.(*exec.ExitError); ok && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
 			killed++ // keyguard killed the reader before a copy
 		}
+		if (i+1)%100 == 0 {
+			fmt.Printf("race: %d/%d in %s, leaks %v, killed %d, retries %d\n", i+1, n, time.Since(start).Round(time.Second), leaks, killed, retries)
+		}
 	}
 	t.Logf("%d fresh processes in %s: %d loaded the key, leaks %v, readers killed before a copy %d, EAGAIN retries %d",
 		n, time.Since(start).Round(time.Second), loaded, leaks, killed, retries)
