@@ -63,11 +63,19 @@ type RuleSet struct {
 
 // Apply makes the rule maps equal to rs: adds and updates entries, then deletes the rest. Entries are
 // added before stale ones are deleted, so a rule that stays never has a gap.
+//
+// Executables and key files of a rule that stays are never deleted here: a file that no longer matches
+// its path (root renamed its folder, or moved it away) is still the same inode and stays guarded. The
+// kernel forgets an inode itself when it is freed with no links left (inode_free_security).
 func (g *Guard) Apply(rs RuleSet) error {
+	keep := func(_ FileID, rule uint32) bool {
+		_, ok := rs.Rules[rule]
+		return ok || rule == policy.RawDiskRule
+	}
 	return errors.Join(
 		syncMap(g.Maps.Rules, rs.Rules),
-		syncMap(g.Maps.ExeRules, rs.Exes),
-		syncMap(g.Maps.KeyRules, rs.Keys),
+		syncMapKeep(g.Maps.ExeRules, rs.Exes, keep),
+		syncMapKeep(g.Maps.KeyRules, rs.Keys, keep),
 		syncMap(g.Maps.CgroupRules, rs.Cgroups),
 		syncMap(g.Maps.Allow, boolToU8(rs.Allow)),
 		syncMap(g.Maps.Openers, boolToU8(rs.Openers)),
@@ -116,6 +124,11 @@ func boolToU8(m map[AccessorKey]bool) map[AccessorKey]uint8 {
 }
 
 func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
+	return syncMapKeep(m, want, func(K, V) bool { return false })
+}
+
+// syncMapKeep is syncMap that leaves stale entries for which keep is true.
+func syncMapKeep[K comparable, V any](m *ebpf.Map, want map[K]V, keep func(K, V) bool) error {
 	for k, v := range want {
 		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("update BPF map %s: %w", m.String(), err)
@@ -126,7 +139,7 @@ func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
 	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if _, ok := want[k]; !ok {
+		if _, ok := want[k]; !ok && !keep(k, v) {
 			stale = append(stale, k)
 		}
 	}

@@ -207,3 +207,24 @@ func TestKeyOpenRace(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyDirMoved: root renames the folder holding a key file, so the policy's glob no longer matches
+// it; the file is still the same inode and stays refused after the agent has re-resolved the policy.
+func TestKeyDirMoved(t *testing.T) {
+	from, to := filepath.Dir(holderKey), filepath.Dir(holderKey)+"-moved"
+	if got := fileop(t, "rename", from, to); got != "OK" {
+		t.Fatalf("rename the key folder: %s", got)
+	}
+	defer func() {
+		if err := os.Rename(to, from); err != nil {
+			t.Errorf("rename back: %v", err)
+		}
+	}()
+	time.Sleep(2 * time.Second) // the watcher re-resolves within milliseconds
+	moved := filepath.Join(to, filepath.Base(holderKey))
+	for _, op := range []string{"read", "opath-reopen", "unlink"} {
+		if got := fileop(t, op, moved); got != "ERR EPERM" {
+			t.Errorf("%s of the moved key file as root: %s, want ERR EPERM", op, got)
+		}
+	}
+}
