@@ -135,7 +135,7 @@ func (a *Agent) watchPosture(ctx context.Context, start []posture.Finding, inter
 		a.log.Info("host posture changed", "change", msg)
 		ev := proto.CloneOf(h)
 		ev.State, ev.ProtectedProcessCount, ev.Detail = keyguardv1.AgentState_AGENT_STATE_RUNNING, uint32(protected), msg
-		ev.Findings, ev.Gap = events.Findings(posture.Summarize(cur, eventProcesses)), nil
+		ev.Findings = events.Findings(posture.Summarize(cur, eventProcesses))
 		a.emit(events.Health(ev))
 	}
 }

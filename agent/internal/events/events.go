@@ -244,6 +244,7 @@ func memoryAccess(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.MemoryAcces
 		Accessor: process(r.Actor), Target: process(r.Target), Operation: op.op,
 		AccessMode: r.AccessMode, AccessModeNames: AccessModeNames(r.AccessMode), Rule: names.RuleName(r.RuleId),
 		PolicyMode: policyModes[kgbpf.KeyguardKgMode(r.RuleMode)], Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)],
+		TargetReason: Reason(r.Reason),
 	}
 	if ma.PolicyMode == keyguardv1.PolicyMode_POLICY_MODE_UNSPECIFIED {
 		ma.PolicyMode = keyguardv1.PolicyMode_POLICY_MODE_ENFORCE

@@ -91,7 +91,8 @@ func cbytes(dst []int8, s string) {
 func TestDecode(t *testing.T) {
 	names := ruleNames{7: "signer"}
 	ev := func(kind kgbpf.KeyguardKgEventKind, op, decision, mode uint32, detail string) kgbpf.KeyguardKgEvent {
-		r := kgbpf.KeyguardKgEvent{Kind: uint32(kind), Op: op, Decision: decision, AccessMode: mode, RuleId: 7}
+		r := kgbpf.KeyguardKgEvent{Kind: uint32(kind), Op: op, Decision: decision, AccessMode: mode, RuleId: 7,
+			Reason: uint32(kgbpf.KeyguardKgReasonKG_REASON_INHERIT)}
 		r.Actor.Comm[0], r.Target.Comm[0] = 'a', 't'
 		cbytes(r.Detail[:], detail)
 		return r
@@ -105,13 +106,13 @@ func TestDecode(t *testing.T) {
 		want string // protojson of the kind, proto field names
 	}{
 		{"ptrace attach", ev(access, uint32(kgbpf.KeyguardKgOpKG_OP_PTRACE_ATTACH), denied, 0x12, ""),
-			`{"accessor":{"comm":"a"},"target":{"comm":"t"},"operation":"ACCESS_OPERATION_PTRACE_ATTACH","access_mode":18,"access_mode_names":["attach","realcreds"],"rule":"signer","policy_mode":"POLICY_MODE_ENFORCE","decision":"DECISION_DENIED"}`},
+			`{"accessor":{"comm":"a"},"target":{"comm":"t"},"operation":"ACCESS_OPERATION_PTRACE_ATTACH","access_mode":18,"access_mode_names":["attach","realcreds"],"rule":"signer","policy_mode":"POLICY_MODE_ENFORCE","decision":"DECISION_DENIED","target_reason":"PROTECTION_REASON_INHERITED"}`},
 		{"proc read", ev(access, uint32(kgbpf.KeyguardKgOpKG_OP_PROC_READ), denied, 0, "/proc/42/mem"),
-			`{"accessor":{"comm":"a"},"target":{"comm":"t"},"operation":"ACCESS_OPERATION_PROC_OPEN","proc_path":"/proc/42/mem","rule":"signer","policy_mode":"POLICY_MODE_ENFORCE","decision":"DECISION_DENIED","detail":"proc_read"}`},
+			`{"accessor":{"comm":"a"},"target":{"comm":"t"},"operation":"ACCESS_OPERATION_PROC_OPEN","proc_path":"/proc/42/mem","rule":"signer","policy_mode":"POLICY_MODE_ENFORCE","decision":"DECISION_DENIED","detail":"proc_read","target_reason":"PROTECTION_REASON_INHERITED"}`},
 		{"exec traced", ev(access, uint32(kgbpf.KeyguardKgOpKG_OP_EXEC_TRACED), denied, 0, "tracer 9"),
-			`{"accessor":{"comm":"a"},"target":{"comm":"t"},"operation":"ACCESS_OPERATION_OTHER","rule":"signer","policy_mode":"POLICY_MODE_ENFORCE","decision":"DECISION_DENIED","detail":"exec_traced: tracer 9"}`},
+			`{"accessor":{"comm":"a"},"target":{"comm":"t"},"operation":"ACCESS_OPERATION_OTHER","rule":"signer","policy_mode":"POLICY_MODE_ENFORCE","decision":"DECISION_DENIED","detail":"exec_traced: tracer 9","target_reason":"PROTECTION_REASON_INHERITED"}`},
 		{"key file", func() kgbpf.KeyguardKgEvent {
-			r := ev(kgbpf.KeyguardKgEventKindKG_EVENT_PROTECT, 0, 0, 0, "signing.pem")
+			r := ev(kgbpf.KeyguardKgEventKindKG_EVENT_PROTECT, 0, 0, 0, "signing.pem") // the reason overrides inherit
 			r.Reason = uint32(kgbpf.KeyguardKgReasonKG_REASON_KEY_FILE)
 			return r
 		}(), `{"process":{"comm":"t"},"rule":"signer","state":"PROTECTION_STATE_PROTECTED","reason":"PROTECTION_REASON_KEY_FILE_OPEN","key_file_path":"signing.pem","detail":"signing.pem"}`},

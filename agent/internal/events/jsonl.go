@@ -130,7 +130,8 @@ func ReadLog(r io.Reader, fn func(*keyguardv1.Event) error) error {
 	}
 	for n := 2; ; n++ {
 		line, err := br.ReadBytes('\n')
-		if len(bytes.TrimSpace(line)) > 0 {
+		// A second header can follow when two writers (agent and dump handler) created the file at once.
+		if len(bytes.TrimSpace(line)) > 0 && !bytes.Equal(line, logHeader) {
 			ev := &keyguardv1.Event{}
 			if uerr := protojson.Unmarshal(line, ev); uerr != nil {
 				return fmt.Errorf("event log line %d: %w", n, uerr)

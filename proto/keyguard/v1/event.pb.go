@@ -1354,7 +1354,9 @@ type MemoryAccess struct {
 	// What keyguard did.
 	Decision Decision `protobuf:"varint,9,opt,name=decision,proto3,enum=keyguard.v1.Decision" json:"decision,omitempty"`
 	// Free-text detail.
-	Detail        string `protobuf:"bytes,10,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,10,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Why the target is protected (how it became protected: exec, key file, cgroup, inherited, ...).
+	TargetReason  ProtectionReason `protobuf:"varint,11,opt,name=target_reason,json=targetReason,proto3,enum=keyguard.v1.ProtectionReason" json:"target_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1457,6 +1459,13 @@ func (x *MemoryAccess) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *MemoryAccess) GetTargetReason() ProtectionReason {
+	if x != nil {
+		return x.TargetReason
+	}
+	return ProtectionReason_PROTECTION_REASON_UNSPECIFIED
 }
 
 // ProtectionChange reports that a process became protected or unprotected.
@@ -2633,7 +2642,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\vcgroup_path\x18\t \x01(\tR\n" +
 	"cgroupPath\x12\x1b\n" +
 	"\tcgroup_id\x18\n" +
-	" \x01(\x04R\bcgroupId\"\xad\x03\n" +
+	" \x01(\x04R\bcgroupId\"\xf1\x03\n" +
 	"\fMemoryAccess\x120\n" +
 	"\baccessor\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\baccessor\x12,\n" +
 	"\x06target\x18\x02 \x01(\v2\x14.keyguard.v1.ProcessR\x06target\x12:\n" +
@@ -2647,7 +2656,8 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"policyMode\x121\n" +
 	"\bdecision\x18\t \x01(\x0e2\x15.keyguard.v1.DecisionR\bdecision\x12\x16\n" +
 	"\x06detail\x18\n" +
-	" \x01(\tR\x06detail\"\xfd\x01\n" +
+	" \x01(\tR\x06detail\x12B\n" +
+	"\rtarget_reason\x18\v \x01(\x0e2\x1d.keyguard.v1.ProtectionReasonR\ftargetReason\"\xfd\x01\n" +
 	"\x10ProtectionChange\x12.\n" +
 	"\aprocess\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\aprocess\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x122\n" +
@@ -2919,43 +2929,44 @@ var file_keyguard_v1_event_proto_depIdxs = []int32{
 	3,  // 11: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
 	2,  // 12: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
 	1,  // 13: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
-	15, // 14: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
-	4,  // 15: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
-	5,  // 16: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
-	15, // 17: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
-	6,  // 18: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
-	18, // 19: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
-	15, // 20: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
-	2,  // 21: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 22: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
-	7,  // 23: keyguard.v1.KeyFileAccess.operation:type_name -> keyguard.v1.KeyFileOperation
-	8,  // 24: keyguard.v1.KeyFileAccess.guarded:type_name -> keyguard.v1.GuardedFile
-	15, // 25: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
-	9,  // 26: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
-	15, // 27: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
-	1,  // 28: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
-	10, // 29: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	30, // 30: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 31: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
-	11, // 32: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
-	23, // 33: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	25, // 34: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
-	30, // 35: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
-	30, // 36: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
-	30, // 37: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
-	0,  // 38: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	13, // 39: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	26, // 40: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	30, // 41: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	30, // 42: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	28, // 43: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	14, // 44: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	30, // 45: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	46, // [46:46] is the sub-list for method output_type
-	46, // [46:46] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	5,  // 14: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
+	15, // 15: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
+	4,  // 16: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
+	5,  // 17: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
+	15, // 18: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
+	6,  // 19: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
+	18, // 20: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
+	15, // 21: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
+	2,  // 22: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 23: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
+	7,  // 24: keyguard.v1.KeyFileAccess.operation:type_name -> keyguard.v1.KeyFileOperation
+	8,  // 25: keyguard.v1.KeyFileAccess.guarded:type_name -> keyguard.v1.GuardedFile
+	15, // 26: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
+	9,  // 27: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
+	15, // 28: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
+	1,  // 29: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
+	10, // 30: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
+	30, // 31: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	12, // 32: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
+	11, // 33: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
+	23, // 34: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
+	25, // 35: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	30, // 36: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	30, // 37: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	30, // 38: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 39: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	13, // 40: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	26, // 41: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	30, // 42: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	30, // 43: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	28, // 44: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	14, // 45: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	30, // 46: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	47, // [47:47] is the sub-list for method output_type
+	47, // [47:47] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }

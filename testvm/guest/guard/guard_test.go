@@ -303,6 +303,13 @@ var reasonNames = map[keyguardv1.ProtectionReason]string{
 	keyguardv1.ProtectionReason_PROTECTION_REASON_PROCFS_SCAN:   "procfs_scan",
 }
 
+func reasonOf(r keyguardv1.ProtectionReason) string {
+	if n, ok := reasonNames[r]; ok {
+		return n
+	}
+	return short(r, "PROTECTION_REASON_")
+}
+
 // view reads the fields the assertions check from ev. A memory access's operation is the API's
 // operation, or the agent's word for it that leads the detail (proc_read, exec_traced, ...); a side
 // door's operation is the first word of its detail.
@@ -313,6 +320,7 @@ func view(ev *keyguardv1.Event) event {
 		m := k.MemoryAccess
 		e.Kind, e.Operation, e.Decision, e.Rule = "access", short(m.GetOperation(), "ACCESS_OPERATION_"), short(m.GetDecision(), "DECISION_"), m.GetRule()
 		e.AccessMode, e.Accessor, e.Target, e.Detail = m.GetAccessMode(), procOf(m.GetAccessor()), procOf(m.GetTarget()), m.GetDetail()
+		e.Reason = reasonOf(m.GetTargetReason())
 		if note, rest, _ := strings.Cut(m.GetDetail(), ": "); e.Operation == "other" || note == "proc_read" || note == "proc_link" {
 			e.Operation, e.Detail = note, rest
 		}
@@ -322,9 +330,7 @@ func view(ev *keyguardv1.Event) event {
 	case *keyguardv1.Event_ProtectionChange:
 		p := k.ProtectionChange
 		e.Kind, e.Rule, e.Detail, e.Target = "protect", p.GetRule(), p.GetDetail(), procOf(p.GetProcess())
-		if e.Reason = reasonNames[p.GetReason()]; e.Reason == "" {
-			e.Reason = short(p.GetReason(), "PROTECTION_REASON_")
-		}
+		e.Reason = reasonOf(p.GetReason())
 	case *keyguardv1.Event_CoreDump:
 		d := k.CoreDump
 		e.Kind, e.Rule, e.Target = "core_dump", d.GetRule(), procOf(d.GetProcess())
