@@ -1196,7 +1196,8 @@ int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 /*
  * A key file: only its holders open it (the rule's processes, matched by executable at exec, by cgroup, or
  * already marked by the rule), plus key managers and the rule's openers; everyone else is refused (audit
- * mode: reported). An opener or key manager that is not protected yet becomes protected by the open, and
+ * mode: reported). An opener that is not protected yet becomes protected by the open (key managers are
+ * not marked), and
  * the open waits (EAGAIN) while a read of its memory that passed its check before the mark is still
  * copying, so no read that began before the mark returns bytes loaded after the open.
  */
@@ -1213,6 +1214,14 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	if (!m || m->rule_id != rule_id) {
 		if (is_keyguard(cur))
 			return 0;
+		/* Key managers (deployment, rotation) open key files without being marked: a mark would pass to
+		 * every child of a deploy tool. They are trusted with the file, like the package manager. */
+		if (allowed_by(cur, KG_ALLOW_KEYMGR)) {
+			count(KG_CNT_ALLOWED_POLICY);
+			emit_key(cur, KG_KEY_OPEN, KG_GUARD_KEY_FILE, rule_id, KG_MODE_ENFORCE, KG_DECISION_ALLOWED_POLICY,
+				 file->f_inode, name);
+			return 0;
+		}
 		if (cgroup_rule(cur) != rule_id && !is_opener(cur, rule_id)) {
 			int r = guard_decide(cur, KG_KEY_OPEN, KG_GUARD_KEY_FILE, rule_id, KG_ALLOW_KEYMGR, file->f_inode, name);
 

@@ -44,10 +44,10 @@ var (
 	debugger      = dir + "/debugger" // allowed accessor (uid 0) of the signer rule
 	bpfTool       = dir + "/bpf-tool" // allowed BPF loader (uid 0)
 	keyFile       = dir + "/keys/signing.pem"
-	holderExe     = dir + "/holder"      // the holder rule's executable: its key files are its alone
-	holderKey     = dir + "/hkeys/h.pem" // the holder rule's key file
-	racerExe      = dir + "/racer"       // an opener of the racer rule: protected by opening its key
-	racerKey      = dir + "/rkeys/r.pem" // the racer rule's key file
+	holderExe     = victimRedact           // the redactor rule's executable: its key files are its alone
+	holderKey     = dir + "/hkeys/h.pem"   // the redactor rule's key file
+	racerExe      = dir + "/racer"         // opens a keyholder key file (openers: any): protected by that open
+	racerKey      = dir + "/keys/race.pem" // a keyholder rule key file
 )
 
 // policyYAML is the suite's policy; %[1]s is the test binary, which sets core_pattern for the dump tests
@@ -82,18 +82,6 @@ rules:
     match:
       key_files: ["/tmp/kg/keys/*.pem"]
     openers: any
-  - name: holder
-    mode: enforce
-    match:
-      executables: [/tmp/kg/holder]
-      key_files: ["/tmp/kg/hkeys/*.pem"]
-  - name: racer
-    mode: enforce
-    match:
-      key_files: ["/tmp/kg/rkeys/*.pem"]
-    openers:
-      - executable: /tmp/kg/racer
-        uid: any
   - name: container
     mode: enforce
     match:
@@ -103,6 +91,7 @@ rules:
     dumps: redact
     match:
       executables: [/tmp/kg/victim-redact]
+      key_files: ["/tmp/kg/hkeys/*.pem"]
     public_keys: ["/tmp/kg/testpub/*.pem"]
 `
 
@@ -136,7 +125,7 @@ func setup() error {
 		return err
 	}
 	os.Chmod(dir, 0o755)
-	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool, holderExe, racerExe} {
+	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool, racerExe} {
 		if err := copyFile(procBin, p); err != nil {
 			return err
 		}

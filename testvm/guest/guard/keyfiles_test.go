@@ -12,7 +12,7 @@ import (
 	"time"
 )
 
-// writeKeyFiles creates the holder's and the racer's key files before the agent starts.
+// writeKeyFiles creates the redactor rule's and the racer's key files before the agent starts.
 func writeKeyFiles() error {
 	for _, f := range []struct{ path, body string }{
 		{holderKey, "-----BEGIN PRIVATE KEY-----\nholder\n-----END PRIVATE KEY-----\n"},
@@ -36,7 +36,7 @@ func fileop(t *testing.T, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// TestKeyFileOnlyForHolders: root, by every alias of the holder rule's key file, is refused (EPERM) and
+// TestKeyFileOnlyForHolders: root, by every alias of the redactor rule's key file, is refused (EPERM) and
 // reported; every metadata change is refused; the rule's own process still loads its key after all of it.
 func TestKeyFileOnlyForHolders(t *testing.T) {
 	before := len(readEvents())
@@ -87,7 +87,7 @@ func TestKeyFileOnlyForHolders(t *testing.T) {
 	v = startVictim(t, holderExe, 0, "-keyfile", holderKey)
 	v.kill()
 	waitEventAfter(t, before, "key_file open denied", func(e event) bool {
-		return e.Kind == "key_file" && e.Operation == "open" && e.Decision == "denied" && e.Rule == "holder" &&
+		return e.Kind == "key_file" && e.Operation == "open" && e.Decision == "denied" && e.Rule == "redactor" &&
 			e.Accessor != nil && strings.HasSuffix(e.Accessor.Executable, "testproc")
 	})
 	waitEventAfter(t, before, "key_file link denied", func(e event) bool {
@@ -95,7 +95,8 @@ func TestKeyFileOnlyForHolders(t *testing.T) {
 	})
 }
 
-// TestKeyManagerAllowed: the policy's key manager (the test binary) may open, link and unlink key files.
+// TestKeyManagerAllowed: the policy's key manager (the test binary) may open, link and unlink key files,
+// and is not marked by the open (its children, later tests' victims, would inherit the mark).
 func TestKeyManagerAllowed(t *testing.T) {
 	before := len(readEvents())
 	b, err := os.ReadFile(holderKey)
@@ -114,7 +115,7 @@ func TestKeyManagerAllowed(t *testing.T) {
 	})
 }
 
-// TestSignerRewriteRefused: the holder rule's executable cannot be written in place, truncated, renamed
+// TestSignerRewriteRefused: the redactor rule's executable cannot be written in place, truncated, renamed
 // over or unlinked by root; the package manager (the test binary) may write it.
 func TestSignerRewriteRefused(t *testing.T) {
 	for _, args := range [][]string{{"write", holderExe}, {"truncate", holderExe}, {"unlink", holderExe},
@@ -160,8 +161,8 @@ func TestAgentBinaryOverwriteWhileDown(t *testing.T) {
 	}
 }
 
-// TestKeyOpenRace: 1,000 fresh processes open the racer rule's key file right after exec (they are its
-// openers, protected by that open) and copy the key into memory, each under a reader hammering it by
+// TestKeyOpenRace: 1,000 fresh processes open a keyholder key file right after exec (the rule's openers
+// are "any": they become protected by that open) and copy the key into memory, each under a reader hammering it by
 // process_vm_readv, fresh /proc/PID/mem fds and /proc/PID/mem fds kept from before the open. No read may
 // return the key.
 func TestKeyOpenRace(t *testing.T) {
