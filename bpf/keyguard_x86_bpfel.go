@@ -355,6 +355,7 @@ const (
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
+	KeyguardVarCfgVmRwTracked        = "cfg_vm_rw_tracked"
 	KeyguardVarKgFence               = "kg_fence"
 	KeyguardVarKgTypes               = "kg_types"
 )
@@ -468,6 +469,7 @@ type KeyguardMapSpecs struct {
 type KeyguardVariableSpecs struct {
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
+	CfgVmRwTracked   *ebpf.VariableSpec `ebpf:"cfg_vm_rw_tracked"`
 	KgFence          *ebpf.VariableSpec `ebpf:"kg_fence"`
 	KgTypes          *ebpf.VariableSpec `ebpf:"kg_types"`
 }
@@ -549,6 +551,7 @@ func (m *KeyguardMaps) Close() error {
 type KeyguardVariables struct {
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
+	CfgVmRwTracked   *ebpf.Variable `ebpf:"cfg_vm_rw_tracked"`
 	KgFence          *ebpf.Variable `ebpf:"kg_fence"`
 	KgTypes          *ebpf.Variable `ebpf:"kg_types"`
 }

@@ -47,6 +47,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Load-time settings, written by the agent before loading (see loader.Config). */
 const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
+const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -987,8 +988,8 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 	if (ret)
 		return ret;
 	/* process_vm_readv copies after this one check: publish the read first (ended at syscall exit). */
-	if ((mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ && child->tgid != cur->tgid &&
-	    in_vm_rw(cur)) {
+	if (cfg_vm_rw_tracked && (mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ &&
+	    child->tgid != cur->tgid && in_vm_rw(cur)) {
 		if (publish_read(child->tgid))
 			return -ENOMEM;
 		vm = 1;
