@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf/btf"
 )
 
 // writeKeyFiles creates the redactor rule's and the racer's key files before the agent starts.
@@ -171,6 +173,12 @@ func TestKeyOpenRace(t *testing.T) {
 		fmt.Sscan(s, &n)
 	}
 	modes := []string{"vmreadv", "mem", "kept"}
+	if !vmReadvTracked() {
+		// 6.1: fexit cannot attach to process_vm_readv's end (two BTF entries); the agent leaves that
+		// path out of the in-flight wait, so this kernel is tested (and documented) without it.
+		t.Log("process_vm_readv is not tracked in flight on this kernel: racing /proc/PID/mem only")
+		modes = []string{"mem", "kept"}
+	}
 	leaks, killed, retries, loaded := map[string]int{}, 0, 0, 0
 	start := time.Now()
 	for i := 0; i < n; i++ {
@@ -207,6 +215,22 @@ func TestKeyOpenRace(t *testing.T) {
 			t.Errorf("%s: %d of %d processes leaked their key", mode, l, n)
 		}
 	}
+}
+
+// vmReadvTracked mirrors the loader's choice: process_vm_readv's syscall function has one BTF entry.
+func vmReadvTracked() bool {
+	k, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	ts, _ := k.AnyTypesByName("__x64_sys_process_vm_readv")
+	n := 0
+	for _, ty := range ts {
+		if _, ok := ty.(*btf.Func); ok {
+			n++
+		}
+	}
+	return n == 1
 }
 
 // TestKeyDirMoved: root renames the folder holding a key file, so the policy's glob no longer matches
