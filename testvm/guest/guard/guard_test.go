@@ -210,6 +210,20 @@ type proc struct {
 	Cgroup     string
 }
 
+// health is what the assertions read from an AgentHealth.
+type health struct {
+	State   string
+	Message string
+	Posture []finding
+	Gap     *gap
+}
+
+type gap struct {
+	PreviousBootID string
+	BootID         string
+	LastSeen       time.Time
+}
+
 // event is what the assertions read from a keyguard.v1 event in the agent's log (see view): the kind,
 // operation, decision and states by their short lower-case names.
 type event struct {
@@ -222,17 +236,8 @@ type event struct {
 	AccessMode uint32
 	Accessor   *proc
 	Target     *proc
-	Health     *struct {
-		State   string
-		Message string
-		Posture []finding
-		Gap     *struct {
-			PreviousBootID string
-			BootID         string
-			LastSeen       time.Time
-		}
-	}
-	Dump *struct {
+	Health     *health
+	Dump       *struct {
 		Action string
 		Signal uint32
 		Reason string
@@ -362,36 +367,14 @@ func view(ev *keyguardv1.Event) event {
 	return e
 }
 
-func healthView(h *keyguardv1.AgentHealth) *struct {
-	State   string
-	Message string
-	Posture []finding
-	Gap     *struct {
-		PreviousBootID string
-		BootID         string
-		LastSeen       time.Time
-	}
-} {
-	out := &struct {
-		State   string
-		Message string
-		Posture []finding
-		Gap     *struct {
-			PreviousBootID string
-			BootID         string
-			LastSeen       time.Time
-		}
-	}{State: short(h.GetState(), "AGENT_STATE_"), Message: h.GetDetail()}
+func healthView(h *keyguardv1.AgentHealth) *health {
+	out := &health{State: short(h.GetState(), "AGENT_STATE_"), Message: h.GetDetail()}
 	for _, f := range h.GetFindings() {
 		out.Posture = append(out.Posture, finding{Name: f.GetName(), Value: f.GetValue(),
 			Severity: short(f.GetSeverity(), "SEVERITY_"), Remediation: f.GetRemediation()})
 	}
 	if g := h.GetGap(); g != nil {
-		out.Gap = &struct {
-			PreviousBootID string
-			BootID         string
-			LastSeen       time.Time
-		}{g.GetPreviousBootId(), g.GetBootId(), g.GetLapseStartTime().AsTime()}
+		out.Gap = &gap{g.GetPreviousBootId(), g.GetBootId(), g.GetLapseStartTime().AsTime()}
 	}
 	return out
 }
