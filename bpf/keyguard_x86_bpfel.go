@@ -107,6 +107,7 @@ const (
 	KeyguardKgEventKindKG_EVENT_DUMP      KeyguardKgEventKind = 3
 	KeyguardKgEventKindKG_EVENT_TAMPER    KeyguardKgEventKind = 4
 	KeyguardKgEventKindKG_EVENT_SIDE_DOOR KeyguardKgEventKind = 5
+	KeyguardKgEventKindKG_EVENT_KEY_FILE  KeyguardKgEventKind = 6
 )
 
 type KeyguardKgFileId struct {
@@ -121,6 +122,14 @@ type KeyguardKgGrant struct {
 	GrantId       uint64
 }
 
+type KeyguardKgGuarded uint32
+
+const (
+	KeyguardKgGuardedKG_GUARD_KEY_FILE   KeyguardKgGuarded = 1
+	KeyguardKgGuardedKG_GUARD_SIGNER_EXE KeyguardKgGuarded = 2
+	KeyguardKgGuardedKG_GUARD_AGENT_EXE  KeyguardKgGuarded = 3
+)
+
 type KeyguardKgHandler struct {
 	_   structs.HostLayout
 	Dev uint64
@@ -133,6 +142,21 @@ type KeyguardKgInstall struct {
 	ConfigSha256  [32]uint8
 	InstalledUnix uint64
 }
+
+type KeyguardKgKeyOp uint32
+
+const (
+	KeyguardKgKeyOpKG_KEY_OPEN      KeyguardKgKeyOp = 1
+	KeyguardKgKeyOpKG_KEY_LINK      KeyguardKgKeyOp = 2
+	KeyguardKgKeyOpKG_KEY_RENAME    KeyguardKgKeyOp = 3
+	KeyguardKgKeyOpKG_KEY_UNLINK    KeyguardKgKeyOp = 4
+	KeyguardKgKeyOpKG_KEY_TRUNCATE  KeyguardKgKeyOp = 5
+	KeyguardKgKeyOpKG_KEY_CHMOD     KeyguardKgKeyOp = 6
+	KeyguardKgKeyOpKG_KEY_CHOWN     KeyguardKgKeyOp = 7
+	KeyguardKgKeyOpKG_KEY_XATTR     KeyguardKgKeyOp = 8
+	KeyguardKgKeyOpKG_KEY_WRITE     KeyguardKgKeyOp = 9
+	KeyguardKgKeyOpKG_KEY_OPEN_BUSY KeyguardKgKeyOp = 10
+)
 
 type KeyguardKgLateMark struct {
 	_          structs.HostLayout
@@ -251,6 +275,7 @@ const (
 	KeyguardKgSideDoorKG_SIDE_SYSCTL    KeyguardKgSideDoor = 3
 	KeyguardKgSideDoorKG_SIDE_KMEM      KeyguardKgSideDoor = 4
 	KeyguardKgSideDoorKG_SIDE_MODULE    KeyguardKgSideDoor = 5
+	KeyguardKgSideDoorKG_SIDE_RAW_DISK  KeyguardKgSideDoor = 6
 )
 
 type KeyguardKgTamper uint32
@@ -263,6 +288,7 @@ const (
 	KeyguardKgTamperKG_TAMPER_PIN_UNLINK  KeyguardKgTamper = 5
 	KeyguardKgTamperKG_TAMPER_PIN_RENAME  KeyguardKgTamper = 6
 	KeyguardKgTamperKG_TAMPER_UMOUNT      KeyguardKgTamper = 7
+	KeyguardKgTamperKG_TAMPER_EXE_WRITE   KeyguardKgTamper = 8
 )
 
 type KeyguardKgTokenId struct {
@@ -284,12 +310,15 @@ const (
 	KeyguardMapExeRules              = "exe_rules"
 	KeyguardMapHandler               = "handler"
 	KeyguardMapHandlerPipes          = "handler_pipes"
+	KeyguardMapInflight              = "inflight"
 	KeyguardMapInstall               = "install"
 	KeyguardMapKeyRules              = "key_rules"
 	KeyguardMapLateMarks             = "late_marks"
 	KeyguardMapLost                  = "lost"
 	KeyguardMapMarks                 = "marks"
+	KeyguardMapOpeners               = "openers"
 	KeyguardMapOwn                   = "own"
+	KeyguardMapRawDevs               = "raw_devs"
 	KeyguardMapRules                 = "rules"
 	KeyguardMapScratch               = "scratch"
 	KeyguardMapSettings              = "settings"
@@ -304,20 +333,33 @@ const (
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
 	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
+	KeyguardProgKgInodeFreeSecurity  = "kg_inode_free_security"
+	KeyguardProgKgInodeLink          = "kg_inode_link"
+	KeyguardProgKgInodeRemovexattr   = "kg_inode_removexattr"
 	KeyguardProgKgInodeRename        = "kg_inode_rename"
 	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
+	KeyguardProgKgInodeSetxattr      = "kg_inode_setxattr"
 	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
 	KeyguardProgKgKernelLoadData     = "kg_kernel_load_data"
 	KeyguardProgKgKernelReadFile     = "kg_kernel_read_file"
+	KeyguardProgKgMemRwEnter         = "kg_mem_rw_enter"
+	KeyguardProgKgMemRwExit          = "kg_mem_rw_exit"
+	KeyguardProgKgPathChmod          = "kg_path_chmod"
+	KeyguardProgKgPathChown          = "kg_path_chown"
+	KeyguardProgKgPathTruncate       = "kg_path_truncate"
 	KeyguardProgKgPerfEventAlloc     = "kg_perf_event_alloc"
 	KeyguardProgKgPtraceAccessCheck  = "kg_ptrace_access_check"
 	KeyguardProgKgPtraceTraceme      = "kg_ptrace_traceme"
 	KeyguardProgKgSbUmount           = "kg_sb_umount"
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
+	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
+	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
+	KeyguardVarCfgVmRwTracked        = "cfg_vm_rw_tracked"
+	KeyguardVarKgFence               = "kg_fence"
 	KeyguardVarKgTypes               = "kg_types"
 )
 
@@ -373,17 +415,28 @@ type KeyguardProgramSpecs struct {
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
+	KgInodeFreeSecurity  *ebpf.ProgramSpec `ebpf:"kg_inode_free_security"`
+	KgInodeLink          *ebpf.ProgramSpec `ebpf:"kg_inode_link"`
+	KgInodeRemovexattr   *ebpf.ProgramSpec `ebpf:"kg_inode_removexattr"`
 	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
+	KgInodeSetxattr      *ebpf.ProgramSpec `ebpf:"kg_inode_setxattr"`
 	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
 	KgKernelLoadData     *ebpf.ProgramSpec `ebpf:"kg_kernel_load_data"`
 	KgKernelReadFile     *ebpf.ProgramSpec `ebpf:"kg_kernel_read_file"`
+	KgMemRwEnter         *ebpf.ProgramSpec `ebpf:"kg_mem_rw_enter"`
+	KgMemRwExit          *ebpf.ProgramSpec `ebpf:"kg_mem_rw_exit"`
+	KgPathChmod          *ebpf.ProgramSpec `ebpf:"kg_path_chmod"`
+	KgPathChown          *ebpf.ProgramSpec `ebpf:"kg_path_chown"`
+	KgPathTruncate       *ebpf.ProgramSpec `ebpf:"kg_path_truncate"`
 	KgPerfEventAlloc     *ebpf.ProgramSpec `ebpf:"kg_perf_event_alloc"`
 	KgPtraceAccessCheck  *ebpf.ProgramSpec `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.ProgramSpec `ebpf:"kg_ptrace_traceme"`
 	KgSbUmount           *ebpf.ProgramSpec `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
+	KgVmReadvExit        *ebpf.ProgramSpec `ebpf:"kg_vm_readv_exit"`
+	KgVmWritevExit       *ebpf.ProgramSpec `ebpf:"kg_vm_writev_exit"`
 }
 
 // KeyguardMapSpecs contains maps before they are loaded into the kernel.
@@ -400,12 +453,15 @@ type KeyguardMapSpecs struct {
 	ExeRules     *ebpf.MapSpec `ebpf:"exe_rules"`
 	Handler      *ebpf.MapSpec `ebpf:"handler"`
 	HandlerPipes *ebpf.MapSpec `ebpf:"handler_pipes"`
+	Inflight     *ebpf.MapSpec `ebpf:"inflight"`
 	Install      *ebpf.MapSpec `ebpf:"install"`
 	KeyRules     *ebpf.MapSpec `ebpf:"key_rules"`
 	LateMarks    *ebpf.MapSpec `ebpf:"late_marks"`
 	Lost         *ebpf.MapSpec `ebpf:"lost"`
 	Marks        *ebpf.MapSpec `ebpf:"marks"`
+	Openers      *ebpf.MapSpec `ebpf:"openers"`
 	Own          *ebpf.MapSpec `ebpf:"own"`
+	RawDevs      *ebpf.MapSpec `ebpf:"raw_devs"`
 	Rules        *ebpf.MapSpec `ebpf:"rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	Settings     *ebpf.MapSpec `ebpf:"settings"`
@@ -419,6 +475,8 @@ type KeyguardVariableSpecs struct {
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
+	CfgVmRwTracked   *ebpf.VariableSpec `ebpf:"cfg_vm_rw_tracked"`
+	KgFence          *ebpf.VariableSpec `ebpf:"kg_fence"`
 	KgTypes          *ebpf.VariableSpec `ebpf:"kg_types"`
 }
 
@@ -452,12 +510,15 @@ type KeyguardMaps struct {
 	ExeRules     *ebpf.Map `ebpf:"exe_rules"`
 	Handler      *ebpf.Map `ebpf:"handler"`
 	HandlerPipes *ebpf.Map `ebpf:"handler_pipes"`
+	Inflight     *ebpf.Map `ebpf:"inflight"`
 	Install      *ebpf.Map `ebpf:"install"`
 	KeyRules     *ebpf.Map `ebpf:"key_rules"`
 	LateMarks    *ebpf.Map `ebpf:"late_marks"`
 	Lost         *ebpf.Map `ebpf:"lost"`
 	Marks        *ebpf.Map `ebpf:"marks"`
+	Openers      *ebpf.Map `ebpf:"openers"`
 	Own          *ebpf.Map `ebpf:"own"`
+	RawDevs      *ebpf.Map `ebpf:"raw_devs"`
 	Rules        *ebpf.Map `ebpf:"rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	Settings     *ebpf.Map `ebpf:"settings"`
@@ -476,12 +537,15 @@ func (m *KeyguardMaps) Close() error {
 		m.ExeRules,
 		m.Handler,
 		m.HandlerPipes,
+		m.Inflight,
 		m.Install,
 		m.KeyRules,
 		m.LateMarks,
 		m.Lost,
 		m.Marks,
+		m.Openers,
 		m.Own,
+		m.RawDevs,
 		m.Rules,
 		m.Scratch,
 		m.Settings,
@@ -496,6 +560,8 @@ type KeyguardVariables struct {
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
+	CfgVmRwTracked   *ebpf.Variable `ebpf:"cfg_vm_rw_tracked"`
+	KgFence          *ebpf.Variable `ebpf:"kg_fence"`
 	KgTypes          *ebpf.Variable `ebpf:"kg_types"`
 }
 
@@ -513,17 +579,28 @@ type KeyguardPrograms struct {
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
+	KgInodeFreeSecurity  *ebpf.Program `ebpf:"kg_inode_free_security"`
+	KgInodeLink          *ebpf.Program `ebpf:"kg_inode_link"`
+	KgInodeRemovexattr   *ebpf.Program `ebpf:"kg_inode_removexattr"`
 	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
+	KgInodeSetxattr      *ebpf.Program `ebpf:"kg_inode_setxattr"`
 	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
 	KgKernelLoadData     *ebpf.Program `ebpf:"kg_kernel_load_data"`
 	KgKernelReadFile     *ebpf.Program `ebpf:"kg_kernel_read_file"`
+	KgMemRwEnter         *ebpf.Program `ebpf:"kg_mem_rw_enter"`
+	KgMemRwExit          *ebpf.Program `ebpf:"kg_mem_rw_exit"`
+	KgPathChmod          *ebpf.Program `ebpf:"kg_path_chmod"`
+	KgPathChown          *ebpf.Program `ebpf:"kg_path_chown"`
+	KgPathTruncate       *ebpf.Program `ebpf:"kg_path_truncate"`
 	KgPerfEventAlloc     *ebpf.Program `ebpf:"kg_perf_event_alloc"`
 	KgPtraceAccessCheck  *ebpf.Program `ebpf:"kg_ptrace_access_check"`
 	KgPtraceTraceme      *ebpf.Program `ebpf:"kg_ptrace_traceme"`
 	KgSbUmount           *ebpf.Program `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
+	KgVmReadvExit        *ebpf.Program `ebpf:"kg_vm_readv_exit"`
+	KgVmWritevExit       *ebpf.Program `ebpf:"kg_vm_writev_exit"`
 }
 
 func (p *KeyguardPrograms) Close() error {
@@ -538,17 +615,28 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgFileOpen,
 		p.KgFilePermission,
 		p.KgFilePostOpen,
+		p.KgInodeFreeSecurity,
+		p.KgInodeLink,
+		p.KgInodeRemovexattr,
 		p.KgInodeRename,
 		p.KgInodeRmdir,
+		p.KgInodeSetxattr,
 		p.KgInodeUnlink,
 		p.KgKernelLoadData,
 		p.KgKernelReadFile,
+		p.KgMemRwEnter,
+		p.KgMemRwExit,
+		p.KgPathChmod,
+		p.KgPathChown,
+		p.KgPathTruncate,
 		p.KgPerfEventAlloc,
 		p.KgPtraceAccessCheck,
 		p.KgPtraceTraceme,
 		p.KgSbUmount,
 		p.KgSignalDeliver,
 		p.KgTaskAlloc,
+		p.KgVmReadvExit,
+		p.KgVmWritevExit,
 	)
 }
 

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "f70bc4523abd05f0512548c0f116983926c0fa8a59a150362e6766000d9f0cc3"
+const SHA256 = "fc6b95afe820665dd9e1a44c45373be8118fb45e391892e57e2f3e5b7911174e"

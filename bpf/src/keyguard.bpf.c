@@ -26,6 +26,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM 1
+#define EAGAIN 11
 #define ENOMEM 12
 #define EACCES 13
 #define CLONE_THREAD 0x00010000
@@ -48,6 +49,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAUDIT checks (ps, top) */
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
 const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
+const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -76,6 +78,8 @@ const volatile struct {
 	struct kg_settings settings;
 	struct kg_install install;
 	struct kg_token_id token_id;
+	enum kg_key_op key_op;
+	enum kg_guarded guarded;
 } kg_types;
 
 /* All state lives in maps pinned by name in the agent's bpffs folder, so it survives agent restarts
@@ -220,6 +224,38 @@ struct {
 	__type(value, struct kg_install);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } install SEC(".maps");
+
+/* Who may open a rule's key files besides its own processes (policy `openers`): executable + uid under
+ * the rule's id; dev = ino = KG_OPENERS_ANY with uid KG_ANY_UID means anyone (`openers: any`). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct kg_accessor_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} openers SEC(".maps");
+
+/* Block devices (kernel dev_t) whose contents include a key file's filesystem: the filesystem's own
+ * device, the whole disk of a partition, a loop or dm device's lower devices. Value: a rule id. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} raw_devs SEC(".maps");
+
+/* Memory reads of another process in flight: reader thread id → target tgid, from just before the
+ * read's check until its copy is over (process_vm_readv/writev: ptrace_access_check to the end of
+ * process_vm_rw; /proc/PID/mem: entry to exit of mem_rw, whatever fd, syscall or io_uring request
+ * brought it there). A key-file open that protects its process waits for these (EAGAIN). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} inflight SEC(".maps");
 
 /* Operator tokens already used (SHA-256 of the nonce → expiry, unix seconds): a token works once. */
 struct {
@@ -508,54 +544,66 @@ static __always_inline struct kg_event *new_event(__u32 kind, struct kg_mark *pr
  * Decide an access by actor to a protected target and report it. op == KG_OP_OTHER means "derive it
  * from the current syscall". Returns 0 or -EPERM.
  */
-static __always_inline int decide(struct task_struct *actor, struct task_struct *target,
-				  struct kg_mark *prot, __u32 access_mode, __u32 op, const unsigned char *name)
+/* The decision on an access by actor to a process protected by prot's rule (no event). */
+static __always_inline __u32 verdict(struct task_struct *actor, struct kg_mark *prot, __u32 *mode_out)
 {
 	struct kg_accessor_key key = {};
 	struct kg_rule *rule;
 	struct kg_grant *grant;
+	__u32 mode = KG_MODE_ENFORCE;
+
+	/* A mark whose rule is no longer in the policy stays enforced: fail closed. */
+	rule = bpf_map_lookup_elem(&rules, &prot->rule_id);
+	if (rule)
+		mode = rule->mode;
+	*mode_out = mode;
+
+	task_exe(actor, &key.dev, &key.ino);
+	key.rule_id = prot->rule_id;
+	key.uid = BPF_CORE_READ(actor, real_cred, uid.val);
+	if (bpf_map_lookup_elem(&allow, &key))
+		return KG_DECISION_ALLOWED_POLICY;
+	if ((grant = bpf_map_lookup_elem(&breakglass, &key)) && grant->expires_boot_ns > bpf_ktime_get_boot_ns())
+		return KG_DECISION_ALLOWED_BREAK_GLASS;
+	key.uid = KG_ANY_UID;
+	if (bpf_map_lookup_elem(&allow, &key))
+		return KG_DECISION_ALLOWED_POLICY;
+	if ((grant = bpf_map_lookup_elem(&breakglass, &key)) && grant->expires_boot_ns > bpf_ktime_get_boot_ns())
+		return KG_DECISION_ALLOWED_BREAK_GLASS;
+	if (mode == KG_MODE_AUDIT)
+		return KG_DECISION_ALLOWED_AUDIT;
+	return KG_DECISION_DENIED;
+}
+
+/*
+ * Decide an access by actor to a protected target and report it. op == KG_OP_OTHER means "derive it
+ * from the current syscall". Returns 0 or -EPERM.
+ */
+static __always_inline int decide(struct task_struct *actor, struct task_struct *target,
+				  struct kg_mark *prot, __u32 access_mode, __u32 op, const unsigned char *name)
+{
 	struct kg_event *e;
-	__u32 mode = KG_MODE_ENFORCE, decision;
+	__u32 mode, decision;
 	int ret = 0;
 
 	if (is_agent(actor)) {
 		count(KG_CNT_AGENT);
 		return 0;
 	}
-
-	/* A mark whose rule is no longer in the policy stays enforced: fail closed. */
-	rule = bpf_map_lookup_elem(&rules, &prot->rule_id);
-	if (rule)
-		mode = rule->mode;
-
-	task_exe(actor, &key.dev, &key.ino);
-	key.rule_id = prot->rule_id;
-	key.uid = BPF_CORE_READ(actor, real_cred, uid.val);
-	grant = 0;
-	if (bpf_map_lookup_elem(&allow, &key)) {
-		decision = KG_DECISION_ALLOWED_POLICY;
+	decision = verdict(actor, prot, &mode);
+	switch (decision) {
+	case KG_DECISION_ALLOWED_POLICY:
 		count(KG_CNT_ALLOWED_POLICY);
-	} else if ((grant = bpf_map_lookup_elem(&breakglass, &key)) &&
-		   grant->expires_boot_ns > bpf_ktime_get_boot_ns()) {
-		decision = KG_DECISION_ALLOWED_BREAK_GLASS;
+		break;
+	case KG_DECISION_ALLOWED_BREAK_GLASS:
 		count(KG_CNT_BREAK_GLASS);
-	} else {
-		key.uid = KG_ANY_UID;
-		if (bpf_map_lookup_elem(&allow, &key)) {
-			decision = KG_DECISION_ALLOWED_POLICY;
-			count(KG_CNT_ALLOWED_POLICY);
-		} else if ((grant = bpf_map_lookup_elem(&breakglass, &key)) &&
-			   grant->expires_boot_ns > bpf_ktime_get_boot_ns()) {
-			decision = KG_DECISION_ALLOWED_BREAK_GLASS;
-			count(KG_CNT_BREAK_GLASS);
-		} else if (mode == KG_MODE_AUDIT) {
-			decision = KG_DECISION_ALLOWED_AUDIT;
-			count(KG_CNT_AUDIT);
-		} else {
-			decision = KG_DECISION_DENIED;
-			count(KG_CNT_DENIED);
-			ret = -EPERM;
-		}
+		break;
+	case KG_DECISION_ALLOWED_AUDIT:
+		count(KG_CNT_AUDIT);
+		break;
+	default:
+		count(KG_CNT_DENIED);
+		ret = -EPERM;
 	}
 
 	if ((access_mode & PTRACE_MODE_NOAUDIT) && !cfg_report_noaudit) {
@@ -748,24 +796,263 @@ struct {
 	__type(value, __u64);
 } denied_mm SEC(".maps");
 
+/* Refuse a tamper attempt by anything but keyguard itself, and report it. */
+static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark none = {};
+	struct kg_event *e;
+
+	if (is_keyguard(cur))
+		return 0;
+	count(KG_CNT_TAMPER);
+	e = new_event(KG_EVENT_TAMPER, &none);
+	if (e) {
+		e->op = what;
+		e->decision = KG_DECISION_DENIED;
+		e->access_mode = (__u32)id;
+		if (name)
+			bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+		fill_proc(&e->actor, cur);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return -EPERM;
+}
+
+/* --- keys at rest: key files only for their holders; listed executables and keyguard's own ---------- */
+
+#define S_IFBLK_BITS 0060000
+
+/* Report an open or metadata change of a guarded file. The file's identity goes in target.exe_dev and
+ * target.exe_ino (target.pid stays 0: no process is the target). */
+static __always_inline void emit_key(struct task_struct *cur, __u32 op, __u32 what, __u32 rule_id, __u32 mode,
+				     __u32 decision, struct inode *inode, const unsigned char *name)
+{
+	struct kg_mark prot = {.rule_id = rule_id, .reason = KG_REASON_KEY_FILE};
+	struct kg_event *e = new_event(KG_EVENT_KEY_FILE, &prot);
+
+	if (!e)
+		return;
+	e->op = op;
+	e->decision = decision;
+	e->rule_mode = mode;
+	e->access_mode = what;
+	if (name)
+		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+	fill_proc(&e->actor, cur);
+	e->target.exe_dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	e->target.exe_ino = BPF_CORE_READ(inode, i_ino);
+	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * Decide an operation on a guarded file by someone who is not its holder: the allow list (key managers,
+ * package managers) passes and is reported; the rule's audit mode reports; everything else is refused.
+ */
+static __always_inline int guard_decide(struct task_struct *cur, __u32 op, __u32 what, __u32 rule_id, __u32 allow_rule,
+					struct inode *inode, const unsigned char *name)
+{
+	struct kg_rule *rule = bpf_map_lookup_elem(&rules, &rule_id);
+	__u32 mode = KG_MODE_ENFORCE, decision;
+	int ret = 0;
+
+	if (rule)
+		mode = rule->mode;
+	if (allowed_by(cur, allow_rule)) {
+		decision = KG_DECISION_ALLOWED_POLICY;
+		count(KG_CNT_ALLOWED_POLICY);
+	} else if (mode == KG_MODE_AUDIT) {
+		decision = KG_DECISION_ALLOWED_AUDIT;
+		count(KG_CNT_AUDIT);
+	} else {
+		decision = KG_DECISION_DENIED;
+		count(KG_CNT_DENIED);
+		ret = -EPERM;
+	}
+	emit_key(cur, op, what, rule_id, mode, decision, inode, name);
+	return ret;
+}
+
+static __always_inline int is_trusted_exe(struct inode *inode)
+{
+	struct kg_own_key k = {.kind = KG_OWN_EXE};
+
+	k.dev = (__u32)BPF_CORE_READ(inode, i_sb, s_dev);
+	k.id = BPF_CORE_READ(inode, i_ino);
+	return bpf_map_lookup_elem(&own, &k) != 0;
+}
+
+/*
+ * Link, rename, unlink, truncate, chmod/chown and xattrs of a key file (only key managers) or of a
+ * listed executable (only package managers). By inode: every path and mount of the file is the same.
+ */
+static __always_inline int guard_inode(struct inode *inode, __u32 op, const unsigned char *name)
+{
+	struct kg_file_id id = {};
+	struct task_struct *cur;
+	__u32 *rule_id;
+
+	if (!inode)
+		return 0;
+	id.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+	id.ino = BPF_CORE_READ(inode, i_ino);
+	rule_id = bpf_map_lookup_elem(&key_rules, &id);
+	if (rule_id) {
+		cur = bpf_get_current_task_btf();
+		if (is_keyguard(cur))
+			return 0;
+		return guard_decide(cur, op, KG_GUARD_KEY_FILE, *rule_id, KG_ALLOW_KEYMGR, inode, name);
+	}
+	rule_id = bpf_map_lookup_elem(&exe_rules, &id);
+	if (rule_id) {
+		cur = bpf_get_current_task_btf();
+		if (is_keyguard(cur))
+			return 0;
+		return guard_decide(cur, op, KG_GUARD_SIGNER_EXE, *rule_id, KG_ALLOW_PKGMGR, inode, name);
+	}
+	return 0;
+}
+
+/* May cur open the rule's key files by the policy's `openers` (and become protected by the open)? */
+static __always_inline int is_opener(struct task_struct *cur, __u32 rule_id)
+{
+	struct kg_accessor_key key = {.dev = KG_OPENERS_ANY, .ino = KG_OPENERS_ANY, .rule_id = rule_id, .uid = KG_ANY_UID};
+
+	if (bpf_map_lookup_elem(&openers, &key))
+		return 1;
+	task_exe(cur, &key.dev, &key.ino);
+	if (bpf_map_lookup_elem(&openers, &key))
+		return 1;
+	key.uid = BPF_CORE_READ(cur, real_cred, uid.val);
+	return bpf_map_lookup_elem(&openers, &key) != 0;
+}
+
+/* Target of the locked additions that order a mark against an in-flight read (x86: lock add, a full fence). */
+__u64 kg_fence = 0;
+
+struct inflight_scan {
+	__u32 tgid;
+	__u32 found;
+};
+
+static long inflight_cb(struct bpf_map *map, __u32 *reader, __u32 *target, struct inflight_scan *s)
+{
+	if (*target == s->tgid) {
+		s->found = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/* Is a memory read of process tgid between its check and the end of its copy? */
+static __always_inline int reads_in_flight(__u32 tgid)
+{
+	struct inflight_scan s = {.tgid = tgid};
+
+	bpf_for_each_map_elem(&inflight, inflight_cb, &s, 0);
+	return s.found;
+}
+
+/* A reader publishes its read of target before it looks at target's mark (see kg_file_open). */
+static __always_inline int publish_read(__u32 target)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	if (bpf_map_update_elem(&inflight, &tid, &target, BPF_ANY))
+		return -1;
+	__sync_fetch_and_add(&kg_fence, 1); /* a locked instruction: the record is visible before the mark is read */
+	return 0;
+}
+
+static __always_inline void end_read(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&inflight, &tid);
+}
+
+/*
+ * The target of a /proc/PID/{mem,environ} file (proc_inode->pid → its task), or NULL. Not a trusted
+ * pointer: read it with BPF_CORE_READ only.
+ */
+static __always_inline struct task_struct *proc_file_task(struct file *file)
+{
+	__u64 inode, pid, first;
+
+	inode = (__u64)BPF_CORE_READ(file, f_inode);
+	pid = (__u64)BPF_CORE_READ((struct proc_inode *)(inode - bpf_core_field_offset(struct proc_inode, vfs_inode)), pid);
+	if (!pid)
+		return 0;
+	first = (__u64)BPF_CORE_READ((struct pid *)pid, tasks[0].first);
+	if (!first)
+		return 0;
+	return (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+}
+
+/* The late mark of a process given by an untrusted pointer, if it is still the same process. */
+static __always_inline struct kg_late_mark *late_mark_of(struct task_struct *target, __u32 tgid)
+{
+	struct kg_late_mark *late = bpf_map_lookup_elem(&late_marks, &tgid);
+	struct task_struct *leader = BPF_CORE_READ(target, group_leader);
+
+	if (late && late->start_ticks == BPF_CORE_READ(leader, start_boottime) / KG_NSEC_PER_TICK)
+		return late;
+	return 0;
+}
+
+/* Is the current syscall process_vm_readv or process_vm_writev (x86-64)? */
+static __always_inline int in_vm_rw(struct task_struct *cur)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(cur);
+	long nr;
+
+	if (!regs)
+		return 0;
+	nr = BPF_CORE_READ(regs, orig_ax);
+	return nr == 310 || nr == 311;
+}
+
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mode, int ret)
 {
+	struct task_struct *cur = bpf_get_current_task_btf();
 	struct kg_mark prot = {};
 	__u64 me = bpf_get_current_pid_tgid(), mm;
-	int r;
+	int vm = 0;
 
 	if (ret)
 		return ret;
 	bpf_map_delete_elem(&denied_mm, &me);
+	/* process_vm_readv copies after this one check: publish the read first (ended at syscall exit). */
+	if (cfg_vm_rw_tracked && (mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ &&
+	    child->tgid != cur->tgid && in_vm_rw(cur)) {
+		if (publish_read(child->tgid))
+			return -ENOMEM;
+		vm = 1;
+	}
 	if (!protection(child, &prot))
 		return 0;
-	r = decide(bpf_get_current_task_btf(), child, &prot, mode, KG_OP_OTHER, 0);
-	if (r) {
+	ret = decide(cur, child, &prot, mode, KG_OP_OTHER, 0);
+	if (ret) {
+		if (vm)
+			end_read(); /* refused: nothing will be copied */
 		mm = (__u64)BPF_CORE_READ(child, mm);
 		bpf_map_update_elem(&denied_mm, &me, &mm, BPF_ANY);
-		return r;
 	}
+	return ret;
+}
+
+SEC("fexit/__x64_sys_process_vm_readv")
+int BPF_PROG(kg_vm_readv_exit, struct pt_regs *regs, long ret)
+{
+	end_read();
+	return 0;
+}
+
+SEC("fexit/__x64_sys_process_vm_writev")
+int BPF_PROG(kg_vm_writev_exit, struct pt_regs *regs, long ret)
+{
+	end_read();
 	return 0;
 }
 
@@ -787,6 +1074,50 @@ int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
 		bpf_map_delete_elem(&denied_mm, &me);
 		return -EACCES;
 	}
+	return 0;
+}
+
+/*
+ * Every copy through /proc/PID/mem, whatever fd (kept from before the mark or fresh), syscall (read,
+ * pread, readv) or io_uring request brought it here. Publish the read, then look at the mark: a process
+ * marked after this read passed file_permission makes the reader die before its first page (SIGKILL stops
+ * get_user_pages before it copies anything), unless the rule allows the reader.
+ */
+SEC("fentry/mem_rw")
+int BPF_PROG(kg_mem_rw_enter, struct file *file, char *buf, size_t len, loff_t *ppos, int write)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct task_struct *target = proc_file_task(file);
+	struct kg_late_mark *late;
+	struct kg_mark prot = {};
+	__u32 tgid, mode;
+
+	if (!target)
+		return 0;
+	tgid = BPF_CORE_READ(target, tgid);
+	if (tgid == cur->tgid)
+		return 0;
+	if (publish_read(tgid)) {
+		bpf_send_signal(SIGKILL); /* fail closed: an untracked read must not copy */
+		return 0;
+	}
+	late = late_mark_of(target, tgid);
+	if (!late || is_agent(cur))
+		return 0;
+	prot.rule_id = late->rule_id;
+	prot.reason = late->reason;
+	if (verdict(cur, &prot, &mode) != KG_DECISION_DENIED)
+		return 0;
+	bpf_send_signal(SIGKILL);
+	end_read();
+	count(KG_CNT_DENIED);
+	return 0;
+}
+
+SEC("fexit/mem_rw")
+int BPF_PROG(kg_mem_rw_exit, struct file *file, char *buf, size_t len, loff_t *ppos, int write, long ret)
+{
+	end_read();
 	return 0;
 }
 
@@ -924,32 +1255,45 @@ int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 	return 0;
 }
 
-/* Opening a protected key file protects the whole process, from any thread. */
-SEC("lsm/file_open")
-int BPF_PROG(kg_file_open, struct file *file, int ret)
+/*
+ * A key file: only its holders open it (the rule's processes, matched by executable at exec, by cgroup, or
+ * already marked by the rule), plus key managers and the rule's openers; everyone else is refused (audit
+ * mode: reported). An opener that is not protected yet becomes protected by the open (key managers are
+ * not marked), and
+ * the open waits (EAGAIN) while a read of its memory that passed its check before the mark is still
+ * copying, so no read that began before the mark returns bytes loaded after the open.
+ */
+static __always_inline int key_open(struct file *file, __u32 rule_id)
 {
-	struct task_struct *cur, *leader;
-	struct kg_file_id id = {};
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct task_struct *leader = cur->group_leader;
+	const unsigned char *name = file->f_path.dentry->d_name.name;
 	struct kg_late_mark late = {};
 	struct kg_mark *m;
-	__u32 *rule_id, tgid;
+	__u32 tgid = cur->tgid;
 
-	if (ret)
-		return ret;
-	ret = file_side_door(file);
-	if (ret)
-		return ret;
-	id.dev = file->f_inode->i_sb->s_dev;
-	id.ino = file->f_inode->i_ino;
-	rule_id = bpf_map_lookup_elem(&key_rules, &id);
-	if (!rule_id)
-		return 0;
+	m = bpf_task_storage_get(&marks, leader, 0, 0);
+	if (!m || m->rule_id != rule_id) {
+		if (is_keyguard(cur))
+			return 0;
+		/* Key managers (deployment, rotation) open key files without being marked: a mark would pass to
+		 * every child of a deploy tool. They are trusted with the file, like the package manager. */
+		if (allowed_by(cur, KG_ALLOW_KEYMGR)) {
+			count(KG_CNT_ALLOWED_POLICY);
+			emit_key(cur, KG_KEY_OPEN, KG_GUARD_KEY_FILE, rule_id, KG_MODE_ENFORCE, KG_DECISION_ALLOWED_POLICY,
+				 file->f_inode, name);
+			return 0;
+		}
+		if (cgroup_rule(cur) != rule_id && !is_opener(cur, rule_id)) {
+			int r = guard_decide(cur, KG_KEY_OPEN, KG_GUARD_KEY_FILE, rule_id, KG_ALLOW_KEYMGR, file->f_inode, name);
 
-	cur = bpf_get_current_task_btf();
-	leader = cur->group_leader;
+			if (r)
+				return r;
+		}
+	}
 	if (cfg_deny_traced && (cur->ptrace || BPF_CORE_READ(leader, ptrace))) {
-		struct kg_mark prot = {.rule_id = *rule_id, .reason = KG_REASON_KEY_FILE};
-		int r = decide(cur->parent, cur, &prot, 0x02, KG_OP_KEYFILE_TRACED, file->f_path.dentry->d_name.name);
+		struct kg_mark prot = {.rule_id = rule_id, .reason = KG_REASON_KEY_FILE};
+		int r = decide(cur->parent, cur, &prot, 0x02, KG_OP_KEYFILE_TRACED, name);
 
 		if (r)
 			return r;
@@ -957,18 +1301,71 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	m = bpf_task_storage_get(&marks, leader, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!m) /* fail closed: no key without protection */
 		return -ENOMEM;
-	if (m->rule_id)
-		return 0;
-	m->rule_id = *rule_id;
-	m->reason = KG_REASON_KEY_FILE;
-	tgid = cur->tgid;
-	late.start_ticks = BPF_CORE_READ(leader, start_boottime) / KG_NSEC_PER_TICK;
-	late.rule_id = *rule_id;
-	late.reason = KG_REASON_KEY_FILE;
-	bpf_map_update_elem(&late_marks, &tgid, &late, BPF_ANY);
-	count(KG_CNT_MARK_KEY_FILE);
-	emit_protect(cur, m, file->f_path.dentry->d_name.name);
+	if (m->rule_id && m->reason != KG_REASON_KEY_FILE)
+		return 0; /* protected before it ran (exec, inherited) or found by the scan */
+	if (!m->rule_id) {
+		m->rule_id = rule_id;
+		m->reason = KG_REASON_KEY_FILE;
+		late.start_ticks = BPF_CORE_READ(leader, start_boottime) / KG_NSEC_PER_TICK;
+		late.rule_id = rule_id;
+		late.reason = KG_REASON_KEY_FILE;
+		bpf_map_update_elem(&late_marks, &tgid, &late, BPF_ANY);
+		count(KG_CNT_MARK_KEY_FILE);
+		emit_protect(cur, m, name);
+	}
+	/* A locked instruction orders the mark before the look at in-flight reads (readers do the reverse:
+	 * publish, then look at the mark), so a read either sees the mark or is seen here. */
+	__sync_fetch_and_add(&kg_fence, 1);
+	if (reads_in_flight(tgid)) {
+		emit_key(cur, KG_KEY_OPEN_BUSY, KG_GUARD_KEY_FILE, rule_id, KG_MODE_ENFORCE, KG_DECISION_DENIED, file->f_inode,
+			 name);
+		return -EAGAIN;
+	}
 	return 0;
+}
+
+/*
+ * Every open: side doors (sysctls, kernel memory, raw disks), write opens of listed executables and of
+ * keyguard's trusted executable, and key files. Files that are none of these pay two field reads and one
+ * hash lookup.
+ */
+SEC("lsm/file_open")
+int BPF_PROG(kg_file_open, struct file *file, int ret)
+{
+	struct inode *inode;
+	struct kg_file_id id = {};
+	__u32 *rule_id;
+
+	if (ret)
+		return ret;
+	ret = file_side_door(file);
+	if (ret)
+		return ret;
+	inode = file->f_inode;
+	if ((inode->i_mode & S_IFMT_BITS) == S_IFBLK_BITS) {
+		__u32 rdev = inode->i_rdev;
+
+		if (bpf_map_lookup_elem(&raw_devs, &rdev))
+			return side_door(bpf_get_current_task_btf(), KG_SIDE_RAW_DISK, KG_ALLOW_RAWDISK, KG_CNT_KMEM_DENIED, rdev,
+					 file->f_path.dentry->d_name.name, 0, 0);
+		return 0;
+	}
+	id.dev = inode->i_sb->s_dev;
+	id.ino = inode->i_ino;
+	if (file->f_mode & FMODE_WRITE) {
+		if (is_trusted_exe(inode))
+			return tamper(KG_TAMPER_EXE_WRITE, id.ino, file->f_path.dentry->d_name.name);
+		rule_id = bpf_map_lookup_elem(&exe_rules, &id);
+		if (rule_id)
+			return guard_inode(inode, KG_KEY_WRITE, file->f_path.dentry->d_name.name);
+	}
+	rule_id = bpf_map_lookup_elem(&key_rules, &id);
+	if (!rule_id)
+		return 0;
+	if (*rule_id == KG_ALLOW_RAWDISK) /* a loop image holding a key file's filesystem */
+		return side_door(bpf_get_current_task_btf(), KG_SIDE_RAW_DISK, KG_ALLOW_RAWDISK, KG_CNT_KMEM_DENIED, 0,
+				 file->f_path.dentry->d_name.name, 0, 0);
+	return key_open(file, *rule_id);
 }
 
 /*
@@ -1131,29 +1528,6 @@ int BPF_PROG(kg_dump_emit, struct coredump_params *cprm, const void *buf, int nr
 
 /* --- keyguard guards itself ------------------------------------------------------------------ */
 
-/* Refuse a tamper attempt by anything but keyguard itself, and report it. */
-static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
-{
-	struct task_struct *cur = bpf_get_current_task_btf();
-	struct kg_mark none = {};
-	struct kg_event *e;
-
-	if (is_keyguard(cur))
-		return 0;
-	count(KG_CNT_TAMPER);
-	e = new_event(KG_EVENT_TAMPER, &none);
-	if (e) {
-		e->op = what;
-		e->decision = KG_DECISION_DENIED;
-		e->access_mode = (__u32)id;
-		if (name)
-			bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
-		fill_proc(&e->actor, cur);
-		bpf_ringbuf_submit(e, 0);
-	}
-	return -EPERM;
-}
-
 /* A new fd of an existing map (OBJ_GET, MAP_GET_FD_BY_ID): keyguard's maps only read-only for others. */
 SEC("lsm/bpf_map")
 int BPF_PROG(kg_bpf_map, struct bpf_map *map, fmode_t fmode)
@@ -1267,7 +1641,7 @@ int BPF_PROG(kg_inode_unlink, struct inode *dir, struct dentry *dentry)
 {
 	if (own_dir(dir))
 		return tamper(KG_TAMPER_PIN_UNLINK, 0, dentry->d_name.name);
-	return 0;
+	return guard_inode(dentry->d_inode, KG_KEY_UNLINK, dentry->d_name.name);
 }
 
 SEC("lsm/inode_rmdir")
@@ -1281,8 +1655,80 @@ int BPF_PROG(kg_inode_rmdir, struct inode *dir, struct dentry *dentry)
 SEC("lsm/inode_rename")
 int BPF_PROG(kg_inode_rename, struct inode *old_dir, struct dentry *old_dentry, struct inode *new_dir, struct dentry *new_dentry)
 {
+	int r;
+
 	if (own_dir(old_dir) || own_dir(new_dir) || own_dentry_dir(old_dentry))
 		return tamper(KG_TAMPER_PIN_RENAME, 0, old_dentry->d_name.name);
+	r = guard_inode(old_dentry->d_inode, KG_KEY_RENAME, old_dentry->d_name.name);
+	if (r)
+		return r;
+	/* a file renamed over a key file or listed executable replaces it */
+	return guard_inode(new_dentry->d_inode, KG_KEY_RENAME, new_dentry->d_name.name);
+}
+
+SEC("lsm/inode_link")
+int BPF_PROG(kg_inode_link, struct dentry *old_dentry, struct inode *dir, struct dentry *new_dentry)
+{
+	return guard_inode(old_dentry->d_inode, KG_KEY_LINK, new_dentry->d_name.name);
+}
+
+/* truncate(2), open(O_TRUNC) and, on 6.1, ftruncate(2) (6.2+ has file_truncate for ftruncate; an fd
+ * that can write a guarded file is refused at open). keyguard's trusted executable: nobody. */
+SEC("lsm/path_truncate")
+int BPF_PROG(kg_path_truncate, const struct path *path)
+{
+	struct dentry *d = path->dentry;
+	struct inode *inode = d->d_inode;
+
+	if (inode && is_trusted_exe(inode))
+		return tamper(KG_TAMPER_EXE_WRITE, inode->i_ino, d->d_name.name);
+	return guard_inode(inode, KG_KEY_TRUNCATE, d->d_name.name);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(kg_path_chmod, const struct path *path, umode_t mode)
+{
+	return guard_inode(path->dentry->d_inode, KG_KEY_CHMOD, path->dentry->d_name.name);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(kg_path_chown, const struct path *path)
+{
+	return guard_inode(path->dentry->d_inode, KG_KEY_CHOWN, path->dentry->d_name.name);
+}
+
+/* The first argument is a user_namespace (6.1) or an mnt_idmap (6.12); only the dentry is used. */
+SEC("lsm/inode_setxattr")
+int BPF_PROG(kg_inode_setxattr, void *idmap, struct dentry *dentry, const char *name)
+{
+	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
+}
+
+SEC("lsm/inode_removexattr")
+int BPF_PROG(kg_inode_removexattr, void *idmap, struct dentry *dentry, const char *name)
+{
+	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
+}
+
+/*
+ * An inode leaving memory with no links left is gone for good: its number may be given to a new file.
+ * Forget it as a trusted executable, a listed executable and a key file, so that new file is none of them.
+ */
+SEC("lsm/inode_free_security")
+int BPF_PROG(kg_inode_free_security, struct inode *inode)
+{
+	struct kg_own_key k = {.kind = KG_OWN_EXE};
+	struct kg_file_id id = {};
+
+	if (inode->i_nlink)
+		return 0;
+	id.dev = inode->i_sb->s_dev;
+	id.ino = inode->i_ino;
+	k.dev = (__u32)id.dev;
+	k.id = id.ino;
+	bpf_map_delete_elem(&own, &k);
+	bpf_map_delete_elem(&exe_rules, &id);
+	bpf_map_delete_elem(&key_rules, &id);
 	return 0;
 }
 

@@ -29,6 +29,28 @@ enum kg_event_kind {
 	KG_EVENT_DUMP = 3,    /* a protected process started to dump core; op is an enum kg_dump_action */
 	KG_EVENT_TAMPER = 4,  /* someone other than the agent reached for keyguard's own BPF objects; op is an enum kg_tamper */
 	KG_EVENT_SIDE_DOOR = 5, /* a way around the ptrace checks; op is an enum kg_side_door */
+	KG_EVENT_KEY_FILE = 6,  /* an open or metadata change of a key file (or listed executable); op: enum kg_key_op */
+};
+
+/* What was attempted on a key file (or a listed executable, or keyguard's trusted executable). */
+enum kg_key_op {
+	KG_KEY_OPEN = 1,     /* open by a process that does not hold the rule's keys */
+	KG_KEY_LINK = 2,     /* a new hard link */
+	KG_KEY_RENAME = 3,   /* rename of the file, or of another file over it */
+	KG_KEY_UNLINK = 4,
+	KG_KEY_TRUNCATE = 5,
+	KG_KEY_CHMOD = 6,
+	KG_KEY_CHOWN = 7,
+	KG_KEY_XATTR = 8,    /* setxattr/removexattr (ACLs on 6.1) */
+	KG_KEY_WRITE = 9,    /* write open of a listed executable or of keyguard's trusted executable */
+	KG_KEY_OPEN_BUSY = 10, /* key-file open refused with EAGAIN: memory reads of the opener were in flight */
+};
+
+/* Which file a kg_key_op event concerns (event access_mode). */
+enum kg_guarded {
+	KG_GUARD_KEY_FILE = 1,
+	KG_GUARD_SIGNER_EXE = 2, /* an executable a rule lists */
+	KG_GUARD_AGENT_EXE = 3,  /* keyguard's trusted executable */
 };
 
 enum kg_side_door {
@@ -37,12 +59,23 @@ enum kg_side_door {
 	KG_SIDE_SYSCTL = 3,     /* a write open of a sysctl that decides where dumps go or who may trace; detail: its name */
 	KG_SIDE_KMEM = 4,       /* an open of /proc/kcore, /dev/mem, /dev/kmem or /dev/port; detail: which */
 	KG_SIDE_MODULE = 5,     /* a kernel module or kexec image load; access_mode: 1 module, 2 kexec image; detail: file */
+	KG_SIDE_RAW_DISK = 6,   /* an open of a block device (or loop image) holding a key file's filesystem; access_mode: rdev */
 };
 
 /* Pseudo rule ids for the allow map: who may pass a side door (policy bpf_loaders, sysctl_writers,
  * kernel_memory_readers). bpf_loaders use rule id 0 for BPF loads and perf. */
 #define KG_ALLOW_SYSCTL 0xfffffff0u
 #define KG_ALLOW_KMEM 0xfffffff1u
+/* key_managers: may open, link, rename, unlink, truncate, chmod/chown and set xattrs on every key file. */
+#define KG_ALLOW_KEYMGR 0xfffffff2u
+/* raw_disk_readers: may open block devices and loop images that hold a key file's filesystem. In the
+ * key_rules map this value marks a loop image file (a raw copy of such a filesystem), not a key file. */
+#define KG_ALLOW_RAWDISK 0xfffffff3u
+/* package_managers: may write, truncate, rename or unlink the executables rules list. */
+#define KG_ALLOW_PKGMGR 0xfffffff4u
+/* An openers entry with dev and ino KG_OPENERS_ANY (and uid KG_ANY_UID) lets any process open the rule's
+ * key files (and become protected by that open): the behaviour of a rule that says `openers: any`. */
+#define KG_OPENERS_ANY 0
 
 /* What to do with kernel module and kexec image loads (settings.modules). */
 enum kg_module_mode {
@@ -80,6 +113,7 @@ enum kg_tamper {
 	KG_TAMPER_PIN_UNLINK = 5,  /* unlink/rmdir in keyguard's bpffs folder */
 	KG_TAMPER_PIN_RENAME = 6,  /* rename of or in keyguard's bpffs folder */
 	KG_TAMPER_UMOUNT = 7,      /* unmount of the bpffs holding keyguard's pins */
+	KG_TAMPER_EXE_WRITE = 8,   /* write open or truncate of keyguard's trusted executable */
 };
 
 /* keyguard's own objects (own map): kind and id, or a bpffs folder's inode. */
@@ -90,6 +124,8 @@ enum kg_own_kind {
 	KG_OWN_DIR = 4, /* id: inode number of a folder on the bpffs instance in kg_agent.bpffs_dev */
 	KG_OWN_EXE = 5, /* dev, id: a trusted keyguard-agent executable (the running one, or its upgrade) */
 };
+/* A trusted executable's entry is removed in inode_free_security once its last link is gone, so a new
+ * file that gets the same inode number later is not trusted. */
 struct kg_own_key {
 	__u32 kind;
 	__u32 dev; /* KG_OWN_EXE: sb->s_dev (MKDEV fits in 32 bits) */

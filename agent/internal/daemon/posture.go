@@ -92,8 +92,12 @@ func (a *Agent) postureInput() posture.Input {
 	if res != nil {
 		for id, set := range res.KeyFiles {
 			rule := a.RuleName(id)
+			anyOpener := false
+			if r := res.Policy.Rule(id); r != nil {
+				anyOpener = r.AnyOpener
+			}
 			for _, path := range set {
-				in.KeyFiles = append(in.KeyFiles, posture.KeyFile{Path: path, Rule: rule, ServiceUIDs: users[rule]})
+				in.KeyFiles = append(in.KeyFiles, posture.KeyFile{Path: path, Rule: rule, ServiceUIDs: users[rule], AnyOpener: anyOpener})
 			}
 		}
 	}

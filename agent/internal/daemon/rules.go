@@ -14,6 +14,8 @@ func ruleSet(res *policy.Resolved) (loader.RuleSet, map[uint32]string) {
 		Keys:     make(map[loader.FileID]uint32, len(m.Keys)),
 		Cgroups:  m.Cgroups,
 		Allow:    make(map[loader.AccessorKey]bool, len(m.Allow)),
+		Openers:  make(map[loader.AccessorKey]bool, len(m.Openers)),
+		RawDevs:  m.RawDevs,
 		Settings: loader.Settings{SideDoors: uint32(res.Policy.SideDoors), Modules: uint32(res.Policy.Modules)},
 	}
 	for id, r := range m.Rules {
@@ -27,6 +29,9 @@ func ruleSet(res *policy.Resolved) (loader.RuleSet, map[uint32]string) {
 	}
 	for k := range m.Allow {
 		rs.Allow[loader.AccessorKey{Dev: k.Dev, Ino: k.Ino, RuleId: k.RuleID, Uid: k.UID}] = true
+	}
+	for k := range m.Openers {
+		rs.Openers[loader.AccessorKey{Dev: k.Dev, Ino: k.Ino, RuleId: k.RuleID, Uid: k.UID}] = true
 	}
 	names := make(map[uint32]string, len(res.Policy.Rules))
 	for _, r := range res.Policy.Rules {

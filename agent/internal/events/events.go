@@ -104,6 +104,7 @@ var sideDoors = map[kgbpf.KeyguardKgSideDoor]sideDoor{
 	kgbpf.KeyguardKgSideDoorKG_SIDE_PERF_USER: {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_PERF_EVENT, "perf_event"},
 	kgbpf.KeyguardKgSideDoorKG_SIDE_SYSCTL:    {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_SYSCTL_WRITE, "sysctl_write"},
 	kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:    {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_MODULE_LOAD, "module_load"},
+	kgbpf.KeyguardKgSideDoorKG_SIDE_RAW_DISK:  {keyguardv1.SideDoorKind_SIDE_DOOR_KIND_RAW_DISK, "raw_disk"},
 	// KG_SIDE_KMEM is told apart by the device opened: kmemDoors.
 }
 
@@ -124,6 +125,42 @@ var tamperOps = map[kgbpf.KeyguardKgTamper]string{
 	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_UNLINK:  "keyguard_pin_unlink",
 	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_RENAME:  "keyguard_pin_rename",
 	kgbpf.KeyguardKgTamperKG_TAMPER_UMOUNT:      "keyguard_bpffs_umount",
+	kgbpf.KeyguardKgTamperKG_TAMPER_EXE_WRITE:   "keyguard_exe_write",
+}
+
+var keyFileOps = map[kgbpf.KeyguardKgKeyOp]keyguardv1.KeyFileOperation{
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN,
+	kgbpf.KeyguardKgKeyOpKG_KEY_LINK:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_LINK,
+	kgbpf.KeyguardKgKeyOpKG_KEY_RENAME:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_RENAME,
+	kgbpf.KeyguardKgKeyOpKG_KEY_UNLINK:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNLINK,
+	kgbpf.KeyguardKgKeyOpKG_KEY_TRUNCATE:  keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_TRUNCATE,
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHMOD:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHMOD,
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHOWN:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHOWN,
+	kgbpf.KeyguardKgKeyOpKG_KEY_XATTR:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_XATTR,
+	kgbpf.KeyguardKgKeyOpKG_KEY_WRITE:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_WRITE,
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_BUSY: keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY,
+}
+
+var guardedFiles = map[kgbpf.KeyguardKgGuarded]keyguardv1.GuardedFile{
+	kgbpf.KeyguardKgGuardedKG_GUARD_KEY_FILE:   keyguardv1.GuardedFile_GUARDED_FILE_KEY_FILE,
+	kgbpf.KeyguardKgGuardedKG_GUARD_SIGNER_EXE: keyguardv1.GuardedFile_GUARDED_FILE_SIGNER_EXECUTABLE,
+	kgbpf.KeyguardKgGuardedKG_GUARD_AGENT_EXE:  keyguardv1.GuardedFile_GUARDED_FILE_AGENT_EXECUTABLE,
+}
+
+// keyFileAccess: an open or metadata change of a guarded file; the BPF record carries the file's
+// device and inode in target.exe_dev/exe_ino and the name it was reached by in detail.
+func keyFileAccess(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.KeyFileAccess {
+	k := &keyguardv1.KeyFileAccess{Process: process(r.Actor), Path: cstr(r.Detail[:]), Dev: r.Target.ExeDev,
+		Inode: r.Target.ExeIno, Rule: names.RuleName(r.RuleId), PolicyMode: policyModes[kgbpf.KeyguardKgMode(r.RuleMode)],
+		Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)], Operation: keyFileOps[kgbpf.KeyguardKgKeyOp(r.Op)],
+		Guarded: guardedFiles[kgbpf.KeyguardKgGuarded(r.AccessMode)]}
+	if k.PolicyMode == keyguardv1.PolicyMode_POLICY_MODE_UNSPECIFIED {
+		k.PolicyMode = keyguardv1.PolicyMode_POLICY_MODE_ENFORCE
+	}
+	if k.Operation == keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNSPECIFIED {
+		k.Detail = fmt.Sprintf("key_op_%d", r.Op)
+	}
+	return k
 }
 
 // Reason maps a kernel protection reason (a mark's KG_REASON_*) to the API's.
@@ -191,6 +228,8 @@ func Decode(raw []byte, names Names) (*keyguardv1.Event, error) {
 			Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)]}}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_SIDE_DOOR:
 		ev.Kind = &keyguardv1.Event_SideDoor{SideDoor: sideDoorEvent(&r, names)}
+	case kgbpf.KeyguardKgEventKindKG_EVENT_KEY_FILE:
+		ev.Kind = &keyguardv1.Event_KeyFileAccess{KeyFileAccess: keyFileAccess(&r, names)}
 	default:
 		return nil, fmt.Errorf("unknown event kind %d", r.Kind)
 	}
@@ -242,6 +281,10 @@ func sideDoorEvent(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.SideDoor {
 			out.Target, out.Rule = process(r.Target), names.RuleName(r.RuleId)
 		} else {
 			detail += " (CPU-wide)"
+		}
+	case kgbpf.KeyguardKgSideDoorKG_SIDE_RAW_DISK:
+		if r.AccessMode != 0 {
+			detail = fmt.Sprintf("%s (block device %d:%d)", detail, r.AccessMode>>20, r.AccessMode&(1<<20-1))
 		}
 	case kgbpf.KeyguardKgSideDoorKG_SIDE_MODULE:
 		if r.AccessMode == 2 {

@@ -27,6 +27,7 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -70,7 +71,7 @@ type Guard struct {
 
 // programs lists the BPF object's programs, all of which the agent attaches, in attach order: the one
 // that passes protection on to fork children first (so no child of a protected process escapes while
-// the others attach), then by name. The list comes from the object itself: a program added in bpf/src
+// the others attach), then the ends of in-flight memory reads, then by name. The list comes from the object itself: a program added in bpf/src
 // is attached and pinned with no change here.
 func programs(spec *ebpf.CollectionSpec) []string {
 	names := slices.Sorted(maps.Keys(spec.Programs))
@@ -84,7 +85,12 @@ func attachRank(p *ebpf.ProgramSpec) int {
 	if p.AttachTo == "task_alloc" {
 		return 0
 	}
-	return 1
+	// The ends of in-flight memory reads (fexit) before the programs that start them, so no read
+	// begun while the programs attach is left open.
+	if p.AttachType == ebpf.AttachTraceFExit {
+		return 1
+	}
+	return 2
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -105,14 +111,46 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 		}
 		return 0
 	}
-	if err := errors.Join(set("cfg_report_noaudit", b2u(c.ReportNoAudit)), set("cfg_deny_traced", b2u(c.DenyTraced))); err != nil {
+	vmTracked := vmExitsAttachable()
+	if !vmTracked {
+		delete(spec.Programs, "kg_vm_readv_exit")
+		delete(spec.Programs, "kg_vm_writev_exit")
+	}
+	if err := errors.Join(set("cfg_report_noaudit", b2u(c.ReportNoAudit)), set("cfg_deny_traced", b2u(c.DenyTraced)),
+		set("cfg_vm_rw_tracked", b2u(vmTracked))); err != nil {
 		return nil, "", err
 	}
 	d := kgbpf.ObjectDigest()
 	h := sha256.New()
 	h.Write(d[:])
-	fmt.Fprintf(h, "noaudit=%v traced=%v", c.ReportNoAudit, c.DenyTraced)
+	fmt.Fprintf(h, "noaudit=%v traced=%v vmrw=%v", c.ReportNoAudit, c.DenyTraced, vmTracked)
 	return spec, hex.EncodeToString(h.Sum(nil))[:16], nil
+}
+
+// vmExitsAttachable reports whether the ends of process_vm_readv/writev can be traced: the syscall
+// functions must have exactly one BTF entry (6.1's vmlinux BTF has two of each, which fexit cannot
+// tell apart). Without them the in-flight wait covers /proc/PID/mem reads only.
+func vmExitsAttachable() bool {
+	k, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	for _, name := range []string{"__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev"} {
+		var fns []*btf.Func
+		ts, err := k.AnyTypesByName(name)
+		if err != nil {
+			return false
+		}
+		for _, t := range ts {
+			if f, ok := t.(*btf.Func); ok {
+				fns = append(fns, f)
+			}
+		}
+		if len(fns) != 1 {
+			return false
+		}
+	}
+	return true
 }
 
 // Load loads, attaches and pins the programs, or adopts the ones an earlier agent of the same build

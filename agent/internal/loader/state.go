@@ -51,19 +51,33 @@ type RuleSet struct {
 	Keys    map[FileID]uint32
 	Cgroups map[uint64]uint32
 	Allow   map[AccessorKey]bool
+	// Openers may open a rule's key files besides its own processes (policy `openers`).
+	Openers map[AccessorKey]bool
+	// RawDevs are block devices (kernel dev_t) holding a key file's filesystem → rule id.
+	RawDevs map[uint32]uint32
 	// Settings are the host-wide side-door settings.
 	Settings Settings
 }
 
 // Apply makes the rule maps equal to rs: adds and updates entries, then deletes the rest. Entries are
 // added before stale ones are deleted, so a rule that stays never has a gap.
+//
+// Executables and key files of a rule that stays are never deleted here: a file that no longer matches
+// its path (root renamed its folder, or moved it away) is still the same inode and stays guarded. The
+// kernel forgets an inode itself when it is freed with no links left (inode_free_security).
 func (g *Guard) Apply(rs RuleSet) error {
+	keep := func(_ FileID, rule uint32) bool {
+		_, ok := rs.Rules[rule]
+		return ok || rule == policy.RawDiskRule
+	}
 	return errors.Join(
 		syncMap(g.Maps.Rules, rs.Rules),
-		syncMap(g.Maps.ExeRules, rs.Exes),
-		syncMap(g.Maps.KeyRules, rs.Keys),
+		syncMapKeep(g.Maps.ExeRules, rs.Exes, keep),
+		syncMapKeep(g.Maps.KeyRules, rs.Keys, keep),
 		syncMap(g.Maps.CgroupRules, rs.Cgroups),
 		syncMap(g.Maps.Allow, boolToU8(rs.Allow)),
+		syncMap(g.Maps.Openers, boolToU8(rs.Openers)),
+		syncMap(g.Maps.RawDevs, rs.RawDevs),
 		g.Maps.Settings.Put(uint32(0), rs.Settings),
 	)
 }
@@ -108,6 +122,11 @@ func boolToU8(m map[AccessorKey]bool) map[AccessorKey]uint8 {
 }
 
 func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
+	return syncMapKeep(m, want, func(K, V) bool { return false })
+}
+
+// syncMapKeep is syncMap that leaves stale entries for which keep is true.
+func syncMapKeep[K comparable, V any](m *ebpf.Map, want map[K]V, keep func(K, V) bool) error {
 	for k, v := range want {
 		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("update BPF map %s: %w", m.String(), err)
@@ -118,7 +137,7 @@ func syncMap[K comparable, V any](m *ebpf.Map, want map[K]V) error {
 	var v V
 	it := m.Iterate()
 	for it.Next(&k, &v) {
-		if _, ok := want[k]; !ok {
+		if _, ok := want[k]; !ok && !keep(k, v) {
 			stale = append(stale, k)
 		}
 	}
@@ -200,7 +219,8 @@ func (g *Guard) TrustExe(e FileID) error {
 func (g *Guard) mapList() []*ebpf.Map {
 	m := &g.Maps
 	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
-		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens}
+		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens,
+		m.Openers, m.RawDevs, m.Inflight}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

@@ -110,7 +110,8 @@ func checkFiles(p *Policy) []error {
 	for _, l := range []struct {
 		name string
 		list []Accessor
-	}{{"bpf_loaders", p.BPFLoaders}, {"sysctl_writers", p.SysctlWriters}, {"kernel_memory_readers", p.KernelMemoryReaders}} {
+	}{{"bpf_loaders", p.BPFLoaders}, {"sysctl_writers", p.SysctlWriters}, {"kernel_memory_readers", p.KernelMemoryReaders},
+		{"key_managers", p.KeyManagers}, {"raw_disk_readers", p.RawDiskReaders}, {"package_managers", p.PackageManagers}} {
 		for j, a := range l.list {
 			key := fmt.Sprintf("%s[%d].executable", l.name, j)
 			if _, _, err := executable(w, st, a.Executable); err != nil {

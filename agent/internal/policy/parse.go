@@ -98,7 +98,8 @@ func parse(name string, data []byte) (*Policy, []error) {
 		return nil, fileErr(emptyMsg)
 	}
 	p := &Policy{Source: name, SHA256: sha256.Sum256(data), pos: ps.pos}
-	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules")
+	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules",
+		"key_managers", "raw_disk_readers", "package_managers")
 	if !ok {
 		return nil, ps.errs
 	}
@@ -119,6 +120,15 @@ func parse(name string, data []byte) (*Policy, []error) {
 	}
 	if v, ok := f["kernel_memory_readers"]; ok {
 		p.KernelMemoryReaders = ps.accessors(v.val, "kernel_memory_readers")
+	}
+	if v, ok := f["key_managers"]; ok {
+		p.KeyManagers = ps.accessors(v.val, "key_managers")
+	}
+	if v, ok := f["raw_disk_readers"]; ok {
+		p.RawDiskReaders = ps.accessors(v.val, "raw_disk_readers")
+	}
+	if v, ok := f["package_managers"]; ok {
+		p.PackageManagers = ps.accessors(v.val, "package_managers")
 	}
 	if v, ok := f["side_doors"]; ok {
 		if s, ok := ps.scalar(v.val, "side_doors"); ok {
@@ -159,7 +169,8 @@ func parse(name string, data []byte) (*Policy, []error) {
 		ps.errorf(rules, "rules", "must be a list of rules (each item starting with \"- name: ...\"), got %s", describe(rules))
 	default:
 		byName := map[string]string{}
-		byID := map[uint32]string{SysctlWriterRule: "the sysctl_writers list", KernelMemoryRule: "the kernel_memory_readers list"}
+		byID := map[uint32]string{SysctlWriterRule: "the sysctl_writers list", KernelMemoryRule: "the kernel_memory_readers list",
+			KeyManagerRule: "the key_managers list", RawDiskRule: "the raw_disk_readers list", PackageMgrRule: "the package_managers list"}
 		for i, rn := range rules.Content {
 			// Invalid rules are kept too (Parse drops the whole policy on any error) so that Load
 			// can still check their executables and report every problem in one run.
@@ -225,7 +236,7 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 	rn = deref(rn)
 	ps.mark(rn, key)
 	r := Rule{index: i, Mode: Enforce, Dumps: DumpBlock}
-	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "severity", "match", "allow", "public_keys")
+	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "severity", "match", "allow", "public_keys", "openers")
 	if !ok {
 		return r
 	}
@@ -300,6 +311,7 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 	if v, ok := f["allow"]; ok {
 		r.Allow = ps.accessors(v.val, key+".allow")
 	}
+	ps.openers(&r, rn, f, key)
 	r.PublicKeys = ps.list(f, key, "public_keys", ps.checkGlob)
 	return r
 }
@@ -342,6 +354,32 @@ func (ps *parser) list(f map[string]field, key, name string, check func(n *yaml.
 		out = append(out, s)
 	}
 	return out
+}
+
+// openers reads a rule's `openers`: "any" or a list of accessors. A rule whose key files have no
+// holder by executable or cgroup must say who opens them.
+func (ps *parser) openers(r *Rule, rn *yaml.Node, f map[string]field, key string) {
+	v, ok := f["openers"]
+	if !ok {
+		if len(r.KeyFiles) > 0 && len(r.Executables)+len(r.Cgroups) == 0 {
+			ps.errorf(rn, key, "key_files with no executables or cgroups: say who may open them with \"openers\" "+
+				"(a list of \"- executable: PATH\" with \"uid: N\"), or \"openers: any\" to let any process open them and "+
+				"become protected (posture reports it: the opener can still print the key)")
+		}
+		return
+	}
+	if n := deref(v.val); n.Kind == yaml.ScalarNode && n.Tag == "!!str" {
+		if n.Value != "any" {
+			ps.errorf(n, key+".openers", "%q: write a list of accessors or \"any\"", n.Value)
+			return
+		}
+		r.AnyOpener = true
+	} else {
+		r.Openers = ps.accessors(v.val, key+".openers")
+	}
+	if len(r.KeyFiles) == 0 {
+		ps.errorf(v.val, key+".openers", "the rule has no key_files; openers say who may open them")
+	}
 }
 
 func (ps *parser) accessors(n *yaml.Node, key string) []Accessor {

@@ -88,13 +88,17 @@ var parseCases = []struct {
 	{"bad mode", head + "  - name: a\n    mode: enforcing\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:4:11: rules[0].mode: ", `"enforcing" is not a mode; use enforce`}}},
 	{"mode list", head + "  - name: a\n    mode: [audit]\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:4:11: rules[0].mode: ", "must be a string, got a list"}}},
 	{"bad dumps", head + "  - name: a\n    dumps: strip\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:4:12: rules[0].dumps: ", `"strip" is not a dump mode; use block, redact or allow`}}},
+	{"key files without holders or openers", head + "  - name: a\n    match: {key_files: [/k/*.pem]}\n", []want{{"p.yaml:3:5: rules[0]: ", `key_files with no executables or cgroups: say who may open them with "openers"`}}},
+	{"openers not any", head + "  - name: a\n    match: {key_files: [/k/*.pem]}\n    openers: everyone\n", []want{{"p.yaml:5:14: rules[0].openers: ", `"everyone": write a list of accessors or "any"`}}},
+	{"openers without key files", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    openers: any\n", []want{{"p.yaml:5:14: rules[0].openers: ", "the rule has no key_files"}}},
+	{"key manager without uid", "version: 1\nkey_managers: [{executable: /bin/cp}]\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:2:16: key_managers[0]: ", `missing "uid"`}}},
 	{"missing match", head + "  - name: a\n", []want{{"p.yaml:3:5: rules[0]: ", `missing "match"`}}},
 	{"null match", head + "  - name: a\n    match:\n", []want{{"p.yaml:4:11: rules[0].match: ", "empty; list at least one of"}}},
 	{"no selector", head + "  - name: a\n    match:\n      executables: []\n      cgroups:\n", []want{{"p.yaml:5:7: rules[0].match: ", "no selector"}}},
 	{"unknown match key", head + "  - name: a\n    match:\n      key_file: [/k]\n", []want{
 		{"p.yaml:5:7: rules[0].match.key_file: ", `unknown key "key_file" (did you mean "key_files"?)`},
 		{"p.yaml:5:7: rules[0].match: ", "no selector"}}},
-	{"unknown key no suggestion", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    priority: 3\n", []want{{"p.yaml:5:5: rules[0].priority: ", `unknown key "priority" (valid keys here: name, mode, dumps, severity, match, allow, public_keys)`}}},
+	{"unknown key no suggestion", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    priority: 3\n", []want{{"p.yaml:5:5: rules[0].priority: ", `unknown key "priority" (valid keys here: name, mode, dumps, severity, match, allow, public_keys, openers)`}}},
 	{"executables scalar", head + "  - name: a\n    match:\n      executables: /bin/sh\n", []want{{"p.yaml:5:20: rules[0].match.executables: ", `must be a list, got "/bin/sh"; write it as a list item: "- /bin/sh"`}}},
 	{"relative executable", head + "  - name: a\n    match:\n      executables:\n        - /bin/sh\n        - bin/signer\n",
 		[]want{{"p.yaml:7:11: rules[0].match.executables[1]: ", `"bin/signer" is a relative path`}}},
@@ -221,6 +225,39 @@ func TestParseExample(t *testing.T) {
 	}
 	if got := p.Where("rules[0].match.executables[0]"); got != "example.yaml:17:11: rules[0].match.executables[0]" {
 		t.Errorf("Where = %q", got)
+	}
+}
+
+func TestParseOpenersAndManagers(t *testing.T) {
+	y := `version: 1
+key_managers: [{executable: /usr/bin/install, uid: 0}]
+raw_disk_readers: [{executable: /usr/sbin/blkid, uid: any}]
+package_managers: [{executable: /usr/bin/dpkg, uid: 0}]
+rules:
+  - name: a
+    match: {key_files: [/k/a.pem]}
+    openers: any
+  - name: b
+    match: {key_files: [/k/b.pem]}
+    openers: [{executable: /usr/bin/signer, uid: 1000}]
+  - name: c
+    match: {key_files: [/k/c.pem], executables: [/usr/bin/signer]}
+`
+	p, err := Parse("p.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.KeyManagers) != 1 || len(p.RawDiskReaders) != 1 || !p.RawDiskReaders[0].AnyUID || len(p.PackageManagers) != 1 {
+		t.Errorf("lists: %+v %+v %+v", p.KeyManagers, p.RawDiskReaders, p.PackageManagers)
+	}
+	if a := p.Rules[0]; !a.AnyOpener || a.Openers != nil {
+		t.Errorf("rule a: %+v", a)
+	}
+	if b := p.Rules[1]; b.AnyOpener || len(b.Openers) != 1 || b.Openers[0].UID != 1000 {
+		t.Errorf("rule b: %+v", b)
+	}
+	if c := p.Rules[2]; c.AnyOpener || c.Openers != nil {
+		t.Errorf("rule c: %+v", c)
 	}
 }
 

@@ -60,6 +60,9 @@ const BPFLoaderRule = 0
 const (
 	SysctlWriterRule = 0xfffffff0
 	KernelMemoryRule = 0xfffffff1
+	KeyManagerRule   = 0xfffffff2 // KG_ALLOW_KEYMGR: key_managers
+	RawDiskRule      = 0xfffffff3 // KG_ALLOW_RAWDISK: raw_disk_readers; also marks loop images in key_rules
+	PackageMgrRule   = 0xfffffff4 // KG_ALLOW_PKGMGR: package_managers
 )
 
 // ModuleMode says what happens to kernel module and kexec image loads. Values equal enum
@@ -107,6 +110,13 @@ type Policy struct {
 	SideDoors Mode
 	// Modules decides kernel module and kexec image loads (default ModulesDeny).
 	Modules ModuleMode
+	// KeyManagers may open, link, rename, unlink, truncate, chmod/chown and set xattrs on every rule's
+	// key files (deployment and rotation tools); opening a key file protects them like a holder.
+	KeyManagers []Accessor
+	// RawDiskReaders may open the block devices and loop images that hold a key file's filesystem.
+	RawDiskReaders []Accessor
+	// PackageManagers may write, truncate, rename or unlink the executables rules list.
+	PackageManagers []Accessor
 
 	pos map[string]Pos // key path → position of its value
 }
@@ -128,6 +138,13 @@ type Rule struct {
 
 	Allow      []Accessor
 	PublicKeys []string // absolute path globs of PEM public keys, certificates or JWKS files
+
+	// Openers may open the rule's key files besides its own processes (matched by executables or
+	// cgroups), and become protected by that open. Required for a rule with key_files and no executables
+	// or cgroups. AnyOpener (`openers: any`) keeps the old behaviour, any process that opens a key file
+	// becomes protected, which posture reports: such a process can still print what it read.
+	Openers   []Accessor
+	AnyOpener bool
 
 	index int // position in Policy.Rules, for key paths
 }

@@ -39,7 +39,9 @@ type Resolved struct {
 	KeyFiles    map[uint32]FileSet
 	Cgroups     map[uint32]CgroupSet
 	Accessors   map[uint32][]AccessorID
-	PublicKeys  map[uint32][]string // files matching public_keys, symlinks resolved
+	Openers     map[uint32][]AccessorID // rule's openers; AnyUID with a zero File for `openers: any`
+	RawDisks    RawDisk                 // block devices and loop images below the key files
+	PublicKeys  map[uint32][]string     // files matching public_keys, symlinks resolved
 	Pending     []PendingCgroup
 	Warnings    []string
 }
@@ -58,8 +60,11 @@ func resolve(p *Policy, cgroupRoot string, w *walker) *Resolved {
 	r.Warnings = append(r.Warnings, warn...)
 	r.Accessors, warn = resolveAccessors(p, w, st)
 	r.Warnings = append(r.Warnings, warn...)
+	r.Openers, warn = resolveOpeners(p, w, st)
+	r.Warnings = append(r.Warnings, warn...)
 	r.KeyFiles, warn = resolveGlobs(p, w, st, func(rl *Rule) []string { return rl.KeyFiles }, "match.key_files")
 	r.Warnings = append(r.Warnings, warn...)
+	r.RawDisks = rawDisks("/sys", p, r.KeyFiles, st)
 	pub, warn := resolveGlobs(p, w, st, func(rl *Rule) []string { return rl.PublicKeys }, "public_keys")
 	r.Warnings = append(r.Warnings, warn...)
 	r.PublicKeys = map[uint32][]string{}
@@ -196,6 +201,33 @@ func resolveAccessors(p *Policy, w *walker, st *statter) (map[uint32][]AccessorI
 	add(BPFLoaderRule, p.BPFLoaders, func(j int) string { return fmt.Sprintf("bpf_loaders[%d].executable", j) })
 	add(SysctlWriterRule, p.SysctlWriters, func(j int) string { return fmt.Sprintf("sysctl_writers[%d].executable", j) })
 	add(KernelMemoryRule, p.KernelMemoryReaders, func(j int) string { return fmt.Sprintf("kernel_memory_readers[%d].executable", j) })
+	add(KeyManagerRule, p.KeyManagers, func(j int) string { return fmt.Sprintf("key_managers[%d].executable", j) })
+	add(RawDiskRule, p.RawDiskReaders, func(j int) string { return fmt.Sprintf("raw_disk_readers[%d].executable", j) })
+	add(PackageMgrRule, p.PackageManagers, func(j int) string { return fmt.Sprintf("package_managers[%d].executable", j) })
+	return out, warn
+}
+
+func resolveOpeners(p *Policy, w *walker, st *statter) (map[uint32][]AccessorID, []string) {
+	out := map[uint32][]AccessorID{}
+	var warn []string
+	for i := range p.Rules {
+		r := &p.Rules[i]
+		if r.AnyOpener {
+			out[r.ID] = append(out[r.ID], AccessorID{UID: AnyUID})
+		}
+		for j, a := range r.Openers {
+			fi, _, err := executable(w, st, a.Executable)
+			if err != nil {
+				warn = append(warn, fmt.Sprintf("%s: %q: %s; this opener is refused until it is back", p.Where(fmt.Sprintf("%s.openers[%d].executable", r.Key(), j)), a.Executable, explain(err)))
+				continue
+			}
+			id := AccessorID{File: fi.ID, UID: a.UID}
+			if a.AnyUID {
+				id.UID = AnyUID
+			}
+			out[r.ID] = append(out[r.ID], id)
+		}
+	}
 	return out, warn
 }
 
@@ -269,6 +301,8 @@ type Maps struct {
 	Keys    map[FileID]uint32
 	Cgroups map[uint64]uint32
 	Allow   map[AccessorKey]bool
+	Openers map[AccessorKey]bool
+	RawDevs map[uint32]uint32
 }
 
 // RuleSettings is struct kg_rule.
@@ -293,6 +327,8 @@ func (r *Resolved) Maps() Maps {
 		Keys:    map[FileID]uint32{},
 		Cgroups: map[uint64]uint32{},
 		Allow:   map[AccessorKey]bool{},
+		Openers: map[AccessorKey]bool{},
+		RawDevs: map[uint32]uint32{},
 	}
 	for _, rl := range r.Policy.Rules {
 		m.Rules[rl.ID] = RuleSettings{Mode: uint32(rl.Mode), Dumps: uint32(rl.Dumps)}
@@ -314,8 +350,19 @@ func (r *Resolved) Maps() Maps {
 		for _, a := range r.Accessors[rl.ID] {
 			m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: rl.ID, UID: a.UID}] = true
 		}
+		for _, a := range r.Openers[rl.ID] {
+			m.Openers[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: rl.ID, UID: a.UID}] = true
+		}
 	}
-	for _, id := range []uint32{BPFLoaderRule, SysctlWriterRule, KernelMemoryRule} {
+	for d, rule := range r.RawDisks.Devs {
+		m.RawDevs[d] = rule
+	}
+	for id := range r.RawDisks.Images {
+		if _, taken := m.Keys[id]; !taken {
+			m.Keys[id] = RawDiskRule // a loop image: opened only by raw_disk_readers
+		}
+	}
+	for _, id := range []uint32{BPFLoaderRule, SysctlWriterRule, KernelMemoryRule, KeyManagerRule, RawDiskRule, PackageMgrRule} {
 		for _, a := range r.Accessors[id] {
 			m.Allow[AccessorKey{Dev: a.File.Dev, Ino: a.File.Ino, RuleID: id, UID: a.UID}] = true
 		}
@@ -341,6 +388,8 @@ func (r *Resolved) Equal(o *Resolved) bool {
 			return maps.EqualFunc(x, y, func(string, string) bool { return true })
 		}) &&
 		maps.EqualFunc(r.Accessors, o.Accessors, slices.Equal[[]AccessorID]) &&
+		maps.EqualFunc(r.Openers, o.Openers, slices.Equal[[]AccessorID]) &&
+		maps.Equal(r.RawDisks.Devs, o.RawDisks.Devs) && maps.Equal(r.RawDisks.Images, o.RawDisks.Images) &&
 		maps.EqualFunc(r.PublicKeys, o.PublicKeys, slices.Equal[[]string]) &&
 		slices.Equal(r.Pending, o.Pending)
 }

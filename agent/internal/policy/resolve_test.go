@@ -207,7 +207,7 @@ func TestResolveKeyFiles(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(strings.TrimPrefix(tc.glob, dir), func(t *testing.T) {
-			p := mustParse(t, fmt.Sprintf(head+"  - name: a\n    match:\n      key_files:\n        - %q\n", tc.glob))
+			p := mustParse(t, fmt.Sprintf(head+"  - name: a\n    match:\n      key_files:\n        - %q\n    openers: any\n", tc.glob))
 			got, warn := ResolveKeyFiles(p)
 			var gotIDs, wantIDs []string
 			for id := range got[RuleID("a")] {
@@ -245,6 +245,7 @@ func TestResolveConflictsAndMaps(t *testing.T) {
     allow: [{executable: %[2]s, uid: 0}]
     public_keys: ["%[1]s/pub/*"]
   - name: second
+    openers: any
     match: {key_files: ["%[1]s/keys/*.pem"]}
 `, dir, exe))
 	res := Resolve(p, "")

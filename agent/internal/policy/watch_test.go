@@ -82,7 +82,7 @@ func replaceFile(t *testing.T, path, content string, mode os.FileMode) {
 
 func TestWatchKeyFiles(t *testing.T) {
 	dir := t.TempDir()
-	p := mustParse(t, fmt.Sprintf(head+"  - name: k\n    match:\n      key_files: [\"%s/keys/**/*.pem\"]\n", dir))
+	p := mustParse(t, fmt.Sprintf(head+"  - name: k\n    openers: any\n    match:\n      key_files: [\"%s/keys/**/*.pem\"]\n", dir))
 	w, ch := watchFor(t, p, WatchOptions{})
 	id := RuleID("k")
 	if n := len(w.Resolved().KeyFiles[id]); n != 0 {
@@ -143,7 +143,7 @@ func TestWatchSymlinkedKeyFile(t *testing.T) {
 	writeFile(t, dir+"/secret/..2024_1/key.pem", "v1", 0o600)
 	os.Symlink("..2024_1", dir+"/secret/..data")
 	os.Symlink("..data/key.pem", dir+"/secret/key.pem")
-	p := mustParse(t, fmt.Sprintf(head+"  - name: k\n    match:\n      key_files: [\"%s/secret/*.pem\"]\n", dir))
+	p := mustParse(t, fmt.Sprintf(head+"  - name: k\n    openers: any\n    match:\n      key_files: [\"%s/secret/*.pem\"]\n", dir))
 	w, ch := watchFor(t, p, WatchOptions{})
 	id := RuleID("k")
 	v1 := fileID(t, dir+"/secret/..2024_1/key.pem")

@@ -16,12 +16,22 @@ import (
 func (c Checker) KeyFiles(keys []KeyFile) []Finding {
 	var out []Finding
 	folders := map[string]bool{}
+	anyRules := map[string]bool{}
 	for _, k := range keys {
 		f, ok := c.keyFile(k)
 		if !ok {
 			continue
 		}
 		out = append(out, f)
+		if fs, ok := uncoveredFS(k.Path); ok {
+			out = append(out, Finding{Name: "key_fs:" + k.Path, Value: fs, Severity: High,
+				Remediation: "rule " + k.Rule + ": the key file is on " + fs + ": the server and other clients read and change it without this kernel's checks; keep key files on a local filesystem"})
+		}
+		if k.AnyOpener && !anyRules[k.Rule] {
+			anyRules[k.Rule] = true
+			out = append(out, Finding{Name: "key_openers:" + k.Rule, Value: "any", Severity: Medium,
+				Remediation: "rule " + k.Rule + " says openers: any: any process may open its key files and is protected from then on, but it can still print or send what it read; list the rule's executables or cgroups, or its openers"})
+		}
 		real, err := filepath.EvalSymlinks(k.Path)
 		if err != nil {
 			continue
@@ -124,4 +134,20 @@ func (c Checker) keyFolder(dir string, k KeyFile) Finding {
 	f.Severity = Medium
 	f.Remediation = "rule " + k.Rule + ": the folder is " + strings.Join(why, ", ") + ": whoever can write it can replace the key or plant a file the policy's glob matches: chown root " + dir + " && chmod go-w " + dir
 	return f
+}
+
+// Filesystems whose files keyguard's inode checks cannot cover: the bytes live on a server (or in a
+// userspace daemon) that others reach without this kernel.
+var uncoveredFSTypes = map[int64]string{
+	0x6969: "nfs", 0x65735546: "fuse", 0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x01021997: "9p",
+	0x00c36400: "ceph", 0x564c: "ncp", 0x47504653: "gpfs", 0x0bd00bd0: "lustre",
+}
+
+func uncoveredFS(path string) (string, bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return "", false
+	}
+	name, ok := uncoveredFSTypes[int64(st.Type)]
+	return name, ok
 }

@@ -74,6 +74,9 @@ type KeyFile struct {
 	// ServiceUIDs are the users the key may belong to besides root: the users of the rule's protected
 	// processes. Empty: none runs, so the service user is unknown.
 	ServiceUIDs []uint32
+	// AnyOpener: the rule says `openers: any`, so any process may open the key file (and becomes
+	// protected by that open, but can still print what it read).
+	AnyOpener bool
 }
 
 // Input is what Check looks at besides the host.

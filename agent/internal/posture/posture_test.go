@@ -582,3 +582,34 @@ func TestCorePatternSocket(t *testing.T) {
 		})
 	}
 }
+
+func TestKeyFilesAnyOpener(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.pem"), filepath.Join(dir, "b.pem")
+	for _, p := range []string{a, b} {
+		if err := os.WriteFile(p, []byte("k"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		any  bool
+		want int
+	}{{false, 0}, {true, 1}} {
+		fs := Checker{}.KeyFiles([]KeyFile{{Path: a, Rule: "r", AnyOpener: c.any}, {Path: b, Rule: "r", AnyOpener: c.any}})
+		n := 0
+		for _, f := range fs {
+			if f.Name == "key_openers:r" {
+				n++
+				if f.Severity != Medium || f.Value != "any" {
+					t.Errorf("finding %+v", f)
+				}
+			}
+			if strings.HasPrefix(f.Name, "key_fs:") {
+				t.Errorf("a local temp file reported as uncovered: %+v", f)
+			}
+		}
+		if n != c.want {
+			t.Errorf("any=%v: %d key_openers findings, want %d (once per rule)", c.any, n, c.want)
+		}
+	}
+}

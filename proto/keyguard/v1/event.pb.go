@@ -497,6 +497,148 @@ func (CoreDumpAction) EnumDescriptor() ([]byte, []int) {
 	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{6}
 }
 
+// KeyFileOperation is what was attempted on a key file, a listed executable or keyguard's executable.
+type KeyFileOperation int32
+
+const (
+	// Not set.
+	KeyFileOperation_KEY_FILE_OPERATION_UNSPECIFIED KeyFileOperation = 0
+	// Open by a process that does not hold the rule's keys.
+	KeyFileOperation_KEY_FILE_OPERATION_OPEN KeyFileOperation = 1
+	// A new hard link.
+	KeyFileOperation_KEY_FILE_OPERATION_LINK KeyFileOperation = 2
+	// Rename of the file, or of another file over it.
+	KeyFileOperation_KEY_FILE_OPERATION_RENAME KeyFileOperation = 3
+	// Unlink.
+	KeyFileOperation_KEY_FILE_OPERATION_UNLINK KeyFileOperation = 4
+	// Truncate.
+	KeyFileOperation_KEY_FILE_OPERATION_TRUNCATE KeyFileOperation = 5
+	// chmod.
+	KeyFileOperation_KEY_FILE_OPERATION_CHMOD KeyFileOperation = 6
+	// chown.
+	KeyFileOperation_KEY_FILE_OPERATION_CHOWN KeyFileOperation = 7
+	// setxattr or removexattr (ACLs included).
+	KeyFileOperation_KEY_FILE_OPERATION_XATTR KeyFileOperation = 8
+	// Open for writing (executables).
+	KeyFileOperation_KEY_FILE_OPERATION_WRITE KeyFileOperation = 9
+	// Open refused for now (EAGAIN): reads of the opener's memory were in flight.
+	KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY KeyFileOperation = 10
+)
+
+// Enum value maps for KeyFileOperation.
+var (
+	KeyFileOperation_name = map[int32]string{
+		0:  "KEY_FILE_OPERATION_UNSPECIFIED",
+		1:  "KEY_FILE_OPERATION_OPEN",
+		2:  "KEY_FILE_OPERATION_LINK",
+		3:  "KEY_FILE_OPERATION_RENAME",
+		4:  "KEY_FILE_OPERATION_UNLINK",
+		5:  "KEY_FILE_OPERATION_TRUNCATE",
+		6:  "KEY_FILE_OPERATION_CHMOD",
+		7:  "KEY_FILE_OPERATION_CHOWN",
+		8:  "KEY_FILE_OPERATION_XATTR",
+		9:  "KEY_FILE_OPERATION_WRITE",
+		10: "KEY_FILE_OPERATION_OPEN_BUSY",
+	}
+	KeyFileOperation_value = map[string]int32{
+		"KEY_FILE_OPERATION_UNSPECIFIED": 0,
+		"KEY_FILE_OPERATION_OPEN":        1,
+		"KEY_FILE_OPERATION_LINK":        2,
+		"KEY_FILE_OPERATION_RENAME":      3,
+		"KEY_FILE_OPERATION_UNLINK":      4,
+		"KEY_FILE_OPERATION_TRUNCATE":    5,
+		"KEY_FILE_OPERATION_CHMOD":       6,
+		"KEY_FILE_OPERATION_CHOWN":       7,
+		"KEY_FILE_OPERATION_XATTR":       8,
+		"KEY_FILE_OPERATION_WRITE":       9,
+		"KEY_FILE_OPERATION_OPEN_BUSY":   10,
+	}
+)
+
+func (x KeyFileOperation) Enum() *KeyFileOperation {
+	p := new(KeyFileOperation)
+	*p = x
+	return p
+}
+
+func (x KeyFileOperation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyFileOperation) Descriptor() protoreflect.EnumDescriptor {
+	return file_keyguard_v1_event_proto_enumTypes[7].Descriptor()
+}
+
+func (KeyFileOperation) Type() protoreflect.EnumType {
+	return &file_keyguard_v1_event_proto_enumTypes[7]
+}
+
+func (x KeyFileOperation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyFileOperation.Descriptor instead.
+func (KeyFileOperation) EnumDescriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{7}
+}
+
+// GuardedFile is the kind of file a KeyFileAccess concerns.
+type GuardedFile int32
+
+const (
+	// Not set.
+	GuardedFile_GUARDED_FILE_UNSPECIFIED GuardedFile = 0
+	// A rule's key file.
+	GuardedFile_GUARDED_FILE_KEY_FILE GuardedFile = 1
+	// An executable a rule lists.
+	GuardedFile_GUARDED_FILE_SIGNER_EXECUTABLE GuardedFile = 2
+	// keyguard's trusted executable.
+	GuardedFile_GUARDED_FILE_AGENT_EXECUTABLE GuardedFile = 3
+)
+
+// Enum value maps for GuardedFile.
+var (
+	GuardedFile_name = map[int32]string{
+		0: "GUARDED_FILE_UNSPECIFIED",
+		1: "GUARDED_FILE_KEY_FILE",
+		2: "GUARDED_FILE_SIGNER_EXECUTABLE",
+		3: "GUARDED_FILE_AGENT_EXECUTABLE",
+	}
+	GuardedFile_value = map[string]int32{
+		"GUARDED_FILE_UNSPECIFIED":       0,
+		"GUARDED_FILE_KEY_FILE":          1,
+		"GUARDED_FILE_SIGNER_EXECUTABLE": 2,
+		"GUARDED_FILE_AGENT_EXECUTABLE":  3,
+	}
+)
+
+func (x GuardedFile) Enum() *GuardedFile {
+	p := new(GuardedFile)
+	*p = x
+	return p
+}
+
+func (x GuardedFile) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GuardedFile) Descriptor() protoreflect.EnumDescriptor {
+	return file_keyguard_v1_event_proto_enumTypes[8].Descriptor()
+}
+
+func (GuardedFile) Type() protoreflect.EnumType {
+	return &file_keyguard_v1_event_proto_enumTypes[8]
+}
+
+func (x GuardedFile) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GuardedFile.Descriptor instead.
+func (GuardedFile) EnumDescriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{8}
+}
+
 // SideDoorKind is the route around the memory-access hooks that was attempted.
 type SideDoorKind int32
 
@@ -521,21 +663,24 @@ const (
 	SideDoorKind_SIDE_DOOR_KIND_KEXEC_LOAD SideDoorKind = 8
 	// Opening /dev/port.
 	SideDoorKind_SIDE_DOOR_KIND_DEV_PORT SideDoorKind = 9
+	// Opening a block device or loop image below a key file's filesystem.
+	SideDoorKind_SIDE_DOOR_KIND_RAW_DISK SideDoorKind = 10
 )
 
 // Enum value maps for SideDoorKind.
 var (
 	SideDoorKind_name = map[int32]string{
-		0: "SIDE_DOOR_KIND_UNSPECIFIED",
-		1: "SIDE_DOOR_KIND_BPF_LOAD",
-		2: "SIDE_DOOR_KIND_PERF_EVENT",
-		3: "SIDE_DOOR_KIND_KCORE",
-		4: "SIDE_DOOR_KIND_DEV_MEM",
-		5: "SIDE_DOOR_KIND_MODULE_LOAD",
-		6: "SIDE_DOOR_KIND_SYSCTL_WRITE",
-		7: "SIDE_DOOR_KIND_KEYGUARD_TAMPER",
-		8: "SIDE_DOOR_KIND_KEXEC_LOAD",
-		9: "SIDE_DOOR_KIND_DEV_PORT",
+		0:  "SIDE_DOOR_KIND_UNSPECIFIED",
+		1:  "SIDE_DOOR_KIND_BPF_LOAD",
+		2:  "SIDE_DOOR_KIND_PERF_EVENT",
+		3:  "SIDE_DOOR_KIND_KCORE",
+		4:  "SIDE_DOOR_KIND_DEV_MEM",
+		5:  "SIDE_DOOR_KIND_MODULE_LOAD",
+		6:  "SIDE_DOOR_KIND_SYSCTL_WRITE",
+		7:  "SIDE_DOOR_KIND_KEYGUARD_TAMPER",
+		8:  "SIDE_DOOR_KIND_KEXEC_LOAD",
+		9:  "SIDE_DOOR_KIND_DEV_PORT",
+		10: "SIDE_DOOR_KIND_RAW_DISK",
 	}
 	SideDoorKind_value = map[string]int32{
 		"SIDE_DOOR_KIND_UNSPECIFIED":     0,
@@ -548,6 +693,7 @@ var (
 		"SIDE_DOOR_KIND_KEYGUARD_TAMPER": 7,
 		"SIDE_DOOR_KIND_KEXEC_LOAD":      8,
 		"SIDE_DOOR_KIND_DEV_PORT":        9,
+		"SIDE_DOOR_KIND_RAW_DISK":        10,
 	}
 )
 
@@ -562,11 +708,11 @@ func (x SideDoorKind) String() string {
 }
 
 func (SideDoorKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[7].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[9].Descriptor()
 }
 
 func (SideDoorKind) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[7]
+	return &file_keyguard_v1_event_proto_enumTypes[9]
 }
 
 func (x SideDoorKind) Number() protoreflect.EnumNumber {
@@ -575,7 +721,7 @@ func (x SideDoorKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SideDoorKind.Descriptor instead.
 func (SideDoorKind) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{7}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
 // BreakGlassState is the state of a break-glass grant.
@@ -619,11 +765,11 @@ func (x BreakGlassState) String() string {
 }
 
 func (BreakGlassState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[8].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[10].Descriptor()
 }
 
 func (BreakGlassState) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[8]
+	return &file_keyguard_v1_event_proto_enumTypes[10]
 }
 
 func (x BreakGlassState) Number() protoreflect.EnumNumber {
@@ -632,7 +778,7 @@ func (x BreakGlassState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BreakGlassState.Descriptor instead.
 func (BreakGlassState) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{8}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 // AgentState is the lifecycle state an AgentHealth event reports.
@@ -692,11 +838,11 @@ func (x AgentState) String() string {
 }
 
 func (AgentState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[9].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[11].Descriptor()
 }
 
 func (AgentState) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[9]
+	return &file_keyguard_v1_event_proto_enumTypes[11]
 }
 
 func (x AgentState) Number() protoreflect.EnumNumber {
@@ -705,7 +851,7 @@ func (x AgentState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AgentState.Descriptor instead.
 func (AgentState) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{11}
 }
 
 // Severity ranks an event or a posture finding. Warning level is SEVERITY_MEDIUM and above.
@@ -757,11 +903,11 @@ func (x Severity) String() string {
 }
 
 func (Severity) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[10].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[12].Descriptor()
 }
 
 func (Severity) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[10]
+	return &file_keyguard_v1_event_proto_enumTypes[12]
 }
 
 func (x Severity) Number() protoreflect.EnumNumber {
@@ -770,7 +916,7 @@ func (x Severity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Severity.Descriptor instead.
 func (Severity) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{10}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 // LossSource says where events were lost.
@@ -821,11 +967,11 @@ func (x LossSource) String() string {
 }
 
 func (LossSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[11].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[13].Descriptor()
 }
 
 func (LossSource) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[11]
+	return &file_keyguard_v1_event_proto_enumTypes[13]
 }
 
 func (x LossSource) Number() protoreflect.EnumNumber {
@@ -834,7 +980,7 @@ func (x LossSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LossSource.Descriptor instead.
 func (LossSource) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 // Event is the envelope of everything an agent reports. Exactly one kind is set.
@@ -1656,7 +1802,11 @@ type KeyFileAccess struct {
 	// What keyguard did.
 	Decision Decision `protobuf:"varint,8,opt,name=decision,proto3,enum=keyguard.v1.Decision" json:"decision,omitempty"`
 	// Free-text detail.
-	Detail        string `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
+	Detail string `protobuf:"bytes,9,opt,name=detail,proto3" json:"detail,omitempty"`
+	// What was attempted on the file.
+	Operation KeyFileOperation `protobuf:"varint,10,opt,name=operation,proto3,enum=keyguard.v1.KeyFileOperation" json:"operation,omitempty"`
+	// Which kind of guarded file it is.
+	Guarded       GuardedFile `protobuf:"varint,11,opt,name=guarded,proto3,enum=keyguard.v1.GuardedFile" json:"guarded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1752,6 +1902,20 @@ func (x *KeyFileAccess) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *KeyFileAccess) GetOperation() KeyFileOperation {
+	if x != nil {
+		return x.Operation
+	}
+	return KeyFileOperation_KEY_FILE_OPERATION_UNSPECIFIED
+}
+
+func (x *KeyFileAccess) GetGuarded() GuardedFile {
+	if x != nil {
+		return x.Guarded
+	}
+	return GuardedFile_GUARDED_FILE_UNSPECIFIED
 }
 
 // SideDoor reports an attempt to reach protected memory around the LSM hooks.
@@ -2947,7 +3111,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x126\n" +
 	"\bredacted\x18\x06 \x03(\v2\x1a.keyguard.v1.RedactedBytesR\bredacted\x12)\n" +
 	"\x10verifier_verdict\x18\a \x01(\tR\x0fverifierVerdict\x12 \n" +
-	"\vdestination\x18\b \x01(\tR\vdestination\"\xb3\x02\n" +
+	"\vdestination\x18\b \x01(\tR\vdestination\"\xa4\x03\n" +
 	"\rKeyFileAccess\x12.\n" +
 	"\aprocess\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\aprocess\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x10\n" +
@@ -2959,7 +3123,10 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\vpolicy_mode\x18\a \x01(\x0e2\x17.keyguard.v1.PolicyModeR\n" +
 	"policyMode\x121\n" +
 	"\bdecision\x18\b \x01(\x0e2\x15.keyguard.v1.DecisionR\bdecision\x12\x16\n" +
-	"\x06detail\x18\t \x01(\tR\x06detail\"\xf8\x01\n" +
+	"\x06detail\x18\t \x01(\tR\x06detail\x12;\n" +
+	"\toperation\x18\n" +
+	" \x01(\x0e2\x1d.keyguard.v1.KeyFileOperationR\toperation\x122\n" +
+	"\aguarded\x18\v \x01(\x0e2\x18.keyguard.v1.GuardedFileR\aguarded\"\xf8\x01\n" +
 	"\bSideDoor\x120\n" +
 	"\baccessor\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\baccessor\x12-\n" +
 	"\x04kind\x18\x02 \x01(\x0e2\x19.keyguard.v1.SideDoorKindR\x04kind\x12,\n" +
@@ -3108,7 +3275,25 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x18CORE_DUMP_ACTION_BLOCKED\x10\x01\x12\x1d\n" +
 	"\x19CORE_DUMP_ACTION_REDACTED\x10\x02\x12\x1c\n" +
 	"\x18CORE_DUMP_ACTION_ALLOWED\x10\x03\x12\x1e\n" +
-	"\x1aCORE_DUMP_ACTION_DISCARDED\x10\x04*\xc1\x02\n" +
+	"\x1aCORE_DUMP_ACTION_DISCARDED\x10\x04*\xe9\x02\n" +
+	"\x10KeyFileOperation\x12\"\n" +
+	"\x1eKEY_FILE_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17KEY_FILE_OPERATION_OPEN\x10\x01\x12\x1b\n" +
+	"\x17KEY_FILE_OPERATION_LINK\x10\x02\x12\x1d\n" +
+	"\x19KEY_FILE_OPERATION_RENAME\x10\x03\x12\x1d\n" +
+	"\x19KEY_FILE_OPERATION_UNLINK\x10\x04\x12\x1f\n" +
+	"\x1bKEY_FILE_OPERATION_TRUNCATE\x10\x05\x12\x1c\n" +
+	"\x18KEY_FILE_OPERATION_CHMOD\x10\x06\x12\x1c\n" +
+	"\x18KEY_FILE_OPERATION_CHOWN\x10\a\x12\x1c\n" +
+	"\x18KEY_FILE_OPERATION_XATTR\x10\b\x12\x1c\n" +
+	"\x18KEY_FILE_OPERATION_WRITE\x10\t\x12 \n" +
+	"\x1cKEY_FILE_OPERATION_OPEN_BUSY\x10\n" +
+	"*\x8d\x01\n" +
+	"\vGuardedFile\x12\x1c\n" +
+	"\x18GUARDED_FILE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15GUARDED_FILE_KEY_FILE\x10\x01\x12\"\n" +
+	"\x1eGUARDED_FILE_SIGNER_EXECUTABLE\x10\x02\x12!\n" +
+	"\x1dGUARDED_FILE_AGENT_EXECUTABLE\x10\x03*\xde\x02\n" +
 	"\fSideDoorKind\x12\x1e\n" +
 	"\x1aSIDE_DOOR_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17SIDE_DOOR_KIND_BPF_LOAD\x10\x01\x12\x1d\n" +
@@ -3119,7 +3304,9 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x1bSIDE_DOOR_KIND_SYSCTL_WRITE\x10\x06\x12\"\n" +
 	"\x1eSIDE_DOOR_KIND_KEYGUARD_TAMPER\x10\a\x12\x1d\n" +
 	"\x19SIDE_DOOR_KIND_KEXEC_LOAD\x10\b\x12\x1b\n" +
-	"\x17SIDE_DOOR_KIND_DEV_PORT\x10\t*\x91\x01\n" +
+	"\x17SIDE_DOOR_KIND_DEV_PORT\x10\t\x12\x1b\n" +
+	"\x17SIDE_DOOR_KIND_RAW_DISK\x10\n" +
+	"*\x91\x01\n" +
 	"\x0fBreakGlassState\x12!\n" +
 	"\x1dBREAK_GLASS_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19BREAK_GLASS_STATE_GRANTED\x10\x01\x12\x1d\n" +
@@ -3162,7 +3349,7 @@ func file_keyguard_v1_event_proto_rawDescGZIP() []byte {
 	return file_keyguard_v1_event_proto_rawDescData
 }
 
-var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
 var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_keyguard_v1_event_proto_goTypes = []any{
 	(EventKind)(0),                // 0: keyguard.v1.EventKind
@@ -3172,90 +3359,94 @@ var file_keyguard_v1_event_proto_goTypes = []any{
 	(ProtectionState)(0),          // 4: keyguard.v1.ProtectionState
 	(ProtectionReason)(0),         // 5: keyguard.v1.ProtectionReason
 	(CoreDumpAction)(0),           // 6: keyguard.v1.CoreDumpAction
-	(SideDoorKind)(0),             // 7: keyguard.v1.SideDoorKind
-	(BreakGlassState)(0),          // 8: keyguard.v1.BreakGlassState
-	(AgentState)(0),               // 9: keyguard.v1.AgentState
-	(Severity)(0),                 // 10: keyguard.v1.Severity
-	(LossSource)(0),               // 11: keyguard.v1.LossSource
-	(*Event)(nil),                 // 12: keyguard.v1.Event
-	(*Process)(nil),               // 13: keyguard.v1.Process
-	(*MemoryAccess)(nil),          // 14: keyguard.v1.MemoryAccess
-	(*ProtectionChange)(nil),      // 15: keyguard.v1.ProtectionChange
-	(*RedactedBytes)(nil),         // 16: keyguard.v1.RedactedBytes
-	(*CoreDump)(nil),              // 17: keyguard.v1.CoreDump
-	(*KeyFileAccess)(nil),         // 18: keyguard.v1.KeyFileAccess
-	(*SideDoor)(nil),              // 19: keyguard.v1.SideDoor
-	(*BreakGlass)(nil),            // 20: keyguard.v1.BreakGlass
-	(*PostureFinding)(nil),        // 21: keyguard.v1.PostureFinding
-	(*AgentHealth)(nil),           // 22: keyguard.v1.AgentHealth
-	(*ProtectionGap)(nil),         // 23: keyguard.v1.ProtectionGap
-	(*KindCount)(nil),             // 24: keyguard.v1.KindCount
-	(*LossReport)(nil),            // 25: keyguard.v1.LossReport
-	(*SequenceRange)(nil),         // 26: keyguard.v1.SequenceRange
-	(*StoredEvent)(nil),           // 27: keyguard.v1.StoredEvent
-	(*KeyMaterialFound)(nil),      // 28: keyguard.v1.KeyMaterialFound
-	(*KeyFingerprints)(nil),       // 29: keyguard.v1.KeyFingerprints
-	(*FingerprintedKey)(nil),      // 30: keyguard.v1.FingerprintedKey
-	(*Fingerprint)(nil),           // 31: keyguard.v1.Fingerprint
-	(*timestamppb.Timestamp)(nil), // 32: google.protobuf.Timestamp
+	(KeyFileOperation)(0),         // 7: keyguard.v1.KeyFileOperation
+	(GuardedFile)(0),              // 8: keyguard.v1.GuardedFile
+	(SideDoorKind)(0),             // 9: keyguard.v1.SideDoorKind
+	(BreakGlassState)(0),          // 10: keyguard.v1.BreakGlassState
+	(AgentState)(0),               // 11: keyguard.v1.AgentState
+	(Severity)(0),                 // 12: keyguard.v1.Severity
+	(LossSource)(0),               // 13: keyguard.v1.LossSource
+	(*Event)(nil),                 // 14: keyguard.v1.Event
+	(*Process)(nil),               // 15: keyguard.v1.Process
+	(*MemoryAccess)(nil),          // 16: keyguard.v1.MemoryAccess
+	(*ProtectionChange)(nil),      // 17: keyguard.v1.ProtectionChange
+	(*RedactedBytes)(nil),         // 18: keyguard.v1.RedactedBytes
+	(*CoreDump)(nil),              // 19: keyguard.v1.CoreDump
+	(*KeyFileAccess)(nil),         // 20: keyguard.v1.KeyFileAccess
+	(*SideDoor)(nil),              // 21: keyguard.v1.SideDoor
+	(*BreakGlass)(nil),            // 22: keyguard.v1.BreakGlass
+	(*PostureFinding)(nil),        // 23: keyguard.v1.PostureFinding
+	(*AgentHealth)(nil),           // 24: keyguard.v1.AgentHealth
+	(*ProtectionGap)(nil),         // 25: keyguard.v1.ProtectionGap
+	(*KindCount)(nil),             // 26: keyguard.v1.KindCount
+	(*LossReport)(nil),            // 27: keyguard.v1.LossReport
+	(*SequenceRange)(nil),         // 28: keyguard.v1.SequenceRange
+	(*StoredEvent)(nil),           // 29: keyguard.v1.StoredEvent
+	(*KeyMaterialFound)(nil),      // 30: keyguard.v1.KeyMaterialFound
+	(*KeyFingerprints)(nil),       // 31: keyguard.v1.KeyFingerprints
+	(*FingerprintedKey)(nil),      // 32: keyguard.v1.FingerprintedKey
+	(*Fingerprint)(nil),           // 33: keyguard.v1.Fingerprint
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
 }
 var file_keyguard_v1_event_proto_depIdxs = []int32{
-	32, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
-	10, // 1: keyguard.v1.Event.severity:type_name -> keyguard.v1.Severity
-	14, // 2: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
-	15, // 3: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
-	17, // 4: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
-	18, // 5: keyguard.v1.Event.key_file_access:type_name -> keyguard.v1.KeyFileAccess
-	19, // 6: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
-	20, // 7: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
-	22, // 8: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
-	25, // 9: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
-	28, // 10: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
-	29, // 11: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
-	13, // 12: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
-	13, // 13: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
+	34, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
+	12, // 1: keyguard.v1.Event.severity:type_name -> keyguard.v1.Severity
+	16, // 2: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
+	17, // 3: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
+	19, // 4: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
+	20, // 5: keyguard.v1.Event.key_file_access:type_name -> keyguard.v1.KeyFileAccess
+	21, // 6: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
+	22, // 7: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
+	24, // 8: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
+	27, // 9: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
+	30, // 10: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
+	31, // 11: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
+	15, // 12: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
+	15, // 13: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
 	3,  // 14: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
 	2,  // 15: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
 	1,  // 16: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
 	5,  // 17: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 18: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
+	15, // 18: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
 	4,  // 19: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
 	5,  // 20: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
-	13, // 21: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
+	15, // 21: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
 	6,  // 22: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
-	16, // 23: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
-	13, // 24: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
+	18, // 23: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
+	15, // 24: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
 	2,  // 25: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
 	1,  // 26: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
-	13, // 27: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
-	7,  // 28: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
-	13, // 29: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
-	1,  // 30: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
-	8,  // 31: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	32, // 32: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
-	10, // 33: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
-	9,  // 34: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
-	21, // 35: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	23, // 36: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
-	32, // 37: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
-	32, // 38: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
-	32, // 39: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
-	0,  // 40: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	11, // 41: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	24, // 42: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	32, // 43: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	32, // 44: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	26, // 45: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	12, // 46: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	32, // 47: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	32, // 48: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
-	30, // 49: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
-	31, // 50: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
-	51, // [51:51] is the sub-list for method output_type
-	51, // [51:51] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	7,  // 27: keyguard.v1.KeyFileAccess.operation:type_name -> keyguard.v1.KeyFileOperation
+	8,  // 28: keyguard.v1.KeyFileAccess.guarded:type_name -> keyguard.v1.GuardedFile
+	15, // 29: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
+	9,  // 30: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
+	15, // 31: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
+	1,  // 32: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
+	10, // 33: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
+	34, // 34: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	12, // 35: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
+	11, // 36: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
+	23, // 37: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
+	25, // 38: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	34, // 39: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	34, // 40: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	34, // 41: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 42: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	13, // 43: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	26, // 44: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	34, // 45: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	34, // 46: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	28, // 47: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	14, // 48: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	34, // 49: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	34, // 50: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
+	32, // 51: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
+	33, // 52: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
+	53, // [53:53] is the sub-list for method output_type
+	53, // [53:53] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }
@@ -3280,7 +3471,7 @@ func file_keyguard_v1_event_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyguard_v1_event_proto_rawDesc), len(file_keyguard_v1_event_proto_rawDesc)),
-			NumEnums:      12,
+			NumEnums:      14,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -44,15 +44,26 @@ var (
 	debugger      = dir + "/debugger" // allowed accessor (uid 0) of the signer rule
 	bpfTool       = dir + "/bpf-tool" // allowed BPF loader (uid 0)
 	keyFile       = dir + "/keys/signing.pem"
+	holderExe     = victimRedact           // the redactor rule's executable: its key files are its alone
+	holderKey     = dir + "/hkeys/h.pem"   // the redactor rule's key file
+	racerExe      = dir + "/racer"         // opens a keyholder key file (openers: any): protected by that open
+	racerKey      = dir + "/keys/race.pem" // a keyholder rule key file
 )
 
-// policyYAML is the suite's policy; %s is the test binary, which sets core_pattern for the dump tests.
+// policyYAML is the suite's policy; %[1]s is the test binary, which sets core_pattern for the dump tests
+// and is the key manager and package manager.
 const policyYAML = `version: 1
 bpf_loaders:
   - executable: /tmp/kg/bpf-tool
     uid: 0
 sysctl_writers:
-  - executable: %s
+  - executable: %[1]s
+    uid: 0
+key_managers:
+  - executable: %[1]s
+    uid: 0
+package_managers:
+  - executable: %[1]s
     uid: 0
 rules:
   - name: signer
@@ -70,6 +81,7 @@ rules:
     mode: enforce
     match:
       key_files: ["/tmp/kg/keys/*.pem"]
+    openers: any
   - name: container
     mode: enforce
     match:
@@ -79,6 +91,7 @@ rules:
     dumps: redact
     match:
       executables: [/tmp/kg/victim-redact]
+      key_files: ["/tmp/kg/hkeys/*.pem"]
     public_keys: ["/tmp/kg/testpub/*.pem"]
 `
 
@@ -112,7 +125,7 @@ func setup() error {
 		return err
 	}
 	os.Chmod(dir, 0o755)
-	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool} {
+	for _, p := range []string{victimEnforce, victimCopy, victimAudit, victimPlain, victimRedact, debugger, bpfTool, racerExe} {
 		if err := copyFile(procBin, p); err != nil {
 			return err
 		}
@@ -121,6 +134,9 @@ func setup() error {
 		return err
 	}
 	if err := os.WriteFile(keyFile, []byte("-----BEGIN PRIVATE KEY-----\ntest\n-----END PRIVATE KEY-----\n"), 0o644); err != nil {
+		return err
+	}
+	if err := writeKeyFiles(); err != nil {
 		return err
 	}
 	self, err := os.Executable()
@@ -325,6 +341,11 @@ func view(ev *keyguardv1.Event) event {
 		e.Kind, e.Decision, e.Rule = "side_door", short(sd.GetDecision(), "DECISION_"), sd.GetRule()
 		e.Operation, e.Detail, _ = strings.Cut(sd.GetDetail(), " ")
 		e.Accessor, e.Target = procOf(sd.GetAccessor()), procOf(sd.GetTarget())
+	case *keyguardv1.Event_KeyFileAccess:
+		kf := k.KeyFileAccess
+		e.Kind, e.Decision, e.Rule = "key_file", short(kf.GetDecision(), "DECISION_"), kf.GetRule()
+		e.Operation, e.Detail = short(kf.GetOperation(), "KEY_FILE_OPERATION_"), kf.GetPath()
+		e.Accessor = procOf(kf.GetProcess())
 	case *keyguardv1.Event_AgentHealth:
 		e.Kind = "health"
 		e.Health = healthView(k.AgentHealth)

@@ -10,6 +10,16 @@
 //	    OPS: attach seize mem taskmem vmreadv environ taskenviron pidfd_getfd
 //	testproc exec-attack EXE
 //	    starts "EXE hold" and attacks /proc/PID/mem the instant exec returns; prints OK or ERR.
+//	testproc fileop OP PATH [ARG]
+//	    one file operation, prints "OK" or "ERR <errno>". OPS: read write opath-reopen handle link rename
+//	    unlink truncate chmod chown setxattr removexattr.
+//	testproc race-victim KEYFILE
+//	    opens KEYFILE right after exec (again while EAGAIN), copies it into raceBuf, prints
+//	    "LOADED retries=N", lingers 20 ms and exits.
+//	testproc race-read MODE RACER KEYFILE
+//	    starts "RACER race-victim KEYFILE" and reads its raceBuf (same binary, same address) as fast as it
+//	    can by MODE (vmreadv, mem: a fresh fd per read, kept: fds kept open and read again) until it is
+//	    gone; prints "LEAK n" when a read returned the key, else "CLEAN reads=n errors=m".
 //	testproc loop-attack PID ADDR SECONDS
 //	    reads /proc/PID/mem every millisecond for SECONDS; prints "SUCCESSES n FAILURES m".
 package main
@@ -29,6 +39,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -68,6 +79,12 @@ func main() {
 		}
 		n, err := Attack(os.Args[2], pid, tid, addr)
 		report(n, err)
+	case "fileop":
+		fileop(os.Args[2:])
+	case "race-victim":
+		raceVictim(os.Args[2])
+	case "race-read":
+		raceRead(os.Args[2], os.Args[3], os.Args[4])
 	case "exec-attack":
 		execAttack(os.Args[2])
 	case "crash":
@@ -547,4 +564,174 @@ func bpfLoad(kind string) error {
 		return err
 	}
 	return p.Close()
+}
+
+func fileop(args []string) {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: testproc fileop OP PATH [ARG]")
+		os.Exit(2)
+	}
+	op, path, arg := args[0], args[1], ""
+	if len(args) > 2 {
+		arg = args[2]
+	}
+	report(0, fileOp(op, path, arg))
+}
+
+func fileOp(op, path, arg string) error {
+	readFd := func(fd int) error {
+		defer unix.Close(fd)
+		_, err := unix.Read(fd, make([]byte, 64))
+		return err
+	}
+	switch op {
+	case "read":
+		fd, err := unix.Open(path, unix.O_RDONLY, 0)
+		if err != nil {
+			return err
+		}
+		return readFd(fd)
+	case "write":
+		fd, err := unix.Open(path, unix.O_WRONLY, 0)
+		if err != nil {
+			return err
+		}
+		unix.Close(fd)
+		return nil
+	case "opath-reopen":
+		pfd, err := unix.Open(path, unix.O_PATH, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(pfd)
+		fd, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", pfd), unix.O_RDONLY, 0)
+		if err != nil {
+			return err
+		}
+		return readFd(fd)
+	case "handle":
+		h, mnt, err := unix.NameToHandleAt(unix.AT_FDCWD, path, 0)
+		if err != nil {
+			return fmt.Errorf("name_to_handle_at: %w", err)
+		}
+		_ = mnt
+		mfd, err := unix.Open(filepath.Dir(path), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(mfd)
+		fd, err := unix.OpenByHandleAt(mfd, h, unix.O_RDONLY)
+		if err != nil {
+			return err
+		}
+		return readFd(fd)
+	case "link":
+		return unix.Link(path, arg)
+	case "rename":
+		return unix.Rename(path, arg)
+	case "unlink":
+		return unix.Unlink(path)
+	case "truncate":
+		return unix.Truncate(path, 0)
+	case "chmod":
+		return unix.Chmod(path, 0o666)
+	case "chown":
+		return unix.Chown(path, 1000, 1000)
+	case "setxattr":
+		return unix.Setxattr(path, "user.kg", []byte("x"), 0)
+	case "removexattr":
+		return unix.Removexattr(path, "user.kg")
+	}
+	return fmt.Errorf("unknown file op %q", op)
+}
+
+// raceBuf receives the key in race-victim; a non-PIE binary has it at the same address in every copy.
+var raceBuf [64]byte
+
+// RaceMarker starts the race test's key file.
+const RaceMarker = "RACEKEY-"
+
+func raceVictim(keyfile string) {
+	retries := 0
+	var f *os.File
+	for {
+		var err error
+		f, err = os.Open(keyfile)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EAGAIN) || retries > 100000 {
+			fmt.Println("ERR open key", err)
+			os.Exit(1)
+		}
+		retries++
+	}
+	f.Read(raceBuf[:])
+	f.Close()
+	fmt.Printf("LOADED retries=%d\n", retries)
+	time.Sleep(20 * time.Millisecond)
+	runtime.KeepAlive(&raceBuf)
+}
+
+func raceRead(mode, racer, keyfile string) {
+	cmd := exec.Command(racer, "race-victim", keyfile)
+	cmd.Stdout = os.Stdout
+	if err := cmd.Start(); err != nil {
+		fmt.Println("ERR start", err)
+		os.Exit(1)
+	}
+	pid := cmd.Process.Pid
+	var gone sync.WaitGroup
+	gone.Add(1)
+	var exited atomic.Bool
+	go func() { cmd.Wait(); exited.Store(true); gone.Done() }()
+	defer gone.Wait()
+	addr := uintptr(unsafe.Pointer(&raceBuf[0]))
+	buf := make([]byte, len(raceBuf))
+	reads, errs := 0, 0
+	var kept []*os.File
+	check := func(n int, err error) {
+		if err != nil || n == 0 {
+			errs++
+			return
+		}
+		reads++
+		if strings.HasPrefix(string(buf[:n]), RaceMarker) {
+			fmt.Println("LEAK", reads)
+			gone.Wait()
+			os.Exit(0)
+		}
+	}
+	memPath := fmt.Sprintf("/proc/%d/mem", pid)
+	for start := time.Now(); time.Since(start) < 10*time.Second; {
+		if exited.Load() {
+			break
+		}
+		switch mode {
+		case "vmreadv":
+			local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
+			remote := []unix.RemoteIovec{{Base: addr, Len: len(buf)}}
+			check(unix.ProcessVMReadv(pid, local, remote, 0))
+		case "mem":
+			f, err := os.Open(memPath)
+			if err != nil {
+				errs++
+				continue
+			}
+			check(f.ReadAt(buf, int64(addr)))
+			f.Close()
+		case "kept":
+			if f, err := os.Open(memPath); err == nil {
+				kept = append(kept, f)
+				if len(kept) > 8 {
+					kept[0].Close()
+					kept = kept[1:]
+				}
+			}
+			for _, f := range kept {
+				check(f.ReadAt(buf, int64(addr)))
+			}
+		}
+	}
+	fmt.Printf("CLEAN reads=%d errors=%d\n", reads, errs)
 }

@@ -1,0 +1,258 @@
+package guard
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/btf"
+)
+
+// writeKeyFiles creates the redactor rule's and the racer's key files before the agent starts.
+func writeKeyFiles() error {
+	for _, f := range []struct{ path, body string }{
+		{holderKey, "-----BEGIN PRIVATE KEY-----\nholder\n-----END PRIVATE KEY-----\n"},
+		{racerKey, "RACEKEY-0123456789abcdef0123456789abcdef\n"},
+	} {
+		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(f.path, []byte(f.body), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fileop runs "testproc fileop OP PATH [ARG]" as root (testproc is no holder, key manager or package
+// manager) and returns its answer: "OK" or "ERR <errno>".
+func fileop(t *testing.T, args ...string) string {
+	t.Helper()
+	out, _ := exec.Command(procBin, append([]string{"fileop"}, args...)...).CombinedOutput()
+	return strings.TrimSpace(string(out))
+}
+
+// TestKeyFileOnlyForHolders: root, by every alias of the redactor rule's key file, is refused (EPERM) and
+// reported; every metadata change is refused; the rule's own process still loads its key after all of it.
+func TestKeyFileOnlyForHolders(t *testing.T) {
+	before := len(readEvents())
+	v := startVictim(t, holderExe, 0, "-keyfile", holderKey)
+	v.kill()
+
+	os.MkdirAll(dir+"/bind", 0o755)
+	if err := syscall.Mount(filepath.Dir(holderKey), dir+"/bind", "", syscall.MS_BIND, ""); err != nil {
+		t.Fatalf("bind mount: %v", err)
+	}
+	defer syscall.Unmount(dir+"/bind", syscall.MNT_DETACH)
+
+	for _, tc := range []struct{ name string }{
+		{"read " + holderKey},
+		{"read " + dir + "/bind/h.pem"},
+		{"read /proc/1/root" + holderKey},
+		{"read /proc/self/root" + holderKey},
+		{"opath-reopen " + holderKey},
+		{"handle " + holderKey},
+		{"write " + holderKey},
+		{"link " + holderKey + " " + dir + "/hkeys/alias.pem"},
+		{"link " + holderKey + " " + dir + "/alias.pem"},
+		{"rename " + holderKey + " " + dir + "/hkeys/moved.pem"},
+		{"unlink " + holderKey},
+		{"truncate " + holderKey},
+		{"chmod " + holderKey},
+		{"chown " + holderKey},
+		{"setxattr " + holderKey},
+		{"removexattr " + holderKey},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := fileop(t, strings.Fields(tc.name)...); got != "ERR EPERM" {
+				t.Errorf("%s as root: %s, want ERR EPERM", tc.name, got)
+			}
+		})
+	}
+	// A file renamed over the key file would replace it.
+	other := dir + "/hkeys-other.pem"
+	os.WriteFile(other, []byte("x"), 0o644)
+	defer os.Remove(other)
+	if got := fileop(t, "rename", other, holderKey); got != "ERR EPERM" {
+		t.Errorf("rename over the key file: %s, want ERR EPERM", got)
+	}
+	if b, err := os.ReadFile(holderKey); err != nil || !strings.Contains(string(b), "holder") {
+		t.Fatalf("key file changed: %q %v", b, err)
+	}
+	// The rule's own process still loads its key.
+	v = startVictim(t, holderExe, 0, "-keyfile", holderKey)
+	v.kill()
+	waitEventAfter(t, before, "key_file open denied", func(e event) bool {
+		return e.Kind == "key_file" && e.Operation == "open" && e.Decision == "denied" && e.Rule == "redactor" &&
+			e.Accessor != nil && strings.HasSuffix(e.Accessor.Executable, "testproc")
+	})
+	waitEventAfter(t, before, "key_file link denied", func(e event) bool {
+		return e.Kind == "key_file" && e.Operation == "link" && e.Decision == "denied"
+	})
+}
+
+// TestKeyManagerAllowed: the policy's key manager (the test binary) may open, link and unlink key files,
+// and is not marked by the open (its children, later tests' victims, would inherit the mark).
+func TestKeyManagerAllowed(t *testing.T) {
+	before := len(readEvents())
+	b, err := os.ReadFile(holderKey)
+	if err != nil || !strings.Contains(string(b), "holder") {
+		t.Fatalf("key manager read: %q %v", b, err)
+	}
+	alias := dir + "/hkeys/managed.pem"
+	if err := os.Link(holderKey, alias); err != nil {
+		t.Fatalf("key manager link: %v", err)
+	}
+	if err := os.Remove(alias); err != nil {
+		t.Fatalf("key manager unlink: %v", err)
+	}
+	waitEventAfter(t, before, "key manager allowed", func(e event) bool {
+		return e.Kind == "key_file" && e.Decision == "allowed_policy" && e.Operation == "link"
+	})
+}
+
+// TestSignerRewriteRefused: the redactor rule's executable cannot be written in place, truncated, renamed
+// over or unlinked by root; the package manager (the test binary) may write it.
+func TestSignerRewriteRefused(t *testing.T) {
+	for _, args := range [][]string{{"write", holderExe}, {"truncate", holderExe}, {"unlink", holderExe},
+		{"rename", holderExe, holderExe + ".old"}, {"link", holderExe, holderExe + ".alias"}} {
+		if got := fileop(t, args...); got != "ERR EPERM" {
+			t.Errorf("%v as root: %s, want ERR EPERM", args, got)
+		}
+	}
+	other := dir + "/not-a-signer"
+	copyFile(procBin, other)
+	defer os.Remove(other)
+	if got := fileop(t, "rename", other, holderExe); got != "ERR EPERM" {
+		t.Errorf("rename over the signer: %s, want ERR EPERM", got)
+	}
+	f, err := os.OpenFile(holderExe, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatalf("package manager write open: %v", err)
+	}
+	f.Close()
+}
+
+// TestAgentBinaryOverwriteWhileDown: kill -9 the agent, overwrite its executable in place: refused by
+// the pinned programs with no agent running; the binary is unchanged and still the trusted one.
+func TestAgentBinaryOverwriteWhileDown(t *testing.T) {
+	agent.Process.Kill()
+	agent.Wait()
+	defer func() {
+		if err := startAgent(); err != nil {
+			t.Fatalf("restart agent: %v", err)
+		}
+	}()
+	for _, args := range [][]string{{"write", agentBin}, {"truncate", agentBin}} {
+		if got := fileop(t, args...); got != "ERR EPERM" {
+			t.Errorf("%v with the agent down: %s, want ERR EPERM", args, got)
+		}
+	}
+	// The test binary is a key and package manager but not keyguard: refused too.
+	if _, err := os.OpenFile(agentBin, os.O_WRONLY, 0); err == nil {
+		t.Error("write open of the agent binary by root succeeded")
+	}
+	if err := os.Truncate(agentBin, 0); err == nil {
+		t.Error("truncate of the agent binary by root succeeded")
+	}
+}
+
+// TestKeyOpenRace: 1,000 fresh processes open a keyholder key file right after exec (the rule's openers
+// are "any": they become protected by that open) and copy the key into memory, each under a reader hammering it by
+// process_vm_readv, fresh /proc/PID/mem fds and /proc/PID/mem fds kept from before the open. No read may
+// return the key.
+func TestKeyOpenRace(t *testing.T) {
+	n := 1000
+	if s := os.Getenv("KEYGUARD_RACE_N"); s != "" {
+		fmt.Sscan(s, &n)
+	}
+	modes := []string{"vmreadv", "mem", "kept"}
+	if !vmReadvTracked() {
+		// 6.1: fexit cannot attach to process_vm_readv's end (two BTF entries); the agent leaves that
+		// path out of the in-flight wait, so this kernel is tested (and documented) without it.
+		t.Log("process_vm_readv is not tracked in flight on this kernel: racing /proc/PID/mem only")
+		modes = []string{"mem", "kept"}
+	}
+	leaks, killed, retries, loaded := map[string]int{}, 0, 0, 0
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		mode := modes[i%len(modes)]
+		cmd := exec.Command(procBin, "race-read", mode, racerExe, racerKey)
+		out, err := cmd.Output()
+		sc := bufio.NewScanner(strings.NewReader(string(out)))
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			switch {
+			case len(f) > 0 && f[0] == "LEAK":
+				leaks[mode]++
+			case len(f) > 1 && f[0] == "LOADED":
+				loaded++
+				var r int
+				fmt.Sscanf(f[1], "retries=%d", &r)
+				retries += r
+			}
+		}
+		if ee, ok := err.(*exec.ExitError); ok && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
+			killed++ // keyguard killed the reader before a copy
+		}
+		if (i+1)%100 == 0 {
+			fmt.Printf("race: %d/%d in %s, leaks %v, killed %d, retries %d\n", i+1, n, time.Since(start).Round(time.Second), leaks, killed, retries)
+		}
+	}
+	t.Logf("%d fresh processes in %s: %d loaded the key, leaks %v, readers killed before a copy %d, EAGAIN retries %d",
+		n, time.Since(start).Round(time.Second), loaded, leaks, killed, retries)
+	if loaded < n*9/10 {
+		t.Errorf("only %d of %d racers loaded their key", loaded, n)
+	}
+	for mode, l := range leaks {
+		if l > 0 {
+			t.Errorf("%s: %d of %d processes leaked their key", mode, l, n)
+		}
+	}
+}
+
+// vmReadvTracked mirrors the loader's choice: process_vm_readv's syscall function has one BTF entry.
+func vmReadvTracked() bool {
+	k, err := btf.LoadKernelSpec()
+	if err != nil {
+		return false
+	}
+	ts, _ := k.AnyTypesByName("__x64_sys_process_vm_readv")
+	n := 0
+	for _, ty := range ts {
+		if _, ok := ty.(*btf.Func); ok {
+			n++
+		}
+	}
+	return n == 1
+}
+
+// TestKeyDirMoved: root renames the folder holding a key file, so the policy's glob no longer matches
+// it; the file is still the same inode and stays refused after the agent has re-resolved the policy.
+func TestKeyDirMoved(t *testing.T) {
+	from, to := filepath.Dir(holderKey), filepath.Dir(holderKey)+"-moved"
+	got := fileop(t, "rename", from, to)
+	defer func() {
+		if _, err := os.Stat(to); err == nil {
+			if err := os.Rename(to, from); err != nil {
+				t.Errorf("rename back: %v", err)
+			}
+		}
+	}()
+	if !strings.HasPrefix(got, "OK") {
+		t.Fatalf("rename the key folder: %s", got)
+	}
+	time.Sleep(2 * time.Second) // the watcher re-resolves within milliseconds
+	moved := filepath.Join(to, filepath.Base(holderKey))
+	for _, op := range []string{"read", "opath-reopen", "unlink"} {
+		if got := fileop(t, op, moved); got != "ERR EPERM" {
+			t.Errorf("%s of the moved key file as root: %s, want ERR EPERM", op, got)
+		}
+	}
+}
