@@ -51,27 +51,61 @@ func demoBin(cfg *config) string {
 func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) (*image, error) {
 	start := time.Now()
 	img := &image{}
-	var suitePaths []string
-	if !cfg.demo {
-		paths, err := readList(inRoot(cfg.root, cfg.suitesFile))
-		if err != nil {
-			return nil, err
-		}
-		suitePaths = paths
-	}
-	binPaths, err := readList(inRoot(cfg.root, cfg.binsFile))
-	if err != nil {
-		return nil, err
-	}
 	modPath, err := modulePath(ctx, cfg.root)
 	if err != nil {
 		return nil, err
 	}
-
-	pkgs, err := listPackages(ctx, cfg.root, suitePaths)
+	if img.suites, err = selectSuites(ctx, cfg, modPath); err != nil {
+		return nil, err
+	}
+	bins, err := selectBins(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
+	for _, p := range bins {
+		img.bins = append(img.bins, path.Base(p.ImportPath))
+	}
+	if err := compileAll(ctx, cfg, dir, buildJobs(cfg, dir, img.suites, bins)); err != nil {
+		return nil, err
+	}
+	compileTime := time.Since(start)
+
+	img.path = filepath.Join(dir, "initramfs.cpio")
+	if cfg.compress == "gzip" {
+		img.path += ".gz"
+	}
+	if cfg.systemd {
+		img.path = filepath.Join(dir, "initrd-systemd")
+		if err := writeSystemdImage(cfg, img, dir); err != nil {
+			return nil, err
+		}
+	} else if err := writeImage(img, dir, cfg.compress); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(img.path)
+	if err != nil {
+		return nil, err
+	}
+	img.size = st.Size()
+	img.buildTime = time.Since(start)
+	log.Debug("build", "compile", compileTime, "pack", img.buildTime-compileTime)
+	return img, nil
+}
+
+// selectSuites lists the test packages of the suites file that -suites selects (none with -demo).
+func selectSuites(ctx context.Context, cfg *config, modPath string) ([]suite, error) {
+	if cfg.demo {
+		return nil, nil
+	}
+	paths, err := readList(inRoot(cfg.root, cfg.suitesFile))
+	if err != nil {
+		return nil, err
+	}
+	pkgs, err := listPackages(ctx, cfg.root, paths)
+	if err != nil {
+		return nil, err
+	}
+	var suites []suite
 	seen := map[string]bool{}
 	for _, p := range pkgs {
 		if p.Err != "" {
@@ -89,10 +123,19 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 			continue
 		}
 		seen[name] = true
-		img.suites = append(img.suites, suite{name: name, pkg: p})
+		suites = append(suites, suite{name: name, pkg: p})
 	}
-	if !cfg.demo && len(img.suites) == 0 {
+	if len(suites) == 0 {
 		return nil, fmt.Errorf("no suite to run: %s is empty or -suites matches nothing", cfg.suitesFile)
+	}
+	return suites, nil
+}
+
+// selectBins lists the main packages of the bins file; their base names must differ.
+func selectBins(ctx context.Context, cfg *config) ([]goPackage, error) {
+	binPaths, err := readList(inRoot(cfg.root, cfg.binsFile))
+	if err != nil {
+		return nil, err
 	}
 	bins, err := listPackages(ctx, cfg.root, binPaths)
 	if err != nil {
@@ -111,29 +154,39 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 			return nil, fmt.Errorf("%s: %s and %s would both be /bin/%s", cfg.binsFile, other, p.ImportPath, name)
 		}
 		seenBin[name] = p.ImportPath
-		img.bins = append(img.bins, name)
 	}
 	if want := demoBin(cfg); cfg.demo && seenBin[want] == "" {
 		return nil, fmt.Errorf("-demo needs a main package named %s in %s", want, cfg.binsFile)
 	}
+	return bins, nil
+}
 
-	// Compile everything, two go commands at a time (the build cache is shared).
-	type job struct {
-		args []string
-		desc string
-	}
-	jobs := []job{{[]string{"build", "-o", filepath.Join(dir, "init"), initPackage}, "guest init"}}
+// buildJob is one go build or go test -c.
+type buildJob struct {
+	args []string
+	desc string
+}
+
+// buildJobs lists what the image needs compiled: the guest init, the bins, the suites' test binaries and,
+// with -systemd, the packaged binaries.
+func buildJobs(cfg *config, dir string, suites []suite, bins []goPackage) []buildJob {
+	jobs := []buildJob{{[]string{"build", "-o", filepath.Join(dir, "init"), initPackage}, "guest init"}}
 	for _, p := range bins {
-		jobs = append(jobs, job{[]string{"build", "-o", filepath.Join(dir, "bin", path.Base(p.ImportPath)), p.ImportPath}, p.ImportPath})
+		jobs = append(jobs, buildJob{[]string{"build", "-o", filepath.Join(dir, "bin", path.Base(p.ImportPath)), p.ImportPath}, p.ImportPath})
 	}
-	for _, s := range img.suites {
-		jobs = append(jobs, job{[]string{"test", "-c", "-o", filepath.Join(dir, "tests", s.name+".test"), s.pkg.ImportPath}, s.pkg.ImportPath})
+	for _, s := range suites {
+		jobs = append(jobs, buildJob{[]string{"test", "-c", "-o", filepath.Join(dir, "tests", s.name+".test"), s.pkg.ImportPath}, s.pkg.ImportPath})
 	}
 	if cfg.systemd {
 		for _, p := range packagedBinaries {
-			jobs = append(jobs, job{[]string{"build", "-o", filepath.Join(dir, "pkgbin", path.Base(p)), p}, p})
+			jobs = append(jobs, buildJob{[]string{"build", "-o", filepath.Join(dir, "pkgbin", path.Base(p)), p}, p})
 		}
 	}
+	return jobs
+}
+
+// compileAll runs the jobs, two go commands at a time (the build cache is shared).
+func compileAll(ctx context.Context, cfg *config, dir string, jobs []buildJob) error {
 	var (
 		mu   sync.Mutex
 		errs []error
@@ -161,31 +214,7 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	compileTime := time.Since(start)
-
-	img.path = filepath.Join(dir, "initramfs.cpio")
-	if cfg.compress == "gzip" {
-		img.path += ".gz"
-	}
-	if cfg.systemd {
-		img.path = filepath.Join(dir, "initrd-systemd")
-		if err := writeSystemdImage(cfg, img, dir); err != nil {
-			return nil, err
-		}
-	} else if err := writeImage(img, dir, cfg.compress); err != nil {
-		return nil, err
-	}
-	st, err := os.Stat(img.path)
-	if err != nil {
-		return nil, err
-	}
-	img.size = st.Size()
-	img.buildTime = time.Since(start)
-	log.Debug("build", "compile", compileTime, "pack", img.buildTime-compileTime)
-	return img, nil
+	return errors.Join(errs...)
 }
 
 // hostBusybox is Debian's busybox-static, copied into every guest as /bin/busybox.

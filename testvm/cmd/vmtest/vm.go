@@ -112,6 +112,26 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 		vm.fails = []string{err.Error()}
 		return
 	}
+	demo := startSession(cfg, img, vm)
+	runErr, err := runQEMU(ctx, log, cfg, img, vm)
+	if err != nil {
+		vm.fails = []string{err.Error()}
+		return
+	}
+	vm.fails = vm.sess.finish(runErr)
+	if cfg.demo && cfg.systemd {
+		vm.fails, vm.held = checkSystemdDemo(ctx, demo, runErr, vm.fails)
+	}
+	if err := os.WriteFile(filepath.Join(vm.outDir, "bench.txt"), vm.sess.bench.Bytes(), 0o644); err != nil {
+		vm.fails = append(vm.fails, err.Error())
+	}
+	if vm.sess.bench.Len() == 0 {
+		os.Remove(filepath.Join(vm.outDir, "bench.txt"))
+	}
+}
+
+// startSession sets vm.sess up for the suites (or the demo) and returns the demo watcher, if any.
+func startSession(cfg *config, img *image, vm *vmResult) *demoWatch {
 	var names []string
 	for _, s := range img.suites {
 		names = append(names, s.name)
@@ -133,7 +153,12 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 		live = &prefixWriter{prefix: "[" + vm.series + "] ", w: os.Stdout}
 	}
 	vm.sess = newSession(vm.series, vm.outDir, names, cfg.demo, live)
+	return demo
+}
 
+// runQEMU runs the VM until it powers off, feeding its console to vm.sess. runErr says how the VM
+// ended (nil: it powered off by itself); err means it could not be started.
+func runQEMU(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *vmResult) (runErr, err error) {
 	args := qemuArgs(cfg, img, vm)
 	quoted := make([]string, len(args))
 	for i, a := range args {
@@ -143,8 +168,7 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 
 	serial, err := os.Create(filepath.Join(vm.outDir, "serial.log"))
 	if err != nil {
-		vm.fails = []string{err.Error()}
-		return
+		return nil, err
 	}
 	defer serial.Close()
 
@@ -158,57 +182,45 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 	cmd.Stderr = &stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		vm.fails = []string{err.Error()}
-		return
+		return nil, err
 	}
 	log.Info("booting", "kernel", vm.series, "package", vm.pkg)
 	vm.qemuStart = time.Now()
 	if err := cmd.Start(); err != nil {
-		vm.fails = []string{fmt.Sprintf("starting qemu-system-x86_64: %v (is qemu-system-x86 installed? make deps)", err)}
-		return
+		return nil, fmt.Errorf("starting qemu-system-x86_64: %v (is qemu-system-x86 installed? make deps)", err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		_ = console.Lines(io.TeeReader(stdout, serial), func(line string) {
-			vm.sess.feed(line, time.Since(vm.qemuStart))
-			if !cfg.demo && !cfg.verbose {
-				progress(log, vm, line)
-			}
-		})
-	}()
-	wg.Wait()
+	_ = console.Lines(io.TeeReader(stdout, serial), func(line string) {
+		vm.sess.feed(line, time.Since(vm.qemuStart))
+		if !cfg.demo && !cfg.verbose {
+			progress(log, vm, line)
+		}
+	})
 	waitErr := cmd.Wait()
-	var runErr error
 	switch {
 	case errors.Is(vctx.Err(), context.DeadlineExceeded):
-		runErr = fmt.Errorf("timed out: the VM ran longer than -timeout %s and was killed", cfg.timeout)
+		return fmt.Errorf("timed out: the VM ran longer than -timeout %s and was killed", cfg.timeout), nil
 	case ctx.Err() != nil:
-		runErr = errInterrupted
+		return errInterrupted, nil
 	case waitErr != nil:
-		runErr = fmt.Errorf("qemu-system-x86_64: %v: %s", waitErr, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("qemu-system-x86_64: %v: %s", waitErr, strings.TrimSpace(stderr.String())), nil
 	}
-	vm.fails = vm.sess.finish(runErr)
-	if cfg.demo && cfg.systemd {
-		if !demo.seen() {
-			vm.fails = append(vm.fails, "the demo did not reach DEMO OK")
-		} else {
-			if ctx.Err() != nil && errors.Is(runErr, errInterrupted) {
-				// Ctrl-C while the finished demo held the VM up for the operator: how it ends.
-				vm.fails, vm.held = nil, true
-			}
-			if ok, rep := demo.result(2 * time.Minute); !ok {
-				vm.fails = append(vm.fails, "web console check from the host: "+rep)
-			}
-		}
+	return nil, nil
+}
+
+// checkSystemdDemo adds the systemd demo's failures to fails: DEMO OK not seen, or the host's console
+// check failed. A Ctrl-C while the finished demo held the VM up is how it ends (held), not a failure.
+func checkSystemdDemo(ctx context.Context, demo *demoWatch, runErr error, fails []string) ([]string, bool) {
+	if !demo.seen() {
+		return append(fails, "the demo did not reach DEMO OK"), false
 	}
-	if err := os.WriteFile(filepath.Join(vm.outDir, "bench.txt"), vm.sess.bench.Bytes(), 0o644); err != nil {
-		vm.fails = append(vm.fails, err.Error())
+	held := false
+	if ctx.Err() != nil && errors.Is(runErr, errInterrupted) {
+		fails, held = nil, true
 	}
-	if vm.sess.bench.Len() == 0 {
-		os.Remove(filepath.Join(vm.outDir, "bench.txt"))
+	if ok, rep := demo.result(2 * time.Minute); !ok {
+		fails = append(fails, "web console check from the host: "+rep)
 	}
+	return fails, held
 }
 
 // progress logs suite boundaries as they happen, so a long CI run shows signs of life.
