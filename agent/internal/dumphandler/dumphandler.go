@@ -109,6 +109,16 @@ func (h *Handler) Run(ctx context.Context, args []string) error {
 		return drain(h.Stdin)
 	}
 
+	return h.redact(ctx, st, rule, next, cwd, v, report)
+}
+
+// reportFunc reports what was done with the dump of the process being handled.
+type reportFunc func(action keyguardv1.CoreDumpAction, reason, dest string, redacted map[string]uint64, verdict string)
+
+// redact redacts a protected dump from h.Stdin into a temporary file, verifies the result with a
+// second detector pass and only then hands it on to next; a dump it cannot make safe is discarded.
+// Every outcome is reported.
+func (h *Handler) redact(ctx context.Context, st corepattern.State, rule uint32, next corepattern.Parsed, cwd string, v corepattern.Values, report reportFunc) error {
 	tmpDir := st.SpoolDir
 	if tmpDir == "" {
 		tmpDir = h.RunDir

@@ -164,61 +164,22 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 
 	acks := make(chan struct{}, 1)
 	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			resp, err := st.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			p.onAck(resp.GetAckedSeq())
-			select {
-			case acks <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	go p.recvAcks(st, acks, recvErr)
 
 	expect := start // next sequence number to send or declare skipped
 	batch := make([]byte, 0, 64<<10)
-	skipped := 0
 	for {
 		changed := p.sp.Changed()
 		if limit := p.ackedSeq.Load() + p.cfg.Window; expect <= limit {
-			batch, skipped = batch[:0], 0
-			n, err := r.Next(int(min(uint64(p.cfg.BatchEvents), limit-expect+1)), p.cfg.BatchBytes, func(rec spool.Record) error {
-				if rec.Seq > expect {
-					if skipped == maxSkippedPerBatch {
-						return errBatchFull // this record starts the next batch
-					}
-					// Evicted or destroyed in the spool; the spool's LossReport accounts for them.
-					batch = appendSkipped(batch, expect, rec.Seq-1)
-					skipped++
-				}
-				batch = protowire.AppendTag(batch, pushEventsField, protowire.BytesType)
-				batch = protowire.AppendBytes(batch, rec.Payload)
-				expect = rec.Seq + 1
-				return nil
-			})
-			if err != nil && !errors.Is(err, errBatchFull) {
-				return fmt.Errorf("read spool: %w", err)
+			var n int
+			var err error
+			batch, n, expect, err = p.readBatch(r, batch, expect, limit)
+			if err != nil {
+				return err
 			}
 			if n > 0 {
-				// gRPC may still hold the buffer after SendMsg returns: hand it a copy.
-				if err := st.SendMsg(&rawBatch{append([]byte(nil), batch...)}); err != nil {
-					// The real cause comes from Recv.
-					select {
-					case rerr := <-recvErr:
-						return fmt.Errorf("send to collector: %w", rerr)
-					case <-time.After(time.Second):
-						return fmt.Errorf("send to collector: %w", err)
-					}
-				}
-				p.sent.Add(uint64(n))
-				if last := expect - 1; last <= sentBefore {
-					p.resent.Add(uint64(n))
-				} else {
-					p.maxSent.Store(last)
+				if err := p.sendBatch(st, batch, n, expect-1, sentBefore, recvErr); err != nil {
+					return err
 				}
 				continue
 			}
@@ -233,6 +194,72 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 			return ctx.Err()
 		}
 	}
+}
+
+// recvAcks receives the collector's acknowledgements on st, noting each (onAck) and signalling
+// acks, until Recv fails; it then sends the error to recvErr.
+func (p *Pipeline) recvAcks(st keyguardv1.IngestService_PushClient, acks chan<- struct{}, recvErr chan<- error) {
+	for {
+		resp, err := st.Recv()
+		if err != nil {
+			recvErr <- err
+			return
+		}
+		p.onAck(resp.GetAckedSeq())
+		select {
+		case acks <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// readBatch encodes into batch (reused from its start) the spooled records from expect on, up to
+// limit and the configured batch size, declaring the numbers missing before a record as skipped.
+// It returns the batch, how many records it holds, and the next sequence number to send or declare
+// skipped.
+func (p *Pipeline) readBatch(r *spool.Reader, batch []byte, expect, limit uint64) ([]byte, int, uint64, error) {
+	batch, skipped := batch[:0], 0
+	n, err := r.Next(int(min(uint64(p.cfg.BatchEvents), limit-expect+1)), p.cfg.BatchBytes, func(rec spool.Record) error {
+		if rec.Seq > expect {
+			if skipped == maxSkippedPerBatch {
+				return errBatchFull // this record starts the next batch
+			}
+			// Evicted or destroyed in the spool; the spool's LossReport accounts for them.
+			batch = appendSkipped(batch, expect, rec.Seq-1)
+			skipped++
+		}
+		batch = protowire.AppendTag(batch, pushEventsField, protowire.BytesType)
+		batch = protowire.AppendBytes(batch, rec.Payload)
+		expect = rec.Seq + 1
+		return nil
+	})
+	if err != nil && !errors.Is(err, errBatchFull) {
+		return batch, n, expect, fmt.Errorf("read spool: %w", err)
+	}
+	return batch, n, expect, nil
+}
+
+// sendBatch sends a batch of n records, the last numbered last, on st and counts them as sent, or
+// resent if they were all sent on an earlier stream (up to sentBefore). If sending fails, the error
+// returned is the stream's (from recvErr) if it comes within a second.
+func (p *Pipeline) sendBatch(st keyguardv1.IngestService_PushClient, batch []byte, n int, last, sentBefore uint64, recvErr <-chan error) error {
+	// gRPC may still hold the buffer after SendMsg returns: hand it a copy.
+	if err := st.SendMsg(&rawBatch{append([]byte(nil), batch...)}); err != nil {
+		// The real cause comes from Recv.
+		select {
+		case rerr := <-recvErr:
+			return fmt.Errorf("send to collector: %w", rerr)
+		case <-time.After(time.Second):
+			return fmt.Errorf("send to collector: %w", err)
+		}
+	}
+	p.sent.Add(uint64(n))
+	if last <= sentBefore {
+		p.resent.Add(uint64(n))
+	} else {
+		p.maxSent.Store(last)
+	}
+	return nil
 }
 
 // resume reconciles the collector's acknowledged sequence number with the spool and returns the

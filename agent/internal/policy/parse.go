@@ -59,8 +59,33 @@ func (ps *parser) mark(n *yaml.Node, key string) {
 // executables too, so one run reports every problem.
 func parse(name string, data []byte) (*Policy, []error) {
 	ps := &parser{file: name, pos: map[string]Pos{}}
+	root, errs := ps.document(data)
+	if root == nil {
+		return nil, errs
+	}
+	p := &Policy{Source: name, SHA256: sha256.Sum256(data), pos: ps.pos}
+	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules",
+		"key_managers", "raw_disk_readers", "package_managers")
+	if !ok {
+		return nil, ps.errs
+	}
+	ps.version(root, f)
+	ps.accessorLists(p, f)
+	ps.modes(p, f)
+	rv, ok := f["rules"]
+	if !ok {
+		ps.errorf(root, "", "missing \"rules:\"; list at least one rule (see the policy reference in the keyguard README)")
+		return p, ps.errs
+	}
+	ps.rules(p, rv.val)
+	return p, ps.errs
+}
+
+// document reads data as one YAML document and returns its root node, or nil and the errors when
+// the file is too big, empty, not YAML, or more than one document.
+func (ps *parser) document(data []byte) (*yaml.Node, []error) {
 	fileErr := func(msg string) []error {
-		return []error{&Error{File: name, Msg: msg}}
+		return []error{&Error{File: ps.file, Msg: msg}}
 	}
 	if len(data) > MaxFileSize {
 		return nil, fileErr(fmt.Sprintf("file is %d bytes, more than the %d a policy may have; is this the right file?", len(data), MaxFileSize))
@@ -97,12 +122,11 @@ func parse(name string, data []byte) (*Policy, []error) {
 	if isNull(root) {
 		return nil, fileErr(emptyMsg)
 	}
-	p := &Policy{Source: name, SHA256: sha256.Sum256(data), pos: ps.pos}
-	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules",
-		"key_managers", "raw_disk_readers", "package_managers")
-	if !ok {
-		return nil, ps.errs
-	}
+	return root, nil
+}
+
+// version checks the top-level "version: 1".
+func (ps *parser) version(root *yaml.Node, f map[string]field) {
 	if v, ok := f["version"]; !ok {
 		ps.errorf(root, "", "missing \"version: 1\" at the top of the file")
 	} else if n := v.val; n.Kind != yaml.ScalarNode || n.Tag != "!!int" || n.Value != "1" {
@@ -112,6 +136,11 @@ func parse(name string, data []byte) (*Policy, []error) {
 		}
 		ps.errorf(n, "version", "unsupported version %s; this keyguard reads version 1 (write \"version: 1\")", got)
 	}
+}
+
+// accessorLists reads the top-level lists of programs allowed a guarded access (bpf_loaders,
+// sysctl_writers and the others) into p.
+func (ps *parser) accessorLists(p *Policy, f map[string]field) {
 	if v, ok := f["bpf_loaders"]; ok {
 		p.BPFLoaders = ps.accessors(v.val, "bpf_loaders")
 	}
@@ -130,6 +159,10 @@ func parse(name string, data []byte) (*Policy, []error) {
 	if v, ok := f["package_managers"]; ok {
 		p.PackageManagers = ps.accessors(v.val, "package_managers")
 	}
+}
+
+// modes reads the top-level side_doors and modules modes into p.
+func (ps *parser) modes(p *Policy, f map[string]field) {
 	if v, ok := f["side_doors"]; ok {
 		if s, ok := ps.scalar(v.val, "side_doors"); ok {
 			switch s {
@@ -156,12 +189,11 @@ func parse(name string, data []byte) (*Policy, []error) {
 			}
 		}
 	}
-	rv, ok := f["rules"]
-	if !ok {
-		ps.errorf(root, "", "missing \"rules:\"; list at least one rule (see the policy reference in the keyguard README)")
-		return p, ps.errs
-	}
-	rules := deref(rv.val)
+}
+
+// rules reads the "rules:" list n into p.Rules.
+func (ps *parser) rules(p *Policy, n *yaml.Node) {
+	rules := deref(n)
 	switch {
 	case isNull(rules) || (rules.Kind == yaml.SequenceNode && len(rules.Content) == 0):
 		ps.errorf(rules, "rules", "empty; list at least one rule")
@@ -177,7 +209,6 @@ func parse(name string, data []byte) (*Policy, []error) {
 			p.Rules = append(p.Rules, ps.rule(rn, i, byName, byID))
 		}
 	}
-	return p, ps.errs
 }
 
 func (ps *parser) syntaxError(err error) error {

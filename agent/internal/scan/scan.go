@@ -95,70 +95,7 @@ func (s *Scanner) Run(ctx context.Context, paths []string, found func(Finding) e
 	jobs := make(chan *job)
 	ordered := make(chan *job, 4*s.workers)
 	// Walker: one job per file, in order.
-	go func() {
-		defer close(ordered)
-		defer close(jobs)
-		send := func(j *job) bool {
-			j.done = make(chan struct{})
-			select {
-			case ordered <- j:
-			case <-ctx.Done():
-				return false
-			}
-			if j.pre != nil {
-				close(j.done)
-				return true
-			}
-			select {
-			case jobs <- j:
-				return true
-			case <-ctx.Done():
-				close(j.done)
-				return false
-			}
-		}
-		for _, root := range paths {
-			fi, err := os.Stat(root)
-			switch {
-			case err != nil:
-				if !send(&job{path: root, pre: err}) {
-					return
-				}
-				continue
-			case !fi.IsDir() && !fi.Mode().IsRegular():
-				if !send(&job{path: root, pre: fmt.Errorf("not a regular file or directory (%s)", fi.Mode().Type())}) {
-					return
-				}
-				continue
-			case !fi.IsDir():
-				if !send(&job{path: root}) {
-					return
-				}
-				continue
-			}
-			err = filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
-				if err != nil {
-					if !send(&job{path: path, pre: err}) {
-						return ctx.Err()
-					}
-					if de != nil && de.IsDir() {
-						return fs.SkipDir
-					}
-					return nil
-				}
-				if !de.Type().IsRegular() {
-					return nil // directories are walked; links, devices, sockets, FIFOs are skipped
-				}
-				if !send(&job{path: path}) {
-					return ctx.Err()
-				}
-				return nil
-			})
-			if err != nil {
-				return
-			}
-		}
-	}()
+	go walk(ctx, paths, jobs, ordered)
 	for range s.workers {
 		go func() {
 			for j := range jobs {
@@ -167,6 +104,84 @@ func (s *Scanner) Run(ctx context.Context, paths []string, found func(Finding) e
 			}
 		}()
 	}
+	return collect(ctx, cancel, ordered, found, failed)
+}
+
+// walk makes one job per file under paths, in order, and sends it with sendJob; it closes jobs and
+// ordered when done, or when ctx is cancelled.
+func walk(ctx context.Context, paths []string, jobs, ordered chan<- *job) {
+	defer close(ordered)
+	defer close(jobs)
+	send := func(j *job) bool { return sendJob(ctx, j, jobs, ordered) }
+	for _, root := range paths {
+		fi, err := os.Stat(root)
+		switch {
+		case err != nil:
+			if !send(&job{path: root, pre: err}) {
+				return
+			}
+			continue
+		case !fi.IsDir() && !fi.Mode().IsRegular():
+			if !send(&job{path: root, pre: fmt.Errorf("not a regular file or directory (%s)", fi.Mode().Type())}) {
+				return
+			}
+			continue
+		case !fi.IsDir():
+			if !send(&job{path: root}) {
+				return
+			}
+			continue
+		}
+		err = filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
+			if err != nil {
+				if !send(&job{path: path, pre: err}) {
+					return ctx.Err()
+				}
+				if de != nil && de.IsDir() {
+					return fs.SkipDir
+				}
+				return nil
+			}
+			if !de.Type().IsRegular() {
+				return nil // directories are walked; links, devices, sockets, FIFOs are skipped
+			}
+			if !send(&job{path: path}) {
+				return ctx.Err()
+			}
+			return nil
+		})
+		if err != nil {
+			return
+		}
+	}
+}
+
+// sendJob queues j for reporting (ordered) and, unless it failed before scanning, for the workers
+// (jobs). It returns false if ctx was cancelled first.
+func sendJob(ctx context.Context, j *job, jobs, ordered chan<- *job) bool {
+	j.done = make(chan struct{})
+	select {
+	case ordered <- j:
+	case <-ctx.Done():
+		return false
+	}
+	if j.pre != nil {
+		close(j.done)
+		return true
+	}
+	select {
+	case jobs <- j:
+		return true
+	case <-ctx.Done():
+		close(j.done)
+		return false
+	}
+}
+
+// collect waits for each job in order and reports its findings to found and its errors to failed,
+// counting them. When found returns an error it cancels the scan and returns that error; else it
+// returns ctx's error.
+func collect(ctx context.Context, cancel context.CancelFunc, ordered <-chan *job, found func(Finding) error, failed func(*FileError)) (Summary, error) {
 	var sum Summary
 	var stop error
 	for j := range ordered {

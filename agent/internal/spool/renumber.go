@@ -39,111 +39,145 @@ func (s *Spool) Renumber(first uint64, reencode func(newSeq uint64, payload, dst
 			return 0, err
 		}
 	}
-	var (
-		delta   uint64
-		out     *os.File
-		bw      *bufio.Writer
-		outPath string
-		outSize int64
-		outLast uint64
-		outN    int64
-		created []string
-		payload []byte
-	)
-	closeOut := func() error {
-		if out == nil {
-			return nil
-		}
-		bw.Write(appendFooter(nil, outLast, outN))
-		if err := bw.Flush(); err != nil {
-			return fmt.Errorf("spool: write renumbered segment: %w", err)
-		}
-		if err := out.Sync(); err != nil {
-			return fmt.Errorf("spool: sync renumbered segment: %w", err)
-		}
-		err := out.Close()
-		out = nil
-		return err
-	}
-	fail := func(err error) (uint64, error) {
-		if out != nil {
-			out.Close()
-		}
-		for _, p := range created {
-			os.Remove(p)
-		}
-		return 0, err
-	}
+	r := &renumbering{s: s, first: first, reencode: reencode}
 	for _, g := range s.segs {
 		if g.count == 0 || g.last <= s.acked {
 			continue
 		}
-		f, err := os.Open(g.path)
-		if err != nil {
-			return fail(fmt.Errorf("spool: open segment to renumber: %w", err))
+		if err := r.segment(g); err != nil {
+			return r.fail(err)
 		}
-		f.Seek(int64(len(segmentMagic)), io.SeekStart)
-		rr := recordReader{r: bufio.NewReaderSize(f, 1<<20), maxBody: s.cfg.MaxRecordBytes, prevSeq: g.base - 1}
-		for {
-			rec, _, err := rr.next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				f.Close()
-				return fail(fmt.Errorf("spool: read segment to renumber: %w", err))
-			}
-			if rec.Seq <= s.acked {
-				continue
-			}
-			if delta == 0 {
-				delta = first - rec.Seq
-			}
-			seq := rec.Seq + delta
-			payload = reencode(seq, rec.Payload, payload[:0])
-			size := int64(RecordOverhead + len(payload))
-			if size > int64(s.cfg.MaxRecordBytes) {
-				f.Close()
-				return fail(fmt.Errorf("%w: renumbered record %d", ErrTooLarge, seq))
-			}
-			if out != nil && outSize+size > s.cfg.SegmentBytes {
-				if err := closeOut(); err != nil {
-					f.Close()
-					return fail(err)
-				}
-			}
-			if out == nil {
-				outPath = filepath.Join(s.cfg.Dir, segName(seq)+renumSuffix)
-				out, err = os.OpenFile(outPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-				if err != nil {
-					f.Close()
-					return fail(fmt.Errorf("spool: create renumbered segment: %w", err))
-				}
-				created = append(created, outPath)
-				bw = bufio.NewWriterSize(out, writeBufferSize)
-				bw.WriteString(segmentMagic)
-				outSize, outN = int64(len(segmentMagic)), 0
-			}
-			s.scratch = appendRecord(s.scratch[:0], seq, rec.Time.UnixNano(), rec.Priority, rec.Kind, payload)
-			bw.Write(s.scratch)
-			outSize += int64(len(s.scratch))
-			outLast = seq
-			outN++
-		}
-		f.Close()
 	}
-	if err := closeOut(); err != nil {
-		return fail(err)
+	if err := r.closeOut(); err != nil {
+		return r.fail(err)
 	}
 	if err := syncDir(s.cfg.Dir); err != nil {
-		return fail(err)
+		return r.fail(err)
 	}
 	// Commit: every old number is below first, so acknowledging first-1 retires all old segments.
 	if err := s.writeAck(first-1, true); err != nil {
-		return fail(err)
+		return r.fail(err)
 	}
-	s.log.Warn("spool: unacknowledged records renumbered", "first", first, "moved_by", delta)
+	s.log.Warn("spool: unacknowledged records renumbered", "first", first, "moved_by", r.delta)
 	return first, s.reload()
+}
+
+// renumbering is the state of one Renumber: how far records move, and the *.renum segment being
+// written.
+type renumbering struct {
+	s        *Spool
+	first    uint64
+	reencode func(newSeq uint64, payload, dst []byte) []byte
+
+	delta   uint64
+	payload []byte
+	out     *os.File
+	bw      *bufio.Writer
+	outSize int64
+	outLast uint64
+	outN    int64
+	created []string
+}
+
+// closeOut seals and fsyncs the *.renum segment being written, if any.
+func (r *renumbering) closeOut() error {
+	if r.out == nil {
+		return nil
+	}
+	r.bw.Write(appendFooter(nil, r.outLast, r.outN))
+	if err := r.bw.Flush(); err != nil {
+		return fmt.Errorf("spool: write renumbered segment: %w", err)
+	}
+	if err := r.out.Sync(); err != nil {
+		return fmt.Errorf("spool: sync renumbered segment: %w", err)
+	}
+	err := r.out.Close()
+	r.out = nil
+	return err
+}
+
+// fail abandons the renumbering: it closes and removes every *.renum segment written, and returns
+// err.
+func (r *renumbering) fail(err error) (uint64, error) {
+	if r.out != nil {
+		r.out.Close()
+	}
+	for _, p := range r.created {
+		os.Remove(p)
+	}
+	return 0, err
+}
+
+// segment copies the unacknowledged records of g, renumbered, to the *.renum segments.
+func (r *renumbering) segment(g *segment) error {
+	f, err := os.Open(g.path)
+	if err != nil {
+		return fmt.Errorf("spool: open segment to renumber: %w", err)
+	}
+	defer f.Close()
+	f.Seek(int64(len(segmentMagic)), io.SeekStart)
+	rr := recordReader{r: bufio.NewReaderSize(f, 1<<20), maxBody: r.s.cfg.MaxRecordBytes, prevSeq: g.base - 1}
+	for {
+		rec, _, err := rr.next()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("spool: read segment to renumber: %w", err)
+		}
+		if rec.Seq <= r.s.acked {
+			continue
+		}
+		if err := r.record(rec); err != nil {
+			return err
+		}
+	}
+}
+
+// record writes rec under its new number, starting a new *.renum segment when the current one is
+// full.
+func (r *renumbering) record(rec Record) error {
+	s := r.s
+	if r.delta == 0 {
+		r.delta = r.first - rec.Seq
+	}
+	seq := rec.Seq + r.delta
+	r.payload = r.reencode(seq, rec.Payload, r.payload[:0])
+	size := int64(RecordOverhead + len(r.payload))
+	if size > int64(s.cfg.MaxRecordBytes) {
+		return fmt.Errorf("%w: renumbered record %d", ErrTooLarge, seq)
+	}
+	if r.out != nil && r.outSize+size > s.cfg.SegmentBytes {
+		if err := r.closeOut(); err != nil {
+			return err
+		}
+	}
+	if r.out == nil {
+		if err := r.create(seq); err != nil {
+			return err
+		}
+	}
+	s.scratch = appendRecord(s.scratch[:0], seq, rec.Time.UnixNano(), rec.Priority, rec.Kind, r.payload)
+	r.bw.Write(s.scratch)
+	r.outSize += int64(len(s.scratch))
+	r.outLast = seq
+	r.outN++
+	return nil
+}
+
+// create starts the *.renum segment whose first record is seq.
+func (r *renumbering) create(seq uint64) error {
+	outPath := filepath.Join(r.s.cfg.Dir, segName(seq)+renumSuffix)
+	out, err := os.OpenFile(outPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("spool: create renumbered segment: %w", err)
+	}
+	r.out = out
+	r.created = append(r.created, outPath)
+	r.bw = bufio.NewWriterSize(out, writeBufferSize)
+	r.bw.WriteString(segmentMagic)
+	r.outSize, r.outN = int64(len(segmentMagic)), 0
+	return nil
 }
 
 // writeAck records the acknowledged sequence number, fsyncing if asked.

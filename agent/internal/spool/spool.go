@@ -337,9 +337,49 @@ func Open(cfg Config) (*Spool, error) {
 
 func segName(base uint64) string { return fmt.Sprintf("seg-%020d.log", base) }
 
+// recover rebuilds the in-memory state from the spool directory: the acknowledgement, the
+// segments (completing or discarding an interrupted renumbering, truncating damage), and the
+// segment new records are appended to.
 func (s *Spool) recover() error {
-	dir := s.cfg.Dir
-	ack, err := os.OpenFile(filepath.Join(dir, "acked"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err := s.readAck(); err != nil {
+		return err
+	}
+	if err := s.listSegments(); err != nil {
+		return err
+	}
+	lastSeq, err := s.scanSegments()
+	if err != nil {
+		return err
+	}
+	if err := s.dropAcked(); err != nil {
+		return err
+	}
+
+	s.next = max(s.acked, lastSeq) + 1
+	if len(s.segs) > 0 {
+		s.next = max(s.next, s.segs[len(s.segs)-1].base)
+	}
+	for _, g := range s.segs {
+		g.durable = g.size
+		g.durableSeq = g.last
+		s.used += g.size
+	}
+	if err := s.openActive(); err != nil {
+		return err
+	}
+	s.durable = s.next - 1
+	if s.acked > s.durable {
+		s.acked = s.durable
+	}
+	s.log.Info("spool: opened", "dir", s.cfg.Dir, "next_seq", s.next, "acked_seq", s.acked,
+		"segments", len(s.segs), "bytes", s.used)
+	return nil
+}
+
+// readAck opens (creating it if needed) the acknowledgement file and reads the acknowledged
+// sequence number from it; a missing or damaged one leaves the spool fresh.
+func (s *Spool) readAck() error {
+	ack, err := os.OpenFile(filepath.Join(s.cfg.Dir, "acked"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("spool: open acknowledgement file: %w", err)
 	}
@@ -355,7 +395,13 @@ func (s *Spool) recover() error {
 			s.log.Warn("spool: acknowledgement file is damaged; unacknowledged state is rebuilt and the collector discards resent duplicates")
 		}
 	}
+	return nil
+}
 
+// listSegments finishes an interrupted renumbering, removes leftover temporary files and fills
+// s.segs with the directory's segments, oldest first.
+func (s *Spool) listSegments() error {
+	dir := s.cfg.Dir
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("spool: read directory: %w", err)
@@ -393,12 +439,17 @@ func (s *Spool) recover() error {
 		s.segs = append(s.segs, &segment{base: base, path: filepath.Join(dir, name)})
 	}
 	sort.Slice(s.segs, func(i, j int) bool { return s.segs[i].base < s.segs[j].base })
+	return nil
+}
 
+// scanSegments scans every segment, counting as lost the records a damaged sealed segment no
+// longer holds, and returns the last sequence number found.
+func (s *Spool) scanSegments() (uint64, error) {
 	now := time.Now()
 	var lastSeq uint64
 	for i, g := range s.segs {
 		if err := s.scan(g, lastSeq); err != nil {
-			return err
+			return 0, err
 		}
 		if g.count > 0 {
 			lastSeq = g.last
@@ -418,48 +469,39 @@ func (s *Spool) recover() error {
 			}
 		}
 	}
+	return lastSeq, nil
+}
 
-	// Drop fully acknowledged sealed segments; keep the newest, it anchors the sequence numbering.
+// dropAcked removes fully acknowledged sealed segments; it keeps the newest, which anchors the
+// sequence numbering.
+func (s *Spool) dropAcked() error {
 	for len(s.segs) > 1 && (s.segs[0].count == 0 || s.segs[0].last <= s.acked) {
 		if err := os.Remove(s.segs[0].path); err != nil {
 			return fmt.Errorf("spool: remove acknowledged segment: %w", err)
 		}
 		s.segs = s.segs[1:]
 	}
+	return nil
+}
 
-	s.next = max(s.acked, lastSeq) + 1
-	if len(s.segs) > 0 {
-		s.next = max(s.next, s.segs[len(s.segs)-1].base)
-	}
-	for _, g := range s.segs {
-		g.durable = g.size
-		g.durableSeq = g.last
-		s.used += g.size
-	}
+// openActive opens the segment new records are appended to: the newest one if it is not sealed,
+// else a new one starting at s.next.
+func (s *Spool) openActive() error {
 	if len(s.segs) == 0 || s.segs[len(s.segs)-1].sealed {
 		// Empty directory, or a crash right after sealing the newest segment.
-		if err := s.newActive(s.next); err != nil {
-			return err
-		}
-	} else {
-		g := s.segs[len(s.segs)-1]
-		f, err := os.OpenFile(g.path, os.O_WRONLY, 0)
-		if err != nil {
-			return fmt.Errorf("spool: open segment for append: %w", err)
-		}
-		if _, err := f.Seek(g.size, io.SeekStart); err != nil {
-			f.Close()
-			return fmt.Errorf("spool: seek segment: %w", err)
-		}
-		s.active = f
-		s.w = bufio.NewWriterSize(f, writeBufferSize)
+		return s.newActive(s.next)
 	}
-	s.durable = s.next - 1
-	if s.acked > s.durable {
-		s.acked = s.durable
+	g := s.segs[len(s.segs)-1]
+	f, err := os.OpenFile(g.path, os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("spool: open segment for append: %w", err)
 	}
-	s.log.Info("spool: opened", "dir", dir, "next_seq", s.next, "acked_seq", s.acked,
-		"segments", len(s.segs), "bytes", s.used)
+	if _, err := f.Seek(g.size, io.SeekStart); err != nil {
+		f.Close()
+		return fmt.Errorf("spool: seek segment: %w", err)
+	}
+	s.active = f
+	s.w = bufio.NewWriterSize(f, writeBufferSize)
 	return nil
 }
 
