@@ -96,15 +96,40 @@ func truncate(s string, n int) string {
 // (query.ValidateFilter), so the console accepts exactly what the gRPC API accepts.
 func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 	ff := &filterForm{Filter: &pb.EventFilter{}, Query: url.Values{}}
+	if err := checkFormText(q); err != nil {
+		return ff, err
+	}
 	var errs []string
+	ff.parseHosts(q)
+	errs = append(errs, ff.parseKinds(q)...)
+	errs = append(errs, ff.parseDecisions(q)...)
+	errs = append(errs, ff.parseTimes(q, now)...)
+	errs = append(errs, ff.parseProcess(q)...)
+	errs = append(errs, ff.parseSeverity(q)...)
+	ff.Page = q.Get("page")
+	if len(errs) > 0 {
+		return ff, fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	if err := query.ValidateFilter(ff.Filter); err != nil {
+		return ff, err
+	}
+	return ff, nil
+}
+
+// checkFormText refuses a form whose fields hold invalid UTF-8 or a NUL byte.
+func checkFormText(q url.Values) error {
 	for _, field := range []string{"host", "kind", "decision", "since", "until", "process", "pid", "rule", "severity", "page"} {
 		for _, v := range q[field] {
 			if !utf8.ValidString(v) || strings.IndexByte(v, 0) >= 0 {
-				return ff, fmt.Errorf("the %s field contains invalid UTF-8 or a NUL byte", field)
+				return fmt.Errorf("the %s field contains invalid UTF-8 or a NUL byte", field)
 			}
 		}
 	}
-	// Hosts: repeated parameters and/or separated by commas or spaces.
+	return nil
+}
+
+// parseHosts reads the hosts: repeated parameters and/or separated by commas or spaces.
+func (ff *filterForm) parseHosts(q url.Values) {
 	var hosts []string
 	for _, v := range q["host"] {
 		for _, h := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '\n' || r == '\r' }) {
@@ -116,6 +141,11 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 	for _, h := range hosts {
 		ff.Query.Add("host", h)
 	}
+}
+
+// parseKinds reads the selected event kinds; it returns an error text for each unknown one.
+func (ff *filterForm) parseKinds(q url.Values) []string {
+	var errs []string
 	selKinds := map[string]bool{}
 	for _, v := range q["kind"] {
 		k, ok := pb.EventKind_value["EVENT_KIND_"+strings.ToUpper(v)]
@@ -130,6 +160,12 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 		selKinds[strings.ToLower(v)] = true
 	}
 	ff.Kinds = enumChoices(pb.EventKind_name, "EVENT_KIND_", selKinds)
+	return errs
+}
+
+// parseDecisions reads the selected decisions; it returns an error text for each unknown one.
+func (ff *filterForm) parseDecisions(q url.Values) []string {
+	var errs []string
 	selDec := map[string]bool{}
 	for _, v := range q["decision"] {
 		d, ok := pb.Decision_value["DECISION_"+strings.ToUpper(v)]
@@ -144,6 +180,13 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 		selDec[strings.ToLower(v)] = true
 	}
 	ff.Decisions = enumChoices(pb.Decision_name, "DECISION_", selDec)
+	return errs
+}
+
+// parseTimes reads the since and until times (see parseTime); the query keeps them as fixed UTC
+// times, so paging and live agree. It returns an error text for each that is not a time.
+func (ff *filterForm) parseTimes(q url.Values, now time.Time) []string {
+	var errs []string
 	ff.Since, ff.Until = strings.TrimSpace(q.Get("since")), strings.TrimSpace(q.Get("until"))
 	if ff.Since != "" {
 		t, err := parseTime(ff.Since, now)
@@ -163,6 +206,13 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 			ff.Query.Set("until", t.UTC().Format(time.RFC3339Nano))
 		}
 	}
+	return errs
+}
+
+// parseProcess reads the process name, process id and rule; it returns an error text for a pid
+// that is not a process id.
+func (ff *filterForm) parseProcess(q url.Values) []string {
+	var errs []string
 	ff.Process = strings.TrimSpace(q.Get("process"))
 	if ff.Process != "" {
 		ff.Filter.Process = ff.Process
@@ -183,6 +233,13 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 		ff.Filter.Rule = ff.Rule
 		ff.Query.Set("rule", ff.Rule)
 	}
+	return errs
+}
+
+// parseSeverity reads the minimum severity and fills the severity choices; it returns an error text
+// for an unknown severity.
+func (ff *filterForm) parseSeverity(q url.Values) []string {
+	var errs []string
 	sev := strings.TrimSpace(q.Get("severity"))
 	ff.Severity = []choice{{Value: "", Label: "any", Selected: sev == ""}}
 	for _, c := range enumChoices(pb.Severity_name, "SEVERITY_", map[string]bool{strings.ToLower(sev): true}) {
@@ -197,12 +254,5 @@ func parseFilter(q url.Values, now time.Time) (*filterForm, error) {
 			errs = append(errs, fmt.Sprintf("severity %q is not one of info, low, medium, high, critical", truncate(sev, 40)))
 		}
 	}
-	ff.Page = q.Get("page")
-	if len(errs) > 0 {
-		return ff, fmt.Errorf("%s", strings.Join(errs, "; "))
-	}
-	if err := query.ValidateFilter(ff.Filter); err != nil {
-		return ff, err
-	}
-	return ff, nil
+	return errs
 }

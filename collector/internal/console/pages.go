@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/keyguard/keyguard/collector/internal/query"
+	"github.com/keyguard/keyguard/collector/internal/store"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -147,25 +148,48 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Loss counters: the hosts' loss reports, through the same ListEvents as the API.
-	type loss struct {
-		n    uint64
-		last time.Time
+	losses, note, err := c.fleetLosses(ctx)
+	if err != nil {
+		return nil, err
 	}
-	losses := map[string]*loss{}
+	verdicts, err := c.st.Verdicts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := c.opts.Now()
+	fd := &fleetData{StaleAfter: c.opts.StaleAfter.String(), LossNote: note}
+	for _, h := range hosts.GetHosts() {
+		row := c.newHostRow(h, now, verdicts, losses[h.GetHost()])
+		if row.Stale {
+			fd.Stale++
+		}
+		fd.Hosts = append(fd.Hosts, row)
+	}
+	return fd, nil
+}
+
+// hostLoss sums a host's loss reports; last is the time of its newest one.
+type hostLoss struct {
+	n    uint64
+	last time.Time
+}
+
+// fleetLosses sums the hosts' loss reports, newest first, through the same ListEvents as the API. It
+// reads at most about lossScan reports; when it stops early, note says so.
+func (c *Console) fleetLosses(ctx context.Context) (losses map[string]*hostLoss, note string, err error) {
+	losses = map[string]*hostLoss{}
 	req := &pb.ListEventsRequest{Filter: &pb.EventFilter{Kinds: []pb.EventKind{pb.EventKind_EVENT_KIND_LOSS_REPORT}}, PageSize: query.MaxPageSize, NewestFirst: true}
 	scanned := 0
-	note := ""
 	for {
 		resp, err := c.qs.ListEvents(ctx, req)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		for _, se := range resp.GetEvents() {
 			h := se.GetEvent().GetHost()
 			l := losses[h]
 			if l == nil {
-				l = &loss{last: se.GetEvent().GetTime().AsTime()}
+				l = &hostLoss{last: se.GetEvent().GetTime().AsTime()}
 				losses[h] = l
 			}
 			l.n += se.GetEvent().GetLossReport().GetCount()
@@ -180,71 +204,71 @@ func (c *Console) fleetData(ctx context.Context) (*fleetData, error) {
 		}
 		req.PageToken = resp.GetNextPageToken()
 	}
-	verdicts, err := c.st.Verdicts(ctx)
-	if err != nil {
-		return nil, err
+	return losses, note, nil
+}
+
+// newHostRow builds a host's fleet table row from its summary, its chain verdict and its losses (nil:
+// no loss report).
+func (c *Console) newHostRow(h *pb.Host, now time.Time, verdicts map[string]store.Verdict, l *hostLoss) hostRow {
+	row := hostRow{
+		Host:         h.GetHost(),
+		Status:       lower(h.GetStatus(), "HOST_STATUS_"),
+		AgentVersion: h.GetAgentVersion(),
+		Events:       strconv.FormatUint(h.GetEventCount(), 10),
+		Lost:         "0",
+		EventsURL:    "/events?host=" + urlQuery(h.GetHost()),
+		ChainURL:     "/chain?host=" + urlQuery(h.GetHost()),
 	}
-	now := c.opts.Now()
-	fd := &fleetData{StaleAfter: c.opts.StaleAfter.String(), LossNote: note}
-	for _, h := range hosts.GetHosts() {
-		row := hostRow{
-			Host:         h.GetHost(),
-			Status:       lower(h.GetStatus(), "HOST_STATUS_"),
-			AgentVersion: h.GetAgentVersion(),
-			Events:       strconv.FormatUint(h.GetEventCount(), 10),
-			Lost:         "0",
-			EventsURL:    "/events?host=" + urlQuery(h.GetHost()),
-			ChainURL:     "/chain?host=" + urlQuery(h.GetHost()),
-		}
-		if row.Status == "unspecified" {
-			row.Status = "no health report"
-		}
-		last := h.GetLastSeenTime().AsTime()
-		row.LastSeen, row.LastSeenAgo = last.UTC().Format(timeLayout), ago(last, now)
-		row.Stale = now.Sub(last) > c.opts.StaleAfter
-		if row.Stale {
-			fd.Stale++
-		}
-		if hh := h.GetLastHealth(); hh != nil {
-			row.Kernel = hh.GetKernelRelease()
-			row.LSM, row.Pinned = yesNo(hh.GetLsmActive()), yesNo(hh.GetEnforcementPinned())
-			row.Protected = strconv.FormatUint(uint64(hh.GetProtectedProcessCount()), 10)
-			if hh.GetAgentVersion() != "" {
-				row.AgentVersion = hh.GetAgentVersion()
-			}
-			for _, f := range hh.GetFindings() {
-				row.Findings = append(row.Findings, finding{Text: f.GetName() + " = " + f.GetValue(), Class: "finding sev-" + lower(f.GetSeverity(), "SEVERITY_")})
-			}
-			row.Problem = !hh.GetLsmActive() || !hh.GetEnforcementPinned() || h.GetStatus() == pb.HostStatus_HOST_STATUS_UNINSTALLED
-			row.NotEnforcing = notEnforcing(hh, h.GetStatus())
-			row.Problem = row.Problem || row.NotEnforcing != ""
-		}
-		if v, ok := verdicts[h.GetHost()]; ok && !v.OK {
-			row.Tampered = fmt.Sprintf("chain verification at %s found %d problem(s)", v.Time.UTC().Format(timeLayout), v.Problems)
-			row.Problem = true
-		}
-		row.RowClass, row.LSMClass, row.PinnedClass, row.LostClass = "host", "lsm", "pinned", "lost"
-		if l := losses[h.GetHost()]; l != nil {
-			row.Lost, row.LastLoss = strconv.FormatUint(l.n, 10), "last loss report "+l.last.UTC().Format(timeLayout)
-			if l.n > 0 {
-				row.LostClass = "lost bad"
-			}
-		}
-		if row.Stale {
-			row.RowClass += " stale"
-		}
-		if row.Problem {
-			row.RowClass += " problem"
-		}
-		if row.LSM == "no" {
-			row.LSMClass = "lsm bad"
-		}
-		if row.Pinned == "no" {
-			row.PinnedClass = "pinned bad"
-		}
-		fd.Hosts = append(fd.Hosts, row)
+	if row.Status == "unspecified" {
+		row.Status = "no health report"
 	}
-	return fd, nil
+	last := h.GetLastSeenTime().AsTime()
+	row.LastSeen, row.LastSeenAgo = last.UTC().Format(timeLayout), ago(last, now)
+	row.Stale = now.Sub(last) > c.opts.StaleAfter
+	if hh := h.GetLastHealth(); hh != nil {
+		row.addHealth(hh, h.GetStatus())
+	}
+	if v, ok := verdicts[h.GetHost()]; ok && !v.OK {
+		row.Tampered = fmt.Sprintf("chain verification at %s found %d problem(s)", v.Time.UTC().Format(timeLayout), v.Problems)
+		row.Problem = true
+	}
+	row.RowClass, row.LSMClass, row.PinnedClass, row.LostClass = "host", "lsm", "pinned", "lost"
+	if l != nil {
+		row.Lost, row.LastLoss = strconv.FormatUint(l.n, 10), "last loss report "+l.last.UTC().Format(timeLayout)
+		if l.n > 0 {
+			row.LostClass = "lost bad"
+		}
+	}
+	if row.Stale {
+		row.RowClass += " stale"
+	}
+	if row.Problem {
+		row.RowClass += " problem"
+	}
+	if row.LSM == "no" {
+		row.LSMClass = "lsm bad"
+	}
+	if row.Pinned == "no" {
+		row.PinnedClass = "pinned bad"
+	}
+	return row
+}
+
+// addHealth fills the row from the host's last health report: kernel, enforcement, findings, and
+// whether that is a problem.
+func (row *hostRow) addHealth(hh *pb.AgentHealth, st pb.HostStatus) {
+	row.Kernel = hh.GetKernelRelease()
+	row.LSM, row.Pinned = yesNo(hh.GetLsmActive()), yesNo(hh.GetEnforcementPinned())
+	row.Protected = strconv.FormatUint(uint64(hh.GetProtectedProcessCount()), 10)
+	if hh.GetAgentVersion() != "" {
+		row.AgentVersion = hh.GetAgentVersion()
+	}
+	for _, f := range hh.GetFindings() {
+		row.Findings = append(row.Findings, finding{Text: f.GetName() + " = " + f.GetValue(), Class: "finding sev-" + lower(f.GetSeverity(), "SEVERITY_")})
+	}
+	row.Problem = !hh.GetLsmActive() || !hh.GetEnforcementPinned() || st == pb.HostStatus_HOST_STATUS_UNINSTALLED
+	row.NotEnforcing = notEnforcing(hh, st)
+	row.Problem = row.Problem || row.NotEnforcing != ""
 }
 
 // notEnforcing says why a host's keys are not guarded, from its last health report ("" when enforcing).

@@ -167,129 +167,7 @@ func detailSections(se *pb.StoredEvent) []section {
 		{"boot id", ev.GetBootId()},
 	}}
 	out := []section{head}
-	switch k := ev.GetKind().(type) {
-	case *pb.Event_MemoryAccess:
-		m := k.MemoryAccess
-		out = append(out, section{Title: "Decision", Fields: []field{
-			{"decision", decisionLabel(m.GetDecision())},
-			{"rule", m.GetRule()},
-			{"rule mode", lower(m.GetPolicyMode(), "POLICY_MODE_")},
-			{"operation", lower(m.GetOperation(), "ACCESS_OPERATION_")},
-			{"/proc path", m.GetProcPath()},
-			{"access mode", fmt.Sprintf("%#x %s", m.GetAccessMode(), strings.Join(m.GetAccessModeNames(), " "))},
-			{"detail", m.GetDetail()},
-		}}, procSection("Accessor", m.GetAccessor()), procSection("Target", m.GetTarget()))
-	case *pb.Event_ProtectionChange:
-		p := k.ProtectionChange
-		out = append(out, section{Title: "Protection", Fields: []field{
-			{"state", lower(p.GetState(), "PROTECTION_STATE_")},
-			{"reason", lower(p.GetReason(), "PROTECTION_REASON_")},
-			{"rule", p.GetRule()},
-			{"key file", p.GetKeyFilePath()},
-			{"detail", p.GetDetail()},
-		}}, procSection("Process", p.GetProcess()))
-	case *pb.Event_CoreDump:
-		c := k.CoreDump
-		red := section{Title: "Redacted"}
-		for _, r := range c.GetRedacted() {
-			red.Fields = append(red.Fields, field{r.GetKind(), fmt.Sprintf("%d bytes", r.GetBytes())})
-		}
-		if len(red.Fields) == 0 {
-			red.Fields = []field{{"", "nothing (no redaction recorded)"}}
-		}
-		out = append(out, section{Title: "Core dump", Fields: []field{
-			{"action", lower(c.GetAction(), "CORE_DUMP_ACTION_")},
-			{"signal", strconv.Itoa(int(c.GetSignal()))},
-			{"rule", c.GetRule()},
-			{"reason", c.GetReason()},
-			{"verifier verdict", c.GetVerifierVerdict()},
-			{"destination", c.GetDestination()},
-		}}, red, procSection("Process", c.GetProcess()))
-	case *pb.Event_KeyFileAccess:
-		f := k.KeyFileAccess
-		out = append(out, section{Title: "Key file", Fields: []field{
-			{"decision", decisionLabel(f.GetDecision())},
-			{"rule", f.GetRule()},
-			{"rule mode", lower(f.GetPolicyMode(), "POLICY_MODE_")},
-			{"path", f.GetPath()},
-			{"dev:inode", fmt.Sprintf("%#x:%d", f.GetDev(), f.GetInode())},
-			{"open flags", fmt.Sprintf("%#o", f.GetOpenFlags())},
-			{"detail", f.GetDetail()},
-		}}, procSection("Process", f.GetProcess()))
-	case *pb.Event_SideDoor:
-		s := k.SideDoor
-		out = append(out, section{Title: "Side door", Fields: []field{
-			{"route", lower(s.GetKind(), "SIDE_DOOR_KIND_")},
-			{"decision", decisionLabel(s.GetDecision())},
-			{"rule", s.GetRule()},
-			{"detail", s.GetDetail()},
-		}}, procSection("Accessor", s.GetAccessor()))
-		if s.GetTarget() != nil {
-			out = append(out, procSection("Target", s.GetTarget()))
-		}
-	case *pb.Event_BreakGlass:
-		b := k.BreakGlass
-		out = append(out, section{Title: "Break glass", Fields: []field{
-			{"state", lower(b.GetState(), "BREAK_GLASS_STATE_")},
-			{"operator", b.GetOperator()},
-			{"accessor executable", b.GetAccessorExePath()},
-			{"accessor uid", strconv.FormatUint(uint64(b.GetAccessorUid()), 10)},
-			{"rule", b.GetRule()},
-			{"reason", b.GetReason()},
-			{"expires", fmtTime(b.GetExpireTime())},
-		}})
-	case *pb.Event_AgentHealth:
-		h := k.AgentHealth
-		out = append(out, section{Title: "Agent health", Fields: []field{
-			{"state", lower(h.GetState(), "AGENT_STATE_")},
-			{"agent version", h.GetAgentVersion()},
-			{"kernel", h.GetKernelRelease()},
-			{"BPF LSM active", yesNo(h.GetLsmActive())},
-			{"enforcement pinned", yesNo(h.GetEnforcementPinned())},
-			{"protected processes", strconv.FormatUint(uint64(h.GetProtectedProcessCount()), 10)},
-			{"detail", h.GetDetail()},
-		}})
-		fs := section{Title: "Posture findings"}
-		for _, f := range h.GetFindings() {
-			fs.Fields = append(fs.Fields, field{f.GetName(), fmt.Sprintf("%s [%s] %s", f.GetValue(), lower(f.GetSeverity(), "SEVERITY_"), f.GetRemediation())})
-		}
-		if len(fs.Fields) > 0 {
-			out = append(out, fs)
-		}
-	case *pb.Event_LossReport:
-		l := k.LossReport
-		ls := section{Title: "Loss", Fields: []field{
-			{"source", lower(l.GetSource(), "LOSS_SOURCE_")},
-			{"events lost", strconv.FormatUint(l.GetCount(), 10)},
-			{"window", fmtTime(l.GetWindowStartTime()) + " – " + fmtTime(l.GetWindowEndTime())},
-		}}
-		for _, pk := range l.GetPerKind() {
-			ls.Fields = append(ls.Fields, field{kindLabel(pk.GetKind()), strconv.FormatUint(pk.GetCount(), 10)})
-		}
-		for _, r := range l.GetEvicted() {
-			ls.Fields = append(ls.Fields, field{"evicted seq", fmt.Sprintf("%d–%d", r.GetFirst(), r.GetLast())})
-		}
-		out = append(out, ls)
-	case *pb.Event_KeyMaterialFound:
-		m := k.KeyMaterialFound
-		out = append(out, section{Title: "Key material found", Fields: []field{
-			{"file", m.GetPath()},
-			{"compression", m.GetCompression()},
-			{"offset", strconv.FormatUint(m.GetOffset(), 10)},
-			{"length", strconv.FormatUint(uint64(m.GetLength()), 10)},
-			{"encoding", m.GetEncoding()},
-			{"key", m.GetKey()},
-			{"key fingerprint", m.GetKeyFingerprint()},
-			{"findings in the file", strconv.FormatUint(uint64(m.GetFileFindings()), 10)},
-			{"quarantined to", m.GetQuarantinePath()},
-		}})
-	case *pb.Event_KeyFingerprints:
-		fs := section{Title: "Key fingerprints"}
-		for _, key := range k.KeyFingerprints.GetKeys() {
-			fs.Fields = append(fs.Fields, field{"key", key.GetName()})
-		}
-		out = append(out, fs)
-	}
+	out = append(out, kindSections(ev)...)
 	out = append(out, section{Title: "Storage", Fields: []field{
 		{"received", fmtTime(se.GetReceiveTime())},
 		{"collector", se.GetCollector()},
@@ -297,6 +175,177 @@ func detailSections(se *pb.StoredEvent) []section {
 		{"chain hash", fmt.Sprintf("%x", se.GetChainHash())},
 	}})
 	return out
+}
+
+// kindSections lays out what is particular to the event's kind (none for an unknown kind).
+func kindSections(ev *pb.Event) []section {
+	switch k := ev.GetKind().(type) {
+	case *pb.Event_MemoryAccess:
+		return memoryAccessSections(k.MemoryAccess)
+	case *pb.Event_ProtectionChange:
+		return protectionChangeSections(k.ProtectionChange)
+	case *pb.Event_CoreDump:
+		return coreDumpSections(k.CoreDump)
+	case *pb.Event_KeyFileAccess:
+		return keyFileAccessSections(k.KeyFileAccess)
+	case *pb.Event_SideDoor:
+		return sideDoorSections(k.SideDoor)
+	case *pb.Event_BreakGlass:
+		return breakGlassSections(k.BreakGlass)
+	case *pb.Event_AgentHealth:
+		return agentHealthSections(k.AgentHealth)
+	case *pb.Event_LossReport:
+		return lossReportSections(k.LossReport)
+	case *pb.Event_KeyMaterialFound:
+		return keyMaterialFoundSections(k.KeyMaterialFound)
+	case *pb.Event_KeyFingerprints:
+		return keyFingerprintsSections(k.KeyFingerprints)
+	}
+	return nil
+}
+
+// memoryAccessSections: the decision, the accessor and the target.
+func memoryAccessSections(m *pb.MemoryAccess) []section {
+	return []section{{Title: "Decision", Fields: []field{
+		{"decision", decisionLabel(m.GetDecision())},
+		{"rule", m.GetRule()},
+		{"rule mode", lower(m.GetPolicyMode(), "POLICY_MODE_")},
+		{"operation", lower(m.GetOperation(), "ACCESS_OPERATION_")},
+		{"/proc path", m.GetProcPath()},
+		{"access mode", fmt.Sprintf("%#x %s", m.GetAccessMode(), strings.Join(m.GetAccessModeNames(), " "))},
+		{"detail", m.GetDetail()},
+	}}, procSection("Accessor", m.GetAccessor()), procSection("Target", m.GetTarget())}
+}
+
+// protectionChangeSections: the protection state and the process.
+func protectionChangeSections(p *pb.ProtectionChange) []section {
+	return []section{{Title: "Protection", Fields: []field{
+		{"state", lower(p.GetState(), "PROTECTION_STATE_")},
+		{"reason", lower(p.GetReason(), "PROTECTION_REASON_")},
+		{"rule", p.GetRule()},
+		{"key file", p.GetKeyFilePath()},
+		{"detail", p.GetDetail()},
+	}}, procSection("Process", p.GetProcess())}
+}
+
+// coreDumpSections: the core dump, what was redacted from it, and the process.
+func coreDumpSections(c *pb.CoreDump) []section {
+	red := section{Title: "Redacted"}
+	for _, r := range c.GetRedacted() {
+		red.Fields = append(red.Fields, field{r.GetKind(), fmt.Sprintf("%d bytes", r.GetBytes())})
+	}
+	if len(red.Fields) == 0 {
+		red.Fields = []field{{"", "nothing (no redaction recorded)"}}
+	}
+	return []section{{Title: "Core dump", Fields: []field{
+		{"action", lower(c.GetAction(), "CORE_DUMP_ACTION_")},
+		{"signal", strconv.Itoa(int(c.GetSignal()))},
+		{"rule", c.GetRule()},
+		{"reason", c.GetReason()},
+		{"verifier verdict", c.GetVerifierVerdict()},
+		{"destination", c.GetDestination()},
+	}}, red, procSection("Process", c.GetProcess())}
+}
+
+// keyFileAccessSections: the key file decision and the process.
+func keyFileAccessSections(f *pb.KeyFileAccess) []section {
+	return []section{{Title: "Key file", Fields: []field{
+		{"decision", decisionLabel(f.GetDecision())},
+		{"rule", f.GetRule()},
+		{"rule mode", lower(f.GetPolicyMode(), "POLICY_MODE_")},
+		{"path", f.GetPath()},
+		{"dev:inode", fmt.Sprintf("%#x:%d", f.GetDev(), f.GetInode())},
+		{"open flags", fmt.Sprintf("%#o", f.GetOpenFlags())},
+		{"detail", f.GetDetail()},
+	}}, procSection("Process", f.GetProcess())}
+}
+
+// sideDoorSections: the side door decision, the accessor and, when recorded, the target.
+func sideDoorSections(s *pb.SideDoor) []section {
+	out := []section{{Title: "Side door", Fields: []field{
+		{"route", lower(s.GetKind(), "SIDE_DOOR_KIND_")},
+		{"decision", decisionLabel(s.GetDecision())},
+		{"rule", s.GetRule()},
+		{"detail", s.GetDetail()},
+	}}, procSection("Accessor", s.GetAccessor())}
+	if s.GetTarget() != nil {
+		out = append(out, procSection("Target", s.GetTarget()))
+	}
+	return out
+}
+
+// breakGlassSections: the break-glass grant.
+func breakGlassSections(b *pb.BreakGlass) []section {
+	return []section{{Title: "Break glass", Fields: []field{
+		{"state", lower(b.GetState(), "BREAK_GLASS_STATE_")},
+		{"operator", b.GetOperator()},
+		{"accessor executable", b.GetAccessorExePath()},
+		{"accessor uid", strconv.FormatUint(uint64(b.GetAccessorUid()), 10)},
+		{"rule", b.GetRule()},
+		{"reason", b.GetReason()},
+		{"expires", fmtTime(b.GetExpireTime())},
+	}}}
+}
+
+// agentHealthSections: the agent's health and, if any, its posture findings.
+func agentHealthSections(h *pb.AgentHealth) []section {
+	out := []section{{Title: "Agent health", Fields: []field{
+		{"state", lower(h.GetState(), "AGENT_STATE_")},
+		{"agent version", h.GetAgentVersion()},
+		{"kernel", h.GetKernelRelease()},
+		{"BPF LSM active", yesNo(h.GetLsmActive())},
+		{"enforcement pinned", yesNo(h.GetEnforcementPinned())},
+		{"protected processes", strconv.FormatUint(uint64(h.GetProtectedProcessCount()), 10)},
+		{"detail", h.GetDetail()},
+	}}}
+	fs := section{Title: "Posture findings"}
+	for _, f := range h.GetFindings() {
+		fs.Fields = append(fs.Fields, field{f.GetName(), fmt.Sprintf("%s [%s] %s", f.GetValue(), lower(f.GetSeverity(), "SEVERITY_"), f.GetRemediation())})
+	}
+	if len(fs.Fields) > 0 {
+		out = append(out, fs)
+	}
+	return out
+}
+
+// lossReportSections: what was lost, per kind, and the evicted sequence ranges.
+func lossReportSections(l *pb.LossReport) []section {
+	ls := section{Title: "Loss", Fields: []field{
+		{"source", lower(l.GetSource(), "LOSS_SOURCE_")},
+		{"events lost", strconv.FormatUint(l.GetCount(), 10)},
+		{"window", fmtTime(l.GetWindowStartTime()) + " – " + fmtTime(l.GetWindowEndTime())},
+	}}
+	for _, pk := range l.GetPerKind() {
+		ls.Fields = append(ls.Fields, field{kindLabel(pk.GetKind()), strconv.FormatUint(pk.GetCount(), 10)})
+	}
+	for _, r := range l.GetEvicted() {
+		ls.Fields = append(ls.Fields, field{"evicted seq", fmt.Sprintf("%d–%d", r.GetFirst(), r.GetLast())})
+	}
+	return []section{ls}
+}
+
+// keyMaterialFoundSections: where key material was found on disk and what became of it.
+func keyMaterialFoundSections(m *pb.KeyMaterialFound) []section {
+	return []section{{Title: "Key material found", Fields: []field{
+		{"file", m.GetPath()},
+		{"compression", m.GetCompression()},
+		{"offset", strconv.FormatUint(m.GetOffset(), 10)},
+		{"length", strconv.FormatUint(uint64(m.GetLength()), 10)},
+		{"encoding", m.GetEncoding()},
+		{"key", m.GetKey()},
+		{"key fingerprint", m.GetKeyFingerprint()},
+		{"findings in the file", strconv.FormatUint(uint64(m.GetFileFindings()), 10)},
+		{"quarantined to", m.GetQuarantinePath()},
+	}}}
+}
+
+// keyFingerprintsSections: the names of the fingerprinted keys.
+func keyFingerprintsSections(k *pb.KeyFingerprints) []section {
+	fs := section{Title: "Key fingerprints"}
+	for _, key := range k.GetKeys() {
+		fs.Fields = append(fs.Fields, field{"key", key.GetName()})
+	}
+	return []section{fs}
 }
 
 func yesNo(b bool) string {

@@ -200,43 +200,84 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		}
 		s.metrics = metrics.New(cfg.MetricsMaxHosts)
 	}
+	creds, auth, err := s.newTransport(cfg)
+	if err != nil {
+		return nil, err
+	}
+	key, err := readChainKey(cfg.Storage.ChainKeyFile)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.openStorage(ctx, cfg, key); err != nil {
+		return nil, err
+	}
+	if err := s.listen(cfg); err != nil {
+		return nil, err
+	}
+	qs := s.newGRPC(cfg, auth, creds)
+	if cfg.Console.Listen != "" {
+		if err := s.newConsole(cfg, qs); err != nil {
+			s.lis.Close()
+			s.store.Close()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// newTransport chooses how gRPC clients connect and are identified: plaintext on loopback (demo), or
+// mTLS with the configured certificates, CRL and revoked serials (kept in s.tls). The returned
+// server option is nil for plaintext.
+func (s *Server) newTransport(cfg Config) (grpc.ServerOption, identity.Authorizer, error) {
 	var creds grpc.ServerOption
 	auth := identity.Authorizer{}
 	if cfg.InsecurePlaintext {
 		if !IsLoopback(cfg.Listen) {
-			return nil, fmt.Errorf("insecure_plaintext is only allowed on a loopback address (127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not %q: configure tls.cert, tls.key and tls.client_ca", cfg.Listen)
+			return nil, auth, fmt.Errorf("insecure_plaintext is only allowed on a loopback address (127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not %q: configure tls.cert, tls.key and tls.client_ca", cfg.Listen)
 		}
 		for i := 0; i < 3; i++ {
-			log.Warn("!!! INSECURE PLAINTEXT MODE: no TLS, no client authentication; host identity is taken from the x-keyguard-host header. Loopback demo use only. !!!", "listen", cfg.Listen)
+			s.log.Warn("!!! INSECURE PLAINTEXT MODE: no TLS, no client authentication; host identity is taken from the x-keyguard-host header. Loopback demo use only. !!!", "listen", cfg.Listen)
 		}
 		auth.Plaintext = true
 	} else {
-		m, err := tlsconfig.New(tlsconfig.Files{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, ClientCA: cfg.TLS.ClientCA, CRL: cfg.TLS.CRL, RevokedSerials: cfg.TLS.RevokedSerials}, log)
+		m, err := tlsconfig.New(tlsconfig.Files{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, ClientCA: cfg.TLS.ClientCA, CRL: cfg.TLS.CRL, RevokedSerials: cfg.TLS.RevokedSerials}, s.log)
 		if err != nil {
-			return nil, err
+			return nil, auth, err
 		}
 		s.tls = m
 		auth.Revoked = m.Revoked
 		creds = grpc.Creds(credentials.NewTLS(m.ServerConfig()))
 	}
-	var key []byte
-	if cfg.Storage.ChainKeyFile != "" {
-		k, err := os.ReadFile(cfg.Storage.ChainKeyFile)
-		if err != nil {
-			return nil, fmt.Errorf("read chain key: %w", err)
-		}
-		key = []byte(strings.TrimSpace(string(k)))
-		if len(key) < 16 {
-			return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", cfg.Storage.ChainKeyFile)
-		}
+	return creds, auth, nil
+}
+
+// readChainKey reads the optional HMAC chain key (surrounding white space trimmed); an empty file
+// name means no key.
+func readChainKey(file string) ([]byte, error) {
+	if file == "" {
+		return nil, nil
 	}
-	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: log, Witness: cfg.Witness.File}
+	k, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read chain key: %w", err)
+	}
+	key := []byte(strings.TrimSpace(string(k)))
+	if len(key) < 16 {
+		return nil, fmt.Errorf("chain key in %s is shorter than 16 bytes: use e.g. 'head -c 32 /dev/urandom | base64'", file)
+	}
+	return key, nil
+}
+
+// openStorage opens the event store (s.store) and, when there are alert rules, the alert engine
+// (s.alerts); on error nothing stays open.
+func (s *Server) openStorage(ctx context.Context, cfg Config, key []byte) error {
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: s.log, Witness: cfg.Witness.File}
 	if s.metrics != nil {
 		sopts.Timed = s.metrics.ObserveStore
 	}
 	st, err := store.Open(ctx, sopts)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.store = st
 	if len(cfg.Alerts.Rules) > 0 {
@@ -244,25 +285,37 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		if s.metrics != nil {
 			obs = s.metrics
 		}
-		if s.alerts, err = alert.New(alert.Options{Store: st, Config: cfg.Alerts, Owner: st.Collector(), Logger: log.With("component", "alert"), Observer: obs}); err != nil {
+		if s.alerts, err = alert.New(alert.Options{Store: st, Config: cfg.Alerts, Owner: st.Collector(), Logger: s.log.With("component", "alert"), Observer: obs}); err != nil {
 			st.Close()
-			return nil, err
+			return err
 		}
 	}
+	return nil
+}
+
+// listen binds the gRPC listener (s.lis) and, when metrics are on, the metrics listener
+// (s.metricsLis); on error it closes what it opened and the store.
+func (s *Server) listen(cfg Config) error {
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		s.store.Close()
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.lis = lis
 	if s.metrics != nil {
 		if s.metricsLis, err = metricsserver.Listen(cfg.MetricsListen, cfg.MetricsAllowRemote, metricsNames()); err != nil {
 			lis.Close()
-			st.Close()
-			return nil, err
+			s.store.Close()
+			return err
 		}
 	}
+	return nil
+}
 
+// newGRPC builds the gRPC server (s.grpc) with its limits, keepalives and authorization, and
+// registers the ingest, query, health (s.health, all serving) and reflection services. It returns
+// the query service, which the console also uses.
+func (s *Server) newGRPC(cfg Config, auth identity.Authorizer, creds grpc.ServerOption) *query.Server {
 	maxMsg := cfg.MaxMessageBytes
 	if maxMsg <= 0 {
 		maxMsg = 4 << 20
@@ -279,10 +332,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.grpc = grpc.NewServer(opts...)
 	notifier := query.NewNotifier()
-	ing := ingest.New(st, log.With("service", "ingest"), notifier.Notify, auth.Revoked)
+	ing := ingest.New(s.store, s.log.With("service", "ingest"), notifier.Notify, auth.Revoked)
 	ing.SetMetrics(s.metrics)
 	pb.RegisterIngestServiceServer(s.grpc, ing)
-	qs := query.New(st, log.With("service", "query"), notifier,
+	qs := query.New(s.store, s.log.With("service", "query"), notifier,
 		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll), Metrics: s.metrics})
 	pb.RegisterQueryServiceServer(s.grpc, qs)
 	s.health = health.NewServer()
@@ -291,14 +344,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	for _, svc := range []string{"", pb.IngestService_ServiceDesc.ServiceName, pb.QueryService_ServiceDesc.ServiceName} {
 		s.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
 	}
-	if cfg.Console.Listen != "" {
-		if err := s.newConsole(cfg, qs); err != nil {
-			lis.Close()
-			st.Close()
-			return nil, err
-		}
-	}
-	return s, nil
+	return qs
 }
 
 // newConsole prepares the web console: TLS material, users, operator key and its listener.
