@@ -61,152 +61,186 @@ func main() {
 		fmt.Fprintln(os.Stderr, "usage: testproc hold|attack|exec-attack|loop-attack ...")
 		os.Exit(2)
 	}
-	switch os.Args[1] {
-	case "hold":
-		hold(os.Args[2:])
-	case "attack":
-		if len(os.Args) < 4 {
-			fmt.Fprintln(os.Stderr, "usage: testproc attack OP PID [TID] [ADDR]")
-			os.Exit(2)
-		}
-		pid, _ := strconv.Atoi(os.Args[3])
-		tid, addr := pid, uint64(0)
-		if len(os.Args) > 4 {
-			tid, _ = strconv.Atoi(os.Args[4])
-		}
-		if len(os.Args) > 5 {
-			addr, _ = strconv.ParseUint(strings.TrimPrefix(os.Args[5], "0x"), 16, 64)
-		}
-		n, err := Attack(os.Args[2], pid, tid, addr)
-		report(n, err)
-	case "fileop":
-		fileop(os.Args[2:])
-	case "race-victim":
-		raceVictim(os.Args[2])
-	case "race-read":
-		raceRead(os.Args[2], os.Args[3], os.Args[4])
-	case "exec-attack":
-		execAttack(os.Args[2])
-	case "crash":
-		crash(os.Args[2:])
-	case "perf":
-		// perf_event_open sampling the user stack of PID (or CPU-wide on CPU 0 with PID -1).
-		pid, _ := strconv.Atoi(os.Args[2])
-		cpu := -1
-		if pid == -1 {
-			cpu = 0
-		}
-		attr := unix.PerfEventAttr{Type: unix.PERF_TYPE_SOFTWARE, Config: unix.PERF_COUNT_SW_CPU_CLOCK,
-			Sample: 100000, Sample_type: unix.PERF_SAMPLE_STACK_USER, Sample_stack_user: 8192}
-		attr.Size = uint32(unsafe.Sizeof(attr))
-		fd, err := unix.PerfEventOpen(&attr, pid, cpu, -1, unix.PERF_FLAG_FD_CLOEXEC)
-		if err == nil {
-			unix.Close(fd)
-		}
-		report(1, err)
-	case "open":
-		// open PATH r|w: prints OK 0 or ERR errno (side doors refused at open).
-		flags := os.O_RDONLY
-		if len(os.Args) > 3 && os.Args[3] == "w" {
-			flags = os.O_WRONLY
-		}
-		f, err := os.OpenFile(os.Args[2], flags, 0)
-		if err == nil {
-			f.Close()
-		}
-		report(0, err)
-	case "finit":
-		// finit_module(2) of PATH (any file: the LSM hook runs before the module is parsed).
-		f, err := os.Open(os.Args[2])
-		if err != nil {
-			report(0, err)
-			break
-		}
-		report(0, unix.FinitModule(int(f.Fd()), "", 0))
-	case "initmod":
-		// init_module(2) of a buffer that is no module.
-		report(0, unix.InitModule(make([]byte, 4096), ""))
-	case "kexec":
-		// kexec_file_load(2) of PATH as a kernel image.
-		f, err := os.Open(os.Args[2])
-		if err != nil {
-			report(0, err)
-			break
-		}
-		report(0, unix.KexecFileLoad(int(f.Fd()), -1, "", unix.KEXEC_FILE_NO_INITRAMFS))
-	case "bpfload":
-		// Load (not attach) a BPF program of the given kind; prints OK or ERR errno.
-		err := bpfLoad(os.Args[2])
-		report(1, err)
-	case "selfread":
-		// A process reads its own memory through every path, including through another of its threads.
-		secret = make([]byte, 64)
-		copy(secret, Secret)
-		addr := uint64(uintptr(unsafe.Pointer(&secret[0])))
-		tidc := make(chan int)
-		go func() {
-			runtime.LockOSThread()
-			tidc <- unix.Gettid()
-			select {}
-		}()
-		tid := <-tidc
-		pid := os.Getpid()
-		for _, op := range []string{"mem", "taskmem", "vmreadv", "environ", "taskenviron"} {
-			n, err := Attack(op, pid, tid, addr)
-			if err != nil || n == 0 {
-				fmt.Printf("ERR %s %d %v\n", op, n, err)
-				os.Exit(1)
-			}
-		}
-		fmt.Println("OK")
-	case "coresave":
-		// A pipe core_pattern helper that keeps the dump: stdin to the file named by its argument.
-		f, err := os.OpenFile(os.Args[2], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			os.Exit(1)
-		}
-		io.Copy(f, os.Stdin)
-		f.Close()
-	case "corecount":
-		// A pipe core_pattern helper: counts the bytes of the dump on stdin and whether it holds Secret.
-		b, _ := io.ReadAll(os.Stdin)
-		os.WriteFile(os.Args[2], []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
-	case "corelisten":
-		// A minimal socket core_pattern receiver (@PATH, Linux 6.16): for each connection the kernel
-		// makes, writes "<bytes> <holds Secret>" to OUTDIR/sock.N. Runs until killed.
-		l, err := net.Listen("unix", os.Args[2])
-		if err != nil {
-			fmt.Println("ERR", err)
-			os.Exit(1)
-		}
-		fmt.Println("LISTENING")
-		for n := 0; ; n++ {
-			c, err := l.Accept()
-			if err != nil {
-				os.Exit(1)
-			}
-			b, _ := io.ReadAll(c)
-			c.Close()
-			os.WriteFile(filepath.Join(os.Args[3], fmt.Sprintf("sock.%d", n)), []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
-		}
-	case "loop-attack":
-		pid, _ := strconv.Atoi(os.Args[2])
-		addr, _ := strconv.ParseUint(strings.TrimPrefix(os.Args[3], "0x"), 16, 64)
-		secs, _ := strconv.Atoi(os.Args[4])
-		ok, fail := 0, 0
-		for end := time.Now().Add(time.Duration(secs) * time.Second); time.Now().Before(end); {
-			if _, err := Attack("mem", pid, pid, addr); err == nil {
-				ok++
-			} else {
-				fail++
-			}
-			time.Sleep(time.Millisecond)
-		}
-		fmt.Printf("SUCCESSES %d FAILURES %d\n", ok, fail)
-	default:
+	mode, ok := modes()[os.Args[1]]
+	if !ok {
 		fmt.Fprintln(os.Stderr, "unknown mode", os.Args[1])
 		os.Exit(2)
 	}
+	mode(os.Args[2:])
+}
+
+// modes maps each mode of testproc to what it does with the arguments after the mode's name.
+func modes() map[string]func(args []string) {
+	return map[string]func(args []string){
+		"hold":        hold,
+		"attack":      attackCmd,
+		"fileop":      fileop,
+		"race-victim": func(a []string) { raceVictim(a[0]) },
+		"race-read":   func(a []string) { raceRead(a[0], a[1], a[2]) },
+		"exec-attack": func(a []string) { execAttack(a[0]) },
+		"crash":       crash,
+		"perf":        perfCmd,
+		"open":        openCmd,
+		"finit":       finitCmd,
+		"initmod": func([]string) {
+			// init_module(2) of a buffer that is no module.
+			report(0, unix.InitModule(make([]byte, 4096), ""))
+		},
+		"kexec": kexecCmd,
+		"bpfload": func(a []string) {
+			// Load (not attach) a BPF program of the given kind; prints OK or ERR errno.
+			report(1, bpfLoad(a[0]))
+		},
+		"selfread":    selfRead,
+		"coresave":    coreSave,
+		"corecount":   coreCount,
+		"corelisten":  coreListen,
+		"loop-attack": loopAttack,
+	}
+}
+
+// attackCmd: attack OP PID [TID] [ADDR].
+func attackCmd(args []string) {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: testproc attack OP PID [TID] [ADDR]")
+		os.Exit(2)
+	}
+	pid, _ := strconv.Atoi(args[1])
+	tid, addr := pid, uint64(0)
+	if len(args) > 2 {
+		tid, _ = strconv.Atoi(args[2])
+	}
+	if len(args) > 3 {
+		addr, _ = strconv.ParseUint(strings.TrimPrefix(args[3], "0x"), 16, 64)
+	}
+	n, err := Attack(args[0], pid, tid, addr)
+	report(n, err)
+}
+
+// perfCmd: perf_event_open sampling the user stack of PID (or CPU-wide on CPU 0 with PID -1).
+func perfCmd(args []string) {
+	pid, _ := strconv.Atoi(args[0])
+	cpu := -1
+	if pid == -1 {
+		cpu = 0
+	}
+	attr := unix.PerfEventAttr{Type: unix.PERF_TYPE_SOFTWARE, Config: unix.PERF_COUNT_SW_CPU_CLOCK,
+		Sample: 100000, Sample_type: unix.PERF_SAMPLE_STACK_USER, Sample_stack_user: 8192}
+	attr.Size = uint32(unsafe.Sizeof(attr))
+	fd, err := unix.PerfEventOpen(&attr, pid, cpu, -1, unix.PERF_FLAG_FD_CLOEXEC)
+	if err == nil {
+		unix.Close(fd)
+	}
+	report(1, err)
+}
+
+// openCmd: open PATH r|w: prints OK 0 or ERR errno (side doors refused at open).
+func openCmd(args []string) {
+	flags := os.O_RDONLY
+	if len(args) > 1 && args[1] == "w" {
+		flags = os.O_WRONLY
+	}
+	f, err := os.OpenFile(args[0], flags, 0)
+	if err == nil {
+		f.Close()
+	}
+	report(0, err)
+}
+
+// finitCmd: finit_module(2) of PATH (any file: the LSM hook runs before the module is parsed).
+func finitCmd(args []string) {
+	f, err := os.Open(args[0])
+	if err != nil {
+		report(0, err)
+		return
+	}
+	report(0, unix.FinitModule(int(f.Fd()), "", 0))
+}
+
+// kexecCmd: kexec_file_load(2) of PATH as a kernel image.
+func kexecCmd(args []string) {
+	f, err := os.Open(args[0])
+	if err != nil {
+		report(0, err)
+		return
+	}
+	report(0, unix.KexecFileLoad(int(f.Fd()), -1, "", unix.KEXEC_FILE_NO_INITRAMFS))
+}
+
+// selfRead: a process reads its own memory through every path, including through another of its threads.
+func selfRead([]string) {
+	secret = make([]byte, 64)
+	copy(secret, Secret)
+	addr := uint64(uintptr(unsafe.Pointer(&secret[0])))
+	tidc := make(chan int)
+	go func() {
+		runtime.LockOSThread()
+		tidc <- unix.Gettid()
+		select {}
+	}()
+	tid := <-tidc
+	pid := os.Getpid()
+	for _, op := range []string{"mem", "taskmem", "vmreadv", "environ", "taskenviron"} {
+		n, err := Attack(op, pid, tid, addr)
+		if err != nil || n == 0 {
+			fmt.Printf("ERR %s %d %v\n", op, n, err)
+			os.Exit(1)
+		}
+	}
+	fmt.Println("OK")
+}
+
+// coreSave: a pipe core_pattern helper that keeps the dump: stdin to the file named by its argument.
+func coreSave(args []string) {
+	f, err := os.OpenFile(args[0], os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		os.Exit(1)
+	}
+	io.Copy(f, os.Stdin)
+	f.Close()
+}
+
+// coreCount: a pipe core_pattern helper: counts the bytes of the dump on stdin and whether it holds Secret.
+func coreCount(args []string) {
+	b, _ := io.ReadAll(os.Stdin)
+	os.WriteFile(args[0], []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
+}
+
+// coreListen: a minimal socket core_pattern receiver (@PATH, Linux 6.16): for each connection the
+// kernel makes, writes "<bytes> <holds Secret>" to OUTDIR/sock.N. Runs until killed.
+func coreListen(args []string) {
+	l, err := net.Listen("unix", args[0])
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(1)
+	}
+	fmt.Println("LISTENING")
+	for n := 0; ; n++ {
+		c, err := l.Accept()
+		if err != nil {
+			os.Exit(1)
+		}
+		b, _ := io.ReadAll(c)
+		c.Close()
+		os.WriteFile(filepath.Join(args[1], fmt.Sprintf("sock.%d", n)), []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
+	}
+}
+
+// loopAttack: loop-attack PID ADDR SECONDS: /proc/PID/mem reads every millisecond; prints the counts.
+func loopAttack(args []string) {
+	pid, _ := strconv.Atoi(args[0])
+	addr, _ := strconv.ParseUint(strings.TrimPrefix(args[1], "0x"), 16, 64)
+	secs, _ := strconv.Atoi(args[2])
+	ok, fail := 0, 0
+	for end := time.Now().Add(time.Duration(secs) * time.Second); time.Now().Before(end); {
+		if _, err := Attack("mem", pid, pid, addr); err == nil {
+			ok++
+		} else {
+			fail++
+		}
+		time.Sleep(time.Millisecond)
+	}
+	fmt.Printf("SUCCESSES %d FAILURES %d\n", ok, fail)
 }
 
 // execAttack starts "EXE hold" and attacks it the instant the kernel has switched it to the new
