@@ -8,6 +8,9 @@ SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
 # Extra vmtest flags, e.g. make vmtest VMTEST_FLAGS="-run TestDeny -suites agent -v"
 VMTEST_FLAGS ?=
+# VMs at once in make vmtest / vmtest-systemd: all kernels together (on 2 cores the three QEMUs share them;
+# with the suites of similar length this ends sooner than two now and the third after).
+VM_PARALLEL ?= 3
 # The systemd demo's kernel and how long its VM stays up afterwards (empty: until Ctrl-C; 0: at once).
 DEMO_KERNEL ?= 6.12
 DEMO_HOLD ?=
@@ -77,11 +80,11 @@ test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
 
 .PHONY: vmtest
 vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in testvm/out/<series>/)
-	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" $(VMTEST_FLAGS)
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -parallel $(VM_PARALLEL) $(VMTEST_FLAGS)
 
 .PHONY: vmtest-systemd
 vmtest-systemd: deps ## The .deb packages on Debian 12 with systemd as PID 1 in QEMU: dpkg, systemd-coredump, upgrade under attack, removal (kernels SYSTEMD_KERNELS; logs in testvm/out/systemd/)
-	$(GO) run ./testvm/cmd/vmtest -systemd -cache $(CACHE) -kernels "$(SYSTEMD_KERNELS)" $(VMTEST_FLAGS)
+	$(GO) run ./testvm/cmd/vmtest -systemd -cache $(CACHE) -kernels "$(SYSTEMD_KERNELS)" -parallel $(VM_PARALLEL) $(VMTEST_FLAGS)
 
 .PHONY: help
 help: ## Show this help

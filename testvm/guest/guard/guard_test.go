@@ -5,6 +5,7 @@ package guard
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -256,28 +258,57 @@ func countLines(path string) int { return len(readEvents()) }
 
 // readEvents reads the agent's event log (format version 2: a header line, then one protojson
 // keyguard.v1.Event per line).
+// eventCache holds the events parsed so far from the append-only event log, so that each poll parses
+// only what the agent wrote since the last one (late in the suite the log holds tens of thousands of
+// events, and parsing all of them on every poll took minutes under TCG).
+var eventCache struct {
+	sync.Mutex
+	ino    uint64
+	offset int64
+	events []event
+}
+
 func readEvents() []event {
+	c := &eventCache
+	c.Lock()
+	defer c.Unlock()
 	f, err := os.Open(eventsLog)
 	if err != nil {
 		return nil
 	}
 	defer f.Close()
-	var out []event
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 4<<20)
-	for first := true; sc.Scan(); first = false {
-		if first {
-			if sc.Text() != `{"keyguard_event_log":2}` {
+	st, err := f.Stat()
+	if err != nil {
+		return nil
+	}
+	if ino := st.Sys().(*syscall.Stat_t).Ino; ino != c.ino || st.Size() < c.offset {
+		c.ino, c.offset, c.events = ino, 0, nil
+	}
+	if _, err := f.Seek(c.offset, io.SeekStart); err != nil {
+		return nil
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		return nil
+	}
+	end := bytes.LastIndexByte(data, '\n')
+	if end < 0 {
+		return c.events[:len(c.events):len(c.events)]
+	}
+	for i, line := range bytes.Split(data[:end], []byte("\n")) {
+		if c.offset == 0 && i == 0 {
+			if string(line) != `{"keyguard_event_log":2}` {
 				return nil
 			}
 			continue
 		}
 		ev := &keyguardv1.Event{}
-		if protojson.Unmarshal(sc.Bytes(), ev) == nil {
-			out = append(out, view(ev))
+		if protojson.Unmarshal(line, ev) == nil {
+			c.events = append(c.events, view(ev))
 		}
 	}
-	return out
+	c.offset += int64(end + 1)
+	return c.events[:len(c.events):len(c.events)]
 }
 
 // short is an enum value's name without its prefix, in lower case: DECISION_DENIED -> denied.
