@@ -80,7 +80,7 @@ func mainErr() int {
 	flag.DurationVar(&cfg.timeout, "timeout", 45*time.Minute, "hard limit per VM, QEMU start to power-off")
 	flag.DurationVar(&cfg.suiteTimeout, "suite-timeout", 35*time.Minute, "limit per test binary in the guest (its -test.timeout)")
 	flag.IntVar(&cfg.parallel, "parallel", 2, "VMs run at the same time (each QEMU uses one host core)")
-	flag.IntVar(&cfg.memMB, "mem", 1024, "guest memory in MB")
+	flag.IntVar(&cfg.memMB, "mem", 2048, "guest memory in MB (the guard suite's event log and its parsed copy outgrow 1 GiB)")
 	flag.IntVar(&cfg.cpus, "smp", 2, "guest CPUs")
 	flag.StringVar(&cfg.compress, "compress", "none", "initramfs compression: none or gzip (the guest unpacks gzip ~1 s slower under TCG for a 60 MB image)")
 	flag.StringVar(&cfg.out, "out", "testvm/out", "output folder (relative to the module root); one vmtest at a time per folder")
@@ -199,8 +199,9 @@ func (c *config) check(suites string) error {
 	if c.parallel < 1 {
 		c.parallel = 1
 	}
-	if c.parallel > runtime.NumCPU() {
-		c.parallel = runtime.NumCPU()
+	// More VMs than cores share them (each QEMU runs one thread under TCG); at most two per core.
+	if c.parallel > 2*runtime.NumCPU() {
+		c.parallel = 2 * runtime.NumCPU()
 	}
 	return nil
 }
