@@ -10,8 +10,8 @@ import (
 	"os"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	"github.com/keyguard/keyguard/deploy/cmdline"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 func init() {

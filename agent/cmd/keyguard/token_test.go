@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 func TestTokenCommands(t *testing.T) {

@@ -11,8 +11,8 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
-	"github.com/keyguard/keyguard/agent/optoken"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // MaxBreakGlass is the longest exception a break-glass grant may give.

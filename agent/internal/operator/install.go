@@ -16,8 +16,8 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
-	"github.com/keyguard/keyguard/agent/optoken"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // configDigest binds the approved policy (the SHA-256 of its file, what a policy token names) and the

@@ -8,7 +8,7 @@ import (
 
 	"github.com/keyguard/keyguard/agent/internal/control"
 	"github.com/keyguard/keyguard/agent/internal/policy"
-	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 func TestVerify(t *testing.T) {

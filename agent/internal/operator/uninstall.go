@@ -7,8 +7,8 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/loader"
-	"github.com/keyguard/keyguard/agent/optoken"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // Uninstall removes keyguard on an operator's explicit request: the event is recorded (and given to

@@ -10,8 +10,8 @@ import (
 
 	_ "modernc.org/sqlite" // "sqlite" driver, to age a host's last-seen time
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // makeSilent moves a host's last contact an hour back, as if it had stopped reporting.

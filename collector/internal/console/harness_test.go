@@ -21,10 +21,10 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	"github.com/keyguard/keyguard/collector/collectortest"
 	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 func TestMain(m *testing.M) {

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 func TestLogin(t *testing.T) {

@@ -11,9 +11,9 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	"github.com/keyguard/keyguard/collector/internal/identity"
 	"github.com/keyguard/keyguard/collector/internal/store"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // Limits of the token form.

@@ -22,7 +22,6 @@ import (
 	"google.golang.org/grpc/reflection"
 	"gopkg.in/yaml.v3"
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	"github.com/keyguard/keyguard/collector/internal/alert"
 	"github.com/keyguard/keyguard/collector/internal/console"
 	"github.com/keyguard/keyguard/collector/internal/identity"
@@ -34,6 +33,7 @@ import (
 	"github.com/keyguard/keyguard/deploy/cmdline"
 	"github.com/keyguard/keyguard/deploy/metricsserver"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // Duration is a time.Duration that reads "90s"/"720h" in YAML.

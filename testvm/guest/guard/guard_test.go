@@ -21,8 +21,8 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 
-	"github.com/keyguard/keyguard/agent/optoken"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 const (

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // A cgroup named in the policy that does not exist when the agent starts is picked up when it is

@@ -32,7 +32,7 @@ import (
 
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 
-	"github.com/keyguard/keyguard/agent/optoken"
+	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 const (
