@@ -9,23 +9,14 @@ import (
 	"testing"
 
 	"github.com/keyguard/keyguard/bpf/objhash"
+	"github.com/keyguard/keyguard/deploy/cmdline/clitest"
 )
-
-// buildAgent builds the real binary once per test run.
-func buildAgent(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "keyguard-agent")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // Every command answers -h, --help and help with its usage on stdout and exit 0; version and --version
 // print version, commit, Go version and the BPF object's hash.
 func TestHelpAndVersion(t *testing.T) {
-	bin := buildAgent(t)
+	bin := filepath.Join(clitest.Build(t, "."), "keyguard-agent")
+	var cases []clitest.Case
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -46,36 +37,13 @@ func TestHelpAndVersion(t *testing.T) {
 		{[]string{"version"}, "bpf object sha256 " + objhash.SHA256},
 		{[]string{"--version"}, "keyguard-agent dev\ncommit "},
 	} {
-		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			cmd := exec.Command(bin, tc.args...)
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Run(); err != nil {
-				t.Fatalf("%v\nstderr: %s", err, stderr.String())
-			}
-			if !strings.Contains(stdout.String(), tc.want) {
-				t.Errorf("stdout lacks %q:\n%s", tc.want, stdout.String())
-			}
-			if stderr.Len() > 0 {
-				t.Errorf("stderr not empty: %s", stderr.String())
-			}
-		})
-	}
-	for _, args := range [][]string{nil, {"nope"}, {"run", "-nope"}, {"policy"}, {"policy", "check"}} {
-		var stderr bytes.Buffer
-		cmd := exec.Command(bin, args...)
-		cmd.Stderr = &stderr
-		err := cmd.Run()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(stderr.String(), "usage:") {
-			t.Errorf("%q: %v, want exit 2 and usage on stderr; stderr:\n%s", args, err, stderr.String())
-		}
+		cases = append(cases, clitest.Case{Bin: bin, Args: tc.args, Want: tc.want})
 	}
 	if v, _ := exec.Command("go", "env", "GOVERSION").Output(); len(v) > 0 {
-		out, _ := exec.Command(bin, "version").Output()
-		if !strings.Contains(string(out), "go "+strings.TrimSpace(string(v))) {
-			t.Errorf("version lacks the Go version %s:\n%s", v, out)
-		}
+		cases = append(cases, clitest.Case{Bin: bin, Args: []string{"version"}, Want: "go " + strings.TrimSpace(string(v))})
 	}
+	clitest.Succeeds(t, cases)
+	clitest.UsageErrors(t, bin, nil, []string{"nope"}, []string{"run", "-nope"}, []string{"policy"}, []string{"policy", "check"})
 }
 
 func TestPolicyCheck(t *testing.T) {

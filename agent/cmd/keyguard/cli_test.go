@@ -1,77 +1,41 @@
 package main
 
 import (
-	"bytes"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/keyguard/keyguard/bpf/objhash"
+	"github.com/keyguard/keyguard/deploy/cmdline/clitest"
 )
 
 // keyguard and keyguard-loadgen (the real binaries) answer -h, --help and help on every command with
 // usage on stdout and exit 0, and version/--version with the build's identity.
 func TestHelpAndVersion(t *testing.T) {
-	dir := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", dir+"/", ".", "../keyguard-loadgen")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	dir := clitest.Build(t, ".", "../keyguard-loadgen")
 	kg, loadgen := filepath.Join(dir, "keyguard"), filepath.Join(dir, "keyguard-loadgen")
-	cases := []struct {
-		bin  string
-		args []string
-		want string
-	}{
-		{kg, []string{"-h"}, "usage: keyguard <command>"},
-		{kg, []string{"--help"}, "break-glass"},
-		{kg, []string{"help"}, "usage: keyguard <command>"},
-		{kg, []string{"help", "events"}, "usage: keyguard events"},
-		{kg, []string{"version"}, "bpf object sha256 " + objhash.SHA256},
-		{kg, []string{"--version"}, "keyguard dev\ncommit "},
-		{kg, []string{"token", "-h"}, "usage: keyguard token <command>"},
-		{kg, []string{"token", "sign", "--help"}, "-action"},
-		{kg, []string{"token", "keygen", "help"}, "usage: keyguard token keygen"},
-		{kg, []string{"scan", "--help"}, "usage: keyguard scan"},
-		{loadgen, []string{"-h"}, "usage: keyguard-loadgen [flags]"},
-		{loadgen, []string{"--help"}, "-target"},
-		{loadgen, []string{"help"}, "usage: keyguard-loadgen"},
-		{loadgen, []string{"version"}, "keyguard-loadgen dev\ncommit "},
-		{loadgen, []string{"--version"}, "bpf object sha256 "},
+	cases := []clitest.Case{
+		{Bin: kg, Args: []string{"-h"}, Want: "usage: keyguard <command>"},
+		{Bin: kg, Args: []string{"--help"}, Want: "break-glass"},
+		{Bin: kg, Args: []string{"help"}, Want: "usage: keyguard <command>"},
+		{Bin: kg, Args: []string{"help", "events"}, Want: "usage: keyguard events"},
+		{Bin: kg, Args: []string{"version"}, Want: "bpf object sha256 " + objhash.SHA256},
+		{Bin: kg, Args: []string{"--version"}, Want: "keyguard dev\ncommit "},
+		{Bin: kg, Args: []string{"token", "-h"}, Want: "usage: keyguard token <command>"},
+		{Bin: kg, Args: []string{"token", "sign", "--help"}, Want: "-action"},
+		{Bin: kg, Args: []string{"token", "keygen", "help"}, Want: "usage: keyguard token keygen"},
+		{Bin: kg, Args: []string{"scan", "--help"}, Want: "usage: keyguard scan"},
+		{Bin: loadgen, Args: []string{"-h"}, Want: "usage: keyguard-loadgen [flags]"},
+		{Bin: loadgen, Args: []string{"--help"}, Want: "-target"},
+		{Bin: loadgen, Args: []string{"help"}, Want: "usage: keyguard-loadgen"},
+		{Bin: loadgen, Args: []string{"version"}, Want: "keyguard-loadgen dev\ncommit "},
+		{Bin: loadgen, Args: []string{"--version"}, Want: "bpf object sha256 "},
 	}
 	for name := range commands {
 		for _, h := range []string{"-h", "--help", "help"} {
-			cases = append(cases, struct {
-				bin  string
-				args []string
-				want string
-			}{kg, []string{name, h}, "usage: keyguard " + name})
+			cases = append(cases, clitest.Case{Bin: kg, Args: []string{name, h}, Want: "usage: keyguard " + name})
 		}
 	}
-	for _, tc := range cases {
-		t.Run(filepath.Base(tc.bin)+" "+strings.Join(tc.args, " "), func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			cmd := exec.Command(tc.bin, tc.args...)
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Run(); err != nil {
-				t.Fatalf("%v\nstderr: %s", err, stderr.String())
-			}
-			if !strings.Contains(stdout.String(), tc.want) || stderr.Len() > 0 {
-				t.Errorf("stdout lacks %q or stderr not empty:\nstdout: %s\nstderr: %s", tc.want, stdout.String(), stderr.String())
-			}
-		})
-	}
-	for _, tc := range []struct {
-		bin  string
-		args []string
-	}{{kg, nil}, {kg, []string{"nope"}}, {kg, []string{"status", "-nope"}}, {kg, []string{"token"}}, {loadgen, []string{"-nope"}}, {loadgen, []string{"extra"}}} {
-		var stderr bytes.Buffer
-		cmd := exec.Command(tc.bin, tc.args...)
-		cmd.Stderr = &stderr
-		err := cmd.Run()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(stderr.String(), "usage:") {
-			t.Errorf("%s %q: %v, want exit 2 and usage on stderr; stderr:\n%s", filepath.Base(tc.bin), tc.args, err, stderr.String())
-		}
-	}
+	clitest.Succeeds(t, cases)
+	clitest.UsageErrors(t, kg, nil, []string{"nope"}, []string{"status", "-nope"}, []string{"token"})
+	clitest.UsageErrors(t, loadgen, []string{"-nope"}, []string{"extra"})
 }

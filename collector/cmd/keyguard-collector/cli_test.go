@@ -4,20 +4,18 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/keyguard/keyguard/bpf/objhash"
+	"github.com/keyguard/keyguard/deploy/cmdline/clitest"
 )
 
 // Every command answers -h, --help and help with its usage on stdout and exit 0 (the real binary).
 func TestHelpAndVersion(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "keyguard-collector")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := filepath.Join(clitest.Build(t, "."), "keyguard-collector")
+	var cases []clitest.Case
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -40,30 +38,11 @@ func TestHelpAndVersion(t *testing.T) {
 		{[]string{"version"}, "bpf object sha256 " + objhash.SHA256},
 		{[]string{"--version"}, "keyguard-collector dev\ncommit "},
 	} {
-		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
-			var stdout, stderr bytes.Buffer
-			cmd := exec.Command(bin, tc.args...)
-			cmd.Stdout, cmd.Stderr, cmd.Dir = &stdout, &stderr, t.TempDir()
-			if err := cmd.Run(); err != nil {
-				t.Fatalf("%v\nstderr: %s", err, stderr.String())
-			}
-			if !strings.Contains(stdout.String(), tc.want) || stderr.Len() > 0 {
-				t.Errorf("stdout lacks %q or stderr not empty:\nstdout: %s\nstderr: %s", tc.want, stdout.String(), stderr.String())
-			}
-			if ents, _ := os.ReadDir(cmd.Dir); len(ents) > 0 {
-				t.Errorf("help created files: %v", ents)
-			}
-		})
+		cases = append(cases, clitest.Case{Bin: bin, Args: tc.args, Want: tc.want})
 	}
-	for _, args := range [][]string{{"nope"}, {"serve", "-nope"}, {"serve", "extra"}, {"certs"}, {"certs", "init", "x"}, {"console", "user"}, {"console", "user", "add"}, {"verify", "-db"}} {
-		var stderr bytes.Buffer
-		cmd := exec.Command(bin, args...)
-		cmd.Stderr = &stderr
-		err := cmd.Run()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(stderr.String(), "usage:") {
-			t.Errorf("%q: %v, want exit 2 and usage on stderr; stderr:\n%s", args, err, stderr.String())
-		}
-	}
+	clitest.Succeeds(t, cases)
+	clitest.UsageErrors(t, bin, []string{"nope"}, []string{"serve", "-nope"}, []string{"serve", "extra"}, []string{"certs"},
+		[]string{"certs", "init", "x"}, []string{"console", "user"}, []string{"console", "user", "add"}, []string{"verify", "-db"})
 }
 
 // verify is read-only: a mistyped database path is an error and creates nothing.
