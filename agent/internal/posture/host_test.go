@@ -14,7 +14,13 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
 )
+
+// vmTests are this package's VM tests (vm_*_test.go): in the testvm guest only they run, with the
+// agent started once for both (guesttest.Main); on the host they skip.
+var vmTests = []string{"TestPostureStatus", "TestPostureChangeEvents"}
 
 // helperEnv makes the test binary a child process for the process tests: "sleep" waits, "nodump"
 // first makes itself non-dumpable. It prints "ready" when set up.
@@ -23,7 +29,7 @@ const helperEnv = "POSTURE_TEST_HELPER"
 func TestMain(m *testing.M) {
 	switch os.Getenv(helperEnv) {
 	case "":
-		os.Exit(m.Run())
+		guesttest.Main(m, guesttest.Options{Tests: vmTests})
 	case "nodump":
 		if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
 			fmt.Println("prctl:", err)

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/keyguard/keyguard/proto/optoken"
 )
 
 // A cgroup named in the policy that does not exist when the agent starts is picked up when it is
@@ -66,82 +64,6 @@ func TestUpgradeReplacesLinks(t *testing.T) {
 	if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
 		t.Fatalf("after the upgrade: %q", res)
 	}
-}
-
-// uninstall goes through the running agent: it records who and why, restores core_pattern, removes
-// every pin and stops; protection ends once the kernel has released the links.
-func TestUninstall(t *testing.T) {
-	v := startVictim(t, victimEnforce, 0)
-	if out, err := exec.Command(agentBin, "uninstall", "-socket", ctlSock).CombinedOutput(); err == nil {
-		t.Fatalf("uninstall without a token succeeded: %s", out)
-	}
-	c := optoken.Claims{Action: optoken.ActionUninstall, Host: hostname(t), Operator: "alice", Reason: "decommissioning signer-01"}
-	wrongAction := c
-	wrongAction.Action = optoken.ActionPolicy
-	wrongAction.PolicySHA256 = strings.Repeat("00", 32)
-	otherHost := c
-	otherHost.Host = "signer-02"
-	expired := c
-	expired.IssuedAt, expired.ExpiresAt = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
-	for name, tok := range map[string]string{
-		"signed by another key": signToken(t, strangerKey, c),
-		"for another host":      signToken(t, operatorKey, otherHost),
-		"expired":               signToken(t, operatorKey, expired),
-		"for another action":    signToken(t, operatorKey, wrongAction),
-		"garbage":               "kgt1.e30.AAAA",
-	} {
-		before := len(readEvents())
-		if out, err := uninstallWith(tok); err == nil {
-			t.Fatalf("uninstall with a token %s succeeded: %s", name, out)
-		}
-		waitEventAfter(t, before, "uninstall_refused event ("+name+")", func(e event) bool {
-			return e.Kind == "side_door" && e.Operation == "uninstall_refused" && e.Decision == "denied"
-		})
-		if _, res := attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); res != "ERR EACCES" {
-			t.Fatalf("after a refused uninstall (%s): %q", name, res)
-		}
-	}
-	out, err := uninstallWith(signToken(t, operatorKey, c))
-	if err != nil {
-		t.Fatalf("uninstall: %v: %s", err, out)
-	}
-	done := make(chan error, 1)
-	go func() { done <- agent.Wait() }()
-	select {
-	case <-done:
-	case <-time.After(20 * time.Second):
-		t.Fatal("the agent did not stop after uninstall")
-	}
-	agent = nil
-	if _, err := os.Stat(pinPath); !os.IsNotExist(err) {
-		t.Fatalf("%s still exists after uninstall: %v", pinPath, err)
-	}
-	if cp, _ := os.ReadFile(corePattern); strings.Contains(string(cp), "dump-handler") {
-		t.Errorf("core_pattern still keyguard's after uninstall: %q", cp)
-	}
-	waitEvent(t, "uninstalled event", func(e event) bool {
-		return e.Kind == "health" && e.Health != nil && e.Health.State == "uninstalled" &&
-			strings.Contains(e.Health.Message, "alice") && strings.Contains(e.Health.Message, "decommissioning signer-01")
-	})
-	// The kernel detaches a link whose last reference went away from a workqueue, a moment later.
-	var res string
-	for i := 0; i < 40; i++ {
-		if _, res = attack(t, procBin, 0, "mem", v.pid, v.pid, v.addr); strings.HasPrefix(res, "OK") {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if !strings.HasPrefix(res, "OK") {
-		t.Fatalf("after uninstall: %q, want OK", res)
-	}
-}
-
-func names(es []os.DirEntry) []string {
-	var out []string
-	for _, e := range es {
-		out = append(out, e.Name())
-	}
-	return out
 }
 
 // While the agent is down, the kernel keeps events in the pinned ring buffer; when it overflows, the

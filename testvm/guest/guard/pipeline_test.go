@@ -2,46 +2,20 @@ package guard
 
 import (
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
 )
 
 // The agent's events reach a collector over mTLS and can be queried with the CLI.
 func TestEventsReachCollector(t *testing.T) {
-	certs := filepath.Join(dir, "certs")
-	for _, args := range [][]string{
-		{"certs", "init", "-dir", certs},
-		{"certs", "host", "-dir", certs, "-name", "vm-signer"},
-		{"certs", "operator", "-dir", certs, "-name", "alice"},
-	} {
-		if out, err := exec.Command("/bin/keyguard-collector", args...).CombinedOutput(); err != nil {
-			t.Fatalf("keyguard-collector %v: %v: %s", args, err, out)
-		}
-	}
-	addrFile := filepath.Join(dir, "collector.addr")
-	col := exec.Command("/bin/keyguard-collector", "serve", "-listen", "127.0.0.1:0", "-addr-file", addrFile,
-		"-db", filepath.Join(dir, "events.db"),
-		"-tls-cert", filepath.Join(certs, "collector.crt"), "-tls-key", filepath.Join(certs, "collector.key"),
-		"-tls-client-ca", filepath.Join(certs, "ca.crt"), "-revoked-serials", filepath.Join(certs, "revoked.txt"))
-	col.Stdout, col.Stderr = os.Stdout, os.Stdout
-	if err := col.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { col.Process.Kill(); col.Wait() }()
-	var addr string
-	for i := 0; i < 300 && addr == ""; i++ {
-		b, _ := os.ReadFile(addrFile)
-		addr = strings.TrimSpace(string(b))
-		time.Sleep(50 * time.Millisecond)
-	}
-	if addr == "" {
-		t.Fatal("collector did not start")
-	}
+	col := guesttest.StartCollector(t, "pipeline", []string{"vm-signer"}, []string{"alice"}, false)
+	addr, certs := col.Addr, col.Certs
 
 	stopAgent()
 	if err := startAgent("-collector", addr, "-collector-ca", filepath.Join(certs, "ca.crt"),

@@ -1,4 +1,4 @@
-package guard
+package policy
 
 import (
 	"os"
@@ -8,23 +8,27 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
 // BPF programs that can read user memory are refused at load for everyone but keyguard and the
 // policy's bpf_loaders; the same programs load for an allowed loader (so the refusal is keyguard's, not
 // the verifier's); harmless program types load for everyone.
 func TestBPFLoadRefused(t *testing.T) {
+	vmenv.Require(t)
 	for _, tc := range []struct {
 		exe, kind, want, decision string
 	}{
-		{procBin, "tracepoint", "ERR EPERM", "denied"},
-		{procBin, "sleepable", "ERR EPERM", "denied"},
-		{bpfTool, "tracepoint", "OK 1", "allowed_policy"},
-		{bpfTool, "sleepable", "OK 1", "allowed_policy"},
-		{procBin, "socket", "OK 1", ""},
+		{guesttest.ProcBin, "tracepoint", "ERR EPERM", "denied"},
+		{guesttest.ProcBin, "sleepable", "ERR EPERM", "denied"},
+		{guesttest.BPFTool, "tracepoint", "OK 1", "allowed_policy"},
+		{guesttest.BPFTool, "sleepable", "OK 1", "allowed_policy"},
+		{guesttest.ProcBin, "socket", "OK 1", ""},
 	} {
 		t.Run(tc.kind+"/"+tc.exe, func(t *testing.T) {
-			before := len(readEvents())
+			before := guesttest.Count()
 			cmd := exec.Command(tc.exe, "bpfload", tc.kind)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
@@ -36,7 +40,7 @@ func TestBPFLoadRefused(t *testing.T) {
 			if tc.decision == "" {
 				return
 			}
-			waitEventAfter(t, before, "bpf_load event", func(e event) bool {
+			guesttest.WaitEventAfter(t, before, "bpf_load event", func(e guesttest.Event) bool {
 				return e.Kind == "side_door" && e.Operation == "bpf_load" &&
 					e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid) && e.Decision == tc.decision
 			})
@@ -47,16 +51,17 @@ func TestBPFLoadRefused(t *testing.T) {
 // perf sampling that copies user stacks is refused for a protected target (root skips ptrace checks
 // for perf) and while keyguard runs for CPU-wide sampling; an unprotected target can be sampled.
 func TestPerfUserStackRefused(t *testing.T) {
-	v := startVictim(t, victimEnforce, 0)
-	w := startVictim(t, victimPlain, 0)
+	vmenv.Require(t)
+	v := guesttest.StartVictim(t, guesttest.VictimEnforce, 0)
+	w := guesttest.StartVictim(t, guesttest.VictimPlain, 0)
 	for _, tc := range []struct {
 		name, pid, want string
 	}{
-		{"protected", strconv.Itoa(v.pid), "ERR EPERM"},
+		{"protected", strconv.Itoa(v.PID), "ERR EPERM"},
 		{"cpu-wide", "-1", "ERR EPERM"},
-		{"unprotected", strconv.Itoa(w.pid), "OK 1"},
+		{"unprotected", strconv.Itoa(w.PID), "OK 1"},
 	} {
-		out, err := exec.Command(procBin, "perf", tc.pid).CombinedOutput()
+		out, err := exec.Command(guesttest.ProcBin, "perf", tc.pid).CombinedOutput()
 		if err != nil {
 			t.Fatalf("%s: %v: %s", tc.name, err, out)
 		}
@@ -64,8 +69,8 @@ func TestPerfUserStackRefused(t *testing.T) {
 			t.Errorf("perf_event_open with PERF_SAMPLE_STACK_USER, %s: %q, want %q", tc.name, got, tc.want)
 		}
 	}
-	waitEvent(t, "perf side-door event", func(e event) bool {
-		return e.Kind == "side_door" && e.Operation == "perf_event" && e.Target != nil && e.Target.PID == uint32(v.pid)
+	guesttest.WaitEvent(t, "perf side-door event", func(e guesttest.Event) bool {
+		return e.Kind == "side_door" && e.Operation == "perf_event" && e.Target != nil && e.Target.PID == uint32(v.PID)
 	})
 }
 
@@ -73,6 +78,7 @@ func TestPerfUserStackRefused(t *testing.T) {
 // by root with `sysctl -w` or a shell redirect, except by keyguard and the policy's sysctl_writers (this
 // test binary); reading them still works.
 func TestSysctlWritesRefused(t *testing.T) {
+	vmenv.Require(t)
 	files := map[string]string{
 		"core_pattern": "/proc/sys/kernel/core_pattern", "core_pipe_limit": "/proc/sys/kernel/core_pipe_limit",
 		"suid_dumpable": "/proc/sys/fs/suid_dumpable", "ptrace_scope": "/proc/sys/kernel/yama/ptrace_scope",
@@ -94,16 +100,16 @@ func TestSysctlWritesRefused(t *testing.T) {
 		{"sysctl -w core_pipe_limit", "core_pipe_limit", []string{"/bin/busybox", "sysctl", "-w", "kernel.core_pipe_limit=0"}},
 		{"shell redirect suid_dumpable", "suid_dumpable", []string{"/bin/busybox", "sh", "-c", "echo 1 > /proc/sys/fs/suid_dumpable"}},
 		{"sysctl -w ptrace_scope", "ptrace_scope", []string{"/bin/busybox", "sysctl", "-w", "kernel.yama.ptrace_scope=0"}},
-		{"open for writing", "core_pattern", []string{procBin, "open", "/proc/sys/kernel/core_pattern", "w"}},
+		{"open for writing", "core_pattern", []string{guesttest.ProcBin, "open", "/proc/sys/kernel/core_pattern", "w"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(readEvents())
+			before := guesttest.Count()
 			cmd := exec.Command(tc.cmd[0], tc.cmd[1:]...)
 			out, _ := cmd.CombinedOutput()
-			if cmd.ProcessState.Success() && tc.cmd[0] != procBin {
+			if cmd.ProcessState.Success() && tc.cmd[0] != guesttest.ProcBin {
 				t.Fatalf("%v succeeded: %s", tc.cmd, out)
 			}
-			if tc.cmd[0] == procBin && strings.TrimSpace(string(out)) != "ERR EPERM" {
+			if tc.cmd[0] == guesttest.ProcBin && strings.TrimSpace(string(out)) != "ERR EPERM" {
 				t.Fatalf("%v: %q, want ERR EPERM", tc.cmd, out)
 			}
 			for n, f := range files {
@@ -111,7 +117,7 @@ func TestSysctlWritesRefused(t *testing.T) {
 					t.Fatalf("%s changed to %q", f, b)
 				}
 			}
-			waitEventAfter(t, before, "sysctl_write event", func(e event) bool {
+			guesttest.WaitEventAfter(t, before, "sysctl_write event", func(e guesttest.Event) bool {
 				return e.Kind == "side_door" && e.Operation == "sysctl_write" && e.Decision == "denied" &&
 					e.Detail == tc.sysctl && e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid)
 			})
@@ -132,6 +138,7 @@ func TestSysctlWritesRefused(t *testing.T) {
 
 // /proc/kcore, /dev/mem and /dev/port cannot be opened, also through a device node made elsewhere.
 func TestKernelMemoryRefused(t *testing.T) {
+	vmenv.Require(t)
 	node := "/dev/kg-mem-copy" // /tmp is nodev
 	os.Remove(node)
 	if err := unix.Mknod(node, unix.S_IFCHR|0o600, int(unix.Mkdev(1, 1))); err != nil {
@@ -145,8 +152,8 @@ func TestKernelMemoryRefused(t *testing.T) {
 			if _, err := os.Stat(tc.path); err != nil {
 				t.Fatalf("%s missing in the guest: %v", tc.path, err)
 			}
-			before := len(readEvents())
-			cmd := exec.Command(procBin, "open", tc.path, "r")
+			before := guesttest.Count()
+			cmd := exec.Command(guesttest.ProcBin, "open", tc.path, "r")
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("%v: %s", err, out)
@@ -154,7 +161,7 @@ func TestKernelMemoryRefused(t *testing.T) {
 			if got := strings.TrimSpace(string(out)); got != "ERR EPERM" {
 				t.Fatalf("open %s: %q, want ERR EPERM", tc.path, got)
 			}
-			waitEventAfter(t, before, tc.op+" event", func(e event) bool {
+			guesttest.WaitEventAfter(t, before, tc.op+" event", func(e guesttest.Event) bool {
 				return e.Kind == "side_door" && e.Operation == tc.op && e.Decision == "denied" &&
 					e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid)
 			})
@@ -162,7 +169,7 @@ func TestKernelMemoryRefused(t *testing.T) {
 	}
 	// Other /proc files and character devices are untouched.
 	for _, p := range []string{"/proc/cpuinfo", "/dev/null", "/dev/zero"} {
-		if out, _ := exec.Command(procBin, "open", p, "r").CombinedOutput(); strings.TrimSpace(string(out)) != "OK 0" {
+		if out, _ := exec.Command(guesttest.ProcBin, "open", p, "r").CombinedOutput(); strings.TrimSpace(string(out)) != "OK 0" {
 			t.Errorf("open %s: %q, want OK 0", p, out)
 		}
 	}
@@ -171,18 +178,19 @@ func TestKernelMemoryRefused(t *testing.T) {
 // Kernel module and kexec image loads are refused by default (modules: deny) before the kernel looks at
 // the file: a module could read any memory and unhook keyguard, a kexec'd kernel runs without it.
 func TestModuleLoadRefused(t *testing.T) {
+	vmenv.Require(t)
 	for _, tc := range []struct {
 		name string
 		args []string
 		op   string
 	}{
-		{"finit_module", []string{"finit", procBin}, "module_load"},
+		{"finit_module", []string{"finit", guesttest.ProcBin}, "module_load"},
 		{"init_module", []string{"initmod"}, "module_load"},
-		{"kexec_file_load", []string{"kexec", procBin}, "kexec_load"},
+		{"kexec_file_load", []string{"kexec", guesttest.ProcBin}, "kexec_load"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := len(readEvents())
-			cmd := exec.Command(procBin, tc.args...)
+			before := guesttest.Count()
+			cmd := exec.Command(guesttest.ProcBin, tc.args...)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("%v: %s", err, out)
@@ -190,7 +198,7 @@ func TestModuleLoadRefused(t *testing.T) {
 			if got := strings.TrimSpace(string(out)); got != "ERR EPERM" {
 				t.Fatalf("%s: %q, want ERR EPERM", tc.name, got)
 			}
-			waitEventAfter(t, before, tc.op+" event", func(e event) bool {
+			guesttest.WaitEventAfter(t, before, tc.op+" event", func(e guesttest.Event) bool {
 				return e.Kind == "side_door" && e.Operation == tc.op && e.Decision == "denied" &&
 					e.Accessor != nil && e.Accessor.PID == uint32(cmd.Process.Pid)
 			})

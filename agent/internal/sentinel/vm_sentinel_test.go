@@ -1,4 +1,4 @@
-package guard
+package sentinel
 
 import (
 	"crypto/rand"
@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
 // The signer's key fingerprints, published by one agent identity (vm-fp), reach the collector; an
@@ -16,36 +19,9 @@ import (
 // signer's raw P-256 scalar (little-endian limbs, no PEM or DER anywhere) written into its watched
 // directory, quarantines it, and the finding is stored at the collector within seconds.
 func TestSentinelFindsPublishedKey(t *testing.T) {
-	certs := filepath.Join(dir, "sentinel-certs")
-	for _, args := range [][]string{
-		{"certs", "init", "-dir", certs},
-		{"certs", "host", "-dir", certs, "-name", "vm-fp"},
-		{"certs", "host", "-dir", certs, "-name", "vm-debug"},
-		{"certs", "operator", "-dir", certs, "-name", "alice"},
-	} {
-		if out, err := exec.Command("/bin/keyguard-collector", args...).CombinedOutput(); err != nil {
-			t.Fatalf("keyguard-collector %v: %v: %s", args, err, out)
-		}
-	}
-	addrFile := filepath.Join(dir, "sentinel-collector.addr")
-	col := exec.Command("/bin/keyguard-collector", "serve", "-listen", "127.0.0.1:0", "-addr-file", addrFile,
-		"-db", filepath.Join(dir, "sentinel-events.db"),
-		"-tls-cert", filepath.Join(certs, "collector.crt"), "-tls-key", filepath.Join(certs, "collector.key"),
-		"-tls-client-ca", filepath.Join(certs, "ca.crt"), "-revoked-serials", filepath.Join(certs, "revoked.txt"))
-	col.Stdout, col.Stderr = os.Stdout, os.Stdout
-	if err := col.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { col.Process.Kill(); col.Wait() }()
-	var addr string
-	for i := 0; i < 300 && addr == ""; i++ {
-		b, _ := os.ReadFile(addrFile)
-		addr = strings.TrimSpace(string(b))
-		time.Sleep(50 * time.Millisecond)
-	}
-	if addr == "" {
-		t.Fatal("collector did not start")
-	}
+	vmenv.Require(t)
+	col := guesttest.StartCollector(t, "sentinel", []string{"vm-fp", "vm-debug"}, []string{"alice"}, false)
+	addr, certs := col.Addr, col.Certs
 	ca := filepath.Join(certs, "ca.crt")
 	run := func(bin string, args ...string) {
 		t.Helper()
@@ -53,27 +29,27 @@ func TestSentinelFindsPublishedKey(t *testing.T) {
 			t.Fatalf("%s %s: %v: %s", bin, args[0], err, out)
 		}
 	}
-	deploy := filepath.Join(dir, "fingerprint-deployment.key")
+	deploy := filepath.Join(guesttest.Dir, "fingerprint-deployment.key")
 	k := make([]byte, 32)
 	rand.Read(k)
 	if err := os.WriteFile(deploy, []byte(hex.EncodeToString(k)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	keyFile := filepath.Join(testKeysDir, "p256.pem")
-	run(agentBin, "publish-fingerprints", "-deployment-key", deploy, "-collector", addr, "-collector-ca", ca,
+	keyFile := filepath.Join(guesttest.TestKeysDir, "p256.pem")
+	run(guesttest.AgentBin, "publish-fingerprints", "-deployment-key", deploy, "-collector", addr, "-collector-ca", ca,
 		"-cert", filepath.Join(certs, "vm-fp.crt"), "-key", filepath.Join(certs, "vm-fp.key"),
-		"-spool-dir", filepath.Join(dir, "fp-spool"), "-timeout", "60s",
-		keyFile, filepath.Join(testKeysDir, "ed25519.pem"), filepath.Join(testKeysDir, "rsa.pem"))
+		"-spool-dir", filepath.Join(guesttest.Dir, "fp-spool"), "-timeout", "60s",
+		keyFile, filepath.Join(guesttest.TestKeysDir, "ed25519.pem"), filepath.Join(guesttest.TestKeysDir, "rsa.pem"))
 	op := []string{"-collector", addr, "-ca", ca, "-cert", filepath.Join(certs, "alice.crt"), "-key", filepath.Join(certs, "alice.key")}
-	fp := filepath.Join(dir, "fetched-fingerprints.json")
-	run(cliBin, append([]string{"fetch-fingerprints", "-o", fp}, op...)...)
+	fp := filepath.Join(guesttest.Dir, "fetched-fingerprints.json")
+	run(guesttest.CLIBin, append([]string{"fetch-fingerprints", "-o", fp}, op...)...)
 
-	watched, quarantine := filepath.Join(dir, "debug-share"), filepath.Join(dir, "quarantine")
+	watched, quarantine := filepath.Join(guesttest.Dir, "debug-share"), filepath.Join(guesttest.Dir, "quarantine")
 	os.MkdirAll(watched, 0o755)
-	sentinel := exec.Command(agentBin, "sentinel", "-watch", watched, "-fingerprints", fp, "-quarantine", quarantine,
-		"-state", filepath.Join(dir, "sentinel-state.json"), "-collector", addr, "-collector-ca", ca,
+	sentinel := exec.Command(guesttest.AgentBin, "sentinel", "-watch", watched, "-fingerprints", fp, "-quarantine", quarantine,
+		"-state", filepath.Join(guesttest.Dir, "sentinel-state.json"), "-collector", addr, "-collector-ca", ca,
 		"-cert", filepath.Join(certs, "vm-debug.crt"), "-key", filepath.Join(certs, "vm-debug.key"),
-		"-spool-dir", filepath.Join(dir, "sentinel-spool"))
+		"-spool-dir", filepath.Join(guesttest.Dir, "sentinel-spool"))
 	sentinel.Stdout, sentinel.Stderr = os.Stdout, os.Stdout
 	if err := sentinel.Start(); err != nil {
 		t.Fatal(err)
@@ -83,7 +59,7 @@ func TestSentinelFindsPublishedKey(t *testing.T) {
 
 	core := make([]byte, 8<<20)
 	rand.Read(core)
-	limbs := testKeys.ec.D.FillBytes(make([]byte, 32))
+	limbs := vmKeys().P256.D.FillBytes(make([]byte, 32))
 	for i, j := 0, 31; i < j; i, j = i+1, j-1 {
 		limbs[i], limbs[j] = limbs[j], limbs[i]
 	}
@@ -94,7 +70,7 @@ func TestSentinelFindsPublishedKey(t *testing.T) {
 	}
 	var found string
 	for time.Since(start) < 60*time.Second && found == "" {
-		out, err := exec.Command(cliBin, append([]string{"events", "-kind", "key_material_found", "-json"}, op...)...).Output()
+		out, err := exec.Command(guesttest.CLIBin, append([]string{"events", "-kind", "key_material_found", "-json"}, op...)...).Output()
 		if err != nil {
 			t.Fatalf("keyguard events: %v", err)
 		}

@@ -1,4 +1,4 @@
-package guard
+package loader
 
 import (
 	"bufio"
@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
 // kallsyms reports which of names the running kernel has as functions (read from /proc/kallsyms, a
@@ -38,7 +41,8 @@ func kallsyms(t *testing.T, names ...string) map[string]bool {
 // /proc/kallsyms, not from the BTF the probe reads; the kernfs_node parent variant is checked by its
 // effect (TestCgroupRule protects a process in a cgroup below the protected one).
 func TestKernelVariants(t *testing.T) {
-	out, err := exec.Command(agentBin, "probe", "-json").Output()
+	vmenv.Require(t)
+	out, err := exec.Command(guesttest.AgentBin, "probe", "-json").Output()
 	if err != nil {
 		t.Fatalf("keyguard-agent probe: %v: %s", err, out)
 	}
@@ -74,26 +78,27 @@ func TestKernelVariants(t *testing.T) {
 // Without the dump_emit guard (a kernel where it cannot attach, simulated with -no-dump-guard) nothing
 // keeps a redact rule's dump from a foreign destination, so it is blocked: no bytes, a "blocked" event.
 func TestDumpRedactWithoutGuardIsBlocked(t *testing.T) {
-	cores := dir + "/cores"
-	stopAgent()
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
+	guesttest.StopAgent()
 	defer func() {
-		stopAgent()
-		if err := startAgent(); err != nil {
+		guesttest.StopAgent()
+		if err := guesttest.StartAgent(); err != nil {
 			t.Fatalf("restart the agent: %v", err)
 		}
 	}()
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
-	setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe.%p")
-	if err := startAgent("-no-dump-guard"); err != nil {
+	guesttest.SetCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe.%p")
+	if err := guesttest.StartAgent("-no-dump-guard"); err != nil {
 		t.Fatal(err)
 	}
-	before := len(readEvents())
-	ws := crash(t, victimRedact, "-sig", "SEGV", "-keys", testKeysDir)
+	before := guesttest.Count()
+	ws := guesttest.Crash(t, guesttest.VictimRedact, "-sig", "SEGV", "-keys", guesttest.TestKeysDir)
 	if !ws.Signaled() || ws.CoreDump() {
 		t.Fatalf("exit status %v: want death by signal without a core", ws)
 	}
-	ev := waitEventAfter(t, before, "core_dump event", func(e event) bool {
+	ev := guesttest.WaitEventAfter(t, before, "core_dump event", func(e guesttest.Event) bool {
 		return e.Kind == "core_dump" && e.Rule == "redactor" && e.Dump != nil
 	})
 	if ev.Dump.Action != "blocked" {
@@ -101,6 +106,6 @@ func TestDumpRedactWithoutGuardIsBlocked(t *testing.T) {
 	}
 	time.Sleep(300 * time.Millisecond) // a pipe helper would have started by now
 	if ents, _ := os.ReadDir(cores); len(ents) != 0 {
-		t.Fatalf("dump bytes left: %v", names(ents))
+		t.Fatalf("dump bytes left: %v", guesttest.Names(ents))
 	}
 }

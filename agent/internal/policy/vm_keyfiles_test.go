@@ -1,4 +1,4 @@
-package guard
+package policy
 
 import (
 	"bufio"
@@ -12,62 +12,50 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/btf"
-)
 
-// writeKeyFiles creates the redactor rule's and the racer's key files before the agent starts.
-func writeKeyFiles() error {
-	for _, f := range []struct{ path, body string }{
-		{holderKey, "-----BEGIN PRIVATE KEY-----\nholder\n-----END PRIVATE KEY-----\n"},
-		{racerKey, "RACEKEY-0123456789abcdef0123456789abcdef\n"},
-	} {
-		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
-			return err
-		}
-		if err := os.WriteFile(f.path, []byte(f.body), 0o644); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
+)
 
 // fileop runs "testproc fileop OP PATH [ARG]" as root (testproc is no holder, key manager or package
 // manager) and returns its answer: "OK" or "ERR <errno>".
 func fileop(t *testing.T, args ...string) string {
 	t.Helper()
-	out, _ := exec.Command(procBin, append([]string{"fileop"}, args...)...).CombinedOutput()
+	out, _ := exec.Command(guesttest.ProcBin, append([]string{"fileop"}, args...)...).CombinedOutput()
 	return strings.TrimSpace(string(out))
 }
 
 // TestKeyFileOnlyForHolders: root, by every alias of the redactor rule's key file, is refused (EPERM) and
 // reported; every metadata change is refused; the rule's own process still loads its key after all of it.
 func TestKeyFileOnlyForHolders(t *testing.T) {
-	before := len(readEvents())
-	v := startVictim(t, holderExe, 0, "-keyfile", holderKey)
-	v.kill()
+	vmenv.Require(t)
+	before := guesttest.Count()
+	v := guesttest.StartVictim(t, guesttest.HolderExe, 0, "-keyfile", guesttest.HolderKey)
+	v.Kill()
 
-	os.MkdirAll(dir+"/bind", 0o755)
-	if err := syscall.Mount(filepath.Dir(holderKey), dir+"/bind", "", syscall.MS_BIND, ""); err != nil {
+	os.MkdirAll(guesttest.Dir+"/bind", 0o755)
+	if err := syscall.Mount(filepath.Dir(guesttest.HolderKey), guesttest.Dir+"/bind", "", syscall.MS_BIND, ""); err != nil {
 		t.Fatalf("bind mount: %v", err)
 	}
-	defer syscall.Unmount(dir+"/bind", syscall.MNT_DETACH)
+	defer syscall.Unmount(guesttest.Dir+"/bind", syscall.MNT_DETACH)
 
 	for _, tc := range []struct{ name string }{
-		{"read " + holderKey},
-		{"read " + dir + "/bind/h.pem"},
-		{"read /proc/1/root" + holderKey},
-		{"read /proc/self/root" + holderKey},
-		{"opath-reopen " + holderKey},
-		{"handle " + holderKey},
-		{"write " + holderKey},
-		{"link " + holderKey + " " + dir + "/hkeys/alias.pem"},
-		{"link " + holderKey + " " + dir + "/alias.pem"},
-		{"rename " + holderKey + " " + dir + "/hkeys/moved.pem"},
-		{"unlink " + holderKey},
-		{"truncate " + holderKey},
-		{"chmod " + holderKey},
-		{"chown " + holderKey},
-		{"setxattr " + holderKey},
-		{"removexattr " + holderKey},
+		{"read " + guesttest.HolderKey},
+		{"read " + guesttest.Dir + "/bind/h.pem"},
+		{"read /proc/1/root" + guesttest.HolderKey},
+		{"read /proc/self/root" + guesttest.HolderKey},
+		{"opath-reopen " + guesttest.HolderKey},
+		{"handle " + guesttest.HolderKey},
+		{"write " + guesttest.HolderKey},
+		{"link " + guesttest.HolderKey + " " + guesttest.Dir + "/hkeys/alias.pem"},
+		{"link " + guesttest.HolderKey + " " + guesttest.Dir + "/alias.pem"},
+		{"rename " + guesttest.HolderKey + " " + guesttest.Dir + "/hkeys/moved.pem"},
+		{"unlink " + guesttest.HolderKey},
+		{"truncate " + guesttest.HolderKey},
+		{"chmod " + guesttest.HolderKey},
+		{"chown " + guesttest.HolderKey},
+		{"setxattr " + guesttest.HolderKey},
+		{"removexattr " + guesttest.HolderKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := fileop(t, strings.Fields(tc.name)...); got != "ERR EPERM" {
@@ -76,23 +64,23 @@ func TestKeyFileOnlyForHolders(t *testing.T) {
 		})
 	}
 	// A file renamed over the key file would replace it.
-	other := dir + "/hkeys-other.pem"
+	other := guesttest.Dir + "/hkeys-other.pem"
 	os.WriteFile(other, []byte("x"), 0o644)
 	defer os.Remove(other)
-	if got := fileop(t, "rename", other, holderKey); got != "ERR EPERM" {
+	if got := fileop(t, "rename", other, guesttest.HolderKey); got != "ERR EPERM" {
 		t.Errorf("rename over the key file: %s, want ERR EPERM", got)
 	}
-	if b, err := os.ReadFile(holderKey); err != nil || !strings.Contains(string(b), "holder") {
+	if b, err := os.ReadFile(guesttest.HolderKey); err != nil || !strings.Contains(string(b), "holder") {
 		t.Fatalf("key file changed: %q %v", b, err)
 	}
 	// The rule's own process still loads its key.
-	v = startVictim(t, holderExe, 0, "-keyfile", holderKey)
-	v.kill()
-	waitEventAfter(t, before, "key_file open denied", func(e event) bool {
+	v = guesttest.StartVictim(t, guesttest.HolderExe, 0, "-keyfile", guesttest.HolderKey)
+	v.Kill()
+	guesttest.WaitEventAfter(t, before, "key_file open denied", func(e guesttest.Event) bool {
 		return e.Kind == "key_file" && e.Operation == "open" && e.Decision == "denied" && e.Rule == "redactor" &&
 			e.Accessor != nil && strings.HasSuffix(e.Accessor.Executable, "testproc")
 	})
-	waitEventAfter(t, before, "key_file link denied", func(e event) bool {
+	guesttest.WaitEventAfter(t, before, "key_file link denied", func(e guesttest.Event) bool {
 		return e.Kind == "key_file" && e.Operation == "link" && e.Decision == "denied"
 	})
 }
@@ -100,19 +88,20 @@ func TestKeyFileOnlyForHolders(t *testing.T) {
 // TestKeyManagerAllowed: the policy's key manager (the test binary) may open, link and unlink key files,
 // and is not marked by the open (its children, later tests' victims, would inherit the mark).
 func TestKeyManagerAllowed(t *testing.T) {
-	before := len(readEvents())
-	b, err := os.ReadFile(holderKey)
+	vmenv.Require(t)
+	before := guesttest.Count()
+	b, err := os.ReadFile(guesttest.HolderKey)
 	if err != nil || !strings.Contains(string(b), "holder") {
 		t.Fatalf("key manager read: %q %v", b, err)
 	}
-	alias := dir + "/hkeys/managed.pem"
-	if err := os.Link(holderKey, alias); err != nil {
+	alias := guesttest.Dir + "/hkeys/managed.pem"
+	if err := os.Link(guesttest.HolderKey, alias); err != nil {
 		t.Fatalf("key manager link: %v", err)
 	}
 	if err := os.Remove(alias); err != nil {
 		t.Fatalf("key manager unlink: %v", err)
 	}
-	waitEventAfter(t, before, "key manager allowed", func(e event) bool {
+	guesttest.WaitEventAfter(t, before, "key manager allowed", func(e guesttest.Event) bool {
 		return e.Kind == "key_file" && e.Decision == "allowed_policy" && e.Operation == "link"
 	})
 }
@@ -120,19 +109,20 @@ func TestKeyManagerAllowed(t *testing.T) {
 // TestSignerRewriteRefused: the redactor rule's executable cannot be written in place, truncated, renamed
 // over or unlinked by root; the package manager (the test binary) may write it.
 func TestSignerRewriteRefused(t *testing.T) {
-	for _, args := range [][]string{{"write", holderExe}, {"truncate", holderExe}, {"unlink", holderExe},
-		{"rename", holderExe, holderExe + ".old"}, {"link", holderExe, holderExe + ".alias"}} {
+	vmenv.Require(t)
+	for _, args := range [][]string{{"write", guesttest.HolderExe}, {"truncate", guesttest.HolderExe}, {"unlink", guesttest.HolderExe},
+		{"rename", guesttest.HolderExe, guesttest.HolderExe + ".old"}, {"link", guesttest.HolderExe, guesttest.HolderExe + ".alias"}} {
 		if got := fileop(t, args...); got != "ERR EPERM" {
 			t.Errorf("%v as root: %s, want ERR EPERM", args, got)
 		}
 	}
-	other := dir + "/not-a-signer"
-	copyFile(procBin, other)
+	other := guesttest.Dir + "/not-a-signer"
+	guesttest.CopyFile(guesttest.ProcBin, other)
 	defer os.Remove(other)
-	if got := fileop(t, "rename", other, holderExe); got != "ERR EPERM" {
+	if got := fileop(t, "rename", other, guesttest.HolderExe); got != "ERR EPERM" {
 		t.Errorf("rename over the signer: %s, want ERR EPERM", got)
 	}
-	f, err := os.OpenFile(holderExe, os.O_WRONLY, 0)
+	f, err := os.OpenFile(guesttest.HolderExe, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatalf("package manager write open: %v", err)
 	}
@@ -142,23 +132,24 @@ func TestSignerRewriteRefused(t *testing.T) {
 // TestAgentBinaryOverwriteWhileDown: kill -9 the agent, overwrite its executable in place: refused by
 // the pinned programs with no agent running; the binary is unchanged and still the trusted one.
 func TestAgentBinaryOverwriteWhileDown(t *testing.T) {
-	agent.Process.Kill()
-	agent.Wait()
+	vmenv.Require(t)
+	guesttest.Agent.Process.Kill()
+	guesttest.Agent.Wait()
 	defer func() {
-		if err := startAgent(); err != nil {
+		if err := guesttest.StartAgent(); err != nil {
 			t.Fatalf("restart agent: %v", err)
 		}
 	}()
-	for _, args := range [][]string{{"write", agentBin}, {"truncate", agentBin}} {
+	for _, args := range [][]string{{"write", guesttest.AgentBin}, {"truncate", guesttest.AgentBin}} {
 		if got := fileop(t, args...); got != "ERR EPERM" {
 			t.Errorf("%v with the agent down: %s, want ERR EPERM", args, got)
 		}
 	}
 	// The test binary is a key and package manager but not keyguard: refused too.
-	if _, err := os.OpenFile(agentBin, os.O_WRONLY, 0); err == nil {
+	if _, err := os.OpenFile(guesttest.AgentBin, os.O_WRONLY, 0); err == nil {
 		t.Error("write open of the agent binary by root succeeded")
 	}
-	if err := os.Truncate(agentBin, 0); err == nil {
+	if err := os.Truncate(guesttest.AgentBin, 0); err == nil {
 		t.Error("truncate of the agent binary by root succeeded")
 	}
 }
@@ -168,6 +159,7 @@ func TestAgentBinaryOverwriteWhileDown(t *testing.T) {
 // process_vm_readv, fresh /proc/PID/mem fds and /proc/PID/mem fds kept from before the open. No read may
 // return the key.
 func TestKeyOpenRace(t *testing.T) {
+	vmenv.Require(t)
 	n := 1000
 	if s := os.Getenv("KEYGUARD_RACE_N"); s != "" {
 		fmt.Sscan(s, &n)
@@ -183,7 +175,7 @@ func TestKeyOpenRace(t *testing.T) {
 	start := time.Now()
 	for i := 0; i < n; i++ {
 		mode := modes[i%len(modes)]
-		cmd := exec.Command(procBin, "race-read", mode, racerExe, racerKey)
+		cmd := exec.Command(guesttest.ProcBin, "race-read", mode, guesttest.RacerExe, guesttest.RacerKey)
 		out, err := cmd.Output()
 		sc := bufio.NewScanner(strings.NewReader(string(out)))
 		for sc.Scan() {
@@ -236,7 +228,8 @@ func vmReadvTracked() bool {
 // TestKeyDirMoved: root renames the folder holding a key file, so the policy's glob no longer matches
 // it; the file is still the same inode and stays refused after the agent has re-resolved the policy.
 func TestKeyDirMoved(t *testing.T) {
-	from, to := filepath.Dir(holderKey), filepath.Dir(holderKey)+"-moved"
+	vmenv.Require(t)
+	from, to := filepath.Dir(guesttest.HolderKey), filepath.Dir(guesttest.HolderKey)+"-moved"
 	got := fileop(t, "rename", from, to)
 	defer func() {
 		if _, err := os.Stat(to); err == nil {
@@ -249,7 +242,7 @@ func TestKeyDirMoved(t *testing.T) {
 		t.Fatalf("rename the key folder: %s", got)
 	}
 	time.Sleep(2 * time.Second) // the watcher re-resolves within milliseconds
-	moved := filepath.Join(to, filepath.Base(holderKey))
+	moved := filepath.Join(to, filepath.Base(guesttest.HolderKey))
 	for _, op := range []string{"read", "opath-reopen", "unlink"} {
 		if got := fileop(t, op, moved); got != "ERR EPERM" {
 			t.Errorf("%s of the moved key file as root: %s, want ERR EPERM", op, got)

@@ -1,7 +1,6 @@
-package guard
+package dumphandler
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -10,45 +9,23 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
-
-const corePattern = "/proc/sys/kernel/core_pattern"
-
-func setCorePattern(t *testing.T, p string) {
-	t.Helper()
-	old, _ := os.ReadFile(corePattern)
-	if err := os.WriteFile(corePattern, []byte(p), 0); err != nil {
-		t.Fatalf("set core_pattern: %v", err)
-	}
-	t.Cleanup(func() { os.WriteFile(corePattern, old, 0) })
-}
 
 // freshCores empties the cores folder and points core_pattern into it: a file "core" or a pipe helper
 // that writes the byte count and whether the secret was there into "pipe".
 func freshCores(t *testing.T, pattern string) {
 	t.Helper()
-	cores := dir + "/cores"
+	cores := guesttest.Dir + "/cores"
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
 	if pattern == "file" {
-		setCorePattern(t, cores+"/core")
+		guesttest.SetCorePattern(t, cores+"/core")
 	} else {
-		setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
+		guesttest.SetCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe")
 	}
-}
-
-// crash runs "exe crash ..." and returns how it ended.
-func crash(t *testing.T, exe string, args ...string) syscall.WaitStatus {
-	t.Helper()
-	cmd := exec.Command(exe, append([]string{"crash"}, args...)...)
-	cmd.Dir = dir + "/cwd"
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
-	err := cmd.Run()
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		t.Fatalf("%s crash %v: %v (want death by signal)", exe, args, err)
-	}
-	return ee.Sys().(syscall.WaitStatus)
 }
 
 var crashSignals = []struct {
@@ -59,8 +36,9 @@ var crashSignals = []struct {
 // Blocked dumps leave no bytes anywhere: no core file with a file pattern, no helper started with a
 // pipe pattern, for every signal, from the main thread and another thread.
 func TestDumpBlocked(t *testing.T) {
-	os.MkdirAll(dir+"/cwd", 0o777)
-	cores := dir + "/cores"
+	vmenv.Require(t)
+	os.MkdirAll(guesttest.Dir+"/cwd", 0o777)
+	cores := guesttest.Dir + "/cores"
 	for _, pattern := range []string{"file", "pipe"} {
 		for _, s := range crashSignals {
 			for _, thread := range []bool{false, true} {
@@ -69,16 +47,16 @@ func TestDumpBlocked(t *testing.T) {
 					os.RemoveAll(cores)
 					os.MkdirAll(cores, 0o777)
 					if pattern == "file" {
-						setCorePattern(t, cores+"/core.%p")
+						guesttest.SetCorePattern(t, cores+"/core.%p")
 					} else {
-						setCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe.%p")
+						guesttest.SetCorePattern(t, "|/bin/testproc corecount "+cores+"/pipe.%p")
 					}
 					args := []string{"-sig", s.name}
 					if thread {
 						args = append(args, "-thread")
 					}
-					before := len(readEvents())
-					ws := crash(t, victimEnforce, args...)
+					before := guesttest.Count()
+					ws := guesttest.Crash(t, guesttest.VictimEnforce, args...)
 					if !ws.Signaled() || ws.Signal() != s.sig {
 						t.Fatalf("exit status %v, want death by %v", ws, s.sig)
 					}
@@ -87,12 +65,12 @@ func TestDumpBlocked(t *testing.T) {
 					}
 					time.Sleep(300 * time.Millisecond) // a pipe helper would have started by now
 					if ents, _ := os.ReadDir(cores); len(ents) != 0 {
-						t.Fatalf("dump bytes left: %v", names(ents))
+						t.Fatalf("dump bytes left: %v", guesttest.Names(ents))
 					}
-					ev := waitEventAfter(t, before, "core_dump blocked event", func(e event) bool {
+					ev := guesttest.WaitEventAfter(t, before, "core_dump blocked event", func(e guesttest.Event) bool {
 						return e.Kind == "core_dump" && e.Dump != nil && e.Dump.Signal == uint32(s.sig)
 					})
-					if ev.Dump.Action != "blocked" || ev.Rule != "signer" || ev.Target == nil || ev.Target.Executable != victimEnforce {
+					if ev.Dump.Action != "blocked" || ev.Rule != "signer" || ev.Target == nil || ev.Target.Executable != guesttest.VictimEnforce {
 						t.Errorf("event: %+v dump %+v", ev, ev.Dump)
 					}
 				})
@@ -103,28 +81,30 @@ func TestDumpBlocked(t *testing.T) {
 
 // A forked child of a protected process (running an unprotected executable) is protected too.
 func TestDumpBlockedForkedChild(t *testing.T) {
-	cores := dir + "/cores"
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
-	setCorePattern(t, cores+"/core.%p")
-	cmd := exec.Command(victimEnforce, "crash", "-sig", "SEGV", "-spawn", victimPlain)
-	cmd.Dir = dir + "/cwd"
+	guesttest.SetCorePattern(t, cores+"/core.%p")
+	cmd := exec.Command(guesttest.VictimEnforce, "crash", "-sig", "SEGV", "-spawn", guesttest.VictimPlain)
+	cmd.Dir = guesttest.Dir + "/cwd"
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "CHILD signal: segmentation fault") {
 		t.Fatalf("spawned crasher: %v: %s", err, out)
 	}
 	if ents, _ := os.ReadDir(cores); len(ents) != 0 {
-		t.Fatalf("dump of the forked child left: %v", names(ents))
+		t.Fatalf("dump of the forked child left: %v", guesttest.Names(ents))
 	}
 }
 
 // An unprotected process's dump is untouched: the file and the pipe helper get it all.
 func TestDumpUnprotectedUntouched(t *testing.T) {
-	cores := dir + "/cores"
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
 	for _, pattern := range []string{"file", "pipe"} {
 		t.Run(pattern, func(t *testing.T) {
 			freshCores(t, pattern)
-			ws := crash(t, victimPlain, "-sig", "SEGV")
+			ws := guesttest.Crash(t, guesttest.VictimPlain, "-sig", "SEGV")
 			if !ws.CoreDump() {
 				t.Fatalf("no core dump for an unprotected process: %v", ws)
 			}
@@ -152,11 +132,12 @@ func TestDumpUnprotectedUntouched(t *testing.T) {
 // A rule that wants redaction: while core_pattern does not lead to keyguard's handler (here a file
 // pattern and a foreign pipe helper), the dump is stopped before its first byte.
 func TestDumpRedactFailsClosed(t *testing.T) {
-	cores := dir + "/cores"
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
 	for _, pattern := range []string{"file", "pipe"} {
 		t.Run(pattern, func(t *testing.T) {
 			freshCores(t, pattern)
-			crash(t, victimRedact, "-sig", "ABRT", "-thread")
+			guesttest.Crash(t, guesttest.VictimRedact, "-sig", "ABRT", "-thread")
 			time.Sleep(300 * time.Millisecond)
 			ents, _ := os.ReadDir(cores)
 			for _, e := range ents {
@@ -165,7 +146,7 @@ func TestDumpRedactFailsClosed(t *testing.T) {
 					t.Fatalf("%s: dump bytes reached a destination that is not keyguard's handler: %q (%d bytes)", e.Name(), b[:min(len(b), 40)], len(b))
 				}
 			}
-			waitEvent(t, "bad-destination event", func(e event) bool {
+			guesttest.WaitEvent(t, "bad-destination event", func(e guesttest.Event) bool {
 				return e.Kind == "core_dump" && e.Dump != nil && e.Rule == "redactor" && strings.Contains(e.Dump.Reason, "not going to keyguard's handler")
 			})
 		})
@@ -176,20 +157,21 @@ func TestDumpRedactFailsClosed(t *testing.T) {
 // to the pattern it replaced: unprotected dumps unchanged, protected ones only when they could be made
 // safe (a protected dump that cannot be redacted is discarded and reported).
 func TestDumpHandlerChains(t *testing.T) {
-	cores := dir + "/cores"
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
-	stopAgent()
-	setCorePattern(t, "|/bin/testproc corecount "+cores+"/prev.%p")
-	if err := startAgent(); err != nil {
+	guesttest.StopAgent()
+	guesttest.SetCorePattern(t, "|/bin/testproc corecount "+cores+"/prev.%p")
+	if err := guesttest.StartAgent(); err != nil {
 		t.Fatal(err)
 	}
-	cur, _ := os.ReadFile(corePattern)
+	cur, _ := os.ReadFile(guesttest.CorePattern)
 	if !strings.HasPrefix(string(cur), "|/bin/keyguard-agent dump-handler ") {
 		t.Fatalf("core_pattern after agent start: %q", cur)
 	}
 
-	ws := crash(t, victimPlain, "-sig", "SEGV")
+	ws := guesttest.Crash(t, guesttest.VictimPlain, "-sig", "SEGV")
 	if !ws.CoreDump() {
 		t.Fatalf("unprotected crash: %v", ws)
 	}
@@ -207,14 +189,14 @@ func TestDumpHandlerChains(t *testing.T) {
 
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
-	crash(t, victimRedact, "-sig", "SEGV")
-	ev := waitEvent(t, "handler's event for the protected dump", func(e event) bool {
+	guesttest.Crash(t, guesttest.VictimRedact, "-sig", "SEGV")
+	ev := guesttest.WaitEvent(t, "handler's event for the protected dump", func(e guesttest.Event) bool {
 		return e.Kind == "core_dump" && e.Rule == "redactor" && e.Dump != nil && (e.Dump.Action == "discarded" || e.Dump.Action == "redacted")
 	})
 	if ev.Dump.Action == "discarded" {
 		time.Sleep(300 * time.Millisecond)
 		if ents, _ := os.ReadDir(cores); len(ents) != 0 {
-			t.Fatalf("a discarded protected dump reached the previous handler: %v", names(ents))
+			t.Fatalf("a discarded protected dump reached the previous handler: %v", guesttest.Names(ents))
 		}
 	}
 }

@@ -1,4 +1,4 @@
-package guard
+package posture
 
 import (
 	"encoding/json"
@@ -10,18 +10,16 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
-type finding struct {
-	Name        string `json:"name"`
-	Value       string `json:"value"`
-	Severity    string `json:"severity"`
-	Remediation string `json:"remediation"`
-}
+type finding = guesttest.Finding
 
 func statusPosture(t *testing.T) map[string]finding {
 	t.Helper()
-	out, err := exec.Command(cliBin, "status", "-socket", ctlSock, "-json").Output()
+	out, err := exec.Command(guesttest.CLIBin, "status", "-socket", guesttest.CtlSock, "-json").Output()
 	if err != nil {
 		t.Fatalf("status: %v", err)
 	}
@@ -51,16 +49,17 @@ func kernelValue(t *testing.T, path string) string {
 // keyguard status lists the host's posture with the values the kernel shows, and a protected
 // process's own core-dump limit, filter, dumpability and tracer, as set on the real process.
 func TestPostureStatus(t *testing.T) {
-	if agent == nil {
-		if err := startAgent(); err != nil {
+	vmenv.Require(t)
+	if guesttest.Agent == nil {
+		if err := guesttest.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	v := startVictim(t, victimEnforce, user)
-	if err := unix.Prlimit(v.pid, unix.RLIMIT_CORE, &unix.Rlimit{Cur: 4096, Max: 8192}, nil); err != nil {
+	v := guesttest.StartVictim(t, guesttest.VictimEnforce, guesttest.User)
+	if err := unix.Prlimit(v.PID, unix.RLIMIT_CORE, &unix.Rlimit{Cur: 4096, Max: 8192}, nil); err != nil {
 		t.Fatalf("prlimit: %v", err)
 	}
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/coredump_filter", v.pid), []byte("0x13"), 0); err != nil {
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/coredump_filter", v.PID), []byte("0x13"), 0); err != nil {
 		t.Fatalf("coredump_filter: %v", err)
 	}
 	post := statusPosture(t)
@@ -107,7 +106,7 @@ func TestPostureStatus(t *testing.T) {
 	}
 
 	// The protected process, as the test set it up.
-	p := fmt.Sprintf("process.%d.", v.pid)
+	p := fmt.Sprintf("process.%d.", v.PID)
 	for item, w := range map[string]finding{
 		"rlimit_core":     {Value: "soft 4096, hard 8192", Severity: "low"},
 		"coredump_filter": {Value: "0x13 (anon-private anon-shared elf-headers)", Severity: "low"},
@@ -123,25 +122,25 @@ func TestPostureStatus(t *testing.T) {
 		}
 	}
 	// The agent protects itself and checks itself too.
-	if _, ok := post[fmt.Sprintf("process.%d.rlimit_core", agent.Process.Pid)]; !ok {
-		t.Errorf("no findings for the agent's own process %d", agent.Process.Pid)
+	if _, ok := post[fmt.Sprintf("process.%d.rlimit_core", guesttest.Agent.Process.Pid)]; !ok {
+		t.Errorf("no findings for the agent's own process %d", guesttest.Agent.Process.Pid)
 	}
 	// The key file of the keyholder rule is world-readable (0644).
-	if f := post["key_file:"+keyFile]; f.Value != "owner 0:0 mode 0644" || f.Severity != "high" {
+	if f := post["key_file:"+guesttest.KeyFile]; f.Value != "owner 0:0 mode 0644" || f.Severity != "high" {
 		t.Errorf("key file: %+v, want owner 0:0 mode 0644, high", f)
 	}
-	if f := post["key_folder:"+dir+"/keys"]; f.Value != "owner 0:0 mode 0755" || f.Severity != "info" {
+	if f := post["key_folder:"+guesttest.Dir+"/keys"]; f.Value != "owner 0:0 mode 0755" || f.Severity != "info" {
 		t.Errorf("key folder: %+v, want owner 0:0 mode 0755, info", f)
 	}
 
-	out, err := exec.Command(cliBin, "status", "-socket", ctlSock).Output()
+	out, err := exec.Command(guesttest.CLIBin, "status", "-socket", guesttest.CtlSock).Output()
 	if err != nil || !strings.Contains(string(out), "posture (worst first):") || !strings.Contains(string(out), p+"rlimit_core = soft 4096, hard 8192") {
 		t.Errorf("status text: %v\n%s", err, out)
 	}
 }
 
 // healthEvent is an event of kind health.
-type healthEvent = event
+type healthEvent = guesttest.Event
 
 // waitPostureEvent waits for a "running" health event whose message contains want (the guard suite's
 // agent checks posture every 3 s).
@@ -169,7 +168,7 @@ func waitPostureEventFunc(t *testing.T, what string, pred func(msg string) bool)
 func healthEvents(t *testing.T) []healthEvent {
 	t.Helper()
 	var out []healthEvent
-	for _, ev := range readEvents() {
+	for _, ev := range guesttest.ReadEvents() {
 		if ev.Kind == "health" && ev.Health != nil && ev.Health.State == "running" {
 			out = append(out, ev)
 		}
@@ -180,8 +179,9 @@ func healthEvents(t *testing.T) []healthEvent {
 // A posture change while the agent runs is reported: a sysctl weakened and restored, a key file that
 // appears and goes away; a protected process that comes and goes with ordinary settings is not.
 func TestPostureChangeEvents(t *testing.T) {
-	if agent == nil {
-		if err := startAgent(); err != nil {
+	vmenv.Require(t)
+	if guesttest.Agent == nil {
+		if err := guesttest.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -205,7 +205,7 @@ func TestPostureChangeEvents(t *testing.T) {
 	waitPostureEvent(t, "kernel.perf_event_paranoid="+orig+" (")
 
 	// A key file that appears (group-readable) and goes away.
-	newKey := dir + "/keys/posture-new.pem"
+	newKey := guesttest.Dir + "/keys/posture-new.pem"
 	if err := os.WriteFile(newKey, []byte("-----BEGIN PRIVATE KEY-----\nposture\n-----END PRIVATE KEY-----\n"), 0o640); err != nil {
 		t.Fatal(err)
 	}
@@ -220,12 +220,12 @@ func TestPostureChangeEvents(t *testing.T) {
 	})
 
 	// A protected process that starts and exits with ordinary settings is not a posture change.
-	v := startVictim(t, victimEnforce, user)
+	v := guesttest.StartVictim(t, guesttest.VictimEnforce, guesttest.User)
 	time.Sleep(3500 * time.Millisecond)
-	v.kill()
+	v.Kill()
 	time.Sleep(3500 * time.Millisecond)
 	for _, ev := range healthEvents(t) {
-		if strings.Contains(ev.Health.Message, fmt.Sprintf("process.%d.", v.pid)) {
+		if strings.Contains(ev.Health.Message, fmt.Sprintf("process.%d.", v.PID)) {
 			t.Errorf("change event for an ordinary protected process: %q", ev.Health.Message)
 		}
 	}

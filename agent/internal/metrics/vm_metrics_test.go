@@ -1,4 +1,4 @@
-package guard
+package metrics
 
 import (
 	"os"
@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/keyguard/keyguard/collector/promtest"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
 const agentMetricsURL = "http://127.0.0.1:9464/metrics"
@@ -17,46 +20,19 @@ const agentMetricsURL = "http://127.0.0.1:9464/metrics"
 // kernel's own counters and ring-buffer loss, and after delivery to a real collector over mTLS, the
 // delivery lag and time; the collector's /metrics counts the host's events.
 func TestMetrics(t *testing.T) {
-	certs := filepath.Join(dir, "certs-metrics")
-	for _, args := range [][]string{
-		{"certs", "init", "-dir", certs},
-		{"certs", "host", "-dir", certs, "-name", "vm-metrics"},
-	} {
-		if out, err := exec.Command("/bin/keyguard-collector", args...).CombinedOutput(); err != nil {
-			t.Fatalf("keyguard-collector %v: %v: %s", args, err, out)
-		}
-	}
-	addrFile, maddrFile := filepath.Join(dir, "metrics-collector.addr"), filepath.Join(dir, "metrics-collector.maddr")
-	col := exec.Command("/bin/keyguard-collector", "serve", "-listen", "127.0.0.1:0", "-addr-file", addrFile,
-		"-metrics-listen", "127.0.0.1:0", "-metrics-addr-file", maddrFile, "-db", filepath.Join(dir, "metrics-events.db"),
-		"-tls-cert", filepath.Join(certs, "collector.crt"), "-tls-key", filepath.Join(certs, "collector.key"),
-		"-tls-client-ca", filepath.Join(certs, "ca.crt"), "-revoked-serials", filepath.Join(certs, "revoked.txt"))
-	col.Stdout, col.Stderr = os.Stdout, os.Stdout
-	if err := col.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { col.Process.Kill(); col.Wait() }()
-	var addr, maddr string
-	for i := 0; i < 300 && addr == ""; i++ {
-		b, _ := os.ReadFile(addrFile)
-		addr = strings.TrimSpace(string(b))
-		time.Sleep(50 * time.Millisecond)
-	}
-	if b, _ := os.ReadFile(maddrFile); addr == "" || len(b) == 0 {
-		t.Fatal("collector did not start")
-	} else {
-		maddr = strings.TrimSpace(string(b))
-	}
+	vmenv.Require(t)
+	col := guesttest.StartCollector(t, "metrics", []string{"vm-metrics"}, nil, true)
+	addr, maddr, certs := col.Addr, col.MetricsAddr, col.Certs
 
-	stopAgent()
-	if err := startAgent("-metrics-listen", "127.0.0.1:9464", "-collector", addr, "-collector-ca", filepath.Join(certs, "ca.crt"),
+	guesttest.StopAgent()
+	if err := guesttest.StartAgent("-metrics-listen", "127.0.0.1:9464", "-collector", addr, "-collector-ca", filepath.Join(certs, "ca.crt"),
 		"-cert", filepath.Join(certs, "vm-metrics.crt"), "-key", filepath.Join(certs, "vm-metrics.key"),
-		"-spool-dir", filepath.Join(dir, "spool-metrics")); err != nil {
+		"-spool-dir", filepath.Join(guesttest.Dir, "spool-metrics")); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
-		stopAgent()
-		if err := startAgent(); err != nil {
+		guesttest.StopAgent()
+		if err := guesttest.StartAgent(); err != nil {
 			t.Errorf("restart the agent without metrics: %v", err)
 		}
 	}()
@@ -91,12 +67,12 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	v := startVictim(t, victimEnforce, 0)
-	apid, res := attack(t, procBin, 0, "attach", v.pid, v.pid, v.addr)
+	v := guesttest.StartVictim(t, guesttest.VictimEnforce, 0)
+	apid, res := guesttest.Attack(t, guesttest.ProcBin, 0, "attach", v.PID, v.PID, v.Addr)
 	if res != "ERR EPERM" {
 		t.Fatalf("ptrace attach of the protected process: %q, want ERR EPERM", res)
 	}
-	waitEvent(t, "the denied attach", func(e event) bool {
+	guesttest.WaitEvent(t, "the denied attach", func(e guesttest.Event) bool {
 		return e.Kind == "access" && e.Accessor != nil && e.Accessor.PID == uint32(apid) && e.Decision == "denied"
 	})
 	if got := settled(); got != deniedBefore+1 {
@@ -154,7 +130,8 @@ func TestMetrics(t *testing.T) {
 
 // A non-loopback metrics address is refused unless -metrics-allow-remote is given.
 func TestMetricsRemoteRefused(t *testing.T) {
-	out, err := exec.Command(agentBin, "run", "-policy", dir+"/policy.yaml", "-metrics-listen", "0.0.0.0:9464",
+	vmenv.Require(t)
+	out, err := exec.Command(guesttest.AgentBin, "run", "-policy", guesttest.Dir+"/policy.yaml", "-metrics-listen", "0.0.0.0:9464",
 		"-pin-path", "/sys/fs/bpf/kg-metrics", "-control-socket", "").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "-metrics-allow-remote") {
 		t.Fatalf("agent with -metrics-listen 0.0.0.0:9464: %v\n%s", err, out)

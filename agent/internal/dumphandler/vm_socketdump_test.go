@@ -1,4 +1,4 @@
-package guard
+package dumphandler
 
 import (
 	"bufio"
@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
 // socketCores starts a minimal socket receiver (testproc corelisten: the initramfs VM has no
@@ -24,12 +27,12 @@ func socketCores(t *testing.T, request bool) string {
 	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil || major < 6 || major == 6 && minor < 16 {
 		t.Skipf("kernel %s has no socket core dumps (6.16)", unix.ByteSliceToString(u.Release[:]))
 	}
-	cores := dir + "/cores"
+	cores := guesttest.Dir + "/cores"
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
-	sock := dir + "/core.sock"
+	sock := guesttest.Dir + "/core.sock"
 	os.Remove(sock)
-	cmd := exec.Command(procBin, "corelisten", sock, cores)
+	cmd := exec.Command(guesttest.ProcBin, "corelisten", sock, cores)
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -43,7 +46,7 @@ func socketCores(t *testing.T, request bool) string {
 	if request {
 		p = "@@" + sock
 	}
-	setCorePattern(t, p)
+	guesttest.SetCorePattern(t, p)
 	return cores
 }
 
@@ -70,9 +73,10 @@ func received(cores string, want int) []string {
 // changed behind keyguard's back) is killed before its first byte. keyguard's own handler is always a
 // pipe, so a protected dump never goes to a socket.
 func TestDumpSocket(t *testing.T) {
+	vmenv.Require(t)
 	t.Run("unprotected", func(t *testing.T) {
 		cores := socketCores(t, false)
-		if ws := crash(t, victimPlain, "-sig", "SEGV"); !ws.Signaled() {
+		if ws := guesttest.Crash(t, guesttest.VictimPlain, "-sig", "SEGV"); !ws.Signaled() {
 			t.Fatalf("exit %v", ws)
 		}
 		got := received(cores, 1)
@@ -82,12 +86,12 @@ func TestDumpSocket(t *testing.T) {
 	})
 	t.Run("block", func(t *testing.T) {
 		cores := socketCores(t, false)
-		before := len(readEvents())
-		crash(t, victimEnforce, "-sig", "SEGV")
+		before := guesttest.Count()
+		guesttest.Crash(t, guesttest.VictimEnforce, "-sig", "SEGV")
 		if got := received(cores, 1); len(got) != 0 {
 			t.Fatalf("a blocked dump reached the socket: %q", got)
 		}
-		ev := waitEventAfter(t, before, "blocked event", func(e event) bool { return e.Kind == "core_dump" && e.Rule == "signer" && e.Dump != nil })
+		ev := guesttest.WaitEventAfter(t, before, "blocked event", func(e guesttest.Event) bool { return e.Kind == "core_dump" && e.Rule == "signer" && e.Dump != nil })
 		if ev.Dump.Action != "blocked" {
 			t.Errorf("action %q, want blocked", ev.Dump.Action)
 		}
@@ -97,14 +101,14 @@ func TestDumpSocket(t *testing.T) {
 	for _, request := range []bool{false} {
 		t.Run("redact fails closed", func(t *testing.T) {
 			cores := socketCores(t, request)
-			before := len(readEvents())
-			crash(t, victimRedact, "-sig", "ABRT", "-thread")
+			before := guesttest.Count()
+			guesttest.Crash(t, guesttest.VictimRedact, "-sig", "ABRT", "-thread")
 			for _, r := range received(cores, 1) {
 				if !strings.HasPrefix(r, "0 ") {
 					t.Fatalf("dump bytes reached a socket that is not keyguard's handler: %q", r)
 				}
 			}
-			waitEventAfter(t, before, "bad-destination event", func(e event) bool {
+			guesttest.WaitEventAfter(t, before, "bad-destination event", func(e guesttest.Event) bool {
 				return e.Kind == "core_dump" && e.Dump != nil && e.Rule == "redactor" && strings.Contains(e.Dump.Reason, "not going to keyguard's handler")
 			})
 		})

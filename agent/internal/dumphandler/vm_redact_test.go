@@ -1,4 +1,4 @@
-package guard
+package dumphandler
 
 import (
 	"bytes"
@@ -9,33 +9,37 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
+	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
 // Redacted dumps reach the replaced pattern (file or pipe) without any encoding of the keys the
 // process held, and still parse as an ELF core with all its threads.
 func TestDumpRedacted(t *testing.T) {
-	cores := dir + "/cores"
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
 	// An unredacted dump of the same program with the same keys holds them: the search works.
 	t.Run("control", func(t *testing.T) {
 		os.RemoveAll(cores)
 		os.MkdirAll(cores, 0o777)
-		setCorePattern(t, cores+"/plain")
-		crash(t, victimPlain, "-sig", "SEGV", "-keys", testKeysDir)
+		guesttest.SetCorePattern(t, cores+"/plain")
+		guesttest.Crash(t, guesttest.VictimPlain, "-sig", "SEGV", "-keys", guesttest.TestKeysDir)
 		b, _ := os.ReadFile(cores + "/plain")
-		if len(leaks(b)) == 0 {
+		if len(guesttest.Leaks(b)) == 0 {
 			t.Fatalf("an unprotected dump (%d bytes) holds none of the key encodings: the search is broken", len(b))
 		}
 	})
 	for _, pattern := range []string{"file", "pipe"} {
-		stopAgent()
+		guesttest.StopAgent()
 		os.RemoveAll(cores)
 		os.MkdirAll(cores, 0o777)
 		if pattern == "file" {
-			setCorePattern(t, cores+"/core.%p")
+			guesttest.SetCorePattern(t, cores+"/core.%p")
 		} else {
-			setCorePattern(t, "|/bin/testproc coresave "+cores+"/pipe.%p")
+			guesttest.SetCorePattern(t, "|/bin/testproc coresave "+cores+"/pipe.%p")
 		}
-		if err := startAgent(); err != nil {
+		if err := guesttest.StartAgent(); err != nil {
 			t.Fatal(err)
 		}
 		// Each signal with each pattern; threads and a forked child spread over them (a redaction takes
@@ -50,16 +54,16 @@ func TestDumpRedacted(t *testing.T) {
 		}[pattern]
 		for _, c := range cases {
 			t.Run(fmt.Sprintf("%s/%s/thread=%v/child=%v", pattern, c.sig, c.thread, c.spawn), func(t *testing.T) {
-				args := []string{"-sig", c.sig, "-keys", testKeysDir}
+				args := []string{"-sig", c.sig, "-keys", guesttest.TestKeysDir}
 				if c.thread {
 					args = append(args, "-thread")
 				}
-				exe := victimRedact
+				exe := guesttest.VictimRedact
 				cmd := exec.Command(exe, append([]string{"crash"}, args...)...)
 				if c.spawn {
-					cmd = exec.Command(exe, append([]string{"crash", "-spawn", victimPlain}, args...)...)
+					cmd = exec.Command(exe, append([]string{"crash", "-spawn", guesttest.VictimPlain}, args...)...)
 				}
-				cmd.Dir = dir + "/cwd"
+				cmd.Dir = guesttest.Dir + "/cwd"
 				out, _ := cmd.CombinedOutput()
 				var pid, threads int
 				for _, l := range strings.Split(string(out), "\n") {
@@ -74,7 +78,7 @@ func TestDumpRedacted(t *testing.T) {
 				if pattern == "pipe" {
 					name = fmt.Sprintf("%s/pipe.%d", cores, pid)
 				}
-				ev := waitEvent(t, "redacted event", func(e event) bool {
+				ev := guesttest.WaitEvent(t, "redacted event", func(e guesttest.Event) bool {
 					return e.Kind == "core_dump" && e.Target != nil && e.Target.PID == uint32(pid) && e.Dump != nil &&
 						(e.Dump.Action == "redacted" || e.Dump.Action == "discarded")
 				})
@@ -85,7 +89,7 @@ func TestDumpRedacted(t *testing.T) {
 				if err != nil || len(b) == 0 {
 					t.Fatalf("redacted dump at the replaced pattern: %v (%d bytes)", err, len(b))
 				}
-				if l := leaks(b); len(l) > 0 {
+				if l := guesttest.Leaks(b); len(l) > 0 {
 					t.Fatalf("redacted dump still holds %v", l)
 				}
 				f, err := elf.NewFile(bytes.NewReader(b))
