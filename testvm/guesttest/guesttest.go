@@ -191,7 +191,7 @@ func selected(tests []string) bool {
 
 func setup(o Options) error {
 	// Yama must not decide before keyguard does (scope 1 would deny unprivileged attaches first).
-	if err := os.WriteFile("/proc/sys/kernel/yama/ptrace_scope", []byte("0"), 0); err != nil {
+	if err := writePtraceScope(); err != nil {
 		return err
 	}
 	if _, err := os.Stat(PinPath); err == nil {
@@ -247,11 +247,24 @@ func setup(o Options) error {
 	return StartAgent()
 }
 
+// writePtraceScope sets Yama's ptrace_scope to 0. It retries for a while: the sysctl guard of an
+// agent uninstalled a moment ago (by the previous suite) refuses the write until the kernel has
+// released its links, from a workqueue, seconds later under TCG.
+func writePtraceScope() error {
+	var err error
+	for end := time.Now().Add(30 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if err = os.WriteFile("/proc/sys/kernel/yama/ptrace_scope", []byte("0"), 0); err == nil {
+			return nil
+		}
+	}
+	return fmt.Errorf("set kernel.yama.ptrace_scope: %w", err)
+}
+
 // removeAll removes dir, retrying for a few seconds: the links of an agent uninstalled a moment ago
 // are released by the kernel from a workqueue, and until then its key files stay refused.
 func removeAll(dir string) error {
 	var err error
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 300; i++ {
 		if err = os.RemoveAll(dir); err == nil {
 			return nil
 		}
@@ -302,7 +315,8 @@ func teardown(o Options) error {
 	if _, err := os.Stat(PinPath); !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("%s still exists after uninstall: %v", PinPath, err)
 	}
-	return nil
+	// Hand the next suite a kernel without keyguard's programs: wait until its sysctl guard is gone.
+	return writePtraceScope()
 }
 
 // CopyFile copies src to dst as an executable.

@@ -57,6 +57,12 @@ func TestUpgradeReplacesLinks(t *testing.T) {
 	if err := startAgent("-report-noaudit"); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { // leave the suite's agent build running, for the tests after this one
+		stopAgent()
+		if err := startAgent(); err != nil {
+			t.Errorf("restart the agent with the suite's settings: %v", err)
+		}
+	})
 	after, _ := os.ReadDir(pinPath + "/links")
 	if len(before) != 1 || len(after) != 1 || before[0].Name() == after[0].Name() {
 		t.Fatalf("pinned builds before %v after %v: want one each, different", names(before), names(after))
