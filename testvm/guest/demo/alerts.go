@@ -169,7 +169,12 @@ func (a Attack) Shows(ev *keyguardv1.Event) bool {
 // StoredAtWarning lists the events the collector stored at warning level (medium) or above, read with
 // `keyguard events -json` and the given connection arguments (-collector, -ca, -cert, -key, -since ...).
 func StoredAtWarning(keyguard string, args ...string) ([]*keyguardv1.StoredEvent, error) {
-	out, err := exec.Command(keyguard, append([]string{"events", "-json", "-severity", "medium", "-limit", "0"}, args...)...).Output()
+	return Stored(keyguard, "medium", args...)
+}
+
+// Stored lists the events the collector stored at minSeverity or above (info: all).
+func Stored(keyguard, minSeverity string, args ...string) ([]*keyguardv1.StoredEvent, error) {
+	out, err := exec.Command(keyguard, append([]string{"events", "-json", "-severity", minSeverity, "-limit", "0"}, args...)...).Output()
 	if err != nil {
 		var stderr []byte
 		if ee, ok := err.(*exec.ExitError); ok {
