@@ -74,8 +74,12 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 
+.PHONY: alertmanager
+alertmanager: ## Build the pinned real Alertmanager (from its Go module, not keyguard's go.mod) into CACHE for the alert tests
+	bash .ci/alertmanager.sh $(CACHE)
+
 .PHONY: test
-test: ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL)
+test: alertmanager ## Unit and integration tests on the host (real gRPC, SQLite, PostgreSQL, Alertmanager)
 	KEYGUARD_CACHE=$(CACHE) $(GO) test -count=1 ./...
 
 .PHONY: vmtest

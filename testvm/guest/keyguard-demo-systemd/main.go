@@ -69,7 +69,14 @@ rules:
 // its users file handed to the sandboxed (DynamicUser) service as a systemd credential.
 const collectorDropIn = `[Service]
 LoadCredential=console-users:/etc/keyguard/console-users
+LoadCredential=alert-webhook.key:/etc/keyguard/alert-webhook.key
 `
+
+// The webhook alert output's HMAC key: root-only on disk, handed to the collector as a credential.
+const (
+	webhookKey     = "/etc/keyguard/alert-webhook.key"
+	webhookKeyCred = "/run/credentials/keyguard-collector.service/alert-webhook.key"
+)
 
 const collectorDefault = `KEYGUARD_COLLECTOR_FLAGS=-console-listen 0.0.0.0:8443 -console-users /run/credentials/keyguard-collector.service/console-users
 `
@@ -169,12 +176,18 @@ func run() error {
 	}
 	fmt.Printf("    STOLEN: `coredumpctl dump %d` holds the private key scalar (the Storm-0558 path)\n", pid)
 
-	step("keyguard is installed from its .deb packages: collector (with the web console) and agent")
-	password, err := installKeyguard()
+	step("keyguard is installed from its .deb packages: collector (with the web console and an alert rule) and agent")
+	oncall, err := demo.NewWebhookReceiver()
+	if err != nil {
+		return err
+	}
+	defer oncall.Close()
+	password, err := installKeyguard(oncall)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("    keyguard-agent and keyguard-collector active; console on :8443 (host: %s)\n", consoleURL)
+	fmt.Printf("    alert rule: every event at warning level or above -> the on-call webhook %s (HMAC-SHA256 signed)\n", oncall.URL)
 
 	pid = signerPID(pid)
 	step("The same attacks, as root, against the running signer (pid %d)", pid)
@@ -203,6 +216,11 @@ func run() error {
 		return denied >= 3
 	})
 	if err := demo.ShowEvents("keyguard", eventsArgs()[1:], []string{"-decision", "denied"}, []string{"-kind", "core_dump"}); err != nil {
+		return err
+	}
+
+	step("Alerts: what reached the on-call webhook (signature checked), and nothing else at warning level")
+	if err := checkAlerts(oncall, pid, attacks); err != nil {
 		return err
 	}
 
@@ -327,7 +345,7 @@ func containsKey(b, scalar []byte) bool {
 
 // installKeyguard installs and configures both packages as an operator would and returns the
 // console admin's generated password.
-func installKeyguard() (string, error) {
+func installKeyguard(oncall *demo.WebhookReceiver) (string, error) {
 	host, _ := os.Hostname()
 	pw := make([]byte, 15)
 	rand.Read(pw)
@@ -358,6 +376,8 @@ func installKeyguard() (string, error) {
 			return write("/etc/systemd/system/keyguard-collector.service.d/console.conf", collectorDropIn, 0o644)
 		},
 		func() error { return write("/etc/default/keyguard-collector", collectorDefault, 0o644) },
+		func() error { return oncall.WriteSecret(webhookKey) },
+		func() error { return appendFile("/etc/keyguard/collector.yaml", oncall.AlertsConfig(webhookKeyCred)) },
 		func() error { _, err := sh("systemctl", "daemon-reload"); return err },
 		func() error { _, err := sh("systemctl", "restart", "keyguard-collector.service"); return err },
 		func() error { _, err := sh("keyguard", "token", "keygen", "-out", "/root/operator"); return err },
@@ -429,4 +449,69 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return write(dst, string(b), 0o755)
+}
+
+func appendFile(p, content string) error {
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(content); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// checkAlerts waits until every attack of the table is an alert at the webhook (signature checked by
+// the receiver) and then checks that the collector stored no event at warning level or above other
+// than the attacks (memory accesses by testproc against the signer) and the protected crash's dump.
+func checkAlerts(oncall *demo.WebhookReceiver, pid int, attacks []demo.Attack) error {
+	alerted := map[string]demo.WebhookAlert{}
+	waitFor(3*time.Minute, func() bool {
+		for _, al := range oncall.Alerts() {
+			for _, a := range attacks {
+				if _, ok := alerted[a.Op]; !ok && al.Event != nil && int(al.Event.GetMemoryAccess().GetTarget().GetPid()) == pid && a.Shows(al.Event) {
+					alerted[a.Op] = al
+				}
+			}
+		}
+		return len(alerted) == len(attacks)
+	})
+	for _, a := range attacks {
+		if al, ok := alerted[a.Op]; ok {
+			fmt.Printf("    %-48s ALERTED  #%d %s: %s\n", a.What, al.ID, al.Severity, al.Summary)
+		} else {
+			fmt.Printf("    %-48s NO ALERT\n", a.What)
+		}
+	}
+	if r := oncall.Refused(); len(r) > 0 {
+		return fmt.Errorf("the webhook receiver refused %d requests: %v", len(r), r)
+	}
+	if len(alerted) != len(attacks) {
+		return fmt.Errorf("%d of %d attacks reached the webhook as alerts (%d alerts received)", len(alerted), len(attacks), len(oncall.Alerts()))
+	}
+	stored, err := demo.StoredAtWarning("keyguard", eventsArgs()[1:9]...)
+	if err != nil {
+		return err
+	}
+	var noise []string
+	attacksStored := 0
+	for _, se := range stored {
+		ev := se.GetEvent()
+		switch m, d := ev.GetMemoryAccess(), ev.GetCoreDump(); {
+		case m != nil && int(m.GetTarget().GetPid()) == pid && strings.HasSuffix(demo.Actor(ev), "/testproc"):
+			attacksStored++
+		case d != nil && int(d.GetProcess().GetPid()) == pid:
+			// The demo's own protected crash (redacted: medium).
+		default:
+			noise = append(noise, demo.Describe(ev))
+		}
+	}
+	fmt.Printf("    stored at warning level or above: %d events, %d of them the attacks, %d the protected crash, %d others\n",
+		len(stored), attacksStored, len(stored)-attacksStored-len(noise), len(noise))
+	if len(noise) > 0 {
+		return fmt.Errorf("%d stored events at warning level or above are not from the demo's attacks:\n    %s", len(noise), strings.Join(noise, "\n    "))
+	}
+	return nil
 }

@@ -1,7 +1,7 @@
 // Command signer is the demo's sample signing service: it loads an ECDSA private key from a PEM file,
 // keeps it in memory, and signs a token every second, like a token-issuing service would.
 //
-//	signer -key /path/to/key.pem
+//	signer -key /path/to/key.pem [-log-every 5s]
 package main
 
 import (
@@ -18,6 +18,7 @@ import (
 
 func main() {
 	keyPath := flag.String("key", "/etc/signer/signing.pem", "PEM file with the signing key (PKCS#8 or SEC1)")
+	logEvery := flag.Duration("log-every", 0, "also print a line about the tokens signed this often (0: only the start line)")
 	flag.Parse()
 	b, err := os.ReadFile(*keyPath)
 	if err != nil {
@@ -37,10 +38,15 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Printf("signer: pid %d holds an ECDSA %s key and signs a token every second\n", os.Getpid(), key.Curve.Params().Name)
+	logged := time.Now()
 	for n := 1; ; n++ {
 		h := sha256.Sum256([]byte(fmt.Sprintf("token %d issued at %s", n, time.Now().Format(time.RFC3339Nano))))
 		if _, err := ecdsa.SignASN1(rand.Reader, key, h[:]); err != nil {
 			fmt.Fprintln(os.Stderr, "signer: sign:", err)
+		}
+		if *logEvery > 0 && time.Since(logged) >= *logEvery {
+			fmt.Printf("signer: %d tokens signed\n", n)
+			logged = time.Now()
 		}
 		time.Sleep(time.Second)
 	}

@@ -33,6 +33,7 @@ import (
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 
 	"github.com/keyguard/keyguard/proto/optoken"
+	"github.com/keyguard/keyguard/testvm/guest/demo"
 )
 
 const (
@@ -58,6 +59,11 @@ rules:
     match:
       executables: [/usr/local/bin/signer]
     public_keys: ["/etc/signer/pub/*.pem"]
+  - name: token-signer
+    mode: enforce
+    dumps: redact
+    match:
+      executables: [/usr/local/bin/token-signer]
 `
 
 var (
@@ -102,6 +108,9 @@ func setup() error {
 		}
 	}
 	if err := writeTestKeys(); err != nil {
+		return err
+	}
+	if err := setupTokenSigner(); err != nil {
 		return err
 	}
 	_, operatorKey, err = ed25519.GenerateKey(rand.Reader)
@@ -526,6 +535,109 @@ func TestInstall(t *testing.T) {
 	}
 	if !exists(pins) {
 		t.Errorf("nothing pinned in %s", pins)
+	}
+}
+
+// Routine tools against a protected signing service raise nothing at warning level, while an attack in
+// the same window does and is an alert: for KEYGUARD_NOISE_DURATION (default 10 minutes) the signer
+// logs to journald every 5 s, crashes once (systemd-coredump stores its redacted dump; systemd restarts
+// it), and ps, top -b -n 1, systemctl status, pgrep and journalctl look at it every 15 s; halfway, root
+// attacks it (ptrace attach, /proc/PID/mem). Afterwards the collector must hold no event at warning
+// level or above from the window except the attacks and the crash's own core_dump record, and each
+// attack must have reached a webhook receiver in the test as a signed alert.
+func TestRoutineToolsQuietAttacksAlerted(t *testing.T) {
+	d := noiseDuration(t)
+	rcv := alertsToWebhook(t)
+	conn := operatorArgs(t)
+	start := time.Now().Add(-time.Second)
+	pid := startTokenSigner(t)
+	crashed := pid
+	exec.Command("kill", "-ABRT", strconv.Itoa(crashed)).Run()
+	pid = newPID(t, tokenSignerUnit, crashed)
+	t.Logf("token signer pid %d crashed (SIGABRT); restarted as pid %d; routine tools for %s", crashed, pid, d)
+
+	attacks := []demo.Attack{{Op: "attach", What: "ptrace attach"}, {Op: "mem", What: "read /proc/PID/mem"}}
+	attacked, rounds := 0, 0
+	for end := start.Add(d); time.Now().Before(end); rounds++ {
+		if rounds > 0 {
+			time.Sleep(15 * time.Second)
+		}
+		if p := mainPID(tokenSignerUnit); p != pid {
+			t.Fatalf("the token signer's pid changed from %d to %d during the window", pid, p)
+		}
+		for _, f := range toolRound(pid) {
+			t.Errorf("round %d: %s", rounds, f)
+		}
+		if attacked == 0 && time.Since(start) > d/2 {
+			attacked = attackSigner(t, pid, attacks)
+		}
+	}
+	if attacked == 0 { // a window too short for a round after its middle
+		attacked = attackSigner(t, pid, attacks)
+	}
+	if !waitFor(5*time.Minute, func() bool {
+		for _, e := range events() {
+			if e.Target != nil && e.Target.PID == uint32(crashed) && e.Dump != nil && (e.Dump.Action == "redacted" || e.Dump.Action == "discarded") {
+				return true
+			}
+		}
+		return false
+	}) {
+		t.Errorf("no final core_dump event for the crashed signer (pid %d)", crashed)
+	}
+
+	// Every attack is an alert at the webhook (signature checked by the receiver).
+	alerted := map[string]bool{}
+	waitFor(2*time.Minute, func() bool {
+		for _, al := range rcv.Alerts() {
+			for _, a := range attacks {
+				if al.Event != nil && int(al.Event.GetMemoryAccess().GetTarget().GetPid()) == attacked && a.Shows(al.Event) {
+					alerted[a.Op] = true
+				}
+			}
+		}
+		return len(alerted) == len(attacks)
+	})
+	for _, a := range attacks {
+		if !alerted[a.Op] {
+			t.Errorf("attack %s (pid %d) did not reach the webhook as an alert; alerts received: %+v", a.What, attacked, rcv.Alerts())
+		}
+	}
+	if r := rcv.Refused(); len(r) > 0 {
+		t.Errorf("the webhook receiver refused %d requests: %v", len(r), r)
+	}
+
+	since := append(conn, "-since", start.UTC().Format(time.RFC3339))
+	all, err := demo.Stored("keyguard", "info", since...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d tool rounds in %s; all events stored in the window, per actor, kind and severity:\n%s", rounds, time.Since(start).Round(time.Second), perActor(all))
+	warn, err := demo.StoredAtWarning("keyguard", since...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[string]bool{}
+	for _, se := range warn {
+		ev := se.GetEvent()
+		m, dump := ev.GetMemoryAccess(), ev.GetCoreDump()
+		switch {
+		case m != nil && int(m.GetTarget().GetPid()) == attacked && strings.HasSuffix(demo.Actor(ev), "/testproc"):
+			for _, a := range attacks {
+				if a.Shows(ev) {
+					stored[a.Op] = true
+				}
+			}
+		case dump != nil && int(dump.GetProcess().GetPid()) == crashed:
+			// The crash's own record (a protected process dumped core; redacted: medium), not the tools.
+		default:
+			t.Errorf("stored at warning level or above, not an attack of the test: %s", demo.Describe(ev))
+		}
+	}
+	for _, a := range attacks {
+		if !stored[a.Op] {
+			t.Errorf("attack %s is not stored at warning level or above", a.What)
+		}
 	}
 }
 
