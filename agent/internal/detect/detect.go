@@ -408,3 +408,8 @@ func (w *window) aligned(from, a int) int {
 	}
 	return from + a - r
 }
+
+// Arithmetic reports whether the detector does public-key arithmetic per window (raw modes with
+// keys of their type): thousands of times the cost per byte of the other searches, worth
+// spreading over every core even for small files.
+func (d *Detector) Arithmetic() bool { return d.rawActive() }
