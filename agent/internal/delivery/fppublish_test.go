@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/fppublish"
 	"github.com/keyguard/keyguard/agent/internal/policy"
+	"github.com/keyguard/keyguard/collector/certgen"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -57,20 +59,8 @@ func TestAgentPublishesFingerprints(t *testing.T) {
 		t.Fatalf("key files %q", got)
 	}
 
-	cert, key := k.host(t, "signer")
-	p, err := export.New(export.Config{Collector: c.addr, CAFile: k.caFile, CertFile: cert, KeyFile: key, SpoolDir: filepath.Join(dir, "spool")}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-ran; p.Close() })
 	deploy := detect.NewDeploymentKey()
-	pub, err := fppublish.New(deploy, func(ev *keyguardv1.Event) bool { return p.Submit(ev, export.PriorityOf(ev)) }, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub := signerPublisher(t, k, c, "signer", deploy)
 	db := openDB(t, dsn)
 	publish := func(want bool) {
 		t.Helper()
@@ -110,6 +100,108 @@ func TestAgentPublishesFingerprints(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if n := len(storedSets(t, db, "signer")); n != 2 {
 		t.Errorf("%d sets stored, want 2 (the unchanged resolution published nothing)", n)
+	}
+}
+
+// signerPublisher is the publishing half of a signing host's agent: the daemon's publisher and an
+// export pipeline with host's certificate to c.
+func signerPublisher(t *testing.T, k *pki, c *collector, host string, deploy []byte) *fppublish.Publisher {
+	cert, key := k.host(t, host)
+	p, err := export.New(export.Config{Collector: c.addr, CAFile: k.caFile, CertFile: cert, KeyFile: key, SpoolDir: filepath.Join(t.TempDir(), "spool")}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-ran; p.Close() })
+	pub, err := fppublish.New(deploy, func(ev *keyguardv1.Event) bool { return p.Submit(ev, export.PriorityOf(ev)) }, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
+
+// TestSentinelFetchesPublishedFingerprints: a sentinel host keeps its fingerprint file current
+// (keyguard fetch-fingerprints -every, an operator identity) and the sentinel reloads it (-reload):
+// a key the signer's agent publishes after the sentinel started is found in the next dump, raw
+// P-256 scalar only, stored at the collector and the dump quarantined.
+func TestSentinelFetchesPublishedFingerprints(t *testing.T) {
+	b := buildBinaries(t)
+	agent := buildAgent(t, b)
+	cli := filepath.Join(filepath.Dir(agent), "keyguard")
+	k := newPKI(t)
+	dsn := filepath.Join(t.TempDir(), "events.db")
+	c := startCollector(t, b, k, "c1", dsn)
+	dir := t.TempDir()
+	keys := keytest.Generate()
+	keyFile := filepath.Join(dir, "signer.pem")
+	writeFile(t, keyFile, pemKey(t, keys.Ed))
+	pub := signerPublisher(t, k, c, "signer", detect.NewDeploymentKey())
+	if _, err := pub.Update([]string{keyFile}); err != nil {
+		t.Fatal(err)
+	}
+	ocert, okey := k.issue(t, "operator-alice", "alice", certgen.OUOperator, false)
+	fpFile := filepath.Join(dir, "fetched.json")
+	startProc(t, "fetch", dir, cli, "fetch-fingerprints", "-every", "200ms", "-collector", c.addr, "-ca", k.caFile, "-cert", ocert, "-key", okey, "-o", fpFile)
+	fileHas := func(want *ecdsa.PrivateKey) bool {
+		set, err := detect.LoadFingerprints(fpFile)
+		if err != nil {
+			return false
+		}
+		if want == nil {
+			return len(set.Keys) == 1
+		}
+		der, _ := x509.MarshalPKIXPublicKey(&want.PublicKey)
+		return slices.ContainsFunc(set.Keys, func(fk detect.FingerprintKey) bool { return string(fk.PublicKey) == string(der) })
+	}
+	waitFor(t, "the first fetched fingerprint file", func() bool { return fileHas(nil) })
+
+	watched, quarantine := filepath.Join(dir, "crash"), filepath.Join(dir, "quarantine")
+	os.Mkdir(watched, 0o755)
+	dcert, dkey := k.host(t, "debug-box")
+	p := startProc(t, "sentinel", dir, agent, "sentinel", "-watch", watched, "-fingerprints", fpFile, "-reload", "200ms",
+		"-state", filepath.Join(dir, "state.json"), "-quarantine", quarantine, "-collector", c.addr,
+		"-collector-ca", k.caFile, "-cert", dcert, "-key", dkey, "-spool-dir", filepath.Join(dir, "spool"))
+	waitFor(t, "sentinel start", func() bool { return strings.Contains(p.logTail(), "export: connected") })
+
+	rotated, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, keyFile, pemKey(t, rotated))
+	if sent, err := pub.Update([]string{keyFile}); !sent || err != nil {
+		t.Fatalf("Update after the rotation: %v %v", sent, err)
+	}
+	waitFor(t, "the rotated key in the fetched file", func() bool { return fileHas(rotated) })
+	time.Sleep(time.Second) // the sentinel's reload period, and then some
+	core := keytest.Filler(mrand.New(mrand.NewPCG(7, 8)), 2<<20, true)
+	copy(core[640<<10:], rotated.D.FillBytes(make([]byte, 32)))
+	start := time.Now()
+	writeFile(t, filepath.Join(watched, "core.signer.99"), core)
+	db := openDB(t, dsn)
+	var got *keyguardv1.KeyMaterialFound
+	for deadline := time.Now().Add(30 * time.Second); got == nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) || p.exited() {
+			t.Fatalf("no finding at the collector after %v; sentinel log:\n%s", time.Since(start), p.logTail())
+		}
+		got = storedFinding(t, db, "debug-box")
+	}
+	t.Logf("finding stored %v after the dump was written", time.Since(start).Round(time.Millisecond))
+	if got.GetOffset() != 640<<10 || got.GetEncoding() != detect.KindECScalarBE || got.GetKey() != keyFile || got.GetQuarantinePath() == "" {
+		t.Errorf("stored finding %v", got)
+	}
+	if !strings.Contains(p.logTail(), "fingerprint file reloaded") {
+		t.Errorf("the sentinel did not reload the fingerprint file; its log:\n%s", p.logTail())
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s after 30s", what)
+		}
 	}
 }
 
