@@ -26,6 +26,7 @@ type config struct {
 	OperatorKey     string        `yaml:"operator_key" flag:"operator-key" help:"the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens"`
 	PolicyToken     string        `yaml:"policy_token" flag:"policy-token" help:"token approving a changed policy (default: the policy path + .token)"`
 	HostName        string        `yaml:"host_name" flag:"host-name" help:"this host's name in operator tokens (default: the host name)"`
+	FingerprintKey  string        `yaml:"fingerprint_deployment_key" flag:"fingerprint-deployment-key" help:"the deployment's fingerprint key (keyguard fingerprint -deployment-key): publish the protected key files' fingerprints to the collector at start and on every key-file change (empty: off)"`
 	Metrics         struct {
 		Listen      string `yaml:"listen" flag:"metrics-listen" help:"serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464 (empty: off)"`
 		AllowRemote bool   `yaml:"allow_remote" flag:"metrics-allow-remote" help:"allow a non-loopback -metrics-listen address (plain HTTP, no authentication)"`
@@ -73,7 +74,8 @@ func (c config) daemon(version string) daemon.Config {
 		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard},
 		DumpKeepStacks:  c.DumpKeepStacks,
 		PostureInterval: c.PostureInterval, OperatorKeyPath: c.OperatorKey, PolicyTokenPath: c.PolicyToken, Hostname: c.HostName,
-		Metrics: daemon.MetricsConfig{Listen: c.Metrics.Listen, AllowRemote: c.Metrics.AllowRemote},
+		Metrics:                  daemon.MetricsConfig{Listen: c.Metrics.Listen, AllowRemote: c.Metrics.AllowRemote},
+		FingerprintDeploymentKey: c.FingerprintKey,
 	}
 	if cc := c.Collector; cc.Address != "" {
 		exp := export.Config{Collector: cc.Address, CAFile: cc.CA, CertFile: cc.Cert, KeyFile: cc.Key, SpoolDir: cc.SpoolDir,

@@ -32,6 +32,7 @@ func sentinelCmd(ctx context.Context, args []string, stdout io.Writer, log *slog
 	quarantine := fs.String("quarantine", "", "move files with findings into this directory (root only; outside the watched directories)")
 	rescan := fs.Duration("rescan", time.Minute, "period of the directory walk (finds files inotify cannot see: network mounts, overflows)")
 	settle := fs.Duration("settle", 5*time.Second, "a file found by the walk is scanned once unmodified this long")
+	reload := fs.Duration("reload", 10*time.Second, "how often the -fingerprints file is checked for a newer version (keyguard fetch-fingerprints -every rewrites it); 0: never")
 	events := fs.String("events", "-", "without -collector: file to append findings to as protojson lines (- for stdout)")
 	var exp export.Config
 	fs.StringVar(&exp.Collector, "collector", "", "collector ingest address host:port")
@@ -42,6 +43,7 @@ func sentinelCmd(ctx context.Context, args []string, stdout io.Writer, log *slog
 	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
 		return code
 	}
+	loaded, _ := os.Stat(*fps) // before reading it: a newer version written meanwhile is reloaded
 	cfg, err := sentinelConfig(*watch, *fps, *pub)
 	if err != nil {
 		fmt.Fprintf(stderr, "keyguard-agent sentinel: %v\n", err)
@@ -88,6 +90,10 @@ func sentinelCmd(ctx context.Context, args []string, stdout io.Writer, log *slog
 	if err != nil {
 		fmt.Fprintf(stderr, "keyguard-agent sentinel: %v\n", err)
 		return 2
+	}
+	if *reload > 0 && *fps != "" {
+		wg.Add(1)
+		go func() { defer wg.Done(); reloadKeys(ctx, s, loaded, *reload, *watch, *fps, *pub, log) }()
 	}
 	err = s.Run(ctx)
 	stop()
@@ -136,4 +142,32 @@ func sentinelConfig(watch, fps, pub string) (sentinel.Config, error) {
 	det, err := detect.New(opts)
 	cfg.Detector = det
 	return cfg, err
+}
+
+// reloadKeys checks the fingerprint file every period and, when it was replaced or changed, gives
+// the sentinel a detector built from the new version. last is the file as it was before it was
+// first loaded.
+func reloadKeys(ctx context.Context, s *sentinel.Sentinel, last os.FileInfo, period time.Duration, watch, fps, pub string, log *slog.Logger) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(fps)
+		if err != nil || (last != nil && os.SameFile(fi, last) && fi.ModTime().Equal(last.ModTime()) && fi.Size() == last.Size()) {
+			continue
+		}
+		cfg, err := sentinelConfig(watch, fps, pub)
+		if err != nil {
+			log.Error("sentinel: the new fingerprint file is not usable; scanning on with the previous one", "file", fps, "error", err)
+			last = fi
+			continue
+		}
+		last = fi
+		s.SetKeys(cfg.Detector, cfg.KeyFingerprints)
+		log.Info("sentinel: fingerprint file reloaded", "file", fps, "keys", len(cfg.KeyFingerprints))
+	}
 }

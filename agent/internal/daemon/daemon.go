@@ -22,6 +22,7 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/corepattern"
 	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
+	"github.com/keyguard/keyguard/agent/internal/fppublish"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/metrics"
 	"github.com/keyguard/keyguard/agent/internal/operator"
@@ -59,6 +60,10 @@ type Config struct {
 	Hostname string
 	// Metrics serves Prometheus metrics (see metrics.go; zero: off).
 	Metrics MetricsConfig
+	// FingerprintDeploymentKey is the deployment's fingerprint key file: when set (and Export is),
+	// the fingerprints of the protected key files are published to the collector at start and
+	// whenever the policy's key files change (fingerprints.go).
+	FingerprintDeploymentKey string
 }
 
 // Agent is a running agent.
@@ -76,6 +81,7 @@ type Agent struct {
 	exp     *export.Pipeline
 	op      *operator.Operator
 	watcher *policy.Watcher
+	fpPub   *fppublish.Publisher // nil unless key fingerprints are published (fingerprints.go)
 	gap     *bootgap.Gap
 	met     *metrics.Agent // nil unless Config.Metrics.Listen is set
 	closers []func()       // run in reverse order when Run returns
@@ -115,6 +121,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		supervise.Step{Name: "reboot gap", Run: a.detectGap},
 		supervise.Step{Name: "install check", Run: a.checkInstall},
 		supervise.Step{Name: "event export", Run: a.newExport},
+		supervise.Step{Name: "key fingerprints", Run: a.newFingerprintPublisher},
 		supervise.Step{Name: "metrics", Run: a.startMetrics},
 		supervise.Step{Name: "self registration", Run: a.register},
 		supervise.Step{Name: "core-dump handler", Run: a.installDumpHandler},
@@ -272,6 +279,7 @@ func (a *Agent) resolvePolicy() (err error) {
 		a.watcher.Close()
 		return err
 	}
+	a.publishFingerprints(a.watcher.Resolved())
 	return nil
 }
 
@@ -454,6 +462,7 @@ func (a *Agent) watchPolicy(ctx context.Context) error {
 			a.log.Error("re-applying policy after a file change", "error", err)
 			return
 		}
+		a.publishFingerprints(res)
 		if _, err := a.scan(); err != nil {
 			a.log.Warn("procfs scan incomplete", "error", err)
 		}

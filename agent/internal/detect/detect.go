@@ -105,10 +105,13 @@ type Detector struct {
 	keys  []pubkeys.Key
 	attr  []pubkeys.Key // keys findings are attributed to: keys and the fingerprinted keys
 	fp    *fpMatcher
-	rsa   []*rsaKey
-	ec    []*ecKey
-	ed    []*edKey
-	fracs *fracTable
+	// fpKeys names the fingerprinted keys: a PEM/DER/JWK copy of one of them is not learned
+	// (learn.go), since its fingerprints already find every encoding of its secrets.
+	fpKeys map[string]bool
+	rsa    []*rsaKey
+	ec     []*ecKey
+	ed     []*edKey
+	fracs  *fracTable
 }
 
 // New builds a Detector. It precomputes per-key tables; building one for many keys is cheap
@@ -136,6 +139,10 @@ func New(opts Options) (*Detector, error) {
 		}
 		d.attr = append(slices.Clone(opts.Keys), fk...)
 		d.fp = newFPMatcher(opts.Fingerprints)
+		d.fpKeys = map[string]bool{}
+		for _, k := range fk {
+			d.fpKeys[k.Name] = true
+		}
 	}
 	for _, k := range opts.Keys {
 		if d.modes&ModeRSARaw != 0 {
@@ -308,7 +315,7 @@ func (d *Detector) ScanBytes(b []byte) []Finding {
 // scanWindow runs every detector over b (stream offset base) and returns the findings sorted by
 // offset, with findings contained in another finding removed.
 func (d *Detector) scanWindow(sc *scratch, b []byte, base int64, out []Finding) []Finding {
-	w := window{b: b, base: base, sc: sc, out: out}
+	w := window{b: b, base: base, sc: sc, out: out, fpKeys: d.fpKeys}
 	if d.modes&ModePEM != 0 {
 		d.findPEM(&w)
 	}
@@ -376,15 +383,19 @@ type window struct {
 	base int64
 	sc   *scratch
 	out  []Finding
+	// fpKeys are the keys whose secrets the fingerprints find; they are not learned.
+	fpKeys map[string]bool
 }
 
 func (w *window) add(off, length int, kind, key string) {
 	w.out = append(w.out, Finding{Offset: w.base + int64(off), Length: length, Kind: kind, Key: key})
 }
 
-// learn records a parsed private key's secrets for exact search (learn.go).
+// learn records a parsed private key's secrets for exact search (learn.go), unless the
+// fingerprints cover the key: they find its secrets in every encoding at aligned offsets at a
+// fraction of the cost of the learned search's every-offset pass.
 func (w *window) learn(pp privParts, key string) {
-	if pp.present {
+	if pp.present && !w.fpKeys[key] {
 		w.sc.learned.learnParts(pp, key)
 	}
 }
@@ -397,3 +408,8 @@ func (w *window) aligned(from, a int) int {
 	}
 	return from + a - r
 }
+
+// Arithmetic reports whether the detector does public-key arithmetic per window (raw modes with
+// keys of their type): thousands of times the cost per byte of the other searches, worth
+// spreading over every core even for small files.
+func (d *Detector) Arithmetic() bool { return d.rawActive() }

@@ -139,12 +139,30 @@ func BenchmarkFingerprintScan(b *testing.B) {
 	}
 	catFile(b, mixed) // into the page cache
 	for b.Loop() {
-		c0 := cpuTime()
-		cat := catFile(b, mixed)
-		c1 := cpuTime()
-		fpT, found := scanTimed(b, New(fdet, nil, 0), mixed)
-		c2 := cpuTime()
-		catCPU, fpCPU := c1-c0, c2-c1
+		// Best of three rounds each, cat and scan interleaved: the machine is shared, and the
+		// least disturbed round is the closest to what the code costs.
+		var cat, fpT, catCPU, fpCPU time.Duration
+		var found []Finding
+		for r := range 3 {
+			c0 := cpuTime()
+			ct := catFile(b, mixed)
+			c1 := cpuTime()
+			st, fs := scanTimed(b, New(fdet, nil, 0), mixed)
+			c2 := cpuTime()
+			if r == 0 || ct < cat {
+				cat = ct
+			}
+			if r == 0 || c1-c0 < catCPU {
+				catCPU = c1 - c0
+			}
+			if r == 0 || st < fpT {
+				fpT = st
+			}
+			if r == 0 || c2-c1 < fpCPU {
+				fpCPU = c2 - c1
+			}
+			found = fs
+		}
 		hit := 0
 		for name, off := range at {
 			for _, f := range found {
@@ -163,8 +181,12 @@ func BenchmarkFingerprintScan(b *testing.B) {
 		seq.splitMin = 1 << 62
 		par := New(rdet, nil, 0)
 		par.splitMin = 1
+		c3 := cpuTime()
 		seqT, sf := scanTimed(b, seq, raw)
+		c4 := cpuTime()
 		parT, pf := scanTimed(b, par, raw)
+		c5 := cpuTime()
+		seqCPU, parCPU := c4-c3, c5-c4
 		if len(sf) != 1 || len(pf) != 1 {
 			b.Errorf("raw search: %d and %d findings, want the seed once each", len(sf), len(pf))
 		}
@@ -176,8 +198,11 @@ func BenchmarkFingerprintScan(b *testing.B) {
 			"  CPU time: cat %v, scan %v (%.0f MB per CPU-second): %.2f of cat\n",
 			mb, cat.Round(time.Millisecond), mb/cat.Seconds(), fpT.Round(time.Millisecond), mb/fpT.Seconds(), cat.Seconds()/fpT.Seconds(), hit, len(at),
 			catCPU.Round(time.Millisecond), fpCPU.Round(time.Millisecond), mb/fpCPU.Seconds(), catCPU.Seconds()/fpCPU.Seconds())
-		fmt.Printf("raw public-key search, %.1f MB (RSA-2048, P-256, Ed25519): cat %v; one stream %v (%.2f MB/s); %d parts %v (%.2f MB/s): %.2fx\n",
-			rmb, catRaw.Round(time.Microsecond), seqT.Round(time.Millisecond), rmb/seqT.Seconds(), par.workers, parT.Round(time.Millisecond), rmb/parT.Seconds(), seqT.Seconds()/parT.Seconds())
+		fmt.Printf("raw public-key search, %.1f MB (RSA-2048, P-256, Ed25519): cat %v; one stream %v (%.2f MB/s); %d parts %v (%.2f MB/s): %.2fx\n"+
+			"  CPU time: one stream %v (%.2f MB per CPU-second), %d parts %v (%.2f MB per CPU-second; %.2f MB/s on %d idle cores)\n",
+			rmb, catRaw.Round(time.Microsecond), seqT.Round(time.Millisecond), rmb/seqT.Seconds(), par.workers, parT.Round(time.Millisecond), rmb/parT.Seconds(), seqT.Seconds()/parT.Seconds(),
+			seqCPU.Round(time.Millisecond), rmb/seqCPU.Seconds(), par.workers, parCPU.Round(time.Millisecond), rmb/parCPU.Seconds(), rmb/parCPU.Seconds()*float64(par.workers), par.workers)
+		b.ReportMetric(rmb/parCPU.Seconds(), "raw-MB/cpu-s")
 	}
 }
 

@@ -231,7 +231,11 @@ func (s *Scanner) file(ctx context.Context, j *job) {
 	}
 	defer f.Close()
 	j.scanned = true
-	if fi, err := f.Stat(); err == nil && s.workers > 1 && fi.Size() >= s.splitMin && plain(f) {
+	split := s.splitMin
+	if s.det.Arithmetic() {
+		split = min(split, arithSplitMin)
+	}
+	if fi, err := f.Stat(); err == nil && s.workers > 1 && fi.Size() >= split && plain(f) {
 		s.fileParts(ctx, j, f, fi.Size())
 		return
 	}
@@ -258,6 +262,11 @@ func (s *Scanner) file(ctx context.Context, j *job) {
 
 // splitMin is the size from which a plain (uncompressed) file is scanned in parts, one per worker.
 const splitMin = 64 << 20
+
+// arithSplitMin is splitMin for a detector doing public-key arithmetic (detect.Arithmetic): at
+// about a megabyte a second per core, a part's MaxMatch of overlap is cheap next to the cores it
+// brings in.
+const arithSplitMin = 1 << 20
 
 // plain reports whether f starts with none of the compression magic numbers.
 func plain(f *os.File) bool {

@@ -71,6 +71,9 @@ type Sentinel struct {
 	st    *state
 	stats struct{ scanned, findings, quarantined, deferred, errors atomic.Uint64 }
 
+	// keys is the detector and key fingerprints in use (Config's, until SetKeys replaces them).
+	keys atomic.Pointer[keySet]
+
 	mu      sync.Mutex
 	pending []string
 	queued  map[string]bool
@@ -118,7 +121,20 @@ func New(cfg Config) (*Sentinel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Sentinel{cfg: cfg, log: cfg.Log, st: st, queued: map[string]bool{}, wake: make(chan struct{}, 1)}, nil
+	s := &Sentinel{cfg: cfg, log: cfg.Log, st: st, queued: map[string]bool{}, wake: make(chan struct{}, 1)}
+	s.keys.Store(&keySet{det: cfg.Detector, fps: cfg.KeyFingerprints})
+	return s, nil
+}
+
+type keySet struct {
+	det *detect.Detector
+	fps map[string]string
+}
+
+// SetKeys replaces the detector and key fingerprints (a newer fingerprint file fetched from the
+// collector, say) for every file scanned from now on; a scan under way finishes with the old ones.
+func (s *Sentinel) SetKeys(det *detect.Detector, keyFingerprints map[string]string) {
+	s.keys.Store(&keySet{det: det, fps: keyFingerprints})
 }
 
 // Stats returns the counters.
@@ -333,7 +349,7 @@ func (s *Sentinel) detect(ctx context.Context, f *os.File) ([]detect.Finding, st
 	}
 	defer closeFn()
 	var out []detect.Finding
-	err = s.cfg.Detector.Scan(ctx, r, func(fd detect.Finding) error {
+	err = s.keys.Load().det.Scan(ctx, r, func(fd detect.Finding) error {
 		out = append(out, fd)
 		return nil
 	})
@@ -388,7 +404,7 @@ func (s *Sentinel) report(ctx context.Context, path, comp string, fi fs.FileInfo
 		}
 		ev := &keyguardv1.Event{Time: timestamppb.Now(), Kind: &keyguardv1.Event_KeyMaterialFound{KeyMaterialFound: &keyguardv1.KeyMaterialFound{
 			Path: path, Compression: comp, Offset: uint64(fd.Offset), Length: uint32(fd.Length), Encoding: fd.Kind,
-			Key: fd.Key, KeyFingerprint: s.cfg.KeyFingerprints[fd.Key], FileSize: uint64(fi.Size()),
+			Key: fd.Key, KeyFingerprint: s.keys.Load().fps[fd.Key], FileSize: uint64(fi.Size()),
 			FileMtime: timestamppb.New(fi.ModTime()), QuarantinePath: quarantine, FileFindings: uint32(len(findings)),
 		}}}
 		for delay := 10 * time.Millisecond; !s.cfg.Submit(ev); delay = min(2*delay, time.Second) {
