@@ -271,7 +271,7 @@ func readChainKey(file string) ([]byte, error) {
 // openStorage opens the event store (s.store) and, when there are alert rules, the alert engine
 // (s.alerts); on error nothing stays open.
 func (s *Server) openStorage(ctx context.Context, cfg Config, key []byte) error {
-	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: s.log, Witness: cfg.Witness.File}
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: s.log, Witness: cfg.Witness.File, Maintain: true}
 	if s.metrics != nil {
 		sopts.Timed = s.metrics.ObserveStore
 	}

@@ -79,6 +79,10 @@ type Options struct {
 	// and nothing is created. Read-only commands (verify) set it, so a mistyped path fails instead of
 	// yielding an empty database.
 	MustExist bool
+	// Maintain runs the start-up maintenance after the migrations: filling in the severity of rows
+	// stored before schema version 3 and refreshing the planner's statistics (Optimize). The serving
+	// collector sets it; read-only commands (verify, checkpoint) do not, so they never write.
+	Maintain bool
 	// Timed, when set, receives the duration of each append (and of its commit alone), list, hosts
 	// and verify operation, named "append", "commit", "list", "hosts", "verify" (for metrics).
 	Timed func(op string, d time.Duration)
@@ -188,19 +192,25 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := s.backfillSeverity(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
 	if err := s.openQueryPool(driver, dsn, opts); err != nil {
 		db.Close()
 		return nil, err
 	}
-	if err := s.Optimize(ctx); err != nil {
-		s.Close()
-		return nil, err
+	if opts.Maintain {
+		if err := s.maintain(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// maintain is the serving collector's start-up maintenance (Options.Maintain).
+func (s *Store) maintain(ctx context.Context) error {
+	if err := s.backfillSeverity(ctx); err != nil {
+		return err
+	}
+	return s.Optimize(ctx)
 }
 
 // Collector returns the name of this collector instance (stored in rows it writes).
