@@ -276,6 +276,27 @@ var migrations = []migration{
 			`CREATE INDEX events_target_pid_time ON events (target_pid, time_ns)`,
 		},
 	},
+	{
+		// Agents' signed checkpoints and the retention tombstones made at them (checkpoint.go); source
+		// names the collector that forwarded an entry to this one as its witness ('' = this collector's
+		// own agents); tombstone_ns is when retention cut there (0: a checkpoint).
+		version: 6,
+		both: []string{
+			`CREATE TABLE agent_checkpoints (
+				id {serial_pk},
+				host TEXT NOT NULL,
+				base_seq {int} NOT NULL,
+				seq {int} NOT NULL,
+				event_count {int} NOT NULL,
+				signed_ns {int} NOT NULL,
+				received_ns {int} NOT NULL,
+				tombstone_ns {int} NOT NULL DEFAULT 0,
+				source TEXT NOT NULL,
+				signed {blob} NOT NULL
+			)`,
+			`CREATE INDEX agent_checkpoints_host ON agent_checkpoints (host, base_seq, seq)`,
+		},
+	},
 }
 
 // migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keyguard/keyguard/collector/internal/chain"
+	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver (pure Go)
@@ -73,6 +74,9 @@ type Options struct {
 	// Witness, when set, is a witness file (see witness.go): retention appends a tombstone to it
 	// before it moves a host's chain base, and refuses to cut if it cannot.
 	Witness string
+	// Forward, when set, receives every agent checkpoint and tombstone stored (for a second collector
+	// kept as witness); it must not block.
+	Forward func(*pb.WitnessEntry)
 	// Logger receives operational messages (nil = discard).
 	Logger *slog.Logger
 	// MustExist opens an existing database only: for SQLite, a missing file (or folder) is an error
@@ -96,6 +100,7 @@ type Store struct {
 	collector string
 	maxAhead  uint64
 	witness   string
+	forward   func(*pb.WitnessEntry)
 	qdb       *sql.DB // event queries: own connections, statement timeout
 	qtimeout  time.Duration
 	qslots    chan struct{} // one per query connection
@@ -179,6 +184,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		collector: opts.Collector,
 		maxAhead:  opts.MaxAhead,
 		witness:   opts.Witness,
+		forward:   opts.Forward,
 		log:       log,
 		timed:     opts.Timed,
 	}
