@@ -65,6 +65,10 @@ type Config struct {
 	// LossReportInterval is how often queue and kernel ring-buffer loss counts are turned into
 	// loss events. Default 1s.
 	LossReportInterval time.Duration `yaml:"loss_report_interval"`
+	// CheckpointInterval is how often, while events flow, the agent signs a checkpoint of what it has
+	// sent with its host key (see checkpoint.go); it also signs one when it stops. mTLS only.
+	// Default 1m.
+	CheckpointInterval time.Duration `yaml:"checkpoint_interval"`
 
 	// BootID and AgentVersion are stamped on events that do not carry them. Default BootID: read
 	// from /proc/sys/kernel/random/boot_id.
@@ -115,6 +119,7 @@ func (c *Config) setDefaults() error {
 	defd(&c.BackoffMax, 30*time.Second)
 	defd(&c.KeepaliveInterval, 20*time.Second)
 	defd(&c.LossReportInterval, time.Second)
+	defd(&c.CheckpointInterval, time.Minute)
 	if c.BackoffMax < c.BackoffMin {
 		c.BackoffMax = c.BackoffMin
 	}
@@ -130,27 +135,27 @@ func (c *Config) setDefaults() error {
 
 // transportCredentials builds the mTLS credentials, failing early on unreadable or mismatched
 // files.
-func (c *Config) transportCredentials() (credentials.TransportCredentials, error) {
+func (c *Config) transportCredentials() (credentials.TransportCredentials, *keyPair, error) {
 	if c.Plaintext {
-		return insecure.NewCredentials(), nil
+		return insecure.NewCredentials(), nil, nil
 	}
 	caPEM, err := os.ReadFile(c.CAFile)
 	if err != nil {
-		return nil, fmt.Errorf("export: read CA bundle: %w", err)
+		return nil, nil, fmt.Errorf("export: read CA bundle: %w", err)
 	}
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("export: %s holds no PEM certificate: give the CA that signs the collector's certificate", c.CAFile)
+		return nil, nil, fmt.Errorf("export: %s holds no PEM certificate: give the CA that signs the collector's certificate", c.CAFile)
 	}
 	kp := &keyPair{cert: c.CertFile, key: c.KeyFile}
 	if _, err := kp.get(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	serverName := c.ServerName
 	if serverName == "" {
 		serverName, _, err = net.SplitHostPort(c.Collector)
 		if err != nil {
-			return nil, fmt.Errorf("export: collector address %q: %w", c.Collector, err)
+			return nil, nil, fmt.Errorf("export: collector address %q: %w", c.Collector, err)
 		}
 	}
 	return credentials.NewTLS(&tls.Config{
@@ -160,7 +165,7 @@ func (c *Config) transportCredentials() (credentials.TransportCredentials, error
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return kp.get()
 		},
-	}), nil
+	}), kp, nil
 }
 
 // keyPair loads a client certificate and reloads it when either file changes.

@@ -81,6 +81,8 @@ type Pipeline struct {
 	log   *slog.Logger
 	sp    *spool.Spool
 	creds credentials.TransportCredentials
+	keys  *keyPair // host key and certificate; nil in plaintext mode (no signed checkpoints)
+	chain *agentChain
 	queue chan item
 
 	queueLoss  lossCounter
@@ -118,7 +120,7 @@ func New(cfg Config, log *slog.Logger) (*Pipeline, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	creds, err := cfg.transportCredentials()
+	creds, keys, err := cfg.transportCredentials()
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +132,7 @@ func New(cfg Config, log *slog.Logger) (*Pipeline, error) {
 		cfg:       cfg,
 		log:       log,
 		creds:     creds,
+		keys:      keys,
 		queue:     make(chan item, cfg.QueueSize),
 		done:      make(chan struct{}),
 		lossSince: time.Now(),
@@ -147,6 +150,10 @@ func New(cfg Config, log *slog.Logger) (*Pipeline, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("export: open spool: %w", err)
+	}
+	if p.chain, err = loadChain(cfg.SpoolDir); err != nil {
+		p.sp.Close()
+		return nil, err
 	}
 	st := p.sp.Stats()
 	p.ackedSeq.Store(st.AckedSeq)

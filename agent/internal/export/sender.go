@@ -2,6 +2,7 @@ package export
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/keyguard/keyguard/agent/internal/spool"
@@ -133,8 +135,12 @@ func backoffDelay(lo, hi time.Duration, failures int) time.Duration {
 
 // stream runs one Push stream until it fails or ctx ends.
 func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceClient, r *spool.Reader) error {
-	sctx, cancel := context.WithCancel(ctx)
+	// The stream outlives ctx by the final checkpoint (see finish).
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	// ... but not by more than a few seconds, even when a send is blocked.
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(3*time.Second, cancel) })
+	defer stop()
 	if p.cfg.Plaintext {
 		sctx = metadata.AppendToOutgoingContext(sctx, plaintextHostKey, p.cfg.PlaintextHost)
 	}
@@ -158,6 +164,7 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 	p.log.Info("export: connected to collector", "collector", p.cfg.Collector, "host", first.GetHost(),
 		"collector_acked_seq", first.GetAckedSeq(), "resend_from", start)
 	r.Seek(start)
+	p.chain.start(first.GetHost(), start)
 	// Sequence numbers up to this were sent before on an earlier stream: sending them again is a
 	// resend.
 	sentBefore := p.maxSent.Load()
@@ -168,6 +175,8 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 
 	expect := start // next sequence number to send or declare skipped
 	batch := make([]byte, 0, 64<<10)
+	tick := time.NewTicker(p.cfg.CheckpointInterval)
+	defer tick.Stop()
 	for {
 		changed := p.sp.Changed()
 		if limit := p.ackedSeq.Load() + p.cfg.Window; expect <= limit {
@@ -189,10 +198,52 @@ func (p *Pipeline) stream(ctx context.Context, client keyguardv1.IngestServiceCl
 		case <-acks:
 		case err := <-recvErr:
 			return fmt.Errorf("collector stream: %w", err)
+		case <-tick.C:
+			if err := p.checkpoint(st, false); err != nil {
+				return err
+			}
 		case <-ctx.Done():
-			st.CloseSend()
+			p.finish(st, recvErr)
 			return ctx.Err()
 		}
+	}
+}
+
+// checkpoint signs the agent chain's state and sends it, when it moved since the last one (or final).
+// Plaintext streams carry no checkpoints (no host key).
+func (p *Pipeline) checkpoint(st keyguardv1.IngestService_PushClient, final bool) error {
+	if p.keys == nil || (!final && !p.chain.due()) || p.chain.Host == "" {
+		return nil
+	}
+	cert, err := p.keys.get()
+	if err != nil {
+		return err
+	}
+	signer, ok := cert.PrivateKey.(crypto.Signer)
+	if !ok || len(cert.Certificate) == 0 {
+		return fmt.Errorf("export: host key %T cannot sign checkpoints", cert.PrivateKey)
+	}
+	sc, err := p.chain.sign(signer, cert.Certificate[0], final, time.Now())
+	if err != nil {
+		p.log.Error("export: cannot sign a checkpoint; events still flow, the collector gets no proof of what was sent", "err", err)
+		return nil
+	}
+	if err := st.Send(&keyguardv1.PushRequest{Checkpoint: sc}); err != nil {
+		return fmt.Errorf("send checkpoint: %w", err)
+	}
+	return nil
+}
+
+// finish ends the stream at shutdown: a final checkpoint, then the end of the stream, waiting briefly
+// for the collector to close it (so the checkpoint is read before the stream is torn down).
+func (p *Pipeline) finish(st keyguardv1.IngestService_PushClient, recvErr <-chan error) {
+	if err := p.checkpoint(st, true); err != nil {
+		p.log.Warn("export: final checkpoint not sent", "err", err)
+	}
+	st.CloseSend()
+	select {
+	case <-recvErr:
+	case <-time.After(2 * time.Second):
 	}
 }
 
@@ -230,6 +281,7 @@ func (p *Pipeline) readBatch(r *spool.Reader, batch []byte, expect, limit uint64
 		}
 		batch = protowire.AppendTag(batch, pushEventsField, protowire.BytesType)
 		batch = protowire.AppendBytes(batch, rec.Payload)
+		p.chain.add(rec.Seq, rec.Payload)
 		expect = rec.Seq + 1
 		return nil
 	})
@@ -303,6 +355,15 @@ func (p *Pipeline) reconcile(collectorAcked uint64) (uint64, error) {
 // reseq rewrites the sequence number inside a spooled event payload: appending field 3 again
 // overrides the earlier value (proto3: the last value of a scalar field wins).
 func reseq(newSeq uint64, payload, dst []byte) []byte {
+	// Re-encoded whole, so that the payload stays the event's canonical encoding (what the agent chain
+	// hashes and the collector re-encodes to verify it).
+	ev := &keyguardv1.Event{}
+	if proto.Unmarshal(payload, ev) == nil {
+		ev.Seq = newSeq
+		if b, err := (proto.MarshalOptions{Deterministic: true}).MarshalAppend(dst, ev); err == nil {
+			return b
+		}
+	}
 	dst = append(dst, payload...)
 	dst = protowire.AppendTag(dst, 3, protowire.VarintType)
 	return protowire.AppendVarint(dst, newSeq)

@@ -19,14 +19,16 @@ func (m *multi) String() string     { return strings.Join(*m, ",") }
 func (m *multi) Set(v string) error { *m = append(*m, v); return nil }
 
 func verify(ctx context.Context, args []string, stdout, stderr io.Writer, log *slog.Logger) int {
-	fs := cmdline.NewFlagSet("keyguard-collector verify", "-db DSN [-host H]... [-chain-key-file F] [-checkpoints FILE]",
-		"Verifies the hash chains in the database (read-only: a missing SQLite file is an error, nothing is created).\n"+
+	fs := cmdline.NewFlagSet("keyguard-collector verify", "-db DSN [-host H]... [-chain-key-file F] [-checkpoints FILE] [-witness-db DSN]",
+		"Verifies the hash chains in the database (read-only: a missing SQLite file is an error, nothing is created),\n"+
+			"and recomputes every agent-signed checkpoint (stored, in the witness file, in the witness collector's database).\n"+
 			"Exit 0 when every chain is intact, 1 when a problem is found or the database cannot be read.")
 	dsn := fs.String("db", "keyguard-events.db", "storage: SQLite file path or postgres:// URL (must exist)")
 	keyFile := fs.String("chain-key-file", "", "chain key file, if the collector uses one")
 	var hosts multi
 	fs.Var(&hosts, "host", "verify only this host (repeatable)")
 	witness := fs.String("checkpoints", "", "also check the database against this witness file of earlier checkpoints and tombstones\n(finds chains cut at either end and deleted hosts)")
+	witnessDB := fs.String("witness-db", "", "also check the agent checkpoints a second (witness) collector keeps, from its database DSN")
 	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
 		return code
 	}
@@ -73,6 +75,12 @@ func verify(ctx context.Context, args []string, stdout, stderr io.Writer, log *s
 		}
 		bad += n
 	}
+	n, err := checkAgentChains(ctx, st, hosts, *witness, *witnessDB, log, stdout)
+	if err != nil {
+		fmt.Fprintln(stderr, "verify:", err)
+		return 1
+	}
+	bad += n
 	if bad > 0 {
 		return 1
 	}
@@ -95,6 +103,67 @@ func checkWitness(ctx context.Context, st *store.Store, path string, stdout io.W
 	}
 	if len(probs) == 0 {
 		fmt.Fprintf(stdout, "OK    %d witness record(s) in %s agree with the database\n", len(recs), path)
+	}
+	return len(probs), nil
+}
+
+// checkAgentChains gathers the agent-signed checkpoints and tombstones this database stored for its own
+// agents, those in the witness file and those in the witness collector's database, recomputes the agent
+// chains from the stored events, prints the disagreements and returns their number.
+func checkAgentChains(ctx context.Context, st *store.Store, hosts []string, file, witnessDSN string, log *slog.Logger, stdout io.Writer) (int, error) {
+	own, probs, err := st.AgentCheckpoints(ctx, "")
+	if err != nil {
+		return 0, err
+	}
+	var entries []store.CheckpointEntry
+	for _, e := range own {
+		if e.Source == "" {
+			entries = append(entries, e)
+		}
+	}
+	if file != "" {
+		recs, err := store.ReadWitness(file)
+		if err != nil {
+			return 0, err
+		}
+		good, bad := store.AgentEntries(recs)
+		entries, probs = append(entries, good...), append(probs, bad...)
+	}
+	if witnessDSN != "" {
+		w, err := store.Open(ctx, store.Options{DSN: witnessDSN, Logger: log, MustExist: true})
+		if err != nil {
+			return 0, fmt.Errorf("witness collector database: %w", err)
+		}
+		good, bad, err := w.AgentCheckpoints(ctx, "")
+		w.Close()
+		if err != nil {
+			return 0, fmt.Errorf("witness collector database: %w", err)
+		}
+		entries, probs = append(entries, good...), append(probs, bad...)
+	}
+	if len(hosts) > 0 {
+		keep := map[string]bool{}
+		for _, h := range hosts {
+			keep[h] = true
+		}
+		var sel []store.CheckpointEntry
+		for _, e := range entries {
+			if keep[e.CP.GetHost()] {
+				sel = append(sel, e)
+			}
+		}
+		entries = sel
+	}
+	more, err := st.CheckAgentChains(ctx, entries)
+	if err != nil {
+		return 0, err
+	}
+	probs = append(probs, more...)
+	for _, p := range probs {
+		fmt.Fprintf(stdout, "FAIL  %s: %s\n", p.Host, p.Detail)
+	}
+	if len(entries) > 0 && len(probs) == 0 {
+		fmt.Fprintf(stdout, "OK    %d agent-signed checkpoint(s) agree with the stored events\n", len(entries))
 	}
 	return len(probs), nil
 }

@@ -24,6 +24,9 @@ import (
 const (
 	RoleHost     = "keyguard-host"
 	RoleOperator = "keyguard-operator"
+	// RoleCollector may record witness entries (WitnessService): a collector that keeps this one as
+	// the witness of its agents' checkpoints.
+	RoleCollector = "keyguard-collector"
 )
 
 // PlaintextHostHeader is the metadata key naming the host in plaintext mode.
@@ -34,6 +37,8 @@ type Identity struct {
 	Name   string
 	Roles  []string
 	Serial *big.Int // nil in plaintext mode
+	// Cert is the verified client certificate (nil in plaintext mode).
+	Cert *x509.Certificate
 }
 
 // Has reports whether the identity carries role.
@@ -99,7 +104,7 @@ func (a Authorizer) identify(ctx context.Context) (Identity, error) {
 }
 
 func fromCert(c *x509.Certificate) Identity {
-	return Identity{Name: c.Subject.CommonName, Roles: c.Subject.OrganizationalUnit, Serial: c.SerialNumber}
+	return Identity{Name: c.Subject.CommonName, Roles: c.Subject.OrganizationalUnit, Serial: c.SerialNumber, Cert: c}
 }
 
 func (a Authorizer) authorize(ctx context.Context, method string) (context.Context, error) {
@@ -120,6 +125,10 @@ func (a Authorizer) authorize(ctx context.Context, method string) (context.Conte
 				return ctx, status.Errorf(codes.InvalidArgument, "plaintext mode: set a valid host name in the %q metadata (letters, digits, '.', '-', '_'); got %q", PlaintextHostHeader, id.Name)
 			}
 			return ctx, status.Errorf(codes.PermissionDenied, "certificate common name %q is not a valid host identity (letters, digits, '.', '-', '_')", id.Name)
+		}
+	case strings.HasPrefix(method, "/keyguard.v1.WitnessService/"):
+		if !id.Has(RoleCollector) || id.Cert == nil {
+			return ctx, status.Errorf(codes.PermissionDenied, "certificate %q may not record witness entries: collector certificates need OU %q (and mTLS)", id.Name, RoleCollector)
 		}
 	case strings.HasPrefix(method, "/keyguard.v1.QueryService/"):
 		if !id.Has(RoleOperator) {

@@ -3,8 +3,10 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/big"
@@ -84,6 +86,14 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 			log.Warn("closing stream of revoked certificate", "serial", id.Serial.Text(16))
 			return status.Errorf(codes.PermissionDenied, "client certificate %q has been revoked", host)
 		}
+		if sc := req.GetCheckpoint(); sc != nil {
+			if err := s.checkpoint(ctx, log, id, sc); err != nil {
+				return err
+			}
+			if len(req.GetEvents()) == 0 && len(req.GetSkipped()) == 0 {
+				continue // a checkpoint alone gets no response
+			}
+		}
 		if reason, err := validate(host, req); err != nil {
 			s.metrics.Rejected(reason, len(req.GetEvents()))
 			log.Warn("refused batch", "err", err)
@@ -114,6 +124,38 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 			return err
 		}
 	}
+}
+
+// checkpoint verifies an agent's signed checkpoint (signed by the key of the certificate this stream
+// authenticated with, for this host) and stores it. A checkpoint that does not verify ends the stream;
+// one on a plaintext stream (no certificate) is ignored. A store failure ends the stream too (the agent
+// resends from its acknowledgement and signs again later); a witness failure is logged.
+func (s *Server) checkpoint(ctx context.Context, log *slog.Logger, id identity.Identity, sc *pb.SignedCheckpoint) error {
+	if id.Cert == nil {
+		log.Warn("ignoring a signed checkpoint on a plaintext stream (no certificate to check it against)")
+		return nil
+	}
+	cp, _, err := pb.VerifyCheckpoint(sc)
+	if err == nil && !bytes.Equal(sc.GetCertificate(), id.Cert.Raw) {
+		err = fmt.Errorf("%w: signed with a certificate other than the stream's", pb.ErrBadCheckpoint)
+	}
+	if err == nil && cp.GetHost() != id.Name {
+		err = fmt.Errorf("%w: checkpoint of host %q on the stream of %q", pb.ErrBadCheckpoint, cp.GetHost(), id.Name)
+	}
+	if err != nil {
+		log.Error("refused agent checkpoint", "err", err)
+		return status.Errorf(codes.InvalidArgument, "%v", err)
+	}
+	err = s.store.AddCheckpoint(ctx, store.CheckpointEntry{Signed: sc, CP: cp})
+	switch {
+	case errors.Is(err, store.ErrWitness):
+		log.Error("agent checkpoint stored, but not written to the witness", "err", err)
+	case err != nil:
+		log.Error("storing agent checkpoint failed", "err", err)
+		return status.Errorf(codes.Unavailable, "collector could not store the checkpoint: %v", err)
+	}
+	log.Debug("agent checkpoint", "base_seq", cp.GetBaseSeq(), "seq", cp.GetSeq(), "count", cp.GetCount(), "final", cp.GetFinal())
+	return nil
 }
 
 func (s *Server) storeError(ctx context.Context, log *slog.Logger, err error, n int) error {

@@ -99,9 +99,17 @@ type Config struct {
 	// file) to which every host's chain state is appended each Interval (default 5m) and retention
 	// appends a tombstone before each cut; 'keyguard-collector verify -checkpoints FILE' checks a
 	// database against it.
+	//
+	// Collector: a second collector kept as witness of the agents' signed checkpoints and retention
+	// tombstones (WitnessService), reached over mTLS with CA (its server CA) and this collector's
+	// client certificate Cert/Key (OU keyguard-collector).
 	Witness struct {
-		File     string   `yaml:"file"`
-		Interval Duration `yaml:"interval"`
+		File      string   `yaml:"file"`
+		Interval  Duration `yaml:"interval"`
+		Collector string   `yaml:"collector"`
+		CA        string   `yaml:"ca"`
+		Cert      string   `yaml:"cert"`
+		Key       string   `yaml:"key"`
 	} `yaml:"witness"`
 	// StaleAfter: hosts not heard from for this long are listed as stale (default 5m).
 	StaleAfter Duration `yaml:"stale_after" flag:"stale-after" help:"list hosts not heard from for this long as stale"`
@@ -185,6 +193,7 @@ type Server struct {
 	metrics      *metrics.Collector // nil: metrics off
 	alerts       *alert.Engine      // nil: no alert rules
 	metricsLis   net.Listener
+	forward      *forwarder // nil: no witness collector
 }
 
 // New opens storage, loads TLS material and binds the listener. Call Serve, which also closes everything.
@@ -271,12 +280,22 @@ func readChainKey(file string) ([]byte, error) {
 // openStorage opens the event store (s.store) and, when there are alert rules, the alert engine
 // (s.alerts); on error nothing stays open.
 func (s *Server) openStorage(ctx context.Context, cfg Config, key []byte) error {
-	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: s.log, Witness: cfg.Witness.File}
+	sopts := store.Options{DSN: cfg.Storage.DSN, Collector: cfg.Name, ChainKey: key, Logger: s.log, Witness: cfg.Witness.File, Maintain: true}
+	if cfg.Witness.Collector != "" {
+		f, err := newForwarder(cfg.Witness.Collector, cfg.Witness.CA, cfg.Witness.Cert, cfg.Witness.Key, s.log.With("component", "witness"))
+		if err != nil {
+			return err
+		}
+		s.forward, sopts.Forward = f, f.enqueue
+	}
 	if s.metrics != nil {
 		sopts.Timed = s.metrics.ObserveStore
 	}
 	st, err := store.Open(ctx, sopts)
 	if err != nil {
+		if s.forward != nil {
+			s.forward.conn.Close()
+		}
 		return err
 	}
 	s.store = st
@@ -335,6 +354,7 @@ func (s *Server) newGRPC(cfg Config, auth identity.Authorizer, creds grpc.Server
 	ing := ingest.New(s.store, s.log.With("service", "ingest"), notifier.Notify, auth.Revoked)
 	ing.SetMetrics(s.metrics)
 	pb.RegisterIngestServiceServer(s.grpc, ing)
+	pb.RegisterWitnessServiceServer(s.grpc, ingest.NewWitness(s.store, s.log.With("service", "witness")))
 	qs := query.New(s.store, s.log.With("service", "query"), notifier,
 		query.Options{StaleAfter: time.Duration(cfg.StaleAfter), PollInterval: time.Duration(cfg.WatchPoll), Metrics: s.metrics})
 	pb.RegisterQueryServiceServer(s.grpc, qs)
@@ -431,6 +451,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		wg.Go(func() { s.retention(retCtx) })
 		wg.Go(func() { s.witness(retCtx) })
 		wg.Go(func() { s.optimize(retCtx) })
+		if s.forward != nil {
+			wg.Go(func() { s.forward.run(retCtx) })
+		}
 		wg.Wait()
 	}()
 	alertsDone := make(chan struct{})

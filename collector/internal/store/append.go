@@ -75,12 +75,13 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 		return res, err
 	}
 	res.Duplicates = dups
+	contiguous := len(skipped) == 0 && contiguousAfter(st, fresh)
 	rows, upd := s.link(host, fresh, &st, now)
 	res.Stored = len(rows)
 	if err := s.insert(ctx, tx, host, rows); err != nil {
 		return res, err
 	}
-	if err := s.advanceChain(ctx, tx, host, skipped, &st, upd, now); err != nil {
+	if err := s.advanceChain(ctx, tx, host, skipped, &st, upd, now, contiguous); err != nil {
 		return res, err
 	}
 	commitStart := time.Now()
@@ -238,6 +239,22 @@ func dedupe(host string, items []item, existing map[uint64][]byte, acked uint64)
 	return fresh, dups, nil
 }
 
+// contiguousAfter reports whether nothing is stored or declared skipped beyond the host's
+// acknowledged number (so no gap rows exist beyond it either) and the fresh events are exactly the
+// numbers acked+1, acked+2, ... in some order.
+func contiguousAfter(st hostState, fresh []item) bool {
+	if st.maxSeq != st.acked {
+		return false
+	}
+	n := uint64(len(fresh))
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for _, it := range fresh {
+		lo, hi = min(lo, it.ev.GetSeq()), max(hi, it.ev.GetSeq())
+	}
+	// fresh holds no number twice (dedupe), so n distinct numbers within [acked+1, acked+n] are all of them.
+	return n == 0 || (lo == st.acked+1 && hi == st.acked+n)
+}
+
 // row is one event to insert, linked into the host's chain.
 type row struct {
 	it             item
@@ -329,7 +346,9 @@ func insertSQL(backend Backend, n int) string {
 
 // advanceChain is step 5: record the declared gaps, move the acknowledged number over everything
 // now contiguous, and write the host's new chain head, counts and latest state.
-func (s *Store) advanceChain(ctx context.Context, tx *sql.Tx, host string, skipped []Range, st *hostState, upd hostUpdate, now int64) error {
+//
+// contiguous (see contiguousAfter) lets it skip reading back what is stored.
+func (s *Store) advanceChain(ctx context.Context, tx *sql.Tx, host string, skipped []Range, st *hostState, upd hostUpdate, now int64, contiguous bool) error {
 	for _, r := range skipped {
 		if r.Last <= st.acked {
 			continue
@@ -341,11 +360,18 @@ func (s *Store) advanceChain(ctx context.Context, tx *sql.Tx, host string, skipp
 		}
 		st.maxSeq = max(st.maxSeq, r.Last)
 	}
-	acked, err := s.advance(ctx, tx, host, st.acked, st.maxSeq)
-	if err != nil {
-		return err
+	if contiguous {
+		// Fast path, the steady state: nothing was stored or declared beyond the acknowledged number
+		// before this batch, and the batch's new events continue it without a hole. The new
+		// acknowledgement is the highest number, with nothing to read back and no gap to prune.
+		st.acked = st.maxSeq
+	} else {
+		acked, err := s.advance(ctx, tx, host, st.acked, st.maxSeq)
+		if err != nil {
+			return err
+		}
+		st.acked = acked
 	}
-	st.acked = acked
 	q := `UPDATE hosts SET acked_seq = $2, max_seq = $3, event_count = $4, chain_len = $5, chain_head = $6, last_seen_ns = $7, latest_seq = $8`
 	args := []any{host, int64(st.acked), int64(st.maxSeq), int64(st.count), int64(st.chainLen), st.head, now, int64(st.latestSeq)}
 	if upd.latest != nil {
@@ -364,7 +390,7 @@ func (s *Store) advanceChain(ctx context.Context, tx *sql.Tx, host string, skipp
 	if _, err := tx.ExecContext(ctx, q+` WHERE host = $1`, args...); err != nil {
 		return fmt.Errorf("update host %q: %w", host, err)
 	}
-	if st.acked > 0 {
+	if st.acked > 0 && !contiguous {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM seq_gaps WHERE host = $1 AND last_seq <= $2`, host, int64(st.acked)); err != nil {
 			return fmt.Errorf("prune skipped ranges: %w", err)
 		}

@@ -286,7 +286,7 @@ func TestAdvanceChain(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := s.advanceChain(ctx, tx, host, tc.skipped, &st, hostUpdate{}, 2); err != nil {
+				if err := s.advanceChain(ctx, tx, host, tc.skipped, &st, hostUpdate{}, 2, len(tc.skipped) == 0 && contiguousAfter(st, nil)); err != nil {
 					t.Fatal(err)
 				}
 				if err := tx.Commit(); err != nil {
@@ -353,4 +353,35 @@ func TestUnknownFieldsDropped(t *testing.T) {
 			t.Fatalf("resend: %+v %v", res, err)
 		}
 	})
+}
+
+// TestContiguousAfter: the fast path of step 5 is taken only when nothing is stored or declared beyond
+// the acknowledged number and the new events continue it without a hole.
+func TestContiguousAfter(t *testing.T) {
+	items := func(seqs ...uint64) []item {
+		var out []item
+		for _, q := range seqs {
+			out = append(out, item{ev: &pb.Event{Seq: q}})
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name          string
+		acked, maxSeq uint64
+		fresh         []item
+		want          bool
+	}{
+		{"continues", 10, 10, items(11, 12, 13), true},
+		{"continues out of order", 10, 10, items(13, 11, 12), true},
+		{"nothing new", 10, 10, nil, true},
+		{"hole", 10, 10, items(11, 13), false},
+		{"starts later", 10, 10, items(12, 13), false},
+		{"stored beyond acked", 10, 15, items(11, 12), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := contiguousAfter(hostState{acked: tc.acked, maxSeq: tc.maxSeq}, tc.fresh); got != tc.want {
+				t.Fatalf("contiguousAfter = %v, want %v", got, tc.want)
+			}
+		})
+	}
 }

@@ -3,14 +3,38 @@ package store
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
-// migration is one schema step; versions are applied in order, each once.
+// migration is one schema step; versions are applied in order, each once. A step is written either
+// per backend (sqlite, postgres) or once (both) with dialect placeholders that statements expands.
 type migration struct {
 	version  int
 	sqlite   []string
 	postgres []string
+	both     []string
+}
+
+// dialects are the placeholders of migration.both: column types that differ between the backends.
+var dialects = map[Backend]*strings.Replacer{
+	SQLite:   strings.NewReplacer("{int}", "INTEGER", "{smallint}", "INTEGER", "{blob}", "BLOB", "{serial_pk}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+	Postgres: strings.NewReplacer("{int}", "BIGINT", "{smallint}", "SMALLINT", "{blob}", "BYTEA", "{serial_pk}", "BIGSERIAL PRIMARY KEY"),
+}
+
+// statements returns the migration's statements for backend b.
+func (m migration) statements(b Backend) []string {
+	if m.both != nil {
+		out := make([]string, len(m.both))
+		for i, q := range m.both {
+			out[i] = dialects[b].Replace(q)
+		}
+		return out
+	}
+	if b == Postgres {
+		return m.postgres
+	}
+	return m.sqlite
 }
 
 var migrations = []migration{
@@ -178,12 +202,8 @@ var migrations = []migration{
 		// Severity (proto/keyguard/v1/severity.go SeverityOf) as an indexed column; rows stored before
 		// this migration are filled in by backfillSeverity.
 		version: 3,
-		sqlite: []string{
-			`ALTER TABLE events ADD COLUMN severity INTEGER NOT NULL DEFAULT 0`,
-			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
-		},
-		postgres: []string{
-			`ALTER TABLE events ADD COLUMN severity SMALLINT NOT NULL DEFAULT 0`,
+		both: []string{
+			`ALTER TABLE events ADD COLUMN severity {smallint} NOT NULL DEFAULT 0`,
 			`CREATE INDEX events_severity_time ON events (severity, time_ns)`,
 		},
 	},
@@ -193,36 +213,36 @@ var migrations = []migration{
 		// delivered at least once, the hosts already reported silent, and each host's last chain verdict
 		// (the console's fleet page shows "tampered").
 		version: 4,
-		sqlite: []string{
+		both: []string{
 			`CREATE TABLE alert_cursor (
 				host TEXT PRIMARY KEY,
-				chain_pos INTEGER NOT NULL
+				chain_pos {int} NOT NULL
 			)`,
 			`INSERT INTO alert_cursor (host, chain_pos) SELECT host, chain_len FROM hosts`,
 			`CREATE TABLE alert_outbox (
-				id INTEGER PRIMARY KEY AUTOINCREMENT,
+				id {serial_pk},
 				alert_rule TEXT NOT NULL,
 				output TEXT NOT NULL,
 				group_key TEXT NOT NULL,
-				severity INTEGER NOT NULL,
+				severity {int} NOT NULL,
 				host TEXT NOT NULL,
 				kind TEXT NOT NULL,
 				summary TEXT NOT NULL,
-				event_count INTEGER NOT NULL,
-				first_ns INTEGER NOT NULL,
-				last_ns INTEGER NOT NULL,
-				first_seq INTEGER NOT NULL,
-				last_seq INTEGER NOT NULL,
-				event BLOB,
-				created_ns INTEGER NOT NULL,
-				not_before_ns INTEGER NOT NULL,
-				next_ns INTEGER NOT NULL DEFAULT 0,
-				attempts INTEGER NOT NULL DEFAULT 0,
+				event_count {int} NOT NULL,
+				first_ns {int} NOT NULL,
+				last_ns {int} NOT NULL,
+				first_seq {int} NOT NULL,
+				last_seq {int} NOT NULL,
+				event {blob},
+				created_ns {int} NOT NULL,
+				not_before_ns {int} NOT NULL,
+				next_ns {int} NOT NULL DEFAULT 0,
+				attempts {int} NOT NULL DEFAULT 0,
 				lease_owner TEXT NOT NULL DEFAULT '',
-				lease_until_ns INTEGER NOT NULL DEFAULT 0,
-				delivered_ns INTEGER NOT NULL DEFAULT 0,
+				lease_until_ns {int} NOT NULL DEFAULT 0,
+				delivered_ns {int} NOT NULL DEFAULT 0,
 				last_error TEXT NOT NULL DEFAULT '',
-				suppressed INTEGER NOT NULL DEFAULT 0,
+				suppressed {int} NOT NULL DEFAULT 0,
 				collector TEXT NOT NULL
 			)`,
 			`CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_ns, next_ns, id)`,
@@ -230,61 +250,14 @@ var migrations = []migration{
 			`CREATE INDEX alert_outbox_rate ON alert_outbox (alert_rule, output, created_ns)`,
 			`CREATE TABLE alert_silent (
 				host TEXT PRIMARY KEY,
-				last_seen_ns INTEGER NOT NULL
+				last_seen_ns {int} NOT NULL
 			)`,
 			`CREATE TABLE chain_verdicts (
 				host TEXT PRIMARY KEY,
-				verified_ns INTEGER NOT NULL,
-				ok INTEGER NOT NULL,
-				problems INTEGER NOT NULL,
-				alerted_ns INTEGER NOT NULL DEFAULT 0
-			)`,
-		},
-		postgres: []string{
-			`CREATE TABLE alert_cursor (
-				host TEXT PRIMARY KEY,
-				chain_pos BIGINT NOT NULL
-			)`,
-			`INSERT INTO alert_cursor (host, chain_pos) SELECT host, chain_len FROM hosts`,
-			`CREATE TABLE alert_outbox (
-				id BIGSERIAL PRIMARY KEY,
-				alert_rule TEXT NOT NULL,
-				output TEXT NOT NULL,
-				group_key TEXT NOT NULL,
-				severity BIGINT NOT NULL,
-				host TEXT NOT NULL,
-				kind TEXT NOT NULL,
-				summary TEXT NOT NULL,
-				event_count BIGINT NOT NULL,
-				first_ns BIGINT NOT NULL,
-				last_ns BIGINT NOT NULL,
-				first_seq BIGINT NOT NULL,
-				last_seq BIGINT NOT NULL,
-				event BYTEA,
-				created_ns BIGINT NOT NULL,
-				not_before_ns BIGINT NOT NULL,
-				next_ns BIGINT NOT NULL DEFAULT 0,
-				attempts BIGINT NOT NULL DEFAULT 0,
-				lease_owner TEXT NOT NULL DEFAULT '',
-				lease_until_ns BIGINT NOT NULL DEFAULT 0,
-				delivered_ns BIGINT NOT NULL DEFAULT 0,
-				last_error TEXT NOT NULL DEFAULT '',
-				suppressed BIGINT NOT NULL DEFAULT 0,
-				collector TEXT NOT NULL
-			)`,
-			`CREATE INDEX alert_outbox_pending ON alert_outbox (delivered_ns, next_ns, id)`,
-			`CREATE INDEX alert_outbox_group ON alert_outbox (alert_rule, output, group_key, delivered_ns)`,
-			`CREATE INDEX alert_outbox_rate ON alert_outbox (alert_rule, output, created_ns)`,
-			`CREATE TABLE alert_silent (
-				host TEXT PRIMARY KEY,
-				last_seen_ns BIGINT NOT NULL
-			)`,
-			`CREATE TABLE chain_verdicts (
-				host TEXT PRIMARY KEY,
-				verified_ns BIGINT NOT NULL,
-				ok BIGINT NOT NULL,
-				problems BIGINT NOT NULL,
-				alerted_ns BIGINT NOT NULL DEFAULT 0
+				verified_ns {int} NOT NULL,
+				ok {int} NOT NULL,
+				problems {int} NOT NULL,
+				alerted_ns {int} NOT NULL DEFAULT 0
 			)`,
 		},
 	},
@@ -292,7 +265,7 @@ var migrations = []migration{
 		// An index for every filter the console and the query API offer (host, kind and time have theirs
 		// already), so that a filter matching little or nothing does not scan the table. After 3 (severity) and 4 (alert tables).
 		version: 5,
-		sqlite: []string{
+		both: []string{
 			`CREATE INDEX events_decision_time ON events (decision, time_ns)`,
 			`CREATE INDEX events_rule_time ON events (rule, time_ns)`,
 			`CREATE INDEX events_proc_comm_time ON events (proc_comm, time_ns)`,
@@ -302,15 +275,26 @@ var migrations = []migration{
 			`CREATE INDEX events_proc_pid_time ON events (proc_pid, time_ns)`,
 			`CREATE INDEX events_target_pid_time ON events (target_pid, time_ns)`,
 		},
-		postgres: []string{
-			`CREATE INDEX events_decision_time ON events (decision, time_ns)`,
-			`CREATE INDEX events_rule_time ON events (rule, time_ns)`,
-			`CREATE INDEX events_proc_comm_time ON events (proc_comm, time_ns)`,
-			`CREATE INDEX events_proc_exe_time ON events (proc_exe, time_ns)`,
-			`CREATE INDEX events_target_comm_time ON events (target_comm, time_ns)`,
-			`CREATE INDEX events_target_exe_time ON events (target_exe, time_ns)`,
-			`CREATE INDEX events_proc_pid_time ON events (proc_pid, time_ns)`,
-			`CREATE INDEX events_target_pid_time ON events (target_pid, time_ns)`,
+	},
+	{
+		// Agents' signed checkpoints and the retention tombstones made at them (checkpoint.go); source
+		// names the collector that forwarded an entry to this one as its witness ('' = this collector's
+		// own agents); tombstone_ns is when retention cut there (0: a checkpoint).
+		version: 6,
+		both: []string{
+			`CREATE TABLE agent_checkpoints (
+				id {serial_pk},
+				host TEXT NOT NULL,
+				base_seq {int} NOT NULL,
+				seq {int} NOT NULL,
+				event_count {int} NOT NULL,
+				signed_ns {int} NOT NULL,
+				received_ns {int} NOT NULL,
+				tombstone_ns {int} NOT NULL DEFAULT 0,
+				source TEXT NOT NULL,
+				signed {blob} NOT NULL
+			)`,
+			`CREATE INDEX agent_checkpoints_host ON agent_checkpoints (host, base_seq, seq)`,
 		},
 	},
 }
@@ -344,11 +328,7 @@ func (s *Store) migrate(ctx context.Context) error {
 		if m.version <= current {
 			continue
 		}
-		stmts := m.sqlite
-		if s.backend == Postgres {
-			stmts = m.postgres
-		}
-		for _, q := range stmts {
+		for _, q := range m.statements(s.backend) {
 			if _, err := tx.ExecContext(ctx, q); err != nil {
 				return fmt.Errorf("migration %d: %w", m.version, err)
 			}

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"time"
 )
@@ -37,10 +38,15 @@ func (s *Store) trimHost(ctx context.Context, host string, cutoff time.Time) (in
 		return 0, fmt.Errorf("lock host %q for retention: %w", host, err)
 	}
 	// The newest position received before the cutoff; everything up to it goes. Positions are assigned in
-	// receive order, so this is a prefix.
-	var upto int64
-	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(chain_pos), 0) FROM events WHERE host = $1 AND receive_ns < $2`, host, cutoff.UnixNano()).Scan(&upto); err != nil {
-		return 0, fmt.Errorf("find expired events of %q: %w", host, err)
+	// receive order, so this is a prefix. A host whose agent signs checkpoints is cut only at one.
+	agent, upto, tomb, err := s.agentCut(ctx, tx, host, cutoff, basePos)
+	if err != nil {
+		return 0, err
+	}
+	if !agent {
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(chain_pos), 0) FROM events WHERE host = $1 AND receive_ns < $2`, host, cutoff.UnixNano()).Scan(&upto); err != nil {
+			return 0, fmt.Errorf("find expired events of %q: %w", host, err)
+		}
 	}
 	if upto <= basePos {
 		return 0, nil
@@ -69,8 +75,67 @@ func (s *Store) trimHost(ctx context.Context, host string, cutoff time.Time) (in
 			return 0, fmt.Errorf("retention for %q: record its tombstone (nothing was deleted): %w", host, err)
 		}
 	}
+	if tomb != nil {
+		tomb.Tombstone = time.Now()
+		if err := s.insertCheckpoint(ctx, tx, *tomb); err != nil {
+			return 0, err
+		}
+		if err := s.export(*tomb); err != nil {
+			return 0, fmt.Errorf("retention for %q: record its agent tombstone (nothing was deleted): %w", host, err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return 0, fmt.Errorf("commit retention for %q: %w", host, err)
 	}
 	return n, nil
+}
+
+// agentCut finds where retention may cut a host whose agent signs checkpoints (agent true): at the
+// newest checkpoint received before cutoff whose events were all received before cutoff and form a
+// prefix of the collector's chain; upto is that prefix's last position (0 or at most basePos: no cut
+// now), tomb the checkpoint to store as the tombstone.
+func (s *Store) agentCut(ctx context.Context, tx *sql.Tx, host string, cutoff time.Time, basePos int64) (agent bool, upto int64, tomb *CheckpointEntry, err error) {
+	rows, err := tx.QueryContext(ctx, `SELECT signed FROM agent_checkpoints WHERE host = $1 AND source = '' AND tombstone_ns = 0
+		ORDER BY seq DESC, id DESC LIMIT 50`, host)
+	if err != nil {
+		return false, 0, nil, fmt.Errorf("read checkpoints of %q for retention: %w", host, err)
+	}
+	var cands []CheckpointEntry
+	for rows.Next() {
+		var raw []byte
+		if err := rows.Scan(&raw); err != nil {
+			rows.Close()
+			return false, 0, nil, fmt.Errorf("read checkpoints of %q for retention: %w", host, err)
+		}
+		agent = true
+		if e, err := decodeEntry(raw, 0); err == nil && e.CP.GetTime().AsTime().Before(cutoff) {
+			cands = append(cands, e)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return false, 0, nil, fmt.Errorf("read checkpoints of %q for retention: %w", host, err)
+	}
+	for i := range cands {
+		seq := int64(cands[i].CP.GetSeq())
+		var maxPos, maxRecv, minAfter int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(chain_pos), 0), COALESCE(MAX(receive_ns), 0) FROM events WHERE host = $1 AND seq <= $2`, host, seq).
+			Scan(&maxPos, &maxRecv); err != nil {
+			return agent, 0, nil, fmt.Errorf("find expired events of %q: %w", host, err)
+		}
+		if maxPos <= basePos {
+			return agent, 0, nil, nil // older checkpoints cut even less
+		}
+		if maxRecv >= cutoff.UnixNano() {
+			continue
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MIN(chain_pos), 0) FROM events WHERE host = $1 AND seq > $2`, host, seq).Scan(&minAfter); err != nil {
+			return agent, 0, nil, fmt.Errorf("find expired events of %q: %w", host, err)
+		}
+		if minAfter != 0 && minAfter < maxPos {
+			continue // not a prefix of the collector's chain
+		}
+		return agent, maxPos, &cands[i], nil
+	}
+	return agent, 0, nil, nil
 }

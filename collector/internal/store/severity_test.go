@@ -2,13 +2,14 @@ package store
 
 import (
 	"context"
+	"path/filepath"
 	"testing"
 
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
 // TestSeverityIndexAndBackfill: the severity column holds SeverityOf (a stamped severity wins), the
-// min_severity filter uses it, and rows stored with severity 0 (before migration 3) are filled in at Open.
+// min_severity filter uses it, and rows stored with severity 0 (before migration 3) are filled in by backfillSeverity (run at Open with Options.Maintain).
 func TestSeverityIndexAndBackfill(t *testing.T) {
 	backends(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
@@ -47,4 +48,42 @@ func TestSeverityIndexAndBackfill(t *testing.T) {
 		check(pb.Severity_SEVERITY_HIGH, 2)
 		check(pb.Severity_SEVERITY_LOW, 3)
 	})
+}
+
+// TestMaintainOnlyWhenAsked: a read-only open (verify, checkpoint: MustExist, no Maintain) neither
+// fills in severities nor analyzes (it writes nothing); the serving collector's open (Maintain) does.
+func TestMaintainOnlyWhenAsked(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	if _, err := s.Append(ctx, "alpha", seqEvents("alpha", 1, 3), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.DB().ExecContext(ctx, `UPDATE events SET severity = 0`); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	zeros := func(opts Options) (n int, analyzed bool) {
+		t.Helper()
+		opts.DSN = path
+		s, err := Open(ctx, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if err := s.DB().QueryRow(`SELECT COUNT(*) FROM events WHERE severity = 0`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		var stats int
+		if err := s.DB().QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'`).Scan(&stats); err != nil {
+			t.Fatal(err)
+		}
+		return n, stats > 0
+	}
+	if n, analyzed := zeros(Options{MustExist: true}); n != 3 || analyzed {
+		t.Fatalf("read-only open: %d rows with severity 0 (want 3 untouched), analyzed %v (want false)", n, analyzed)
+	}
+	if n, analyzed := zeros(Options{Maintain: true}); n != 0 || !analyzed {
+		t.Fatalf("serving open: %d rows with severity 0 (want 0), analyzed %v (want true)", n, analyzed)
+	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/keyguard/keyguard/collector/internal/chain"
+	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver (pure Go)
@@ -73,12 +74,19 @@ type Options struct {
 	// Witness, when set, is a witness file (see witness.go): retention appends a tombstone to it
 	// before it moves a host's chain base, and refuses to cut if it cannot.
 	Witness string
+	// Forward, when set, receives every agent checkpoint and tombstone stored (for a second collector
+	// kept as witness); it must not block.
+	Forward func(*pb.WitnessEntry)
 	// Logger receives operational messages (nil = discard).
 	Logger *slog.Logger
 	// MustExist opens an existing database only: for SQLite, a missing file (or folder) is an error
 	// and nothing is created. Read-only commands (verify) set it, so a mistyped path fails instead of
 	// yielding an empty database.
 	MustExist bool
+	// Maintain runs the start-up maintenance after the migrations: filling in the severity of rows
+	// stored before schema version 3 and refreshing the planner's statistics (Optimize). The serving
+	// collector sets it; read-only commands (verify, checkpoint) do not, so they never write.
+	Maintain bool
 	// Timed, when set, receives the duration of each append (and of its commit alone), list, hosts
 	// and verify operation, named "append", "commit", "list", "hosts", "verify" (for metrics).
 	Timed func(op string, d time.Duration)
@@ -92,6 +100,7 @@ type Store struct {
 	collector string
 	maxAhead  uint64
 	witness   string
+	forward   func(*pb.WitnessEntry)
 	qdb       *sql.DB // event queries: own connections, statement timeout
 	qtimeout  time.Duration
 	qslots    chan struct{} // one per query connection
@@ -175,6 +184,7 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		collector: opts.Collector,
 		maxAhead:  opts.MaxAhead,
 		witness:   opts.Witness,
+		forward:   opts.Forward,
 		log:       log,
 		timed:     opts.Timed,
 	}
@@ -188,19 +198,25 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
-	if err := s.backfillSeverity(ctx); err != nil {
-		db.Close()
-		return nil, err
-	}
 	if err := s.openQueryPool(driver, dsn, opts); err != nil {
 		db.Close()
 		return nil, err
 	}
-	if err := s.Optimize(ctx); err != nil {
-		s.Close()
-		return nil, err
+	if opts.Maintain {
+		if err := s.maintain(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// maintain is the serving collector's start-up maintenance (Options.Maintain).
+func (s *Store) maintain(ctx context.Context) error {
+	if err := s.backfillSeverity(ctx); err != nil {
+		return err
+	}
+	return s.Optimize(ctx)
 }
 
 // Collector returns the name of this collector instance (stored in rows it writes).

@@ -26,6 +26,9 @@ import (
 const (
 	WitnessCheckpoint = "checkpoint"
 	WitnessTombstone  = "tombstone"
+	// An agent's signed checkpoint, and a retention tombstone made at one (checkpoint.go).
+	WitnessAgentCheckpoint = "agent_checkpoint"
+	WitnessAgentTombstone  = "agent_tombstone"
 )
 
 // WitnessRecord is one line of a witness file (JSON).
@@ -41,6 +44,8 @@ type WitnessRecord struct {
 	// genesis hash before any).
 	BasePos  uint64 `json:"base_pos"`
 	BaseHash []byte `json:"base_hash,omitempty"`
+	// Agent checkpoint and tombstone: the SignedCheckpoint, encoded.
+	Signed []byte `json:"signed,omitempty"`
 }
 
 // Checkpoints returns the current chain state of every host, as witness checkpoints.
@@ -104,7 +109,8 @@ func ReadWitness(path string) ([]WitnessRecord, error) {
 		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
 			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
 		}
-		if r.Kind != WitnessCheckpoint && r.Kind != WitnessTombstone || r.Host == "" {
+		known := r.Kind == WitnessCheckpoint || r.Kind == WitnessTombstone || r.Kind == WitnessAgentCheckpoint || r.Kind == WitnessAgentTombstone
+		if !known || r.Host == "" {
 			return nil, fmt.Errorf("%s:%d: not a witness record (kind %q, host %q)", path, line, r.Kind, r.Host)
 		}
 		out = append(out, r)

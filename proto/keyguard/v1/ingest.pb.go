@@ -9,6 +9,7 @@ package keyguardv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -28,7 +29,10 @@ type PushRequest struct {
 	Events []*Event `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
 	// Sequence numbers the agent will never send (evicted from a full spool before delivery). The
 	// collector counts them as settled for acked_seq; a LossReport event should account for them.
-	Skipped       []*SequenceRange `protobuf:"bytes,2,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	Skipped []*SequenceRange `protobuf:"bytes,2,rep,name=skipped,proto3" json:"skipped,omitempty"`
+	// The agent's signed checkpoint of the events it has sent so far on this and earlier streams (sent
+	// after the batches it covers; a request may carry only a checkpoint, which gets no response).
+	Checkpoint    *SignedCheckpoint `protobuf:"bytes,3,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -77,6 +81,329 @@ func (x *PushRequest) GetSkipped() []*SequenceRange {
 	return nil
 }
 
+func (x *PushRequest) GetCheckpoint() *SignedCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+// AgentCheckpoint is an agent's statement of what it has sent: a hash chain over every event it sent
+// since the chain's base, in sequence order. head = SHA-256("keyguard-agent-chain-v1\x00link\x00" ||
+// previous head || seq (8 bytes big-endian) || SHA-256(event)), where the event is its deterministic
+// protobuf encoding with host empty; the head at the base is SHA-256("keyguard-agent-chain-v1\x00genesis\x00"
+// || base_seq (8 bytes) || host). Sequence numbers the agent never sent (evicted) are not in the chain.
+type AgentCheckpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host (the subject of the agent's certificate).
+	Host string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	// The chain covers events with seq > base_seq (0: from the first event). A new base starts when the
+	// agent lost its chain state (restart after a crash) or its numbering moved on (renumbered spool).
+	BaseSeq uint64 `protobuf:"varint,2,opt,name=base_seq,json=baseSeq,proto3" json:"base_seq,omitempty"`
+	// Highest sequence number covered.
+	Seq uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Number of events in the chain from the base to seq.
+	Count uint64 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	// Chain head after the event numbered seq (or the genesis head when count is 0).
+	Head []byte `protobuf:"bytes,5,opt,name=head,proto3" json:"head,omitempty"`
+	// When the agent signed it.
+	Time *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	// Set at the agent's shutdown.
+	Final         bool `protobuf:"varint,7,opt,name=final,proto3" json:"final,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AgentCheckpoint) Reset() {
+	*x = AgentCheckpoint{}
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AgentCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AgentCheckpoint) ProtoMessage() {}
+
+func (x *AgentCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AgentCheckpoint.ProtoReflect.Descriptor instead.
+func (*AgentCheckpoint) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AgentCheckpoint) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *AgentCheckpoint) GetBaseSeq() uint64 {
+	if x != nil {
+		return x.BaseSeq
+	}
+	return 0
+}
+
+func (x *AgentCheckpoint) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AgentCheckpoint) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *AgentCheckpoint) GetHead() []byte {
+	if x != nil {
+		return x.Head
+	}
+	return nil
+}
+
+func (x *AgentCheckpoint) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AgentCheckpoint) GetFinal() bool {
+	if x != nil {
+		return x.Final
+	}
+	return false
+}
+
+// SignedCheckpoint is an AgentCheckpoint signed with the agent's host key (the mTLS client key).
+type SignedCheckpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The AgentCheckpoint, encoded; the signature covers "keyguard-agent-checkpoint-v1\x00" || checkpoint.
+	Checkpoint []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// ECDSA (ASN.1, over SHA-256), RSA PKCS#1 v1.5 (SHA-256) or Ed25519 signature.
+	Signature []byte `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The signer's certificate (DER).
+	Certificate   []byte `protobuf:"bytes,3,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignedCheckpoint) Reset() {
+	*x = SignedCheckpoint{}
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignedCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignedCheckpoint) ProtoMessage() {}
+
+func (x *SignedCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignedCheckpoint.ProtoReflect.Descriptor instead.
+func (*SignedCheckpoint) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SignedCheckpoint) GetCheckpoint() []byte {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *SignedCheckpoint) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *SignedCheckpoint) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+// WitnessEntry is one checkpoint, or the tombstone of a retention cut made at that checkpoint.
+type WitnessEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's signed checkpoint.
+	Checkpoint *SignedCheckpoint `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// Set for a retention tombstone: the collector removed the host's events up to checkpoint.seq.
+	Tombstone     bool `protobuf:"varint,2,opt,name=tombstone,proto3" json:"tombstone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WitnessEntry) Reset() {
+	*x = WitnessEntry{}
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WitnessEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WitnessEntry) ProtoMessage() {}
+
+func (x *WitnessEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WitnessEntry.ProtoReflect.Descriptor instead.
+func (*WitnessEntry) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *WitnessEntry) GetCheckpoint() *SignedCheckpoint {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return nil
+}
+
+func (x *WitnessEntry) GetTombstone() bool {
+	if x != nil {
+		return x.Tombstone
+	}
+	return false
+}
+
+// RecordRequest carries witness entries.
+type RecordRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries to store, in the order they were made.
+	Entries       []*WitnessEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordRequest) Reset() {
+	*x = RecordRequest{}
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordRequest) ProtoMessage() {}
+
+func (x *RecordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordRequest.ProtoReflect.Descriptor instead.
+func (*RecordRequest) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RecordRequest) GetEntries() []*WitnessEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// RecordResponse confirms that every entry was stored.
+type RecordResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many entries were stored.
+	Recorded      uint32 `protobuf:"varint,1,opt,name=recorded,proto3" json:"recorded,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordResponse) Reset() {
+	*x = RecordResponse{}
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordResponse) ProtoMessage() {}
+
+func (x *RecordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordResponse.ProtoReflect.Descriptor instead.
+func (*RecordResponse) Descriptor() ([]byte, []int) {
+	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RecordResponse) GetRecorded() uint32 {
+	if x != nil {
+		return x.Recorded
+	}
+	return 0
+}
+
 // PushResponse acknowledges stored events.
 type PushResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -95,7 +422,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_keyguard_v1_ingest_proto_msgTypes[1]
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -107,7 +434,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyguard_v1_ingest_proto_msgTypes[1]
+	mi := &file_keyguard_v1_ingest_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -120,7 +447,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{1}
+	return file_keyguard_v1_ingest_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *PushResponse) GetAckedSeq() uint64 {
@@ -155,10 +482,36 @@ var File_keyguard_v1_ingest_proto protoreflect.FileDescriptor
 
 const file_keyguard_v1_ingest_proto_rawDesc = "" +
 	"\n" +
-	"\x18keyguard/v1/ingest.proto\x12\vkeyguard.v1\x1a\x17keyguard/v1/event.proto\"o\n" +
+	"\x18keyguard/v1/ingest.proto\x12\vkeyguard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyguard/v1/event.proto\"\xae\x01\n" +
 	"\vPushRequest\x12*\n" +
 	"\x06events\x18\x01 \x03(\v2\x12.keyguard.v1.EventR\x06events\x124\n" +
-	"\askipped\x18\x02 \x03(\v2\x1a.keyguard.v1.SequenceRangeR\askipped\"w\n" +
+	"\askipped\x18\x02 \x03(\v2\x1a.keyguard.v1.SequenceRangeR\askipped\x12=\n" +
+	"\n" +
+	"checkpoint\x18\x03 \x01(\v2\x1d.keyguard.v1.SignedCheckpointR\n" +
+	"checkpoint\"\xc2\x01\n" +
+	"\x0fAgentCheckpoint\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12\x19\n" +
+	"\bbase_seq\x18\x02 \x01(\x04R\abaseSeq\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\x04R\x05count\x12\x12\n" +
+	"\x04head\x18\x05 \x01(\fR\x04head\x12.\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
+	"\x05final\x18\a \x01(\bR\x05final\"r\n" +
+	"\x10SignedCheckpoint\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\fR\n" +
+	"checkpoint\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\x12 \n" +
+	"\vcertificate\x18\x03 \x01(\fR\vcertificate\"k\n" +
+	"\fWitnessEntry\x12=\n" +
+	"\n" +
+	"checkpoint\x18\x01 \x01(\v2\x1d.keyguard.v1.SignedCheckpointR\n" +
+	"checkpoint\x12\x1c\n" +
+	"\ttombstone\x18\x02 \x01(\bR\ttombstone\"D\n" +
+	"\rRecordRequest\x123\n" +
+	"\aentries\x18\x01 \x03(\v2\x19.keyguard.v1.WitnessEntryR\aentries\",\n" +
+	"\x0eRecordResponse\x12\x1a\n" +
+	"\brecorded\x18\x01 \x01(\rR\brecorded\"w\n" +
 	"\fPushResponse\x12\x1b\n" +
 	"\tacked_seq\x18\x01 \x01(\x04R\backedSeq\x12\x12\n" +
 	"\x04host\x18\x02 \x01(\tR\x04host\x12\x16\n" +
@@ -167,7 +520,9 @@ const file_keyguard_v1_ingest_proto_rawDesc = "" +
 	"duplicates\x18\x04 \x01(\rR\n" +
 	"duplicates2P\n" +
 	"\rIngestService\x12?\n" +
-	"\x04Push\x12\x18.keyguard.v1.PushRequest\x1a\x19.keyguard.v1.PushResponse(\x010\x01B;Z9github.com/keyguard/keyguard/proto/keyguard/v1;keyguardv1b\x06proto3"
+	"\x04Push\x12\x18.keyguard.v1.PushRequest\x1a\x19.keyguard.v1.PushResponse(\x010\x012S\n" +
+	"\x0eWitnessService\x12A\n" +
+	"\x06Record\x12\x1a.keyguard.v1.RecordRequest\x1a\x1b.keyguard.v1.RecordResponseB;Z9github.com/keyguard/keyguard/proto/keyguard/v1;keyguardv1b\x06proto3"
 
 var (
 	file_keyguard_v1_ingest_proto_rawDescOnce sync.Once
@@ -181,23 +536,35 @@ func file_keyguard_v1_ingest_proto_rawDescGZIP() []byte {
 	return file_keyguard_v1_ingest_proto_rawDescData
 }
 
-var file_keyguard_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_keyguard_v1_ingest_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_keyguard_v1_ingest_proto_goTypes = []any{
-	(*PushRequest)(nil),   // 0: keyguard.v1.PushRequest
-	(*PushResponse)(nil),  // 1: keyguard.v1.PushResponse
-	(*Event)(nil),         // 2: keyguard.v1.Event
-	(*SequenceRange)(nil), // 3: keyguard.v1.SequenceRange
+	(*PushRequest)(nil),           // 0: keyguard.v1.PushRequest
+	(*AgentCheckpoint)(nil),       // 1: keyguard.v1.AgentCheckpoint
+	(*SignedCheckpoint)(nil),      // 2: keyguard.v1.SignedCheckpoint
+	(*WitnessEntry)(nil),          // 3: keyguard.v1.WitnessEntry
+	(*RecordRequest)(nil),         // 4: keyguard.v1.RecordRequest
+	(*RecordResponse)(nil),        // 5: keyguard.v1.RecordResponse
+	(*PushResponse)(nil),          // 6: keyguard.v1.PushResponse
+	(*Event)(nil),                 // 7: keyguard.v1.Event
+	(*SequenceRange)(nil),         // 8: keyguard.v1.SequenceRange
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
 }
 var file_keyguard_v1_ingest_proto_depIdxs = []int32{
-	2, // 0: keyguard.v1.PushRequest.events:type_name -> keyguard.v1.Event
-	3, // 1: keyguard.v1.PushRequest.skipped:type_name -> keyguard.v1.SequenceRange
-	0, // 2: keyguard.v1.IngestService.Push:input_type -> keyguard.v1.PushRequest
-	1, // 3: keyguard.v1.IngestService.Push:output_type -> keyguard.v1.PushResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	7, // 0: keyguard.v1.PushRequest.events:type_name -> keyguard.v1.Event
+	8, // 1: keyguard.v1.PushRequest.skipped:type_name -> keyguard.v1.SequenceRange
+	2, // 2: keyguard.v1.PushRequest.checkpoint:type_name -> keyguard.v1.SignedCheckpoint
+	9, // 3: keyguard.v1.AgentCheckpoint.time:type_name -> google.protobuf.Timestamp
+	2, // 4: keyguard.v1.WitnessEntry.checkpoint:type_name -> keyguard.v1.SignedCheckpoint
+	3, // 5: keyguard.v1.RecordRequest.entries:type_name -> keyguard.v1.WitnessEntry
+	0, // 6: keyguard.v1.IngestService.Push:input_type -> keyguard.v1.PushRequest
+	4, // 7: keyguard.v1.WitnessService.Record:input_type -> keyguard.v1.RecordRequest
+	6, // 8: keyguard.v1.IngestService.Push:output_type -> keyguard.v1.PushResponse
+	5, // 9: keyguard.v1.WitnessService.Record:output_type -> keyguard.v1.RecordResponse
+	8, // [8:10] is the sub-list for method output_type
+	6, // [6:8] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_ingest_proto_init() }
@@ -212,9 +579,9 @@ func file_keyguard_v1_ingest_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyguard_v1_ingest_proto_rawDesc), len(file_keyguard_v1_ingest_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   7,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_keyguard_v1_ingest_proto_goTypes,
 		DependencyIndexes: file_keyguard_v1_ingest_proto_depIdxs,

@@ -147,3 +147,115 @@ var IngestService_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "keyguard/v1/ingest.proto",
 }
+
+const (
+	WitnessService_Record_FullMethodName = "/keyguard.v1.WitnessService/Record"
+)
+
+// WitnessServiceClient is the client API for WitnessService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// WitnessService lets a collector keep a second collector as an append-only witness of its agents'
+// signed checkpoints and its retention tombstones. The caller authenticates with a collector
+// certificate (OrganizationalUnit "keyguard-collector").
+type WitnessServiceClient interface {
+	// Record stores witness entries; each checkpoint's signature is checked against its certificate.
+	Record(ctx context.Context, in *RecordRequest, opts ...grpc.CallOption) (*RecordResponse, error)
+}
+
+type witnessServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewWitnessServiceClient(cc grpc.ClientConnInterface) WitnessServiceClient {
+	return &witnessServiceClient{cc}
+}
+
+func (c *witnessServiceClient) Record(ctx context.Context, in *RecordRequest, opts ...grpc.CallOption) (*RecordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RecordResponse)
+	err := c.cc.Invoke(ctx, WitnessService_Record_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// WitnessServiceServer is the server API for WitnessService service.
+// All implementations must embed UnimplementedWitnessServiceServer
+// for forward compatibility.
+//
+// WitnessService lets a collector keep a second collector as an append-only witness of its agents'
+// signed checkpoints and its retention tombstones. The caller authenticates with a collector
+// certificate (OrganizationalUnit "keyguard-collector").
+type WitnessServiceServer interface {
+	// Record stores witness entries; each checkpoint's signature is checked against its certificate.
+	Record(context.Context, *RecordRequest) (*RecordResponse, error)
+	mustEmbedUnimplementedWitnessServiceServer()
+}
+
+// UnimplementedWitnessServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedWitnessServiceServer struct{}
+
+func (UnimplementedWitnessServiceServer) Record(context.Context, *RecordRequest) (*RecordResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Record not implemented")
+}
+func (UnimplementedWitnessServiceServer) mustEmbedUnimplementedWitnessServiceServer() {}
+func (UnimplementedWitnessServiceServer) testEmbeddedByValue()                        {}
+
+// UnsafeWitnessServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to WitnessServiceServer will
+// result in compilation errors.
+type UnsafeWitnessServiceServer interface {
+	mustEmbedUnimplementedWitnessServiceServer()
+}
+
+func RegisterWitnessServiceServer(s grpc.ServiceRegistrar, srv WitnessServiceServer) {
+	// If the following call panics, it indicates UnimplementedWitnessServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&WitnessService_ServiceDesc, srv)
+}
+
+func _WitnessService_Record_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RecordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WitnessServiceServer).Record(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WitnessService_Record_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WitnessServiceServer).Record(ctx, req.(*RecordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// WitnessService_ServiceDesc is the grpc.ServiceDesc for WitnessService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var WitnessService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "keyguard.v1.WitnessService",
+	HandlerType: (*WitnessServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Record",
+			Handler:    _WitnessService_Record_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "keyguard/v1/ingest.proto",
+}
