@@ -1,5 +1,5 @@
 // Package enroll is the collector's side of agent enrollment: an agent with no identity proves it may
-// join with a short-lived, single-use bootstrap token scoped to the host names it may claim, sends a
+// join with a short-lived bootstrap token scoped to the host names it may claim, sends a
 // CSR, and gets a client certificate (OU keyguard-host, CN = its host or node name) signed by the
 // collector's CA. An enrolled agent renews with its current certificate (mTLS) before it expires; the
 // old serial is revoked (appended to the revoked-serials file the collector reloads). A name held by
@@ -9,11 +9,17 @@
 // Handler serves it over HTTPS: POST /v1/enroll {"token","csr"} and POST /v1/renew {"csr"} (the
 // client certificate authenticates the renewal); both answer {"certificate": PEM}.
 //
-// Not yet: the live-identity table is in memory (a restarted collector forgets it; revoked serials
-// persist in the file), and Kubernetes projected service-account tokens (TokenReview) are not accepted.
+// A token is single-use and lives at most 24h, or, for a pool of nodes that an autoscaler grows (the
+// Kubernetes DaemonSet), has a use count and lives at most 7 days; the operator rotates it. The
+// holders of names, approvals and token uses are kept in a Registry: the collector's store (SQLite or
+// PostgreSQL: several collectors on one database agree, a restart keeps refusals), or Memory.
+//
+// Not yet: Kubernetes projected service-account tokens (TokenReview) are not accepted, and revoked
+// serials go to each collector's own file (collectors sharing a database should share that file).
 package enroll
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
@@ -27,7 +33,6 @@ import (
 	"os"
 	"path"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/keyguard/keyguard/collector/certgen"
@@ -40,11 +45,23 @@ type Authority struct {
 	Validity    time.Duration    // certificate lifetime; default 24h
 	RevokedFile string           // revoked serials (hex, one per line), as the collector's -revoked-serials
 	Now         func() time.Time // default time.Now
+	Registry    Registry         // holders, approvals, token uses; default: a Memory of its own
 
-	mu       sync.Mutex
-	live     map[string]*x509.Certificate // name -> its current certificate
-	approved map[string]bool              // names an operator allowed to be enrolled again
-	used     map[string]time.Time         // spent token nonces -> expiry
+	mem Memory
+}
+
+// Token lifetimes.
+const (
+	MaxTokenTTL         = 24 * time.Hour     // single-use token
+	MaxMultiUseTokenTTL = 7 * 24 * time.Hour // token with a use count (a node pool)
+	MaxTokenUses        = 10000
+)
+
+func (a *Authority) registry() Registry {
+	if a.Registry != nil {
+		return a.Registry
+	}
+	return &a.mem
 }
 
 // Errors the handler maps to HTTP status codes.
@@ -58,6 +75,7 @@ type claims struct {
 	Scope string `json:"scope"` // path.Match pattern of names, e.g. "web*"
 	Exp   int64  `json:"exp"`
 	Nonce string `json:"nonce"`
+	Uses  int    `json:"uses,omitempty"` // 0: once
 }
 
 func (a *Authority) now() time.Time {
@@ -70,17 +88,26 @@ func (a *Authority) now() time.Time {
 // Token makes a bootstrap token for names matching scope (path.Match syntax), valid for ttl (at most
 // 24h), usable once.
 func (a *Authority) Token(scope string, ttl time.Duration) (string, error) {
+	return a.TokenN(scope, ttl, 1)
+}
+
+// TokenN makes a bootstrap token usable uses times (each use enrolls one name) for names matching
+// scope, valid for ttl: at most MaxTokenTTL when uses is 1, MaxMultiUseTokenTTL otherwise.
+func (a *Authority) TokenN(scope string, ttl time.Duration, uses int) (string, error) {
 	if _, err := path.Match(scope, ""); err != nil || scope == "" {
 		return "", fmt.Errorf("scope %q: want a name or a pattern such as web*", scope)
 	}
-	if ttl <= 0 || ttl > 24*time.Hour {
-		return "", fmt.Errorf("token lifetime %v: want at most 24h", ttl)
+	if uses < 1 || uses > MaxTokenUses {
+		return "", fmt.Errorf("token uses %d: want 1 to %d", uses, MaxTokenUses)
+	}
+	if limit := map[bool]time.Duration{true: MaxTokenTTL, false: MaxMultiUseTokenTTL}[uses == 1]; ttl <= 0 || ttl > limit {
+		return "", fmt.Errorf("token lifetime %v: want at most %v for a token of %d use(s)", ttl, limit, uses)
 	}
 	n := make([]byte, 16)
 	if _, err := rand.Read(n); err != nil {
 		return "", err
 	}
-	body, _ := json.Marshal(claims{Scope: scope, Exp: a.now().Add(ttl).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n)})
+	body, _ := json.Marshal(claims{Scope: scope, Exp: a.now().Add(ttl).Unix(), Nonce: base64.RawURLEncoding.EncodeToString(n), Uses: uses})
 	b := base64.RawURLEncoding.EncodeToString(body)
 	return "kgb1." + b + "." + base64.RawURLEncoding.EncodeToString(a.mac(b)), nil
 }
@@ -113,17 +140,12 @@ func (a *Authority) checkToken(tok, name string) (claims, error) {
 
 // Approve lets name be enrolled once more although a live identity holds it (that identity is
 // revoked when the new one is issued).
-func (a *Authority) Approve(name string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.approved == nil {
-		a.approved = map[string]bool{}
-	}
-	a.approved[name] = true
+func (a *Authority) Approve(ctx context.Context, name string) error {
+	return a.registry().Approve(ctx, name)
 }
 
 // Enroll checks the bootstrap token and the CSR and returns the new certificate (PEM).
-func (a *Authority) Enroll(token string, csrDER []byte) ([]byte, error) {
+func (a *Authority) Enroll(ctx context.Context, token string, csrDER []byte) ([]byte, error) {
 	csr, err := parseCSR(csrDER)
 	if err != nil {
 		return nil, err
@@ -133,26 +155,24 @@ func (a *Authority) Enroll(token string, csrDER []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if _, spent := a.used[c.Nonce]; spent {
-		return nil, ErrToken
+	cert, err := a.sign(name, csr)
+	if err != nil {
+		return nil, err
 	}
-	prev := a.live[name]
-	if prev != nil && a.now().Before(prev.NotAfter) && !a.approved[name] {
-		return nil, fmt.Errorf("%q: %w", name, ErrLive)
+	prev, err := a.registry().Claim(ctx, Claim{Name: name, Nonce: c.Nonce, MaxUses: max(c.Uses, 1), NonceExp: time.Unix(c.Exp, 0),
+		Now: a.now(), Holder: Holder{Serial: cert.SerialNumber, NotAfter: cert.NotAfter}})
+	if errors.Is(err, ErrLive) {
+		return nil, fmt.Errorf("%q: %w", name, err)
 	}
-	if a.used == nil {
-		a.used = map[string]time.Time{}
+	if err != nil {
+		return nil, err
 	}
-	a.used[c.Nonce] = time.Unix(c.Exp, 0)
-	delete(a.approved, name)
-	return a.issue(name, csr, prev)
+	return a.finish(name, cert, prev)
 }
 
 // Renew issues a new certificate to the holder of peer (verified by the TLS handshake) for the same
 // name and revokes peer's serial.
-func (a *Authority) Renew(peer *x509.Certificate, csrDER []byte) ([]byte, error) {
+func (a *Authority) Renew(ctx context.Context, peer *x509.Certificate, csrDER []byte) ([]byte, error) {
 	csr, err := parseCSR(csrDER)
 	if err != nil {
 		return nil, err
@@ -160,12 +180,18 @@ func (a *Authority) Renew(peer *x509.Certificate, csrDER []byte) ([]byte, error)
 	if peer == nil || csr.Subject.CommonName != peer.Subject.CommonName || !slicesHas(peer.Subject.OrganizationalUnit, certgen.OUHost) {
 		return nil, fmt.Errorf("%w: renew the host certificate for its own name", ErrCSR)
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if cur := a.live[peer.Subject.CommonName]; cur != nil && cur.SerialNumber.Cmp(peer.SerialNumber) != 0 {
-		return nil, fmt.Errorf("%w: this certificate was replaced", ErrToken)
+	name := peer.Subject.CommonName
+	cert, err := a.sign(name, csr)
+	if err != nil {
+		return nil, err
 	}
-	return a.issue(peer.Subject.CommonName, csr, peer)
+	if err := a.registry().Replace(ctx, name, peer.SerialNumber, Holder{Serial: cert.SerialNumber, NotAfter: cert.NotAfter}); err != nil {
+		if errors.Is(err, ErrToken) {
+			return nil, fmt.Errorf("%w: this certificate was replaced", ErrToken)
+		}
+		return nil, err
+	}
+	return a.finish(name, cert, peer.SerialNumber)
 }
 
 func slicesHas(s []string, v string) bool {
@@ -203,8 +229,8 @@ func validName(s string) bool {
 	return true
 }
 
-// issue signs csr's key for name (a.mu held), revokes prev, and records the new certificate as live.
-func (a *Authority) issue(name string, csr *x509.CertificateRequest, prev *x509.Certificate) ([]byte, error) {
+// sign makes name's certificate for csr's key.
+func (a *Authority) sign(name string, csr *x509.CertificateRequest) (*x509.Certificate, error) {
 	v := a.Validity
 	if v <= 0 {
 		v = 24 * time.Hour
@@ -214,20 +240,17 @@ func (a *Authority) issue(name string, csr *x509.CertificateRequest, prev *x509.
 	if err != nil {
 		return nil, err
 	}
-	cert, err := a.CA.SignPublicKey(certgen.Request{CommonName: name, OU: certgen.OUHost, NotBefore: now.Add(-time.Minute),
+	return a.CA.SignPublicKey(certgen.Request{CommonName: name, OU: certgen.OUHost, NotBefore: now.Add(-time.Minute),
 		NotAfter: now.Add(v)}, csr.PublicKey, sn)
-	if err != nil {
-		return nil, err
-	}
+}
+
+// finish revokes prev (the registry already names cert as the holder) and returns cert as PEM.
+func (a *Authority) finish(name string, cert *x509.Certificate, prev *big.Int) ([]byte, error) {
 	if prev != nil {
-		if err := a.revoke(prev.SerialNumber, name); err != nil {
+		if err := a.revoke(prev, name); err != nil {
 			return nil, fmt.Errorf("revoking the previous certificate of %q: %w", name, err)
 		}
 	}
-	if a.live == nil {
-		a.live = map[string]*x509.Certificate{}
-	}
-	a.live[name] = cert
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), nil
 }
 

@@ -1,6 +1,7 @@
 package enroll
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -57,7 +58,7 @@ func TestTokens(t *testing.T) {
 		{"good", good, "web2", nil},
 		{"spent", good, "web3", ErrToken},
 	} {
-		_, err := a.Enroll(c.token, csrFor(t, c.host))
+		_, err := a.Enroll(context.Background(), c.token, csrFor(t, c.host))
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}

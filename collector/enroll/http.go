@@ -36,9 +36,9 @@ func (a *Authority) Handler(log *slog.Logger) http.Handler {
 				reply(w, http.StatusUnauthorized, response{Error: "renewal needs the current client certificate"})
 				return
 			}
-			cert, err = a.Renew(r.TLS.VerifiedChains[0][0], req.CSR)
+			cert, err = a.Renew(r.Context(), r.TLS.VerifiedChains[0][0], req.CSR)
 		} else {
-			cert, err = a.Enroll(req.Token, req.CSR)
+			cert, err = a.Enroll(r.Context(), req.Token, req.CSR)
 		}
 		code := http.StatusOK
 		switch {
@@ -70,7 +70,11 @@ func (a *Authority) Handler(log *slog.Logger) http.Handler {
 			reply(w, http.StatusBadRequest, response{Error: "want {\"name\": HOST}"})
 			return
 		}
-		a.Approve(req.Name)
+		if err := a.Approve(r.Context(), req.Name); err != nil {
+			log.Error("approval not recorded", "name", req.Name, "err", err)
+			reply(w, http.StatusInternalServerError, response{Error: err.Error()})
+			return
+		}
 		log.Info("re-enrollment approved", "name", req.Name, "operator", r.TLS.VerifiedChains[0][0].Subject.CommonName)
 		reply(w, http.StatusOK, response{})
 	})

@@ -61,7 +61,8 @@ func loadChart(t *testing.T) *chart.Chart {
 }
 
 // render is `helm template RELEASE deploy/helm/keyguard -n NAMESPACE --kube-version V -f values`:
-// schema validation, the kubeVersion constraint, templates, NOTES.
+// schema validation, the kubeVersion constraint, templates, NOTES. An empty kubeVersion is no
+// --kube-version: Helm's default capabilities.
 func render(t *testing.T, c *chart.Chart, release, namespace, kubeVersion string, values map[string]any) (string, error) {
 	t.Helper()
 	cfg := &action.Configuration{Log: func(string, ...any) {}}
@@ -72,11 +73,13 @@ func render(t *testing.T, c *chart.Chart, release, namespace, kubeVersion string
 	install.Replace = true
 	install.ReleaseName = release
 	install.Namespace = namespace
-	kv, err := chartutil.ParseKubeVersion(kubeVersion)
-	if err != nil {
-		t.Fatal(err)
+	if kubeVersion != "" {
+		kv, err := chartutil.ParseKubeVersion(kubeVersion)
+		if err != nil {
+			t.Fatal(err)
+		}
+		install.KubeVersion = kv
 	}
-	install.KubeVersion = kv
 	rel, err := install.RunWithContext(context.Background(), c, values)
 	if err != nil {
 		return "", err
@@ -654,6 +657,46 @@ func TestChartRejects(t *testing.T) {
 				t.Fatalf("render error %v, want one mentioning %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestTemplateWithoutKubeVersion: `helm template` without --kube-version checks Chart.yaml's
+// kubeVersion against the Kubernetes version Helm was linked with. Helm's release builds set it at link
+// time from their k8s.io/client-go (Makefile: -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=...), so
+// the chart renders with Helm ≥ 3.15 (client-go 0.30); a Helm linked without it (a Go-library build, as
+// this test's) says 1.20 and the chart refuses it by name. The release build is reproduced here by
+// setting the default capabilities from the client-go that Helm's go.mod requires, as that Makefile does.
+func TestTemplateWithoutKubeVersion(t *testing.T) {
+	c := loadChart(t)
+	saved := chartutil.DefaultCapabilities
+	t.Cleanup(func() { chartutil.DefaultCapabilities = saved })
+	if _, err := render(t, c, "kg", "security", "", values(t, "")); err == nil ||
+		!strings.Contains(err.Error(), "kubeVersion") || !strings.Contains(err.Error(), "v1.20.0") {
+		t.Errorf("Helm linked without a Kubernetes version (1.20): %v, want a kubeVersion refusal", err)
+	}
+	// Helm's Makefile: K8S_MODULES_VER from `go list -m k8s.io/client-go` in Helm's own module.
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.GoMod}}", "helm.sh/helm/v3").Output()
+	if err != nil {
+		t.Fatalf("go list helm.sh/helm/v3: %v", err)
+	}
+	gomod, err := os.ReadFile(strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*k8s\.io/client-go v0\.(\d+)\.`).FindSubmatch(gomod)
+	if m == nil {
+		t.Fatal("Helm's go.mod requires no k8s.io/client-go")
+	}
+	minor := string(m[1])
+	caps := saved.Copy()
+	caps.KubeVersion = chartutil.KubeVersion{Version: "v1." + minor + ".0", Major: "1", Minor: minor}
+	chartutil.DefaultCapabilities = caps
+	manifest, err := render(t, c, "kg", "security", "", values(t, ""))
+	if err != nil {
+		t.Fatalf("helm template without --kube-version, Helm linked with client-go 0.%s: %v", minor, err)
+	}
+	if !strings.Contains(manifest, "appArmorProfile") {
+		t.Error("rendered without the appArmorProfile that needs 1.30")
 	}
 }
 

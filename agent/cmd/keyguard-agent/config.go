@@ -40,11 +40,15 @@ type config struct {
 		SpoolMaxBytes         int64  `yaml:"spool_max_bytes" flag:"spool-max-bytes" help:"spool size cap; when full, low-value events are dropped first and the drop is reported"`
 		InsecurePlaintextHost string `yaml:"insecure_plaintext_host" flag:"insecure-plaintext-host" help:"DEMO ONLY: send without TLS to a loopback collector, claiming this host name"`
 	} `yaml:"collector"`
-	Enroll struct {
-		URL       string        `yaml:"url" flag:"enroll-url" help:"collector enrollment address https://HOST:PORT: when -cert does not exist, enroll with -enroll-token-file; renew before expiry"`
-		TokenFile string        `yaml:"token_file" flag:"enroll-token-file" help:"single-use bootstrap token (keyguard-collector enroll token); deleted once used"`
-		Timeout   time.Duration `yaml:"timeout" flag:"enroll-timeout" help:"give up the first enrollment after this long (systemd restarts the agent)"`
-	} `yaml:"enroll"`
+	Enroll enrollConfig `yaml:"enroll"`
+}
+
+// enrollConfig: with url set, the agent gets its client certificate from the collector (see
+// agent/internal/enroll) instead of a file an operator put there.
+type enrollConfig struct {
+	URL       string        `yaml:"url" flag:"enroll-url" help:"collector enrollment address https://HOST:PORT: when -cert does not exist, enroll with -enroll-token-file; renew before expiry"`
+	TokenFile string        `yaml:"token_file" flag:"enroll-token-file" help:"single-use bootstrap token (keyguard-collector enroll token); deleted once used"`
+	Timeout   time.Duration `yaml:"timeout" flag:"enroll-timeout" help:"give up the first enrollment after this long (systemd restarts the agent)"`
 }
 
 func defaultConfig() config {

@@ -14,17 +14,10 @@ import (
 	"github.com/keyguard/keyguard/agent/internal/export"
 )
 
-// enrollFlags: with -enroll-url (enroll.url in agent.yaml), the agent gets its client certificate from
-// the collector (see agent/internal/enroll) instead of a file an operator put there.
-type enrollFlags struct {
-	url, tokenFile *string
-	timeout        *time.Duration
-}
-
-// enrollAndRenew enrolls when exp's certificate is missing (retrying until f.timeout), then renews it
+// enrollAndRenew enrolls when exp's certificate is missing (retrying until f.Timeout), then renews it
 // in the background until ctx ends. hostname is the certificate's name.
-func enrollAndRenew(ctx context.Context, f enrollFlags, exp *export.Config, hostname string, log *slog.Logger) error {
-	if *f.url == "" || exp == nil || exp.Plaintext {
+func enrollAndRenew(ctx context.Context, f enrollConfig, exp *export.Config, hostname string, log *slog.Logger) error {
+	if f.URL == "" || exp == nil || exp.Plaintext {
 		return nil
 	}
 	caPEM, err := os.ReadFile(exp.CAFile)
@@ -40,13 +33,13 @@ func enrollAndRenew(ctx context.Context, f enrollFlags, exp *export.Config, host
 			return err
 		}
 	}
-	cl := &enroll.Client{URL: strings.TrimSuffix(*f.url, "/"), CA: pool, Name: hostname, CertFile: exp.CertFile, KeyFile: exp.KeyFile}
+	cl := &enroll.Client{URL: strings.TrimSuffix(f.URL, "/"), CA: pool, Name: hostname, CertFile: exp.CertFile, KeyFile: exp.KeyFile}
 	if _, err := os.Stat(exp.CertFile); errors.Is(err, os.ErrNotExist) {
-		tok, err := os.ReadFile(*f.tokenFile)
+		tok, err := os.ReadFile(f.TokenFile)
 		if err != nil {
 			return fmt.Errorf("no certificate %s and no bootstrap token (keyguard-collector enroll token -scope %s): %w", exp.CertFile, hostname, err)
 		}
-		ectx, cancel := context.WithTimeout(ctx, *f.timeout)
+		ectx, cancel := context.WithTimeout(ctx, f.Timeout)
 		defer cancel()
 		for {
 			err = cl.Enroll(ectx, strings.TrimSpace(string(tok)))
@@ -59,7 +52,7 @@ func enrollAndRenew(ctx context.Context, f enrollFlags, exp *export.Config, host
 		if err != nil {
 			return fmt.Errorf("enrollment as %q: %w", hostname, err)
 		}
-		os.Remove(*f.tokenFile) // spent
+		os.Remove(f.TokenFile) // spent
 		log.Info("enrolled", "name", hostname, "cert", exp.CertFile)
 	}
 	na, err := cl.NotAfter()

@@ -33,8 +33,8 @@ func TestEnrollAndRenew(t *testing.T) {
 	if err := os.WriteFile(dir+"/bootstrap.token", tok, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	url, tf, timeout := "https://"+strings.TrimSpace(string(addr)), dir+"/bootstrap.token", 20*time.Second
-	f := enrollFlags{url: &url, tokenFile: &tf, timeout: &timeout}
+	tf := dir + "/bootstrap.token"
+	f := enrollConfig{URL: "https://" + strings.TrimSpace(string(addr)), TokenFile: tf, Timeout: 20 * time.Second}
 	exp := &export.Config{CAFile: pki.File("ca.crt"), CertFile: dir + "/agent.pem", KeyFile: dir + "/agent-key.pem"}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -93,8 +93,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	enrollF := enrollFlags{url: &c.Enroll.URL, tokenFile: &c.Enroll.TokenFile, timeout: &c.Enroll.Timeout}
-	if err := enrollAndRenew(ctx, enrollF, cfg.Export, cfg.Hostname, log); err != nil {
+	if err := enrollAndRenew(ctx, c.Enroll, cfg.Export, cfg.Hostname, log); err != nil {
 		fmt.Fprintln(stderr, "keyguard-agent:", err)
 		return 1
 	}

@@ -38,7 +38,8 @@ func addEnrollFlags(fs *flag.FlagSet) enrollFlags {
 }
 
 // startEnroll serves enrollment over HTTPS with the collector's certificate until ctx ends.
-func startEnroll(ctx context.Context, f enrollFlags, certFile, keyFile, revoked string, log *slog.Logger) error {
+// Holders of names, approvals and token uses are kept in reg (the collector's store).
+func startEnroll(ctx context.Context, f enrollFlags, certFile, keyFile, revoked string, reg enroll.Registry, log *slog.Logger) error {
 	if *f.listen == "" {
 		return nil
 	}
@@ -59,7 +60,7 @@ func startEnroll(ctx context.Context, f enrollFlags, certFile, keyFile, revoked 
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
-	a := &enroll.Authority{CA: ca, TokenKey: key, Validity: *f.validity, RevokedFile: revoked}
+	a := &enroll.Authority{CA: ca, TokenKey: key, Validity: *f.validity, RevokedFile: revoked, Registry: reg}
 	ln, err := net.Listen("tcp", *f.listen)
 	if err != nil {
 		return fmt.Errorf("-enroll-listen: %w", err)
@@ -100,7 +101,7 @@ func enrollCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	p := cmdline.Program{Name: "keyguard-collector enroll", Version: version, Commands: []cmdline.Command{
 		cmd("token-key", "-out FILE", "write a new bootstrap-token secret (32 random bytes, mode 0600) for serve -enroll-token-key"),
-		cmd("token", "-token-key FILE -scope NAME|PATTERN [-ttl 1h]", "print a single-use bootstrap token (at most 24h) for names matching the scope"),
+		cmd("token", "-token-key FILE -scope NAME|PATTERN [-ttl 1h] [-uses N]", "print a bootstrap token for names matching the scope: single-use and at most 24h, or N uses and at most 7 days (a node pool)"),
 	}}
 	return p.Main(args, stdout, stderr)
 }
@@ -110,7 +111,8 @@ func enrollSub(cmd, synopsis, about string, args []string, stdout, stderr io.Wri
 	out := fs.String("out", "", "token-key: file to write (0600)")
 	keyFile := fs.String("token-key", "", "token: the collector's -enroll-token-key file")
 	scope := fs.String("scope", "", "token: host name, or pattern such as web* (path.Match), the token may enroll")
-	ttl := fs.Duration("ttl", time.Hour, "token: lifetime")
+	ttl := fs.Duration("ttl", time.Hour, "token: lifetime (at most 24h; 168h with -uses above 1)")
+	uses := fs.Int("uses", 1, "token: how many names it may enroll (a node pool that an autoscaler grows); rotate it before it expires")
 	if code, done := cmdline.Parse(fs, args, stdout, stderr); done {
 		return code
 	}
@@ -141,7 +143,7 @@ func enrollSub(cmd, synopsis, about string, args []string, stdout, stderr io.Wri
 		if err != nil {
 			return fail(err)
 		}
-		tok, err := (&enroll.Authority{TokenKey: key}).Token(strings.TrimSpace(*scope), *ttl)
+		tok, err := (&enroll.Authority{TokenKey: key}).TokenN(strings.TrimSpace(*scope), *ttl, *uses)
 		if err != nil {
 			return fail(err)
 		}

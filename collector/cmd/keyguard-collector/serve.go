@@ -50,7 +50,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, log *sl
 			return 1
 		}
 	}
-	if err := startEnroll(ctx, enrollF, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.RevokedSerials, log); err != nil {
+	if err := startEnroll(ctx, enrollF, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.RevokedSerials, srv.Store(), log); err != nil {
 		fmt.Fprintln(stderr, "keyguard-collector:", err)
 		return 1
 	}

@@ -297,6 +297,40 @@ var migrations = []migration{
 			`CREATE INDEX agent_checkpoints_host ON agent_checkpoints (host, base_seq, seq)`,
 		},
 	},
+	{
+		// Agent enrollment (package collector/enroll): the certificate holding each name, operator
+		// approvals of re-enrollment, and the uses of bootstrap tokens, shared by the collectors of the
+		// database and kept across restarts.
+		version: 6,
+		sqlite: []string{
+			`CREATE TABLE enroll_names (
+				name TEXT PRIMARY KEY,
+				serial TEXT NOT NULL,
+				not_after_ns BIGINT NOT NULL,
+				approved INTEGER NOT NULL DEFAULT 0,
+				updated_ns BIGINT NOT NULL
+			)`,
+			`CREATE TABLE enroll_tokens (
+				nonce TEXT PRIMARY KEY,
+				uses INTEGER NOT NULL,
+				exp_ns BIGINT NOT NULL
+			)`,
+		},
+		postgres: []string{
+			`CREATE TABLE enroll_names (
+				name TEXT PRIMARY KEY,
+				serial TEXT NOT NULL,
+				not_after_ns BIGINT NOT NULL,
+				approved INTEGER NOT NULL DEFAULT 0,
+				updated_ns BIGINT NOT NULL
+			)`,
+			`CREATE TABLE enroll_tokens (
+				nonce TEXT PRIMARY KEY,
+				uses INTEGER NOT NULL,
+				exp_ns BIGINT NOT NULL
+			)`,
+		},
+	},
 }
 
 // migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.
