@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "fc6b95afe820665dd9e1a44c45373be8118fb45e391892e57e2f3e5b7911174e"
+const SHA256 = "31b5def0d0bb1870552942babdfb06e6730f655a315131fbb355c22cceb701b1"
