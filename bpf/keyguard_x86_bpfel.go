@@ -51,13 +51,17 @@ type KeyguardKgAggKey struct {
 	ActorIno    uint64
 	TargetStart uint64
 	ActorUid    uint32
+	ActorTgid   uint32
 	TargetTgid  uint32
+	TargetTid   uint32
+	AccessMode  uint32
 	Op          uint32
 	Decision    uint32
 	AccessClass uint32
 	RuleId      uint32
 	Kind        uint32
 	Epoch       uint32
+	_           [4]byte
 }
 
 type KeyguardKgAggStat uint32

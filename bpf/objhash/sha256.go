@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "31b5def0d0bb1870552942babdfb06e6730f655a315131fbb355c22cceb701b1"
+const SHA256 = "4f321904f5561acb47c914a5c8471d8d0ef41dbf4cbb4a07f37cbce828a06aeb"

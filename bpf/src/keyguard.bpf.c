@@ -556,8 +556,8 @@ static __always_inline struct kg_event *new_event(__u32 kind, struct kg_mark *pr
  * Traversal through root and cwd reaches files whose own hooks decide them (key files by inode at open;
  * a /proc/PID/mem below them is its own check); exe opens the binary on disk, not the process.
  *
- * Aggregation: repeated attempts with the same (actor executable, uid, target, operation, class,
- * decision, rule) in one window are one agg entry. The first is reported at once through the ring buffer;
+ * Aggregation: repeated attempts with the same (actor executable, uid and process, target thread,
+ * operation, access mode, class, decision, rule) in one window are one agg entry. The first is reported at once through the ring buffer;
  * the others only count. The window is an epoch (agg_epoch) the agent bumps; it then waits until no
  * program can still use the old one (an update of agg_sync, a map-in-map, waits for an RCU grace period)
  * and drains the old entries into aggregate events. Nothing is evicted: when agg is full, attempts are
@@ -728,7 +728,10 @@ static __always_inline void report_access(struct task_struct *actor, struct task
 
 	task_exe(actor, &k.actor_dev, &k.actor_ino);
 	k.actor_uid = BPF_CORE_READ(actor, real_cred, uid.val);
+	k.actor_tgid = BPF_CORE_READ(actor, tgid);
 	k.target_tgid = BPF_CORE_READ(target, tgid);
+	k.target_tid = BPF_CORE_READ(target, pid);
+	k.access_mode = access_mode;
 	k.target_start = BPF_CORE_READ(target, group_leader, start_boottime);
 	k.op = op == KG_OP_OTHER ? sys_op : op;
 	k.decision = decision;

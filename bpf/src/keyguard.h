@@ -315,7 +315,10 @@ struct kg_agg_key {
 	__u64 actor_ino;
 	__u64 target_start; /* start_boottime of the target's leader (tells apart a reused pid) */
 	__u32 actor_uid;
+	__u32 actor_tgid;   /* the process: an event names the process that acted, so each one's first attempt is reported */
 	__u32 target_tgid;
+	__u32 target_tid;   /* the thread checked (ptrace of a thread, /proc/PID/task/TID) */
+	__u32 access_mode;  /* PTRACE_MODE_* bits: tells apart /proc/PID/mem (attach) from environ (read) */
 	__u32 op;
 	__u32 decision;
 	__u32 access_class;
