@@ -415,6 +415,7 @@ const (
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
+	KeyguardVarCfgDenyMetadata       = "cfg_deny_metadata"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
@@ -539,6 +540,7 @@ type KeyguardMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KeyguardVariableSpecs struct {
+	CfgDenyMetadata  *ebpf.VariableSpec `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
@@ -636,6 +638,7 @@ func (m *KeyguardMaps) Close() error {
 //
 // It can be passed to LoadKeyguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KeyguardVariables struct {
+	CfgDenyMetadata  *ebpf.Variable `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`

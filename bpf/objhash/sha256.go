@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "4f321904f5561acb47c914a5c8471d8d0ef41dbf4cbb4a07f37cbce828a06aeb"
+const SHA256 = "3c2116efc04f053c87560b864909a09f40b5339cd868008c1ca18d555c17ef95"

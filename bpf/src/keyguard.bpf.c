@@ -50,6 +50,7 @@ const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAU
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
 const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
 const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
+const volatile __u32 cfg_deny_metadata = 0;  /* decide metadata reads like memory (see access_class) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -638,7 +639,8 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
-	if (!o.pid)
+	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
+	if (!o.pid || o.pid == (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), group_leader, thread_pid))
 		return;
 	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 	bpf_probe_read_kernel_str(parent, sizeof(parent), BPF_CORE_READ(d, d_parent, d_name.name));
@@ -836,7 +838,7 @@ static __always_inline int decide(struct task_struct *actor, struct task_struct 
 		sys_op = op_of(bpf_get_current_task_btf(), &nr, 0);
 		class = access_class(target, access_mode, nr);
 	}
-	if (class == KG_CLASS_METADATA) {
+	if (class == KG_CLASS_METADATA && !cfg_deny_metadata) {
 		/* Metadata is allowed; keyguard's own processes (dump handler, CLI) are not reported. */
 		if (is_keyguard(actor)) {
 			count(KG_CNT_AGENT);

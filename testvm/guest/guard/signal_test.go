@@ -239,6 +239,46 @@ func TestPrecision(t *testing.T) {
 	}
 }
 
+// TestPrecisionDenyMetadata: with -deny-metadata, metadata reads are decided like memory reads (denied,
+// reported below warning); the default agent allows them again.
+func TestPrecisionDenyMetadata(t *testing.T) {
+	stopAgent()
+	if err := startAgent("-deny-metadata"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stopAgent()
+		if err := startAgent(); err != nil {
+			t.Fatal(err)
+		}
+		v := startVictim(t, victimEnforce, 0)
+		if _, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", v.pid)); err != nil {
+			t.Errorf("default agent again: readlink exe: %v", err)
+		}
+	}()
+	v := startVictim(t, victimEnforce, 0)
+	off := logSize(t)
+	if _, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", v.pid)); !errors.Is(err, unix.EACCES) {
+		t.Fatalf("readlink exe with -deny-metadata: %v, want EACCES", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, ev := range rawEventsFrom(t, off) {
+			m := ev.GetMemoryAccess()
+			if m == nil || int(m.GetTarget().GetPid()) != v.pid || int(m.GetAccessor().GetPid()) != os.Getpid() {
+				continue
+			}
+			if m.GetAccessClass() != keyguardv1.AccessClass_ACCESS_CLASS_METADATA || m.GetDecision() != keyguardv1.Decision_DECISION_DENIED ||
+				ev.GetSeverity() >= keyguardv1.Severity_SEVERITY_MEDIUM {
+				t.Fatalf("denied metadata read reported as %v %v at %v", m.GetAccessClass(), m.GetDecision(), ev.GetSeverity())
+			}
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatal("no event for the denied metadata read")
+}
+
 func views(evs []*keyguardv1.Event) []*keyguardv1.MemoryAccess {
 	out := make([]*keyguardv1.MemoryAccess, 0, len(evs))
 	for _, ev := range evs {
