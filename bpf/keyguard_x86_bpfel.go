@@ -13,6 +13,13 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type KeyguardKgAccessClass uint32
+
+const (
+	KeyguardKgAccessClassKG_CLASS_MEMORY   KeyguardKgAccessClass = 1
+	KeyguardKgAccessClassKG_CLASS_METADATA KeyguardKgAccessClass = 2
+)
+
 type KeyguardKgAccessorKey struct {
 	_      structs.HostLayout
 	Dev    uint64
@@ -29,6 +36,43 @@ type KeyguardKgAgent struct {
 	ExeIno   uint64
 	BpffsDev uint64
 }
+
+type KeyguardKgAgg struct {
+	_       structs.HostLayout
+	Count   uint64
+	FirstNs uint64
+	LastNs  uint64
+	Ev      KeyguardKgEvent
+}
+
+type KeyguardKgAggKey struct {
+	_           structs.HostLayout
+	ActorDev    uint64
+	ActorIno    uint64
+	TargetStart uint64
+	ActorUid    uint32
+	ActorTgid   uint32
+	TargetTgid  uint32
+	TargetTid   uint32
+	AccessMode  uint32
+	Op          uint32
+	Decision    uint32
+	AccessClass uint32
+	RuleId      uint32
+	Kind        uint32
+	Epoch       uint32
+	_           [4]byte
+}
+
+type KeyguardKgAggStat uint32
+
+const (
+	KeyguardKgAggStatKG_AGG_FIRST    KeyguardKgAggStat = 0
+	KeyguardKgAggStatKG_AGG_COUNTED  KeyguardKgAggStat = 1
+	KeyguardKgAggStatKG_AGG_FULL     KeyguardKgAggStat = 2
+	KeyguardKgAggStatKG_AGG_METADATA KeyguardKgAggStat = 3
+	KeyguardKgAggStatKG_AGG_MAX      KeyguardKgAggStat = 4
+)
 
 type KeyguardKgCounter uint32
 
@@ -84,19 +128,21 @@ const (
 )
 
 type KeyguardKgEvent struct {
-	_          structs.HostLayout
-	BootNs     uint64
-	Kind       uint32
-	Op         uint32
-	Decision   uint32
-	RuleId     uint32
-	RuleMode   uint32
-	AccessMode uint32
-	Reason     uint32
-	SyscallNr  int32
-	Actor      KeyguardKgProc
-	Target     KeyguardKgProc
-	Detail     [64]int8
+	_           structs.HostLayout
+	BootNs      uint64
+	Kind        uint32
+	Op          uint32
+	Decision    uint32
+	RuleId      uint32
+	RuleMode    uint32
+	AccessMode  uint32
+	Reason      uint32
+	SyscallNr   int32
+	Actor       KeyguardKgProc
+	Target      KeyguardKgProc
+	Detail      [64]int8
+	AccessClass uint32
+	Pad2        uint32
 }
 
 type KeyguardKgEventKind uint32
@@ -239,6 +285,13 @@ type KeyguardKgProc struct {
 	ExePath  [256]int8
 }
 
+type KeyguardKgProcObj struct {
+	_     structs.HostLayout
+	Pid   uint64
+	Class uint32
+	Pad   uint32
+}
+
 type KeyguardKgReason uint32
 
 const (
@@ -301,6 +354,11 @@ type KeyguardKgTokenId struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	KeyguardMapAgent                 = "agent"
+	KeyguardMapAgg                   = "agg"
+	KeyguardMapAggEpoch              = "agg_epoch"
+	KeyguardMapAggStats              = "agg_stats"
+	KeyguardMapAggSync               = "agg_sync"
+	KeyguardMapAggZero               = "agg_zero"
 	KeyguardMapAllow                 = "allow"
 	KeyguardMapBreakglass            = "breakglass"
 	KeyguardMapCgroupRules           = "cgroup_rules"
@@ -318,6 +376,7 @@ const (
 	KeyguardMapMarks                 = "marks"
 	KeyguardMapOpeners               = "openers"
 	KeyguardMapOwn                   = "own"
+	KeyguardMapProcObj               = "proc_obj"
 	KeyguardMapRawDevs               = "raw_devs"
 	KeyguardMapRules                 = "rules"
 	KeyguardMapScratch               = "scratch"
@@ -333,6 +392,7 @@ const (
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
 	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
+	KeyguardProgKgInodeFollowLink    = "kg_inode_follow_link"
 	KeyguardProgKgInodeFreeSecurity  = "kg_inode_free_security"
 	KeyguardProgKgInodeLink          = "kg_inode_link"
 	KeyguardProgKgInodeRemovexattr   = "kg_inode_removexattr"
@@ -355,6 +415,7 @@ const (
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
+	KeyguardVarCfgDenyMetadata       = "cfg_deny_metadata"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
@@ -415,6 +476,7 @@ type KeyguardProgramSpecs struct {
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
+	KgInodeFollowLink    *ebpf.ProgramSpec `ebpf:"kg_inode_follow_link"`
 	KgInodeFreeSecurity  *ebpf.ProgramSpec `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.ProgramSpec `ebpf:"kg_inode_link"`
 	KgInodeRemovexattr   *ebpf.ProgramSpec `ebpf:"kg_inode_removexattr"`
@@ -444,6 +506,11 @@ type KeyguardProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type KeyguardMapSpecs struct {
 	Agent        *ebpf.MapSpec `ebpf:"agent"`
+	Agg          *ebpf.MapSpec `ebpf:"agg"`
+	AggEpoch     *ebpf.MapSpec `ebpf:"agg_epoch"`
+	AggStats     *ebpf.MapSpec `ebpf:"agg_stats"`
+	AggSync      *ebpf.MapSpec `ebpf:"agg_sync"`
+	AggZero      *ebpf.MapSpec `ebpf:"agg_zero"`
 	Allow        *ebpf.MapSpec `ebpf:"allow"`
 	Breakglass   *ebpf.MapSpec `ebpf:"breakglass"`
 	CgroupRules  *ebpf.MapSpec `ebpf:"cgroup_rules"`
@@ -461,6 +528,7 @@ type KeyguardMapSpecs struct {
 	Marks        *ebpf.MapSpec `ebpf:"marks"`
 	Openers      *ebpf.MapSpec `ebpf:"openers"`
 	Own          *ebpf.MapSpec `ebpf:"own"`
+	ProcObj      *ebpf.MapSpec `ebpf:"proc_obj"`
 	RawDevs      *ebpf.MapSpec `ebpf:"raw_devs"`
 	Rules        *ebpf.MapSpec `ebpf:"rules"`
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
@@ -472,6 +540,7 @@ type KeyguardMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type KeyguardVariableSpecs struct {
+	CfgDenyMetadata  *ebpf.VariableSpec `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
@@ -501,6 +570,11 @@ func (o *KeyguardObjects) Close() error {
 // It can be passed to LoadKeyguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KeyguardMaps struct {
 	Agent        *ebpf.Map `ebpf:"agent"`
+	Agg          *ebpf.Map `ebpf:"agg"`
+	AggEpoch     *ebpf.Map `ebpf:"agg_epoch"`
+	AggStats     *ebpf.Map `ebpf:"agg_stats"`
+	AggSync      *ebpf.Map `ebpf:"agg_sync"`
+	AggZero      *ebpf.Map `ebpf:"agg_zero"`
 	Allow        *ebpf.Map `ebpf:"allow"`
 	Breakglass   *ebpf.Map `ebpf:"breakglass"`
 	CgroupRules  *ebpf.Map `ebpf:"cgroup_rules"`
@@ -518,6 +592,7 @@ type KeyguardMaps struct {
 	Marks        *ebpf.Map `ebpf:"marks"`
 	Openers      *ebpf.Map `ebpf:"openers"`
 	Own          *ebpf.Map `ebpf:"own"`
+	ProcObj      *ebpf.Map `ebpf:"proc_obj"`
 	RawDevs      *ebpf.Map `ebpf:"raw_devs"`
 	Rules        *ebpf.Map `ebpf:"rules"`
 	Scratch      *ebpf.Map `ebpf:"scratch"`
@@ -528,6 +603,11 @@ type KeyguardMaps struct {
 func (m *KeyguardMaps) Close() error {
 	return _KeyguardClose(
 		m.Agent,
+		m.Agg,
+		m.AggEpoch,
+		m.AggStats,
+		m.AggSync,
+		m.AggZero,
 		m.Allow,
 		m.Breakglass,
 		m.CgroupRules,
@@ -545,6 +625,7 @@ func (m *KeyguardMaps) Close() error {
 		m.Marks,
 		m.Openers,
 		m.Own,
+		m.ProcObj,
 		m.RawDevs,
 		m.Rules,
 		m.Scratch,
@@ -557,6 +638,7 @@ func (m *KeyguardMaps) Close() error {
 //
 // It can be passed to LoadKeyguardObjects or ebpf.CollectionSpec.LoadAndAssign.
 type KeyguardVariables struct {
+	CfgDenyMetadata  *ebpf.Variable `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
@@ -579,6 +661,7 @@ type KeyguardPrograms struct {
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
+	KgInodeFollowLink    *ebpf.Program `ebpf:"kg_inode_follow_link"`
 	KgInodeFreeSecurity  *ebpf.Program `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.Program `ebpf:"kg_inode_link"`
 	KgInodeRemovexattr   *ebpf.Program `ebpf:"kg_inode_removexattr"`
@@ -615,6 +698,7 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgFileOpen,
 		p.KgFilePermission,
 		p.KgFilePostOpen,
+		p.KgInodeFollowLink,
 		p.KgInodeFreeSecurity,
 		p.KgInodeLink,
 		p.KgInodeRemovexattr,

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "fc6b95afe820665dd9e1a44c45373be8118fb45e391892e57e2f3e5b7911174e"
+const SHA256 = "3c2116efc04f053c87560b864909a09f40b5339cd868008c1ca18d555c17ef95"

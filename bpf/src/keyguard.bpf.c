@@ -50,6 +50,7 @@ const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAU
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
 const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
 const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
+const volatile __u32 cfg_deny_metadata = 0;  /* decide metadata reads like memory (see access_class) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -80,6 +81,10 @@ const volatile struct {
 	struct kg_token_id token_id;
 	enum kg_key_op key_op;
 	enum kg_guarded guarded;
+	enum kg_access_class access_class;
+	struct kg_agg_key agg_key;
+	struct kg_agg agg;
+	enum kg_agg_stat agg_stat;
 } kg_types;
 
 /* All state lives in maps pinned by name in the agent's bpffs folder, so it survives agent restarts
@@ -517,7 +522,7 @@ static __always_inline __u32 op_of(struct task_struct *cur, __s32 *nr_out, char 
 	default:
 		return KG_OP_OTHER;
 	}
-	if (path)
+	if (path && detail)
 		bpf_probe_read_user_str(detail, KG_DETAIL_LEN, path);
 	return op;
 }
@@ -539,6 +544,243 @@ static __always_inline struct kg_event *new_event(__u32 kind, struct kg_mark *pr
 	e->syscall_nr = -1;
 	return e;
 }
+
+/* ---- Precision and aggregation of access events (issue 13) ----
+ *
+ * Precision: every ptrace check is classed by what it exposes (enum kg_access_class). A check is
+ * metadata only when positively known to be: the accessor's syscall returns names and attributes, never
+ * contents (readlink, stat, access families), or it opens through a /proc/PID link that leads to a file
+ * rather than into the process (exe, cwd, root, ns/ *), or it opens /proc/PID/attr/ *. The object is
+ * named by the kernel (the dentry followed or opened, noted per thread in proc_obj just before its check),
+ * never by the path string the accessor passed. Everything else is memory: ptrace, process_vm_*,
+ * pidfd_getfd, kcmp, mem, environ, auxv, maps, fd/N, map_files, checks at read time, any mode with ATTACH.
+ * Traversal through root and cwd reaches files whose own hooks decide them (key files by inode at open;
+ * a /proc/PID/mem below them is its own check); exe opens the binary on disk, not the process.
+ *
+ * Aggregation: repeated attempts with the same (actor executable, uid and process, target thread,
+ * operation, access mode, class, decision, rule) in one window are one agg entry. The first is reported at once through the ring buffer;
+ * the others only count. The window is an epoch (agg_epoch) the agent bumps; it then waits until no
+ * program can still use the old one (an update of agg_sync, a map-in-map, waits for an RCU grace period)
+ * and drains the old entries into aggregate events. Nothing is evicted: when agg is full, attempts are
+ * reported one by one as before, and only a full ring buffer then counts them as lost.
+ */
+#define EEXIST 17
+
+static __always_inline int str_is(const char *buf, const char *lit, int n);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH); /* an evicted note only makes a check count as memory */
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, struct kg_proc_obj);
+} proc_obj SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 8192);
+	__type(key, struct kg_agg_key);
+	__type(value, struct kg_agg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} agg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} agg_epoch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KG_AGG_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} agg_stats SEC(".maps");
+
+/* A zeroed agg value to insert from (never written). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kg_agg);
+} agg_zero SEC(".maps");
+
+/* The agent's RCU barrier: updating an element of a map-in-map returns only after every program that
+ * could still see the old agg_epoch has finished. No program reads it. */
+struct agg_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct agg_inner);
+} agg_sync SEC(".maps");
+
+static __always_inline void agg_stat(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&agg_stats, &idx);
+	if (c)
+		*c += 1;
+}
+
+/* Note the /proc object (a link followed or a file opened) this thread is about to be checked for. */
+static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode, int link)
+{
+	struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
+	struct kg_proc_obj o = {.class = KG_CLASS_MEMORY};
+	char name[8] = {}, parent[8] = {};
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	o.pid = (__u64)BPF_CORE_READ(pi, pid);
+	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
+	if (!o.pid || o.pid == (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), group_leader, thread_pid))
+		return;
+	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
+	bpf_probe_read_kernel_str(parent, sizeof(parent), BPF_CORE_READ(d, d_parent, d_name.name));
+	if (link && (str_is(name, "exe", 4) || str_is(name, "cwd", 4) || str_is(name, "root", 5) || str_is(parent, "ns", 3)))
+		o.class = KG_CLASS_METADATA;
+	if (!link && str_is(parent, "attr", 5))
+		o.class = KG_CLASS_METADATA;
+	bpf_map_update_elem(&proc_obj, &tid, &o, BPF_ANY);
+}
+
+/* The class of a ptrace check of child in access mode, made during syscall nr (x86-64). */
+static __always_inline __u32 access_class(struct task_struct *child, __u32 mode, long nr)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), class = KG_CLASS_MEMORY;
+	struct kg_proc_obj *o;
+
+	if (mode & 0x02 /* ATTACH */)
+		return KG_CLASS_MEMORY;
+	switch (nr) {
+	case 89: case 267:        /* readlink, readlinkat */
+	case 4: case 6: case 262: /* stat, lstat, newfstatat */
+	case 332:                 /* statx */
+	case 21: case 269: case 439: /* access, faccessat, faccessat2 */
+		return KG_CLASS_METADATA;
+	case 2: case 257: case 437: case 85: /* open, openat, openat2, creat */
+		break;
+	default:
+		return KG_CLASS_MEMORY;
+	}
+	o = bpf_map_lookup_elem(&proc_obj, &tid);
+	if (!o)
+		return KG_CLASS_MEMORY;
+	if (o->pid == (__u64)BPF_CORE_READ(child, thread_pid))
+		class = o->class;
+	bpf_map_delete_elem(&proc_obj, &tid);
+	return class;
+}
+
+SEC("lsm/inode_follow_link")
+int BPF_PROG(kg_inode_follow_link, struct dentry *dentry, struct inode *inode, bool rcu, int ret)
+{
+	if (ret)
+		return ret;
+	if (inode->i_sb->s_magic == PROC_SUPER_MAGIC)
+		note_proc_obj(dentry, inode, 1);
+	return 0;
+}
+
+/* Fill an access event (zeroed, boot_ns/kind/rule/reason set) for an attempt by actor on target. */
+static __always_inline void fill_access(struct kg_event *e, struct task_struct *actor, struct task_struct *target,
+					__u32 access_mode, __u32 op, __u32 class, __u32 decision, __u32 mode,
+					const unsigned char *name)
+{
+	e->decision = decision;
+	e->rule_mode = mode;
+	e->access_mode = access_mode;
+	e->access_class = class;
+	if (op == KG_OP_OTHER)
+		op = op_of(bpf_get_current_task_btf(), &e->syscall_nr, e->detail);
+	else if (name)
+		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
+	e->op = op;
+	fill_proc(&e->actor, actor);
+	fill_proc(&e->target, target);
+}
+
+static __always_inline void agg_count(struct kg_agg *v, __u64 now)
+{
+	__sync_fetch_and_add(&v->count, 1);
+	if (!v->first_ns)
+		v->first_ns = now;
+	v->last_ns = now;
+	agg_stat(KG_AGG_COUNTED);
+}
+
+/* Report an access attempt: the first of its window at once, repeats counted in agg (see above). */
+static __always_inline void report_access(struct task_struct *actor, struct task_struct *target, struct kg_mark *prot,
+					  __u32 access_mode, __u32 op, __u32 sys_op, __u32 class, __u32 decision,
+					  __u32 mode, const unsigned char *name)
+{
+	struct kg_agg_key k = {};
+	struct kg_agg *v;
+	struct kg_event *e;
+	__u32 zero = 0, *epoch;
+	__u64 now = bpf_ktime_get_boot_ns();
+	long err;
+
+	task_exe(actor, &k.actor_dev, &k.actor_ino);
+	k.actor_uid = BPF_CORE_READ(actor, real_cred, uid.val);
+	k.actor_tgid = BPF_CORE_READ(actor, tgid);
+	k.target_tgid = BPF_CORE_READ(target, tgid);
+	k.target_tid = BPF_CORE_READ(target, pid);
+	k.access_mode = access_mode;
+	k.target_start = BPF_CORE_READ(target, group_leader, start_boottime);
+	k.op = op == KG_OP_OTHER ? sys_op : op;
+	k.decision = decision;
+	k.access_class = class;
+	k.rule_id = prot->rule_id;
+	k.kind = KG_EVENT_ACCESS;
+	epoch = bpf_map_lookup_elem(&agg_epoch, &zero);
+	if (epoch)
+		k.epoch = *epoch;
+	v = bpf_map_lookup_elem(&agg, &k);
+	if (v) {
+		agg_count(v, now);
+		return;
+	}
+	v = bpf_map_lookup_elem(&agg_zero, &zero);
+	err = v ? bpf_map_update_elem(&agg, &k, v, BPF_NOEXIST) : -ENOMEM;
+	if (err == -EEXIST && (v = bpf_map_lookup_elem(&agg, &k))) { /* another CPU was first */
+		agg_count(v, now);
+		return;
+	}
+	v = err ? 0 : bpf_map_lookup_elem(&agg, &k);
+	if (!v) { /* agg is full: report this attempt on its own */
+		agg_stat(KG_AGG_FULL);
+		e = new_event(KG_EVENT_ACCESS, prot);
+		if (!e)
+			return;
+		fill_access(e, actor, target, access_mode, op, class, decision, mode, name);
+		bpf_ringbuf_submit(e, 0);
+		return;
+	}
+	v->ev.boot_ns = now;
+	v->ev.kind = KG_EVENT_ACCESS;
+	v->ev.rule_id = prot->rule_id;
+	v->ev.reason = prot->reason;
+	v->ev.syscall_nr = -1;
+	fill_access(&v->ev, actor, target, access_mode, op, class, decision, mode, name);
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) { /* ring buffer full: the attempt is counted in the aggregate instead of lost */
+		agg_count(v, now);
+		return;
+	}
+	bpf_probe_read_kernel(e, sizeof(*e), &v->ev);
+	bpf_ringbuf_submit(e, 0);
+	agg_stat(KG_AGG_FIRST);
+}
+/* ---- end of precision and aggregation ---- */
+
 
 /*
  * Decide an access by actor to a protected target and report it. op == KG_OP_OTHER means "derive it
@@ -579,18 +821,34 @@ static __always_inline __u32 verdict(struct task_struct *actor, struct kg_mark *
  * Decide an access by actor to a protected target and report it. op == KG_OP_OTHER means "derive it
  * from the current syscall". Returns 0 or -EPERM.
  */
+static __always_inline int is_keyguard(struct task_struct *t);
+
 static __always_inline int decide(struct task_struct *actor, struct task_struct *target,
 				  struct kg_mark *prot, __u32 access_mode, __u32 op, const unsigned char *name)
 {
-	struct kg_event *e;
-	__u32 mode, decision;
+	__u32 mode = KG_MODE_ENFORCE, decision, class = KG_CLASS_MEMORY, sys_op = op;
+	__s32 nr = -1;
 	int ret = 0;
 
 	if (is_agent(actor)) {
 		count(KG_CNT_AGENT);
 		return 0;
 	}
-	decision = verdict(actor, prot, &mode);
+	if (op == KG_OP_OTHER) {
+		sys_op = op_of(bpf_get_current_task_btf(), &nr, 0);
+		class = access_class(target, access_mode, nr);
+	}
+	if (class == KG_CLASS_METADATA && !cfg_deny_metadata) {
+		/* Metadata is allowed; keyguard's own processes (dump handler, CLI) are not reported. */
+		if (is_keyguard(actor)) {
+			count(KG_CNT_AGENT);
+			return 0;
+		}
+		agg_stat(KG_AGG_METADATA);
+		decision = KG_DECISION_ALLOWED_POLICY;
+	} else {
+		decision = verdict(actor, prot, &mode);
+	}
 	switch (decision) {
 	case KG_DECISION_ALLOWED_POLICY:
 		count(KG_CNT_ALLOWED_POLICY);
@@ -610,21 +868,7 @@ static __always_inline int decide(struct task_struct *actor, struct task_struct 
 		count(KG_CNT_NOAUDIT_CHECKS);
 		return ret;
 	}
-
-	e = new_event(KG_EVENT_ACCESS, prot);
-	if (!e)
-		return ret;
-	e->decision = decision;
-	e->rule_mode = mode;
-	e->access_mode = access_mode;
-	if (op == KG_OP_OTHER)
-		op = op_of(bpf_get_current_task_btf(), &e->syscall_nr, e->detail);
-	else if (name)
-		bpf_probe_read_kernel_str(e->detail, sizeof(e->detail), name);
-	e->op = op;
-	fill_proc(&e->actor, actor);
-	fill_proc(&e->target, target);
-	bpf_ringbuf_submit(e, 0);
+	report_access(actor, target, prot, access_mode, op, sys_op, class, decision, mode, name);
 	return ret;
 }
 
@@ -1338,6 +1582,8 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 
 	if (ret)
 		return ret;
+	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC)
+		note_proc_obj(file->f_path.dentry, file->f_inode, 0); /* issue 13: precision */
 	ret = file_side_door(file);
 	if (ret)
 		return ret;

@@ -287,6 +287,60 @@ struct kg_event {
 	struct kg_proc actor;
 	struct kg_proc target;
 	char detail[KG_DETAIL_LEN];
+	__u32 access_class; /* enum kg_access_class (access events) */
+	__u32 pad2;
+};
+
+/* ---- Precision and aggregation of access events (issue 13) ---- */
+
+/* What an access to a protected process exposes. Memory is the default: a check is metadata only when
+ * the kernel object behind it is known to be one (see access_class in keyguard.bpf.c). */
+enum kg_access_class {
+	KG_CLASS_MEMORY = 1,   /* memory and secrets: mem, environ, auxv, maps, fd/N, ptrace, process_vm_*, ... */
+	KG_CLASS_METADATA = 2, /* metadata: readlink/stat of /proc/PID links, exe/cwd/root/ns links, attr, fdinfo, ... */
+};
+
+/* Which /proc object a thread touched last (proc_obj map, by thread id): written by file_open,
+ * inode_follow_link and inode_readlink of procfs objects, read by the ptrace check that follows. */
+struct kg_proc_obj {
+	__u64 pid;   /* struct pid * of the /proc/PID (or task/TID) directory the object is in */
+	__u32 class; /* enum kg_access_class */
+	__u32 pad;
+};
+
+/* Repeated access attempts of one window, aggregated in the kernel (agg map). The epoch is the window:
+ * the agent bumps agg_epoch, waits until no program can still use the old one, and drains it. */
+struct kg_agg_key {
+	__u64 actor_dev;
+	__u64 actor_ino;
+	__u64 target_start; /* start_boottime of the target's leader (tells apart a reused pid) */
+	__u32 actor_uid;
+	__u32 actor_tgid;   /* the process: an event names the process that acted, so each one's first attempt is reported */
+	__u32 target_tgid;
+	__u32 target_tid;   /* the thread checked (ptrace of a thread, /proc/PID/task/TID) */
+	__u32 access_mode;  /* PTRACE_MODE_* bits: tells apart /proc/PID/mem (attach) from environ (read) */
+	__u32 op;
+	__u32 decision;
+	__u32 access_class;
+	__u32 rule_id;
+	__u32 kind;
+	__u32 epoch;
+};
+
+struct kg_agg {
+	__u64 count;    /* attempts after the one reported through the ring buffer (or all, see below) */
+	__u64 first_ns; /* CLOCK_BOOTTIME of the first and last of those */
+	__u64 last_ns;
+	struct kg_event ev; /* the first attempt; when the ring buffer was full it is counted in count too */
+};
+
+/* Indexes into the per-CPU agg_stats map. */
+enum kg_agg_stat {
+	KG_AGG_FIRST = 0,    /* first attempts of a window: reported at once through the ring buffer */
+	KG_AGG_COUNTED = 1,  /* repeated attempts counted in the agg map */
+	KG_AGG_FULL = 2,     /* the agg map was full: reported one by one through the ring buffer */
+	KG_AGG_METADATA = 3, /* metadata accesses allowed */
+	KG_AGG_MAX = 4,
 };
 
 #endif

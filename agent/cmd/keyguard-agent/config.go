@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/keyguard/keyguard/agent/internal/daemon"
+	"github.com/keyguard/keyguard/agent/internal/events"
 	"github.com/keyguard/keyguard/agent/internal/export"
 	"github.com/keyguard/keyguard/agent/internal/loader"
 )
@@ -23,6 +24,8 @@ type config struct {
 	DenyTraced      bool          `yaml:"deny_traced" flag:"deny-traced" help:"refuse exec of a protected executable and key-file opens by a process under a tracer"`
 	NoDumpGuard     bool          `yaml:"no_dump_guard" flag:"no-dump-guard" help:"leave the dump_emit guard out as on a kernel that lacks it: dumps: redact is then enforced as block (for tests)"`
 	PostureInterval time.Duration `yaml:"posture_interval" flag:"posture-interval" help:"how often host posture is checked again; a change is reported as a health event"`
+	DenyMetadata    bool          `yaml:"deny_metadata" flag:"deny-metadata" help:"deny metadata reads of protected processes (readlink/stat of /proc/PID/exe, cwd, root, attr) like memory reads; by default they are allowed and reported at info"`
+	AggregateWindow time.Duration `yaml:"aggregate_window" flag:"aggregate-window" help:"repeated access attempts (same accessor, target, operation, decision) are counted in the kernel for this long and reported as one event with a count"`
 	OperatorKey     string        `yaml:"operator_key" flag:"operator-key" help:"the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens"`
 	PolicyToken     string        `yaml:"policy_token" flag:"policy-token" help:"token approving a changed policy (default: the policy path + .token)"`
 	HostName        string        `yaml:"host_name" flag:"host-name" help:"this host's name in operator tokens (default: the host name)"`
@@ -60,6 +63,7 @@ func defaultConfig() config {
 	c.ControlSocket = "/run/keyguard/agent.sock"
 	c.DenyTraced = loader.DefaultConfig().DenyTraced
 	c.PostureInterval = time.Minute
+	c.AggregateWindow = events.DefaultAggregateWindow
 	c.OperatorKey = "/etc/keyguard/operator.pub"
 	c.Collector.CA = "/etc/keyguard/collector-ca.pem"
 	c.Collector.Cert = "/etc/keyguard/agent.pem"
@@ -75,9 +79,9 @@ func defaultConfig() config {
 func (c config) daemon(version string) daemon.Config {
 	d := daemon.Config{
 		PolicyPath: c.Policy, EventLog: c.Events, StateDir: c.StateDir, ControlSocket: c.ControlSocket, Version: version,
-		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard},
+		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard, DenyMetadata: c.DenyMetadata},
 		DumpKeepStacks:  c.DumpKeepStacks,
-		PostureInterval: c.PostureInterval, OperatorKeyPath: c.OperatorKey, PolicyTokenPath: c.PolicyToken, Hostname: c.HostName,
+		PostureInterval: c.PostureInterval, AggregateWindow: c.AggregateWindow, OperatorKeyPath: c.OperatorKey, PolicyTokenPath: c.PolicyToken, Hostname: c.HostName,
 		Metrics:                  daemon.MetricsConfig{Listen: c.Metrics.Listen, AllowRemote: c.Metrics.AllowRemote},
 		FingerprintDeploymentKey: c.FingerprintKey,
 	}

@@ -51,6 +51,9 @@ type Config struct {
 	DumpKeepStacks bool
 	// PostureInterval is how often host posture is checked again (0: every minute).
 	PostureInterval time.Duration
+	// AggregateWindow is how long the kernel counts repeated access attempts before the agent reports
+	// them as one aggregate event (0: events.DefaultAggregateWindow).
+	AggregateWindow time.Duration
 	// OperatorKeyPath is the operator's Ed25519 public key (PEM). It is pinned on the first start after
 	// boot; uninstall, break-glass and policy changes need tokens signed by it.
 	OperatorKeyPath string
@@ -297,6 +300,8 @@ func (a *Agent) run(ctx context.Context) error {
 	}
 	readErr := make(chan error, 1)
 	sup.Go("event reader", func(ctx context.Context) error { readErr <- rd.Run(ctx, a.emit); return nil })
+	agg := &events.Aggregates{Agg: a.guard.Maps.Agg, Epoch: a.guard.Maps.AggEpoch, Sync: a.guard.Maps.AggSync, Names: a}
+	sup.Go("aggregates", func(ctx context.Context) error { agg.Run(ctx, a.cfg.AggregateWindow, a.log, a.emit); return nil })
 	// The agent is a protected process too: nobody reads its memory or takes its fds.
 	if err := a.guard.Mark(os.Getpid(), selfRuleID, loader.ReasonScan); err != nil {
 		return fmt.Errorf("protect the agent itself: %w", err)

@@ -63,6 +63,11 @@ var decisions = map[kgbpf.KeyguardKgDecision]keyguardv1.Decision{
 	kgbpf.KeyguardKgDecisionKG_DECISION_ALLOWED_BREAK_GLASS: keyguardv1.Decision_DECISION_ALLOWED_BREAK_GLASS,
 }
 
+var accessClasses = map[kgbpf.KeyguardKgAccessClass]keyguardv1.AccessClass{
+	kgbpf.KeyguardKgAccessClassKG_CLASS_MEMORY:   keyguardv1.AccessClass_ACCESS_CLASS_MEMORY,
+	kgbpf.KeyguardKgAccessClassKG_CLASS_METADATA: keyguardv1.AccessClass_ACCESS_CLASS_METADATA,
+}
+
 var policyModes = map[kgbpf.KeyguardKgMode]keyguardv1.PolicyMode{
 	kgbpf.KeyguardKgModeKG_MODE_ENFORCE: keyguardv1.PolicyMode_POLICY_MODE_ENFORCE,
 	kgbpf.KeyguardKgModeKG_MODE_AUDIT:   keyguardv1.PolicyMode_POLICY_MODE_AUDIT,
@@ -190,16 +195,28 @@ type Names interface {
 // agent version are left to the export pipeline and the collector.
 func Decode(raw []byte, names Names) (*keyguardv1.Event, error) {
 	var r kgbpf.KeyguardKgEvent
-	if len(raw) < binary.Size(r) {
-		return nil, fmt.Errorf("short event record: %d bytes, want %d", len(raw), binary.Size(r))
+	size := binary.Size(r)
+	if len(raw) < size-recordGrowth {
+		return nil, fmt.Errorf("short event record: %d bytes, want %d", len(raw), size)
+	}
+	if len(raw) < size { // written by an older build into the pinned ring buffer: newer fields are zero
+		raw = append(append([]byte(nil), raw...), make([]byte, size-len(raw))...)
 	}
 	if err := binary.Read(bytes.NewReader(raw), binary.NativeEndian, &r); err != nil {
 		return nil, fmt.Errorf("decode event record: %w", err)
 	}
+	return decodeRecord(&r, names)
+}
+
+// recordGrowth is how many bytes kg_event grew since the oldest build whose records a new agent may
+// find in the pinned ring buffer (access_class and its padding).
+const recordGrowth = 8
+
+func decodeRecord(r *kgbpf.KeyguardKgEvent, names Names) (*keyguardv1.Event, error) {
 	ev := &keyguardv1.Event{Time: timestamppb.New(bootToWall(r.BootNs))}
 	switch kgbpf.KeyguardKgEventKind(r.Kind) {
 	case kgbpf.KeyguardKgEventKindKG_EVENT_ACCESS:
-		ev.Kind = &keyguardv1.Event_MemoryAccess{MemoryAccess: memoryAccess(&r, names)}
+		ev.Kind = &keyguardv1.Event_MemoryAccess{MemoryAccess: memoryAccess(r, names)}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_PROTECT:
 		pc := &keyguardv1.ProtectionChange{Process: process(r.Target), Rule: names.RuleName(r.RuleId),
 			State: keyguardv1.ProtectionState_PROTECTION_STATE_PROTECTED, Reason: Reason(r.Reason), Detail: cstr(r.Detail[:])}
@@ -227,9 +244,9 @@ func Decode(raw []byte, names Names) (*keyguardv1.Event, error) {
 			Kind: keyguardv1.SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER, Detail: strings.TrimSpace(op + " " + detail),
 			Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)]}}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_SIDE_DOOR:
-		ev.Kind = &keyguardv1.Event_SideDoor{SideDoor: sideDoorEvent(&r, names)}
+		ev.Kind = &keyguardv1.Event_SideDoor{SideDoor: sideDoorEvent(r, names)}
 	case kgbpf.KeyguardKgEventKindKG_EVENT_KEY_FILE:
-		ev.Kind = &keyguardv1.Event_KeyFileAccess{KeyFileAccess: keyFileAccess(&r, names)}
+		ev.Kind = &keyguardv1.Event_KeyFileAccess{KeyFileAccess: keyFileAccess(r, names)}
 	default:
 		return nil, fmt.Errorf("unknown event kind %d", r.Kind)
 	}
@@ -245,7 +262,7 @@ func memoryAccess(r *kgbpf.KeyguardKgEvent, names Names) *keyguardv1.MemoryAcces
 		Accessor: process(r.Actor), Target: process(r.Target), Operation: op.op,
 		AccessMode: r.AccessMode, AccessModeNames: AccessModeNames(r.AccessMode), Rule: names.RuleName(r.RuleId),
 		PolicyMode: policyModes[kgbpf.KeyguardKgMode(r.RuleMode)], Decision: decisions[kgbpf.KeyguardKgDecision(r.Decision)],
-		TargetReason: Reason(r.Reason),
+		TargetReason: Reason(r.Reason), AccessClass: accessClasses[kgbpf.KeyguardKgAccessClass(r.AccessClass)],
 	}
 	if ma.PolicyMode == keyguardv1.PolicyMode_POLICY_MODE_UNSPECIFIED {
 		ma.PolicyMode = keyguardv1.PolicyMode_POLICY_MODE_ENFORCE

@@ -50,6 +50,10 @@ type Config struct {
 	// NoDumpGuard leaves the dump guard out as if the kernel could not trace dump_emit (tests the
 	// fallback: redact rules enforced as block). See variants.go.
 	NoDumpGuard bool
+	// DenyMetadata decides metadata reads of protected processes (readlink of /proc/PID/exe, cwd, root,
+	// attr, ...) like memory reads: denied unless the rule allows the accessor (reported at low
+	// severity). By default they are allowed and reported at info severity.
+	DenyMetadata bool
 }
 
 // DefaultConfig returns the production defaults.
@@ -117,13 +121,16 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 		delete(spec.Programs, "kg_vm_writev_exit")
 	}
 	if err := errors.Join(set("cfg_report_noaudit", b2u(c.ReportNoAudit)), set("cfg_deny_traced", b2u(c.DenyTraced)),
-		set("cfg_vm_rw_tracked", b2u(vmTracked))); err != nil {
+		set("cfg_vm_rw_tracked", b2u(vmTracked)), set("cfg_deny_metadata", b2u(c.DenyMetadata))); err != nil {
 		return nil, "", err
 	}
 	d := kgbpf.ObjectDigest()
 	h := sha256.New()
 	h.Write(d[:])
 	fmt.Fprintf(h, "noaudit=%v traced=%v vmrw=%v", c.ReportNoAudit, c.DenyTraced, vmTracked)
+	if c.DenyMetadata {
+		fmt.Fprint(h, " metadata=deny")
+	}
 	return spec, hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 

@@ -185,7 +185,8 @@ func (a *Agent) Observe(ev *keyguardv1.Event) {
 	a.mu.Unlock()
 	ec.Inc()
 	if dc != nil {
-		dc.Inc()
+		// An aggregate of repeated attempts (issue 13) stands for count decisions.
+		dc.Add(float64(max(ev.GetMemoryAccess().GetCount(), 1)))
 	}
 }
 

@@ -310,6 +310,61 @@ func (AccessOperation) EnumDescriptor() ([]byte, []int) {
 	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{3}
 }
 
+// AccessClass says what an access to a protected process exposes.
+type AccessClass int32
+
+const (
+	// Not set (older agents).
+	AccessClass_ACCESS_CLASS_UNSPECIFIED AccessClass = 0
+	// Memory and secrets: /proc/PID/mem, environ, auxv, maps, fd/N, map_files, ptrace attach,
+	// process_vm_readv, pidfd_getfd, ... Denied unless a rule allows the accessor.
+	AccessClass_ACCESS_CLASS_MEMORY AccessClass = 1
+	// Metadata only: readlink or stat of /proc/PID entries, opens through the exe, cwd, root and ns links,
+	// /proc/PID/attr. Allowed and reported at info severity.
+	AccessClass_ACCESS_CLASS_METADATA AccessClass = 2
+)
+
+// Enum value maps for AccessClass.
+var (
+	AccessClass_name = map[int32]string{
+		0: "ACCESS_CLASS_UNSPECIFIED",
+		1: "ACCESS_CLASS_MEMORY",
+		2: "ACCESS_CLASS_METADATA",
+	}
+	AccessClass_value = map[string]int32{
+		"ACCESS_CLASS_UNSPECIFIED": 0,
+		"ACCESS_CLASS_MEMORY":      1,
+		"ACCESS_CLASS_METADATA":    2,
+	}
+)
+
+func (x AccessClass) Enum() *AccessClass {
+	p := new(AccessClass)
+	*p = x
+	return p
+}
+
+func (x AccessClass) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AccessClass) Descriptor() protoreflect.EnumDescriptor {
+	return file_keyguard_v1_event_proto_enumTypes[4].Descriptor()
+}
+
+func (AccessClass) Type() protoreflect.EnumType {
+	return &file_keyguard_v1_event_proto_enumTypes[4]
+}
+
+func (x AccessClass) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AccessClass.Descriptor instead.
+func (AccessClass) EnumDescriptor() ([]byte, []int) {
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{4}
+}
+
 // ProtectionState says whether a process is protected after a ProtectionChange.
 type ProtectionState int32
 
@@ -347,11 +402,11 @@ func (x ProtectionState) String() string {
 }
 
 func (ProtectionState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[4].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[5].Descriptor()
 }
 
 func (ProtectionState) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[4]
+	return &file_keyguard_v1_event_proto_enumTypes[5]
 }
 
 func (x ProtectionState) Number() protoreflect.EnumNumber {
@@ -360,7 +415,7 @@ func (x ProtectionState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProtectionState.Descriptor instead.
 func (ProtectionState) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{4}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{5}
 }
 
 // ProtectionReason says how a process became (un)protected.
@@ -420,11 +475,11 @@ func (x ProtectionReason) String() string {
 }
 
 func (ProtectionReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[5].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[6].Descriptor()
 }
 
 func (ProtectionReason) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[5]
+	return &file_keyguard_v1_event_proto_enumTypes[6]
 }
 
 func (x ProtectionReason) Number() protoreflect.EnumNumber {
@@ -433,7 +488,7 @@ func (x ProtectionReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ProtectionReason.Descriptor instead.
 func (ProtectionReason) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{5}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{6}
 }
 
 // CoreDumpAction is what keyguard did with a protected process's core dump.
@@ -481,11 +536,11 @@ func (x CoreDumpAction) String() string {
 }
 
 func (CoreDumpAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[6].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[7].Descriptor()
 }
 
 func (CoreDumpAction) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[6]
+	return &file_keyguard_v1_event_proto_enumTypes[7]
 }
 
 func (x CoreDumpAction) Number() protoreflect.EnumNumber {
@@ -494,7 +549,7 @@ func (x CoreDumpAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CoreDumpAction.Descriptor instead.
 func (CoreDumpAction) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{6}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{7}
 }
 
 // KeyFileOperation is what was attempted on a key file, a listed executable or keyguard's executable.
@@ -566,11 +621,11 @@ func (x KeyFileOperation) String() string {
 }
 
 func (KeyFileOperation) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[7].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[8].Descriptor()
 }
 
 func (KeyFileOperation) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[7]
+	return &file_keyguard_v1_event_proto_enumTypes[8]
 }
 
 func (x KeyFileOperation) Number() protoreflect.EnumNumber {
@@ -579,7 +634,7 @@ func (x KeyFileOperation) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyFileOperation.Descriptor instead.
 func (KeyFileOperation) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{7}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{8}
 }
 
 // GuardedFile is the kind of file a KeyFileAccess concerns.
@@ -623,11 +678,11 @@ func (x GuardedFile) String() string {
 }
 
 func (GuardedFile) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[8].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[9].Descriptor()
 }
 
 func (GuardedFile) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[8]
+	return &file_keyguard_v1_event_proto_enumTypes[9]
 }
 
 func (x GuardedFile) Number() protoreflect.EnumNumber {
@@ -636,7 +691,7 @@ func (x GuardedFile) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GuardedFile.Descriptor instead.
 func (GuardedFile) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{8}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
 // SideDoorKind is the route around the memory-access hooks that was attempted.
@@ -708,11 +763,11 @@ func (x SideDoorKind) String() string {
 }
 
 func (SideDoorKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[9].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[10].Descriptor()
 }
 
 func (SideDoorKind) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[9]
+	return &file_keyguard_v1_event_proto_enumTypes[10]
 }
 
 func (x SideDoorKind) Number() protoreflect.EnumNumber {
@@ -721,7 +776,7 @@ func (x SideDoorKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SideDoorKind.Descriptor instead.
 func (SideDoorKind) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 // BreakGlassState is the state of a break-glass grant.
@@ -765,11 +820,11 @@ func (x BreakGlassState) String() string {
 }
 
 func (BreakGlassState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[10].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[11].Descriptor()
 }
 
 func (BreakGlassState) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[10]
+	return &file_keyguard_v1_event_proto_enumTypes[11]
 }
 
 func (x BreakGlassState) Number() protoreflect.EnumNumber {
@@ -778,7 +833,7 @@ func (x BreakGlassState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use BreakGlassState.Descriptor instead.
 func (BreakGlassState) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{10}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{11}
 }
 
 // AgentState is the lifecycle state an AgentHealth event reports.
@@ -838,11 +893,11 @@ func (x AgentState) String() string {
 }
 
 func (AgentState) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[11].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[12].Descriptor()
 }
 
 func (AgentState) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[11]
+	return &file_keyguard_v1_event_proto_enumTypes[12]
 }
 
 func (x AgentState) Number() protoreflect.EnumNumber {
@@ -851,7 +906,7 @@ func (x AgentState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AgentState.Descriptor instead.
 func (AgentState) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 // Severity ranks an event or a posture finding. Warning level is SEVERITY_MEDIUM and above.
@@ -903,11 +958,11 @@ func (x Severity) String() string {
 }
 
 func (Severity) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[12].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[13].Descriptor()
 }
 
 func (Severity) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[12]
+	return &file_keyguard_v1_event_proto_enumTypes[13]
 }
 
 func (x Severity) Number() protoreflect.EnumNumber {
@@ -916,7 +971,7 @@ func (x Severity) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Severity.Descriptor instead.
 func (Severity) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 // LossSource says where events were lost.
@@ -967,11 +1022,11 @@ func (x LossSource) String() string {
 }
 
 func (LossSource) Descriptor() protoreflect.EnumDescriptor {
-	return file_keyguard_v1_event_proto_enumTypes[13].Descriptor()
+	return file_keyguard_v1_event_proto_enumTypes[14].Descriptor()
 }
 
 func (LossSource) Type() protoreflect.EnumType {
-	return &file_keyguard_v1_event_proto_enumTypes[13]
+	return &file_keyguard_v1_event_proto_enumTypes[14]
 }
 
 func (x LossSource) Number() protoreflect.EnumNumber {
@@ -980,7 +1035,7 @@ func (x LossSource) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LossSource.Descriptor instead.
 func (LossSource) EnumDescriptor() ([]byte, []int) {
-	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{13}
+	return file_keyguard_v1_event_proto_rawDescGZIP(), []int{14}
 }
 
 // Event is the envelope of everything an agent reports. Exactly one kind is set.
@@ -1415,7 +1470,19 @@ type MemoryAccess struct {
 	// Free-text detail.
 	Detail string `protobuf:"bytes,10,opt,name=detail,proto3" json:"detail,omitempty"`
 	// Why the target is protected (how it became protected: exec, key file, cgroup, inherited, ...).
-	TargetReason  ProtectionReason `protobuf:"varint,11,opt,name=target_reason,json=targetReason,proto3,enum=keyguard.v1.ProtectionReason" json:"target_reason,omitempty"`
+	TargetReason ProtectionReason `protobuf:"varint,11,opt,name=target_reason,json=targetReason,proto3,enum=keyguard.v1.ProtectionReason" json:"target_reason,omitempty"`
+	// What the access exposes, as the kernel classed it. Unspecified (older agents): readers class it by
+	// proc_path (ProcFileExposesMemory).
+	AccessClass AccessClass `protobuf:"varint,12,opt,name=access_class,json=accessClass,proto3,enum=keyguard.v1.AccessClass" json:"access_class,omitempty"`
+	// How many attempts this event stands for. 0 (older agents) and 1: this attempt alone. More: an
+	// aggregate of repeated attempts with the same accessor executable and uid, target, operation, class
+	// and decision within one aggregation window, counted in the kernel; the first attempt of that window
+	// was reported in an event of its own, which this count does not include.
+	Count uint64 `protobuf:"varint,13,opt,name=count,proto3" json:"count,omitempty"`
+	// For an aggregate: the time of the first and of the last attempt it counts.
+	FirstTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=first_time,json=firstTime,proto3" json:"first_time,omitempty"`
+	// See first_time.
+	LastTime      *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1525,6 +1592,34 @@ func (x *MemoryAccess) GetTargetReason() ProtectionReason {
 		return x.TargetReason
 	}
 	return ProtectionReason_PROTECTION_REASON_UNSPECIFIED
+}
+
+func (x *MemoryAccess) GetAccessClass() AccessClass {
+	if x != nil {
+		return x.AccessClass
+	}
+	return AccessClass_ACCESS_CLASS_UNSPECIFIED
+}
+
+func (x *MemoryAccess) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *MemoryAccess) GetFirstTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstTime
+	}
+	return nil
+}
+
+func (x *MemoryAccess) GetLastTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastTime
+	}
+	return nil
 }
 
 // ProtectionChange reports that a process became protected or unprotected.
@@ -3077,7 +3172,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\vcgroup_path\x18\t \x01(\tR\n" +
 	"cgroupPath\x12\x1b\n" +
 	"\tcgroup_id\x18\n" +
-	" \x01(\x04R\bcgroupId\"\xf1\x03\n" +
+	" \x01(\x04R\bcgroupId\"\xb8\x05\n" +
 	"\fMemoryAccess\x120\n" +
 	"\baccessor\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\baccessor\x12,\n" +
 	"\x06target\x18\x02 \x01(\v2\x14.keyguard.v1.ProcessR\x06target\x12:\n" +
@@ -3092,7 +3187,12 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\bdecision\x18\t \x01(\x0e2\x15.keyguard.v1.DecisionR\bdecision\x12\x16\n" +
 	"\x06detail\x18\n" +
 	" \x01(\tR\x06detail\x12B\n" +
-	"\rtarget_reason\x18\v \x01(\x0e2\x1d.keyguard.v1.ProtectionReasonR\ftargetReason\"\xfd\x01\n" +
+	"\rtarget_reason\x18\v \x01(\x0e2\x1d.keyguard.v1.ProtectionReasonR\ftargetReason\x12;\n" +
+	"\faccess_class\x18\f \x01(\x0e2\x18.keyguard.v1.AccessClassR\vaccessClass\x12\x14\n" +
+	"\x05count\x18\r \x01(\x04R\x05count\x129\n" +
+	"\n" +
+	"first_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tfirstTime\x127\n" +
+	"\tlast_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\"\xfd\x01\n" +
 	"\x10ProtectionChange\x12.\n" +
 	"\aprocess\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\aprocess\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x122\n" +
@@ -3256,7 +3356,11 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	" ACCESS_OPERATION_PERF_EVENT_OPEN\x10\b\x12\x1c\n" +
 	"\x18ACCESS_OPERATION_TRACEME\x10\t\x12\x1a\n" +
 	"\x16ACCESS_OPERATION_OTHER\x10\n" +
-	"*u\n" +
+	"*_\n" +
+	"\vAccessClass\x12\x1c\n" +
+	"\x18ACCESS_CLASS_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13ACCESS_CLASS_MEMORY\x10\x01\x12\x19\n" +
+	"\x15ACCESS_CLASS_METADATA\x10\x02*u\n" +
 	"\x0fProtectionState\x12 \n" +
 	"\x1cPROTECTION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n" +
 	"\x1aPROTECTION_STATE_PROTECTED\x10\x01\x12 \n" +
@@ -3349,104 +3453,108 @@ func file_keyguard_v1_event_proto_rawDescGZIP() []byte {
 	return file_keyguard_v1_event_proto_rawDescData
 }
 
-var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 14)
+var file_keyguard_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 15)
 var file_keyguard_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_keyguard_v1_event_proto_goTypes = []any{
 	(EventKind)(0),                // 0: keyguard.v1.EventKind
 	(Decision)(0),                 // 1: keyguard.v1.Decision
 	(PolicyMode)(0),               // 2: keyguard.v1.PolicyMode
 	(AccessOperation)(0),          // 3: keyguard.v1.AccessOperation
-	(ProtectionState)(0),          // 4: keyguard.v1.ProtectionState
-	(ProtectionReason)(0),         // 5: keyguard.v1.ProtectionReason
-	(CoreDumpAction)(0),           // 6: keyguard.v1.CoreDumpAction
-	(KeyFileOperation)(0),         // 7: keyguard.v1.KeyFileOperation
-	(GuardedFile)(0),              // 8: keyguard.v1.GuardedFile
-	(SideDoorKind)(0),             // 9: keyguard.v1.SideDoorKind
-	(BreakGlassState)(0),          // 10: keyguard.v1.BreakGlassState
-	(AgentState)(0),               // 11: keyguard.v1.AgentState
-	(Severity)(0),                 // 12: keyguard.v1.Severity
-	(LossSource)(0),               // 13: keyguard.v1.LossSource
-	(*Event)(nil),                 // 14: keyguard.v1.Event
-	(*Process)(nil),               // 15: keyguard.v1.Process
-	(*MemoryAccess)(nil),          // 16: keyguard.v1.MemoryAccess
-	(*ProtectionChange)(nil),      // 17: keyguard.v1.ProtectionChange
-	(*RedactedBytes)(nil),         // 18: keyguard.v1.RedactedBytes
-	(*CoreDump)(nil),              // 19: keyguard.v1.CoreDump
-	(*KeyFileAccess)(nil),         // 20: keyguard.v1.KeyFileAccess
-	(*SideDoor)(nil),              // 21: keyguard.v1.SideDoor
-	(*BreakGlass)(nil),            // 22: keyguard.v1.BreakGlass
-	(*PostureFinding)(nil),        // 23: keyguard.v1.PostureFinding
-	(*AgentHealth)(nil),           // 24: keyguard.v1.AgentHealth
-	(*ProtectionGap)(nil),         // 25: keyguard.v1.ProtectionGap
-	(*KindCount)(nil),             // 26: keyguard.v1.KindCount
-	(*LossReport)(nil),            // 27: keyguard.v1.LossReport
-	(*SequenceRange)(nil),         // 28: keyguard.v1.SequenceRange
-	(*StoredEvent)(nil),           // 29: keyguard.v1.StoredEvent
-	(*KeyMaterialFound)(nil),      // 30: keyguard.v1.KeyMaterialFound
-	(*KeyFingerprints)(nil),       // 31: keyguard.v1.KeyFingerprints
-	(*FingerprintedKey)(nil),      // 32: keyguard.v1.FingerprintedKey
-	(*Fingerprint)(nil),           // 33: keyguard.v1.Fingerprint
-	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
+	(AccessClass)(0),              // 4: keyguard.v1.AccessClass
+	(ProtectionState)(0),          // 5: keyguard.v1.ProtectionState
+	(ProtectionReason)(0),         // 6: keyguard.v1.ProtectionReason
+	(CoreDumpAction)(0),           // 7: keyguard.v1.CoreDumpAction
+	(KeyFileOperation)(0),         // 8: keyguard.v1.KeyFileOperation
+	(GuardedFile)(0),              // 9: keyguard.v1.GuardedFile
+	(SideDoorKind)(0),             // 10: keyguard.v1.SideDoorKind
+	(BreakGlassState)(0),          // 11: keyguard.v1.BreakGlassState
+	(AgentState)(0),               // 12: keyguard.v1.AgentState
+	(Severity)(0),                 // 13: keyguard.v1.Severity
+	(LossSource)(0),               // 14: keyguard.v1.LossSource
+	(*Event)(nil),                 // 15: keyguard.v1.Event
+	(*Process)(nil),               // 16: keyguard.v1.Process
+	(*MemoryAccess)(nil),          // 17: keyguard.v1.MemoryAccess
+	(*ProtectionChange)(nil),      // 18: keyguard.v1.ProtectionChange
+	(*RedactedBytes)(nil),         // 19: keyguard.v1.RedactedBytes
+	(*CoreDump)(nil),              // 20: keyguard.v1.CoreDump
+	(*KeyFileAccess)(nil),         // 21: keyguard.v1.KeyFileAccess
+	(*SideDoor)(nil),              // 22: keyguard.v1.SideDoor
+	(*BreakGlass)(nil),            // 23: keyguard.v1.BreakGlass
+	(*PostureFinding)(nil),        // 24: keyguard.v1.PostureFinding
+	(*AgentHealth)(nil),           // 25: keyguard.v1.AgentHealth
+	(*ProtectionGap)(nil),         // 26: keyguard.v1.ProtectionGap
+	(*KindCount)(nil),             // 27: keyguard.v1.KindCount
+	(*LossReport)(nil),            // 28: keyguard.v1.LossReport
+	(*SequenceRange)(nil),         // 29: keyguard.v1.SequenceRange
+	(*StoredEvent)(nil),           // 30: keyguard.v1.StoredEvent
+	(*KeyMaterialFound)(nil),      // 31: keyguard.v1.KeyMaterialFound
+	(*KeyFingerprints)(nil),       // 32: keyguard.v1.KeyFingerprints
+	(*FingerprintedKey)(nil),      // 33: keyguard.v1.FingerprintedKey
+	(*Fingerprint)(nil),           // 34: keyguard.v1.Fingerprint
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
 }
 var file_keyguard_v1_event_proto_depIdxs = []int32{
-	34, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
-	12, // 1: keyguard.v1.Event.severity:type_name -> keyguard.v1.Severity
-	16, // 2: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
-	17, // 3: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
-	19, // 4: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
-	20, // 5: keyguard.v1.Event.key_file_access:type_name -> keyguard.v1.KeyFileAccess
-	21, // 6: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
-	22, // 7: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
-	24, // 8: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
-	27, // 9: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
-	30, // 10: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
-	31, // 11: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
-	15, // 12: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
-	15, // 13: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
+	35, // 0: keyguard.v1.Event.time:type_name -> google.protobuf.Timestamp
+	13, // 1: keyguard.v1.Event.severity:type_name -> keyguard.v1.Severity
+	17, // 2: keyguard.v1.Event.memory_access:type_name -> keyguard.v1.MemoryAccess
+	18, // 3: keyguard.v1.Event.protection_change:type_name -> keyguard.v1.ProtectionChange
+	20, // 4: keyguard.v1.Event.core_dump:type_name -> keyguard.v1.CoreDump
+	21, // 5: keyguard.v1.Event.key_file_access:type_name -> keyguard.v1.KeyFileAccess
+	22, // 6: keyguard.v1.Event.side_door:type_name -> keyguard.v1.SideDoor
+	23, // 7: keyguard.v1.Event.break_glass:type_name -> keyguard.v1.BreakGlass
+	25, // 8: keyguard.v1.Event.agent_health:type_name -> keyguard.v1.AgentHealth
+	28, // 9: keyguard.v1.Event.loss_report:type_name -> keyguard.v1.LossReport
+	31, // 10: keyguard.v1.Event.key_material_found:type_name -> keyguard.v1.KeyMaterialFound
+	32, // 11: keyguard.v1.Event.key_fingerprints:type_name -> keyguard.v1.KeyFingerprints
+	16, // 12: keyguard.v1.MemoryAccess.accessor:type_name -> keyguard.v1.Process
+	16, // 13: keyguard.v1.MemoryAccess.target:type_name -> keyguard.v1.Process
 	3,  // 14: keyguard.v1.MemoryAccess.operation:type_name -> keyguard.v1.AccessOperation
 	2,  // 15: keyguard.v1.MemoryAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
 	1,  // 16: keyguard.v1.MemoryAccess.decision:type_name -> keyguard.v1.Decision
-	5,  // 17: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
-	15, // 18: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
-	4,  // 19: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
-	5,  // 20: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
-	15, // 21: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
-	6,  // 22: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
-	18, // 23: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
-	15, // 24: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
-	2,  // 25: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
-	1,  // 26: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
-	7,  // 27: keyguard.v1.KeyFileAccess.operation:type_name -> keyguard.v1.KeyFileOperation
-	8,  // 28: keyguard.v1.KeyFileAccess.guarded:type_name -> keyguard.v1.GuardedFile
-	15, // 29: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
-	9,  // 30: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
-	15, // 31: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
-	1,  // 32: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
-	10, // 33: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
-	34, // 34: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
-	12, // 35: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
-	11, // 36: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
-	23, // 37: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
-	25, // 38: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
-	34, // 39: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
-	34, // 40: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
-	34, // 41: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
-	0,  // 42: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
-	13, // 43: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
-	26, // 44: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
-	34, // 45: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
-	34, // 46: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
-	28, // 47: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
-	14, // 48: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
-	34, // 49: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
-	34, // 50: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
-	32, // 51: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
-	33, // 52: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
-	53, // [53:53] is the sub-list for method output_type
-	53, // [53:53] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	6,  // 17: keyguard.v1.MemoryAccess.target_reason:type_name -> keyguard.v1.ProtectionReason
+	4,  // 18: keyguard.v1.MemoryAccess.access_class:type_name -> keyguard.v1.AccessClass
+	35, // 19: keyguard.v1.MemoryAccess.first_time:type_name -> google.protobuf.Timestamp
+	35, // 20: keyguard.v1.MemoryAccess.last_time:type_name -> google.protobuf.Timestamp
+	16, // 21: keyguard.v1.ProtectionChange.process:type_name -> keyguard.v1.Process
+	5,  // 22: keyguard.v1.ProtectionChange.state:type_name -> keyguard.v1.ProtectionState
+	6,  // 23: keyguard.v1.ProtectionChange.reason:type_name -> keyguard.v1.ProtectionReason
+	16, // 24: keyguard.v1.CoreDump.process:type_name -> keyguard.v1.Process
+	7,  // 25: keyguard.v1.CoreDump.action:type_name -> keyguard.v1.CoreDumpAction
+	19, // 26: keyguard.v1.CoreDump.redacted:type_name -> keyguard.v1.RedactedBytes
+	16, // 27: keyguard.v1.KeyFileAccess.process:type_name -> keyguard.v1.Process
+	2,  // 28: keyguard.v1.KeyFileAccess.policy_mode:type_name -> keyguard.v1.PolicyMode
+	1,  // 29: keyguard.v1.KeyFileAccess.decision:type_name -> keyguard.v1.Decision
+	8,  // 30: keyguard.v1.KeyFileAccess.operation:type_name -> keyguard.v1.KeyFileOperation
+	9,  // 31: keyguard.v1.KeyFileAccess.guarded:type_name -> keyguard.v1.GuardedFile
+	16, // 32: keyguard.v1.SideDoor.accessor:type_name -> keyguard.v1.Process
+	10, // 33: keyguard.v1.SideDoor.kind:type_name -> keyguard.v1.SideDoorKind
+	16, // 34: keyguard.v1.SideDoor.target:type_name -> keyguard.v1.Process
+	1,  // 35: keyguard.v1.SideDoor.decision:type_name -> keyguard.v1.Decision
+	11, // 36: keyguard.v1.BreakGlass.state:type_name -> keyguard.v1.BreakGlassState
+	35, // 37: keyguard.v1.BreakGlass.expire_time:type_name -> google.protobuf.Timestamp
+	13, // 38: keyguard.v1.PostureFinding.severity:type_name -> keyguard.v1.Severity
+	12, // 39: keyguard.v1.AgentHealth.state:type_name -> keyguard.v1.AgentState
+	24, // 40: keyguard.v1.AgentHealth.findings:type_name -> keyguard.v1.PostureFinding
+	26, // 41: keyguard.v1.AgentHealth.gap:type_name -> keyguard.v1.ProtectionGap
+	35, // 42: keyguard.v1.ProtectionGap.lapse_start_time:type_name -> google.protobuf.Timestamp
+	35, // 43: keyguard.v1.ProtectionGap.boot_time:type_name -> google.protobuf.Timestamp
+	35, // 44: keyguard.v1.ProtectionGap.resume_time:type_name -> google.protobuf.Timestamp
+	0,  // 45: keyguard.v1.KindCount.kind:type_name -> keyguard.v1.EventKind
+	14, // 46: keyguard.v1.LossReport.source:type_name -> keyguard.v1.LossSource
+	27, // 47: keyguard.v1.LossReport.per_kind:type_name -> keyguard.v1.KindCount
+	35, // 48: keyguard.v1.LossReport.window_start_time:type_name -> google.protobuf.Timestamp
+	35, // 49: keyguard.v1.LossReport.window_end_time:type_name -> google.protobuf.Timestamp
+	29, // 50: keyguard.v1.LossReport.evicted:type_name -> keyguard.v1.SequenceRange
+	15, // 51: keyguard.v1.StoredEvent.event:type_name -> keyguard.v1.Event
+	35, // 52: keyguard.v1.StoredEvent.receive_time:type_name -> google.protobuf.Timestamp
+	35, // 53: keyguard.v1.KeyMaterialFound.file_mtime:type_name -> google.protobuf.Timestamp
+	33, // 54: keyguard.v1.KeyFingerprints.keys:type_name -> keyguard.v1.FingerprintedKey
+	34, // 55: keyguard.v1.KeyFingerprints.fingerprints:type_name -> keyguard.v1.Fingerprint
+	56, // [56:56] is the sub-list for method output_type
+	56, // [56:56] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_keyguard_v1_event_proto_init() }
@@ -3471,7 +3579,7 @@ func file_keyguard_v1_event_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyguard_v1_event_proto_rawDesc), len(file_keyguard_v1_event_proto_rawDesc)),
-			NumEnums:      14,
+			NumEnums:      15,
 			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,

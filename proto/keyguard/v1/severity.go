@@ -13,9 +13,10 @@ import "strings"
 //	  allowed (audit)      CRITICAL  the access would have been refused and went through: key exposed
 //	  allowed (break-glass) MEDIUM   an operator let it through on purpose; worth a look
 //	  allowed (policy/none) INFO     an allowed reader
-//	  For a /proc open of metadata only (exe, cwd, root, attr, stat, status, ...; ProcFileExposesMemory
-//	  false) the denied and audit levels drop to LOW: journald, systemd-coredump, ps and top read these
-//	  of every process, and they expose no memory. Unknown /proc files count as memory.
+//	  For an access of metadata only (MemoryAccess.access_class METADATA, which the kernel allows and
+//	  reports at INFO; for older agents without a class, a /proc open with ProcFileExposesMemory false)
+//	  the denied and audit levels drop to LOW: journald, systemd-coredump, ps and top read these of every
+//	  process, and they expose no memory. Class MEMORY, and unknown /proc files, count as memory.
 //	  Side doors that are allowed without a rule (SIDE_DOOR_KIND_*, DECISION_ALLOWED) are MEDIUM: the
 //	  host let something through that can reach memory around the hooks.
 //	core dump: written unchanged HIGH (the dump holds the process's memory); blocked, redacted or
@@ -43,8 +44,7 @@ func DefaultSeverity(ev *Event) Severity {
 	switch k := ev.GetKind().(type) {
 	case *Event_MemoryAccess:
 		m := k.MemoryAccess
-		meta := m.GetOperation() == AccessOperation_ACCESS_OPERATION_PROC_OPEN && !ProcFileExposesMemory(m.GetProcPath())
-		return decisionSeverity(m.GetDecision(), meta)
+		return decisionSeverity(m.GetDecision(), MetadataOnly(m))
 	case *Event_KeyFileAccess:
 		return decisionSeverity(k.KeyFileAccess.GetDecision(), false)
 	case *Event_SideDoor:
@@ -73,6 +73,18 @@ func DefaultSeverity(ev *Event) Severity {
 		return Severity_SEVERITY_INFO
 	}
 	return Severity_SEVERITY_UNSPECIFIED
+}
+
+// MetadataOnly reports whether a memory access exposed metadata only: the class the kernel gave it, or
+// for events of older agents (no class) the /proc path opened.
+func MetadataOnly(m *MemoryAccess) bool {
+	switch m.GetAccessClass() {
+	case AccessClass_ACCESS_CLASS_METADATA:
+		return true
+	case AccessClass_ACCESS_CLASS_MEMORY:
+		return false
+	}
+	return m.GetOperation() == AccessOperation_ACCESS_OPERATION_PROC_OPEN && !ProcFileExposesMemory(m.GetProcPath())
 }
 
 func decisionSeverity(d Decision, metadataOnly bool) Severity {
