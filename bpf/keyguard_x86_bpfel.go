@@ -333,11 +333,14 @@ const (
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
 	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
+	KeyguardProgKgFileTruncate       = "kg_file_truncate"
 	KeyguardProgKgInodeFreeSecurity  = "kg_inode_free_security"
 	KeyguardProgKgInodeLink          = "kg_inode_link"
+	KeyguardProgKgInodeRemoveAcl     = "kg_inode_remove_acl"
 	KeyguardProgKgInodeRemovexattr   = "kg_inode_removexattr"
 	KeyguardProgKgInodeRename        = "kg_inode_rename"
 	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
+	KeyguardProgKgInodeSetAcl        = "kg_inode_set_acl"
 	KeyguardProgKgInodeSetxattr      = "kg_inode_setxattr"
 	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
 	KeyguardProgKgKernelLoadData     = "kg_kernel_load_data"
@@ -357,6 +360,7 @@ const (
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
+	KeyguardVarCfgInflightWait       = "cfg_inflight_wait"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
 	KeyguardVarCfgVmRwTracked        = "cfg_vm_rw_tracked"
 	KeyguardVarKgFence               = "kg_fence"
@@ -415,11 +419,14 @@ type KeyguardProgramSpecs struct {
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
+	KgFileTruncate       *ebpf.ProgramSpec `ebpf:"kg_file_truncate"`
 	KgInodeFreeSecurity  *ebpf.ProgramSpec `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.ProgramSpec `ebpf:"kg_inode_link"`
+	KgInodeRemoveAcl     *ebpf.ProgramSpec `ebpf:"kg_inode_remove_acl"`
 	KgInodeRemovexattr   *ebpf.ProgramSpec `ebpf:"kg_inode_removexattr"`
 	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
+	KgInodeSetAcl        *ebpf.ProgramSpec `ebpf:"kg_inode_set_acl"`
 	KgInodeSetxattr      *ebpf.ProgramSpec `ebpf:"kg_inode_setxattr"`
 	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
 	KgKernelLoadData     *ebpf.ProgramSpec `ebpf:"kg_kernel_load_data"`
@@ -474,6 +481,7 @@ type KeyguardMapSpecs struct {
 type KeyguardVariableSpecs struct {
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
+	CfgInflightWait  *ebpf.VariableSpec `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
 	CfgVmRwTracked   *ebpf.VariableSpec `ebpf:"cfg_vm_rw_tracked"`
 	KgFence          *ebpf.VariableSpec `ebpf:"kg_fence"`
@@ -559,6 +567,7 @@ func (m *KeyguardMaps) Close() error {
 type KeyguardVariables struct {
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
+	CfgInflightWait  *ebpf.Variable `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
 	CfgVmRwTracked   *ebpf.Variable `ebpf:"cfg_vm_rw_tracked"`
 	KgFence          *ebpf.Variable `ebpf:"kg_fence"`
@@ -579,11 +588,14 @@ type KeyguardPrograms struct {
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
+	KgFileTruncate       *ebpf.Program `ebpf:"kg_file_truncate"`
 	KgInodeFreeSecurity  *ebpf.Program `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.Program `ebpf:"kg_inode_link"`
+	KgInodeRemoveAcl     *ebpf.Program `ebpf:"kg_inode_remove_acl"`
 	KgInodeRemovexattr   *ebpf.Program `ebpf:"kg_inode_removexattr"`
 	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
+	KgInodeSetAcl        *ebpf.Program `ebpf:"kg_inode_set_acl"`
 	KgInodeSetxattr      *ebpf.Program `ebpf:"kg_inode_setxattr"`
 	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
 	KgKernelLoadData     *ebpf.Program `ebpf:"kg_kernel_load_data"`
@@ -615,11 +627,14 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgFileOpen,
 		p.KgFilePermission,
 		p.KgFilePostOpen,
+		p.KgFileTruncate,
 		p.KgInodeFreeSecurity,
 		p.KgInodeLink,
+		p.KgInodeRemoveAcl,
 		p.KgInodeRemovexattr,
 		p.KgInodeRename,
 		p.KgInodeRmdir,
+		p.KgInodeSetAcl,
 		p.KgInodeSetxattr,
 		p.KgInodeUnlink,
 		p.KgKernelLoadData,

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "fc6b95afe820665dd9e1a44c45373be8118fb45e391892e57e2f3e5b7911174e"
+const SHA256 = "afac557b38a23bc65e0edab72617cc37799e2ce5ecf134833a8ad057dd92172d"

@@ -50,6 +50,7 @@ const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAU
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
 const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
 const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
+const volatile __u32 cfg_inflight_wait = 1;  /* 0 only in the race test's control run: key opens ignore reads in flight */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -1316,7 +1317,7 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	/* A locked instruction orders the mark before the look at in-flight reads (readers do the reverse:
 	 * publish, then look at the mark), so a read either sees the mark or is seen here. */
 	__sync_fetch_and_add(&kg_fence, 1);
-	if (reads_in_flight(tgid)) {
+	if (cfg_inflight_wait && reads_in_flight(tgid)) {
 		emit_key(cur, KG_KEY_OPEN_BUSY, KG_GUARD_KEY_FILE, rule_id, KG_MODE_ENFORCE, KG_DECISION_DENIED, file->f_inode,
 			 name);
 		return -EAGAIN;
@@ -1839,4 +1840,37 @@ int BPF_PROG(kg_kernel_load_data, enum kernel_load_data_id id, bool contents, in
 	if (id == bpf_core_enum_value(enum kernel_load_data_id, LOADING_KEXEC_IMAGE))
 		return kernel_load(2, 0);
 	return 0;
+}
+
+/*
+ * Hooks that only some kernels have. The loader probes the kernel's BTF for each and leaves the program
+ * out where the hook is missing (loader.Variants); on those kernels the operation reaches the hook named
+ * beside each program instead, which already guards it.
+ */
+
+/* ftruncate(2) of an fd that was opened for writing before its file became a key file or a listed
+ * executable (6.2+; on 6.1 do_sys_ftruncate calls security_path_truncate: kg_path_truncate). */
+SEC("lsm/file_truncate")
+int BPF_PROG(kg_file_truncate, struct file *file)
+{
+	struct dentry *d = file->f_path.dentry;
+	struct inode *inode = file->f_inode;
+
+	if (inode && is_trusted_exe(inode))
+		return tamper(KG_TAMPER_EXE_WRITE, inode->i_ino, d->d_name.name);
+	return guard_inode(inode, KG_KEY_TRUNCATE, d->d_name.name);
+}
+
+/* POSIX ACLs (6.2+ set and remove them through these hooks; before, through inode_setxattr and
+ * inode_removexattr of system.posix_acl_*). The first argument is a user_namespace or an mnt_idmap. */
+SEC("lsm/inode_set_acl")
+int BPF_PROG(kg_inode_set_acl, void *idmap, struct dentry *dentry, const char *acl_name)
+{
+	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
+}
+
+SEC("lsm/inode_remove_acl")
+int BPF_PROG(kg_inode_remove_acl, void *idmap, struct dentry *dentry, const char *acl_name)
+{
+	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
 }

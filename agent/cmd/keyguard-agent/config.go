@@ -22,6 +22,7 @@ type config struct {
 	DumpKeepStacks  bool          `yaml:"dump_keep_stacks" flag:"dump-keep-stacks" help:"keep thread stacks in redacted core dumps (backtraces need them)"`
 	DenyTraced      bool          `yaml:"deny_traced" flag:"deny-traced" help:"refuse exec of a protected executable and key-file opens by a process under a tracer"`
 	NoDumpGuard     bool          `yaml:"no_dump_guard" flag:"no-dump-guard" help:"leave the dump_emit guard out as on a kernel that lacks it: dumps: redact is then enforced as block (for tests)"`
+	NoInflightWait  bool          `yaml:"-" flag:"test-no-inflight-wait" help:"TEST ONLY: let key-file opens ignore memory reads in flight (reopens the key-open race; the race test's control run)"`
 	PostureInterval time.Duration `yaml:"posture_interval" flag:"posture-interval" help:"how often host posture is checked again; a change is reported as a health event"`
 	OperatorKey     string        `yaml:"operator_key" flag:"operator-key" help:"the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens"`
 	PolicyToken     string        `yaml:"policy_token" flag:"policy-token" help:"token approving a changed policy (default: the policy path + .token)"`
@@ -70,7 +71,7 @@ func defaultConfig() config {
 func (c config) daemon(version string) daemon.Config {
 	d := daemon.Config{
 		PolicyPath: c.Policy, EventLog: c.Events, StateDir: c.StateDir, ControlSocket: c.ControlSocket, Version: version,
-		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard},
+		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard, NoInflightWait: c.NoInflightWait},
 		DumpKeepStacks:  c.DumpKeepStacks,
 		PostureInterval: c.PostureInterval, OperatorKeyPath: c.OperatorKey, PolicyTokenPath: c.PolicyToken, Hostname: c.HostName,
 		Metrics: daemon.MetricsConfig{Listen: c.Metrics.Listen, AllowRemote: c.Metrics.AllowRemote},
