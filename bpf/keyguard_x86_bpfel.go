@@ -323,6 +323,7 @@ const (
 	KeyguardMapScratch               = "scratch"
 	KeyguardMapSettings              = "settings"
 	KeyguardMapUsedTokens            = "used_tokens"
+	KeyguardMapVmRwCalls             = "vm_rw_calls"
 	KeyguardProgKgBpf                = "kg_bpf"
 	KeyguardProgKgBpfMap             = "kg_bpf_map"
 	KeyguardProgKgBpfProg            = "kg_bpf_prog"
@@ -357,6 +358,8 @@ const (
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
+	KeyguardProgKgVmRwEnter          = "kg_vm_rw_enter"
+	KeyguardProgKgVmRwExit           = "kg_vm_rw_exit"
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
@@ -443,6 +446,8 @@ type KeyguardProgramSpecs struct {
 	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
 	KgVmReadvExit        *ebpf.ProgramSpec `ebpf:"kg_vm_readv_exit"`
+	KgVmRwEnter          *ebpf.ProgramSpec `ebpf:"kg_vm_rw_enter"`
+	KgVmRwExit           *ebpf.ProgramSpec `ebpf:"kg_vm_rw_exit"`
 	KgVmWritevExit       *ebpf.ProgramSpec `ebpf:"kg_vm_writev_exit"`
 }
 
@@ -473,6 +478,7 @@ type KeyguardMapSpecs struct {
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	Settings     *ebpf.MapSpec `ebpf:"settings"`
 	UsedTokens   *ebpf.MapSpec `ebpf:"used_tokens"`
+	VmRwCalls    *ebpf.MapSpec `ebpf:"vm_rw_calls"`
 }
 
 // KeyguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -531,6 +537,7 @@ type KeyguardMaps struct {
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	Settings     *ebpf.Map `ebpf:"settings"`
 	UsedTokens   *ebpf.Map `ebpf:"used_tokens"`
+	VmRwCalls    *ebpf.Map `ebpf:"vm_rw_calls"`
 }
 
 func (m *KeyguardMaps) Close() error {
@@ -558,6 +565,7 @@ func (m *KeyguardMaps) Close() error {
 		m.Scratch,
 		m.Settings,
 		m.UsedTokens,
+		m.VmRwCalls,
 	)
 }
 
@@ -612,6 +620,8 @@ type KeyguardPrograms struct {
 	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
 	KgVmReadvExit        *ebpf.Program `ebpf:"kg_vm_readv_exit"`
+	KgVmRwEnter          *ebpf.Program `ebpf:"kg_vm_rw_enter"`
+	KgVmRwExit           *ebpf.Program `ebpf:"kg_vm_rw_exit"`
 	KgVmWritevExit       *ebpf.Program `ebpf:"kg_vm_writev_exit"`
 }
 
@@ -651,6 +661,8 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgSignalDeliver,
 		p.KgTaskAlloc,
 		p.KgVmReadvExit,
+		p.KgVmRwEnter,
+		p.KgVmRwExit,
 		p.KgVmWritevExit,
 	)
 }

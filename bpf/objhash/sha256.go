@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "afac557b38a23bc65e0edab72617cc37799e2ce5ecf134833a8ad057dd92172d"
+const SHA256 = "70efe11d67c2865c623c48ce16b19932f0da62a4e5fd41e9bb4a360645883931"

@@ -1001,11 +1001,25 @@ static __always_inline struct kg_late_mark *late_mark_of(struct task_struct *tar
 	return 0;
 }
 
-/* Is the current syscall process_vm_readv or process_vm_writev (x86-64)? */
+/* Threads inside process_vm_rw() (every entry: x86-64, ia32 compat, x32), by thread id: filled by
+ * kg_vm_rw_enter where the loader attaches it (Variants: vm_rw_end fexit/process_vm_rw). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u8);
+} vm_rw_calls SEC(".maps");
+
+/* Is the current thread in process_vm_readv or process_vm_writev (inside process_vm_rw, or by its
+ * x86-64 syscall number)? */
 static __always_inline int in_vm_rw(struct task_struct *cur)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(cur);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	long nr;
+
+	if (bpf_map_lookup_elem(&vm_rw_calls, &tid))
+		return 1;
 
 	if (!regs)
 		return 0;
@@ -1873,4 +1887,30 @@ SEC("lsm/inode_remove_acl")
 int BPF_PROG(kg_inode_remove_acl, void *idmap, struct dentry *dentry, const char *acl_name)
 {
 	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
+}
+
+/*
+ * process_vm_rw() is where every process_vm_readv/writev goes, native or compat, and it has one BTF
+ * entry on every kernel keyguard supports (the syscall functions have two on 6.1). Entered: the thread
+ * is recorded, so ptrace_access_check publishes its read; left: the read is over.
+ */
+SEC("fentry/process_vm_rw")
+int BPF_PROG(kg_vm_rw_enter)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u8 one = 1;
+
+	if (bpf_map_update_elem(&vm_rw_calls, &tid, &one, BPF_ANY))
+		bpf_send_signal(SIGKILL); /* fail closed: an untracked read must not copy */
+	return 0;
+}
+
+SEC("fexit/process_vm_rw")
+int BPF_PROG(kg_vm_rw_exit)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&vm_rw_calls, &tid);
+	end_read();
+	return 0;
 }

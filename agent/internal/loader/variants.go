@@ -31,10 +31,12 @@ import (
 //   - POSIX ACLs are set and removed through the inode_set_acl/inode_remove_acl hooks (6.2 and later) or
 //     as system.posix_acl_* xattrs through inode_setxattr/inode_removexattr (before): the ACL programs are
 //     left out where their hooks are missing.
-//   - the end of process_vm_readv/writev is traced by fexit on the syscall functions, which must have
-//     exactly one BTF entry each (6.1's BTF has two of each, which fexit cannot tell apart). Where they
-//     cannot be traced the fexit programs are left out and cfg_vm_rw_tracked is 0: the in-flight wait at
-//     key-file open then covers /proc/PID/mem reads only.
+//   - the end of process_vm_readv/writev is traced by fentry/fexit on process_vm_rw(), which every entry
+//     (x86-64, ia32 compat, x32) goes through; where it cannot be traced, by fexit on the x86-64 syscall
+//     functions (native calls only). Traced functions must have exactly one BTF entry (6.1's BTF has two
+//     of each syscall function, which fexit cannot tell apart). Where neither can be traced the programs
+//     are left out and cfg_vm_rw_tracked is 0: the in-flight wait at key-file open then covers
+//     /proc/PID/mem reads only.
 //   - the bpf LSM hook gained a fourth argument (`kernel`) and task_alloc's clone_flags became u64;
 //     keyguard's programs read neither difference, so they need no variant (reported for the record).
 //
@@ -65,9 +67,10 @@ const (
 	ACLGuardXattr = "lsm/inode_setxattr" // ACLs are system.posix_acl_* xattrs (before 6.2)
 )
 
-// process_vm_readv/writev end variants.
+// process_vm_readv/writev end variants, best first.
 const (
-	VMRWEndFexit = "fexit/__x64_sys_process_vm_readv" // and writev: in-flight reads end at syscall exit
+	VMRWEndCore  = "fexit/process_vm_rw"              // every entry, compat included
+	VMRWEndFexit = "fexit/__x64_sys_process_vm_readv" // and writev: native calls end at syscall exit
 	VMRWEndNone  = "none"                             // not traceable: the in-flight wait covers /proc/PID/mem only
 )
 
@@ -80,7 +83,15 @@ const (
 	removeACLProgram     = "kg_inode_remove_acl"
 	vmReadvEndProgram    = "kg_vm_readv_exit"
 	vmWritevEndProgram   = "kg_vm_writev_exit"
+	vmRWEnterProgram     = "kg_vm_rw_enter"
+	vmRWExitProgram      = "kg_vm_rw_exit"
 )
+
+// vmRWPrograms are the programs of each process_vm_rw end variant; vmRWEnd picks the variant.
+var vmRWPrograms = map[string][]string{
+	VMRWEndCore:  {vmRWEnterProgram, vmRWExitProgram},
+	VMRWEndFexit: {vmReadvEndProgram, vmWritevEndProgram},
+}
 
 // optionalPrograms maps each program a kernel may lack to the variant chosen when it does.
 var optionalPrograms = map[string]func(*Variants){
@@ -89,8 +100,6 @@ var optionalPrograms = map[string]func(*Variants){
 	fileTruncateProgram:  func(v *Variants) { v.TruncateGuard = TruncateGuardPath },
 	setACLProgram:        func(v *Variants) { v.ACLGuard = ACLGuardXattr },
 	removeACLProgram:     func(v *Variants) { v.ACLGuard = ACLGuardXattr },
-	vmReadvEndProgram:    func(v *Variants) { v.VMRWEnd = VMRWEndNone },
-	vmWritevEndProgram:   func(v *Variants) { v.VMRWEnd = VMRWEndNone },
 }
 
 // Variants are the program variants chosen for the running kernel.
@@ -105,7 +114,7 @@ type Variants struct {
 	TruncateGuard string `json:"truncate_guard"`
 	// ACLGuard is ACLGuardHooks or ACLGuardXattr.
 	ACLGuard string `json:"acl_guard"`
-	// VMRWEnd is VMRWEndFexit or VMRWEndNone.
+	// VMRWEnd is VMRWEndCore, VMRWEndFexit or VMRWEndNone.
 	VMRWEnd string `json:"vm_rw_end"`
 	// BPFHookArgs is the number of arguments of the bpf LSM hook (3, or 4 with `kernel`).
 	BPFHookArgs int `json:"bpf_hook_args"`
@@ -131,8 +140,12 @@ func (v Variants) skipped() map[string]bool {
 	if v.ACLGuard == ACLGuardXattr {
 		skip[setACLProgram], skip[removeACLProgram] = true, true
 	}
-	if v.VMRWEnd == VMRWEndNone {
-		skip[vmReadvEndProgram], skip[vmWritevEndProgram] = true, true
+	for end, progs := range vmRWPrograms {
+		if v.VMRWEnd != end {
+			for _, p := range progs {
+				skip[p] = true
+			}
+		}
 	}
 	return skip
 }
@@ -141,7 +154,7 @@ func (v Variants) skipped() map[string]bool {
 // lacks: attach targets of every program (but the optional ones) and struct fields read without a guard.
 func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Missing) {
 	v := Variants{KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
-		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: vmRWEnd(spec, kernel)}
 	var kn *btf.Struct
 	if kernel.TypeByName("kernfs_node", &kn) == nil {
 		for _, m := range kn.Members {
@@ -162,8 +175,17 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	vmProgram := map[string]bool{}
+	for _, progs := range vmRWPrograms {
+		for _, p := range progs {
+			vmProgram[p] = true
+		}
+	}
 	for _, name := range names {
 		p := spec.Programs[name]
+		if vmProgram[name] {
+			continue // chosen by vmRWEnd
+		}
 		if target := attachTarget(p); target != "" && !attachable(kernel, p, target) {
 			if choose, ok := optionalPrograms[name]; ok {
 				choose(&v)
@@ -177,6 +199,21 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 		missing = append(missing, Missing{g, "use a kernel that has it (Debian's stock 6.1, 6.12 and 7.3 do) and report the kernel version to keyguard"})
 	}
 	return v, missing
+}
+
+// vmRWEnd is the best process_vm_rw end variant whose programs all attach to this kernel.
+func vmRWEnd(spec *ebpf.CollectionSpec, kernel *btf.Spec) string {
+	for _, end := range []string{VMRWEndCore, VMRWEndFexit} {
+		ok := true
+		for _, name := range vmRWPrograms[end] {
+			p := spec.Programs[name]
+			ok = ok && p != nil && attachable(kernel, p, attachTarget(p))
+		}
+		if ok {
+			return end
+		}
+	}
+	return VMRWEndNone
 }
 
 // attachTarget is the kernel BTF name a program attaches to.
@@ -301,7 +338,7 @@ func dedup(s []string) []string {
 
 // applyVariants sets the object's settings for the variants.
 func applyVariants(spec *ebpf.CollectionSpec, v Variants) error {
-	for name, on := range map[string]bool{"cfg_dump_guard": v.DumpGuard == DumpGuardFentry, "cfg_vm_rw_tracked": v.VMRWEnd == VMRWEndFexit} {
+	for name, on := range map[string]bool{"cfg_dump_guard": v.DumpGuard == DumpGuardFentry, "cfg_vm_rw_tracked": v.VMRWEnd != VMRWEndNone} {
 		vs, ok := spec.Variables[name]
 		if !ok {
 			return fmt.Errorf("BPF object has no setting %s", name)
@@ -350,7 +387,10 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 	if v.DumpGuard != DumpGuardFentry {
 		build += "-noguard" // links of the other choice belong to another build
 	}
-	if v.VMRWEnd != VMRWEndFexit {
+	switch v.VMRWEnd {
+	case VMRWEndFexit:
+		build += "-vmrwsys"
+	case VMRWEndNone:
 		build += "-novmrw"
 	}
 	return v, build, nil

@@ -57,34 +57,62 @@ func rebuild(t *testing.T, types []btf.Type) *btf.Spec {
 	return out
 }
 
-// The hooks that appeared in 6.2 (file_truncate, inode_set_acl/inode_remove_acl) and the fexit ends of
+// The hooks that appeared in 6.2 (file_truncate, inode_set_acl/inode_remove_acl) and the ends of
 // process_vm_readv/writev: the probe must pick the variant the BTF calls for, leave exactly the programs
-// of the missing hooks out, and set cfg_vm_rw_tracked to match.
+// of the other variants out, and set cfg_vm_rw_tracked to match.
 func TestOptionalHookVariants(t *testing.T) {
-	full := Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}
+	sys := []string{vmReadvEndProgram, vmWritevEndProgram}
+	core := []string{vmRWEnterProgram, vmRWExitProgram}
+	both := append(append([]string{}, sys...), core...)
+	drop := func(names ...string) func(t *testing.T) *btf.Spec {
+		return func(t *testing.T) *btf.Spec {
+			return kernelBTF(t, func(typ btf.Type) bool {
+				for _, n := range names {
+					if !dropFunc(n)(typ) {
+						return false
+					}
+				}
+				return true
+			})
+		}
+	}
+	dup := func(names ...string) func(t *testing.T) *btf.Spec {
+		return func(t *testing.T) *btf.Spec { return kernelBTFDup(t, names...) }
+	}
 	cases := []struct {
 		name    string
 		kernel  func(t *testing.T) *btf.Spec
 		want    Variants
 		skipped []string
 	}{
-		{"host (6.18)", func(t *testing.T) *btf.Spec { return kernelBTF(t, nil) }, full, nil},
-		{"no file_truncate hook (6.1)", func(t *testing.T) *btf.Spec { return kernelBTF(t, dropFunc("bpf_lsm_file_truncate")) },
-			Variants{TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, []string{fileTruncateProgram}},
-		{"no ACL hooks (6.1)", func(t *testing.T) *btf.Spec {
-			return kernelBTF(t, func(typ btf.Type) bool {
-				return dropFunc("bpf_lsm_inode_set_acl")(typ) && dropFunc("bpf_lsm_inode_remove_acl")(typ)
-			})
-		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndFexit}, []string{setACLProgram, removeACLProgram}},
-		{"no inode_remove_acl only", func(t *testing.T) *btf.Spec { return kernelBTF(t, dropFunc("bpf_lsm_inode_remove_acl")) },
-			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndFexit}, []string{setACLProgram, removeACLProgram}},
-		{"process_vm_readv/writev listed twice (6.1)", func(t *testing.T) *btf.Spec {
-			return kernelBTFDup(t, "__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev")
-		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, []string{vmReadvEndProgram, vmWritevEndProgram}},
-		{"process_vm_writev listed twice", func(t *testing.T) *btf.Spec { return kernelBTFDup(t, "__x64_sys_process_vm_writev") },
-			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, []string{vmReadvEndProgram, vmWritevEndProgram}},
-		{"no process_vm_readv function", func(t *testing.T) *btf.Spec { return kernelBTF(t, dropFunc("__x64_sys_process_vm_readv")) },
-			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, []string{vmReadvEndProgram, vmWritevEndProgram}},
+		{"host (6.18)", drop(), Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, sys},
+		{"no file_truncate hook (6.1)", drop("bpf_lsm_file_truncate"),
+			Variants{TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, append([]string{fileTruncateProgram}, sys...)},
+		{"no ACL hooks (6.1)", drop("bpf_lsm_inode_set_acl", "bpf_lsm_inode_remove_acl"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndCore}, append([]string{setACLProgram, removeACLProgram}, sys...)},
+		{"no inode_remove_acl only", drop("bpf_lsm_inode_remove_acl"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndCore}, append([]string{setACLProgram, removeACLProgram}, sys...)},
+		{"syscall functions listed twice (6.1): process_vm_rw", dup("__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, sys},
+		{"no process_vm_rw: syscall fexit", drop("process_vm_rw"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
+		{"process_vm_rw listed twice: syscall fexit", dup("process_vm_rw"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
+		{"no process_vm_rw, process_vm_writev listed twice", func(t *testing.T) *btf.Spec {
+			spec := kernelBTFDup(t, "__x64_sys_process_vm_writev")
+			var types []btf.Type
+			for typ, err := range spec.All() {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dropFunc("process_vm_rw")(typ) {
+					types = append(types, typ)
+				}
+			}
+			return rebuild(t, types)
+		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
+		{"no process_vm_rw, no process_vm_readv function", drop("process_vm_rw", "__x64_sys_process_vm_readv"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -117,7 +145,7 @@ func TestOptionalHookVariants(t *testing.T) {
 			if err := spec.Variables["cfg_vm_rw_tracked"].Get(&tracked); err != nil {
 				t.Fatal(err)
 			}
-			if want := map[bool]uint32{true: 1}[v.VMRWEnd == VMRWEndFexit]; tracked != want {
+			if want := map[bool]uint32{true: 1}[v.VMRWEnd != VMRWEndNone]; tracked != want {
 				t.Errorf("cfg_vm_rw_tracked %d with vm_rw end %s, want %d", tracked, v.VMRWEnd, want)
 			}
 		})

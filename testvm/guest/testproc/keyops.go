@@ -17,6 +17,7 @@ import (
 //	setacl PATH       set a POSIX access ACL with a named user (system.posix_acl_access)
 //	removeacl PATH    remove the access ACL
 //	uring-open PATH   open PATH read-only by an io_uring IORING_OP_OPENAT request and read from it
+//	uring-open-async PATH  the same with IOSQE_ASYNC (the open runs in an io-wq worker thread)
 //
 // It prints "OK" or "ERR <errno>".
 func keyOp(args []string) {
@@ -38,7 +39,9 @@ func keyOp(args []string) {
 	case "removeacl":
 		err = unix.Removexattr(args[1], "system.posix_acl_access")
 	case "uring-open":
-		err = uringOpen(args[1])
+		err = uringOpen(args[1], 0)
+	case "uring-open-async":
+		err = uringOpen(args[1], 1<<4) // IOSQE_ASYNC: the open runs in an io-wq worker
 	default:
 		fmt.Fprintln(os.Stderr, "unknown keyop", args[0])
 		os.Exit(2)
@@ -76,7 +79,7 @@ type uringParams struct {
 
 // uringOpen opens path by one IORING_OP_OPENAT request (the open runs in the kernel, possibly in an
 // io-wq worker, not in this thread's openat syscall) and reads from the fd it returns.
-func uringOpen(path string) error {
+func uringOpen(path string, sqeFlags uint8) error {
 	var p uringParams
 	rfd, _, errno := unix.Syscall(unix.SYS_IO_URING_SETUP, 1, uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
@@ -103,6 +106,7 @@ func uringOpen(path string) error {
 	name := append([]byte(path), 0)
 	sqe := sqes[:64]
 	clear(sqe)
+	sqe[1] = sqeFlags
 	sqe[0] = 18                                                                        // IORING_OP_OPENAT
 	binary.LittleEndian.PutUint32(sqe[4:], uint32(0xffffff9c))                         // fd: AT_FDCWD
 	binary.LittleEndian.PutUint64(sqe[16:], uint64(uintptr(unsafe.Pointer(&name[0])))) // addr: the path
