@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "70efe11d67c2865c623c48ce16b19932f0da62a4e5fd41e9bb4a360645883931"
+const SHA256 = "d4624fc83023b2564cffe629b1fc9c2248f27233f1ece39509156d3ddd7e6269"

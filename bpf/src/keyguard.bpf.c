@@ -50,7 +50,9 @@ const volatile __u32 cfg_report_noaudit = 0; /* emit events for PTRACE_MODE_NOAU
 const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a process under a tracer */
 const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
 const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
-const volatile __u32 cfg_inflight_wait = 1;  /* 0 only in the race test's control run: key opens ignore reads in flight */
+const volatile __u32 cfg_inflight_wait = 1;  /* 0 only in the race test's control run: key opens ignore reads in
+					      * flight and /proc/PID/mem readers that passed their check before the mark
+					      * are not killed (the no-window design switched off) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -1117,7 +1119,7 @@ int BPF_PROG(kg_mem_rw_enter, struct file *file, char *buf, size_t len, loff_t *
 		return 0;
 	}
 	late = late_mark_of(target, tgid);
-	if (!late || is_agent(cur))
+	if (!late || is_agent(cur) || !cfg_inflight_wait)
 		return 0;
 	prot.rule_id = late->rule_id;
 	prot.reason = late->reason;

@@ -49,8 +49,9 @@ type Config struct {
 	// NoDumpGuard leaves the dump guard out as if the kernel could not trace dump_emit (tests the
 	// fallback: redact rules enforced as block). See variants.go.
 	NoDumpGuard bool
-	// NoInflightWait lets key-file opens succeed while memory reads of the opener are in flight: the
-	// race window is open again. Only for the race test's control run, which must then see leaks.
+	// NoInflightWait lets key-file opens succeed while memory reads of the opener are in flight and
+	// spares /proc/PID/mem readers that passed their check before the mark: the race window is open
+	// again. Only for the race test's control run, which must then see leaks.
 	NoInflightWait bool
 }
 

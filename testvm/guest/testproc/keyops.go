@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -14,6 +15,10 @@ import (
 // keyOp runs the file operations of "testproc keyop OP ARG", which need more than a path:
 //
 //	ftruncate-fd FD   ftruncate(2) of an fd inherited from the parent (opened before its file was listed)
+//	ftruncate-late KEY PLAIN  create and open both files for writing, print "OPEN", wait for a line on
+//	                  stdin (the test has the agent list KEY meanwhile), ftruncate both fds; prints
+//	                  "KEY OK|ERR <errno>" and "PLAIN OK|ERR <errno>" (this process, not the test, holds
+//	                  the key file open: the agent's scan marks holders and their children)
 //	setacl PATH       set a POSIX access ACL with a named user (system.posix_acl_access)
 //	removeacl PATH    remove the access ACL
 //	uring-open PATH   open PATH read-only by an io_uring IORING_OP_OPENAT request and read from it
@@ -21,6 +26,10 @@ import (
 //
 // It prints "OK" or "ERR <errno>".
 func keyOp(args []string) {
+	if len(args) == 3 && args[0] == "ftruncate-late" {
+		ftruncateLate(args[1], args[2])
+		return
+	}
 	if len(args) != 2 {
 		fmt.Fprintln(os.Stderr, "usage: testproc keyop ftruncate-fd|setacl|removeacl|uring-open ARG")
 		os.Exit(2)
@@ -47,6 +56,25 @@ func keyOp(args []string) {
 		os.Exit(2)
 	}
 	report(0, err)
+}
+
+func ftruncateLate(key, plain string) {
+	var fds []*os.File
+	for _, p := range []string{key, plain} {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(1)
+		}
+		f.WriteString("-----BEGIN PRIVATE KEY-----\nlate\n-----END PRIVATE KEY-----\n")
+		fds = append(fds, f)
+	}
+	fmt.Println("OPEN")
+	bufio.NewReader(os.Stdin).ReadString('\n')
+	for i, name := range []string{"KEY", "PLAIN"} {
+		fmt.Print(name, " ")
+		report(0, unix.Ftruncate(int(fds[i].Fd()), 0))
+	}
 }
 
 // posixACL is the xattr form of the ACL u::rw-,u:UID:r--,g::r--,m::r--,o::r--.
