@@ -382,6 +382,7 @@ const (
 	KeyguardMapScratch               = "scratch"
 	KeyguardMapSettings              = "settings"
 	KeyguardMapUsedTokens            = "used_tokens"
+	KeyguardMapVmRwCalls             = "vm_rw_calls"
 	KeyguardProgKgBpf                = "kg_bpf"
 	KeyguardProgKgBpfMap             = "kg_bpf_map"
 	KeyguardProgKgBpfProg            = "kg_bpf_prog"
@@ -392,12 +393,15 @@ const (
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
 	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
+	KeyguardProgKgFileTruncate       = "kg_file_truncate"
 	KeyguardProgKgInodeFollowLink    = "kg_inode_follow_link"
 	KeyguardProgKgInodeFreeSecurity  = "kg_inode_free_security"
 	KeyguardProgKgInodeLink          = "kg_inode_link"
+	KeyguardProgKgInodeRemoveAcl     = "kg_inode_remove_acl"
 	KeyguardProgKgInodeRemovexattr   = "kg_inode_removexattr"
 	KeyguardProgKgInodeRename        = "kg_inode_rename"
 	KeyguardProgKgInodeRmdir         = "kg_inode_rmdir"
+	KeyguardProgKgInodeSetAcl        = "kg_inode_set_acl"
 	KeyguardProgKgInodeSetxattr      = "kg_inode_setxattr"
 	KeyguardProgKgInodeUnlink        = "kg_inode_unlink"
 	KeyguardProgKgKernelLoadData     = "kg_kernel_load_data"
@@ -414,10 +418,13 @@ const (
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
 	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
+	KeyguardProgKgVmRwEnter          = "kg_vm_rw_enter"
+	KeyguardProgKgVmRwExit           = "kg_vm_rw_exit"
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyMetadata       = "cfg_deny_metadata"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
+	KeyguardVarCfgInflightWait       = "cfg_inflight_wait"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
 	KeyguardVarCfgVmRwTracked        = "cfg_vm_rw_tracked"
 	KeyguardVarKgFence               = "kg_fence"
@@ -476,12 +483,15 @@ type KeyguardProgramSpecs struct {
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
+	KgFileTruncate       *ebpf.ProgramSpec `ebpf:"kg_file_truncate"`
 	KgInodeFollowLink    *ebpf.ProgramSpec `ebpf:"kg_inode_follow_link"`
 	KgInodeFreeSecurity  *ebpf.ProgramSpec `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.ProgramSpec `ebpf:"kg_inode_link"`
+	KgInodeRemoveAcl     *ebpf.ProgramSpec `ebpf:"kg_inode_remove_acl"`
 	KgInodeRemovexattr   *ebpf.ProgramSpec `ebpf:"kg_inode_removexattr"`
 	KgInodeRename        *ebpf.ProgramSpec `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.ProgramSpec `ebpf:"kg_inode_rmdir"`
+	KgInodeSetAcl        *ebpf.ProgramSpec `ebpf:"kg_inode_set_acl"`
 	KgInodeSetxattr      *ebpf.ProgramSpec `ebpf:"kg_inode_setxattr"`
 	KgInodeUnlink        *ebpf.ProgramSpec `ebpf:"kg_inode_unlink"`
 	KgKernelLoadData     *ebpf.ProgramSpec `ebpf:"kg_kernel_load_data"`
@@ -498,6 +508,8 @@ type KeyguardProgramSpecs struct {
 	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
 	KgVmReadvExit        *ebpf.ProgramSpec `ebpf:"kg_vm_readv_exit"`
+	KgVmRwEnter          *ebpf.ProgramSpec `ebpf:"kg_vm_rw_enter"`
+	KgVmRwExit           *ebpf.ProgramSpec `ebpf:"kg_vm_rw_exit"`
 	KgVmWritevExit       *ebpf.ProgramSpec `ebpf:"kg_vm_writev_exit"`
 }
 
@@ -534,6 +546,7 @@ type KeyguardMapSpecs struct {
 	Scratch      *ebpf.MapSpec `ebpf:"scratch"`
 	Settings     *ebpf.MapSpec `ebpf:"settings"`
 	UsedTokens   *ebpf.MapSpec `ebpf:"used_tokens"`
+	VmRwCalls    *ebpf.MapSpec `ebpf:"vm_rw_calls"`
 }
 
 // KeyguardVariableSpecs contains global variables before they are loaded into the kernel.
@@ -543,6 +556,7 @@ type KeyguardVariableSpecs struct {
 	CfgDenyMetadata  *ebpf.VariableSpec `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
+	CfgInflightWait  *ebpf.VariableSpec `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
 	CfgVmRwTracked   *ebpf.VariableSpec `ebpf:"cfg_vm_rw_tracked"`
 	KgFence          *ebpf.VariableSpec `ebpf:"kg_fence"`
@@ -598,6 +612,7 @@ type KeyguardMaps struct {
 	Scratch      *ebpf.Map `ebpf:"scratch"`
 	Settings     *ebpf.Map `ebpf:"settings"`
 	UsedTokens   *ebpf.Map `ebpf:"used_tokens"`
+	VmRwCalls    *ebpf.Map `ebpf:"vm_rw_calls"`
 }
 
 func (m *KeyguardMaps) Close() error {
@@ -631,6 +646,7 @@ func (m *KeyguardMaps) Close() error {
 		m.Scratch,
 		m.Settings,
 		m.UsedTokens,
+		m.VmRwCalls,
 	)
 }
 
@@ -641,6 +657,7 @@ type KeyguardVariables struct {
 	CfgDenyMetadata  *ebpf.Variable `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
+	CfgInflightWait  *ebpf.Variable `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
 	CfgVmRwTracked   *ebpf.Variable `ebpf:"cfg_vm_rw_tracked"`
 	KgFence          *ebpf.Variable `ebpf:"kg_fence"`
@@ -661,12 +678,15 @@ type KeyguardPrograms struct {
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
+	KgFileTruncate       *ebpf.Program `ebpf:"kg_file_truncate"`
 	KgInodeFollowLink    *ebpf.Program `ebpf:"kg_inode_follow_link"`
 	KgInodeFreeSecurity  *ebpf.Program `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.Program `ebpf:"kg_inode_link"`
+	KgInodeRemoveAcl     *ebpf.Program `ebpf:"kg_inode_remove_acl"`
 	KgInodeRemovexattr   *ebpf.Program `ebpf:"kg_inode_removexattr"`
 	KgInodeRename        *ebpf.Program `ebpf:"kg_inode_rename"`
 	KgInodeRmdir         *ebpf.Program `ebpf:"kg_inode_rmdir"`
+	KgInodeSetAcl        *ebpf.Program `ebpf:"kg_inode_set_acl"`
 	KgInodeSetxattr      *ebpf.Program `ebpf:"kg_inode_setxattr"`
 	KgInodeUnlink        *ebpf.Program `ebpf:"kg_inode_unlink"`
 	KgKernelLoadData     *ebpf.Program `ebpf:"kg_kernel_load_data"`
@@ -683,6 +703,8 @@ type KeyguardPrograms struct {
 	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
 	KgVmReadvExit        *ebpf.Program `ebpf:"kg_vm_readv_exit"`
+	KgVmRwEnter          *ebpf.Program `ebpf:"kg_vm_rw_enter"`
+	KgVmRwExit           *ebpf.Program `ebpf:"kg_vm_rw_exit"`
 	KgVmWritevExit       *ebpf.Program `ebpf:"kg_vm_writev_exit"`
 }
 
@@ -698,12 +720,15 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgFileOpen,
 		p.KgFilePermission,
 		p.KgFilePostOpen,
+		p.KgFileTruncate,
 		p.KgInodeFollowLink,
 		p.KgInodeFreeSecurity,
 		p.KgInodeLink,
+		p.KgInodeRemoveAcl,
 		p.KgInodeRemovexattr,
 		p.KgInodeRename,
 		p.KgInodeRmdir,
+		p.KgInodeSetAcl,
 		p.KgInodeSetxattr,
 		p.KgInodeUnlink,
 		p.KgKernelLoadData,
@@ -720,6 +745,8 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgSignalDeliver,
 		p.KgTaskAlloc,
 		p.KgVmReadvExit,
+		p.KgVmRwEnter,
+		p.KgVmRwExit,
 		p.KgVmWritevExit,
 	)
 }

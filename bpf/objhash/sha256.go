@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "3c2116efc04f053c87560b864909a09f40b5339cd868008c1ca18d555c17ef95"
+const SHA256 = "4c1f4f7555c3ec8123f65c30e1a8f07a52f1275daa666af6137dca3534b93065"

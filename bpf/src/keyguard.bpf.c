@@ -51,6 +51,9 @@ const volatile __u32 cfg_deny_traced = 1;    /* refuse exec/key-open by a proces
 const volatile __u32 cfg_dump_guard = 1;     /* kg_dump_emit is attached; 0: redact is enforced as block */
 const volatile __u32 cfg_vm_rw_tracked = 1;  /* the ends of process_vm_readv/writev are traced (fexit attached) */
 const volatile __u32 cfg_deny_metadata = 0;  /* decide metadata reads like memory (see access_class) */
+const volatile __u32 cfg_inflight_wait = 1;  /* 0 only in the race test's control run: key opens ignore reads in
+					      * flight and /proc/PID/mem readers that passed their check before the mark
+					      * are not killed (the no-window design switched off) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -1244,11 +1247,25 @@ static __always_inline struct kg_late_mark *late_mark_of(struct task_struct *tar
 	return 0;
 }
 
-/* Is the current syscall process_vm_readv or process_vm_writev (x86-64)? */
+/* Threads inside process_vm_rw() (every entry: x86-64, ia32 compat, x32), by thread id: filled by
+ * kg_vm_rw_enter where the loader attaches it (Variants: vm_rw_end fexit/process_vm_rw). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u32);
+	__type(value, __u8);
+} vm_rw_calls SEC(".maps");
+
+/* Is the current thread in process_vm_readv or process_vm_writev (inside process_vm_rw, or by its
+ * x86-64 syscall number)? */
 static __always_inline int in_vm_rw(struct task_struct *cur)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(cur);
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	long nr;
+
+	if (bpf_map_lookup_elem(&vm_rw_calls, &tid))
+		return 1;
 
 	if (!regs)
 		return 0;
@@ -1346,7 +1363,7 @@ int BPF_PROG(kg_mem_rw_enter, struct file *file, char *buf, size_t len, loff_t *
 		return 0;
 	}
 	late = late_mark_of(target, tgid);
-	if (!late || is_agent(cur))
+	if (!late || is_agent(cur) || !cfg_inflight_wait)
 		return 0;
 	prot.rule_id = late->rule_id;
 	prot.reason = late->reason;
@@ -1560,7 +1577,7 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	/* A locked instruction orders the mark before the look at in-flight reads (readers do the reverse:
 	 * publish, then look at the mark), so a read either sees the mark or is seen here. */
 	__sync_fetch_and_add(&kg_fence, 1);
-	if (reads_in_flight(tgid)) {
+	if (cfg_inflight_wait && reads_in_flight(tgid)) {
 		emit_key(cur, KG_KEY_OPEN_BUSY, KG_GUARD_KEY_FILE, rule_id, KG_MODE_ENFORCE, KG_DECISION_DENIED, file->f_inode,
 			 name);
 		return -EAGAIN;
@@ -2084,5 +2101,64 @@ int BPF_PROG(kg_kernel_load_data, enum kernel_load_data_id id, bool contents, in
 		return kernel_load(1, 0);
 	if (id == bpf_core_enum_value(enum kernel_load_data_id, LOADING_KEXEC_IMAGE))
 		return kernel_load(2, 0);
+	return 0;
+}
+
+/*
+ * Hooks that only some kernels have. The loader probes the kernel's BTF for each and leaves the program
+ * out where the hook is missing (loader.Variants); on those kernels the operation reaches the hook named
+ * beside each program instead, which already guards it.
+ */
+
+/* ftruncate(2) of an fd that was opened for writing before its file became a key file or a listed
+ * executable (6.2+; on 6.1 do_sys_ftruncate calls security_path_truncate: kg_path_truncate). */
+SEC("lsm/file_truncate")
+int BPF_PROG(kg_file_truncate, struct file *file)
+{
+	struct dentry *d = file->f_path.dentry;
+	struct inode *inode = file->f_inode;
+
+	if (inode && is_trusted_exe(inode))
+		return tamper(KG_TAMPER_EXE_WRITE, inode->i_ino, d->d_name.name);
+	return guard_inode(inode, KG_KEY_TRUNCATE, d->d_name.name);
+}
+
+/* POSIX ACLs (6.2+ set and remove them through these hooks; before, through inode_setxattr and
+ * inode_removexattr of system.posix_acl_*). The first argument is a user_namespace or an mnt_idmap. */
+SEC("lsm/inode_set_acl")
+int BPF_PROG(kg_inode_set_acl, void *idmap, struct dentry *dentry, const char *acl_name)
+{
+	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
+}
+
+SEC("lsm/inode_remove_acl")
+int BPF_PROG(kg_inode_remove_acl, void *idmap, struct dentry *dentry, const char *acl_name)
+{
+	return guard_inode(dentry->d_inode, KG_KEY_XATTR, dentry->d_name.name);
+}
+
+/*
+ * process_vm_rw() is where every process_vm_readv/writev goes, native or compat, and it has one BTF
+ * entry on every kernel keyguard supports (the syscall functions have two on 6.1). Entered: the thread
+ * is recorded, so ptrace_access_check publishes its read; left: the read is over.
+ */
+SEC("fentry/process_vm_rw")
+int BPF_PROG(kg_vm_rw_enter)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u8 one = 1;
+
+	if (bpf_map_update_elem(&vm_rw_calls, &tid, &one, BPF_ANY))
+		bpf_send_signal(SIGKILL); /* fail closed: an untracked read must not copy */
+	return 0;
+}
+
+SEC("fexit/process_vm_rw")
+int BPF_PROG(kg_vm_rw_exit)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	bpf_map_delete_elem(&vm_rw_calls, &tid);
+	end_read();
 	return 0;
 }

@@ -18,12 +18,16 @@ import (
 )
 
 // wantVariants are the variants each kernel series of testvm/kernels.txt calls for, read off its BTF
-// by hand (kernfs_node members, bpf_lsm_file_post_open, bpf_lsm_bpf's parameters). A new series must
-// be added here.
+// by hand (kernfs_node members, bpf_lsm_file_post_open, bpf_lsm_bpf's parameters, bpf_lsm_file_truncate,
+// bpf_lsm_inode_set_acl, process_vm_rw: one BTF entry on each). A new series must be
+// added here.
 var wantVariants = map[string]Variants{
-	"6.1":  {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone, BPFHookArgs: 3},
-	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen, BPFHookArgs: 3},
-	"7.3":  {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen, BPFHookArgs: 4},
+	"6.1": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone,
+		TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
+	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
+	"7.3": {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 4},
 }
 
 // Every stock kernel the VM tests boot, probed on the host from its vmlinuz in the testvm cache

@@ -27,7 +27,6 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -54,6 +53,10 @@ type Config struct {
 	// attr, ...) like memory reads: denied unless the rule allows the accessor (reported at low
 	// severity). By default they are allowed and reported at info severity.
 	DenyMetadata bool
+	// NoInflightWait lets key-file opens succeed while memory reads of the opener are in flight and
+	// spares /proc/PID/mem readers that passed their check before the mark: the race window is open
+	// again. Only for the race test's control run, which must then see leaks.
+	NoInflightWait bool
 }
 
 // DefaultConfig returns the production defaults.
@@ -115,49 +118,18 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 		}
 		return 0
 	}
-	vmTracked := vmExitsAttachable()
-	if !vmTracked {
-		delete(spec.Programs, "kg_vm_readv_exit")
-		delete(spec.Programs, "kg_vm_writev_exit")
-	}
 	if err := errors.Join(set("cfg_report_noaudit", b2u(c.ReportNoAudit)), set("cfg_deny_traced", b2u(c.DenyTraced)),
-		set("cfg_vm_rw_tracked", b2u(vmTracked)), set("cfg_deny_metadata", b2u(c.DenyMetadata))); err != nil {
+		set("cfg_deny_metadata", b2u(c.DenyMetadata)), set("cfg_inflight_wait", b2u(!c.NoInflightWait))); err != nil {
 		return nil, "", err
 	}
 	d := kgbpf.ObjectDigest()
 	h := sha256.New()
 	h.Write(d[:])
-	fmt.Fprintf(h, "noaudit=%v traced=%v vmrw=%v", c.ReportNoAudit, c.DenyTraced, vmTracked)
+	fmt.Fprintf(h, "noaudit=%v traced=%v nowait=%v", c.ReportNoAudit, c.DenyTraced, c.NoInflightWait)
 	if c.DenyMetadata {
 		fmt.Fprint(h, " metadata=deny")
 	}
 	return spec, hex.EncodeToString(h.Sum(nil))[:16], nil
-}
-
-// vmExitsAttachable reports whether the ends of process_vm_readv/writev can be traced: the syscall
-// functions must have exactly one BTF entry (6.1's vmlinux BTF has two of each, which fexit cannot
-// tell apart). Without them the in-flight wait covers /proc/PID/mem reads only.
-func vmExitsAttachable() bool {
-	k, err := btf.LoadKernelSpec()
-	if err != nil {
-		return false
-	}
-	for _, name := range []string{"__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev"} {
-		var fns []*btf.Func
-		ts, err := k.AnyTypesByName(name)
-		if err != nil {
-			return false
-		}
-		for _, t := range ts {
-			if f, ok := t.(*btf.Func); ok {
-				fns = append(fns, f)
-			}
-		}
-		if len(fns) != 1 {
-			return false
-		}
-	}
-	return true
 }
 
 // Load loads, attaches and pins the programs, or adopts the ones an earlier agent of the same build

@@ -2,7 +2,6 @@ package loader
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -27,6 +26,17 @@ import (
 //   - mm_access() of newer kernels lets a CAP_PERFMON caller read an mm that ptrace_access_check
 //     refused (/proc/PID/environ, auxv opened by root). Where the file_post_open hook exists,
 //     kg_file_post_open refuses such an open; kernels without the hook (6.1) have no override.
+//   - ftruncate(2) reaches the file_truncate hook (6.2 and later) or path_truncate (before): kg_file_truncate
+//     is left out where the hook is missing, and kg_path_truncate guards ftruncate there.
+//   - POSIX ACLs are set and removed through the inode_set_acl/inode_remove_acl hooks (6.2 and later) or
+//     as system.posix_acl_* xattrs through inode_setxattr/inode_removexattr (before): the ACL programs are
+//     left out where their hooks are missing.
+//   - the end of process_vm_readv/writev is traced by fentry/fexit on process_vm_rw(), which every entry
+//     (x86-64, ia32 compat, x32) goes through; where it cannot be traced, by fexit on the x86-64 syscall
+//     functions (native calls only). Traced functions must have exactly one BTF entry (6.1's BTF has two
+//     of each syscall function, which fexit cannot tell apart). Where neither can be traced the programs
+//     are left out and cfg_vm_rw_tracked is 0: the in-flight wait at key-file open then covers
+//     /proc/PID/mem reads only.
 //   - the bpf LSM hook gained a fourth argument (`kernel`) and task_alloc's clone_flags became u64;
 //     keyguard's programs read neither difference, so they need no variant (reported for the record).
 //
@@ -45,11 +55,52 @@ const (
 	ProcOpenGuardNone     = "none"               // no file_post_open hook (and no override in such kernels)
 )
 
+// Truncate guard variants.
+const (
+	TruncateGuardFile = "lsm/file_truncate" // ftruncate has its own hook
+	TruncateGuardPath = "lsm/path_truncate" // ftruncate reaches path_truncate (before 6.2)
+)
+
+// ACL guard variants.
+const (
+	ACLGuardHooks = "lsm/inode_set_acl"  // inode_set_acl and inode_remove_acl
+	ACLGuardXattr = "lsm/inode_setxattr" // ACLs are system.posix_acl_* xattrs (before 6.2)
+)
+
+// process_vm_readv/writev end variants, best first.
+const (
+	VMRWEndCore  = "fexit/process_vm_rw"              // every entry, compat included
+	VMRWEndFexit = "fexit/__x64_sys_process_vm_readv" // and writev: native calls end at syscall exit
+	VMRWEndNone  = "none"                             // not traceable: the in-flight wait covers /proc/PID/mem only
+)
+
 // The programs that variants leave out when their hook cannot attach.
 const (
 	dumpGuardProgram     = "kg_dump_emit"
 	procOpenGuardProgram = "kg_file_post_open"
+	fileTruncateProgram  = "kg_file_truncate"
+	setACLProgram        = "kg_inode_set_acl"
+	removeACLProgram     = "kg_inode_remove_acl"
+	vmReadvEndProgram    = "kg_vm_readv_exit"
+	vmWritevEndProgram   = "kg_vm_writev_exit"
+	vmRWEnterProgram     = "kg_vm_rw_enter"
+	vmRWExitProgram      = "kg_vm_rw_exit"
 )
+
+// vmRWPrograms are the programs of each process_vm_rw end variant; vmRWEnd picks the variant.
+var vmRWPrograms = map[string][]string{
+	VMRWEndCore:  {vmRWEnterProgram, vmRWExitProgram},
+	VMRWEndFexit: {vmReadvEndProgram, vmWritevEndProgram},
+}
+
+// optionalPrograms maps each program a kernel may lack to the variant chosen when it does.
+var optionalPrograms = map[string]func(*Variants){
+	dumpGuardProgram:     func(v *Variants) { v.DumpGuard = DumpGuardBlock },
+	procOpenGuardProgram: func(v *Variants) { v.ProcOpenGuard = ProcOpenGuardNone },
+	fileTruncateProgram:  func(v *Variants) { v.TruncateGuard = TruncateGuardPath },
+	setACLProgram:        func(v *Variants) { v.ACLGuard = ACLGuardXattr },
+	removeACLProgram:     func(v *Variants) { v.ACLGuard = ACLGuardXattr },
+}
 
 // Variants are the program variants chosen for the running kernel.
 type Variants struct {
@@ -59,13 +110,19 @@ type Variants struct {
 	DumpGuard string `json:"dump_guard"`
 	// ProcOpenGuard is ProcOpenGuardPostOpen or ProcOpenGuardNone.
 	ProcOpenGuard string `json:"proc_open_guard"`
+	// TruncateGuard is TruncateGuardFile or TruncateGuardPath.
+	TruncateGuard string `json:"truncate_guard"`
+	// ACLGuard is ACLGuardHooks or ACLGuardXattr.
+	ACLGuard string `json:"acl_guard"`
+	// VMRWEnd is VMRWEndCore, VMRWEndFexit or VMRWEndNone.
+	VMRWEnd string `json:"vm_rw_end"`
 	// BPFHookArgs is the number of arguments of the bpf LSM hook (3, or 4 with `kernel`).
 	BPFHookArgs int `json:"bpf_hook_args"`
 }
 
 func (v Variants) String() string {
-	return fmt.Sprintf("kernfs_node.%s, dump guard %s, proc open guard %s, bpf hook with %d arguments",
-		v.KernfsParent, v.DumpGuard, v.ProcOpenGuard, v.BPFHookArgs)
+	return fmt.Sprintf("kernfs_node.%s, dump guard %s, proc open guard %s, truncate guard %s, ACL guard %s, process_vm_rw end %s, bpf hook with %d arguments",
+		v.KernfsParent, v.DumpGuard, v.ProcOpenGuard, v.TruncateGuard, v.ACLGuard, v.VMRWEnd, v.BPFHookArgs)
 }
 
 // skipped lists the programs the variants leave out.
@@ -77,13 +134,27 @@ func (v Variants) skipped() map[string]bool {
 	if v.ProcOpenGuard == ProcOpenGuardNone {
 		skip[procOpenGuardProgram] = true
 	}
+	if v.TruncateGuard == TruncateGuardPath {
+		skip[fileTruncateProgram] = true
+	}
+	if v.ACLGuard == ACLGuardXattr {
+		skip[setACLProgram], skip[removeACLProgram] = true, true
+	}
+	for end, progs := range vmRWPrograms {
+		if v.VMRWEnd != end {
+			for _, p := range progs {
+				skip[p] = true
+			}
+		}
+	}
 	return skip
 }
 
 // chooseVariants probes the kernel BTF for the variants, and lists what keyguard needs and the kernel
-// lacks: attach targets of every program (but the dump guard's) and struct fields read without a guard.
+// lacks: attach targets of every program (but the optional ones) and struct fields read without a guard.
 func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Missing) {
-	v := Variants{KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen}
+	v := Variants{KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: vmRWEnd(spec, kernel)}
 	var kn *btf.Struct
 	if kernel.TypeByName("kernfs_node", &kn) == nil {
 		for _, m := range kn.Members {
@@ -104,15 +175,20 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 		names = append(names, name)
 	}
 	sort.Strings(names)
+	vmProgram := map[string]bool{}
+	for _, progs := range vmRWPrograms {
+		for _, p := range progs {
+			vmProgram[p] = true
+		}
+	}
 	for _, name := range names {
 		p := spec.Programs[name]
-		if target := attachTarget(p); target != "" && !hasType(kernel, target) {
-			switch name {
-			case dumpGuardProgram:
-				v.DumpGuard = DumpGuardBlock
-				continue
-			case procOpenGuardProgram:
-				v.ProcOpenGuard = ProcOpenGuardNone
+		if vmProgram[name] {
+			continue // chosen by vmRWEnd
+		}
+		if target := attachTarget(p); target != "" && !attachable(kernel, p, target) {
+			if choose, ok := optionalPrograms[name]; ok {
+				choose(&v)
 				continue
 			}
 			missing = append(missing, Missing{fmt.Sprintf("%s (program %s) is not in this kernel", target, name),
@@ -123,6 +199,21 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 		missing = append(missing, Missing{g, "use a kernel that has it (Debian's stock 6.1, 6.12 and 7.3 do) and report the kernel version to keyguard"})
 	}
 	return v, missing
+}
+
+// vmRWEnd is the best process_vm_rw end variant whose programs all attach to this kernel.
+func vmRWEnd(spec *ebpf.CollectionSpec, kernel *btf.Spec) string {
+	for _, end := range []string{VMRWEndCore, VMRWEndFexit} {
+		ok := true
+		for _, name := range vmRWPrograms[end] {
+			p := spec.Programs[name]
+			ok = ok && p != nil && attachable(kernel, p, attachTarget(p))
+		}
+		if ok {
+			return end
+		}
+	}
+	return VMRWEndNone
 }
 
 // attachTarget is the kernel BTF name a program attaches to.
@@ -138,9 +229,24 @@ func attachTarget(p *ebpf.ProgramSpec) string {
 	return ""
 }
 
-func hasType(kernel *btf.Spec, name string) bool {
-	ts, err := kernel.AnyTypesByName(name)
-	return err == nil && len(ts) > 0
+// attachable reports whether the kernel's BTF has p's attach target: any type of that name for LSM
+// hooks and raw tracepoints; exactly one function for fentry/fexit, which cannot pick between two BTF
+// entries of one name (6.1 lists some syscall functions twice).
+func attachable(kernel *btf.Spec, p *ebpf.ProgramSpec, target string) bool {
+	ts, err := kernel.AnyTypesByName(target)
+	if err != nil || len(ts) == 0 {
+		return false
+	}
+	if p.Type != ebpf.Tracing || p.AttachType == ebpf.AttachTraceRawTp {
+		return true
+	}
+	funcs := 0
+	for _, t := range ts {
+		if _, ok := t.(*btf.Func); ok {
+			funcs++
+		}
+	}
+	return funcs == 1
 }
 
 var reloRE = regexp.MustCompile(`^CORERelocation\(([a-z_]+), [A-Za-z]+:"([A-Za-z0-9_]+)"\[([0-9:]*)\]`)
@@ -232,15 +338,20 @@ func dedup(s []string) []string {
 
 // applyVariants sets the object's settings for the variants.
 func applyVariants(spec *ebpf.CollectionSpec, v Variants) error {
-	vs, ok := spec.Variables["cfg_dump_guard"]
-	if !ok {
-		return errors.New("BPF object has no setting cfg_dump_guard")
+	for name, on := range map[string]bool{"cfg_dump_guard": v.DumpGuard == DumpGuardFentry, "cfg_vm_rw_tracked": v.VMRWEnd != VMRWEndNone} {
+		vs, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("BPF object has no setting %s", name)
+		}
+		var val uint32
+		if on {
+			val = 1
+		}
+		if err := vs.Set(val); err != nil {
+			return err
+		}
 	}
-	var guard uint32
-	if v.DumpGuard == DumpGuardFentry {
-		guard = 1
-	}
-	return vs.Set(guard)
+	return nil
 }
 
 // withVariants returns spec without the programs the variants leave out (a copy when any are).
@@ -275,6 +386,12 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 	}
 	if v.DumpGuard != DumpGuardFentry {
 		build += "-noguard" // links of the other choice belong to another build
+	}
+	switch v.VMRWEnd {
+	case VMRWEndFexit:
+		build += "-vmrwsys"
+	case VMRWEndNone:
+		build += "-novmrw"
 	}
 	return v, build, nil
 }

@@ -301,7 +301,7 @@ var migrations = []migration{
 		// Agent enrollment (package collector/enroll): the certificate holding each name, operator
 		// approvals of re-enrollment, and the uses of bootstrap tokens, shared by the collectors of the
 		// database and kept across restarts.
-		version: 6,
+		version: 7,
 		sqlite: []string{
 			`CREATE TABLE enroll_names (
 				name TEXT PRIMARY KEY,

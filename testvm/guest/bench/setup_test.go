@@ -24,17 +24,14 @@ func TestABSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(d)
-	var objs kgbpf.KeyguardObjects
-	if err := kgbpf.LoadKeyguardObjects(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d}}); err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
+	coll, progs := loadAll(t, d)
+	defer coll.Close()
 	victim := exec.Command("/bin/testproc", "hold")
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { victim.Process.Kill(); victim.Wait() }()
-	l, err := link.AttachLSM(link.LSMOptions{Program: objs.KgPtraceAccessCheck})
+	l, err := link.AttachLSM(link.LSMOptions{Program: progs["ptrace_access_check"]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +40,7 @@ func TestABSwitch(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	if err := objs.Marks.Update(uint32(fd), kgbpf.KeyguardKgMark{RuleId: 1, Reason: 4}, ebpf.UpdateAny); err != nil {
+	if err := coll.Maps["marks"].Update(uint32(fd), kgbpf.KeyguardKgMark{RuleId: 1, Reason: 4}, ebpf.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
 	out, _ := exec.Command("/bin/testproc", "attack", "mem", fmt.Sprint(victim.Process.Pid)).Output()

@@ -13,6 +13,8 @@
 //	testproc fileop OP PATH [ARG]
 //	    one file operation, prints "OK" or "ERR <errno>". OPS: read write opath-reopen handle link rename
 //	    unlink truncate chmod chown setxattr removexattr.
+//	testproc keyop OP ARG
+//	    ftruncate-fd FD, setacl PATH, removeacl PATH, uring-open PATH (keyops.go); prints OK or ERR <errno>.
 //	testproc race-victim KEYFILE
 //	    opens KEYFILE right after exec (again while EAGAIN), copies it into raceBuf, prints
 //	    "LOADED retries=N", lingers 20 ms and exits.
@@ -96,6 +98,7 @@ func modes() map[string]func(args []string) {
 		"corecount":   coreCount,
 		"corelisten":  coreListen,
 		"loop-attack": loopAttack,
+		"keyop":       keyOp,
 	}
 }
 

@@ -1,0 +1,153 @@
+package loader
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+
+	kgbpf "github.com/keyguard/keyguard/bpf"
+)
+
+// kernelBTFDup is kernelBTF with a second copy of each named function added.
+func kernelBTFDup(t *testing.T, names ...string) *btf.Spec {
+	t.Helper()
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+	}
+	var dups []*btf.Func
+	spec := kernelBTF(t, func(typ btf.Type) bool {
+		if fn, ok := typ.(*btf.Func); ok && want[fn.Name] {
+			cp := *fn
+			dups = append(dups, &cp)
+		}
+		return true
+	})
+	if len(dups) != len(names) {
+		t.Fatalf("host BTF has %d of the functions %v", len(dups), names)
+	}
+	var types []btf.Type
+	for typ, err := range spec.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		types = append(types, typ)
+	}
+	for _, d := range dups {
+		types = append(types, d)
+	}
+	return rebuild(t, types)
+}
+
+func rebuild(t *testing.T, types []btf.Type) *btf.Spec {
+	t.Helper()
+	b, err := btf.NewBuilder(types, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := b.Marshal(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := btf.LoadSpecFromReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// The hooks that appeared in 6.2 (file_truncate, inode_set_acl/inode_remove_acl) and the ends of
+// process_vm_readv/writev: the probe must pick the variant the BTF calls for, leave exactly the programs
+// of the other variants out, and set cfg_vm_rw_tracked to match.
+func TestOptionalHookVariants(t *testing.T) {
+	sys := []string{vmReadvEndProgram, vmWritevEndProgram}
+	core := []string{vmRWEnterProgram, vmRWExitProgram}
+	both := append(append([]string{}, sys...), core...)
+	drop := func(names ...string) func(t *testing.T) *btf.Spec {
+		return func(t *testing.T) *btf.Spec {
+			return kernelBTF(t, func(typ btf.Type) bool {
+				for _, n := range names {
+					if !dropFunc(n)(typ) {
+						return false
+					}
+				}
+				return true
+			})
+		}
+	}
+	dup := func(names ...string) func(t *testing.T) *btf.Spec {
+		return func(t *testing.T) *btf.Spec { return kernelBTFDup(t, names...) }
+	}
+	cases := []struct {
+		name    string
+		kernel  func(t *testing.T) *btf.Spec
+		want    Variants
+		skipped []string
+	}{
+		{"host (6.18)", drop(), Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, sys},
+		{"no file_truncate hook (6.1)", drop("bpf_lsm_file_truncate"),
+			Variants{TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, append([]string{fileTruncateProgram}, sys...)},
+		{"no ACL hooks (6.1)", drop("bpf_lsm_inode_set_acl", "bpf_lsm_inode_remove_acl"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndCore}, append([]string{setACLProgram, removeACLProgram}, sys...)},
+		{"no inode_remove_acl only", drop("bpf_lsm_inode_remove_acl"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndCore}, append([]string{setACLProgram, removeACLProgram}, sys...)},
+		{"syscall functions listed twice (6.1): process_vm_rw", dup("__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, sys},
+		{"no process_vm_rw: syscall fexit", drop("process_vm_rw"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
+		{"process_vm_rw listed twice: syscall fexit", dup("process_vm_rw"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
+		{"no process_vm_rw, process_vm_writev listed twice", func(t *testing.T) *btf.Spec {
+			spec := kernelBTFDup(t, "__x64_sys_process_vm_writev")
+			var types []btf.Type
+			for typ, err := range spec.All() {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if dropFunc("process_vm_rw")(typ) {
+					types = append(types, typ)
+				}
+			}
+			return rebuild(t, types)
+		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
+		{"no process_vm_rw, no process_vm_readv function", drop("process_vm_rw", "__x64_sys_process_vm_readv"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			spec, err := kgbpf.LoadKeyguard()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, missing := chooseVariants(spec, c.kernel(t))
+			if len(missing) > 0 {
+				t.Fatalf("kernel refused: %v", missing)
+			}
+			if v.TruncateGuard != c.want.TruncateGuard || v.ACLGuard != c.want.ACLGuard || v.VMRWEnd != c.want.VMRWEnd {
+				t.Errorf("variants %v, want truncate %s, ACL %s, vm_rw end %s", v, c.want.TruncateGuard, c.want.ACLGuard, c.want.VMRWEnd)
+			}
+			active := programs(withVariants(spec, v))
+			if len(active) != len(spec.Programs)-len(c.skipped) {
+				t.Errorf("%d active programs, want %d (%v left out)", len(active), len(spec.Programs)-len(c.skipped), c.skipped)
+			}
+			for _, n := range active {
+				for _, s := range c.skipped {
+					if n == s {
+						t.Errorf("%s is active with %v", n, v)
+					}
+				}
+			}
+			if err := applyVariants(spec, v); err != nil {
+				t.Fatal(err)
+			}
+			var tracked uint32
+			if err := spec.Variables["cfg_vm_rw_tracked"].Get(&tracked); err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]uint32{true: 1}[v.VMRWEnd != VMRWEndNone]; tracked != want {
+				t.Errorf("cfg_vm_rw_tracked %d with vm_rw end %s, want %d", tracked, v.VMRWEnd, want)
+			}
+		})
+	}
+}
