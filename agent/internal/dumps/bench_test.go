@@ -143,16 +143,33 @@ func benchCore(size int64) *tcore {
 	return &c
 }
 
-// runChild feeds core to a child in mode through a pipe and returns the wall time and the child's
-// peak RSS in KiB.
-func runChild(b *testing.B, mode string, core *tcore, keys string) (time.Duration, int64, string) {
-	out := filepath.Join(b.TempDir(), mode+".core")
+// childRun is one run of the benchmark child.
+type childRun struct {
+	wall, cpu time.Duration // wall time (process start included) and the child's user+system time
+	rssKiB    int64         // peak RSS
+	out       string
+}
+
+// runBenchChild runs the test binary as the benchmark child in mode, with env added. Its stdin is
+// the file in if it is not "", else core written through a pipe.
+func runBenchChild(b *testing.B, mode, in string, core *tcore, env ...string) childRun {
+	out := filepath.Join(b.TempDir(), mode+".out")
 	defer os.Remove(out)
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "KEYGUARD_DUMPS_BENCH_CHILD="+mode, "KEYGUARD_DUMPS_BENCH_OUT="+out, "KEYGUARD_DUMPS_BENCH_KEYS="+keys)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		b.Fatal(err)
+	cmd.Env = append(append(os.Environ(), "KEYGUARD_DUMPS_BENCH_CHILD="+mode, "KEYGUARD_DUMPS_BENCH_OUT="+out), env...)
+	var stdin io.WriteCloser
+	if in != "" {
+		f, err := os.Open(in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		cmd.Stdin = f
+	} else {
+		var err error
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			b.Fatal(err)
+		}
 	}
 	var stdout strings.Builder
 	cmd.Stdout = &stdout
@@ -161,25 +178,42 @@ func runChild(b *testing.B, mode string, core *tcore, keys string) (time.Duratio
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	w := bufio.NewWriterSize(stdin, 1<<20)
-	if _, err := core.WriteTo(w); err != nil {
-		b.Fatal(err)
+	if stdin != nil {
+		w := bufio.NewWriterSize(stdin, 1<<20)
+		if _, err := core.WriteTo(w); err != nil {
+			b.Fatal(err)
+		}
+		if err := w.Flush(); err != nil {
+			b.Fatal(err)
+		}
+		stdin.Close()
 	}
-	if err := w.Flush(); err != nil {
-		b.Fatal(err)
-	}
-	stdin.Close()
 	if err := cmd.Wait(); err != nil {
 		b.Fatalf("%s child: %v", mode, err)
 	}
-	d := time.Since(start)
-	var hwm int64
-	for _, l := range strings.Split(stdout.String(), "\n") {
+	r := childRun{wall: time.Since(start), cpu: cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), out: stdout.String()}
+	for _, l := range strings.Split(r.out, "\n") {
 		if f := strings.Fields(l); len(f) == 3 && f[0] == "VmHWM:" {
-			hwm, _ = strconv.ParseInt(f[1], 10, 64)
+			r.rssKiB, _ = strconv.ParseInt(f[1], 10, 64)
 		}
 	}
-	return d, hwm, stdout.String()
+	return r
+}
+
+// runChild feeds core to a child in mode through a pipe and returns the wall time and the child's
+// peak RSS in KiB.
+func runChild(b *testing.B, mode string, core *tcore, keys string) (time.Duration, int64, string) {
+	r := runBenchChild(b, mode, "", core, "KEYGUARD_DUMPS_BENCH_KEYS="+keys)
+	return r.wall, r.rssKiB, r.out
+}
+
+// coreSize is the number of memory bytes in core.
+func coreSize(core *tcore) int64 {
+	var size int64
+	for _, s := range core.segs {
+		size += int64(s.size)
+	}
+	return size
 }
 
 // BenchmarkRedact1GiB compares redaction of a 1 GiB synthetic core with a plain io.Copy of the
@@ -196,10 +230,7 @@ func BenchmarkRedact1GiB(b *testing.B) {
 		gib = v
 	}
 	core := benchCore(gib << 30)
-	var size int64
-	for _, s := range core.segs {
-		size += int64(s.size)
-	}
+	size := coreSize(core)
 	k := keytest.Generate()
 	var pubs []byte
 	for _, pk := range []any{&k.RSA.PublicKey, &k.P256.PublicKey, k.Ed.Public()} {

@@ -2,17 +2,11 @@ package scan
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"os"
 	"os/exec"
@@ -22,9 +16,7 @@ import (
 	"testing"
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
-	"github.com/klauspost/compress/zstd"
-	"github.com/pierrec/lz4/v4"
-	"github.com/ulikunitz/xz"
+	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
 )
 
 // corpus is a directory tree with keys planted in plain and compressed files.
@@ -55,41 +47,17 @@ func memoryLike(rng *mrand.Rand, n int) []byte {
 
 func compress(t *testing.T, kind string, data []byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	var w io.WriteCloser
-	var err error
-	switch kind {
-	case "zstd":
-		w, err = zstd.NewWriter(&buf)
-	case "lz4":
-		w = lz4.NewWriter(&buf)
-	case "xz":
-		w, err = xz.NewWriter(&buf)
-	case "gzip":
-		w = gzip.NewWriter(&buf)
-	}
+	b, err := keytest.Compress(kind, data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return b
 }
 
 func makeCorpus(t *testing.T) *corpus {
 	t.Helper()
-	rk, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ek, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys := keytest.Generate()
+	rk, ek := keys.RSA, keys.P256
 	dir := t.TempDir()
 	c := &corpus{dir: dir}
 	pubDER, _ := x509.MarshalPKIXPublicKey(&rk.PublicKey)

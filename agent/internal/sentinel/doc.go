@@ -24,6 +24,10 @@
 // next rescan (counted in Stats.Deferred). When the sink refuses an event (the export queue is
 // full) the scanner waits and retries: scanning slows down to the export's pace.
 //
+// Keys: Sentinel.SetKeys swaps in a new detector (keyguard-agent sentinel -reload does when the
+// fingerprint file is replaced, e.g. by keyguard fetch-fingerprints -every); files scanned from
+// then on use it, files already scanned are not scanned again.
+//
 // Not done: refusing reads of a quarantined file in the kernel (the file is moved instead, to a
 // directory only root can read); files removed or rewritten while being scanned are scanned again
 // at the next rescan if their identity changed.

@@ -1,22 +1,15 @@
 package sentinel
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto"
 	"crypto/rand"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/klauspost/compress/zstd"
-	"github.com/pierrec/lz4/v4"
-	"github.com/ulikunitz/xz"
 
 	"github.com/keyguard/keyguard/agent/internal/detect"
 	"github.com/keyguard/keyguard/agent/internal/detect/keytest"
@@ -103,29 +96,11 @@ func dump(off int, secret []byte) []byte {
 
 func compressWith(t *testing.T, kind string, data []byte) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	var w io.WriteCloser
-	var err error
-	switch kind {
-	case "zstd":
-		w, err = zstd.NewWriter(&buf)
-	case "lz4":
-		w = lz4.NewWriter(&buf)
-	case "xz":
-		w, err = xz.NewWriter(&buf)
-	case "gzip":
-		w = gzip.NewWriter(&buf)
-	}
+	b, err := keytest.Compress(kind, data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := w.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return b
 }
 
 func start(t *testing.T, cfg Config) (*Sentinel, func()) {
