@@ -1,41 +1,15 @@
 package loader
 
 import (
-	"bufio"
 	"encoding/json"
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/keyguard/keyguard/testvm/guesttest"
 	"github.com/keyguard/keyguard/testvm/vmenv"
 )
-
-// kallsyms reports which of names the running kernel has as functions (read from /proc/kallsyms, a
-// source independent of the BTF the agent probes).
-func kallsyms(t *testing.T, names ...string) map[string]bool {
-	t.Helper()
-	f, err := os.Open("/proc/kallsyms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	want := map[string]bool{}
-	for _, n := range names {
-		want[n] = true
-	}
-	found := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 3 && want[fields[2]] {
-			found[fields[2]] = true
-		}
-	}
-	return found
-}
 
 // The agent's probe picks each program variant the kernel calls for. The expectation comes from
 // /proc/kallsyms, not from the BTF the probe reads; the kernfs_node parent variant is checked by its
@@ -63,7 +37,7 @@ func TestKernelVariants(t *testing.T) {
 	if len(r.Missing) != 0 {
 		t.Errorf("probe says the kernel lacks %v", r.Missing)
 	}
-	syms := kallsyms(t, "dump_emit", "bpf_lsm_file_post_open")
+	syms := guesttest.Kallsyms(t, "dump_emit", "bpf_lsm_file_post_open")
 	if want := map[bool]string{true: "fentry/dump_emit", false: "block"}[syms["dump_emit"]]; v.DumpGuard != want {
 		t.Errorf("dump guard %q, want %q (dump_emit in kallsyms: %v)", v.DumpGuard, want, syms["dump_emit"])
 	}

@@ -11,19 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/btf"
-
 	"github.com/keyguard/keyguard/testvm/guesttest"
 	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
-// fileop runs "testproc fileop OP PATH [ARG]" as root (testproc is no holder, key manager or package
-// manager) and returns its answer: "OK" or "ERR <errno>".
-func fileop(t *testing.T, args ...string) string {
-	t.Helper()
-	out, _ := exec.Command(guesttest.ProcBin, append([]string{"fileop"}, args...)...).CombinedOutput()
-	return strings.TrimSpace(string(out))
-}
+func fileop(t *testing.T, args ...string) string { t.Helper(); return guesttest.FileOp(t, args...) }
 
 // TestKeyFileOnlyForHolders: root, by every alias of the redactor rule's key file, is refused (EPERM) and
 // reported; every metadata change is refused; the rule's own process still loads its key after all of it.
@@ -165,7 +157,7 @@ func TestKeyOpenRace(t *testing.T) {
 		fmt.Sscan(s, &n)
 	}
 	modes := []string{"vmreadv", "mem", "kept"}
-	if !vmReadvTracked() {
+	if !guesttest.VMReadvTracked() {
 		// 6.1: fexit cannot attach to process_vm_readv's end (two BTF entries); the agent leaves that
 		// path out of the in-flight wait, so this kernel is tested (and documented) without it.
 		t.Log("process_vm_readv is not tracked in flight on this kernel: racing /proc/PID/mem only")
@@ -207,22 +199,6 @@ func TestKeyOpenRace(t *testing.T) {
 			t.Errorf("%s: %d of %d processes leaked their key", mode, l, n)
 		}
 	}
-}
-
-// vmReadvTracked mirrors the loader's choice: process_vm_readv's syscall function has one BTF entry.
-func vmReadvTracked() bool {
-	k, err := btf.LoadKernelSpec()
-	if err != nil {
-		return false
-	}
-	ts, _ := k.AnyTypesByName("__x64_sys_process_vm_readv")
-	n := 0
-	for _, ty := range ts {
-		if _, ok := ty.(*btf.Func); ok {
-			n++
-		}
-	}
-	return n == 1
 }
 
 // TestKeyDirMoved: root renames the folder holding a key file, so the policy's glob no longer matches

@@ -166,3 +166,7 @@ func crash(t *testing.T, exe string, args ...string) syscall.WaitStatus {
 	t.Helper()
 	return guesttest.Crash(t, exe, args...)
 }
+
+func kallsyms(t *testing.T, names ...string) map[string]bool { return guesttest.Kallsyms(t, names...) }
+func fileop(t *testing.T, args ...string) string             { t.Helper(); return guesttest.FileOp(t, args...) }
+func vmReadvTracked() bool                                   { return guesttest.VMReadvTracked() }
