@@ -111,10 +111,11 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 		}
 		return 0
 	}
-	vmTracked := vmExitsAttachable()
+	vmTracked := vmExitsAttachable(spec)
 	if !vmTracked {
-		delete(spec.Programs, "kg_vm_readv_exit")
-		delete(spec.Programs, "kg_vm_writev_exit")
+		for _, p := range vmReadEndPrograms {
+			delete(spec.Programs, p)
+		}
 	}
 	if err := errors.Join(set("cfg_report_noaudit", b2u(c.ReportNoAudit)), set("cfg_deny_traced", b2u(c.DenyTraced)),
 		set("cfg_vm_rw_tracked", b2u(vmTracked))); err != nil {
@@ -127,30 +128,14 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 	return spec, hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-// vmExitsAttachable reports whether the ends of process_vm_readv/writev can be traced: the syscall
-// functions must have exactly one BTF entry (6.1's vmlinux BTF has two of each, which fexit cannot
-// tell apart). Without them the in-flight wait covers /proc/PID/mem reads only.
-func vmExitsAttachable() bool {
+// vmExitsAttachable reports whether the ends of process_vm_readv/writev can be traced (the
+// VMReadEnd variant, see vmReadEnd). Without them the in-flight wait covers /proc/PID/mem reads only.
+func vmExitsAttachable(spec *ebpf.CollectionSpec) bool {
 	k, err := btf.LoadKernelSpec()
 	if err != nil {
 		return false
 	}
-	for _, name := range []string{"__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev"} {
-		var fns []*btf.Func
-		ts, err := k.AnyTypesByName(name)
-		if err != nil {
-			return false
-		}
-		for _, t := range ts {
-			if f, ok := t.(*btf.Func); ok {
-				fns = append(fns, f)
-			}
-		}
-		if len(fns) != 1 {
-			return false
-		}
-	}
-	return true
+	return vmReadEnd(spec, k) != VMReadEndNone
 }
 
 // Load loads, attaches and pins the programs, or adopts the ones an earlier agent of the same build

@@ -27,6 +27,10 @@ import (
 //   - mm_access() of newer kernels lets a CAP_PERFMON caller read an mm that ptrace_access_check
 //     refused (/proc/PID/environ, auxv opened by root). Where the file_post_open hook exists,
 //     kg_file_post_open refuses such an open; kernels without the hook (6.1) have no override.
+//   - the ends of process_vm_readv/writev are fexit programs on the architecture's syscall entry
+//     functions (__x64_sys_* on amd64, __arm64_sys_* on arm64, named by the object built for it). They
+//     attach only where each has exactly one BTF entry (6.1's vmlinux BTF has two of each, which fexit
+//     cannot tell apart); elsewhere they are left out and the in-flight wait covers /proc/PID/mem only.
 //   - the bpf LSM hook gained a fourth argument (`kernel`) and task_alloc's clone_flags became u64;
 //     keyguard's programs read neither difference, so they need no variant (reported for the record).
 //
@@ -45,11 +49,18 @@ const (
 	ProcOpenGuardNone     = "none"               // no file_post_open hook (and no override in such kernels)
 )
 
+// VMReadEndNone: the ends of process_vm_readv/writev are not traced (otherwise VMReadEnd is the fexit
+// target of the process_vm_readv end, e.g. "fexit/__arm64_sys_process_vm_readv").
+const VMReadEndNone = "none"
+
 // The programs that variants leave out when their hook cannot attach.
 const (
 	dumpGuardProgram     = "kg_dump_emit"
 	procOpenGuardProgram = "kg_file_post_open"
 )
+
+// vmReadEndPrograms are the fexit programs on the ends of process_vm_readv and process_vm_writev.
+var vmReadEndPrograms = []string{"kg_vm_readv_exit", "kg_vm_writev_exit"}
 
 // Variants are the program variants chosen for the running kernel.
 type Variants struct {
@@ -61,11 +72,13 @@ type Variants struct {
 	ProcOpenGuard string `json:"proc_open_guard"`
 	// BPFHookArgs is the number of arguments of the bpf LSM hook (3, or 4 with `kernel`).
 	BPFHookArgs int `json:"bpf_hook_args"`
+	// VMReadEnd is "fexit/<syscall entry of process_vm_readv>" or VMReadEndNone.
+	VMReadEnd string `json:"vm_read_end"`
 }
 
 func (v Variants) String() string {
-	return fmt.Sprintf("kernfs_node.%s, dump guard %s, proc open guard %s, bpf hook with %d arguments",
-		v.KernfsParent, v.DumpGuard, v.ProcOpenGuard, v.BPFHookArgs)
+	return fmt.Sprintf("kernfs_node.%s, dump guard %s, proc open guard %s, bpf hook with %d arguments, process_vm_readv end %s",
+		v.KernfsParent, v.DumpGuard, v.ProcOpenGuard, v.BPFHookArgs, v.VMReadEnd)
 }
 
 // skipped lists the programs the variants leave out.
@@ -76,6 +89,11 @@ func (v Variants) skipped() map[string]bool {
 	}
 	if v.ProcOpenGuard == ProcOpenGuardNone {
 		skip[procOpenGuardProgram] = true
+	}
+	if v.VMReadEnd == VMReadEndNone {
+		for _, p := range vmReadEndPrograms {
+			skip[p] = true
+		}
 	}
 	return skip
 }
@@ -98,6 +116,7 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 			v.BPFHookArgs = len(fp.Params)
 		}
 	}
+	v.VMReadEnd = vmReadEnd(spec, kernel)
 	var missing []Missing
 	names := make([]string, 0, len(spec.Programs))
 	for name := range spec.Programs {
@@ -114,6 +133,8 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 			case procOpenGuardProgram:
 				v.ProcOpenGuard = ProcOpenGuardNone
 				continue
+			case vmReadEndPrograms[0], vmReadEndPrograms[1]:
+				continue // VMReadEnd is none
 			}
 			missing = append(missing, Missing{fmt.Sprintf("%s (program %s) is not in this kernel", target, name),
 				"use a kernel that has it (Debian's stock 6.1, 6.12 and 7.3 do) and report the kernel version to keyguard"})
@@ -123,6 +144,28 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 		missing = append(missing, Missing{g, "use a kernel that has it (Debian's stock 6.1, 6.12 and 7.3 do) and report the kernel version to keyguard"})
 	}
 	return v, missing
+}
+
+// vmReadEnd is the process_vm_readv end's fexit target when both ends' targets (the syscall entry
+// functions the object names) each have exactly one BTF function in kernel, else VMReadEndNone.
+func vmReadEnd(spec *ebpf.CollectionSpec, kernel *btf.Spec) string {
+	for _, name := range vmReadEndPrograms {
+		p, ok := spec.Programs[name]
+		if !ok {
+			return VMReadEndNone
+		}
+		var fns int
+		ts, _ := kernel.AnyTypesByName(p.AttachTo)
+		for _, t := range ts {
+			if _, ok := t.(*btf.Func); ok {
+				fns++
+			}
+		}
+		if fns != 1 {
+			return VMReadEndNone
+		}
+	}
+	return "fexit/" + spec.Programs[vmReadEndPrograms[0]].AttachTo
 }
 
 // attachTarget is the kernel BTF name a program attaches to.

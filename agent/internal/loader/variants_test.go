@@ -3,9 +3,11 @@ package loader
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
 	kgbpf "github.com/keyguard/keyguard/bpf"
@@ -145,5 +147,48 @@ func TestSkippedPrograms(t *testing.T) {
 	}
 	if got := programs(withVariants(spec, Variants{DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen})); len(got) != all {
 		t.Errorf("%d active programs with every hook present, want %d", len(got), all)
+	}
+}
+
+// The ends of process_vm_readv/writev attach to the syscall entry functions the object names for its
+// architecture; a kernel without them (or an object of the other architecture) leaves them out
+// instead of refusing the kernel.
+func TestVMReadEndVariant(t *testing.T) {
+	amd64, err := ebpf.LoadCollectionSpec("../../../bpf/keyguard_x86_bpfel.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	arm64, err := ebpf.LoadCollectionSpec("../../../bpf/keyguard_arm64_bpfel.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the cases read this amd64 host's BTF")
+	}
+	cases := []struct {
+		name string
+		spec *ebpf.CollectionSpec
+		edit func(btf.Type) bool
+		want string
+	}{
+		{"amd64 object, host kernel", amd64, nil, "fexit/__x64_sys_process_vm_readv"},
+		{"no __x64_sys_process_vm_writev", amd64, dropFunc("__x64_sys_process_vm_writev"), VMReadEndNone},
+		{"arm64 object on an amd64 kernel", arm64, nil, VMReadEndNone},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v, missing := chooseVariants(c.spec.Copy(), kernelBTF(t, c.edit))
+			if v.VMReadEnd != c.want {
+				t.Errorf("process_vm_readv end %s, want %s", v.VMReadEnd, c.want)
+			}
+			for _, m := range missing {
+				if strings.Contains(m.What, "process_vm_") {
+					t.Errorf("refused for %s; the variant should leave the program out", m.What)
+				}
+			}
+			if skip := v.skipped(); (c.want == VMReadEndNone) != (skip["kg_vm_readv_exit"] && skip["kg_vm_writev_exit"]) {
+				t.Errorf("skipped %v with process_vm_readv end %s", skip, v.VMReadEnd)
+			}
+		})
 	}
 }

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "fc6b95afe820665dd9e1a44c45373be8118fb45e391892e57e2f3e5b7911174e"
+const SHA256 = "1959369e26dc59d9bd04ee5e833ee52b94c94ba33f88daa48dfa1e79be415f43"
