@@ -69,9 +69,11 @@ build: ## Build all binaries into bin/
 	$(GO) build -trimpath -o bin/ ./agent/cmd/... ./collector/cmd/...
 
 .PHONY: packages
-packages: ## Build the .deb packages and container image tarballs into out/ (VERSION=... overrides git describe)
-	$(GO) build -trimpath -ldflags "-s -w -X main.version=$$($(GO) run ./deploy/cmd/kgpackage -print-version $(if $(VERSION),-version $(VERSION)))" -o out/bin/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector
-	$(GO) run ./deploy/cmd/kgpackage -bin out/bin -out out $(if $(VERSION),-version $(VERSION))
+packages: ## Build the amd64 and arm64 .deb packages and the multi-arch container image tarballs into out/ (VERSION=... overrides git describe; the arm64 busybox comes from make deps)
+	v=$$($(GO) run ./deploy/cmd/kgpackage -print-version $(if $(VERSION),-version $(VERSION))) && \
+	$(GO) build -trimpath -ldflags "-s -w -X main.version=$$v" -o out/bin/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector && \
+	GOARCH=arm64 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$v" -o out/bin-arm64/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector
+	$(GO) run ./deploy/cmd/kgpackage -bin out/bin -bin-arm64 out/bin-arm64 -busybox-arm64 $(CACHE)/kernels/$(firstword $(ARM64_KERNELS))/busybox -out out $(if $(VERSION),-version $(VERSION))
 
 .PHONY: lint
 lint: ## gofmt and go vet
