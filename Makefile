@@ -3,6 +3,10 @@ SHELL := /bin/bash
 GO ?= go
 export CGO_ENABLED ?= 0
 KERNELS ?= 6.1 6.12 7.3
+# arm64 kernels (testvm/kernels.txt series ending in -arm64), booted with qemu-system-aarch64 (TCG) by
+# make vmtest-arm64 with the tests ARM64_RUN selects from testvm/arm64-suites.txt (~10 minutes).
+ARM64_KERNELS ?= 6.12-arm64
+ARM64_RUN ?= ^(TestBPFLSMActive|TestKernelBTF|TestMounts|TestKernelVariants|TestReadPaths|TestDumpBlocked|TestAgentKilledEnforcementHolds)$$
 # Kernels for the systemd VM test (Debian 12 + systemd as PID 1, the .deb packages).
 SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
@@ -32,7 +36,7 @@ demo-initramfs: deps ## The small demo: initramfs VM with agent + sample signing
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -demo $(VMTEST_FLAGS)
 
 .PHONY: check
-check: deps check-generate lint test vmtest vmtest-systemd ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on both kernels, the packages under systemd
+check: deps check-generate lint test vmtest vmtest-arm64 vmtest-systemd ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on every kernel (amd64 and arm64), the packages under systemd
 
 ##@ Pieces
 
@@ -52,7 +56,7 @@ generate-proto: ## Regenerate protobuf/gRPC Go code with buf (run as a Go module
 	@if [ -f proto/buf.gen.yaml ]; then cd proto && $(GO) tool buf format --diff --exit-code && $(GO) tool buf lint && $(GO) tool buf generate; fi
 
 .PHONY: vmlinux
-vmlinux: ## Refresh bpf/vmlinux.h from the BTF of the newest pinned stock kernel
+vmlinux: ## Refresh bpf/src/x86/vmlinux.h and bpf/src/arm64/vmlinux.h from the BTF of the pinned stock 6.12 kernels (amd64, arm64)
 	bash bpf/update-vmlinux.sh $(CACHE)
 
 .PHONY: check-generate
@@ -65,9 +69,11 @@ build: ## Build all binaries into bin/
 	$(GO) build -trimpath -o bin/ ./agent/cmd/... ./collector/cmd/...
 
 .PHONY: packages
-packages: ## Build the .deb packages and container image tarballs into out/ (VERSION=... overrides git describe)
-	$(GO) build -trimpath -ldflags "-s -w -X main.version=$$($(GO) run ./deploy/cmd/kgpackage -print-version $(if $(VERSION),-version $(VERSION)))" -o out/bin/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector
-	$(GO) run ./deploy/cmd/kgpackage -bin out/bin -out out $(if $(VERSION),-version $(VERSION))
+packages: ## Build the amd64 and arm64 .deb packages and the multi-arch container image tarballs into out/ (VERSION=... overrides git describe; the arm64 busybox comes from make deps)
+	v=$$($(GO) run ./deploy/cmd/kgpackage -print-version $(if $(VERSION),-version $(VERSION))) && \
+	$(GO) build -trimpath -ldflags "-s -w -X main.version=$$v" -o out/bin/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector && \
+	GOARCH=arm64 $(GO) build -trimpath -ldflags "-s -w -X main.version=$$v" -o out/bin-arm64/ ./agent/cmd/keyguard-agent ./agent/cmd/keyguard ./collector/cmd/keyguard-collector
+	$(GO) run ./deploy/cmd/kgpackage -bin out/bin -bin-arm64 out/bin-arm64 -busybox-arm64 $(CACHE)/kernels/$(firstword $(ARM64_KERNELS))/busybox -out out $(if $(VERSION),-version $(VERSION))
 
 .PHONY: lint
 lint: ## gofmt and go vet
@@ -85,6 +91,10 @@ test: alertmanager ## Unit and integration tests on the host (real gRPC, SQLite,
 .PHONY: vmtest
 vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in testvm/out/<series>/)
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -parallel $(VM_PARALLEL) $(VMTEST_FLAGS)
+
+.PHONY: vmtest-arm64
+vmtest-arm64: deps ## The arm64 suite in qemu-system-aarch64 (TCG) on the stock Debian arm64 kernel: read paths, dump block, pins across kill -9 (logs in testvm/out/arm64/)
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(ARM64_KERNELS)" -suites-file testvm/arm64-suites.txt -run '$(ARM64_RUN)' -out testvm/out/arm64 -timeout 20m -suite-timeout 15m $(VMTEST_FLAGS)
 
 .PHONY: vmtest-systemd
 vmtest-systemd: deps ## The .deb packages on Debian 12 with systemd as PID 1 in QEMU: dpkg, systemd-coredump, upgrade under attack, removal (kernels SYSTEMD_KERNELS; logs in testvm/out/systemd/)

@@ -51,8 +51,9 @@ fi
 # sources (bookworm) stay untouched. Without a third field the machine's apt is used.
 mirror=${KEYGUARD_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 aptc=() # the apt-get/apt-cache prefix for the current line
-private_apt() { # SUITES (comma-separated) -> sets aptc; apt-get update once per run
+private_apt() { # SUITES (comma-separated) [force] -> sets aptc for $arch; apt-get update once per run
 	local suites=$1 d=$cache/apt/$1
+	[ "$arch" = amd64 ] || d=$cache/apt/$1@$arch
 	mkdir -p "$d/lists/partial" "$d/cache/archives/partial" "$d/sources" "$d/preferences"
 	cat >"$d/sources/kernels.sources" <<-EOF
 		Types: deb
@@ -69,14 +70,15 @@ private_apt() { # SUITES (comma-separated) -> sets aptc; apt-get update once per
 		Dir::State::Lists "$d/lists";
 		Dir::State::status "/dev/null";
 		Dir::Cache "$d/cache";
-		APT::Architecture "amd64";
+		APT::Architecture "$arch";
+		APT::Architectures { "$arch"; };
 	EOF
 	aptc=(env "APT_CONFIG=$d/apt.conf")
-	if [ -z "${private_updated[$suites]:-}" ] && { [ ! -f "$d/updated" ] || [ "${2:-}" = force ]; }; then
+	if [ -z "${private_updated[$d]:-}" ] && { [ ! -f "$d/updated" ] || [ "${2:-}" = force ]; }; then
 		echo "setup.sh: apt-get update for $suites (private apt folder $d)" >&2
 		"${aptc[@]}" apt-get update -qq
 		touch "$d/updated"
-		private_updated[$suites]=1
+		private_updated[$d]=1
 	fi
 }
 declare -A private_updated=()
@@ -84,9 +86,10 @@ declare -A private_updated=()
 update() { if [ -n "$1" ]; then private_apt "$1" force; else apt_update; fi; }
 
 # newest_of SERIES: newest kernel image of the series (no cloud/rt flavours) in the archive:
-# linux-image-<series>.*-amd64-unsigned (bookworm) or linux-image-<series>.*-amd64 (split packages).
+# linux-image-<series>.*-<arch>-unsigned (bookworm) or linux-image-<series>.*-<arch> (split packages).
 newest_of() {
-	local re="^linux-image-${1//./\\.}\\.[0-9]+[-+][0-9a-z+]*-amd64(-unsigned)?\$"
+	local v=${1%-arm64}
+	local re="^linux-image-${v//./\\.}\\.[0-9]+[-+][0-9a-z+]*-$arch(-unsigned)?\$"
 	"${aptc[@]}" apt-cache search --names-only "$re" | awk '{print $1}' | grep -E "$re" | sort -V | tail -n1
 }
 candidate() { "${aptc[@]}" apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2}'; }
@@ -104,9 +107,31 @@ image_pkg() {
 	fi
 }
 
+# fetch_busybox DIR: Debian's busybox-static for $arch from the current apt into DIR/busybox (the guest
+# /bin/busybox of a foreign-architecture VM; amd64 guests get the host's).
+fetch_busybox() {
+	local t
+	t=$(mktemp -d "$cache/.fetch.XXXXXX")
+	(cd "$t" && "${aptc[@]}" apt-get download -qq busybox-static 2>&1 | grep -v 'unsandboxed' >&2 || true)
+	dpkg-deb --fsys-tarfile "$t"/busybox-static_*.deb | tar -x -C "$t" ./bin/busybox ./usr/bin/busybox 2>/dev/null || true
+	local b
+	b=$(find "$t" -name busybox -type f | head -n1)
+	[ -n "$b" ] || { echo "setup.sh: ERROR: no busybox in busybox-static for $arch" >&2; rm -rf "$t"; exit 1; }
+	mv "$b" "$1/busybox"
+	rm -rf "$t"
+}
+
 while read -r series pkg suites _; do
 	dir=$cache/kernels/$series
-	if [ -s "$dir/vmlinuz" ] && [ -f "$dir/package" ] && [ "$(awk '{print $1; exit}' "$dir/package")" = "$pkg" ]; then
+	# The architecture is in the package name (…-arm64[-unsigned]); a foreign one needs the suites field.
+	arch=amd64
+	[[ $pkg != *-arm64* ]] || arch=arm64
+	if [ "$arch" != amd64 ] && [ -z "${suites:-}" ]; then
+		echo "setup.sh: ERROR: $series ($arch) needs its apt suites in testvm/kernels.txt (third field)" >&2
+		exit 1
+	fi
+	if [ -s "$dir/vmlinuz" ] && [ -f "$dir/package" ] && [ "$(awk '{print $1; exit}' "$dir/package")" = "$pkg" ] &&
+		{ [ "$arch" = amd64 ] || [ -s "$dir/busybox" ]; }; then
 		continue
 	fi
 	aptc=()
@@ -119,7 +144,7 @@ while read -r series pkg suites _; do
 	if [ -z "$ver" ] || [ "$ver" = "(none)" ]; then
 		newest=$(newest_of "$series")
 		if [ -z "$newest" ]; then
-			echo "setup.sh: ERROR: $pkg is not in the apt archive and no other $series amd64 kernel is either;" >&2
+			echo "setup.sh: ERROR: $pkg is not in the apt archive and no other $series $arch kernel is either;" >&2
 			echo "setup.sh: check the suites (${suites:-/etc/apt/sources.list: bookworm and bookworm-security}) and testvm/kernels.txt" >&2
 			exit 1
 		fi
@@ -163,6 +188,7 @@ while read -r series pkg suites _; do
 	mods=$pkg
 	[ "$img" = "$pkg" ] || mods=${pkg/linux-image-/linux-modules-}
 	printf '%s %s %s\n' "$mods" "$ver" "${suites:-}" >"$tmp/out/modules"
+	[ "$arch" = amd64 ] || fetch_busybox "$tmp/out"
 	rm -rf "$dir"
 	mkdir -p "$(dirname "$dir")"
 	mv "$tmp/out" "$dir"

@@ -22,6 +22,7 @@
 #include <bpf/bpf_core_read.h>
 
 #include "keyguard.h"
+#include "kg_arch.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -471,7 +472,7 @@ static __always_inline int is_agent(struct task_struct *t)
 	return dev == a->exe_dev && ino == a->exe_ino;
 }
 
-/* Operation and detail from the accessor's current syscall (x86-64 numbers). */
+/* Operation and detail from the accessor's current syscall (numbers: kg_arch.h). */
 static __always_inline __u32 op_of(struct task_struct *cur, __s32 *nr_out, char *detail)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(cur);
@@ -481,45 +482,45 @@ static __always_inline __u32 op_of(struct task_struct *cur, __s32 *nr_out, char 
 
 	if (!regs)
 		return KG_OP_OTHER;
-	nr = BPF_CORE_READ(regs, orig_ax);
-	arg0 = BPF_CORE_READ(regs, di);
+	nr = KG_SC_NR(regs);
+	arg0 = KG_SC_ARG0(regs);
 	*nr_out = nr;
 	switch (nr) {
-	case 101: /* ptrace */
+	case KG_NR_PTRACE:
 		if (arg0 == 16)
 			return KG_OP_PTRACE_ATTACH;
 		if (arg0 == 0x4206)
 			return KG_OP_PTRACE_SEIZE;
 		return KG_OP_PTRACE_OTHER;
-	case 310:
+	case KG_NR_PROCESS_VM_READV:
 		return KG_OP_PROCESS_VM_READV;
-	case 311:
+	case KG_NR_PROCESS_VM_WRITEV:
 		return KG_OP_PROCESS_VM_WRITEV;
-	case 438:
+	case KG_NR_PIDFD_GETFD:
 		return KG_OP_PIDFD_GETFD;
-	case 312:
+	case KG_NR_KCMP:
 		return KG_OP_KCMP;
-	case 298:
+	case KG_NR_PERF_EVENT_OPEN:
 		return KG_OP_PERF_EVENT_OPEN;
-	case 2: /* open(path, ...) */
+	case KG_NR_OPEN: /* open(path, ...) */
 		path = (const char *)arg0;
 		op = KG_OP_PROC_OPEN;
 		break;
-	case 257: /* openat(dirfd, path, ...) */
-	case 437: /* openat2 */
-		path = (const char *)BPF_CORE_READ(regs, si);
+	case KG_NR_OPENAT: /* openat(dirfd, path, ...) */
+	case KG_NR_OPENAT2:
+		path = (const char *)KG_SC_ARG1(regs);
 		op = KG_OP_PROC_OPEN;
 		break;
-	case 89: /* readlink(path, ...) */
-	case 4:  /* stat */
-	case 6:  /* lstat */
+	case KG_NR_READLINK: /* readlink(path, ...) */
+	case KG_NR_STAT:
+	case KG_NR_LSTAT:
 		path = (const char *)arg0;
 		op = KG_OP_PROC_LINK;
 		break;
-	case 267: /* readlinkat(dirfd, path, ...) */
-	case 262: /* newfstatat */
-	case 332: /* statx */
-		path = (const char *)BPF_CORE_READ(regs, si);
+	case KG_NR_READLINKAT: /* readlinkat(dirfd, path, ...) */
+	case KG_NR_NEWFSTATAT:
+	case KG_NR_STATX:
+		path = (const char *)KG_SC_ARG1(regs);
 		op = KG_OP_PROC_LINK;
 		break;
 	default:
@@ -1257,7 +1258,7 @@ struct {
 } vm_rw_calls SEC(".maps");
 
 /* Is the current thread in process_vm_readv or process_vm_writev (inside process_vm_rw, or by its
- * x86-64 syscall number)? */
+ * syscall number)? */
 static __always_inline int in_vm_rw(struct task_struct *cur)
 {
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(cur);
@@ -1269,8 +1270,8 @@ static __always_inline int in_vm_rw(struct task_struct *cur)
 
 	if (!regs)
 		return 0;
-	nr = BPF_CORE_READ(regs, orig_ax);
-	return nr == 310 || nr == 311;
+	nr = KG_SC_NR(regs);
+	return nr == KG_NR_PROCESS_VM_READV || nr == KG_NR_PROCESS_VM_WRITEV;
 }
 
 SEC("lsm/ptrace_access_check")
@@ -1303,14 +1304,14 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 	return ret;
 }
 
-SEC("fexit/__x64_sys_process_vm_readv")
+SEC("fexit/" KG_SYSCALL_PREFIX "process_vm_readv")
 int BPF_PROG(kg_vm_readv_exit, struct pt_regs *regs, long ret)
 {
 	end_read();
 	return 0;
 }
 
-SEC("fexit/__x64_sys_process_vm_writev")
+SEC("fexit/" KG_SYSCALL_PREFIX "process_vm_writev")
 int BPF_PROG(kg_vm_writev_exit, struct pt_regs *regs, long ret)
 {
 	end_read();

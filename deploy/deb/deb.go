@@ -44,11 +44,20 @@ var copyright []byte
 // Config says where the inputs are and what to write.
 type Config struct {
 	Version    string    // Debian version, see Version
-	BinDir     string    // holds keyguard-agent, keyguard and keyguard-collector (static linux/amd64)
+	Arch       string    // Debian architecture of BinDir's binaries (amd64, arm64); "" is amd64
+	BinDir     string    // holds keyguard-agent, keyguard and keyguard-collector (static linux/<Arch>)
+	HelpBinDir string    // the same binaries for this machine, run for the man pages; "" is BinDir
 	SystemdDir string    // deploy/systemd: units, /etc/default files, collector.yaml
 	PolicyFile string    // example policy installed as /usr/share/keyguard/policy.example.yaml
 	OutDir     string    // where the .deb files go
 	MTime      time.Time // timestamp of every file (reproducible builds); zero: now
+}
+
+func (cfg Config) arch() string {
+	if cfg.Arch == "" {
+		return "amd64"
+	}
+	return cfg.Arch
 }
 
 // File is one file a package installs.
@@ -185,7 +194,7 @@ func Version(describe string, commitTime time.Time) (string, error) {
 	return v, nil
 }
 
-// Build writes every package into cfg.OutDir as <name>_<version>_amd64.deb and returns the paths.
+// Build writes every package into cfg.OutDir as <name>_<version>_<arch>.deb and returns the paths.
 func Build(cfg Config) ([]string, error) {
 	if !debVersion.MatchString(cfg.Version) {
 		return nil, fmt.Errorf("version %q is not a valid Debian version (see deb.Version)", cfg.Version)
@@ -215,7 +224,7 @@ func Build(cfg Config) ([]string, error) {
 func build(cfg Config, p Package, tmp string) (string, error) {
 	info := &nfpm.Info{
 		Name:          p.Name,
-		Arch:          "amd64",
+		Arch:          cfg.arch(),
 		Platform:      "linux",
 		Version:       cfg.Version,
 		VersionSchema: "none",
@@ -274,7 +283,7 @@ func build(cfg Config, p Package, tmp string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	path := filepath.Join(cfg.OutDir, fmt.Sprintf("%s_%s_amd64.deb", p.Name, cfg.Version))
+	path := filepath.Join(cfg.OutDir, fmt.Sprintf("%s_%s_%s.deb", p.Name, cfg.Version, cfg.arch()))
 	f, err := os.Create(path)
 	if err != nil {
 		return "", err
@@ -315,7 +324,11 @@ func docFiles(cfg Config, p Package, tmp string) ([]File, error) {
 				also = append(also, b+"(1)")
 			}
 		}
-		page, err := manpage.FromBinary(context.Background(), filepath.Join(cfg.BinDir, m.Binary), manpage.Page{Name: m.Binary,
+		helpDir := cfg.HelpBinDir
+		if helpDir == "" {
+			helpDir = cfg.BinDir
+		}
+		page, err := manpage.FromBinary(context.Background(), filepath.Join(helpDir, m.Binary), manpage.Page{Name: m.Binary,
 			Section: "1", Summary: m.Summary, Version: cfg.Version, Date: cfg.MTime, Helps: m.Helps, SeeAlso: also})
 		if err != nil {
 			return nil, fmt.Errorf("man page (build the binaries for this machine first: make packages): %w", err)

@@ -4,6 +4,12 @@
 // in distroless), the CA bundle and /tmp. The agent image also carries a static busybox for the
 // Helm chart's init container, which copies the agent binary to the node (deploy/README.md).
 //
+// Images are built for Config.Arch (amd64 by default) and for each of Config.More (arm64): with more
+// than one architecture the OCI layout names an image index (multi-arch) with one manifest per
+// architecture, which registries and engines resolve to the host's; the docker-archive, which holds a
+// single image, is written per architecture (<name>_<version>.image.tar for Arch,
+// <name>_<version>_<arch>.image.tar for the others).
+//
 // Each image is written twice, with the same OCI manifest, config and layers:
 //   - <name>_<version>.oci.tar: an OCI image layout (oci-layout, index.json, blobs/) in a tar, the
 //     image named by the org.opencontainers.image.ref.name annotation: `skopeo copy oci-archive:`,
@@ -41,13 +47,36 @@ const CollectorUID = 65532
 
 // Config says where the inputs are and what to write.
 type Config struct {
-	Version    string    // image tag and org.opencontainers.image.version
-	Repository string    // e.g. "keyguard" gives keyguard/keyguard-agent:<Version>
-	BinDir     string    // keyguard-agent, keyguard, keyguard-collector (static linux/amd64)
-	CACerts    string    // CA bundle, e.g. /etc/ssl/certs/ca-certificates.crt
-	Busybox    string    // static busybox, e.g. /bin/busybox (Debian busybox-static)
-	OutDir     string    // where the tarballs go
-	MTime      time.Time // timestamp of every file and of the image (reproducible); zero: now
+	Version    string     // image tag and org.opencontainers.image.version
+	Repository string     // e.g. "keyguard" gives keyguard/keyguard-agent:<Version>
+	Arch       string     // GOARCH of BinDir and Busybox; "" is amd64
+	BinDir     string     // keyguard-agent, keyguard, keyguard-collector (static linux/<Arch>)
+	CACerts    string     // CA bundle, e.g. /etc/ssl/certs/ca-certificates.crt
+	Busybox    string     // static busybox, e.g. /bin/busybox (Debian busybox-static)
+	More       []Platform // further architectures of a multi-arch image (an OCI image index)
+	OutDir     string     // where the tarballs go
+	MTime      time.Time  // timestamp of every file and of the image (reproducible); zero: now
+}
+
+// Platform is one more architecture's inputs: its static binaries and busybox.
+type Platform struct {
+	Arch    string // GOARCH, e.g. arm64
+	BinDir  string
+	Busybox string
+}
+
+// platforms lists cfg's architectures, Arch first, each as a Config of its own.
+func (cfg Config) platforms() []Config {
+	if cfg.Arch == "" {
+		cfg.Arch = "amd64"
+	}
+	out := []Config{cfg}
+	for _, p := range cfg.More {
+		c := cfg
+		c.Arch, c.BinDir, c.Busybox, c.More = p.Arch, p.BinDir, p.Busybox, nil
+		out = append(out, c)
+	}
+	return out
 }
 
 // Entry is one file system entry of a layer.
@@ -133,25 +162,51 @@ func Build(cfg Config) ([]string, error) {
 		return nil, err
 	}
 	var out []string
-	for _, im := range Images(cfg) {
-		img, err := build(cfg, im)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", im.Name, err)
+	plats := cfg.platforms()
+	for i, im := range Images(cfg) {
+		var imgs []v1.Image
+		for _, pc := range plats {
+			img, err := build(pc, Images(pc)[i])
+			if err != nil {
+				return nil, fmt.Errorf("image %s (%s): %w", im.Name, pc.Arch, err)
+			}
+			imgs = append(imgs, img)
 		}
 		tag, err := name.NewTag(Ref(cfg, im.Name))
 		if err != nil {
 			return nil, err
 		}
 		base := filepath.Join(cfg.OutDir, fmt.Sprintf("%s_%s", im.Name, cfg.Version))
-		if err := writeOCIArchive(base+".oci.tar", img, tag, cfg.MTime); err != nil {
+		if err := writeOCIArchive(base+".oci.tar", layoutEntry(plats, imgs), tag, cfg.MTime); err != nil {
 			return nil, fmt.Errorf("image %s: OCI layout: %w", im.Name, err)
 		}
-		if err := tarball.WriteToFile(base+".image.tar", tag, img); err != nil {
-			return nil, fmt.Errorf("image %s: %w", im.Name, err)
+		out = append(out, base+".oci.tar")
+		for j, img := range imgs {
+			p := base + ".image.tar"
+			if j > 0 {
+				p = base + "_" + plats[j].Arch + ".image.tar"
+			}
+			if err := tarball.WriteToFile(p, tag, img); err != nil {
+				return nil, fmt.Errorf("image %s: %w", im.Name, err)
+			}
+			out = append(out, p)
 		}
-		out = append(out, base+".oci.tar", base+".image.tar")
 	}
 	return out, nil
+}
+
+// layoutEntry is what the OCI layout's index.json names: the image, or with several architectures an
+// image index of their manifests, each with its platform.
+func layoutEntry(plats []Config, imgs []v1.Image) func(layout.Path, ...layout.Option) error {
+	if len(imgs) == 1 {
+		return func(lp layout.Path, opts ...layout.Option) error { return lp.AppendImage(imgs[0], opts...) }
+	}
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	for j, img := range imgs {
+		idx = mutate.AppendManifests(idx, mutate.IndexAddendum{Add: img,
+			Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: plats[j].Arch}}})
+	}
+	return func(lp layout.Path, opts ...layout.Option) error { return lp.AppendIndex(idx, opts...) }
 }
 
 // Ref is the image reference an image is tagged with, e.g. keyguard/keyguard-agent:1.2.3.
@@ -188,7 +243,10 @@ func build(cfg Config, im Image) (v1.Image, error) {
 		return nil, err
 	}
 	cf = cf.DeepCopy()
-	cf.Architecture, cf.OS = "amd64", "linux"
+	cf.Architecture, cf.OS = cfg.Arch, "linux"
+	if cf.Architecture == "" {
+		cf.Architecture = "amd64"
+	}
 	cf.Created = v1.Time{Time: cfg.MTime}
 	cf.Config.Entrypoint = im.Entrypoint
 	cf.Config.Cmd = im.Cmd
@@ -254,9 +312,9 @@ func layerTar(entries []Entry, mtime time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// writeOCIArchive writes img as an OCI image layout, tagged by annotation, and packs it in a tar with
-// fixed times and modes (reproducible).
-func writeOCIArchive(dst string, img v1.Image, tag name.Tag, mtime time.Time) error {
+// writeOCIArchive writes an OCI image layout whose index.json names what add appends (an image or an
+// image index), tagged by annotation, and packs it in a tar with fixed times and modes (reproducible).
+func writeOCIArchive(dst string, add func(layout.Path, ...layout.Option) error, tag name.Tag, mtime time.Time) error {
 	dir, err := os.MkdirTemp("", "keyguard-oci-")
 	if err != nil {
 		return err
@@ -266,7 +324,7 @@ func writeOCIArchive(dst string, img v1.Image, tag name.Tag, mtime time.Time) er
 	if err != nil {
 		return err
 	}
-	if err := lp.AppendImage(img, layout.WithAnnotations(map[string]string{
+	if err := add(lp, layout.WithAnnotations(map[string]string{
 		"org.opencontainers.image.ref.name": tag.TagStr(),
 		"io.containerd.image.name":          tag.Name(),
 	})); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"debug/elf"
+	"encoding/binary"
 	"io"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/klauspost/compress/zstd"
 
@@ -28,6 +30,9 @@ var wantVariants = map[string]Variants{
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
 	"7.3": {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 4},
+	// arm64 (the stock Debian arm64 kernel, probed with the arm64 object).
+	"6.12-arm64": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
 }
 
 // Every stock kernel the VM tests boot, probed on the host from its vmlinuz in the testvm cache
@@ -52,6 +57,9 @@ func TestVariantsOfPinnedKernels(t *testing.T) {
 		t.Run(series, func(t *testing.T) {
 			kernel := btfOfVmlinuz(t, filepath.Join(cache, "kernels", series, "vmlinuz"))
 			spec, err := kgbpf.LoadKeyguard()
+			if strings.HasSuffix(series, "-arm64") {
+				spec, err = ebpf.LoadCollectionSpec("../../../bpf/keyguard_arm64_bpfel.o")
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,12 +79,16 @@ func TestVariantsOfPinnedKernels(t *testing.T) {
 	}
 }
 
-// btfOfVmlinuz finds the compressed kernel (zstd or xz) inside a bzImage and reads its .BTF section.
+// btfOfVmlinuz finds the compressed kernel (zstd or xz) inside a bzImage and reads its .BTF section, or
+// reads the BTF blob of an uncompressed arm64 Image.
 func btfOfVmlinuz(t *testing.T, path string) *btf.Spec {
 	t.Helper()
 	img, err := os.ReadFile(path)
 	if err != nil {
 		t.Skipf("kernel not in the cache (run testvm/setup.sh): %v", err)
+	}
+	if len(img) > 0x40 && string(img[0x38:0x3c]) == "ARM\x64" {
+		return btfOfImage(t, img)
 	}
 	for _, magic := range [][]byte{{0x28, 0xb5, 0x2f, 0xfd}, {0xfd, '7', 'z', 'X', 'Z', 0}} {
 		for off := 0; ; off++ {
@@ -107,6 +119,24 @@ func btfOfVmlinuz(t *testing.T, path string) *btf.Spec {
 	}
 	t.Fatalf("%s: no compressed ELF kernel with BTF inside", path)
 	return nil
+}
+
+// btfOfImage reads the .BTF blob (header magic 0xeb9f, version 1, 24-byte header) out of an arm64 Image,
+// which is the uncompressed kernel without ELF headers.
+func btfOfImage(t *testing.T, img []byte) *btf.Spec {
+	t.Helper()
+	i := bytes.Index(img, []byte{0x9f, 0xeb, 1, 0, 24, 0, 0, 0})
+	if i < 0 || len(img) < i+24 {
+		t.Fatal("no BTF in the arm64 Image")
+	}
+	h := img[i : i+24]
+	le := binary.LittleEndian
+	n := 24 + int(le.Uint32(h[16:])) + int(le.Uint32(h[20:])) // header, then strings end the blob
+	spec, err := btf.LoadSpecFromReader(bytes.NewReader(img[i : i+n]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spec
 }
 
 func decompress(b []byte, isZstd bool) []byte {

@@ -32,8 +32,9 @@ import (
 //     as system.posix_acl_* xattrs through inode_setxattr/inode_removexattr (before): the ACL programs are
 //     left out where their hooks are missing.
 //   - the end of process_vm_readv/writev is traced by fentry/fexit on process_vm_rw(), which every entry
-//     (x86-64, ia32 compat, x32) goes through; where it cannot be traced, by fexit on the x86-64 syscall
-//     functions (native calls only). Traced functions must have exactly one BTF entry (6.1's BTF has two
+//     (x86-64, ia32 compat, x32) goes through; where it cannot be traced, by fexit on the architecture's
+//     syscall entry functions (__x64_sys_* or __arm64_sys_*, named by the object built for it; native
+//     calls only). Traced functions must have exactly one BTF entry (6.1's BTF has two
 //     of each syscall function, which fexit cannot tell apart). Where neither can be traced the programs
 //     are left out and cfg_vm_rw_tracked is 0: the in-flight wait at key-file open then covers
 //     /proc/PID/mem reads only.
@@ -70,7 +71,7 @@ const (
 // process_vm_readv/writev end variants, best first.
 const (
 	VMRWEndCore  = "fexit/process_vm_rw"              // every entry, compat included
-	VMRWEndFexit = "fexit/__x64_sys_process_vm_readv" // and writev: native calls end at syscall exit
+	VMRWEndFexit = "fexit/sys_process_vm_readv"       // the architecture's syscall entries (__x64_sys_*, __arm64_sys_*; and writev): native calls end at syscall exit
 	VMRWEndNone  = "none"                             // not traceable: the in-flight wait covers /proc/PID/mem only
 )
 

@@ -3,9 +3,11 @@ package loader
 import (
 	"bytes"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 
 	kgbpf "github.com/keyguard/keyguard/bpf"
@@ -146,5 +148,55 @@ func TestSkippedPrograms(t *testing.T) {
 	}
 	if got := programs(withVariants(spec, Variants{DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen, VMRWEnd: VMRWEndCore})); len(got) != all {
 		t.Errorf("%d active programs with every hook present, want %d", len(got), all)
+	}
+}
+
+// Where process_vm_rw cannot be traced, the ends of process_vm_readv/writev attach to the syscall entry
+// functions the object names for its architecture; a kernel without them (or an object of the other
+// architecture) leaves them out instead of refusing the kernel.
+func TestVMRWEndArchitectures(t *testing.T) {
+	amd64, err := ebpf.LoadCollectionSpec("../../../bpf/keyguard_x86_bpfel.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	arm64, err := ebpf.LoadCollectionSpec("../../../bpf/keyguard_arm64_bpfel.o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOARCH != "amd64" {
+		t.Skip("the cases read this amd64 host's BTF")
+	}
+	noCore := dropFunc("process_vm_rw")
+	noCoreNoWritev := func(typ btf.Type) bool {
+		return noCore(typ) && dropFunc("__x64_sys_process_vm_writev")(typ)
+	}
+	cases := []struct {
+		name string
+		spec *ebpf.CollectionSpec
+		edit func(btf.Type) bool
+		want string
+	}{
+		{"amd64 object, host kernel", amd64, nil, VMRWEndCore},
+		{"amd64 object, no process_vm_rw", amd64, noCore, VMRWEndFexit},
+		{"amd64 object, no process_vm_rw, no __x64_sys_process_vm_writev", amd64, noCoreNoWritev, VMRWEndNone},
+		{"arm64 object on an amd64 kernel", arm64, nil, VMRWEndCore},
+		{"arm64 object on an amd64 kernel without process_vm_rw", arm64, noCore, VMRWEndNone},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			v, missing := chooseVariants(c.spec.Copy(), kernelBTF(t, c.edit))
+			if v.VMRWEnd != c.want {
+				t.Errorf("process_vm_rw end %s, want %s", v.VMRWEnd, c.want)
+			}
+			for _, m := range missing {
+				if strings.Contains(m.What, "process_vm_") {
+					t.Errorf("refused for %s; the variant should leave the program out", m.What)
+				}
+			}
+			skip := v.skipped()
+			if (c.want == VMRWEndNone) != (skip["kg_vm_readv_exit"] && skip["kg_vm_rw_exit"]) {
+				t.Errorf("skipped %v with process_vm_rw end %s", skip, v.VMRWEnd)
+			}
+		})
 	}
 }

@@ -4,6 +4,11 @@
 // `make packages` builds the binaries into out/bin and runs it:
 //
 //	go run ./deploy/cmd/kgpackage -bin out/bin -out out [-version 1.2.3] [-only deb|oci|chart]
+//	    [-bin-arm64 out/bin-arm64 -busybox-arm64 CACHE/kernels/6.12-arm64/busybox]
+//
+// With -bin-arm64 it also writes the arm64 .deb packages (man pages from the -bin binaries, which run
+// here) and makes the images multi-arch (an OCI image index of an amd64 and an arm64 manifest).
+//
 //	go run ./deploy/cmd/kgpackage -print-version
 //
 // Without -version the version comes from `git describe --tags --always --dirty` (see deb.Version).
@@ -39,6 +44,8 @@ func run() error {
 	repo := flag.String("repository", "keyguard", "image repository prefix")
 	cacerts := flag.String("ca-certs", "/etc/ssl/certs/ca-certificates.crt", "CA bundle for the images (Debian ca-certificates)")
 	busybox := flag.String("busybox", "/bin/busybox", "static busybox for the agent image (Debian busybox-static)")
+	binArm64 := flag.String("bin-arm64", "", "folder with the linux/arm64 binaries: also build arm64 packages and multi-arch images")
+	busyboxArm64 := flag.String("busybox-arm64", "", "static arm64 busybox for the arm64 agent image (testvm/setup.sh puts Debian's beside the arm64 kernel)")
 	root := flag.String("root", ".", "module root (deploy/systemd and the example policy are read from it)")
 	printVersion := flag.Bool("print-version", false, "print the version and exit (for -ldflags -X main.version)")
 	flag.Parse()
@@ -74,16 +81,30 @@ func run() error {
 		made = append(made, p)
 	}
 	if *only == "" || *only == "deb" {
-		paths, err := deb.Build(deb.Config{Version: v, BinDir: *bin, SystemdDir: filepath.Join(*root, "deploy/systemd"),
-			PolicyFile: filepath.Join(*root, "agent/internal/policy/testdata/example.yaml"), OutDir: *out, MTime: mtime})
+		dc := deb.Config{Version: v, BinDir: *bin, SystemdDir: filepath.Join(*root, "deploy/systemd"),
+			PolicyFile: filepath.Join(*root, "agent/internal/policy/testdata/example.yaml"), OutDir: *out, MTime: mtime}
+		paths, err := deb.Build(dc)
 		if err != nil {
 			return err
 		}
 		made = append(made, paths...)
+		if *binArm64 != "" {
+			dc.Arch, dc.BinDir, dc.HelpBinDir = "arm64", *binArm64, *bin
+			if paths, err = deb.Build(dc); err != nil {
+				return err
+			}
+			made = append(made, paths...)
+		}
 	}
 	if *only == "" || *only == "oci" {
-		paths, err := oci.Build(oci.Config{Version: v, Repository: *repo, BinDir: *bin, CACerts: *cacerts, Busybox: *busybox,
-			OutDir: *out, MTime: mtime})
+		oc := oci.Config{Version: v, Repository: *repo, BinDir: *bin, CACerts: *cacerts, Busybox: *busybox, OutDir: *out, MTime: mtime}
+		if *binArm64 != "" {
+			if *busyboxArm64 == "" {
+				return errors.New("-bin-arm64 needs -busybox-arm64 (an arm64 busybox-static for the agent image)")
+			}
+			oc.More = []oci.Platform{{Arch: "arm64", BinDir: *binArm64, Busybox: *busyboxArm64}}
+		}
+		paths, err := oci.Build(oc)
 		if err != nil {
 			return err
 		}

@@ -79,7 +79,7 @@ func buildImage(ctx context.Context, log *slog.Logger, cfg *config, dir string) 
 		if err := writeSystemdImage(cfg, img, dir); err != nil {
 			return nil, err
 		}
-	} else if err := writeImage(img, dir, cfg.compress); err != nil {
+	} else if err := writeImage(img, dir, cfg.compress, guestBusybox(cfg)); err != nil {
 		return nil, err
 	}
 	st, err := os.Stat(img.path)
@@ -205,7 +205,7 @@ func compileAll(ctx context.Context, cfg *config, dir string, jobs []buildJob) e
 			args = append(args, j.args[1:]...)
 			cmd := exec.CommandContext(ctx, goTool(), args...)
 			cmd.Dir = cfg.root
-			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
+			cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+cfg.arch)
 			if out, err := cmd.CombinedOutput(); err != nil {
 				mu.Lock()
 				errs = append(errs, fmt.Errorf("building %s: %w\n%s", j.desc, err, out))
@@ -217,10 +217,19 @@ func compileAll(ctx context.Context, cfg *config, dir string, jobs []buildJob) e
 	return errors.Join(errs...)
 }
 
-// hostBusybox is Debian's busybox-static, copied into every guest as /bin/busybox.
+// hostBusybox is Debian's busybox-static, copied into every amd64 guest as /bin/busybox.
 const hostBusybox = "/bin/busybox"
 
-func writeImage(img *image, dir, compress string) (err error) {
+// guestBusybox is the guest's /bin/busybox: the host's on amd64, else the one testvm/setup.sh put
+// beside the kernel (Debian's busybox-static of that architecture).
+func guestBusybox(cfg *config) string {
+	if cfg.arch == "amd64" {
+		return hostBusybox
+	}
+	return filepath.Join(cfg.cache, "kernels", cfg.kernels[0], "busybox")
+}
+
+func writeImage(img *image, dir, compress, busybox string) (err error) {
 	f, err := os.Create(img.path)
 	if err != nil {
 		return err
@@ -248,10 +257,10 @@ func writeImage(img *image, dir, compress string) (err error) {
 		add = append(add, w.CopyFile("bin/"+b, filepath.Join(dir, "bin", b)))
 	}
 	// A static busybox gives the guests a real sh and sysctl (attacks as an operator would type them).
-	if _, err := os.Stat(hostBusybox); err != nil {
-		return fmt.Errorf("%s: %w (install busybox-static: make deps)", hostBusybox, err)
+	if _, err := os.Stat(busybox); err != nil {
+		return fmt.Errorf("%s: %w (install busybox-static: make deps)", busybox, err)
 	}
-	add = append(add, w.CopyFile("bin/busybox", hostBusybox))
+	add = append(add, w.CopyFile("bin/busybox", busybox))
 	var manifest bytes.Buffer
 	manifest.WriteString("# suites in run order, written by testvm/cmd/vmtest\n")
 	for _, s := range img.suites {

@@ -40,6 +40,14 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(gomod), nil
 }
 
+// archOf is the GOARCH of a kernel series of testvm/kernels.txt: arm64 for "6.12-arm64", else amd64.
+func archOf(series string) string {
+	if strings.HasSuffix(series, "-arm64") {
+		return "arm64"
+	}
+	return "amd64"
+}
+
 func goTool() string {
 	if g := os.Getenv("GO"); g != "" {
 		return g

@@ -30,6 +30,7 @@ type config struct {
 	root         string // module root
 	cache        string
 	kernels      []string
+	arch         string // GOARCH of the kernels (all the same): amd64, or arm64 for series ending in -arm64
 	run          string
 	suiteFilter  *regexp.Regexp
 	bench        string
@@ -173,10 +174,17 @@ func (c *config) check(suites string) error {
 	if c.demo {
 		c.kernels = c.kernels[len(c.kernels)-1:]
 	}
-	for _, k := range c.kernels {
-		if !regexp.MustCompile(`^[0-9]+\.[0-9]+$`).MatchString(k) {
-			return fmt.Errorf("-kernels: %q is not a series like 6.1", k)
+	for i, k := range c.kernels {
+		if !regexp.MustCompile(`^[0-9]+\.[0-9]+(-arm64)?$`).MatchString(k) {
+			return fmt.Errorf("-kernels: %q is not a series like 6.1 or 6.12-arm64", k)
 		}
+		if a := archOf(k); i > 0 && a != c.arch {
+			return fmt.Errorf("-kernels: %s is %s, %s is %s: run each architecture in its own vmtest (one image per run)", c.kernels[0], c.arch, k, a)
+		}
+		c.arch = archOf(k)
+	}
+	if c.arch != "amd64" && c.systemd {
+		return fmt.Errorf("-systemd: the systemd root is amd64 only; %s is %s", c.kernels[0], c.arch)
 	}
 	if suites != "" {
 		if c.suiteFilter, err = regexp.Compile(suites); err != nil {

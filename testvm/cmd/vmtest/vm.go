@@ -59,7 +59,7 @@ func cmdline(cfg *config, series string) string {
 	// Under TCG on a busy 2-core host the guest can lose the CPU for seconds; the default RCU stall
 	// (21 s) and soft-lockup (20 s) detectors would then print stack traces that fail the run. They
 	// stay on, with their longest thresholds, to still catch a real hang.
-	words := []string{"console=ttyS0", "quiet", "panic=-1", "rcupdate.rcu_cpu_stall_timeout=300", "watchdog_thresh=60", systemdWords(cfg),
+	words := []string{"console=" + qemuFor(cfg.arch).console, "quiet", "panic=-1", "rcupdate.rcu_cpu_stall_timeout=300", "watchdog_thresh=60", systemdWords(cfg),
 		"KEYGUARD_KERNEL=" + series, "KEYGUARD_MODE=" + mode,
 		"KEYGUARD_SUITE_TIMEOUT=" + strconv.Itoa(int(cfg.suiteTimeout.Seconds()))}
 	if cfg.demo && cfg.systemd {
@@ -83,19 +83,36 @@ func cmdline(cfg *config, series string) string {
 	return strings.Join(out, " ")
 }
 
+// qemuArch is how one architecture's guests are booted.
+type qemuArch struct {
+	binary, pkg string   // QEMU binary and the Debian package that has it
+	machine     []string // machine and CPU arguments
+	console     string   // the serial console the kernel writes to
+}
+
+// qemuFor: amd64 boots the default PC machine (8250 UART ttyS0); arm64 the virt machine with its PL011
+// UART (ttyAMA0), no i8042 or PCI legacy devices, and the TCG "max" CPU with QEMU's cheap pointer
+// authentication (the architected QARMA algorithm would slow every function return).
+func qemuFor(arch string) qemuArch {
+	if arch == "arm64" {
+		return qemuArch{"qemu-system-aarch64", "qemu-system-arm", []string{"-M", "virt", "-cpu", "max,pauth-impdef=on"}, "ttyAMA0"}
+	}
+	return qemuArch{"qemu-system-x86_64", "qemu-system-x86", nil, "ttyS0"}
+}
+
 func qemuArgs(cfg *config, img *image, vm *vmResult) []string {
 	nic := "none"
 	if cfg.demo && cfg.systemd {
 		// QEMU user networking; only the host's loopback port reaches the guest's console.
 		nic = fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:8443", cfg.demoPort)
 	}
-	return []string{
+	return append(qemuFor(cfg.arch).machine,
 		"-accel", "tcg,thread=single", // multi-threaded TCG crashed 6.12 while patching code (notes/kernel.md)
 		"-m", strconv.Itoa(cfg.memMB), "-smp", strconv.Itoa(cfg.cpus),
 		"-nographic", "-no-reboot", "-nic", nic,
 		"-kernel", vm.vmlinuz, "-initrd", img.path,
 		"-append", cmdline(cfg, vm.series),
-	}
+	)
 }
 
 var errInterrupted = errors.New("interrupted")
@@ -164,7 +181,8 @@ func runQEMU(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm 
 	for i, a := range args {
 		quoted[i] = shellQuote(a)
 	}
-	_ = os.WriteFile(filepath.Join(vm.outDir, "qemu.txt"), []byte("qemu-system-x86_64 "+strings.Join(quoted, " ")+"\n"), 0o644)
+	q := qemuFor(cfg.arch)
+	_ = os.WriteFile(filepath.Join(vm.outDir, "qemu.txt"), []byte(q.binary+" "+strings.Join(quoted, " ")+"\n"), 0o644)
 
 	serial, err := os.Create(filepath.Join(vm.outDir, "serial.log"))
 	if err != nil {
@@ -174,7 +192,7 @@ func runQEMU(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm 
 
 	vctx, cancel := context.WithTimeout(ctx, cfg.timeout)
 	defer cancel()
-	cmd := exec.CommandContext(vctx, "qemu-system-x86_64", args...)
+	cmd := exec.CommandContext(vctx, q.binary, args...)
 	cmd.Stdin = nil
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // Ctrl-C goes to vmtest, which kills QEMU
 	cmd.WaitDelay = 5 * time.Second
@@ -187,7 +205,7 @@ func runQEMU(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm 
 	log.Info("booting", "kernel", vm.series, "package", vm.pkg)
 	vm.qemuStart = time.Now()
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting qemu-system-x86_64: %v (is qemu-system-x86 installed? make deps)", err)
+		return nil, fmt.Errorf("starting %s: %v (is %s installed? make deps)", q.binary, err, q.pkg)
 	}
 	_ = console.Lines(io.TeeReader(stdout, serial), func(line string) {
 		vm.sess.feed(line, time.Since(vm.qemuStart))
@@ -202,7 +220,7 @@ func runQEMU(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm 
 	case ctx.Err() != nil:
 		return errInterrupted, nil
 	case waitErr != nil:
-		return fmt.Errorf("qemu-system-x86_64: %v: %s", waitErr, strings.TrimSpace(stderr.String())), nil
+		return fmt.Errorf("%s: %v: %s", q.binary, waitErr, strings.TrimSpace(stderr.String())), nil
 	}
 	return nil, nil
 }

@@ -56,7 +56,7 @@ func TestOptionalHookVariantsProbed(t *testing.T) {
 	case kallsyms(t, "process_vm_rw")["process_vm_rw"]:
 		want = "fexit/process_vm_rw" // a real function (not inlined): every entry, compat too
 	case vmReadvTracked():
-		want = "fexit/__x64_sys_process_vm_readv"
+		want = "fexit/sys_process_vm_readv"
 	}
 	if v["vm_rw_end"] != want {
 		t.Errorf("process_vm_rw end %v, want %s", v["vm_rw_end"], want)

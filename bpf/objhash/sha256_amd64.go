@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "4c1f4f7555c3ec8123f65c30e1a8f07a52f1275daa666af6137dca3534b93065"
+const SHA256 = "86f1d9a04d1549af493aa1a08a93e241dd355f74d8a54da832afb2226b90a1b8"
