@@ -69,18 +69,31 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 	s.metrics.StreamOpened(host, acked)
 	defer s.metrics.StreamClosed()
 	log.Info("agent stream opened", "identity", id.String(), "acked_seq", acked)
+	in := make(chan received, 64)
+	go receive(ctx, stream, in)
+	var held *received // a request read ahead that must wait for the next round
 	for {
-		req, err := stream.Recv()
-		if errors.Is(err, io.EOF) {
+		var r received
+		if held != nil {
+			r, held = *held, nil
+		} else {
+			select {
+			case r = <-in:
+			case <-ctx.Done():
+				return status.FromContextError(ctx.Err()).Err()
+			}
+		}
+		if errors.Is(r.err, io.EOF) {
 			log.Info("agent stream closed by agent")
 			return nil
 		}
-		if err != nil {
-			if status.Code(err) != codes.Canceled {
-				log.Warn("agent stream receive failed", "err", err)
+		if r.err != nil {
+			if status.Code(r.err) != codes.Canceled {
+				log.Warn("agent stream receive failed", "err", r.err)
 			}
-			return err
+			return r.err
 		}
+		req := r.req
 		if id.Serial != nil && s.revoked != nil && s.revoked(id.Serial) {
 			s.metrics.Rejected(metrics.ReasonRevoked, len(req.GetEvents()))
 			log.Warn("closing stream of revoked certificate", "serial", id.Serial.Text(16))
@@ -99,7 +112,70 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 			log.Warn("refused batch", "err", err)
 			return err
 		}
-		skipped := make([]store.Range, 0, len(req.GetSkipped()))
+		group := []*pb.PushRequest{req}
+		group, held = s.gather(host, group, in)
+		if err := s.commitGroup(ctx, stream, log, host, group); err != nil {
+			return err
+		}
+	}
+}
+
+// received is one Recv result.
+type received struct {
+	req *pb.PushRequest
+	err error
+}
+
+// receive reads the stream into in until it fails (the error is sent too) or ctx ends.
+func receive(ctx context.Context, stream pb.IngestService_PushServer, in chan<- received) {
+	for {
+		req, err := stream.Recv()
+		select {
+		case in <- received{req, err}:
+		case <-ctx.Done():
+			return
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// MaxGroupEvents bounds the events of batches committed together.
+const MaxGroupEvents = 20000
+
+// gather adds to group the valid batches already received, up to MaxGroupEvents, so that they are
+// committed in one transaction (one fsync for all: batches arriving while a commit is under way are
+// the next commit's). A checkpoint, an invalid batch or a receive error is held back for the next
+// round, after this group is committed.
+func (s *Server) gather(host string, group []*pb.PushRequest, in <-chan received) ([]*pb.PushRequest, *received) {
+	n := len(group[0].GetEvents())
+	for n < MaxGroupEvents {
+		select {
+		case r := <-in:
+			if r.err != nil || r.req.GetCheckpoint() != nil || n+len(r.req.GetEvents()) > MaxGroupEvents {
+				return group, &r
+			}
+			if _, err := validate(host, r.req); err != nil {
+				return group, &r
+			}
+			group = append(group, r.req)
+			n += len(r.req.GetEvents())
+		default:
+			return group, nil
+		}
+	}
+	return group, nil
+}
+
+// commitGroup commits a group of batches in one transaction and acknowledges each batch (every response
+// carries the acknowledgement after the whole group; the counts are on the last). When the group
+// fails for a reason one batch may cause (conflict, invalid), its batches are stored one by one, so
+// those before the culprit are stored and acknowledged as before.
+func (s *Server) commitGroup(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, group []*pb.PushRequest) error {
+	var evs []*pb.Event
+	var skipped []store.Range
+	for _, req := range group {
 		for _, r := range req.GetSkipped() {
 			skipped = append(skipped, store.Range{First: r.GetFirst(), Last: r.GetLast()})
 		}
@@ -112,18 +188,34 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 					"lost", lr.GetCount(), "seq", ev.GetSeq())
 			}
 		}
-		res, err := s.store.Append(ctx, host, req.GetEvents(), skipped)
-		if err != nil {
-			return s.storeError(ctx, log, err, len(req.GetEvents()))
+		evs = append(evs, req.GetEvents()...)
+	}
+	res, err := s.store.Append(ctx, host, evs, skipped)
+	if err != nil && len(group) > 1 && (errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrInvalid)) {
+		for _, req := range group {
+			if err := s.commitGroup(ctx, stream, log, host, []*pb.PushRequest{req}); err != nil {
+				return err
+			}
 		}
-		s.metrics.Batch(host, res.Stored, res.Duplicates, res.Acked)
-		if res.Stored > 0 {
-			s.stored()
+		return nil
+	}
+	if err != nil {
+		return s.storeError(ctx, log, err, len(evs))
+	}
+	s.metrics.Batch(host, res.Stored, res.Duplicates, res.Acked)
+	if res.Stored > 0 {
+		s.stored()
+	}
+	for i := range group {
+		resp := &pb.PushResponse{AckedSeq: res.Acked, Host: host}
+		if i == len(group)-1 {
+			resp.Stored, resp.Duplicates = uint32(res.Stored), uint32(res.Duplicates)
 		}
-		if err := stream.Send(&pb.PushResponse{AckedSeq: res.Acked, Host: host, Stored: uint32(res.Stored), Duplicates: uint32(res.Duplicates)}); err != nil {
+		if err := stream.Send(resp); err != nil {
 			return err
 		}
 	}
+	return nil
 }
 
 // checkpoint verifies an agent's signed checkpoint (signed by the key of the certificate this stream

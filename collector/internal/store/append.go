@@ -309,11 +309,35 @@ func (s *Store) insert(ctx context.Context, tx *sql.Tx, host string, rows []row)
 				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
 				r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
 		}
-		if _, err := tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...); err != nil {
+		var err error
+		if end-start == insertChunk {
+			var st *sql.Stmt
+			if st, err = s.fullInsert(ctx); err == nil {
+				_, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+			}
+		} else {
+			_, err = tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...)
+		}
+		if err != nil {
 			return fmt.Errorf("store %d events of host %q: %w", end-start, host, err)
 		}
 	}
 	return nil
+}
+
+// fullInsert returns the prepared INSERT of insertChunk rows (database/sql prepares it again on each
+// connection that runs it, once).
+func (s *Store) fullInsert(ctx context.Context) (*sql.Stmt, error) {
+	s.insertMu.Lock()
+	defer s.insertMu.Unlock()
+	if s.insertFull == nil {
+		st, err := s.db.PrepareContext(ctx, insertSQL(s.backend, insertChunk))
+		if err != nil {
+			return nil, fmt.Errorf("prepare event insert: %w", err)
+		}
+		s.insertFull = st
+	}
+	return s.insertFull, nil
 }
 
 // insertSQL is the INSERT statement for n rows.
