@@ -669,6 +669,7 @@ func TestChartRejects(t *testing.T) {
 		{"old Kubernetes", "", "v1.29.9", "kubeVersion"},
 		{"no operator key", "agent: {operatorPublicKey: \"\"}\n", "v1.37.0", "operatorPublicKey"},
 		{"external collector, no enrollment URL", "collector: {enabled: false}\nagent: {collector: {address: c.example.net:7443}}\n", "v1.37.0", "agent.enroll.url"},
+		{"collector without enrollment, no enrollment URL", "collector: {enroll: {enabled: false}}\n", "v1.37.0", "agent.enroll.url"},
 		{"enrollment URL not https", "agent: {enroll: {url: \"http://c.example.net:7444\"}}\n", "v1.37.0", "url"},
 		{"enrollment with a revocation ConfigMap", "collector: {tls: {secretName: t, revocationConfigMap: r}}\n", "v1.37.0", "revocationConfigMap"},
 	}
