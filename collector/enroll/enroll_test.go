@@ -63,7 +63,33 @@ func TestTokens(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.name, err, c.want)
 		}
 	}
-	if _, err := a.Token("web*", 25*time.Hour); err == nil {
-		t.Error("a 25h token was made")
+	for _, c := range []struct {
+		ttl  time.Duration
+		uses int
+		ok   bool
+	}{
+		{25 * time.Hour, 1, false}, {24 * time.Hour, 1, true}, {168 * time.Hour, 2, true},
+		{169 * time.Hour, 2, false}, {time.Hour, 0, false}, {time.Hour, MaxTokenUses + 1, false},
+	} {
+		if _, err := a.TokenN("web*", c.ttl, c.uses); (err == nil) != c.ok {
+			t.Errorf("token of %v, %d uses: %v, want ok=%v", c.ttl, c.uses, err, c.ok)
+		}
 	}
+	// A node-pool token enrolls as many names as its uses, then no more.
+	pool := poolToken(t, a, "node-*", 3)
+	for i, name := range []string{"node-a", "node-b", "node-c", "node-d"} {
+		_, err := a.Enroll(context.Background(), pool, csrFor(t, name))
+		if (err == nil) != (i < 3) || err != nil && !errors.Is(err, ErrToken) {
+			t.Errorf("use %d of a 3-use token (%s): %v", i+1, name, err)
+		}
+	}
+}
+
+func poolToken(t *testing.T, a *Authority, scope string, uses int) string {
+	t.Helper()
+	tok, err := a.TokenN(scope, 48*time.Hour, uses)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }

@@ -461,9 +461,25 @@ func TestChart(t *testing.T) {
 			check: func(t *testing.T, objs []object) {
 				ds := find[*appsv1.DaemonSet](objs)[0]
 				args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " ")
-				if !strings.Contains(args, "-collector kg-collector.security.svc:7443") ||
-					!strings.Contains(args, "-cert /etc/keyguard/tls/$(NODE_NAME).crt") {
-					t.Errorf("agent not pointed at the chart's collector with its node's certificate: %s", args)
+				// No per-node certificate: the node enrolls as its name with the pool's bootstrap token
+				// and keeps its identity on the node.
+				for _, want := range []string{"-collector kg-collector.security.svc:7443", "-host-name $(NODE_NAME)",
+					"-cert /var/lib/keyguard/tls/agent.pem -key /var/lib/keyguard/tls/agent-key.pem",
+					"-enroll-url https://kg-collector.security.svc:7444", "-enroll-token-file /etc/keyguard/tls/bootstrap.token"} {
+					if !strings.Contains(args, want) {
+						t.Errorf("agent args %q lack %q", args, want)
+					}
+				}
+				cc := find[*appsv1.Deployment](objs)[0].Spec.Template.Spec.Containers[0]
+				cargs := strings.Join(cc.Args, " ")
+				for _, want := range []string{"-revoked-serials /var/lib/keyguard-collector/revoked.txt", "-enroll-listen 0.0.0.0:7444",
+					"-enroll-ca-dir /etc/keyguard/enroll", "-enroll-token-key /etc/keyguard/enroll/token.key"} {
+					if !strings.Contains(cargs, want) {
+						t.Errorf("collector args %q lack %q", cargs, want)
+					}
+				}
+				if p := find[*corev1.Service](objs)[0].Spec.Ports; len(p) != 2 || p[1].Name != "enroll" || p[1].Port != 7444 || p[1].TargetPort.StrVal != "enroll" {
+					t.Errorf("collector Service ports %+v, want grpc and enroll 7444", p)
 				}
 				cm := find[*corev1.ConfigMap](objs)[0]
 				if strings.TrimSpace(cm.Data["operator.pub"]) != strings.TrimSpace(testOperatorKey) {
@@ -495,6 +511,7 @@ func TestChart(t *testing.T) {
 agent:
   privileged: true
   collector: {address: "collector.example.net:7443"}
+  enroll: {url: "https://collector.example.net:7444"}
   extraArgs: ["-report-noaudit", "-dump-keep-stacks"]
   image: {repository: registry.example.net/keyguard-agent, tag: "1.2.3", pullPolicy: Always}
   priorityClassName: ""
@@ -504,6 +521,7 @@ collector:
   database: {dsnSecret: {name: keyguard-db, key: url}}
   chainKeySecret: keyguard-chain
   tls: {secretName: my-collector-tls, revocationConfigMap: keyguard-revoked}
+  enroll: {enabled: false}
   retention: 2160h
   service: {type: LoadBalancer, port: 443}
   resources: {requests: {cpu: 500m, memory: 512Mi}, limits: {cpu: "4", memory: 4Gi}}
@@ -514,7 +532,8 @@ collector:
 				ds := find[*appsv1.DaemonSet](objs)[0]
 				c := ds.Spec.Template.Spec.Containers[0]
 				args := strings.Join(c.Args, " ")
-				if !strings.Contains(args, "-collector collector.example.net:7443") || !strings.HasSuffix(args, "-report-noaudit -dump-keep-stacks") {
+				if !strings.Contains(args, "-collector collector.example.net:7443") || !strings.HasSuffix(args, "-report-noaudit -dump-keep-stacks") ||
+					!strings.Contains(args, "-enroll-url https://collector.example.net:7444") {
 					t.Errorf("agent args %s", args)
 				}
 				if c.Image != "registry.example.net/keyguard-agent:1.2.3" || c.ImagePullPolicy != corev1.PullAlways {
@@ -649,6 +668,10 @@ func TestChartRejects(t *testing.T) {
 		{"SQLite with 2 replicas", "collector: {replicas: 2}\n", "v1.37.0", "needs PostgreSQL"},
 		{"old Kubernetes", "", "v1.29.9", "kubeVersion"},
 		{"no operator key", "agent: {operatorPublicKey: \"\"}\n", "v1.37.0", "operatorPublicKey"},
+		{"external collector, no enrollment URL", "collector: {enabled: false}\nagent: {collector: {address: c.example.net:7443}}\n", "v1.37.0", "agent.enroll.url"},
+		{"collector without enrollment, no enrollment URL", "collector: {enroll: {enabled: false}}\n", "v1.37.0", "agent.enroll.url"},
+		{"enrollment URL not https", "agent: {enroll: {url: \"http://c.example.net:7444\"}}\n", "v1.37.0", "url"},
+		{"enrollment with a revocation ConfigMap", "collector: {tls: {secretName: t, revocationConfigMap: r}}\n", "v1.37.0", "revocationConfigMap"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -772,7 +795,7 @@ func TestPlainDaemonSet(t *testing.T) {
 	agentFacts(t, ds, false)
 
 	manifest, err := render(t, loadChart(t), "keyguard", "keyguard", kubeVersions[1],
-		values(t, "collector: {enabled: false}\nagent: {collector: {address: \"keyguard-collector.keyguard.svc:7443\"}}\n"))
+		values(t, "collector: {enabled: false}\nagent: {collector: {address: \"keyguard-collector.keyguard.svc:7443\"}, enroll: {url: \"https://keyguard-collector.keyguard.svc:7444\"}}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,7 @@ type config struct {
 // agent/internal/enroll) instead of a file an operator put there.
 type enrollConfig struct {
 	URL       string        `yaml:"url" flag:"enroll-url" help:"collector enrollment address https://HOST:PORT: when -cert does not exist, enroll with -enroll-token-file; renew before expiry"`
-	TokenFile string        `yaml:"token_file" flag:"enroll-token-file" help:"single-use bootstrap token (keyguard-collector enroll token); deleted once used"`
+	TokenFile string        `yaml:"token_file" flag:"enroll-token-file" help:"bootstrap token (keyguard-collector enroll token): deleted once used if single-use, kept if it has a use count (a node pool, e.g. a Kubernetes Secret)"`
 	Timeout   time.Duration `yaml:"timeout" flag:"enroll-timeout" help:"give up the first enrollment after this long (systemd restarts the agent)"`
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -52,7 +54,9 @@ func enrollAndRenew(ctx context.Context, f enrollConfig, exp *export.Config, hos
 		if err != nil {
 			return fmt.Errorf("enrollment as %q: %w", hostname, err)
 		}
-		os.Remove(f.TokenFile) // spent
+		if singleUse(string(tok)) {
+			os.Remove(f.TokenFile) // spent; a node pool's token (a Secret on Kubernetes) stays for the next node
+		}
 		log.Info("enrolled", "name", hostname, "cert", exp.CertFile)
 	}
 	na, err := cl.NotAfter()
@@ -61,4 +65,21 @@ func enrollAndRenew(ctx context.Context, f enrollConfig, exp *export.Config, hos
 	}
 	go cl.Renewer(ctx, log, time.Minute, time.Until(na))
 	return nil
+}
+
+// singleUse reports whether a bootstrap token (kgb1.CLAIMS.MAC, see collector/enroll) enrolls one
+// name only: the claims are readable, only the collector can check the MAC.
+func singleUse(tok string) bool {
+	parts := strings.Split(strings.TrimSpace(tok), ".")
+	if len(parts) != 3 {
+		return true
+	}
+	body, err := base64.RawURLEncoding.DecodeString(parts[1])
+	var c struct {
+		Uses int `json:"uses"`
+	}
+	if err != nil || json.Unmarshal(body, &c) != nil {
+		return true
+	}
+	return c.Uses <= 1
 }

@@ -80,6 +80,22 @@ func startEnroll(ctx context.Context, f enrollFlags, certFile, keyFile, revoked 
 	return nil
 }
 
+// createRevokedFile creates an empty -revoked-serials file when enrollment is on and there is none
+// yet: enrollment appends to it (e.g. on the chart's data volume, at the first start).
+func createRevokedFile(f enrollFlags, path string) error {
+	if *f.listen == "" || path == "" {
+		return nil
+	}
+	file, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if errors.Is(err, os.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("-revoked-serials (enrollment writes revocations to it): %w", err)
+	}
+	return file.Close()
+}
+
 func readTokenKey(path string) ([]byte, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -33,6 +33,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, log *sl
 		fmt.Fprintln(stderr, "keyguard-collector:", err)
 		return cmdline.ExitFailure
 	}
+	if err := createRevokedFile(enrollF, cfg.TLS.RevokedSerials); err != nil {
+		fmt.Fprintln(stderr, "keyguard-collector:", err)
+		return 1
+	}
 	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		fmt.Fprintln(stderr, "keyguard-collector:", err)

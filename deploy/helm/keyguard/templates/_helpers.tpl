@@ -37,3 +37,12 @@ Docker tag as deploy/oci does: '+' -> '_', '~' -> '-'. */}}
 {{- define "keyguard.collector.sqlite" -}}
 {{- if not .Values.collector.database.dsnSecret.name -}}true{{- end -}}
 {{- end -}}
+
+{{/* The collector's enrollment address for agents: agent.enroll.url, else this chart's collector Service. */}}
+{{- define "keyguard.agent.enrollURL" -}}
+{{- if .Values.agent.enroll.url -}}
+{{ .Values.agent.enroll.url }}
+{{- else if and .Values.collector.enabled .Values.collector.enroll.enabled -}}
+https://{{ include "keyguard.collector.name" . }}.{{ .Release.Namespace }}.svc:{{ .Values.collector.enroll.port }}
+{{- end -}}
+{{- end -}}
