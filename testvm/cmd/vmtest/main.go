@@ -107,12 +107,13 @@ func mainErr() int {
 		if !set["out"] {
 			cfg.out = "testvm/out/systemd"
 		}
-		// Redacting a ~80 MB dump and scanning it take minutes under TCG on a busy host.
+		// Redacting a ~80 MB dump and scanning it take minutes under TCG on a busy host, and the
+		// routine-tools test watches for 10 minutes (KEYGUARD_NOISE_DURATION).
 		if !set["suite-timeout"] {
-			cfg.suiteTimeout = 20 * time.Minute
+			cfg.suiteTimeout = 30 * time.Minute
 		}
 		if !set["timeout"] {
-			cfg.timeout = 30 * time.Minute
+			cfg.timeout = 40 * time.Minute
 			if cfg.demo {
 				// The demo itself, then the operator's time with the console.
 				cfg.timeout = 20*time.Minute + max(cfg.demoHold, 0)

@@ -618,6 +618,7 @@ func TestRoutineToolsQuietAttacksAlerted(t *testing.T) {
 		t.Fatal(err)
 	}
 	stored := map[string]bool{}
+	var noise []*keyguardv1.StoredEvent
 	for _, se := range warn {
 		ev := se.GetEvent()
 		m, dump := ev.GetMemoryAccess(), ev.GetCoreDump()
@@ -631,8 +632,16 @@ func TestRoutineToolsQuietAttacksAlerted(t *testing.T) {
 		case dump != nil && int(dump.GetProcess().GetPid()) == crashed:
 			// The crash's own record (a protected process dumped core; redacted: medium), not the tools.
 		default:
-			t.Errorf("stored at warning level or above, not an attack of the test: %s", demo.Describe(ev))
+			noise = append(noise, se)
 		}
+	}
+	if len(noise) > 0 {
+		var first []string
+		for _, se := range noise[:min(len(noise), 10)] {
+			first = append(first, demo.Describe(se.GetEvent()))
+		}
+		t.Errorf("%d events stored at warning level or above are not attacks of the test; per actor, kind and severity:\n%s\nthe first ones:\n  %s",
+			len(noise), perActor(noise), strings.Join(first, "\n  "))
 	}
 	for _, a := range attacks {
 		if !stored[a.Op] {
