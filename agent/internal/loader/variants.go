@@ -70,9 +70,9 @@ const (
 
 // process_vm_readv/writev end variants, best first.
 const (
-	VMRWEndCore  = "fexit/process_vm_rw"              // every entry, compat included
-	VMRWEndFexit = "fexit/sys_process_vm_readv"       // the architecture's syscall entries (__x64_sys_*, __arm64_sys_*; and writev): native calls end at syscall exit
-	VMRWEndNone  = "none"                             // not traceable: the in-flight wait covers /proc/PID/mem only
+	VMRWEndCore  = "fexit/process_vm_rw"        // every entry, compat included
+	VMRWEndFexit = "fexit/sys_process_vm_readv" // the architecture's syscall entries (__x64_sys_*, __arm64_sys_*; and writev): native calls end at syscall exit
+	VMRWEndNone  = "none"                       // not traceable: the in-flight wait covers /proc/PID/mem only
 )
 
 // The programs that variants leave out when their hook cannot attach.
