@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "3c2116efc04f053c87560b864909a09f40b5339cd868008c1ca18d555c17ef95"
+const SHA256 = "97bb84020db7d2a9d4ebeeec0425fd443914a444ef88b3ef2888d0e449153838"
