@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "86f1d9a04d1549af493aa1a08a93e241dd355f74d8a54da832afb2226b90a1b8"
+const SHA256 = "339d35545049f0a48017aef54f30aa1c848270d48dadb320c29ec36cf68fd592"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "c463b9d50dd4aaeb642555d8e4a16c8f600a1b164566db71d787d1dedecfe4f2"
+const SHA256 = "5b6c0b239cf4db216c5fd7f2a0a20c33b6897b366de56e1759bc5a673505e10a"

@@ -577,6 +577,7 @@ struct {
 	__uint(max_entries, 8192);
 	__type(key, __u32);
 	__type(value, struct kg_proc_obj);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* pinned and registered as keyguard's own: a forged note could let memory pass */
 } proc_obj SEC(".maps");
 
 struct {
@@ -610,6 +611,7 @@ struct {
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct kg_agg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* registered as keyguard's own, so nobody writes counts into it */
 } agg_zero SEC(".maps");
 
 /* The agent's RCU barrier: updating an element of a map-in-map returns only after every program that

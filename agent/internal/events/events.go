@@ -1,7 +1,8 @@
 // Package events turns what keyguard's BPF programs report into keyguard.v1 events, the agent's only
 // event model: it reads the ring buffer, decodes the C-defined records (bpf2go types) straight into
-// keyguardv1.Event, names rules, executables and cgroups, counts kernel-side loss so that none is
-// silent, and writes the local event log (protojson lines, see JSONLines).
+// keyguardv1.Event, drains the kernel's aggregates of repeated access attempts (Aggregates), names
+// rules, executables and cgroups, counts kernel-side loss so that none is silent, and writes the local
+// event log (protojson lines, see JSONLines).
 package events
 
 import (

@@ -220,7 +220,7 @@ func (g *Guard) mapList() []*ebpf.Map {
 	m := &g.Maps
 	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
 		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens,
-		m.Openers, m.RawDevs, m.Inflight, m.Agg, m.AggEpoch, m.AggStats, m.AggSync}
+		m.Openers, m.RawDevs, m.Inflight, m.Agg, m.AggEpoch, m.AggStats, m.AggSync, m.AggZero, m.ProcObj}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

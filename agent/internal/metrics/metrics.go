@@ -101,7 +101,7 @@ func New(src Sources) *Agent {
 		reg: metricsserver.NewRegistry(),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyguard_agent_decisions_total",
-			Help: "Decisions reported by the kernel and read by the agent, by kind (access, side_door, tamper, core_dump), " +
+			Help: "Decisions reported by the kernel and read by the agent (an aggregate of repeated attempts counts each), by kind (access, side_door, tamper, core_dump), " +
 				"rule (empty for side doors and tampering without a target) and decision (denied, allowed_audit, " +
 				"allowed_policy, allowed_break_glass; for core_dump the dump action: blocked, allowed, to_handler, redacted, discarded).",
 		}, []string{"kind", "rule", "decision"}),

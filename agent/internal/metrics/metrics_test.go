@@ -290,3 +290,20 @@ func TestDeliveryTrackerBounded(t *testing.T) {
 		t.Errorf("samples after the last ack = %d, want %d", cnt, maxTracked)
 	}
 }
+
+// An aggregate of repeated attempts (MemoryAccess.count) counts as that many decisions, one event.
+func TestAggregateCountsItsAttempts(t *testing.T) {
+	a := New(Sources{})
+	url := serve(t, a)
+	agg := access("signer", "denied")
+	agg.GetMemoryAccess().Count = 99_999
+	a.Observe(access("signer", "denied")) // the first attempt, reported on its own
+	a.Observe(agg)
+	f := scrapeURL(t, url)
+	if got, err := f.Value("keyguard_agent_decisions_total", "kind", "access", "rule", "signer", "decision", "denied"); err != nil || got != 100_000 {
+		t.Errorf("decisions = %v (%v), want 100000", got, err)
+	}
+	if got, err := f.Value("keyguard_agent_events_total", "kind", "access"); err != nil || got != 2 {
+		t.Errorf("events_total = %v (%v), want 2", got, err)
+	}
+}
