@@ -25,7 +25,7 @@ import (
 // added here.
 var wantVariants = map[string]Variants{
 	"6.1": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone,
-		TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
+		TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndNone, BPFHookArgs: 3},
 	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
 	"7.3": {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
@@ -63,7 +63,9 @@ func TestVariantsOfPinnedKernels(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, missing := chooseVariants(spec, kernel)
+			// process_vm_rw has seven arguments; 6.1's x86 BPF trampoline takes six (attach refused with
+			// EOPNOTSUPP in the VM), which BTF does not show: the agent asks the kernel (tracingProbe).
+			v, missing := chooseVariantsWith(spec, kernel, func(string) bool { return series != "6.1" })
 			t.Logf("%s: %v", series, v)
 			if len(missing) > 0 {
 				t.Errorf("the kernel lacks %v", missing)

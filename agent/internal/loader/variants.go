@@ -9,7 +9,9 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	kgbpf "github.com/keyguard/keyguard/bpf"
@@ -154,8 +156,14 @@ func (v Variants) skipped() map[string]bool {
 // chooseVariants probes the kernel BTF for the variants, and lists what keyguard needs and the kernel
 // lacks: attach targets of every program (but the optional ones) and struct fields read without a guard.
 func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Missing) {
+	return chooseVariantsWith(spec, kernel, func(string) bool { return true })
+}
+
+// chooseVariantsWith is chooseVariants where traceable says whether a function with more than six
+// arguments can be traced (the running agent asks the kernel: tracingProbe).
+func chooseVariantsWith(spec *ebpf.CollectionSpec, kernel *btf.Spec, traceable func(fn string) bool) (Variants, []Missing) {
 	v := Variants{KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
-		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: vmRWEnd(spec, kernel)}
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: vmRWEnd(spec, kernel, traceable)}
 	var kn *btf.Struct
 	if kernel.TypeByName("kernfs_node", &kn) == nil {
 		for _, m := range kn.Members {
@@ -202,19 +210,53 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 	return v, missing
 }
 
-// vmRWEnd is the best process_vm_rw end variant whose programs all attach to this kernel.
-func vmRWEnd(spec *ebpf.CollectionSpec, kernel *btf.Spec) string {
+// vmRWEnd is the best process_vm_rw end variant whose programs all attach to this kernel. A function
+// with more than six arguments (process_vm_rw has seven) needs a BPF trampoline that passes them, which
+// the kernel's BTF does not tell: traceable asks (6.1's x86 trampoline refuses: EOPNOTSUPP at attach).
+func vmRWEnd(spec *ebpf.CollectionSpec, kernel *btf.Spec, traceable func(fn string) bool) string {
 	for _, end := range []string{VMRWEndCore, VMRWEndFexit} {
 		ok := true
 		for _, name := range vmRWPrograms[end] {
 			p := spec.Programs[name]
 			ok = ok && p != nil && attachable(kernel, p, attachTarget(p))
+			if ok && funcParams(kernel, p.AttachTo) > 6 {
+				ok = traceable(p.AttachTo)
+			}
 		}
 		if ok {
 			return end
 		}
 	}
 	return VMRWEndNone
+}
+
+// funcParams is the number of parameters of the kernel function fn (0 when unknown).
+func funcParams(kernel *btf.Spec, fn string) int {
+	var f *btf.Func
+	if kernel.TypeByName(fn, &f) != nil {
+		return 0
+	}
+	if fp, ok := f.Type.(*btf.FuncProto); ok {
+		return len(fp.Params)
+	}
+	return 0
+}
+
+// tracingProbe asks the running kernel whether an fexit program can attach to fn: it loads and attaches
+// an empty one and lets it go at once.
+func tracingProbe(fn string) bool {
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: fn,
+		License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+	if err != nil {
+		return false
+	}
+	defer prog.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	if err != nil {
+		return false
+	}
+	l.Close()
+	return true
 }
 
 // attachTarget is the kernel BTF name a program attaches to.
@@ -375,7 +417,7 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 	if err != nil {
 		return Variants{}, "", fmt.Errorf("read the kernel's BTF: %w (keyguard needs CONFIG_DEBUG_INFO_BTF=y)", err)
 	}
-	v, missing := chooseVariants(spec, kernel)
+	v, missing := chooseVariantsWith(spec, kernel, tracingProbe)
 	if len(missing) > 0 {
 		return v, "", ProbeResult{Kernel: kernelRelease(), Missing: missing}.Err()
 	}
@@ -407,7 +449,7 @@ func probeVariants() (Variants, []Missing) {
 	if err != nil {
 		return Variants{}, []Missing{{"the kernel's BTF is unreadable: " + err.Error(), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"}}
 	}
-	return chooseVariants(spec, kernel)
+	return chooseVariantsWith(spec, kernel, tracingProbe)
 }
 
 func kernelRelease() string {

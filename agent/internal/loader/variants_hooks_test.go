@@ -2,6 +2,7 @@ package loader
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
@@ -111,6 +112,8 @@ func TestOptionalHookVariants(t *testing.T) {
 			}
 			return rebuild(t, types)
 		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
+		{"process_vm_rw not traceable (7 arguments, 6.1's trampoline)", func(t *testing.T) *btf.Spec { return kernelBTF(t, nil) },
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
 		{"no process_vm_rw, no process_vm_readv function", drop("process_vm_rw", "__x64_sys_process_vm_readv"),
 			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
 	}
@@ -120,7 +123,8 @@ func TestOptionalHookVariants(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, missing := chooseVariants(spec, c.kernel(t))
+			traceable := func(string) bool { return !strings.Contains(c.name, "not traceable") }
+			v, missing := chooseVariantsWith(spec, c.kernel(t), traceable)
 			if len(missing) > 0 {
 				t.Fatalf("kernel refused: %v", missing)
 			}
