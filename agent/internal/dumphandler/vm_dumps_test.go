@@ -162,6 +162,12 @@ func TestDumpHandlerChains(t *testing.T) {
 	os.RemoveAll(cores)
 	os.MkdirAll(cores, 0o777)
 	guesttest.StopAgent()
+	t.Cleanup(func() { // last: once core_pattern is back, an agent that chains to no test helper
+		guesttest.StopAgent()
+		if err := guesttest.StartAgent(); err != nil {
+			t.Errorf("restart the agent: %v", err)
+		}
+	})
 	guesttest.SetCorePattern(t, "|/bin/testproc corecount "+cores+"/prev.%p")
 	if err := guesttest.StartAgent(); err != nil {
 		t.Fatal(err)
