@@ -58,10 +58,12 @@ type Event struct {
 	Reason     string
 	Detail     string
 	AccessMode uint32
-	Accessor   *Proc
-	Target     *Proc
-	Health     *Health
-	Dump       *struct {
+	// Attempts is how many attempts an access event stands for: 1, or an in-kernel aggregate's count.
+	Attempts uint64
+	Accessor *Proc
+	Target   *Proc
+	Health   *Health
+	Dump     *struct {
 		Action string
 		Signal uint32
 		Reason string
@@ -195,6 +197,7 @@ func view(ev *keyguardv1.Event) Event {
 		m := k.MemoryAccess
 		e.Kind, e.Operation, e.Decision, e.Rule = "access", short(m.GetOperation(), "ACCESS_OPERATION_"), short(m.GetDecision(), "DECISION_"), m.GetRule()
 		e.AccessMode, e.Accessor, e.Target, e.Detail = m.GetAccessMode(), procOf(m.GetAccessor()), procOf(m.GetTarget()), m.GetDetail()
+		e.Attempts = max(m.GetCount(), 1)
 		e.Reason = reasonOf(m.GetTargetReason())
 		if note, rest, _ := strings.Cut(m.GetDetail(), ": "); e.Operation == "other" || note == "proc_read" || note == "proc_link" {
 			e.Operation, e.Detail = note, rest

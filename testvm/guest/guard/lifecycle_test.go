@@ -72,10 +72,12 @@ func TestUpgradeReplacesLinks(t *testing.T) {
 	}
 }
 
-// While the agent is down, the kernel keeps events in the pinned ring buffer; when it overflows, the
-// overflow is counted. After restart every attempt is accounted for: delivered as an event or counted
-// in a loss event.
-func TestKernelLossReported(t *testing.T) {
+// While the agent is down, the kernel keeps events in the pinned ring buffer and counts repeated
+// attempts in its pinned aggregation map. After restart every attempt is accounted for exactly by the
+// delivered events (an aggregate stands for its count), with no loss event, although the attack loop
+// made more attempts than the ring buffer holds events (issue 13; a loss event is left for a true
+// overflow of both).
+func TestKernelAttemptsAccounted(t *testing.T) {
 	if agent == nil { // uninstalled by an earlier test
 		if err := startAgent(); err != nil {
 			t.Fatal(err)
@@ -84,8 +86,9 @@ func TestKernelLossReported(t *testing.T) {
 	v := startVictim(t, victimEnforce, 0)
 	stopAgent()
 	before := len(readEvents())
-	// Attack until the ring buffer (about 1,300 events) must have overflowed; a loaded host attacks more
-	// slowly, so loop in rounds.
+	// Attack more often than the ring buffer holds events (about 1,300); a loaded host attacks more
+	// slowly, so loop in rounds. Repeats are aggregated in the kernel (issue 13), so every attempt must be
+	// accounted for by the events' counts, with no loss event.
 	var ok, fail int
 	var loopPIDs = map[uint32]bool{}
 	for round := 0; round < 6 && fail < 1500; round++ {
@@ -100,7 +103,7 @@ func TestKernelLossReported(t *testing.T) {
 		loopPIDs[uint32(loop.Process.Pid)] = true
 	}
 	if ok != 0 || fail < 1500 {
-		t.Fatalf("attack loop: %d successes, %d failures (want 0 and enough to overflow the ring buffer)", ok, fail)
+		t.Fatalf("attack loop: %d successes, %d failures (want 0 and more than the ring buffer holds)", ok, fail)
 	}
 	if err := startAgent(); err != nil {
 		t.Fatal(err)
@@ -112,7 +115,7 @@ func TestKernelLossReported(t *testing.T) {
 		for _, ev := range readEvents()[before:] {
 			switch {
 			case ev.Kind == "access" && ev.Accessor != nil && loopPIDs[ev.Accessor.PID]:
-				delivered++
+				delivered += int(ev.Attempts)
 			case ev.Kind == "loss":
 				lost += int(ev.Loss.Count)
 			}
@@ -122,8 +125,8 @@ func TestKernelLossReported(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	t.Logf("%d denials while the agent was down: %d delivered from the pinned ring buffer, %d reported lost", fail, delivered, lost)
-	if lost == 0 || delivered == 0 || delivered+lost != fail {
+	t.Logf("%d denials while the agent was down: %d accounted for by the delivered events' counts, %d reported lost", fail, delivered, lost)
+	if lost != 0 || delivered != fail {
 		t.Fatalf("accounting: %d attempts, %d delivered + %d lost", fail, delivered, lost)
 	}
 }
