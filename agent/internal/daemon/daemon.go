@@ -80,6 +80,9 @@ type Agent struct {
 	// ruleSev: policy rules' own severities (policy.Rule.Severity); emit stamps every event. Atomic, not
 	// under mu: emit may be called with mu held.
 	ruleSev atomic.Pointer[map[string]keyguardv1.Severity]
+	// routine: the policy's routine_readers, whose denied /proc opens emit reports at LOW
+	// (keyguardv1.RoutineRead).
+	routine atomic.Pointer[map[string]bool]
 	out     *events.JSONLines
 	exp     *export.Pipeline
 	op      *operator.Operator
@@ -372,6 +375,9 @@ func (a *Agent) emit(ev *keyguardv1.Event) {
 	if m := a.ruleSev.Load(); m != nil {
 		ruleSev = (*m)[keyguardv1.RuleOf(ev)]
 	}
+	if r := a.routine.Load(); r != nil {
+		keyguardv1.ApplyRoutineRead(ev, *r)
+	}
 	keyguardv1.ApplyRuleSeverity(ev, ruleSev)
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
@@ -420,6 +426,11 @@ func (a *Agent) applyPolicy(res *policy.Resolved) error {
 		}
 	}
 	a.ruleSev.Store(&sev)
+	routine := map[string]bool{}
+	for _, p := range res.Policy.RoutineReaders {
+		routine[p] = true
+	}
+	a.routine.Store(&routine)
 	a.mu.Unlock()
 	return nil
 }

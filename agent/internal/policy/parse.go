@@ -65,7 +65,7 @@ func parse(name string, data []byte) (*Policy, []error) {
 	}
 	p := &Policy{Source: name, SHA256: sha256.Sum256(data), pos: ps.pos}
 	f, ok := ps.fields(root, "", "version", "rules", "bpf_loaders", "sysctl_writers", "kernel_memory_readers", "side_doors", "modules",
-		"key_managers", "raw_disk_readers", "package_managers")
+		"key_managers", "raw_disk_readers", "package_managers", "routine_readers")
 	if !ok {
 		return nil, ps.errs
 	}
@@ -158,6 +158,10 @@ func (ps *parser) accessorLists(p *Policy, f map[string]field) {
 	}
 	if v, ok := f["package_managers"]; ok {
 		p.PackageManagers = ps.accessors(v.val, "package_managers")
+	}
+	p.RoutineReaders = DefaultRoutineReaders
+	if _, ok := f["routine_readers"]; ok {
+		p.RoutineReaders = append([]string{}, ps.list(f, "", "routine_readers", ps.checkExecutable)...)
 	}
 }
 

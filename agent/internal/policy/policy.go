@@ -117,6 +117,12 @@ type Policy struct {
 	RawDiskReaders []Accessor
 	// PackageManagers may write, truncate, rename or unlink the executables rules list.
 	PackageManagers []Accessor
+	// RoutineReaders are the executables (exact paths) of tools that read /proc files of every process as
+	// routine: ps, top, systemctl status, journald, systemd-coredump. Their opens of a protected process's
+	// /proc files stay denied, but are reported at low severity (no alert) unless the file hands out
+	// memory or open files (mem, pagemap, map_files, fd): see keyguardv1.RoutineRead. The key
+	// `routine_readers` replaces DefaultRoutineReaders; an empty list reports every such open as an attack.
+	RoutineReaders []string
 
 	pos map[string]Pos // key path → position of its value
 }
@@ -192,4 +198,12 @@ func RuleID(name string) uint32 {
 		return id
 	}
 	return 1
+}
+
+// DefaultRoutineReaders is RoutineReaders when the policy does not set routine_readers: procps-ng 4
+// reads /proc/PID/environ of every process on each ps run, systemd-coredump reads maps, auxv and environ
+// of the crashing process, journald reads exe and attr.
+var DefaultRoutineReaders = []string{
+	"/usr/bin/ps", "/usr/bin/top", "/usr/bin/pgrep", "/usr/bin/pkill", "/usr/bin/pidof", "/usr/bin/systemctl",
+	"/usr/lib/systemd/systemd-journald", "/usr/lib/systemd/systemd-coredump",
 }

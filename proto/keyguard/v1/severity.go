@@ -17,6 +17,9 @@ import "strings"
 //	  reports at INFO; for older agents without a class, a /proc open with ProcFileExposesMemory false)
 //	  the denied and audit levels drop to LOW: journald, systemd-coredump, ps and top read these of every
 //	  process, and they expose no memory. Class MEMORY, and unknown /proc files, count as memory.
+//	  A denied /proc open by one of the policy's routine_readers (ps reads environ of every process,
+//	  systemd-coredump maps, auxv and environ) is LOW, except of mem, pagemap, map_files and fd: the
+//	  agent stamps it (RoutineRead).
 //	  Side doors that are allowed without a rule (SIDE_DOOR_KIND_*, DECISION_ALLOWED) are MEDIUM: the
 //	  host let something through that can reach memory around the hooks.
 //	core dump: written unchanged HIGH (the dump holds the process's memory); blocked, redacted or
@@ -159,6 +162,36 @@ func ProcFileExposesMemory(path string) bool {
 		return false // the /proc/PID directory itself
 	}
 	return !metadataProcFiles[parts[0]]
+}
+
+// RoutineRead reports whether m is a denied /proc open by one of readers (executable paths, the policy's
+// routine_readers) of a file other than those that hand out memory or open files (mem, pagemap,
+// map_files, fd). Such opens come from ps, top, journald or systemd-coredump reading every process; they
+// stay denied and are reported at LOW. Memory reads by any other means (ptrace, process_vm_readv,
+// pidfd_getfd) and audit-mode opens that went through are never routine.
+func RoutineRead(m *MemoryAccess, readers map[string]bool) bool {
+	if m.GetDecision() != Decision_DECISION_DENIED || m.GetOperation() != AccessOperation_ACCESS_OPERATION_PROC_OPEN ||
+		!readers[m.GetAccessor().GetExePath()] {
+		return false
+	}
+	parts := strings.Split(strings.TrimPrefix(m.GetProcPath(), "/proc/"), "/")
+	if len(parts) >= 3 && parts[1] == "task" {
+		parts = parts[2:]
+	}
+	if len(parts) >= 2 {
+		switch parts[1] {
+		case "mem", "pagemap", "map_files", "fd":
+			return false
+		}
+	}
+	return true
+}
+
+// ApplyRoutineRead stamps LOW on a routine read (RoutineRead) that carries no severity yet.
+func ApplyRoutineRead(ev *Event, readers map[string]bool) {
+	if m := ev.GetMemoryAccess(); m != nil && ev.GetSeverity() == Severity_SEVERITY_UNSPECIFIED && RoutineRead(m, readers) {
+		ev.Severity = Severity_SEVERITY_LOW
+	}
 }
 
 // SeverityLabel is the short lower-case name of a severity ("info" ... "critical"; "" when unspecified),

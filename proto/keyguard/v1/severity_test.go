@@ -95,3 +95,38 @@ func TestApplyRuleSeverity(t *testing.T) {
 		}
 	}
 }
+
+// A routine reader's denied /proc open of anything but mem, pagemap, map_files and fd is LOW; everything
+// else keeps the default mapping.
+func TestRoutineRead(t *testing.T) {
+	readers := map[string]bool{"/usr/bin/ps": true}
+	ev := func(exe string, op AccessOperation, d Decision, path string) *Event {
+		return &Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{Operation: op, Decision: d, ProcPath: path,
+			AccessClass: AccessClass_ACCESS_CLASS_MEMORY, Accessor: &Process{ExePath: exe}}}}
+	}
+	open, denied := AccessOperation_ACCESS_OPERATION_PROC_OPEN, Decision_DECISION_DENIED
+	for _, tc := range []struct {
+		name string
+		ev   *Event
+		want Severity
+	}{
+		{"ps environ", ev("/usr/bin/ps", open, denied, "/proc/42/environ"), Severity_SEVERITY_LOW},
+		{"ps task environ", ev("/usr/bin/ps", open, denied, "/proc/42/task/43/environ"), Severity_SEVERITY_LOW},
+		{"ps unknown path", ev("/usr/bin/ps", open, denied, ""), Severity_SEVERITY_LOW},
+		{"ps mem", ev("/usr/bin/ps", open, denied, "/proc/42/mem"), Severity_SEVERITY_HIGH},
+		{"ps task mem", ev("/usr/bin/ps", open, denied, "/proc/42/task/43/mem"), Severity_SEVERITY_HIGH},
+		{"ps pagemap", ev("/usr/bin/ps", open, denied, "/proc/42/pagemap"), Severity_SEVERITY_HIGH},
+		{"ps map_files", ev("/usr/bin/ps", open, denied, "/proc/42/map_files/7f00-7f01"), Severity_SEVERITY_HIGH},
+		{"ps fd", ev("/usr/bin/ps", open, denied, "/proc/42/fd/3"), Severity_SEVERITY_HIGH},
+		{"ps ptrace", ev("/usr/bin/ps", AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH, denied, ""), Severity_SEVERITY_HIGH},
+		{"ps audit open", ev("/usr/bin/ps", open, Decision_DECISION_ALLOWED_AUDIT, "/proc/42/environ"), Severity_SEVERITY_CRITICAL},
+		{"cat environ", ev("/usr/bin/cat", open, denied, "/proc/42/environ"), Severity_SEVERITY_HIGH},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ApplyRoutineRead(tc.ev, readers)
+			if got := SeverityOf(tc.ev); got != tc.want {
+				t.Errorf("severity %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
