@@ -124,22 +124,51 @@ func mainPID(unit string) int {
 	return n
 }
 
+// scene is what the demo's steps share.
+type scene struct {
+	start    time.Time
+	scalar   []byte
+	pid      int // the signer's main pid (a new one after each crash)
+	oncall   *demo.WebhookReceiver
+	password string
+	attacks  []demo.Attack
+	blocked  int
+}
+
+// run is the demo: each step narrates one scene and fails the demo if keyguard did not hold.
 func run() error {
-	start := time.Now()
-	hold := holdSeconds()
+	sc := &scene{start: time.Now(), attacks: demo.Attacks}
 	exec.Command("systemctl", "is-system-running", "--wait").Run()
-
-	step("Network: virtio-net and a static address, so the host reaches the console through QEMU's forward")
-	if err := networkUp(); err != nil {
-		return err
+	defer func() {
+		if sc.oncall != nil {
+			sc.oncall.Close()
+		}
+	}()
+	for _, f := range []func(*scene) error{
+		startNetwork, startSigner, stealUnprotected, install, attackProtected, crashProtected,
+		showStored, showAlerts, summary,
+	} {
+		if err := f(sc); err != nil {
+			return err
+		}
 	}
+	hold(holdSeconds())
+	return nil
+}
 
+func startNetwork(*scene) error {
+	step("Network: virtio-net and a static address, so the host reaches the console through QEMU's forward")
+	return networkUp()
+}
+
+// startSigner installs the sample signer as a systemd unit with a fresh key.
+func startSigner(sc *scene) error {
 	step("A sample token-signing service runs as a systemd unit (%s) with a real ECDSA P-256 key", signerUnit)
 	key, err := demo.NewSigningKey()
 	if err != nil {
 		return err
 	}
-	scalar := key.Scalar
+	sc.scalar = key.Scalar
 	for _, e := range []error{
 		write(keyFile, string(key.PrivatePEM), 0o600),
 		write(pubFile, string(key.PublicPEM), 0o644),
@@ -156,89 +185,103 @@ func run() error {
 	if _, err := sh("systemctl", "enable", "--now", signerUnit); err != nil {
 		return err
 	}
-	pid := signerPID(0)
-	if pid == 0 {
+	if sc.pid = signerPID(0); sc.pid == 0 {
 		return fmt.Errorf("%s did not start", signerUnit)
 	}
 	time.Sleep(1500 * time.Millisecond)
-	fmt.Printf("    %s active, main pid %d, key %s\n", signerUnit, pid, keyFile)
+	fmt.Printf("    %s active, main pid %d, key %s\n", signerUnit, sc.pid, keyFile)
+	return nil
+}
 
-	step("Without keyguard: root reads the signer's memory (/proc/%d/mem)", pid)
-	demo.StealFromMemory(pid, scalar)
+// stealUnprotected reads the key out of memory and out of a crash dump before keyguard is installed.
+func stealUnprotected(sc *scene) error {
+	step("Without keyguard: root reads the signer's memory (/proc/%d/mem)", sc.pid)
+	demo.StealFromMemory(sc.pid, sc.scalar)
 
 	step("Without keyguard: the signer crashes (SIGABRT) and systemd-coredump stores its dump")
-	leaked, err := crashAndDump(pid, scalar)
+	leaked, err := crashAndDump(sc.pid, sc.scalar)
 	if err != nil {
 		return err
 	}
 	if !leaked {
-		return fmt.Errorf("the unprotected dump of pid %d does not hold the key: the search is broken", pid)
+		return fmt.Errorf("the unprotected dump of pid %d does not hold the key: the search is broken", sc.pid)
 	}
-	fmt.Printf("    STOLEN: `coredumpctl dump %d` holds the private key scalar (the Storm-0558 path)\n", pid)
+	fmt.Printf("    STOLEN: `coredumpctl dump %d` holds the private key scalar (the Storm-0558 path)\n", sc.pid)
+	return nil
+}
 
+// install installs keyguard's packages with the console and an alert rule to the on-call webhook.
+func install(sc *scene) error {
 	step("keyguard is installed from its .deb packages: collector (with the web console and an alert rule) and agent")
 	oncall, err := demo.NewWebhookReceiver()
 	if err != nil {
 		return err
 	}
-	defer oncall.Close()
-	password, err := installKeyguard(oncall)
-	if err != nil {
+	sc.oncall = oncall
+	if sc.password, err = installKeyguard(oncall); err != nil {
 		return err
 	}
 	fmt.Printf("    keyguard-agent and keyguard-collector active; console on :8443 (host: %s)\n", consoleURL)
 	fmt.Printf("    alert rule: every event at warning level or above -> the on-call webhook %s (HMAC-SHA256 signed)\n", oncall.URL)
+	return nil
+}
 
-	pid = signerPID(pid)
-	step("The same attacks, as root, against the running signer (pid %d)", pid)
-	attacks := demo.Attacks
-	blocked, err := demo.RunAttacks(filepath.Join(testRoot, "bin/testproc"), pid, scalar, attacks)
-	if err != nil {
-		return err
-	}
+func attackProtected(sc *scene) error {
+	sc.pid = signerPID(sc.pid)
+	step("The same attacks, as root, against the running signer (pid %d)", sc.pid)
+	blocked, err := demo.RunAttacks(filepath.Join(testRoot, "bin/testproc"), sc.pid, sc.scalar, sc.attacks)
+	sc.blocked = blocked
+	return err
+}
 
+func crashProtected(sc *scene) error {
 	step("The protected signer crashes: keyguard redacts the dump before systemd-coredump stores it")
-	leaked, err = crashAndDump(pid, scalar)
+	leaked, err := crashAndDump(sc.pid, sc.scalar)
 	if err != nil {
 		return err
 	}
-	action := dumpAction(pid)
-	fmt.Printf("    keyguard core_dump event for pid %d: %s; key in the stored dump: %v\n", pid, action, leaked)
+	action := dumpAction(sc.pid)
+	fmt.Printf("    keyguard core_dump event for pid %d: %s; key in the stored dump: %v\n", sc.pid, action, leaked)
 	if leaked || action != "redacted" {
 		return fmt.Errorf("the protected crash was not redacted (action %q, key found %v)", action, leaked)
 	}
+	return nil
+}
 
+func showStored(*scene) error {
 	step("The security team's view: what the collector stored (keyguard events, mTLS)")
-	denied := 0
 	waitFor(30*time.Second, func() bool {
 		out, _ := exec.Command("keyguard", eventsArgs("-decision", "denied")...).Output()
-		denied = strings.Count(string(out), "\n") - 1
-		return denied >= 3
+		return strings.Count(string(out), "\n")-1 >= 3
 	})
-	if err := demo.ShowEvents("keyguard", eventsArgs()[1:], []string{"-decision", "denied"}, []string{"-kind", "core_dump"}); err != nil {
-		return err
-	}
+	return demo.ShowEvents("keyguard", eventsArgs()[1:], []string{"-decision", "denied"}, []string{"-kind", "core_dump"})
+}
 
+func showAlerts(sc *scene) error {
 	step("Alerts: what reached the on-call webhook (signature checked), and nothing else at warning level")
-	if err := checkAlerts(oncall, pid, attacks); err != nil {
-		return err
-	}
+	return checkAlerts(sc.oncall, sc.pid, sc.attacks)
+}
 
+func summary(sc *scene) error {
 	step("Summary")
-	fmt.Printf("    %d of %d attacks by root on the running signer were BLOCKED (ptrace attach, /proc/PID/mem,\n", blocked, len(attacks))
+	fmt.Printf("    %d of %d attacks by root on the running signer were BLOCKED (ptrace attach, /proc/PID/mem,\n", sc.blocked, len(sc.attacks))
 	fmt.Println("    process_vm_readv, ...); the protected crash was REDACTED into systemd-coredump.")
 	fmt.Println("    Before keyguard, root read the key from the signer's memory and from its crash dump.")
 	fmt.Printf("    Web console:  %s   (self-signed certificate from keyguard-collector certs)\n", consoleURL)
 	fmt.Println("    Login:        admin")
-	fmt.Printf("    Password:     %s\n", password)
-	fmt.Printf("    DEMO CONSOLE url=%s user=admin password=%s\n", consoleURL, password)
-	fmt.Printf("    (guest time %.0f s)\n", time.Since(start).Seconds())
-	if blocked != len(attacks) {
-		return fmt.Errorf("%d attacks were not blocked", len(attacks)-blocked)
+	fmt.Printf("    Password:     %s\n", sc.password)
+	fmt.Printf("    DEMO CONSOLE url=%s user=admin password=%s\n", consoleURL, sc.password)
+	fmt.Printf("    (guest time %.0f s)\n", time.Since(sc.start).Seconds())
+	if sc.blocked != len(sc.attacks) {
+		return fmt.Errorf("%d attacks were not blocked", len(sc.attacks)-sc.blocked)
 	}
 	fmt.Println("\nDEMO OK")
-	// The host (vmtest) now logs in to the console through the forwarded port and reads the
-	// events page; with a bounded hold, stay up until it has.
+	return nil
+}
+
+// hold keeps the VM up after the demo: until the host (vmtest) has logged in to the console through the
+// forwarded port and read the events page, then for DEMO_HOLD (hold > 0) or until Ctrl-C (hold < 0).
+func hold(hold int) {
 	if hold >= 0 {
 		if waitFor(3*time.Minute, func() bool {
 			out, _ := exec.Command("journalctl", "--no-pager", "-q", "-u", "keyguard-collector", "-g", "console login").CombinedOutput()
@@ -260,10 +303,8 @@ func run() error {
 		fmt.Printf("The VM stays up for %d s (DEMO_HOLD); Ctrl-C stops it earlier.\n", hold)
 		time.Sleep(time.Duration(hold) * time.Second)
 	}
-	return nil
 }
 
-// holdSeconds reads KEYGUARD_DEMO_HOLD from the kernel command line (default 0).
 func holdSeconds() int {
 	b, _ := os.ReadFile("/proc/cmdline")
 	for _, w := range strings.Fields(string(b)) {
