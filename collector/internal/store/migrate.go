@@ -302,21 +302,7 @@ var migrations = []migration{
 		// approvals of re-enrollment, and the uses of bootstrap tokens, shared by the collectors of the
 		// database and kept across restarts.
 		version: 7,
-		sqlite: []string{
-			`CREATE TABLE enroll_names (
-				name TEXT PRIMARY KEY,
-				serial TEXT NOT NULL,
-				not_after_ns BIGINT NOT NULL,
-				approved INTEGER NOT NULL DEFAULT 0,
-				updated_ns BIGINT NOT NULL
-			)`,
-			`CREATE TABLE enroll_tokens (
-				nonce TEXT PRIMARY KEY,
-				uses INTEGER NOT NULL,
-				exp_ns BIGINT NOT NULL
-			)`,
-		},
-		postgres: []string{
+		both: []string{
 			`CREATE TABLE enroll_names (
 				name TEXT PRIMARY KEY,
 				serial TEXT NOT NULL,
