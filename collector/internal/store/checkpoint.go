@@ -145,24 +145,7 @@ func decodeEntry(raw []byte, tombNs int64) (CheckpointEntry, error) {
 // disagrees: a deleted host, missing events at the end or the start of a chain (a cut that no tombstone
 // explains), events added or rewritten.
 func (s *Store) CheckAgentChains(ctx context.Context, entries []CheckpointEntry) ([]WitnessProblem, error) {
-	byHost := map[string][]CheckpointEntry{}
-	for _, e := range entries {
-		byHost[e.CP.GetHost()] = append(byHost[e.CP.GetHost()], e)
-	}
-	hosts := make([]string, 0, len(byHost))
-	for h := range byHost {
-		hosts = append(hosts, h)
-	}
-	sort.Strings(hosts)
-	var out []WitnessProblem
-	for _, h := range hosts {
-		ps, err := s.checkAgentHost(ctx, h, byHost[h])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, ps...)
-	}
-	return out, nil
+	return perHost(ctx, entries, func(e CheckpointEntry) string { return e.CP.GetHost() }, s.checkAgentHost)
 }
 
 // chainStart is where recomputing an agent chain starts: its base or a tombstone.

@@ -133,9 +133,15 @@ type WitnessProblem struct {
 // base is the genesis or a base a tombstone recorded. It finds a chain cut at the end (head moved
 // back), at the start (base moved without a tombstone), and a deleted host.
 func (s *Store) CheckWitness(ctx context.Context, recs []WitnessRecord) ([]WitnessProblem, error) {
-	byHost := map[string][]WitnessRecord{}
-	for _, r := range recs {
-		byHost[r.Host] = append(byHost[r.Host], r)
+	return perHost(ctx, recs, func(r WitnessRecord) string { return r.Host }, s.checkHostWitness)
+}
+
+// perHost groups items by host and runs check on each host's items, hosts in name order.
+func perHost[T any](ctx context.Context, items []T, host func(T) string,
+	check func(context.Context, string, []T) ([]WitnessProblem, error)) ([]WitnessProblem, error) {
+	byHost := map[string][]T{}
+	for _, it := range items {
+		byHost[host(it)] = append(byHost[host(it)], it)
 	}
 	hosts := make([]string, 0, len(byHost))
 	for h := range byHost {
@@ -144,7 +150,7 @@ func (s *Store) CheckWitness(ctx context.Context, recs []WitnessRecord) ([]Witne
 	sort.Strings(hosts)
 	var out []WitnessProblem
 	for _, h := range hosts {
-		ps, err := s.checkHostWitness(ctx, h, byHost[h])
+		ps, err := check(ctx, h, byHost[h])
 		if err != nil {
 			return nil, err
 		}
