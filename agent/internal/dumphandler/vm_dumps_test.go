@@ -152,3 +152,57 @@ func TestDumpRedactFailsClosed(t *testing.T) {
 		})
 	}
 }
+
+// With a redact rule the agent installs itself as the core_pattern handler and hands every dump on
+// to the pattern it replaced: unprotected dumps unchanged, protected ones only when they could be made
+// safe (a protected dump that cannot be redacted is discarded and reported).
+func TestDumpHandlerChains(t *testing.T) {
+	vmenv.Require(t)
+	cores := guesttest.Dir + "/cores"
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	guesttest.StopAgent()
+	t.Cleanup(func() { // last: once core_pattern is back, an agent that chains to no test helper
+		guesttest.StopAgent()
+		if err := guesttest.StartAgent(); err != nil {
+			t.Errorf("restart the agent: %v", err)
+		}
+	})
+	guesttest.SetCorePattern(t, "|/bin/testproc corecount "+cores+"/prev.%p")
+	if err := guesttest.StartAgent(); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := os.ReadFile(guesttest.CorePattern)
+	if !strings.HasPrefix(string(cur), "|/bin/keyguard-agent dump-handler ") {
+		t.Fatalf("core_pattern after agent start: %q", cur)
+	}
+
+	ws := guesttest.Crash(t, guesttest.VictimPlain, "-sig", "SEGV")
+	if !ws.CoreDump() {
+		t.Fatalf("unprotected crash: %v", ws)
+	}
+	var got []byte
+	for i := 0; i < 50 && len(got) == 0; i++ {
+		ents, _ := os.ReadDir(cores)
+		for _, e := range ents {
+			got, _ = os.ReadFile(filepath.Join(cores, e.Name()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(string(got)), " true") {
+		t.Fatalf("the previous pipe handler got %q for an unprotected dump, want all of it", got)
+	}
+
+	os.RemoveAll(cores)
+	os.MkdirAll(cores, 0o777)
+	guesttest.Crash(t, guesttest.VictimRedact, "-sig", "SEGV")
+	ev := guesttest.WaitEvent(t, "handler's event for the protected dump", func(e guesttest.Event) bool {
+		return e.Kind == "core_dump" && e.Rule == "redactor" && e.Dump != nil && (e.Dump.Action == "discarded" || e.Dump.Action == "redacted")
+	})
+	if ev.Dump.Action == "discarded" {
+		time.Sleep(300 * time.Millisecond)
+		if ents, _ := os.ReadDir(cores); len(ents) != 0 {
+			t.Fatalf("a discarded protected dump reached the previous handler: %v", guesttest.Names(ents))
+		}
+	}
+}
