@@ -127,6 +127,10 @@ func TestSysctlWritesRefused(t *testing.T) {
 	if out, err := exec.Command("/bin/busybox", "sysctl", "kernel.core_pattern").CombinedOutput(); err != nil {
 		t.Fatalf("reading core_pattern: %v: %s", err, out)
 	}
+	// Put it back afterwards: with core_uses_pid set, a later package's file core_pattern without %p
+	// gets ".PID" appended (dumphandler's TestDumpRedacted/control reads cores/plain).
+	usesPID, _ := os.ReadFile("/proc/sys/kernel/core_uses_pid")
+	t.Cleanup(func() { os.WriteFile("/proc/sys/kernel/core_uses_pid", usesPID, 0) })
 	if out, err := exec.Command("/bin/busybox", "sysctl", "-w", "kernel.core_uses_pid=1").CombinedOutput(); err != nil {
 		t.Fatalf("writing an unrelated sysctl: %v: %s", err, out)
 	}
