@@ -77,12 +77,9 @@ type Agent struct {
 	probe loader.ProbeResult
 	guard *loader.Guard
 	pol   *policy.Policy
-	// ruleSev: policy rules' own severities (policy.Rule.Severity); emit stamps every event. Atomic, not
-	// under mu: emit may be called with mu held.
-	ruleSev atomic.Pointer[map[string]keyguardv1.Severity]
-	// routine: the policy's routine_readers, whose denied /proc opens emit reports at LOW
-	// (keyguardv1.RoutineRead).
-	routine atomic.Pointer[map[string]bool]
+	// sevPol: what the policy says about severities; emit stamps every event with it. One atomic
+	// value, not under mu (emit may be called with mu held), so an event never sees half a policy.
+	sevPol  atomic.Pointer[severityPolicy]
 	out     *events.JSONLines
 	exp     *export.Pipeline
 	op      *operator.Operator
@@ -371,14 +368,10 @@ func (a *Agent) reportStart() ([]posture.Finding, *keyguardv1.AgentHealth) {
 // The event is stamped with the agent's version first; nothing changes it afterwards.
 func (a *Agent) emit(ev *keyguardv1.Event) {
 	ev.AgentVersion = a.cfg.Version
-	var ruleSev keyguardv1.Severity
-	if m := a.ruleSev.Load(); m != nil {
-		ruleSev = (*m)[keyguardv1.RuleOf(ev)]
+	if sp := a.sevPol.Load(); sp != nil {
+		keyguardv1.ApplyRoutineRead(ev, sp.routine)
+		keyguardv1.ApplyRuleSeverity(ev, sp.rules[keyguardv1.RuleOf(ev)])
 	}
-	if r := a.routine.Load(); r != nil {
-		keyguardv1.ApplyRoutineRead(ev, *r)
-	}
-	keyguardv1.ApplyRuleSeverity(ev, ruleSev)
 	if err := a.out.Write(ev); err != nil {
 		a.log.Error("event log write failed", "error", err)
 	}
@@ -419,20 +412,29 @@ func (a *Agent) applyPolicy(res *policy.Resolved) error {
 	}
 	a.mu.Lock()
 	a.rs, a.res, a.names = rs, res, names
-	sev := map[string]keyguardv1.Severity{}
-	for _, r := range res.Policy.Rules {
-		if r.Severity != keyguardv1.Severity_SEVERITY_UNSPECIFIED {
-			sev[r.Name] = r.Severity
-		}
-	}
-	a.ruleSev.Store(&sev)
-	routine := map[string]bool{}
-	for _, p := range res.Policy.RoutineReaders {
-		routine[p] = true
-	}
-	a.routine.Store(&routine)
+	a.sevPol.Store(newSeverityPolicy(res.Policy))
 	a.mu.Unlock()
 	return nil
+}
+
+// severityPolicy is what a policy says about severities: its rules' own (policy.Rule.Severity) and its
+// routine_readers, whose denied /proc opens are reported at LOW (keyguardv1.RoutineRead).
+type severityPolicy struct {
+	rules   map[string]keyguardv1.Severity
+	routine map[string]bool
+}
+
+func newSeverityPolicy(p *policy.Policy) *severityPolicy {
+	sp := &severityPolicy{rules: map[string]keyguardv1.Severity{}, routine: map[string]bool{}}
+	for _, r := range p.Rules {
+		if r.Severity != keyguardv1.Severity_SEVERITY_UNSPECIFIED {
+			sp.rules[r.Name] = r.Severity
+		}
+	}
+	for _, e := range p.RoutineReaders {
+		sp.routine[e] = true
+	}
+	return sp
 }
 
 // scan protects processes that were running before the agent (or a new rule) and reports them.

@@ -96,7 +96,9 @@ func TestDumpRedacted(t *testing.T) {
 				if err != nil || f.Type != elf.ET_CORE {
 					t.Fatalf("redacted dump is not an ELF core: %v", err)
 				}
-				if n := countThreads(f); n != threads {
+				// At least every thread the crasher counted: the Go runtime may start one more between its
+				// count and the signal, but a redaction must never drop a thread's notes.
+				if n := countThreads(f); n < threads {
 					t.Errorf("redacted core has %d threads, the process had %d", n, threads)
 				}
 			})

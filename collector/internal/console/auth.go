@@ -204,7 +204,9 @@ func (c *Console) loginPost(w http.ResponseWriter, r *http.Request) {
 		c.log.Error("console users file holds an unreadable hash", "user", shownName, "err", err)
 	}
 	if !known || !ok || err != nil || len(password) > 1024 {
-		c.limiter.fail(now, name, ip)
+		// The backoff counts from the answer, not from the request: checking the hash takes a
+		// while, and the client can only try again once it has the answer.
+		c.limiter.fail(c.opts.Now(), name, ip)
 		c.log.Warn("console login failed", "user", shownName, "ip", ip)
 		c.render(w, r, nil, http.StatusUnauthorized, "login", "Log in",
 			loginData{Next: next, User: shownName, Error: "Wrong user name or password."})

@@ -148,20 +148,28 @@ var metadataProcFiles = map[string]bool{
 // stack, ...) rather than metadata (exe, cwd, root, attr, stat, status, ...). Unknown entries count as
 // exposing memory, so a new kernel file is reported loudly until classified.
 func ProcFileExposesMemory(path string) bool {
-	rest, ok := strings.CutPrefix(path, "/proc/")
+	entry, ok := procEntry(path)
 	if !ok {
 		return true
 	}
-	parts := strings.Split(rest, "/")
-	// parts[0] is the pid (or "self", "thread-self"); skip "task/TID".
-	parts = parts[1:]
+	return entry != "" && !metadataProcFiles[entry]
+}
+
+// procEntry is the entry of a /proc/PID or /proc/PID/task/TID path that names what is read ("mem",
+// "environ", "attr", ...; "" for the directory itself); ok is false for a path outside /proc.
+func procEntry(path string) (entry string, ok bool) {
+	rest, ok := strings.CutPrefix(path, "/proc/")
+	if !ok {
+		return "", false
+	}
+	parts := strings.Split(rest, "/")[1:] // parts[0] is the pid (or "self", "thread-self")
 	if len(parts) >= 2 && parts[0] == "task" {
 		parts = parts[2:]
 	}
-	if len(parts) == 0 || parts[0] == "" {
-		return false // the /proc/PID directory itself
+	if len(parts) == 0 {
+		return "", true
 	}
-	return !metadataProcFiles[parts[0]]
+	return parts[0], true
 }
 
 // RoutineRead reports whether m is a denied /proc open by one of readers (executable paths, the policy's
@@ -174,15 +182,10 @@ func RoutineRead(m *MemoryAccess, readers map[string]bool) bool {
 		!readers[m.GetAccessor().GetExePath()] {
 		return false
 	}
-	parts := strings.Split(strings.TrimPrefix(m.GetProcPath(), "/proc/"), "/")
-	if len(parts) >= 3 && parts[1] == "task" {
-		parts = parts[2:]
-	}
-	if len(parts) >= 2 {
-		switch parts[1] {
-		case "mem", "pagemap", "map_files", "fd":
-			return false
-		}
+	entry, _ := procEntry(m.GetProcPath())
+	switch entry {
+	case "mem", "pagemap", "map_files", "fd":
+		return false
 	}
 	return true
 }

