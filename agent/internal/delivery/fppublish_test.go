@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"database/sql"
-	"encoding/pem"
 	"fmt"
 	mrand "math/rand/v2"
 	"os"
@@ -44,8 +43,8 @@ func TestAgentPublishesFingerprints(t *testing.T) {
 	keys := keytest.Generate()
 	os.Mkdir(filepath.Join(dir, "keys"), 0o700)
 	ecFile, edFile := filepath.Join(dir, "keys", "signer-p256.pem"), filepath.Join(dir, "keys", "signer-ed.pem")
-	writeFile(t, ecFile, pemKey(t, keys.P256))
-	writeFile(t, edFile, pemKey(t, keys.Ed))
+	writeFile(t, ecFile, keytest.PrivatePEM(keys.P256))
+	writeFile(t, edFile, keytest.PrivatePEM(keys.Ed))
 	polFile := filepath.Join(dir, "policy.yaml")
 	writeFile(t, polFile, fmt.Appendf(nil, "version: 1\nrules:\n  - name: signer\n    openers: any\n    match: {key_files: [%q]}\n", filepath.Join(dir, "keys", "*.pem")))
 	resolved := func() []string {
@@ -83,7 +82,7 @@ func TestAgentPublishesFingerprints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, ecFile, pemKey(t, other)) // the key is rotated
+	writeFile(t, ecFile, keytest.PrivatePEM(other)) // the key is rotated
 	publish(true)
 	sets := waitSets(t, db, "signer", 2)
 	det, err := detect.New(detect.Options{Modes: detect.ModeFormats, Fingerprints: sets[1]})
@@ -136,7 +135,7 @@ func TestSentinelFetchesPublishedFingerprints(t *testing.T) {
 	dir := t.TempDir()
 	keys := keytest.Generate()
 	keyFile := filepath.Join(dir, "signer.pem")
-	writeFile(t, keyFile, pemKey(t, keys.Ed))
+	writeFile(t, keyFile, keytest.PrivatePEM(keys.Ed))
 	pub := signerPublisher(t, k, c, "signer", detect.NewDeploymentKey())
 	if _, err := pub.Update([]string{keyFile}); err != nil {
 		t.Fatal(err)
@@ -169,7 +168,7 @@ func TestSentinelFetchesPublishedFingerprints(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, keyFile, pemKey(t, rotated))
+	writeFile(t, keyFile, keytest.PrivatePEM(rotated))
 	if sent, err := pub.Update([]string{keyFile}); !sent || err != nil {
 		t.Fatalf("Update after the rotation: %v %v", sent, err)
 	}
@@ -203,14 +202,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("no %s after 30s", what)
 		}
 	}
-}
-
-func pemKey(t *testing.T, priv any) []byte {
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
 }
 
 // waitSets waits until host has n fingerprint sets stored and returns them, oldest first.

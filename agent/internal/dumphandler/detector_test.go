@@ -2,8 +2,6 @@ package dumphandler
 
 import (
 	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"testing"
@@ -20,12 +18,8 @@ func TestDetectorFingerprints(t *testing.T) {
 	k := keytest.Generate()
 	dir := t.TempDir()
 	pubFile := func(name string, pub any) string {
-		der, err := x509.MarshalPKIXPublicKey(pub)
-		if err != nil {
-			t.Fatal(err)
-		}
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o644); err != nil {
+		if err := os.WriteFile(p, keytest.PublicPEM(pub), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		return p

@@ -3,8 +3,6 @@ package dumps
 import (
 	"bufio"
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
@@ -234,11 +232,7 @@ func BenchmarkRedact1GiB(b *testing.B) {
 	k := keytest.Generate()
 	var pubs []byte
 	for _, pk := range []any{&k.RSA.PublicKey, &k.P256.PublicKey, k.Ed.Public()} {
-		der, err := x509.MarshalPKIXPublicKey(pk)
-		if err != nil {
-			b.Fatal(err)
-		}
-		pubs = append(pubs, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})...)
+		pubs = append(pubs, keytest.PublicPEM(pk)...)
 	}
 	keys := filepath.Join(b.TempDir(), "keys.pem")
 	if err := os.WriteFile(keys, pubs, 0o600); err != nil {

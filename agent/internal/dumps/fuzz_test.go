@@ -3,9 +3,7 @@ package dumps
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"debug/elf"
-	"encoding/pem"
 	"io"
 	"os"
 	"path/filepath"
@@ -161,11 +159,7 @@ func TestMakeSeeds(t *testing.T) {
 	k := keytest.Generate()
 	var pubs []byte
 	for _, pk := range []any{&k.RSA.PublicKey, &k.P256.PublicKey, k.Ed.Public()} {
-		der, err := x509.MarshalPKIXPublicKey(pk)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pubs = append(pubs, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})...)
+		pubs = append(pubs, keytest.PublicPEM(pk)...)
 	}
 	exe := buildTiny(t)
 	dir := keyDir(t)

@@ -3,8 +3,6 @@ package dumps
 import (
 	"bufio"
 	"bytes"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -31,11 +29,7 @@ func keyDir(t testing.TB) string {
 	k := keytest.Generate()
 	dir := t.TempDir()
 	for name, key := range map[string]any{"rsa.pem": k.RSA, "p256.pem": k.P256, "ed.pem": k.Ed} {
-		der, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, name), keytest.PrivatePEM(key), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,8 +1,6 @@
 package fppublish
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,12 +16,8 @@ func TestUpdate(t *testing.T) {
 	k := keytest.Generate()
 	dir := t.TempDir()
 	write := func(name string, priv any) string {
-		der, err := x509.MarshalPKCS8PrivateKey(priv)
-		if err != nil {
-			t.Fatal(err)
-		}
 		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		if err := os.WriteFile(p, keytest.PrivatePEM(priv), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		return p

@@ -309,3 +309,17 @@ func Filler(rng *mrand.Rand, n int, random bool) []byte {
 	}
 	return b[:n]
 }
+
+// PrivatePEM is priv as a PKCS #8 "PRIVATE KEY" PEM block (a key file a signer loads).
+func PrivatePEM(priv any) []byte {
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	must(err)
+	return pemOf("PRIVATE KEY", der, nil)
+}
+
+// PublicPEM is pub as a PKIX "PUBLIC KEY" PEM block (a policy's public_keys file).
+func PublicPEM(pub any) []byte {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	must(err)
+	return pemOf("PUBLIC KEY", der, nil)
+}
