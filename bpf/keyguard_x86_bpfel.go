@@ -38,11 +38,14 @@ type KeyguardKgAgent struct {
 }
 
 type KeyguardKgAgg struct {
-	_       structs.HostLayout
-	Count   uint64
-	FirstNs uint64
-	LastNs  uint64
-	Ev      KeyguardKgEvent
+	_           structs.HostLayout
+	Count       uint64
+	FirstNs     uint64
+	LastNs      uint64
+	NewestStart uint64
+	Processes   uint32
+	LastTgid    uint32
+	Ev          KeyguardKgEvent
 }
 
 type KeyguardKgAggKey struct {
@@ -51,7 +54,6 @@ type KeyguardKgAggKey struct {
 	ActorIno    uint64
 	TargetStart uint64
 	ActorUid    uint32
-	ActorTgid   uint32
 	TargetTgid  uint32
 	TargetTid   uint32
 	AccessMode  uint32
@@ -61,7 +63,6 @@ type KeyguardKgAggKey struct {
 	RuleId      uint32
 	Kind        uint32
 	Epoch       uint32
-	_           [4]byte
 }
 
 type KeyguardKgAggStat uint32

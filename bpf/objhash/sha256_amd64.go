@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "339d35545049f0a48017aef54f30aa1c848270d48dadb320c29ec36cf68fd592"
+const SHA256 = "fddc1d8bcb460316433236e52a45374f165d5a31f5a828cb9c5515372b1c616c"

@@ -561,9 +561,12 @@ static __always_inline struct kg_event *new_event(__u32 kind, struct kg_mark *pr
  * Traversal through root and cwd reaches files whose own hooks decide them (key files by inode at open;
  * a /proc/PID/mem below them is its own check); exe opens the binary on disk, not the process.
  *
- * Aggregation: repeated attempts with the same (actor executable, uid and process, target thread,
- * operation, access mode, class, decision, rule) in one window are one agg entry. The first is reported at once through the ring buffer;
- * the others only count. The window is an epoch (agg_epoch) the agent bumps; it then waits until no
+ * Aggregation: repeated attempts with the same (actor executable and uid, target thread, operation,
+ * access mode, class, decision, rule) in one window are one agg entry, whichever process made them: a
+ * loop of one-shot attacker processes (fork, or fork+exec of one binary, per attempt) is accounted like
+ * a loop in one process, so it cannot fill the ring buffer. The first attempt is reported at once
+ * through the ring buffer, naming its process; the others only count, with the last one's process and
+ * the number of processes (kg_agg). The window is an epoch (agg_epoch) the agent bumps; it then waits until no
  * program can still use the old one (an update of agg_sync, a map-in-map, waits for an RCU grace period)
  * and drains the old entries into aggregate events. Nothing is evicted: when agg is full, attempts are
  * reported one by one as before, and only a full ring buffer then counts them as lost.
@@ -713,12 +716,24 @@ static __always_inline void fill_access(struct kg_event *e, struct task_struct *
 	fill_proc(&e->target, target);
 }
 
-static __always_inline void agg_count(struct kg_agg *v, __u64 now)
+/* Note the actor process (tgid, start) of an attempt in v: the last one, and one more process when it
+ * started after every earlier actor of the entry. */
+static __always_inline void agg_actor(struct kg_agg *v, __u32 tgid, __u64 start)
+{
+	v->last_tgid = tgid;
+	if (start > v->newest_start) {
+		v->newest_start = start;
+		__sync_fetch_and_add(&v->processes, 1);
+	}
+}
+
+static __always_inline void agg_count(struct kg_agg *v, __u64 now, __u32 tgid, __u64 start)
 {
 	__sync_fetch_and_add(&v->count, 1);
 	if (!v->first_ns)
 		v->first_ns = now;
 	v->last_ns = now;
+	agg_actor(v, tgid, start);
 	agg_stat(KG_AGG_COUNTED);
 }
 
@@ -731,12 +746,12 @@ static __always_inline void report_access(struct task_struct *actor, struct task
 	struct kg_agg *v;
 	struct kg_event *e;
 	__u32 zero = 0, *epoch;
-	__u64 now = bpf_ktime_get_boot_ns();
+	__u64 now = bpf_ktime_get_boot_ns(), start = BPF_CORE_READ(actor, group_leader, start_boottime);
+	__u32 tgid = BPF_CORE_READ(actor, tgid);
 	long err;
 
 	task_exe(actor, &k.actor_dev, &k.actor_ino);
 	k.actor_uid = BPF_CORE_READ(actor, real_cred, uid.val);
-	k.actor_tgid = BPF_CORE_READ(actor, tgid);
 	k.target_tgid = BPF_CORE_READ(target, tgid);
 	k.target_tid = BPF_CORE_READ(target, pid);
 	k.access_mode = access_mode;
@@ -751,13 +766,13 @@ static __always_inline void report_access(struct task_struct *actor, struct task
 		k.epoch = *epoch;
 	v = bpf_map_lookup_elem(&agg, &k);
 	if (v) {
-		agg_count(v, now);
+		agg_count(v, now, tgid, start);
 		return;
 	}
 	v = bpf_map_lookup_elem(&agg_zero, &zero);
 	err = v ? bpf_map_update_elem(&agg, &k, v, BPF_NOEXIST) : -ENOMEM;
 	if (err == -EEXIST && (v = bpf_map_lookup_elem(&agg, &k))) { /* another CPU was first */
-		agg_count(v, now);
+		agg_count(v, now, tgid, start);
 		return;
 	}
 	v = err ? 0 : bpf_map_lookup_elem(&agg, &k);
@@ -776,9 +791,10 @@ static __always_inline void report_access(struct task_struct *actor, struct task
 	v->ev.reason = prot->reason;
 	v->ev.syscall_nr = -1;
 	fill_access(&v->ev, actor, target, access_mode, op, class, decision, mode, name);
+	agg_actor(v, tgid, start);
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) { /* ring buffer full: the attempt is counted in the aggregate instead of lost */
-		agg_count(v, now);
+		agg_count(v, now, tgid, start); /* the same process: not counted twice */
 		return;
 	}
 	bpf_probe_read_kernel(e, sizeof(*e), &v->ev);

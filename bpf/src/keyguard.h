@@ -309,13 +309,14 @@ struct kg_proc_obj {
 };
 
 /* Repeated access attempts of one window, aggregated in the kernel (agg map). The epoch is the window:
- * the agent bumps agg_epoch, waits until no program can still use the old one, and drains it. */
+ * the agent bumps agg_epoch, waits until no program can still use the old one, and drains it.
+ * The actor is its executable and uid, not its process: a loop of one-shot attacker processes (fork or
+ * fork+exec per attempt) is one entry, like a loop in one process. */
 struct kg_agg_key {
 	__u64 actor_dev;
 	__u64 actor_ino;
 	__u64 target_start; /* start_boottime of the target's leader (tells apart a reused pid) */
 	__u32 actor_uid;
-	__u32 actor_tgid;   /* the process: an event names the process that acted, so each one's first attempt is reported */
 	__u32 target_tgid;
 	__u32 target_tid;   /* the thread checked (ptrace of a thread, /proc/PID/task/TID) */
 	__u32 access_mode;  /* PTRACE_MODE_* bits: tells apart /proc/PID/mem (attach) from environ (read) */
@@ -331,6 +332,11 @@ struct kg_agg {
 	__u64 count;    /* attempts after the one reported through the ring buffer (or all, see below) */
 	__u64 first_ns; /* CLOCK_BOOTTIME of the first and last of those */
 	__u64 last_ns;
+	__u64 newest_start; /* start_boottime of the latest-started actor process seen in this entry */
+	__u32 processes;    /* actor processes of all the entry's attempts: each attempt by a process that
+			     * started after every earlier actor counts one (exact for one-shot attackers and
+			     * for loops; a lower bound when an older process starts attacking after a younger) */
+	__u32 last_tgid;    /* the process of the last attempt */
 	struct kg_event ev; /* the first attempt; when the ring buffer was full it is counted in count too */
 };
 

@@ -26,7 +26,7 @@ type config struct {
 	NoInflightWait  bool          `yaml:"-" flag:"test-no-inflight-wait" help:"TEST ONLY: let key-file opens ignore memory reads in flight (reopens the key-open race; the race test's control run)"`
 	PostureInterval time.Duration `yaml:"posture_interval" flag:"posture-interval" help:"how often host posture is checked again; a change is reported as a health event"`
 	DenyMetadata    bool          `yaml:"deny_metadata" flag:"deny-metadata" help:"deny metadata reads of protected processes (readlink/stat of /proc/PID/exe, cwd, root, attr) like memory reads; by default they are allowed and reported at info"`
-	AggregateWindow time.Duration `yaml:"aggregate_window" flag:"aggregate-window" help:"repeated access attempts (same accessor, target, operation, decision) are counted in the kernel for this long and reported as one event with a count"`
+	AggregateWindow time.Duration `yaml:"aggregate_window" flag:"aggregate-window" help:"repeated access attempts (same accessor executable and uid, whichever process, target, operation, decision) are counted in the kernel for this long and reported as one event with a count"`
 	OperatorKey     string        `yaml:"operator_key" flag:"operator-key" help:"the operator's Ed25519 public key (keyguard token keygen); pinned at the first start after boot, it signs uninstall, break-glass and policy tokens"`
 	PolicyToken     string        `yaml:"policy_token" flag:"policy-token" help:"token approving a changed policy (default: the policy path + .token)"`
 	HostName        string        `yaml:"host_name" flag:"host-name" help:"this host's name in operator tokens (default: the host name)"`

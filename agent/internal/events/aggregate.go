@@ -19,9 +19,10 @@ import (
 const DefaultAggregateWindow = 10 * time.Second
 
 // Aggregates drains the kernel's aggregation of repeated access attempts (bpf/src: agg, agg_epoch,
-// agg_sync). The kernel reports the first attempt of each (accessor executable, uid, target, operation,
-// class, decision, rule) in a window at once through the ring buffer and only counts the others in agg,
-// keyed by the window's epoch. Drain closes the window: it bumps the epoch, waits until no BPF program
+// agg_sync). The kernel reports the first attempt of each (accessor executable and uid, whichever
+// process, target thread, operation, access mode, class, decision, rule) in a window at once through
+// the ring buffer and only counts the others in agg, keyed by the window's epoch, with the last
+// attempt's process and the number of processes. Drain closes the window: it bumps the epoch, waits until no BPF program
 // can still count into the old one, and turns each closed entry with repeats into an aggregate event.
 // The map is pinned, so attempts made while no agent runs are drained, exactly, by the next one.
 type Aggregates struct {
@@ -110,6 +111,8 @@ func Aggregate(v *kgbpf.KeyguardKgAgg, names Names) (*keyguardv1.Event, error) {
 	}
 	lastWall := bootToWall(last) // one clock reading for both, so last - first is the kernel's
 	ma.Count = v.Count
+	ma.LastAccessorPid = v.LastTgid
+	ma.AccessorProcesses = uint64(v.Processes)
 	ma.FirstTime = timestamppb.New(lastWall.Add(-time.Duration(last - first)))
 	ma.LastTime = timestamppb.New(lastWall)
 	ev.Time = ma.LastTime

@@ -31,11 +31,16 @@ func TestAggregate(t *testing.T) {
 		wantErr   bool
 		wantCount uint64
 		wantClass keyguardv1.AccessClass
+		wantProcs uint64 // accessor processes
+		wantLast  uint32 // last accessor pid
 	}{
 		{name: "only the first attempt (already in the ring buffer)", wantNil: true,
 			v: kgbpf.KeyguardKgAgg{Ev: accessRecord(kgbpf.KeyguardKgOpKG_OP_PTRACE_ATTACH, kgbpf.KeyguardKgAccessClassKG_CLASS_MEMORY, kgbpf.KeyguardKgDecisionKG_DECISION_DENIED)}},
-		{name: "repeated denied attach", wantCount: 99_999, wantClass: keyguardv1.AccessClass_ACCESS_CLASS_MEMORY,
-			v: kgbpf.KeyguardKgAgg{Count: 99_999, FirstNs: now, LastNs: now + uint64(3*time.Second),
+		{name: "repeated denied attach", wantCount: 99_999, wantClass: keyguardv1.AccessClass_ACCESS_CLASS_MEMORY, wantProcs: 1, wantLast: 4242,
+			v: kgbpf.KeyguardKgAgg{Count: 99_999, FirstNs: now, LastNs: now + uint64(3*time.Second), Processes: 1, LastTgid: 4242,
+				Ev: accessRecord(kgbpf.KeyguardKgOpKG_OP_PTRACE_ATTACH, kgbpf.KeyguardKgAccessClassKG_CLASS_MEMORY, kgbpf.KeyguardKgDecisionKG_DECISION_DENIED)}},
+		{name: "one-shot attacker processes", wantCount: 2_999, wantClass: keyguardv1.AccessClass_ACCESS_CLASS_MEMORY, wantProcs: 3_000, wantLast: 7001,
+			v: kgbpf.KeyguardKgAgg{Count: 2_999, FirstNs: now, LastNs: now + uint64(time.Second), Processes: 3_000, LastTgid: 7001,
 				Ev: accessRecord(kgbpf.KeyguardKgOpKG_OP_PTRACE_ATTACH, kgbpf.KeyguardKgAccessClassKG_CLASS_MEMORY, kgbpf.KeyguardKgDecisionKG_DECISION_DENIED)}},
 		{name: "metadata reads", wantCount: 12, wantClass: keyguardv1.AccessClass_ACCESS_CLASS_METADATA,
 			v: kgbpf.KeyguardKgAgg{Count: 12, LastNs: now,
@@ -61,6 +66,9 @@ func TestAggregate(t *testing.T) {
 			ma := ev.GetMemoryAccess()
 			if ma.GetCount() != tt.wantCount || ma.GetAccessClass() != tt.wantClass || ma.GetRule() != "signer" {
 				t.Errorf("count %d class %v rule %q, want %d %v signer", ma.GetCount(), ma.GetAccessClass(), ma.GetRule(), tt.wantCount, tt.wantClass)
+			}
+			if ma.GetAccessorProcesses() != tt.wantProcs || ma.GetLastAccessorPid() != tt.wantLast {
+				t.Errorf("accessor processes %d last pid %d, want %d %d", ma.GetAccessorProcesses(), ma.GetLastAccessorPid(), tt.wantProcs, tt.wantLast)
 			}
 			if ma.GetFirstTime() == nil || ma.GetLastTime() == nil || ma.GetFirstTime().AsTime().After(ma.GetLastTime().AsTime()) {
 				t.Errorf("first %v last %v", ma.GetFirstTime(), ma.GetLastTime())

@@ -161,3 +161,42 @@ func TestGroupedViewAndSeverityFilter(t *testing.T) {
 		t.Error("severity=high list shows low events")
 	}
 }
+
+// TestGroupedViewCountsAttempts: an attack loop the agent's kernel aggregated (its first attempt, then one
+// event counting 99,999 more) is one group of 100,000 attempts, above a reader seen three times; the list
+// and the event page show the aggregate's count.
+func TestGroupedViewCountsAttempts(t *testing.T) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, store.Options{DSN: filepath.Join(t.TempDir(), "g.db"), Collector: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now()
+	mk := func(seq uint64, exe string) *pb.Event {
+		return &pb.Event{Host: "web1", Seq: seq, Time: timestamppb.New(now.Add(time.Duration(seq) * time.Millisecond)),
+			Kind: &pb.Event_MemoryAccess{MemoryAccess: &pb.MemoryAccess{
+				Accessor: &pb.Process{Pid: 7, ExePath: exe}, Target: &pb.Process{Pid: 9, ExePath: "/opt/signer"},
+				Operation: pb.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH, Rule: "signer", Decision: pb.Decision_DECISION_DENIED}}}
+	}
+	agg := mk(2, "/usr/bin/oneshot")
+	m := agg.GetMemoryAccess()
+	m.Count, m.AccessorProcesses, m.LastAccessorPid = 99_999, 100_000, 31337
+	m.FirstTime, m.LastTime = timestamppb.New(now), timestamppb.New(now.Add(time.Minute))
+	evs := []*pb.Event{mk(1, "/usr/bin/oneshot"), agg}
+	for seq := uint64(3); seq <= 5; seq++ {
+		evs = append(evs, mk(seq, "/usr/bin/gdb"))
+	}
+	if _, err := st.Append(ctx, "web1", evs, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, get := glanceConsole(t, st)
+	rows := regexp.MustCompile(`<tr class="group sev-\w+"><td class="count">(?:<a [^>]*>)?(\d+)<.*?<td class="actor">([^<]*)<`).
+		FindAllStringSubmatch(get("/events?view=grouped"), -1)
+	if len(rows) != 2 || rows[0][1] != "100000" || rows[0][2] != "/usr/bin/oneshot" || rows[1][1] != "3" || rows[1][2] != "/usr/bin/gdb" {
+		t.Fatalf("grouped rows = %v, want /usr/bin/oneshot 100000 then /usr/bin/gdb 3", rows)
+	}
+	if page := get("/events"); !strings.Contains(page, "(99999 attempts)") {
+		t.Errorf("the event list does not show the aggregate's count")
+	}
+}

@@ -67,6 +67,9 @@ func rowOf(se *pb.StoredEvent) eventRow {
 		if m.GetProcPath() != "" {
 			r.Summary += " " + m.GetProcPath()
 		}
+		if n := m.GetCount(); n > 1 {
+			r.Summary += fmt.Sprintf(" (%d attempts)", n)
+		}
 	case *pb.Event_ProtectionChange:
 		p := k.ProtectionChange
 		r.Kind, r.Rule, r.Actor = "protection change", p.GetRule(), procShort(p.GetProcess())
@@ -204,9 +207,20 @@ func kindSections(ev *pb.Event) []section {
 	return nil
 }
 
-// memoryAccessSections: the decision, the accessor and the target.
+// memoryAccessSections: the decision, the accessor and the target, and for an in-kernel aggregate
+// what it counts.
 func memoryAccessSections(m *pb.MemoryAccess) []section {
-	return []section{{Title: "Decision", Fields: []field{
+	var agg []section
+	if m.GetCount() > 1 {
+		agg = []section{{Title: "Aggregate of repeated attempts", Fields: []field{
+			{"attempts", strconv.FormatUint(m.GetCount(), 10)},
+			{"first attempt", m.GetFirstTime().AsTime().UTC().Format(timeLayout)},
+			{"last attempt", m.GetLastTime().AsTime().UTC().Format(timeLayout)},
+			{"accessor processes", strconv.FormatUint(m.GetAccessorProcesses(), 10)},
+			{"last accessor pid", strconv.FormatUint(uint64(m.GetLastAccessorPid()), 10)},
+		}}}
+	}
+	return append(agg, section{Title: "Decision", Fields: []field{
 		{"decision", decisionLabel(m.GetDecision())},
 		{"rule", m.GetRule()},
 		{"rule mode", lower(m.GetPolicyMode(), "POLICY_MODE_")},
@@ -214,7 +228,7 @@ func memoryAccessSections(m *pb.MemoryAccess) []section {
 		{"/proc path", m.GetProcPath()},
 		{"access mode", fmt.Sprintf("%#x %s", m.GetAccessMode(), strings.Join(m.GetAccessModeNames(), " "))},
 		{"detail", m.GetDetail()},
-	}}, procSection("Accessor", m.GetAccessor()), procSection("Target", m.GetTarget())}
+	}}, procSection("Accessor", m.GetAccessor()), procSection("Target", m.GetTarget()))
 }
 
 // protectionChangeSections: the protection state and the process.

@@ -81,6 +81,9 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	if err := s.insert(ctx, tx, host, rows); err != nil {
 		return res, err
 	}
+	if err := s.recordAttempts(ctx, tx, host, rows); err != nil {
+		return res, err
+	}
 	if err := s.advanceChain(ctx, tx, host, skipped, &st, upd, now, contiguous); err != nil {
 		return res, err
 	}

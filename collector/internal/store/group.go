@@ -15,17 +15,19 @@ type Group struct {
 	Decision      pb.Decision
 	Rule          string
 	Severity      pb.Severity // the highest in the group
-	Count         int64
+	Count         int64       // attempts: an aggregate event (MemoryAccess.count) counts its count
+	Events        int64       // stored events (rows)
 	First, Last   time.Time
 }
 
-// GroupEvents counts the events matching f per (actor, target, kind, decision, rule), largest groups
-// first, at most limit groups: an attack loop of 500 identical denials is one line with 500.
+// GroupEvents counts the attempts of the events matching f per (actor, target, kind, decision, rule),
+// largest groups first, at most limit groups: an attack loop of 500 identical denials is one line with
+// 500, whether the agent sent 500 events or one in-kernel aggregate of 500.
 func (s *Store) GroupEvents(ctx context.Context, f *pb.EventFilter, limit int) ([]Group, error) {
 	defer s.since("list", time.Now())
 	w := filterWhere(f)
-	q := `SELECT proc_exe, target_exe, kind, decision, rule, MAX(severity), COUNT(*), MIN(time_ns), MAX(time_ns) FROM events WHERE ` + w.sql() +
-		` GROUP BY proc_exe, target_exe, kind, decision, rule ORDER BY COUNT(*) DESC, MAX(time_ns) DESC LIMIT ` + fmt.Sprint(max(1, limit))
+	q := `SELECT proc_exe, target_exe, kind, decision, rule, MAX(severity), CAST(SUM(attempts) AS BIGINT), COUNT(*), MIN(time_ns), MAX(time_ns) FROM events WHERE ` + w.sql() +
+		` GROUP BY proc_exe, target_exe, kind, decision, rule ORDER BY SUM(attempts) DESC, MAX(time_ns) DESC LIMIT ` + fmt.Sprint(max(1, limit))
 	rows, err := s.db.QueryContext(ctx, q, w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("group events: %w", err)
@@ -36,7 +38,7 @@ func (s *Store) GroupEvents(ctx context.Context, f *pb.EventFilter, limit int) (
 		var g Group
 		var kind, decision, sev int32
 		var first, last int64
-		if err := rows.Scan(&g.Actor, &g.Target, &kind, &decision, &g.Rule, &sev, &g.Count, &first, &last); err != nil {
+		if err := rows.Scan(&g.Actor, &g.Target, &kind, &decision, &g.Rule, &sev, &g.Count, &g.Events, &first, &last); err != nil {
 			return nil, fmt.Errorf("read event group: %w", err)
 		}
 		g.Kind, g.Decision, g.Severity = pb.EventKind(kind), pb.Decision(decision), pb.Severity(sev)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ type migration struct {
 	sqlite   []string
 	postgres []string
 	both     []string
+	fill     func(context.Context, *sql.Tx) error // a data step after the statements, in the same transaction
 }
 
 // dialects are the placeholders of migration.both: column types that differ between the backends.
@@ -317,6 +319,14 @@ var migrations = []migration{
 			)`,
 		},
 	},
+	{
+		// How many attempts each row stands for (attempts.go): 1, or an in-kernel aggregate's
+		// MemoryAccess.count, so that counts per actor, target and kind sum attempts. Not indexed: it is
+		// only summed over rows another index found.
+		version: 8,
+		both:    []string{`ALTER TABLE events ADD COLUMN attempts {int} NOT NULL DEFAULT 1`},
+		fill:    fillAttempts,
+	},
 }
 
 // migrationLockID is the PostgreSQL advisory lock serialising migrations of collectors starting together.
@@ -348,10 +358,8 @@ func (s *Store) migrate(ctx context.Context) error {
 		if m.version <= current {
 			continue
 		}
-		for _, q := range m.statements(s.backend) {
-			if _, err := tx.ExecContext(ctx, q); err != nil {
-				return fmt.Errorf("migration %d: %w", m.version, err)
-			}
+		if err := s.apply(ctx, tx, m); err != nil {
+			return err
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_ns) VALUES ($1, $2)`, m.version, time.Now().UnixNano()); err != nil {
 			return fmt.Errorf("record migration %d: %w", m.version, err)
@@ -360,6 +368,21 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit migrations: %w", err)
+	}
+	return nil
+}
+
+// apply runs migration m's statements and data step in tx.
+func (s *Store) apply(ctx context.Context, tx *sql.Tx, m migration) error {
+	for _, q := range m.statements(s.backend) {
+		if _, err := tx.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("migration %d: %w", m.version, err)
+		}
+	}
+	if m.fill != nil {
+		if err := m.fill(ctx, tx); err != nil {
+			return fmt.Errorf("migration %d: %w", m.version, err)
+		}
 	}
 	return nil
 }

@@ -1475,16 +1475,24 @@ type MemoryAccess struct {
 	// proc_path (ProcFileExposesMemory).
 	AccessClass AccessClass `protobuf:"varint,12,opt,name=access_class,json=accessClass,proto3,enum=keyguard.v1.AccessClass" json:"access_class,omitempty"`
 	// How many attempts this event stands for. 0 (older agents) and 1: this attempt alone. More: an
-	// aggregate of repeated attempts with the same accessor executable and uid, target, operation, class
-	// and decision within one aggregation window, counted in the kernel; the first attempt of that window
-	// was reported in an event of its own, which this count does not include.
+	// aggregate of repeated attempts with the same accessor executable and uid (whichever processes made
+	// them), target thread, operation, access mode, class and decision within one aggregation window,
+	// counted in the kernel; the first attempt of that window was reported in an event of its own, which
+	// this count does not include. The accessor of an aggregate is the process of that first attempt.
 	Count uint64 `protobuf:"varint,13,opt,name=count,proto3" json:"count,omitempty"`
 	// For an aggregate: the time of the first and of the last attempt it counts.
 	FirstTime *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=first_time,json=firstTime,proto3" json:"first_time,omitempty"`
 	// See first_time.
-	LastTime      *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastTime *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=last_time,json=lastTime,proto3" json:"last_time,omitempty"`
+	// For an aggregate: the pid of the process that made the last attempt it counts.
+	LastAccessorPid uint32 `protobuf:"varint,16,opt,name=last_accessor_pid,json=lastAccessorPid,proto3" json:"last_accessor_pid,omitempty"`
+	// For an aggregate: how many accessor processes made the window's attempts (the first attempt's
+	// included), as the kernel counts them: an attempt by a process that started after every earlier
+	// one counts one more. Exact for a loop of one-shot attacker processes and for looping processes;
+	// a lower bound when an older process starts attacking after a younger one. 0: not counted.
+	AccessorProcesses uint64 `protobuf:"varint,17,opt,name=accessor_processes,json=accessorProcesses,proto3" json:"accessor_processes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MemoryAccess) Reset() {
@@ -1620,6 +1628,20 @@ func (x *MemoryAccess) GetLastTime() *timestamppb.Timestamp {
 		return x.LastTime
 	}
 	return nil
+}
+
+func (x *MemoryAccess) GetLastAccessorPid() uint32 {
+	if x != nil {
+		return x.LastAccessorPid
+	}
+	return 0
+}
+
+func (x *MemoryAccess) GetAccessorProcesses() uint64 {
+	if x != nil {
+		return x.AccessorProcesses
+	}
+	return 0
 }
 
 // ProtectionChange reports that a process became protected or unprotected.
@@ -3172,7 +3194,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\vcgroup_path\x18\t \x01(\tR\n" +
 	"cgroupPath\x12\x1b\n" +
 	"\tcgroup_id\x18\n" +
-	" \x01(\x04R\bcgroupId\"\xb8\x05\n" +
+	" \x01(\x04R\bcgroupId\"\x93\x06\n" +
 	"\fMemoryAccess\x120\n" +
 	"\baccessor\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\baccessor\x12,\n" +
 	"\x06target\x18\x02 \x01(\v2\x14.keyguard.v1.ProcessR\x06target\x12:\n" +
@@ -3192,7 +3214,9 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x05count\x18\r \x01(\x04R\x05count\x129\n" +
 	"\n" +
 	"first_time\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tfirstTime\x127\n" +
-	"\tlast_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\"\xfd\x01\n" +
+	"\tlast_time\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\blastTime\x12*\n" +
+	"\x11last_accessor_pid\x18\x10 \x01(\rR\x0flastAccessorPid\x12-\n" +
+	"\x12accessor_processes\x18\x11 \x01(\x04R\x11accessorProcesses\"\xfd\x01\n" +
 	"\x10ProtectionChange\x12.\n" +
 	"\aprocess\x18\x01 \x01(\v2\x14.keyguard.v1.ProcessR\aprocess\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x122\n" +

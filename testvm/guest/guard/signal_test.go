@@ -2,10 +2,13 @@ package guard
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -142,6 +145,114 @@ func TestAggregatedWhileAgentDown(t *testing.T) {
 	if len(got) > 3 {
 		t.Errorf("%d events for one attack loop, want it aggregated (at most a few)", len(got))
 	}
+}
+
+// TestOneShotAttackersAccounted: while the agent is stopped, a loop of one-shot attacker processes of one
+// executable (fork+exec per attempt, then fork without exec per attempt) attacks one protected process:
+// more processes than the ring buffer holds events (about 1,300). The kernel aggregates them by
+// executable and uid, not by process, so after the restart the events account for every attempt exactly
+// (one event naming the first process, one aggregate counting the rest with the processes and the last
+// one's pid), with no loss event and no event lost in the kernel.
+func TestOneShotAttackersAccounted(t *testing.T) {
+	if agent == nil || agent.ProcessState != nil {
+		if err := startAgent(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lostBefore := kernelLost(t)
+	v := startVictim(t, victimEnforce, 0)
+	stopAgent()
+	off := logSize(t)
+	type loop struct {
+		mode                      string
+		max, secs                 int
+		made, denied, other, last int
+		took                      time.Duration
+	}
+	loops := []*loop{{mode: "exec", max: 1_500, secs: 90}, {mode: "fork", max: 100_000, secs: 150}}
+	var made, last int
+	for _, l := range loops {
+		start := time.Now()
+		out, err := exec.Command(procBin, "spawn-attack", l.mode, strconv.Itoa(l.max), strconv.Itoa(v.pid), strconv.Itoa(l.secs)).Output()
+		if err != nil {
+			t.Fatalf("spawn-attack %s: %v: %s", l.mode, err, out)
+		}
+		l.took = time.Since(start)
+		if _, err := fmt.Sscanf(string(out), "MADE %d DENIED %d OTHER %d LAST %d", &l.made, &l.denied, &l.other, &l.last); err != nil {
+			t.Fatalf("spawn-attack %s said %q: %v", l.mode, out, err)
+		}
+		if l.other != 0 || l.denied != l.made {
+			t.Fatalf("spawn-attack %s: %d processes, %d denied, %d not (want all denied with EPERM)", l.mode, l.made, l.denied, l.other)
+		}
+		made, last = made+l.made, l.last
+	}
+	if made <= 1_500 {
+		t.Fatalf("only %d attacker processes (exec %d, fork %d): want more than the ring buffer holds events", made, loops[0].made, loops[1].made)
+	}
+	if err := startAgent(); err != nil {
+		t.Fatal(err)
+	}
+	var got []*keyguardv1.MemoryAccess
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		got = nil
+		for _, ev := range rawEventsFrom(t, off) {
+			if m := ev.GetMemoryAccess(); m != nil && int(m.GetTarget().GetPid()) == v.pid {
+				got = append(got, m)
+			}
+		}
+		if attempts(got) >= uint64(made) {
+			break
+		}
+	}
+	var losses []string
+	for _, ev := range rawEventsFrom(t, off) {
+		if l := ev.GetLossReport(); l != nil {
+			losses = append(losses, fmt.Sprintf("%v %d", l.GetSource(), l.GetCount()))
+		}
+	}
+	lostAfter := kernelLost(t)
+	var processes uint64
+	var lastPID uint32
+	for _, m := range got {
+		if m.GetAccessor().GetExePath() != procBin || m.GetOperation() != keyguardv1.AccessOperation_ACCESS_OPERATION_PTRACE_ATTACH ||
+			m.GetDecision() != keyguardv1.Decision_DECISION_DENIED {
+			t.Errorf("unexpected event: %v", m)
+		}
+		if m.GetCount() > 1 {
+			processes, lastPID = processes+m.GetAccessorProcesses(), m.GetLastAccessorPid()
+		}
+	}
+	for _, l := range loops {
+		t.Logf("ONESHOT %s: %d attacker processes in %v (%.1f ms each)", l.mode, l.made, l.took.Round(time.Millisecond), float64(l.took.Microseconds())/1000/float64(max(l.made, 1)))
+	}
+	t.Logf("ONESHOT %d attempts by %d processes while the agent was down: %d events counting %d attempts, aggregate processes %d, last pid %d (want %d), loss events %v, kernel lost %d -> %d",
+		made, made, len(got), attempts(got), processes, lastPID, last, losses, lostBefore, lostAfter)
+	if attempts(got) != uint64(made) || len(losses) != 0 || lostAfter != lostBefore {
+		t.Fatalf("accounting: %d attempts, events count %d, loss events %v, kernel lost %d -> %d", made, attempts(got), losses, lostBefore, lostAfter)
+	}
+	if len(got) > 3 {
+		t.Errorf("%d events for one loop of one-shot attackers, want it aggregated (at most a few)", len(got))
+	}
+	// The processes started one after another: each is counted, the first one's event included.
+	if processes != uint64(made) || lastPID != uint32(last) {
+		t.Errorf("aggregate: %d processes, last pid %d; want %d and %d", processes, lastPID, made, last)
+	}
+}
+
+// kernelLost is the kernel's count of events lost to a full ring buffer, from `keyguard status`.
+func kernelLost(t *testing.T) uint64 {
+	t.Helper()
+	out, err := exec.Command(cliBin, "status", "-socket", ctlSock, "-json").Output()
+	if err != nil {
+		t.Fatalf("keyguard status: %v", err)
+	}
+	var st struct {
+		KernelLost uint64 `json:"kernel_lost"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status JSON: %v: %s", err, out)
+	}
+	return st.KernelLost
 }
 
 // TestPrecision: metadata reads of a protected process by a process that is not keyguard's are allowed

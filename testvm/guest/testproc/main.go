@@ -24,6 +24,8 @@
 //	    gone; prints "LEAK n" when a read returned the key, else "CLEAN reads=n errors=m".
 //	testproc loop-attack PID ADDR SECONDS
 //	    reads /proc/PID/mem every millisecond for SECONDS; prints "SUCCESSES n FAILURES m".
+//	testproc spawn-attack fork|exec N PID SECONDS, testproc attach-exit PID
+//	    one-shot attacker processes, one ptrace attach each (oneshot.go).
 package main
 
 import (
@@ -99,6 +101,9 @@ func modes() map[string]func(args []string) {
 		"corelisten":  coreListen,
 		"loop-attack": loopAttack,
 		"keyop":       keyOp,
+		// oneshot.go
+		"spawn-attack": spawnAttack,
+		"attach-exit":  attachExit,
 	}
 }
 
