@@ -96,7 +96,6 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 		return res, fmt.Errorf("commit events of host %q: %w", host, err)
 	}
 	s.since("commit", commitStart)
-	s.kickCheckpoint()
 	s.since("append", start)
 	res.Acked = st.acked
 	return res, nil

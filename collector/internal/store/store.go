@@ -107,10 +107,6 @@ type Store struct {
 	qdb        *sql.DB   // event queries: own connections, statement timeout
 	qtimeout   time.Duration
 	qslots     chan struct{} // one per query connection
-	walKick    chan struct{} // SQLite: an append committed, the log has pages to copy (checkpointWAL)
-	walStop    chan struct{} // closed by Close: checkpointWAL ends
-	walDone    chan struct{} // closed when checkpointWAL has ended
-	stopOnce   sync.Once
 	log        *slog.Logger
 	timed      func(op string, d time.Duration)
 }
@@ -142,9 +138,6 @@ func ParseDSN(dsn string) (Backend, string, string, error) {
 	q.Add("_pragma", "busy_timeout(30000)")
 	q.Add("_pragma", "journal_mode(WAL)")
 	q.Add("_pragma", "synchronous(FULL)") // an acknowledged commit survives power loss, not only a crash
-	// Store.checkpointWAL copies the log into the database in the background after each append; a
-	// commit only checkpoints itself (the default, 1,000 pages) when the log grew this far beyond.
-	q.Add("_pragma", "wal_autocheckpoint(16384)")
 	q.Add("_txlock", "immediate")
 	return SQLite, "sqlite", "file:" + path + "?" + q.Encode(), nil
 }
@@ -211,10 +204,6 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	if err := s.openQueryPool(driver, dsn, opts); err != nil {
 		db.Close()
 		return nil, err
-	}
-	if backend == SQLite {
-		s.walKick, s.walStop, s.walDone = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
-		go s.checkpointWAL()
 	}
 	if opts.Maintain {
 		if err := s.maintain(ctx); err != nil {
@@ -296,41 +285,8 @@ func (s *Store) Backend() Backend { return s.backend }
 // DB exposes the underlying handle (tests use it to tamper with rows).
 func (s *Store) DB() *sql.DB { return s.db }
 
-// checkpointWAL copies committed pages from SQLite's write-ahead log into the database file whenever
-// an append kicks it, beside the next appends (a passive checkpoint waits for no one), so that commits
-// do not stop to do it (a tenth of an append's time). It ends when Close closes walStop.
-func (s *Store) checkpointWAL() {
-	defer close(s.walDone)
-	for {
-		select {
-		case <-s.walStop:
-			return
-		case <-s.walKick:
-		}
-		var busy, logged, done int
-		if err := s.db.QueryRow(`PRAGMA wal_checkpoint(PASSIVE)`).Scan(&busy, &logged, &done); err != nil {
-			s.log.Warn("SQLite write-ahead log checkpoint failed; commits will checkpoint themselves", "err", err)
-		}
-	}
-}
-
-// kickCheckpoint asks checkpointWAL for a checkpoint after a commit (SQLite).
-func (s *Store) kickCheckpoint() {
-	if s.walKick == nil {
-		return
-	}
-	select {
-	case s.walKick <- struct{}{}:
-	default: // one is pending already
-	}
-}
-
 // Close closes the database.
 func (s *Store) Close() error {
-	if s.walStop != nil {
-		s.stopOnce.Do(func() { close(s.walStop) })
-		<-s.walDone
-	}
 	if s.qdb != nil {
 		s.qdb.Close()
 	}
