@@ -231,6 +231,46 @@ func (s *Server) Stop() {
 	os.RemoveAll(s.Dir)
 }
 
+// CPU returns the CPU time (user + system) used so far by the server's processes alive now: the
+// postmaster and its children (backends, WAL writer, checkpointer).
+// Benchmarks report the difference over a run beside their own process's CPU time; a backend that
+// exits during the run takes its share with it.
+func (s *Server) CPU() (time.Duration, error) {
+	if s.cmd == nil || s.cmd.Process == nil {
+		return 0, errors.New("PostgreSQL test server not running")
+	}
+	postmaster := s.cmd.Process.Pid
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		return 0, fmt.Errorf("list processes: %w", err)
+	}
+	const ticksPerSecond = 100 // USER_HZ of /proc on Linux
+	var ticks int64
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		// pid (comm) state ppid pgrp ...: comm may hold spaces, so fields start after the last ')'.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(b[i+1:]))
+		if len(fields) < 13 {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if ppid, _ := strconv.Atoi(fields[1]); pid != postmaster && ppid != postmaster {
+			continue
+		}
+		utime, _ := strconv.ParseInt(fields[11], 10, 64)
+		stime, _ := strconv.ParseInt(fields[12], 10, 64)
+		ticks += utime + stime
+	}
+	return time.Duration(ticks) * time.Second / ticksPerSecond, nil
+}
+
 var (
 	sharedOnce sync.Once
 	shared     *Server

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/keyguard/keyguard/collector/internal/chain"
@@ -33,8 +35,6 @@ type hostState struct {
 	head                                                 []byte
 }
 
-const insertColumns = 20
-
 // Append stores a batch of one host's events exactly once and advances the host's chain, in one
 // transaction that is committed (durably) before it returns. Every event's Host must equal host.
 //
@@ -53,7 +53,14 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	}
 	now := time.Now().UnixNano()
 
-	tx, err := s.db.BeginTx(ctx, nil)
+	// A connection of its own, so that the insert can reach the driver's COPY on PostgreSQL within
+	// the transaction.
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return res, fmt.Errorf("begin append: %w", err)
+	}
+	defer conn.Close()
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return res, fmt.Errorf("begin append: %w", err)
 	}
@@ -78,7 +85,7 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	contiguous := len(skipped) == 0 && contiguousAfter(st, fresh)
 	rows, upd := s.link(host, fresh, &st, now)
 	res.Stored = len(rows)
-	if err := s.insert(ctx, tx, host, rows); err != nil {
+	if err := s.insert(ctx, conn, tx, host, rows); err != nil {
 		return res, err
 	}
 	if err := s.recordAttempts(ctx, tx, host, rows); err != nil {
@@ -300,17 +307,36 @@ func (s *Store) link(host string, fresh []item, st *hostState, now int64) ([]row
 // insertChunk bounds the rows of one INSERT statement.
 const insertChunk = 250
 
-// insert is step 4: the rows, in multi-row INSERT statements.
-func (s *Store) insert(ctx context.Context, tx *sql.Tx, host string, rows []row) error {
+// insertColumns is the number of columns insert writes.
+var insertColumns = len(insertColumnNames)
+
+// insertColumnNames are the events columns insert writes, in the order of rowValues.
+var insertColumnNames = []string{"host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
+	"proc_pid", "proc_comm", "proc_exe", "target_pid", "target_comm", "target_exe", "payload", "digest", "prev_hash", "hash", "collector", "severity"}
+
+// rowValues appends the column values of r (insertColumnNames) to args.
+func (s *Store) rowValues(args []any, host string, r row) []any {
+	p, t := r.ix.proc, r.ix.target
+	return append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
+		int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
+		pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
+		r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
+}
+
+// insert is step 4: the rows, with COPY on PostgreSQL (on conn, which runs tx) and in multi-row
+// INSERT statements on SQLite.
+func (s *Store) insert(ctx context.Context, conn *sql.Conn, tx *sql.Tx, host string, rows []row) error {
+	if s.backend == Postgres && len(rows) > 0 {
+		if err := s.copyRows(ctx, conn, host, rows); err != nil {
+			return fmt.Errorf("store %d events of host %q: %w", len(rows), host, err)
+		}
+		return nil
+	}
 	for start := 0; start < len(rows); start += insertChunk {
 		end := min(start+insertChunk, len(rows))
 		args := make([]any, 0, (end-start)*insertColumns)
 		for _, r := range rows[start:end] {
-			p, t := r.ix.proc, r.ix.target
-			args = append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
-				int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
-				pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
-				r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
+			args = s.rowValues(args, host, r)
 		}
 		var err error
 		if end-start == insertChunk {
@@ -326,6 +352,29 @@ func (s *Store) insert(ctx context.Context, tx *sql.Tx, host string, rows []row)
 		}
 	}
 	return nil
+}
+
+// copyRows writes the rows with PostgreSQL's binary COPY on conn, inside the transaction open on it:
+// one round trip for the batch, and the server inserts the heap rows in bulk (about half the
+// collector's CPU time per event of the multi-row INSERT, and less of the server's).
+func (s *Store) copyRows(ctx context.Context, conn *sql.Conn, host string, rows []row) error {
+	return conn.Raw(func(dc any) error {
+		c, ok := dc.(*stdlib.Conn)
+		if !ok {
+			return fmt.Errorf("PostgreSQL driver connection is %T, not pgx's", dc)
+		}
+		n := 0
+		vals := make([]any, 0, insertColumns)
+		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{"events"}, insertColumnNames, pgx.CopyFromFunc(func() ([]any, error) {
+			if n == len(rows) {
+				return nil, nil
+			}
+			vals = s.rowValues(vals[:0], host, rows[n])
+			n++
+			return vals, nil
+		}))
+		return err
+	})
 }
 
 // fullInsert returns the prepared INSERT of insertChunk rows (database/sql prepares it again on each
@@ -346,8 +395,16 @@ func (s *Store) fullInsert(ctx context.Context) (*sql.Stmt, error) {
 // insertSQL is the INSERT statement for n rows.
 func insertSQL(backend Backend, n int) string {
 	var sb strings.Builder
-	sb.WriteString(`INSERT INTO events (host, seq, chain_pos, time_ns, receive_ns, kind, decision, rule,
-			proc_pid, proc_comm, proc_exe, target_pid, target_comm, target_exe, payload, digest, prev_hash, hash, collector, severity) VALUES `)
+	sb.WriteString(`INSERT `)
+	if backend == SQLite {
+		// OR ROLLBACK: a constraint failure ends the whole transaction (Append rolls it back on any
+		// error anyway), so SQLite keeps no statement journal to undo one statement alone; copying
+		// every touched page into that journal cost ~11% of an append.
+		sb.WriteString(`OR ROLLBACK `)
+	}
+	sb.WriteString(`INTO events (`)
+	sb.WriteString(strings.Join(insertColumnNames, ", "))
+	sb.WriteString(`) VALUES `)
 	for i := range n {
 		if i > 0 {
 			sb.WriteByte(',')
