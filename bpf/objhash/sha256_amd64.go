@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "339d35545049f0a48017aef54f30aa1c848270d48dadb320c29ec36cf68fd592"
+const SHA256 = "066ea5953a7b78eb926c10a4840ff6309314f47d31702c0673d4407c2d9675c8"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "5b6c0b239cf4db216c5fd7f2a0a20c33b6897b366de56e1759bc5a673505e10a"
+const SHA256 = "2ee5a510ba8aec28f371348ba3d024b3d22a4a3059690ab60ec74014f6bace42"

@@ -290,6 +290,43 @@ static __always_inline void count_lost(void)
 		*c += 1;
 }
 
+/* Fast paths (see keyguard.h): a filter over listed files and cgroups, and two "ever used" flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KG_FAST_SLOTS);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* registered as keyguard's own: nobody else can clear a slot */
+} fastpath SEC(".maps");
+
+/* Is a fastpath slot set? An inlined array lookup; a slot out of range counts as set (fail closed). */
+static __always_inline int fast_set(__u32 slot)
+{
+	__u8 *v = bpf_map_lookup_elem(&fastpath, &slot);
+
+	return !v || *v;
+}
+
+static __always_inline void fast_mark(__u32 slot)
+{
+	__u8 *v = bpf_map_lookup_elem(&fastpath, &slot);
+
+	if (v && !*v)
+		*v = 1;
+}
+
+static __always_inline __u32 fast_slot(__u32 dev, __u64 id)
+{
+	return KG_FAST_FIRST + (__u32)(((((__u64)dev << 32) ^ id) * KG_FAST_MUL) >> (64 - KG_FAST_BITS));
+}
+
+/* May the file (dev, ino) be in exe_rules, key_rules or own (KG_OWN_EXE)? 0 proves it is in none, so
+ * the hash lookups by (dev, ino) can be skipped for every file keyguard does not list. */
+static __always_inline int maybe_listed(__u64 dev, __u64 ino)
+{
+	return fast_set(fast_slot((__u32)dev, ino));
+}
+
 static __always_inline void task_exe(struct task_struct *t, __u64 *dev, __u64 *ino)
 {
 	struct file *f = BPF_CORE_READ(t, mm, exe_file);
@@ -428,8 +465,11 @@ static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 /* The rule of the nearest protected cgroup among t's cgroup and its ancestors, or 0. */
 static __always_inline __u32 cgroup_rule(struct task_struct *t)
 {
-	struct kernfs_node *kn = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn);
+	struct kernfs_node *kn;
 
+	if (!fast_set(KG_FAST_CGROUPS)) /* no cgroup rule was ever loaded */
+		return 0;
+	kn = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn);
 	for (int i = 0; i < KG_CGROUP_DEPTH; i++) {
 		__u64 id;
 		__u32 *r;
@@ -437,9 +477,11 @@ static __always_inline __u32 cgroup_rule(struct task_struct *t)
 		if (!kn)
 			return 0;
 		id = BPF_CORE_READ(kn, id);
-		r = bpf_map_lookup_elem(&cgroup_rules, &id);
-		if (r)
-			return *r;
+		if (fast_set(fast_slot(KG_FAST_CGROUP_DEV, id))) {
+			r = bpf_map_lookup_elem(&cgroup_rules, &id);
+			if (r)
+				return *r;
+		}
 		kn = kn_parent(kn);
 	}
 	return 0;
@@ -646,7 +688,7 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
 	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
-	if (!o.pid || o.pid == (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), group_leader, thread_pid))
+	if (!o.pid || o.pid == (__u64)bpf_get_current_task_btf()->group_leader->thread_pid)
 		return;
 	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 	bpf_probe_read_kernel_str(parent, sizeof(parent), BPF_CORE_READ(d, d_parent, d_name.name));
@@ -1015,7 +1057,7 @@ static __always_inline int file_side_door(struct file *file)
 				return 0;
 			}
 		}
-		if (BPF_CORE_READ(d, d_parent) != BPF_CORE_READ(sb, s_root))
+		if (d->d_parent != sb->s_root)
 			return 0;
 		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 		if (str_is(name, "kcore", 6))
@@ -1129,6 +1171,8 @@ static __always_inline int is_trusted_exe(struct inode *inode)
 
 	k.dev = (__u32)BPF_CORE_READ(inode, i_sb, s_dev);
 	k.id = BPF_CORE_READ(inode, i_ino);
+	if (!maybe_listed(k.dev, k.id))
+		return 0;
 	return bpf_map_lookup_elem(&own, &k) != 0;
 }
 
@@ -1146,6 +1190,8 @@ static __always_inline int guard_inode(struct inode *inode, __u32 op, const unsi
 		return 0;
 	id.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	id.ino = BPF_CORE_READ(inode, i_ino);
+	if (!maybe_listed(id.dev, id.ino))
+		return 0;
 	rule_id = bpf_map_lookup_elem(&key_rules, &id);
 	if (rule_id) {
 		cur = bpf_get_current_task_btf();
@@ -1286,7 +1332,8 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 
 	if (ret)
 		return ret;
-	bpf_map_delete_elem(&denied_mm, &me);
+	if (fast_set(KG_FAST_DENIED_MM)) /* else no thread was ever refused: nothing to forget */
+		bpf_map_delete_elem(&denied_mm, &me);
 	/* process_vm_readv copies after this one check: publish the read first (ended at syscall exit). */
 	if (cfg_vm_rw_tracked && (mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ &&
 	    child->tgid != cur->tgid && in_vm_rw(cur)) {
@@ -1301,6 +1348,7 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 		if (vm)
 			end_read(); /* refused: nothing will be copied */
 		mm = (__u64)BPF_CORE_READ(child, mm);
+		fast_mark(KG_FAST_DENIED_MM); /* before the entry: a later check of this thread deletes it */
 		bpf_map_update_elem(&denied_mm, &me, &mm, BPF_ANY);
 	}
 	return ret;
@@ -1331,8 +1379,10 @@ int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
 
 	if (ret)
 		return ret;
+	if (file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC || !fast_set(KG_FAST_DENIED_MM))
+		return 0;
 	mm = bpf_map_lookup_elem(&denied_mm, &me);
-	if (!mm || file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC)
+	if (!mm)
 		return 0;
 	if ((__u64)file->private_data == *mm) {
 		bpf_map_delete_elem(&denied_mm, &me);
@@ -1434,7 +1484,7 @@ static __always_inline void approve_handler_pipe(struct task_struct *cur, struct
 	__u32 zero = 0;
 	__u64 addr, ino;
 
-	if (BPF_CORE_READ(cur, mm))
+	if (cur->mm) /* the kernel's usermode helper has no mm yet: every other exec leaves here */
 		return;
 	h = bpf_map_lookup_elem(&handler, &zero);
 	if (!h || !h->ino || h->ino != bprm->file->f_inode->i_ino || h->dev != bprm->file->f_inode->i_sb->s_dev)
@@ -1480,6 +1530,8 @@ int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
 
 	id.dev = bprm->file->f_inode->i_sb->s_dev;
 	id.ino = bprm->file->f_inode->i_ino;
+	if (!maybe_listed(id.dev, id.ino))
+		return 0;
 	rule_id = bpf_map_lookup_elem(&exe_rules, &id);
 	if (!rule_id)
 		return 0;
@@ -1509,7 +1561,7 @@ int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 
 	id.dev = bprm->file->f_inode->i_sb->s_dev;
 	id.ino = bprm->file->f_inode->i_ino;
-	if (!bpf_map_lookup_elem(&exe_rules, &id))
+	if (!maybe_listed(id.dev, id.ino) || !bpf_map_lookup_elem(&exe_rules, &id))
 		return 0;
 	m = bpf_task_storage_get(&marks, cur, 0, 0);
 	if (!m)
@@ -1618,6 +1670,8 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	}
 	id.dev = inode->i_sb->s_dev;
 	id.ino = inode->i_ino;
+	if (!maybe_listed(id.dev, id.ino)) /* not a key file, listed or trusted executable, or loop image */
+		return 0;
 	if (file->f_mode & FMODE_WRITE) {
 		if (is_trusted_exe(inode))
 			return tamper(KG_TAMPER_EXE_WRITE, id.ino, file->f_path.dentry->d_name.name);
@@ -1706,13 +1760,25 @@ static __always_inline void emit_dump(struct task_struct *t, struct kg_mark *m, 
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* SIG_KERNEL_COREDUMP_MASK: SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGXCPU, SIGXFSZ, SIGSYS. */
+#define KG_SIG_COREDUMP_MASK ((1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 7) | (1u << 8) | (1u << 11) | \
+			      (1u << 24) | (1u << 25) | (1u << 31))
+
 /* Remember which fatal signal a protected process is getting, for the core-dump event. */
 SEC("tp_btf/signal_deliver")
 int BPF_PROG(kg_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
-	struct kg_mark *m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	struct task_struct *cur;
+	struct kg_mark *m;
 
+	/* Only a signal whose default action dumps core, delivered with that default action, can start a
+	 * dump (get_signal → do_coredump); every other delivery is of no interest here. */
+	if (sig <= 0 || sig >= 32 || !((1u << sig) & KG_SIG_COREDUMP_MASK))
+		return 0;
+	if (ka && ka->sa.sa_handler != 0 /* SIG_DFL */)
+		return 0;
+	cur = bpf_get_current_task_btf();
+	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
 	if (m && m->rule_id)
 		m->dump_signal = sig;
 	return 0;
@@ -1990,6 +2056,8 @@ int BPF_PROG(kg_inode_free_security, struct inode *inode)
 		return 0;
 	id.dev = inode->i_sb->s_dev;
 	id.ino = inode->i_ino;
+	if (!maybe_listed(id.dev, id.ino))
+		return 0;
 	k.dev = (__u32)id.dev;
 	k.id = id.ino;
 	bpf_map_delete_elem(&own, &k);
