@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "066ea5953a7b78eb926c10a4840ff6309314f47d31702c0673d4407c2d9675c8"
+const SHA256 = "7dd5250245bf77b176409081530b8fa40898e6979f85ec52d150a7922e661851"

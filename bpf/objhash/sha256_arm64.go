@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "2ee5a510ba8aec28f371348ba3d024b3d22a4a3059690ab60ec74014f6bace42"
+const SHA256 = "aeeb46ce011aea9e0c70d13379bf8a0e242afcc0ba90b323753a83a87ac5e9d6"

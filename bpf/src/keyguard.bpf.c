@@ -487,10 +487,29 @@ static __always_inline __u32 cgroup_rule(struct task_struct *t)
 	return 0;
 }
 
+/* task_struct->bpf_storage (5.13 and later), read through a flavour type so a kernel without it only
+ * loses the shortcut below. */
+struct task_struct___storage {
+	struct bpf_local_storage *bpf_storage;
+} __attribute__((preserve_access_index));
+
+/*
+ * The mark in t's task storage, or NULL. A task that never had task storage of any map (most tasks)
+ * has bpf_storage NULL; the helper would read that same pointer first and return NULL, so the helper
+ * call is skipped: one field load decides unprotected processes.
+ */
+static __always_inline struct kg_mark *mark_get(struct task_struct *t)
+{
+	if (bpf_core_field_exists(((struct task_struct___storage *)0)->bpf_storage) &&
+	    !((struct task_struct___storage *)t)->bpf_storage)
+		return 0;
+	return bpf_task_storage_get(&marks, t, 0, 0);
+}
+
 /* Protection of a task given as a trusted BTF pointer: its leader's mark, or its cgroup. */
 static __always_inline int protection(struct task_struct *t, struct kg_mark *out)
 {
-	struct kg_mark *m = bpf_task_storage_get(&marks, t->group_leader, 0, 0);
+	struct kg_mark *m = mark_get(t->group_leader);
 
 	if (m && m->rule_id) {
 		out->rule_id = m->rule_id;
@@ -1460,7 +1479,7 @@ int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags,
 		return ret;
 	if (clone_flags & CLONE_THREAD)
 		return 0;
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	if (!m || !m->rule_id)
 		return 0;
 	c = bpf_task_storage_get(&marks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1518,7 +1537,7 @@ int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
 		return ret;
 	approve_handler_pipe(cur, bprm);
 	if (cur->group_leader != cur) {
-		m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+		m = mark_get(cur->group_leader);
 		if (m && m->rule_id) {
 			c = bpf_task_storage_get(&marks, cur, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 			if (!c)
@@ -1563,7 +1582,7 @@ int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 	id.ino = bprm->file->f_inode->i_ino;
 	if (!maybe_listed(id.dev, id.ino) || !bpf_map_lookup_elem(&exe_rules, &id))
 		return 0;
-	m = bpf_task_storage_get(&marks, cur, 0, 0);
+	m = mark_get(cur);
 	if (!m)
 		return 0;
 	count(KG_CNT_MARK_EXEC);
@@ -1588,7 +1607,7 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	struct kg_mark *m;
 	__u32 tgid = cur->tgid;
 
-	m = bpf_task_storage_get(&marks, leader, 0, 0);
+	m = mark_get(leader);
 	if (!m || m->rule_id != rule_id) {
 		if (is_keyguard(cur))
 			return 0;
@@ -1778,7 +1797,7 @@ int BPF_PROG(kg_signal_deliver, int sig, struct kernel_siginfo *info, struct k_s
 	if (ka && ka->sa.sa_handler != 0 /* SIG_DFL */)
 		return 0;
 	cur = bpf_get_current_task_btf();
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	if (m && m->rule_id)
 		m->dump_signal = sig;
 	return 0;
@@ -1803,7 +1822,7 @@ int BPF_PROG(kg_cred_prepare, struct cred *new, const struct cred *old, gfp_t gf
 		return 0;
 	if (!protection(cur, &prot))
 		return 0;
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	rule = bpf_map_lookup_elem(&rules, &prot.rule_id);
 	if (rule)
 		mode = rule->dumps;
@@ -1849,7 +1868,7 @@ int BPF_PROG(kg_dump_emit, struct coredump_params *cprm, const void *buf, int nr
 	if (ino && *ino == BPF_CORE_READ(cprm, file, f_inode, i_ino))
 		return 0;
 	bpf_send_signal(SIGKILL);
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	if (m && !(m->dump_flags & KG_DUMPF_REPORTED)) {
 		m->dump_flags |= KG_DUMPF_REPORTED;
 		count(KG_CNT_DUMP_KILLED);
