@@ -289,7 +289,7 @@ type KeyguardKgProcObj struct {
 	_     structs.HostLayout
 	Pid   uint64
 	Class uint32
-	Pad   uint32
+	Start uint32
 }
 
 type KeyguardKgReason uint32

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "7dd5250245bf77b176409081530b8fa40898e6979f85ec52d150a7922e661851"
+const SHA256 = "23738bee6c6336e4c8f6dc84f5e2a18dd050fa4ca3a79bdef5e5b629576297ee"

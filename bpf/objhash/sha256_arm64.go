@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "aeeb46ce011aea9e0c70d13379bf8a0e242afcc0ba90b323753a83a87ac5e9d6"
+const SHA256 = "256269c9773e1e397b645066172a1525bb2bead5854a1d098089876afad7d495"

@@ -705,10 +705,29 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 	char name[8] = {}, parent[8] = {};
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
+	struct task_struct *task, *leader;
+	__u64 first;
+
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
 	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
 	if (!o.pid || o.pid == (__u64)bpf_get_current_task_btf()->group_leader->thread_pid)
 		return;
+	first = (__u64)BPF_CORE_READ((struct pid *)o.pid, tasks[0].first);
+	if (!first) /* the process is gone: no check follows either */
+		return;
+	task = (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+	leader = BPF_CORE_READ(task, group_leader);
+	/*
+	 * A note is only read by the check of a protected process. One that has no task storage at all
+	 * (so no mark) while no cgroup rule exists is not protected: skip the name reads and the map update.
+	 * If it becomes protected before its check, the check finds no note and counts as memory (the strict
+	 * class). A note written earlier, while this process was protected, cannot be mistaken for another
+	 * process's: the note carries the process's start time (struct pid addresses are reused).
+	 */
+	if (bpf_core_field_exists(((struct task_struct___storage *)0)->bpf_storage) && !fast_set(KG_FAST_CGROUPS) &&
+	    !BPF_CORE_READ((struct task_struct___storage *)leader, bpf_storage))
+		return;
+	o.start = (__u32)BPF_CORE_READ(leader, start_boottime);
 	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 	bpf_probe_read_kernel_str(parent, sizeof(parent), BPF_CORE_READ(d, d_parent, d_name.name));
 	if (link && (str_is(name, "exe", 4) || str_is(name, "cwd", 4) || str_is(name, "root", 5) || str_is(parent, "ns", 3)))
@@ -740,7 +759,8 @@ static __always_inline __u32 access_class(struct task_struct *child, __u32 mode,
 	o = bpf_map_lookup_elem(&proc_obj, &tid);
 	if (!o)
 		return KG_CLASS_MEMORY;
-	if (o->pid == (__u64)BPF_CORE_READ(child, thread_pid))
+	if (o->pid == (__u64)BPF_CORE_READ(child, thread_pid) &&
+	    o->start == (__u32)BPF_CORE_READ(child, group_leader, start_boottime))
 		class = o->class;
 	bpf_map_delete_elem(&proc_obj, &tid);
 	return class;

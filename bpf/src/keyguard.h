@@ -325,7 +325,7 @@ enum kg_access_class {
 struct kg_proc_obj {
 	__u64 pid;   /* struct pid * of the /proc/PID (or task/TID) directory the object is in */
 	__u32 class; /* enum kg_access_class */
-	__u32 pad;
+	__u32 start; /* low 32 bits of the process's start_boottime: a struct pid reused later is not this one */
 };
 
 /* Repeated access attempts of one window, aggregated in the kernel (agg map). The epoch is the window:
