@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "23738bee6c6336e4c8f6dc84f5e2a18dd050fa4ca3a79bdef5e5b629576297ee"
+const SHA256 = "642471b306aada30e0584aa6e8e3ef7960247d54abfaa52cc27af5f154c62ac3"

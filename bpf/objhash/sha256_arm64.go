@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "256269c9773e1e397b645066172a1525bb2bead5854a1d098089876afad7d495"
+const SHA256 = "690d320037c09c11b75a2facdcb00caaaff03ff01eec597baa65e72ea271a7d9"

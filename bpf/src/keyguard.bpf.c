@@ -706,13 +706,15 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	struct task_struct *task, *leader;
+	struct pid *pid;
 	__u64 first;
 
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
 	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
 	if (!o.pid || o.pid == (__u64)bpf_get_current_task_btf()->group_leader->thread_pid)
 		return;
-	first = (__u64)BPF_CORE_READ((struct pid *)o.pid, tasks[0].first);
+	pid = (struct pid *)o.pid; /* not inside BPF_CORE_READ: o is a local struct, CO-RE cannot relocate it */
+	first = (__u64)BPF_CORE_READ(pid, tasks[0].first);
 	if (!first) /* the process is gone: no check follows either */
 		return;
 	task = (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
