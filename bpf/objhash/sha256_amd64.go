@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "642471b306aada30e0584aa6e8e3ef7960247d54abfaa52cc27af5f154c62ac3"
+const SHA256 = "59d114ea20694dbef35a10f9a54172a54f9d28907013fc26248498c627f2d1ec"

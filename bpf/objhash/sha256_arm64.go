@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "690d320037c09c11b75a2facdcb00caaaff03ff01eec597baa65e72ea271a7d9"
+const SHA256 = "85c4ef1fceef947135df61908f14f77a34c1edadd3014c5eb418403bb987427c"

@@ -711,7 +711,7 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
 	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
-	if (!o.pid || o.pid == (__u64)bpf_get_current_task_btf()->group_leader->thread_pid)
+	if (!o.pid || o.pid == (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), group_leader, thread_pid))
 		return;
 	pid = (struct pid *)o.pid; /* not inside BPF_CORE_READ: o is a local struct, CO-RE cannot relocate it */
 	first = (__u64)BPF_CORE_READ(pid, tasks[0].first);
@@ -1098,7 +1098,9 @@ static __always_inline int file_side_door(struct file *file)
 				return 0;
 			}
 		}
-		if (d->d_parent != sb->s_root)
+		/* probe reads, not direct loads: clang spills and later truncates these values, which the
+		 * verifier refuses for pointers (6.12: "pointer arithmetic with <<= operator prohibited") */
+		if (BPF_CORE_READ(d, d_parent) != BPF_CORE_READ(sb, s_root))
 			return 0;
 		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 		if (str_is(name, "kcore", 6))
@@ -1695,8 +1697,10 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 
 	if (ret)
 		return ret;
+	/* The note's pointers as probe-read values: a BTF pointer kept live across it gets spilled into a
+	 * stack slot clang shares with an int, which 6.12's verifier refuses to shift. */
 	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC)
-		note_proc_obj(file->f_path.dentry, file->f_inode, 0); /* issue 13: precision */
+		note_proc_obj(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_inode), 0); /* issue 13: precision */
 	ret = file_side_door(file);
 	if (ret)
 		return ret;
