@@ -290,7 +290,7 @@ type KeyguardKgProcObj struct {
 	_     structs.HostLayout
 	Pid   uint64
 	Class uint32
-	Pad   uint32
+	Start uint32
 }
 
 type KeyguardKgReason uint32
@@ -367,6 +367,7 @@ const (
 	KeyguardMapDeniedMm              = "denied_mm"
 	KeyguardMapEvents                = "events"
 	KeyguardMapExeRules              = "exe_rules"
+	KeyguardMapFastpath              = "fastpath"
 	KeyguardMapHandler               = "handler"
 	KeyguardMapHandlerPipes          = "handler_pipes"
 	KeyguardMapInflight              = "inflight"
@@ -531,6 +532,7 @@ type KeyguardMapSpecs struct {
 	DeniedMm     *ebpf.MapSpec `ebpf:"denied_mm"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	ExeRules     *ebpf.MapSpec `ebpf:"exe_rules"`
+	Fastpath     *ebpf.MapSpec `ebpf:"fastpath"`
 	Handler      *ebpf.MapSpec `ebpf:"handler"`
 	HandlerPipes *ebpf.MapSpec `ebpf:"handler_pipes"`
 	Inflight     *ebpf.MapSpec `ebpf:"inflight"`
@@ -597,6 +599,7 @@ type KeyguardMaps struct {
 	DeniedMm     *ebpf.Map `ebpf:"denied_mm"`
 	Events       *ebpf.Map `ebpf:"events"`
 	ExeRules     *ebpf.Map `ebpf:"exe_rules"`
+	Fastpath     *ebpf.Map `ebpf:"fastpath"`
 	Handler      *ebpf.Map `ebpf:"handler"`
 	HandlerPipes *ebpf.Map `ebpf:"handler_pipes"`
 	Inflight     *ebpf.Map `ebpf:"inflight"`
@@ -631,6 +634,7 @@ func (m *KeyguardMaps) Close() error {
 		m.DeniedMm,
 		m.Events,
 		m.ExeRules,
+		m.Fastpath,
 		m.Handler,
 		m.HandlerPipes,
 		m.Inflight,

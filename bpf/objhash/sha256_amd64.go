@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "fddc1d8bcb460316433236e52a45374f165d5a31f5a828cb9c5515372b1c616c"
+const SHA256 = "d8b62d4787026f046c73cfdd5a3d0448b8aae647e440cb44176553975bba40f2"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "a4f970e5b31de3349233decbf714659105517c52290cda9022825eca11fdecbe"
+const SHA256 = "9eeb2e66f8d03ca066ef998b451935faaf993ef08b80118528ae712c46e397a7"

@@ -290,6 +290,43 @@ static __always_inline void count_lost(void)
 		*c += 1;
 }
 
+/* Fast paths (see keyguard.h): a filter over listed files and cgroups, and two "ever used" flags. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KG_FAST_SLOTS);
+	__type(key, __u32);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME); /* registered as keyguard's own: nobody else can clear a slot */
+} fastpath SEC(".maps");
+
+/* Is a fastpath slot set? An inlined array lookup; a slot out of range counts as set (fail closed). */
+static __always_inline int fast_set(__u32 slot)
+{
+	__u8 *v = bpf_map_lookup_elem(&fastpath, &slot);
+
+	return !v || *v;
+}
+
+static __always_inline void fast_mark(__u32 slot)
+{
+	__u8 *v = bpf_map_lookup_elem(&fastpath, &slot);
+
+	if (v && !*v)
+		*v = 1;
+}
+
+static __always_inline __u32 fast_slot(__u32 dev, __u64 id)
+{
+	return KG_FAST_FIRST + (__u32)(((((__u64)dev << 32) ^ id) * KG_FAST_MUL) >> (64 - KG_FAST_BITS));
+}
+
+/* May the file (dev, ino) be in exe_rules, key_rules or own (KG_OWN_EXE)? 0 proves it is in none, so
+ * the hash lookups by (dev, ino) can be skipped for every file keyguard does not list. */
+static __always_inline int maybe_listed(__u64 dev, __u64 ino)
+{
+	return fast_set(fast_slot((__u32)dev, ino));
+}
+
 static __always_inline void task_exe(struct task_struct *t, __u64 *dev, __u64 *ino)
 {
 	struct file *f = BPF_CORE_READ(t, mm, exe_file);
@@ -428,8 +465,11 @@ static __always_inline struct kernfs_node *kn_parent(struct kernfs_node *kn)
 /* The rule of the nearest protected cgroup among t's cgroup and its ancestors, or 0. */
 static __always_inline __u32 cgroup_rule(struct task_struct *t)
 {
-	struct kernfs_node *kn = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn);
+	struct kernfs_node *kn;
 
+	if (!fast_set(KG_FAST_CGROUPS)) /* no cgroup rule was ever loaded */
+		return 0;
+	kn = BPF_CORE_READ(t, cgroups, dfl_cgrp, kn);
 	for (int i = 0; i < KG_CGROUP_DEPTH; i++) {
 		__u64 id;
 		__u32 *r;
@@ -437,18 +477,39 @@ static __always_inline __u32 cgroup_rule(struct task_struct *t)
 		if (!kn)
 			return 0;
 		id = BPF_CORE_READ(kn, id);
-		r = bpf_map_lookup_elem(&cgroup_rules, &id);
-		if (r)
-			return *r;
+		if (fast_set(fast_slot(KG_FAST_CGROUP_DEV, id))) {
+			r = bpf_map_lookup_elem(&cgroup_rules, &id);
+			if (r)
+				return *r;
+		}
 		kn = kn_parent(kn);
 	}
 	return 0;
 }
 
+/* task_struct->bpf_storage (5.13 and later), read through a flavour type so a kernel without it only
+ * loses the shortcut below. */
+struct task_struct___storage {
+	struct bpf_local_storage *bpf_storage;
+} __attribute__((preserve_access_index));
+
+/*
+ * The mark in t's task storage, or NULL. A task that never had task storage of any map (most tasks)
+ * has bpf_storage NULL; the helper would read that same pointer first and return NULL, so the helper
+ * call is skipped: one field load decides unprotected processes.
+ */
+static __always_inline struct kg_mark *mark_get(struct task_struct *t)
+{
+	if (bpf_core_field_exists(((struct task_struct___storage *)0)->bpf_storage) &&
+	    !((struct task_struct___storage *)t)->bpf_storage)
+		return 0;
+	return bpf_task_storage_get(&marks, t, 0, 0);
+}
+
 /* Protection of a task given as a trusted BTF pointer: its leader's mark, or its cgroup. */
 static __always_inline int protection(struct task_struct *t, struct kg_mark *out)
 {
-	struct kg_mark *m = bpf_task_storage_get(&marks, t->group_leader, 0, 0);
+	struct kg_mark *m = mark_get(t->group_leader);
 
 	if (m && m->rule_id) {
 		out->rule_id = m->rule_id;
@@ -647,10 +708,31 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 	char name[8] = {}, parent[8] = {};
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
+	struct task_struct *task, *leader;
+	struct pid *pid;
+	__u64 first;
+
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
 	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
 	if (!o.pid || o.pid == (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), group_leader, thread_pid))
 		return;
+	pid = (struct pid *)o.pid; /* not inside BPF_CORE_READ: o is a local struct, CO-RE cannot relocate it */
+	first = (__u64)BPF_CORE_READ(pid, tasks[0].first);
+	if (!first) /* the process is gone: no check follows either */
+		return;
+	task = (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+	leader = BPF_CORE_READ(task, group_leader);
+	/*
+	 * A note is only read by the check of a protected process. One that has no task storage at all
+	 * (so no mark) while no cgroup rule exists is not protected: skip the name reads and the map update.
+	 * If it becomes protected before its check, the check finds no note and counts as memory (the strict
+	 * class). A note written earlier, while this process was protected, cannot be mistaken for another
+	 * process's: the note carries the process's start time (struct pid addresses are reused).
+	 */
+	if (bpf_core_field_exists(((struct task_struct___storage *)0)->bpf_storage) && !fast_set(KG_FAST_CGROUPS) &&
+	    !BPF_CORE_READ((struct task_struct___storage *)leader, bpf_storage))
+		return;
+	o.start = (__u32)BPF_CORE_READ(leader, start_boottime);
 	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 	bpf_probe_read_kernel_str(parent, sizeof(parent), BPF_CORE_READ(d, d_parent, d_name.name));
 	if (link && (str_is(name, "exe", 4) || str_is(name, "cwd", 4) || str_is(name, "root", 5) || str_is(parent, "ns", 3)))
@@ -682,7 +764,8 @@ static __always_inline __u32 access_class(struct task_struct *child, __u32 mode,
 	o = bpf_map_lookup_elem(&proc_obj, &tid);
 	if (!o)
 		return KG_CLASS_MEMORY;
-	if (o->pid == (__u64)BPF_CORE_READ(child, thread_pid))
+	if (o->pid == (__u64)BPF_CORE_READ(child, thread_pid) &&
+	    o->start == (__u32)BPF_CORE_READ(child, group_leader, start_boottime))
 		class = o->class;
 	bpf_map_delete_elem(&proc_obj, &tid);
 	return class;
@@ -1031,6 +1114,8 @@ static __always_inline int file_side_door(struct file *file)
 				return 0;
 			}
 		}
+		/* probe reads, not direct loads: clang spills and later truncates these values, which the
+		 * verifier refuses for pointers (6.12: "pointer arithmetic with <<= operator prohibited") */
 		if (BPF_CORE_READ(d, d_parent) != BPF_CORE_READ(sb, s_root))
 			return 0;
 		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
@@ -1145,6 +1230,8 @@ static __always_inline int is_trusted_exe(struct inode *inode)
 
 	k.dev = (__u32)BPF_CORE_READ(inode, i_sb, s_dev);
 	k.id = BPF_CORE_READ(inode, i_ino);
+	if (!maybe_listed(k.dev, k.id))
+		return 0;
 	return bpf_map_lookup_elem(&own, &k) != 0;
 }
 
@@ -1162,6 +1249,8 @@ static __always_inline int guard_inode(struct inode *inode, __u32 op, const unsi
 		return 0;
 	id.dev = BPF_CORE_READ(inode, i_sb, s_dev);
 	id.ino = BPF_CORE_READ(inode, i_ino);
+	if (!maybe_listed(id.dev, id.ino))
+		return 0;
 	rule_id = bpf_map_lookup_elem(&key_rules, &id);
 	if (rule_id) {
 		cur = bpf_get_current_task_btf();
@@ -1302,7 +1391,8 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 
 	if (ret)
 		return ret;
-	bpf_map_delete_elem(&denied_mm, &me);
+	if (fast_set(KG_FAST_DENIED_MM)) /* else no thread was ever refused: nothing to forget */
+		bpf_map_delete_elem(&denied_mm, &me);
 	/* process_vm_readv copies after this one check: publish the read first (ended at syscall exit). */
 	if (cfg_vm_rw_tracked && (mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ &&
 	    child->tgid != cur->tgid && in_vm_rw(cur)) {
@@ -1317,6 +1407,7 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 		if (vm)
 			end_read(); /* refused: nothing will be copied */
 		mm = (__u64)BPF_CORE_READ(child, mm);
+		fast_mark(KG_FAST_DENIED_MM); /* before the entry: a later check of this thread deletes it */
 		bpf_map_update_elem(&denied_mm, &me, &mm, BPF_ANY);
 	}
 	return ret;
@@ -1347,8 +1438,10 @@ int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
 
 	if (ret)
 		return ret;
+	if (file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC || !fast_set(KG_FAST_DENIED_MM))
+		return 0;
 	mm = bpf_map_lookup_elem(&denied_mm, &me);
-	if (!mm || file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC)
+	if (!mm)
 		return 0;
 	if ((__u64)file->private_data == *mm) {
 		bpf_map_delete_elem(&denied_mm, &me);
@@ -1426,7 +1519,7 @@ int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags,
 		return ret;
 	if (clone_flags & CLONE_THREAD)
 		return 0;
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	if (!m || !m->rule_id)
 		return 0;
 	c = bpf_task_storage_get(&marks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1450,7 +1543,7 @@ static __always_inline void approve_handler_pipe(struct task_struct *cur, struct
 	__u32 zero = 0;
 	__u64 addr, ino;
 
-	if (BPF_CORE_READ(cur, mm))
+	if (cur->mm) /* the kernel's usermode helper has no mm yet: every other exec leaves here */
 		return;
 	h = bpf_map_lookup_elem(&handler, &zero);
 	if (!h || !h->ino || h->ino != bprm->file->f_inode->i_ino || h->dev != bprm->file->f_inode->i_sb->s_dev)
@@ -1484,7 +1577,7 @@ int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
 		return ret;
 	approve_handler_pipe(cur, bprm);
 	if (cur->group_leader != cur) {
-		m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+		m = mark_get(cur->group_leader);
 		if (m && m->rule_id) {
 			c = bpf_task_storage_get(&marks, cur, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
 			if (!c)
@@ -1496,6 +1589,8 @@ int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
 
 	id.dev = bprm->file->f_inode->i_sb->s_dev;
 	id.ino = bprm->file->f_inode->i_ino;
+	if (!maybe_listed(id.dev, id.ino))
+		return 0;
 	rule_id = bpf_map_lookup_elem(&exe_rules, &id);
 	if (!rule_id)
 		return 0;
@@ -1525,9 +1620,9 @@ int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 
 	id.dev = bprm->file->f_inode->i_sb->s_dev;
 	id.ino = bprm->file->f_inode->i_ino;
-	if (!bpf_map_lookup_elem(&exe_rules, &id))
+	if (!maybe_listed(id.dev, id.ino) || !bpf_map_lookup_elem(&exe_rules, &id))
 		return 0;
-	m = bpf_task_storage_get(&marks, cur, 0, 0);
+	m = mark_get(cur);
 	if (!m)
 		return 0;
 	count(KG_CNT_MARK_EXEC);
@@ -1552,7 +1647,7 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	struct kg_mark *m;
 	__u32 tgid = cur->tgid;
 
-	m = bpf_task_storage_get(&marks, leader, 0, 0);
+	m = mark_get(leader);
 	if (!m || m->rule_id != rule_id) {
 		if (is_keyguard(cur))
 			return 0;
@@ -1618,8 +1713,10 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 
 	if (ret)
 		return ret;
+	/* The note's pointers as probe-read values: a BTF pointer kept live across it gets spilled into a
+	 * stack slot clang shares with an int, which 6.12's verifier refuses to shift. */
 	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC)
-		note_proc_obj(file->f_path.dentry, file->f_inode, 0); /* issue 13: precision */
+		note_proc_obj(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_inode), 0); /* issue 13: precision */
 	ret = file_side_door(file);
 	if (ret)
 		return ret;
@@ -1634,6 +1731,8 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	}
 	id.dev = inode->i_sb->s_dev;
 	id.ino = inode->i_ino;
+	if (!maybe_listed(id.dev, id.ino)) /* not a key file, listed or trusted executable, or loop image */
+		return 0;
 	if (file->f_mode & FMODE_WRITE) {
 		if (is_trusted_exe(inode))
 			return tamper(KG_TAMPER_EXE_WRITE, id.ino, file->f_path.dentry->d_name.name);
@@ -1722,13 +1821,25 @@ static __always_inline void emit_dump(struct task_struct *t, struct kg_mark *m, 
 	bpf_ringbuf_submit(e, 0);
 }
 
+/* SIG_KERNEL_COREDUMP_MASK: SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE, SIGSEGV, SIGXCPU, SIGXFSZ, SIGSYS. */
+#define KG_SIG_COREDUMP_MASK ((1u << 3) | (1u << 4) | (1u << 5) | (1u << 6) | (1u << 7) | (1u << 8) | (1u << 11) | \
+			      (1u << 24) | (1u << 25) | (1u << 31))
+
 /* Remember which fatal signal a protected process is getting, for the core-dump event. */
 SEC("tp_btf/signal_deliver")
 int BPF_PROG(kg_signal_deliver, int sig, struct kernel_siginfo *info, struct k_sigaction *ka)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
-	struct kg_mark *m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	struct task_struct *cur;
+	struct kg_mark *m;
 
+	/* Only a signal whose default action dumps core, delivered with that default action, can start a
+	 * dump (get_signal → do_coredump); every other delivery is of no interest here. */
+	if (sig <= 0 || sig >= 32 || !((1u << sig) & KG_SIG_COREDUMP_MASK))
+		return 0;
+	if (ka && ka->sa.sa_handler != 0 /* SIG_DFL */)
+		return 0;
+	cur = bpf_get_current_task_btf();
+	m = mark_get(cur->group_leader);
 	if (m && m->rule_id)
 		m->dump_signal = sig;
 	return 0;
@@ -1753,7 +1864,7 @@ int BPF_PROG(kg_cred_prepare, struct cred *new, const struct cred *old, gfp_t gf
 		return 0;
 	if (!protection(cur, &prot))
 		return 0;
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	rule = bpf_map_lookup_elem(&rules, &prot.rule_id);
 	if (rule)
 		mode = rule->dumps;
@@ -1799,7 +1910,7 @@ int BPF_PROG(kg_dump_emit, struct coredump_params *cprm, const void *buf, int nr
 	if (ino && *ino == BPF_CORE_READ(cprm, file, f_inode, i_ino))
 		return 0;
 	bpf_send_signal(SIGKILL);
-	m = bpf_task_storage_get(&marks, cur->group_leader, 0, 0);
+	m = mark_get(cur->group_leader);
 	if (m && !(m->dump_flags & KG_DUMPF_REPORTED)) {
 		m->dump_flags |= KG_DUMPF_REPORTED;
 		count(KG_CNT_DUMP_KILLED);
@@ -2006,6 +2117,8 @@ int BPF_PROG(kg_inode_free_security, struct inode *inode)
 		return 0;
 	id.dev = inode->i_sb->s_dev;
 	id.ino = inode->i_ino;
+	if (!maybe_listed(id.dev, id.ino))
+		return 0;
 	k.dev = (__u32)id.dev;
 	k.id = id.ino;
 	bpf_map_delete_elem(&own, &k);

@@ -291,6 +291,26 @@ struct kg_event {
 	__u32 pad2;
 };
 
+/* ---- Fast paths for what is none of keyguard's business (fastpath map) ----
+ *
+ * One ARRAY map of byte slots, read with an inlined array lookup before any hash lookup:
+ * - slot KG_FAST_CGROUPS: the agent set it before it first put an entry in cgroup_rules (0: skip the
+ *   cgroup walk);
+ * - slot KG_FAST_DENIED_MM: a program set it before it first put an entry in denied_mm (0: nothing to
+ *   delete there);
+ * - slots KG_FAST_FIRST + kg_fast_slot(dev, id): a filter over every (dev, inode) in exe_rules, key_rules
+ *   and own (KG_OWN_EXE), and every cgroup id in cgroup_rules (dev KG_FAST_CGROUP_DEV). The agent sets a
+ *   slot before it adds the entry and never clears one, so 0 proves "not listed"; 1 means "look it up".
+ * Slots only go from 0 to 1, each written alone, so two writers never undo each other.
+ */
+#define KG_FAST_CGROUPS 0
+#define KG_FAST_DENIED_MM 1
+#define KG_FAST_FIRST 2
+#define KG_FAST_BITS 13
+#define KG_FAST_SLOTS (KG_FAST_FIRST + (1 << KG_FAST_BITS))
+#define KG_FAST_CGROUP_DEV 0xffffffffu
+#define KG_FAST_MUL 0x9E3779B97F4A7C15ULL /* Fibonacci hashing; loader.fastSlot computes the same */
+
 /* ---- Precision and aggregation of access events (issue 13) ---- */
 
 /* What an access to a protected process exposes. Memory is the default: a check is metadata only when
@@ -305,7 +325,7 @@ enum kg_access_class {
 struct kg_proc_obj {
 	__u64 pid;   /* struct pid * of the /proc/PID (or task/TID) directory the object is in */
 	__u32 class; /* enum kg_access_class */
-	__u32 pad;
+	__u32 start; /* low 32 bits of the process's start_boottime: a struct pid reused later is not this one */
 };
 
 /* Repeated access attempts of one window, aggregated in the kernel (agg map). The epoch is the window:

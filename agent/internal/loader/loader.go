@@ -162,6 +162,10 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 			return nil, mapError(err, cfg.PinPath)
 		}
 		g.links, g.Adopted = links, true
+		if err := g.rebuildFast(); err != nil {
+			g.Close()
+			return nil, err
+		}
 		log.Info("adopted pinned BPF programs", "build", build, "programs", len(links), "pin_path", cfg.PinPath)
 		return g, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
@@ -175,6 +179,11 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	defer coll.Close() // the programs: links hold their own references
 	if err := coll.Assign(&g.Maps); err != nil {
 		return nil, fmt.Errorf("load BPF maps: %w", err)
+	}
+	// Before the first program runs: the filter must cover every entry the pinned rule maps hold.
+	if err := g.rebuildFast(); err != nil {
+		g.Maps.Close()
+		return nil, err
 	}
 	tmpDir := linkDir + "_new"
 	_ = os.RemoveAll(tmpDir)

@@ -70,6 +70,10 @@ func (g *Guard) Apply(rs RuleSet) error {
 		_, ok := rs.Rules[rule]
 		return ok || rule == policy.RawDiskRule
 	}
+	// The fast path's filter first: an entry whose slot is not set yet would be skipped.
+	if err := g.allowFast(rs); err != nil {
+		return err
+	}
 	return errors.Join(
 		syncMap(g.Maps.Rules, rs.Rules),
 		syncMapKeep(g.Maps.ExeRules, rs.Exes, keep),
@@ -204,8 +208,13 @@ func (g *Guard) RegisterOwn(pinPath string, exes ...FileID) error {
 	if err != nil {
 		return err
 	}
+	trusted := map[FileID]bool{}
 	for _, e := range append(exes, self) {
 		add(kgbpf.KeyguardKgOwnKindKG_OWN_EXE, uint32(e.Dev), e.Ino)
+		trusted[e] = true
+	}
+	if err := setFast(g.Maps.Fastpath, fileSlots(trusted)); err != nil {
+		return err
 	}
 	return syncMap(g.Maps.Own, want)
 }
@@ -213,6 +222,9 @@ func (g *Guard) RegisterOwn(pinPath string, exes ...FileID) error {
 // TrustExe adds an executable (an upgraded keyguard-agent seen being installed) to the trusted set, so
 // the next agent may take over the pinned state.
 func (g *Guard) TrustExe(e FileID) error {
+	if err := setFast(g.Maps.Fastpath, fileSlots(map[FileID]bool{e: true})); err != nil {
+		return err
+	}
 	return g.Maps.Own.Update(ownKey{Kind: uint32(kgbpf.KeyguardKgOwnKindKG_OWN_EXE), Dev: uint32(e.Dev), Id: e.Ino}, uint8(1), ebpf.UpdateAny)
 }
 
@@ -220,7 +232,7 @@ func (g *Guard) mapList() []*ebpf.Map {
 	m := &g.Maps
 	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
 		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens,
-		m.Openers, m.RawDevs, m.Inflight, m.Agg, m.AggEpoch, m.AggStats, m.AggSync, m.AggZero, m.ProcObj}
+		m.Openers, m.RawDevs, m.Inflight, m.Agg, m.AggEpoch, m.AggStats, m.AggSync, m.AggZero, m.ProcObj, m.Fastpath}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

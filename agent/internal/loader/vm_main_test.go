@@ -9,7 +9,7 @@ import (
 
 // vmTests are this package's VM tests (vm_*_test.go): in the testvm guest only they run, with the
 // agent started once for all of them (guesttest.Main); on the host they skip.
-var vmTests = []string{"TestTamperRefused", "TestKernelVariants", "TestDumpRedactWithoutGuardIsBlocked"}
+var vmTests = []string{"TestTamperRefused", "TestFastpathCoversRules", "TestKernelVariants", "TestDumpRedactWithoutGuardIsBlocked"}
 
 func TestMain(m *testing.M) {
 	guesttest.Main(m, guesttest.Options{Tests: vmTests, Keys: vmKeys})
