@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "339d35545049f0a48017aef54f30aa1c848270d48dadb320c29ec36cf68fd592"
+const SHA256 = "7e87f75e6c00a572e893cd9df936ec1c315a4516ca83ec55ccb97cf765498c60"

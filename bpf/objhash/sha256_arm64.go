@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "5b6c0b239cf4db216c5fd7f2a0a20c33b6897b366de56e1759bc5a673505e10a"
+const SHA256 = "0d895cfd0a756416cdc592372f77610b88a71512791384a5b907c626771c0bf7"
