@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "7e87f75e6c00a572e893cd9df936ec1c315a4516ca83ec55ccb97cf765498c60"
+const SHA256 = "706458b1237b8805e08b37f32b75cf1a8def627b9bdf0cfcae84035e62f420c8"

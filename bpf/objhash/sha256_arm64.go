@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "0d895cfd0a756416cdc592372f77610b88a71512791384a5b907c626771c0bf7"
+const SHA256 = "432a5496dd08fcee093c442bf88e94edf7b601c4dd9ca33f984c0e82b13c9734"

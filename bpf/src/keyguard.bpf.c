@@ -1085,15 +1085,12 @@ struct {
 	__type(value, __u64);
 } denied_mm SEC(".maps");
 
-/* Refuse a tamper attempt by anything but keyguard itself, and report it. */
-static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
+/* Report a refused tamper attempt by cur. */
+static __always_inline void report_tamper(struct task_struct *cur, __u32 what, __u64 id, const unsigned char *name)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
 	struct kg_mark none = {};
 	struct kg_event *e;
 
-	if (is_keyguard(cur))
-		return 0;
 	count(KG_CNT_TAMPER);
 	e = new_event(KG_EVENT_TAMPER, &none);
 	if (e) {
@@ -1105,6 +1102,17 @@ static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *nam
 		fill_proc(&e->actor, cur);
 		bpf_ringbuf_submit(e, 0);
 	}
+}
+
+/* Refuse a tamper attempt by anything but keyguard itself, and report it. Not from sleepable programs:
+ * is_keyguard reads the leader's task storage, a pointer the verifier trusts only under RCU. */
+static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+
+	if (is_keyguard(cur))
+		return 0;
+	report_tamper(cur, what, id, name);
 	return -EPERM;
 }
 
@@ -1589,8 +1597,8 @@ static __always_inline void exec_digest(struct task_struct *cur, struct linux_bi
 	if (!ck)
 		return; /* fail closed: no verdict, no digest trust */
 	if (!exe_digest_ok(bprm->file, id, ck)) {
-		if (id == KG_DIGEST_AGENT)
-			tamper(KG_TAMPER_EXE_DIGEST, bprm->file->f_inode->i_ino, bprm->file->f_path.dentry->d_name.name);
+		if (id == KG_DIGEST_AGENT) /* not keyguard: its content is not one the agent recorded */
+			report_tamper(cur, KG_TAMPER_EXE_DIGEST, bprm->file->f_inode->i_ino, bprm->file->f_path.dentry->d_name.name);
 		return;
 	}
 	if (id == KG_DIGEST_AGENT)
