@@ -111,6 +111,13 @@ const (
 	KeyguardKgDecisionKG_DECISION_ALLOWED_BREAK_GLASS KeyguardKgDecision = 4
 )
 
+type KeyguardKgDigestKey struct {
+	_      structs.HostLayout
+	RuleId uint32
+	Pad    uint32
+	Sha256 [32]uint8
+}
+
 type KeyguardKgDumpAction uint32
 
 const (
@@ -157,6 +164,14 @@ const (
 	KeyguardKgEventKindKG_EVENT_KEY_FILE  KeyguardKgEventKind = 6
 )
 
+type KeyguardKgExeCheck struct {
+	_       structs.HostLayout
+	RuleId  uint32
+	Agent   uint32
+	HashRet int32
+	Pad     uint32
+}
+
 type KeyguardKgFileId struct {
 	_   structs.HostLayout
 	Dev uint64
@@ -193,16 +208,17 @@ type KeyguardKgInstall struct {
 type KeyguardKgKeyOp uint32
 
 const (
-	KeyguardKgKeyOpKG_KEY_OPEN      KeyguardKgKeyOp = 1
-	KeyguardKgKeyOpKG_KEY_LINK      KeyguardKgKeyOp = 2
-	KeyguardKgKeyOpKG_KEY_RENAME    KeyguardKgKeyOp = 3
-	KeyguardKgKeyOpKG_KEY_UNLINK    KeyguardKgKeyOp = 4
-	KeyguardKgKeyOpKG_KEY_TRUNCATE  KeyguardKgKeyOp = 5
-	KeyguardKgKeyOpKG_KEY_CHMOD     KeyguardKgKeyOp = 6
-	KeyguardKgKeyOpKG_KEY_CHOWN     KeyguardKgKeyOp = 7
-	KeyguardKgKeyOpKG_KEY_XATTR     KeyguardKgKeyOp = 8
-	KeyguardKgKeyOpKG_KEY_WRITE     KeyguardKgKeyOp = 9
-	KeyguardKgKeyOpKG_KEY_OPEN_BUSY KeyguardKgKeyOp = 10
+	KeyguardKgKeyOpKG_KEY_OPEN        KeyguardKgKeyOp = 1
+	KeyguardKgKeyOpKG_KEY_LINK        KeyguardKgKeyOp = 2
+	KeyguardKgKeyOpKG_KEY_RENAME      KeyguardKgKeyOp = 3
+	KeyguardKgKeyOpKG_KEY_UNLINK      KeyguardKgKeyOp = 4
+	KeyguardKgKeyOpKG_KEY_TRUNCATE    KeyguardKgKeyOp = 5
+	KeyguardKgKeyOpKG_KEY_CHMOD       KeyguardKgKeyOp = 6
+	KeyguardKgKeyOpKG_KEY_CHOWN       KeyguardKgKeyOp = 7
+	KeyguardKgKeyOpKG_KEY_XATTR       KeyguardKgKeyOp = 8
+	KeyguardKgKeyOpKG_KEY_WRITE       KeyguardKgKeyOp = 9
+	KeyguardKgKeyOpKG_KEY_OPEN_BUSY   KeyguardKgKeyOp = 10
+	KeyguardKgKeyOpKG_KEY_OPEN_DIGEST KeyguardKgKeyOp = 11
 )
 
 type KeyguardKgLateMark struct {
@@ -343,6 +359,7 @@ const (
 	KeyguardKgTamperKG_TAMPER_PIN_RENAME  KeyguardKgTamper = 6
 	KeyguardKgTamperKG_TAMPER_UMOUNT      KeyguardKgTamper = 7
 	KeyguardKgTamperKG_TAMPER_EXE_WRITE   KeyguardKgTamper = 8
+	KeyguardKgTamperKG_TAMPER_EXE_DIGEST  KeyguardKgTamper = 9
 )
 
 type KeyguardKgTokenId struct {
@@ -365,7 +382,9 @@ const (
 	KeyguardMapCgroupRules           = "cgroup_rules"
 	KeyguardMapCounters              = "counters"
 	KeyguardMapDeniedMm              = "denied_mm"
+	KeyguardMapDigests               = "digests"
 	KeyguardMapEvents                = "events"
+	KeyguardMapExeChecks             = "exe_checks"
 	KeyguardMapExeRules              = "exe_rules"
 	KeyguardMapFastpath              = "fastpath"
 	KeyguardMapHandler               = "handler"
@@ -425,6 +444,7 @@ const (
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyMetadata       = "cfg_deny_metadata"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
+	KeyguardVarCfgDigest             = "cfg_digest"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
 	KeyguardVarCfgInflightWait       = "cfg_inflight_wait"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
@@ -530,7 +550,9 @@ type KeyguardMapSpecs struct {
 	CgroupRules  *ebpf.MapSpec `ebpf:"cgroup_rules"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
 	DeniedMm     *ebpf.MapSpec `ebpf:"denied_mm"`
+	Digests      *ebpf.MapSpec `ebpf:"digests"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
+	ExeChecks    *ebpf.MapSpec `ebpf:"exe_checks"`
 	ExeRules     *ebpf.MapSpec `ebpf:"exe_rules"`
 	Fastpath     *ebpf.MapSpec `ebpf:"fastpath"`
 	Handler      *ebpf.MapSpec `ebpf:"handler"`
@@ -558,6 +580,7 @@ type KeyguardMapSpecs struct {
 type KeyguardVariableSpecs struct {
 	CfgDenyMetadata  *ebpf.VariableSpec `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
+	CfgDigest        *ebpf.VariableSpec `ebpf:"cfg_digest"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
 	CfgInflightWait  *ebpf.VariableSpec `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
@@ -597,7 +620,9 @@ type KeyguardMaps struct {
 	CgroupRules  *ebpf.Map `ebpf:"cgroup_rules"`
 	Counters     *ebpf.Map `ebpf:"counters"`
 	DeniedMm     *ebpf.Map `ebpf:"denied_mm"`
+	Digests      *ebpf.Map `ebpf:"digests"`
 	Events       *ebpf.Map `ebpf:"events"`
+	ExeChecks    *ebpf.Map `ebpf:"exe_checks"`
 	ExeRules     *ebpf.Map `ebpf:"exe_rules"`
 	Fastpath     *ebpf.Map `ebpf:"fastpath"`
 	Handler      *ebpf.Map `ebpf:"handler"`
@@ -632,7 +657,9 @@ func (m *KeyguardMaps) Close() error {
 		m.CgroupRules,
 		m.Counters,
 		m.DeniedMm,
+		m.Digests,
 		m.Events,
+		m.ExeChecks,
 		m.ExeRules,
 		m.Fastpath,
 		m.Handler,
@@ -661,6 +688,7 @@ func (m *KeyguardMaps) Close() error {
 type KeyguardVariables struct {
 	CfgDenyMetadata  *ebpf.Variable `ebpf:"cfg_deny_metadata"`
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
+	CfgDigest        *ebpf.Variable `ebpf:"cfg_digest"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
 	CfgInflightWait  *ebpf.Variable `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "d8b62d4787026f046c73cfdd5a3d0448b8aae647e440cb44176553975bba40f2"
+const SHA256 = "576f1e55010e6beff7712940e8578d848e6158f343e31ca315429961ce52c3ee"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "9eeb2e66f8d03ca066ef998b451935faaf993ef08b80118528ae712c46e397a7"
+const SHA256 = "2bf294d10a152b3fc302b64c908c31ee69af675e3b79dd860a413c4f4bf7285e"

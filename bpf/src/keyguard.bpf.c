@@ -55,6 +55,9 @@ const volatile __u32 cfg_deny_metadata = 0;  /* decide metadata reads like memor
 const volatile __u32 cfg_inflight_wait = 1;  /* 0 only in the race test's control run: key opens ignore reads in
 					      * flight and /proc/PID/mem readers that passed their check before the mark
 					      * are not killed (the no-window design switched off) */
+const volatile __u32 cfg_digest = 1; /* bpf_ima_file_hash works here: executables are hashed at exec (loader
+				      * variant DigestIMA); 0: no digest checks (strict rules then admit nobody,
+				      * and keyguard's trust is by inode only) */
 
 /* Keeps the shared types in BTF so bpf2go can generate their Go definitions (-type). */
 const volatile struct {
@@ -89,6 +92,8 @@ const volatile struct {
 	struct kg_agg_key agg_key;
 	struct kg_agg agg;
 	enum kg_agg_stat agg_stat;
+	struct kg_digest_key digest_key;
+	struct kg_exe_check exe_check;
 } kg_types;
 
 /* All state lives in maps pinned by name in the agent's bpffs folder, so it survives agent restarts
@@ -274,6 +279,32 @@ struct {
 	__type(value, __u64);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } used_tokens SEC(".maps");
+
+/* Approved executable digests: strict rules' and keyguard's own (see struct kg_digest_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct kg_digest_key);
+	__type(value, __u8);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} digests SEC(".maps");
+
+/* What exec found each process's executable to be (struct kg_exe_check), on the thread-group leader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct kg_exe_check);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} exe_checks SEC(".maps");
+
+/* Is the digest check switched on for id (a strict rule, or KG_DIGEST_AGENT)? */
+static __always_inline int digest_required(__u32 id)
+{
+	struct kg_digest_key k = {.rule_id = id};
+
+	return bpf_map_lookup_elem(&digests, &k) != 0;
+}
 
 static __always_inline void count(__u32 idx)
 {
@@ -498,10 +529,15 @@ struct task_struct___storage {
  * has bpf_storage NULL; the helper would read that same pointer first and return NULL, so the helper
  * call is skipped: one field load decides unprotected processes.
  */
+static __always_inline int no_task_storage(struct task_struct *t)
+{
+	return bpf_core_field_exists(((struct task_struct___storage *)0)->bpf_storage) &&
+	       !((struct task_struct___storage *)t)->bpf_storage;
+}
+
 static __always_inline struct kg_mark *mark_get(struct task_struct *t)
 {
-	if (bpf_core_field_exists(((struct task_struct___storage *)0)->bpf_storage) &&
-	    !((struct task_struct___storage *)t)->bpf_storage)
+	if (no_task_storage(t))
 		return 0;
 	return bpf_task_storage_get(&marks, t, 0, 0);
 }
@@ -1001,11 +1037,19 @@ static __always_inline int is_own(__u32 kind, __u64 id)
 static __always_inline int is_keyguard(struct task_struct *t)
 {
 	struct kg_own_key k = {.kind = KG_OWN_EXE};
+	struct kg_exe_check *ck;
 	__u64 dev;
 
 	task_exe(t, &dev, &k.id);
 	k.dev = (__u32)dev;
-	return bpf_map_lookup_elem(&own, &k) != 0;
+	if (!bpf_map_lookup_elem(&own, &k))
+		return 0;
+	/* By content too, where the kernel hashes executables: the digest exec measured must be one the
+	 * agent recorded (a trusted inode whose blocks changed behind the kernel's back is not keyguard). */
+	if (!cfg_digest || !digest_required(KG_DIGEST_AGENT))
+		return 1;
+	ck = bpf_task_storage_get(&exe_checks, t->group_leader, 0, 0);
+	return ck && ck->agent;
 }
 
 /* Is cur allowed through a side door by the policy (allow map entries under the pseudo rule id)? */
@@ -1147,15 +1191,12 @@ struct {
 	__type(value, __u64);
 } denied_mm SEC(".maps");
 
-/* Refuse a tamper attempt by anything but keyguard itself, and report it. */
-static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
+/* Report a refused tamper attempt by cur. */
+static __always_inline void report_tamper(struct task_struct *cur, __u32 what, __u64 id, const unsigned char *name)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
 	struct kg_mark none = {};
 	struct kg_event *e;
 
-	if (is_keyguard(cur))
-		return 0;
 	count(KG_CNT_TAMPER);
 	e = new_event(KG_EVENT_TAMPER, &none);
 	if (e) {
@@ -1167,6 +1208,17 @@ static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *nam
 		fill_proc(&e->actor, cur);
 		bpf_ringbuf_submit(e, 0);
 	}
+}
+
+/* Refuse a tamper attempt by anything but keyguard itself, and report it. Not from sleepable programs:
+ * is_keyguard reads the leader's task storage, a pointer the verifier trusts only under RCU. */
+static __always_inline int tamper(__u32 what, __u64 id, const unsigned char *name)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+
+	if (is_keyguard(cur))
+		return 0;
+	report_tamper(cur, what, id, name);
 	return -EPERM;
 }
 
@@ -1513,6 +1565,7 @@ SEC("lsm/task_alloc")
 int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags, int ret)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_exe_check *ck, *cc;
 	struct kg_mark *m, *c;
 
 	if (ret)
@@ -1528,6 +1581,14 @@ int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags,
 	c->rule_id = m->rule_id;
 	c->reason = KG_REASON_INHERIT;
 	count(KG_CNT_INHERIT);
+	/* The child runs the same executable: it keeps what exec found (strict rules). */
+	ck = bpf_task_storage_get(&exe_checks, cur->group_leader, 0, 0);
+	if (ck && ck->rule_id) {
+		cc = bpf_task_storage_get(&exe_checks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (!cc)
+			return -ENOMEM;
+		*cc = *ck;
+	}
 	return 0;
 }
 
@@ -1610,17 +1671,76 @@ int BPF_PROG(kg_bprm_check_security, struct linux_binprm *bprm, int ret)
 	return 0;
 }
 
-/* After a successful exec of a protected executable: report it. The mark was set in bprm_check_security. */
-SEC("lsm/bprm_committed_creds")
+/*
+ * Hash the executable (SHA-256 of the whole file, by IMA: its cached measurement when an IMA policy
+ * measured the file, which IMA drops when the file is written, or a fresh read) and look the digest up
+ * under id. Exec holds the file against writers (deny_write_access) from open to the end of the process
+ * image, so the content hashed here is the content mapped.
+ */
+static __always_inline int exe_digest_ok(struct file *f, __u32 id, struct kg_exe_check *ck)
+{
+	struct kg_digest_key k = {.rule_id = id};
+
+	ck->hash_ret = bpf_ima_file_hash(f, k.sha256, sizeof(k.sha256));
+	if (ck->hash_ret != KG_HASH_ALGO_SHA256)
+		return 0; /* no hash, or IMA's hash is another algorithm (ima_hash=): fail closed */
+	return bpf_map_lookup_elem(&digests, &k) != 0;
+}
+
+/*
+ * Digest checks at exec, for executables that need one only: a strict rule's listed executable, or
+ * keyguard's trusted executable while the agent has recorded its digest. Other executables pay one task
+ * storage read (only a process that ever ran such an executable has an entry, reset here).
+ */
+static __always_inline void exec_digest(struct task_struct *cur, struct linux_binprm *bprm, __u32 *rule_id)
+{
+	struct kg_exe_check *ck = no_task_storage(cur) ? 0 : bpf_task_storage_get(&exe_checks, cur, 0, 0);
+	__u32 id;
+
+	if (ck)
+		ck->rule_id = ck->agent = 0;
+	if (!cfg_digest)
+		return;
+	if (rule_id)
+		id = *rule_id;
+	else if (is_trusted_exe(bprm->file->f_inode))
+		id = KG_DIGEST_AGENT;
+	else
+		return;
+	if (!digest_required(id))
+		return;
+	ck = bpf_task_storage_get(&exe_checks, cur, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!ck)
+		return; /* fail closed: no verdict, no digest trust */
+	if (!exe_digest_ok(bprm->file, id, ck)) {
+		if (id == KG_DIGEST_AGENT) /* not keyguard: its content is not one the agent recorded */
+			report_tamper(cur, KG_TAMPER_EXE_DIGEST, bprm->file->f_inode->i_ino, bprm->file->f_path.dentry->d_name.name);
+		return;
+	}
+	if (id == KG_DIGEST_AGENT)
+		ck->agent = 1;
+	else
+		ck->rule_id = id;
+}
+
+/*
+ * After a successful exec (past the point of no return, so a failed exec leaves no verdict behind): the
+ * digest checks, and the report of a protected executable's exec (its mark was set in
+ * bprm_check_security). Sleepable: hashing reads the file.
+ */
+SEC("lsm.s/bprm_committed_creds")
 int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
 	struct kg_file_id id = {};
 	struct kg_mark *m;
+	__u32 *rule_id;
 
 	id.dev = bprm->file->f_inode->i_sb->s_dev;
 	id.ino = bprm->file->f_inode->i_ino;
-	if (!maybe_listed(id.dev, id.ino) || !bpf_map_lookup_elem(&exe_rules, &id))
+	rule_id = maybe_listed(id.dev, id.ino) ? bpf_map_lookup_elem(&exe_rules, &id) : 0;
+	exec_digest(cur, bprm, rule_id);
+	if (!rule_id)
 		return 0;
 	m = mark_get(cur);
 	if (!m)
@@ -1628,6 +1748,33 @@ int BPF_PROG(kg_bprm_committed_creds, struct linux_binprm *bprm)
 	count(KG_CNT_MARK_EXEC);
 	emit_protect(cur, m, bprm->file->f_path.dentry->d_name.name);
 	return 0;
+}
+
+/*
+ * A strict rule's key file: only a process whose executable matched one of the rule's approved digests
+ * when it was exec'd (or a fork child of one) opens it; a replaced signer binary is refused (audit mode:
+ * reported). Key managers and keyguard never get here.
+ */
+static __always_inline int strict_open(struct task_struct *cur, struct task_struct *leader, __u32 rule_id,
+				       struct inode *inode, const unsigned char *name)
+{
+	struct kg_exe_check *ck = bpf_task_storage_get(&exe_checks, leader, 0, 0);
+	struct kg_rule *rule;
+	__u32 mode = KG_MODE_ENFORCE;
+
+	if (ck && ck->rule_id == rule_id)
+		return 0;
+	rule = bpf_map_lookup_elem(&rules, &rule_id);
+	if (rule)
+		mode = rule->mode;
+	if (mode == KG_MODE_AUDIT) {
+		count(KG_CNT_AUDIT);
+		emit_key(cur, KG_KEY_OPEN_DIGEST, KG_GUARD_KEY_FILE, rule_id, mode, KG_DECISION_ALLOWED_AUDIT, inode, name);
+		return 0;
+	}
+	count(KG_CNT_DENIED);
+	emit_key(cur, KG_KEY_OPEN_DIGEST, KG_GUARD_KEY_FILE, rule_id, mode, KG_DECISION_DENIED, inode, name);
+	return -EPERM;
 }
 
 /*
@@ -1665,6 +1812,12 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 			if (r)
 				return r;
 		}
+	}
+	if (digest_required(rule_id)) {
+		int r = strict_open(cur, leader, rule_id, file->f_inode, name);
+
+		if (r)
+			return r;
 	}
 	if (cfg_deny_traced && (cur->ptrace || BPF_CORE_READ(leader, ptrace))) {
 		struct kg_mark prot = {.rule_id = rule_id, .reason = KG_REASON_KEY_FILE};

@@ -44,6 +44,7 @@ enum kg_key_op {
 	KG_KEY_XATTR = 8,    /* setxattr/removexattr (ACLs on 6.1) */
 	KG_KEY_WRITE = 9,    /* write open of a listed executable or of keyguard's trusted executable */
 	KG_KEY_OPEN_BUSY = 10, /* key-file open refused with EAGAIN: memory reads of the opener were in flight */
+	KG_KEY_OPEN_DIGEST = 11, /* key-file open of a strict rule by a process whose executable matched no approved digest */
 };
 
 /* Which file a kg_key_op event concerns (event access_mode). */
@@ -114,6 +115,7 @@ enum kg_tamper {
 	KG_TAMPER_PIN_RENAME = 6,  /* rename of or in keyguard's bpffs folder */
 	KG_TAMPER_UMOUNT = 7,      /* unmount of the bpffs holding keyguard's pins */
 	KG_TAMPER_EXE_WRITE = 8,   /* write open or truncate of keyguard's trusted executable */
+	KG_TAMPER_EXE_DIGEST = 9,  /* exec of a trusted executable whose content matches no recorded agent digest */
 };
 
 /* keyguard's own objects (own map): kind and id, or a bpffs folder's inode. */
@@ -131,6 +133,29 @@ struct kg_own_key {
 	__u32 dev; /* KG_OWN_EXE: sb->s_dev (MKDEV fits in 32 bits) */
 	__u64 id;
 };
+
+/*
+ * Approved executable digests (digests map): the SHA-256 of the whole file, as the kernel computes it at
+ * exec (bpf_ima_file_hash). rule_id is a strict rule's id (its executables' approved digests) or
+ * KG_DIGEST_AGENT (keyguard's trusted executables, recorded by the agent). An entry with an all-zero
+ * digest switches the check on for that id: the rule is strict, or keyguard's trust needs its digest.
+ */
+#define KG_DIGEST_AGENT 0xfffffff5u
+struct kg_digest_key {
+	__u32 rule_id;
+	__u32 pad;
+	__u8 sha256[32];
+};
+
+/* What exec found the process's executable to be (exe_checks task storage, on the thread-group leader;
+ * reset at every exec, copied to fork children of marked processes). */
+struct kg_exe_check {
+	__u32 rule_id;  /* the strict rule one of whose approved digests the executable matched, or 0 */
+	__u32 agent;    /* 1: a trusted keyguard executable that matched a recorded agent digest */
+	__s32 hash_ret; /* what bpf_ima_file_hash returned: the hash algorithm (4: SHA-256) or -errno */
+	__u32 pad;
+};
+#define KG_HASH_ALGO_SHA256 4 /* enum hash_algo (include/uapi/linux/hash_info.h) */
 
 /* What a rule does with its processes' core dumps (rules map, kg_rule.dumps). */
 enum kg_dump_mode {

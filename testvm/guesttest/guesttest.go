@@ -13,6 +13,8 @@ package guesttest
 
 import (
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -55,11 +57,14 @@ const (
 	HolderKey     = Dir + "/hkeys/h.pem"   // the redactor rule's key file
 	RacerExe      = Dir + "/racer"         // opens a keyholder key file (openers: any): protected by that open
 	RacerKey      = Dir + "/keys/race.pem" // a keyholder rule key file
+	StrictExe     = Dir + "/victim-strict" // the strictsigner rule's executable (a copy of testproc)
+	StrictKey     = Dir + "/skeys/s.pem"   // the strictsigner rule's key file
 	OperatorPub   = Dir + "/operator.pub"
 )
 
 // PolicyYAML is the suites' policy; %[1]s is the test binary, which sets core_pattern for the dump
-// tests and is the key manager and package manager.
+// tests and is the key manager and package manager; %[2]s is testproc's SHA-256 (hex), the strictsigner
+// rule's one approved digest.
 const PolicyYAML = `version: 1
 bpf_loaders:
   - executable: /tmp/kg/bpf-tool
@@ -101,6 +106,13 @@ rules:
       executables: [/tmp/kg/victim-redact]
       key_files: ["/tmp/kg/hkeys/*.pem"]
     public_keys: ["/tmp/kg/testpub/*.pem"]
+  - name: strictsigner
+    mode: enforce
+    match:
+      executables: [/tmp/kg/victim-strict]
+      key_files: ["/tmp/kg/skeys/*.pem"]
+    strict: true
+    digests: ["sha256:%[2]s"]
 `
 
 // The fixture's processes and keys, set by Main. Tests may stop, restart and replace the agent
@@ -217,7 +229,7 @@ func setup(o Options) error {
 	if o.NoAgent {
 		return nil
 	}
-	for _, p := range []string{VictimEnforce, VictimCopy, VictimAudit, VictimPlain, VictimRedact, Debugger, BPFTool, RacerExe} {
+	for _, p := range []string{VictimEnforce, VictimCopy, VictimAudit, VictimPlain, VictimRedact, Debugger, BPFTool, RacerExe, StrictExe} {
 		if err := CopyFile(ProcBin, p); err != nil {
 			return err
 		}
@@ -235,7 +247,12 @@ func setup(o Options) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(Dir+"/policy.yaml", []byte(fmt.Sprintf(PolicyYAML, self)), 0o644); err != nil {
+	bin, err := os.ReadFile(ProcBin)
+	if err != nil {
+		return err
+	}
+	sum := sha256.Sum256(bin)
+	if err := os.WriteFile(Dir+"/policy.yaml", []byte(fmt.Sprintf(PolicyYAML, self, hex.EncodeToString(sum[:]))), 0o644); err != nil {
 		return err
 	}
 	if err := writeOperatorKey(); err != nil {
@@ -328,12 +345,17 @@ func CopyFile(src, dst string) error {
 	return os.WriteFile(dst, b, 0o755)
 }
 
+// AgentCmd is the command StartAgent runs: the agent with the suite's policy and extra flags.
+func AgentCmd(extra ...string) *exec.Cmd {
+	return exec.Command(AgentBin, append([]string{"run", "-policy", Dir + "/policy.yaml", "-events", EventsLog,
+		"-state-dir", Dir + "/state", "-control-socket", CtlSock, "-operator-key", OperatorPub, "-posture-interval", "3s"}, extra...)...)
+}
+
 // StartAgent starts the agent with the suite's policy and extra flags, and waits until it reported
 // its health (after attaching and scanning).
 func StartAgent(extra ...string) error {
 	before := Count()
-	Agent = exec.Command(AgentBin, append([]string{"run", "-policy", Dir + "/policy.yaml", "-events", EventsLog,
-		"-state-dir", Dir + "/state", "-control-socket", CtlSock, "-operator-key", OperatorPub, "-posture-interval", "3s"}, extra...)...)
+	Agent = AgentCmd(extra...)
 	Agent.Stdout = os.Stdout
 	Agent.Stderr = os.Stdout
 	if err := Agent.Start(); err != nil {

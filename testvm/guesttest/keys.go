@@ -128,6 +128,7 @@ func writeKeyFiles() error {
 	for _, f := range []struct{ path, body string }{
 		{HolderKey, "-----BEGIN PRIVATE KEY-----\nholder\n-----END PRIVATE KEY-----\n"},
 		{RacerKey, "RACEKEY-0123456789abcdef0123456789abcdef\n"},
+		{StrictKey, "-----BEGIN PRIVATE KEY-----\nstrict\n-----END PRIVATE KEY-----\n"},
 	} {
 		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
 			return err

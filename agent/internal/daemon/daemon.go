@@ -576,7 +576,13 @@ func (a *Agent) upgradeTruster() func(time.Time) {
 		if err != nil || id == cur {
 			return
 		}
-		if err := a.guard.TrustExe(id); err != nil {
+		// The digest is of the file at exe now; if another file took its place meanwhile, try again
+		// on the next tick (the kernel refuses the one whose content does not match at exec anyway).
+		sum, err := loader.FileSHA256(exe)
+		if again, _ := loader.StatFileID(exe); err != nil || again != id {
+			return
+		}
+		if err := a.guard.TrustExe(id, sum); err != nil {
 			a.log.Error("could not trust the upgraded agent executable", "path", exe, "error", err)
 			return
 		}

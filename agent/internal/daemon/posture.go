@@ -55,6 +55,14 @@ func (a *Agent) eventPosture() []posture.Finding {
 // postureChecker expects keyguard's handler as core_pattern when a rule redacts dumps.
 func (a *Agent) postureChecker() posture.Checker {
 	c := posture.Checker{KernelMemoryGuarded: a.pol.SideDoors == policy.Enforce, ModulesGuarded: a.pol.Modules == policy.ModulesDeny}
+	if a.guard != nil {
+		c.ExecDigest, c.FSVerityKfunc = a.guard.Variants.Digest, a.guard.Variants.FSVerityKfunc
+	}
+	for _, r := range a.pol.Rules {
+		if r.Strict {
+			c.StrictRules = append(c.StrictRules, r.Name)
+		}
+	}
 	for _, r := range a.pol.Rules {
 		if r.Dumps != policy.DumpRedact {
 			continue

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"maps"
+
 	"github.com/keyguard/keyguard/agent/internal/loader"
 	"github.com/keyguard/keyguard/agent/internal/policy"
 )
@@ -16,6 +18,7 @@ func ruleSet(res *policy.Resolved) (loader.RuleSet, map[uint32]string) {
 		Allow:    make(map[loader.AccessorKey]bool, len(m.Allow)),
 		Openers:  make(map[loader.AccessorKey]bool, len(m.Openers)),
 		RawDevs:  m.RawDevs,
+		Digests:  map[loader.DigestKey]uint8{},
 		Settings: loader.Settings{SideDoors: uint32(res.Policy.SideDoors), Modules: uint32(res.Policy.Modules)},
 	}
 	for id, r := range m.Rules {
@@ -36,6 +39,9 @@ func ruleSet(res *policy.Resolved) (loader.RuleSet, map[uint32]string) {
 	names := make(map[uint32]string, len(res.Policy.Rules))
 	for _, r := range res.Policy.Rules {
 		names[r.ID] = r.Name
+		if r.Strict {
+			maps.Copy(rs.Digests, loader.StrictDigests(r.ID, r.Digests))
+		}
 	}
 	return rs, names
 }

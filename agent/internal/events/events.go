@@ -132,19 +132,21 @@ var tamperOps = map[kgbpf.KeyguardKgTamper]string{
 	kgbpf.KeyguardKgTamperKG_TAMPER_PIN_RENAME:  "keyguard_pin_rename",
 	kgbpf.KeyguardKgTamperKG_TAMPER_UMOUNT:      "keyguard_bpffs_umount",
 	kgbpf.KeyguardKgTamperKG_TAMPER_EXE_WRITE:   "keyguard_exe_write",
+	kgbpf.KeyguardKgTamperKG_TAMPER_EXE_DIGEST:  "keyguard_exe_digest",
 }
 
 var keyFileOps = map[kgbpf.KeyguardKgKeyOp]keyguardv1.KeyFileOperation{
-	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN,
-	kgbpf.KeyguardKgKeyOpKG_KEY_LINK:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_LINK,
-	kgbpf.KeyguardKgKeyOpKG_KEY_RENAME:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_RENAME,
-	kgbpf.KeyguardKgKeyOpKG_KEY_UNLINK:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNLINK,
-	kgbpf.KeyguardKgKeyOpKG_KEY_TRUNCATE:  keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_TRUNCATE,
-	kgbpf.KeyguardKgKeyOpKG_KEY_CHMOD:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHMOD,
-	kgbpf.KeyguardKgKeyOpKG_KEY_CHOWN:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHOWN,
-	kgbpf.KeyguardKgKeyOpKG_KEY_XATTR:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_XATTR,
-	kgbpf.KeyguardKgKeyOpKG_KEY_WRITE:     keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_WRITE,
-	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_BUSY: keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY,
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN:        keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN,
+	kgbpf.KeyguardKgKeyOpKG_KEY_LINK:        keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_LINK,
+	kgbpf.KeyguardKgKeyOpKG_KEY_RENAME:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_RENAME,
+	kgbpf.KeyguardKgKeyOpKG_KEY_UNLINK:      keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_UNLINK,
+	kgbpf.KeyguardKgKeyOpKG_KEY_TRUNCATE:    keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_TRUNCATE,
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHMOD:       keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHMOD,
+	kgbpf.KeyguardKgKeyOpKG_KEY_CHOWN:       keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_CHOWN,
+	kgbpf.KeyguardKgKeyOpKG_KEY_XATTR:       keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_XATTR,
+	kgbpf.KeyguardKgKeyOpKG_KEY_WRITE:       keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_WRITE,
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_BUSY:   keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY,
+	kgbpf.KeyguardKgKeyOpKG_KEY_OPEN_DIGEST: keyguardv1.KeyFileOperation_KEY_FILE_OPERATION_OPEN_DIGEST,
 }
 
 var guardedFiles = map[kgbpf.KeyguardKgGuarded]keyguardv1.GuardedFile{

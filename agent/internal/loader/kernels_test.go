@@ -21,18 +21,23 @@ import (
 
 // wantVariants are the variants each kernel series of testvm/kernels.txt calls for, read off its BTF
 // by hand (kernfs_node members, bpf_lsm_file_post_open, bpf_lsm_bpf's parameters, bpf_lsm_file_truncate,
-// bpf_lsm_inode_set_acl, process_vm_rw: one BTF entry on each). A new series must be
+// bpf_lsm_inode_set_acl, process_vm_rw: one BTF entry on each; ima_file_hash and BPF_FUNC_ima_file_hash,
+// bpf_get_fsverity_digest). A new series must be
 // added here.
 var wantVariants = map[string]Variants{
 	"6.1": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone,
-		TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndNone, BPFHookArgs: 3},
+		TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndNone, BPFHookArgs: 3,
+		Digest: DigestIMA},
 	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
-		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3,
+		Digest: DigestIMA, FSVerityKfunc: true},
 	"7.3": {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
-		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 4},
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 4,
+		Digest: DigestIMA, FSVerityKfunc: true},
 	// arm64 (the stock Debian arm64 kernel, probed with the arm64 object).
 	"6.12-arm64": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
-		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3},
+		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3,
+		Digest: DigestIMA, FSVerityKfunc: true},
 }
 
 // Every stock kernel the VM tests boot, probed on the host from its vmlinuz in the testvm cache

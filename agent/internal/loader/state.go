@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -39,7 +41,22 @@ type (
 	Proc        = kgbpf.KeyguardKgProc
 	Settings    = kgbpf.KeyguardKgSettings
 	Install     = kgbpf.KeyguardKgInstall
+	DigestKey   = kgbpf.KeyguardKgDigestKey
+	ExeCheck    = kgbpf.KeyguardKgExeCheck
 )
+
+// DigestAgent is the digests map's id for keyguard's own trusted executables.
+const DigestAgent = uint32(0xfffffff5) // KG_DIGEST_AGENT
+
+// StrictDigests is the digests map content for a strict rule: its switch (the all-zero digest) and
+// each approved SHA-256.
+func StrictDigests(rule uint32, sums [][32]byte) map[DigestKey]uint8 {
+	out := map[DigestKey]uint8{{RuleId: rule}: 1}
+	for _, s := range sums {
+		out[DigestKey{RuleId: rule, Sha256: s}] = 1
+	}
+	return out
+}
 
 // AnyUID in an AccessorKey matches every uid.
 const AnyUID = ^uint32(0)
@@ -55,6 +72,9 @@ type RuleSet struct {
 	Openers map[AccessorKey]bool
 	// RawDevs are block devices (kernel dev_t) holding a key file's filesystem → rule id.
 	RawDevs map[uint32]uint32
+	// Digests are the strict rules' approved executable digests, with each strict rule's switch (an
+	// all-zero digest): see StrictDigests.
+	Digests map[DigestKey]uint8
 	// Settings are the host-wide side-door settings.
 	Settings Settings
 }
@@ -82,6 +102,7 @@ func (g *Guard) Apply(rs RuleSet) error {
 		syncMap(g.Maps.Allow, boolToU8(rs.Allow)),
 		syncMap(g.Maps.Openers, boolToU8(rs.Openers)),
 		syncMap(g.Maps.RawDevs, rs.RawDevs),
+		syncMapKeep(g.Maps.Digests, rs.Digests, func(k DigestKey, _ uint8) bool { return k.RuleId == DigestAgent }),
 		g.Maps.Settings.Put(uint32(0), rs.Settings),
 	)
 }
@@ -216,23 +237,72 @@ func (g *Guard) RegisterOwn(pinPath string, exes ...FileID) error {
 	if err := setFast(g.Maps.Fastpath, fileSlots(trusted)); err != nil {
 		return err
 	}
+	if err := g.trustSelfDigest(); err != nil {
+		return err
+	}
 	return syncMap(g.Maps.Own, want)
 }
 
+// trustSelfDigest records this agent's executable digest as keyguard's (the only agent digest: older
+// ones go) and marks this process as having matched it, since it may have started before the programs
+// hashed executables at exec. Without the digest variant there is nothing to record.
+func (g *Guard) trustSelfDigest() error {
+	if g.Variants.Digest != DigestIMA {
+		return nil
+	}
+	sum, err := FileSHA256("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open self: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := g.Maps.ExeChecks.Update(uint32(fd), ExeCheck{Agent: 1, HashRet: 4}, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("record the agent's own digest check: %w", err)
+	}
+	want := map[DigestKey]uint8{{RuleId: DigestAgent}: 1, {RuleId: DigestAgent, Sha256: sum}: 1}
+	return syncMapKeep(g.Maps.Digests, want, func(k DigestKey, _ uint8) bool { return k.RuleId != DigestAgent })
+}
+
 // TrustExe adds an executable (an upgraded keyguard-agent seen being installed) to the trusted set, so
-// the next agent may take over the pinned state.
-func (g *Guard) TrustExe(e FileID) error {
+// the next agent may take over the pinned state: its inode, and the SHA-256 of its content (sum, read
+// by the caller from the same file), which the kernel checks again when it is executed.
+func (g *Guard) TrustExe(e FileID, sum [32]byte) error {
 	if err := setFast(g.Maps.Fastpath, fileSlots(map[FileID]bool{e: true})); err != nil {
 		return err
 	}
+	if g.Variants.Digest == DigestIMA {
+		if err := g.Maps.Digests.Update(DigestKey{RuleId: DigestAgent, Sha256: sum}, uint8(1), ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("record the upgraded agent's digest: %w", err)
+		}
+	}
 	return g.Maps.Own.Update(ownKey{Kind: uint32(kgbpf.KeyguardKgOwnKindKG_OWN_EXE), Dev: uint32(e.Dev), Id: e.Ino}, uint8(1), ebpf.UpdateAny)
+}
+
+// FileSHA256 is the SHA-256 of a file's whole content: what the kernel's IMA hash of an executable is.
+func FileSHA256(path string) ([32]byte, error) {
+	var sum [32]byte
+	f, err := os.Open(path)
+	if err != nil {
+		return sum, fmt.Errorf("hash %s: %w", path, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return sum, fmt.Errorf("hash %s: %w", path, err)
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
 }
 
 func (g *Guard) mapList() []*ebpf.Map {
 	m := &g.Maps
 	return []*ebpf.Map{m.Events, m.Lost, m.Counters, m.Marks, m.LateMarks, m.Rules, m.ExeRules, m.KeyRules,
 		m.CgroupRules, m.Allow, m.Breakglass, m.Agent, m.Handler, m.HandlerPipes, m.Own, m.Settings, m.Install, m.UsedTokens,
-		m.Openers, m.RawDevs, m.Inflight, m.Agg, m.AggEpoch, m.AggStats, m.AggSync, m.AggZero, m.ProcObj, m.Fastpath}
+		m.Openers, m.RawDevs, m.Inflight, m.Agg, m.AggEpoch, m.AggStats, m.AggSync, m.AggZero, m.ProcObj, m.Fastpath,
+		m.Digests, m.ExeChecks}
 }
 
 // SetHandler names keyguard's core-dump handler executable: only pipes the kernel creates for it may

@@ -40,6 +40,13 @@ import (
 //     of each syscall function, which fexit cannot tell apart). Where neither can be traced the programs
 //     are left out and cfg_vm_rw_tracked is 0: the in-flight wait at key-file open then covers
 //     /proc/PID/mem reads only.
+//   - executables are trusted by content where the kernel can hash them at exec: the sleepable
+//     kg_bprm_committed_creds calls bpf_ima_file_hash (IMA's SHA-256 of the file) for a strict rule's
+//     listed executables and keyguard's trusted executable. The helper needs a kernel built with IMA
+//     (BTF function ima_file_hash) that knows the helper (enum bpf_func_id BPF_FUNC_ima_file_hash).
+//     Without it cfg_digest is 0: strict rules admit no process and keyguard's trust is by inode only.
+//     Newer kernels (6.7 and later) also have the kfunc bpf_get_fsverity_digest; it is reported, not
+//     used: it answers only for files with fs-verity enabled, and IMA's hash covers every file.
 //   - the bpf LSM hook gained a fourth argument (`kernel`) and task_alloc's clone_flags became u64;
 //     keyguard's programs read neither difference, so they need no variant (reported for the record).
 //
@@ -75,6 +82,12 @@ const (
 	VMRWEndCore  = "fexit/process_vm_rw"        // every entry, compat included
 	VMRWEndFexit = "fexit/sys_process_vm_readv" // the architecture's syscall entries (__x64_sys_*, __arm64_sys_*; and writev): native calls end at syscall exit
 	VMRWEndNone  = "none"                       // not traceable: the in-flight wait covers /proc/PID/mem only
+)
+
+// Executable digest variants.
+const (
+	DigestIMA  = "bpf_ima_file_hash" // SHA-256 of the executable by IMA, at exec
+	DigestNone = "none"              // no digest checks: strict rules admit nobody, trust is by inode
 )
 
 // The programs that variants leave out when their hook cannot attach.
@@ -121,11 +134,15 @@ type Variants struct {
 	VMRWEnd string `json:"vm_rw_end"`
 	// BPFHookArgs is the number of arguments of the bpf LSM hook (3, or 4 with `kernel`).
 	BPFHookArgs int `json:"bpf_hook_args"`
+	// Digest is DigestIMA or DigestNone: how executables are hashed at exec.
+	Digest string `json:"digest"`
+	// FSVerityKfunc is true when the kernel has the bpf_get_fsverity_digest kfunc (reported, unused).
+	FSVerityKfunc bool `json:"fsverity_kfunc"`
 }
 
 func (v Variants) String() string {
-	return fmt.Sprintf("kernfs_node.%s, dump guard %s, proc open guard %s, truncate guard %s, ACL guard %s, process_vm_rw end %s, bpf hook with %d arguments",
-		v.KernfsParent, v.DumpGuard, v.ProcOpenGuard, v.TruncateGuard, v.ACLGuard, v.VMRWEnd, v.BPFHookArgs)
+	return fmt.Sprintf("kernfs_node.%s, dump guard %s, proc open guard %s, truncate guard %s, ACL guard %s, process_vm_rw end %s, bpf hook with %d arguments, executable digest %s, fs-verity kfunc %t",
+		v.KernfsParent, v.DumpGuard, v.ProcOpenGuard, v.TruncateGuard, v.ACLGuard, v.VMRWEnd, v.BPFHookArgs, v.Digest, v.FSVerityKfunc)
 }
 
 // skipped lists the programs the variants leave out.
@@ -172,6 +189,7 @@ func chooseVariantsWith(spec *ebpf.CollectionSpec, kernel *btf.Spec, traceable f
 			}
 		}
 	}
+	v.Digest, v.FSVerityKfunc = digestVariant(kernel)
 	var fn *btf.Func
 	if kernel.TypeByName("bpf_lsm_bpf", &fn) == nil {
 		if fp, ok := fn.Type.(*btf.FuncProto); ok {
@@ -208,6 +226,28 @@ func chooseVariantsWith(spec *ebpf.CollectionSpec, kernel *btf.Spec, traceable f
 		missing = append(missing, Missing{g, "use a kernel that has it (Debian's stock 6.1, 6.12 and 7.3 do) and report the kernel version to keyguard"})
 	}
 	return v, missing
+}
+
+// digestVariant probes how the kernel can hash an executable at exec: the bpf_ima_file_hash helper (known
+// to the kernel's enum bpf_func_id) backed by IMA (the function ima_file_hash, absent without
+// CONFIG_IMA). It also says whether the bpf_get_fsverity_digest kfunc is there.
+func digestVariant(kernel *btf.Spec) (string, bool) {
+	var fv *btf.Func
+	fsverity := kernel.TypeByName("bpf_get_fsverity_digest", &fv) == nil
+	var ima *btf.Func
+	if kernel.TypeByName("ima_file_hash", &ima) != nil {
+		return DigestNone, fsverity
+	}
+	var ids *btf.Enum
+	if kernel.TypeByName("bpf_func_id", &ids) != nil {
+		return DigestNone, fsverity
+	}
+	for _, v := range ids.Values {
+		if v.Name == "BPF_FUNC_ima_file_hash" {
+			return DigestIMA, fsverity
+		}
+	}
+	return DigestNone, fsverity
 }
 
 // vmRWEnd is the best process_vm_rw end variant whose programs all attach to this kernel. A function
@@ -381,7 +421,8 @@ func dedup(s []string) []string {
 
 // applyVariants sets the object's settings for the variants.
 func applyVariants(spec *ebpf.CollectionSpec, v Variants) error {
-	for name, on := range map[string]bool{"cfg_dump_guard": v.DumpGuard == DumpGuardFentry, "cfg_vm_rw_tracked": v.VMRWEnd != VMRWEndNone} {
+	for name, on := range map[string]bool{"cfg_dump_guard": v.DumpGuard == DumpGuardFentry, "cfg_vm_rw_tracked": v.VMRWEnd != VMRWEndNone,
+		"cfg_digest": v.Digest == DigestIMA} {
 		vs, ok := spec.Variables[name]
 		if !ok {
 			return fmt.Errorf("BPF object has no setting %s", name)
@@ -435,6 +476,9 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 		build += "-vmrwsys"
 	case VMRWEndNone:
 		build += "-novmrw"
+	}
+	if v.Digest != DigestIMA {
+		build += "-nodigest"
 	}
 	return v, build, nil
 }

@@ -2,6 +2,8 @@ package loader
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -151,6 +153,68 @@ func TestOptionalHookVariants(t *testing.T) {
 			}
 			if want := map[bool]uint32{true: 1}[v.VMRWEnd != VMRWEndNone]; tracked != want {
 				t.Errorf("cfg_vm_rw_tracked %d with vm_rw end %s, want %d", tracked, v.VMRWEnd, want)
+			}
+		})
+	}
+}
+
+// The executable digest variant: bpf_ima_file_hash needs the IMA function ima_file_hash in the kernel
+// (no CONFIG_IMA: none), and cfg_digest follows it; the fs-verity kfunc is only reported.
+func TestDigestVariant(t *testing.T) {
+	host := kernelBTF(t, nil)
+	var fn *btf.Func
+	if host.TypeByName("ima_file_hash", &fn) != nil {
+		// The host kernel has no IMA: use the pinned 6.12 kernel's BTF (testvm cache), which has.
+		cache := os.Getenv("KEYGUARD_CACHE")
+		if cache == "" {
+			t.Skip("the host kernel has no IMA (ima_file_hash) and KEYGUARD_CACHE is not set (the testvm cache)")
+		}
+		host = btfOfVmlinuz(t, filepath.Join(cache, "kernels", "6.12", "vmlinuz"))
+	}
+	without := func(name string) *btf.Spec {
+		var types []btf.Type
+		for typ, err := range host.All() {
+			if err != nil {
+				t.Fatal(err)
+			}
+			if dropFunc(name)(typ) {
+				types = append(types, typ)
+			}
+		}
+		return rebuild(t, types)
+	}
+	noIMA, noVerity := without("ima_file_hash"), without("bpf_get_fsverity_digest")
+	for _, c := range []struct {
+		name     string
+		kernel   *btf.Spec
+		want     string
+		fsverity bool
+	}{
+		{"host", host, DigestIMA, host.TypeByName("bpf_get_fsverity_digest", &fn) == nil},
+		{"no IMA", noIMA, DigestNone, host.TypeByName("bpf_get_fsverity_digest", &fn) == nil},
+		{"no fs-verity kfunc", noVerity, DigestIMA, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			spec, err := kgbpf.LoadKeyguard()
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, missing := chooseVariantsWith(spec, c.kernel, func(string) bool { return true })
+			if len(missing) > 0 {
+				t.Fatalf("kernel refused: %v", missing)
+			}
+			if v.Digest != c.want || v.FSVerityKfunc != c.fsverity {
+				t.Errorf("digest %s, fs-verity kfunc %v; want %s, %v", v.Digest, v.FSVerityKfunc, c.want, c.fsverity)
+			}
+			if err := applyVariants(spec, v); err != nil {
+				t.Fatal(err)
+			}
+			var on uint32
+			if err := spec.Variables["cfg_digest"].Get(&on); err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]uint32{true: 1}[c.want == DigestIMA]; on != want {
+				t.Errorf("cfg_digest %d, want %d", on, want)
 			}
 		})
 	}

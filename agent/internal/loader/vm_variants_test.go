@@ -26,6 +26,8 @@ func TestKernelVariants(t *testing.T) {
 			DumpGuard     string `json:"dump_guard"`
 			ProcOpenGuard string `json:"proc_open_guard"`
 			BPFHookArgs   int    `json:"bpf_hook_args"`
+			Digest        string `json:"digest"`
+			FSVerity      bool   `json:"fsverity_kfunc"`
 		} `json:"variants"`
 		Missing []any `json:"missing"`
 	}
@@ -37,7 +39,13 @@ func TestKernelVariants(t *testing.T) {
 	if len(r.Missing) != 0 {
 		t.Errorf("probe says the kernel lacks %v", r.Missing)
 	}
-	syms := guesttest.Kallsyms(t, "dump_emit", "bpf_lsm_file_post_open")
+	syms := guesttest.Kallsyms(t, "dump_emit", "bpf_lsm_file_post_open", "ima_file_hash", "bpf_get_fsverity_digest")
+	if want := map[bool]string{true: "bpf_ima_file_hash", false: "none"}[syms["ima_file_hash"]]; v.Digest != want {
+		t.Errorf("executable digest %q, want %q (ima_file_hash in kallsyms: %v)", v.Digest, want, syms["ima_file_hash"])
+	}
+	if v.FSVerity != syms["bpf_get_fsverity_digest"] {
+		t.Errorf("fs-verity kfunc %v, bpf_get_fsverity_digest in kallsyms: %v", v.FSVerity, syms["bpf_get_fsverity_digest"])
+	}
 	if want := map[bool]string{true: "fentry/dump_emit", false: "block"}[syms["dump_emit"]]; v.DumpGuard != want {
 		t.Errorf("dump guard %q, want %q (dump_emit in kallsyms: %v)", v.DumpGuard, want, syms["dump_emit"])
 	}

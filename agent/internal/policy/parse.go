@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	keyguardv1 "github.com/keyguard/keyguard/proto/keyguard/v1"
@@ -271,7 +272,7 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 	rn = deref(rn)
 	ps.mark(rn, key)
 	r := Rule{index: i, Mode: Enforce, Dumps: DumpBlock}
-	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "severity", "match", "allow", "public_keys", "openers")
+	f, ok := ps.fields(rn, key, "name", "mode", "dumps", "severity", "match", "allow", "public_keys", "openers", "strict", "digests")
 	if !ok {
 		return r
 	}
@@ -347,8 +348,49 @@ func (ps *parser) rule(rn *yaml.Node, i int, byName map[string]string, byID map[
 		r.Allow = ps.accessors(v.val, key+".allow")
 	}
 	ps.openers(&r, rn, f, key)
+	ps.strict(&r, rn, f, key)
 	r.PublicKeys = ps.list(f, key, "public_keys", ps.checkGlob)
 	return r
+}
+
+// strict reads a rule's `strict` switch and its approved `digests` ("sha256:" and 64 hex digits each).
+// A strict rule admits to its key files only processes whose executable, one of the rule's, matched an
+// approved digest when it was executed: it needs executables, key files and digests, and no openers
+// (whose executables are not hashed).
+func (ps *parser) strict(r *Rule, rn *yaml.Node, f map[string]field, key string) {
+	if v, ok := f["strict"]; ok {
+		n := deref(v.val)
+		switch {
+		case n.Kind == yaml.ScalarNode && n.Tag == "!!bool":
+			r.Strict = n.Value == "true"
+		default:
+			ps.errorf(n, key+".strict", "%s: write true or false", describe(n))
+		}
+	}
+	for _, s := range ps.list(f, key, "digests", ps.checkDigest) {
+		b, _ := hex.DecodeString(strings.TrimPrefix(s, "sha256:"))
+		r.Digests = append(r.Digests, [32]byte(b))
+	}
+	switch {
+	case !r.Strict && len(r.Digests) > 0:
+		ps.errorf(f["digests"].val, key+".digests", "digests are checked only in a strict rule: add \"strict: true\" or remove digests")
+	case !r.Strict:
+	case len(r.Digests) == 0:
+		ps.errorf(f["strict"].val, key+".strict", "a strict rule needs approved digests: list each executable's SHA-256 as \"- sha256:HEX\" under digests (sha256sum FILE)")
+	case len(r.Executables) == 0 || len(r.KeyFiles) == 0:
+		ps.errorf(f["strict"].val, key+".strict", "strict guards key files for the rule's executables: the rule needs both executables and key_files")
+	case r.AnyOpener || len(r.Openers) > 0:
+		ps.errorf(f["strict"].val, key+".strict", "a strict rule admits only its own verified executables to its key files: remove openers (or strict)")
+	}
+}
+
+func (ps *parser) checkDigest(n *yaml.Node, key, s string) bool {
+	h, ok := strings.CutPrefix(s, "sha256:")
+	if _, err := hex.DecodeString(h); !ok || err != nil || len(h) != 64 {
+		ps.errorf(n, key, "%q is not a digest; write \"sha256:\" and the 64 hex digits sha256sum prints for the executable", s)
+		return false
+	}
+	return true
 }
 
 // list reads f[name] as a list of strings, each checked by check. A missing or null list is empty.

@@ -93,12 +93,23 @@ var parseCases = []struct {
 	{"openers without key files", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    openers: any\n", []want{{"p.yaml:5:14: rules[0].openers: ", "the rule has no key_files"}}},
 	{"key manager without uid", "version: 1\nkey_managers: [{executable: /bin/cp}]\nrules:\n  - name: a\n    match: {executables: [/bin/sh]}\n", []want{{"p.yaml:2:16: key_managers[0]: ", `missing "uid"`}}},
 	{"missing match", head + "  - name: a\n", []want{{"p.yaml:3:5: rules[0]: ", `missing "match"`}}},
+	{"strict without digests", head + "  - name: a\n    match: {executables: [/bin/s], key_files: [/k/a]}\n    strict: true\n", []want{{"p.yaml:5:13: rules[0].strict: ", `a strict rule needs approved digests`}}},
+	{"digests without strict", head + "  - name: a\n    match: {executables: [/bin/s], key_files: [/k/a]}\n    digests: [sha256:abababababababababababababababababababababababababababababababab]\n", []want{{"p.yaml:5:14: rules[0].digests: ", `digests are checked only in a strict rule`}}},
+	{"bad digest", head + "  - name: a\n    match: {executables: [/bin/s], key_files: [/k/a]}\n    strict: true\n    digests: [md5:abc, sha256:abc]\n", []want{
+		{"p.yaml:6:15: rules[0].digests[0]: ", `"md5:abc" is not a digest; write "sha256:" and the 64 hex digits`},
+		{"p.yaml:6:24: rules[0].digests[1]: ", `"sha256:abc" is not a digest`},
+		{"p.yaml:5:13: rules[0].strict: ", `a strict rule needs approved digests`}}},
+	{"strict not a bool", head + "  - name: a\n    match: {executables: [/bin/s], key_files: [/k/a]}\n    strict: yes please\n    digests: [sha256:abababababababababababababababababababababababababababababababab]\n", []want{
+		{"p.yaml:5:13: rules[0].strict: ", `"yes please": write true or false`},
+		{"p.yaml:6:14: rules[0].digests: ", `digests are checked only in a strict rule`}}},
+	{"strict without key files", head + "  - name: a\n    match: {executables: [/bin/s]}\n    strict: true\n    digests: [sha256:abababababababababababababababababababababababababababababababab]\n", []want{{"p.yaml:5:13: rules[0].strict: ", `needs both executables and key_files`}}},
+	{"strict with openers", head + "  - name: a\n    match: {executables: [/bin/s], key_files: [/k/a]}\n    openers: any\n    strict: true\n    digests: [sha256:abababababababababababababababababababababababababababababababab]\n", []want{{"p.yaml:6:13: rules[0].strict: ", `remove openers (or strict)`}}},
 	{"null match", head + "  - name: a\n    match:\n", []want{{"p.yaml:4:11: rules[0].match: ", "empty; list at least one of"}}},
 	{"no selector", head + "  - name: a\n    match:\n      executables: []\n      cgroups:\n", []want{{"p.yaml:5:7: rules[0].match: ", "no selector"}}},
 	{"unknown match key", head + "  - name: a\n    match:\n      key_file: [/k]\n", []want{
 		{"p.yaml:5:7: rules[0].match.key_file: ", `unknown key "key_file" (did you mean "key_files"?)`},
 		{"p.yaml:5:7: rules[0].match: ", "no selector"}}},
-	{"unknown key no suggestion", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    priority: 3\n", []want{{"p.yaml:5:5: rules[0].priority: ", `unknown key "priority" (valid keys here: name, mode, dumps, severity, match, allow, public_keys, openers)`}}},
+	{"unknown key no suggestion", head + "  - name: a\n    match: {executables: [/bin/sh]}\n    priority: 3\n", []want{{"p.yaml:5:5: rules[0].priority: ", `unknown key "priority" (valid keys here: name, mode, dumps, severity, match, allow, public_keys, openers, strict, digests)`}}},
 	{"executables scalar", head + "  - name: a\n    match:\n      executables: /bin/sh\n", []want{{"p.yaml:5:20: rules[0].match.executables: ", `must be a list, got "/bin/sh"; write it as a list item: "- /bin/sh"`}}},
 	{"relative executable", head + "  - name: a\n    match:\n      executables:\n        - /bin/sh\n        - bin/signer\n",
 		[]want{{"p.yaml:7:11: rules[0].match.executables[1]: ", `"bin/signer" is a relative path`}}},
@@ -309,5 +320,31 @@ func TestErrorUnwrap(t *testing.T) {
 	_, err := Load(dir + "/absent.yaml")
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("Load(absent) = %v, want an error wrapping ErrNotExist", err)
+	}
+}
+
+func TestParseStrict(t *testing.T) {
+	y := `version: 1
+rules:
+  - name: a
+    match: {executables: [/usr/bin/signer], key_files: [/k/a.pem]}
+    strict: true
+    digests:
+      - sha256:00000000000000000000000000000000000000000000000000000000000000ff
+      - sha256:ABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABABAB
+  - name: b
+    match: {executables: [/usr/bin/other]}
+    strict: false
+`
+	p, err := Parse("p.yaml", []byte(y))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := p.Rules[0], p.Rules[1]
+	if !a.Strict || len(a.Digests) != 2 || a.Digests[0][31] != 0xff || a.Digests[1][0] != 0xab {
+		t.Errorf("rule a: strict %v digests %x", a.Strict, a.Digests)
+	}
+	if b.Strict || b.Digests != nil {
+		t.Errorf("rule b: strict %v digests %x", b.Strict, b.Digests)
 	}
 }

@@ -152,6 +152,14 @@ type Rule struct {
 	Openers   []Accessor
 	AnyOpener bool
 
+	// Strict (policy `strict: true`) admits to the rule's key files only processes whose executable, one
+	// of Executables, matched one of Digests (SHA-256 of the whole file) when the kernel executed it: a
+	// replaced signer binary is refused its key (key managers still open them). The kernel hashes at exec
+	// with IMA (loader variant DigestIMA); a kernel that cannot admits nobody. Digests come with the
+	// policy, so a policy token that approves the policy approves them.
+	Strict  bool
+	Digests [][32]byte
+
 	index int // position in Policy.Rules, for key paths
 }
 

@@ -2,11 +2,13 @@ package policy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -224,4 +226,145 @@ func TestKeyDirMoved(t *testing.T) {
 			t.Errorf("%s of the moved key file as root: %s, want ERR EPERM", op, got)
 		}
 	}
+}
+
+// TestStrictSigner: the strictsigner rule's executable, while its content matches the rule's approved
+// digest, opens its key; the same path with other content, written in place by the package manager or
+// put there as a new file after an unlink, is refused its key (EPERM) and reported.
+func TestStrictSigner(t *testing.T) {
+	vmenv.Require(t)
+	v := guesttest.StartVictim(t, guesttest.StrictExe, 0, "-keyfile", guesttest.StrictKey)
+	v.Kill()
+	orig, err := os.ReadFile(guesttest.StrictExe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := append(append([]byte{}, orig...), "not the approved signer"...)
+	defer func() {
+		if err := os.WriteFile(guesttest.StrictExe, orig, 0o755); err != nil {
+			t.Errorf("put the signer back (package manager): %v", err)
+		}
+	}()
+	for _, c := range []struct {
+		name    string
+		replace func() error
+		ops     string // the event operations that fit
+	}{
+		{"written in place by the package manager", func() error { return os.WriteFile(guesttest.StrictExe, other, 0o755) }, "open_digest"},
+		// The agent may or may not have listed the new inode by the time it runs: refused either way.
+		{"unlinked and a new file put at its path", func() error {
+			if err := os.Remove(guesttest.StrictExe); err != nil {
+				return err
+			}
+			return os.WriteFile(guesttest.StrictExe, other, 0o755)
+		}, "open_digest open"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := guesttest.Count()
+			if err := c.replace(); err != nil {
+				t.Fatalf("replace the signer: %v", err)
+			}
+			v, err := guesttest.StartVictimErr(guesttest.StrictExe, 0, "-keyfile", guesttest.StrictKey)
+			if err == nil {
+				v.Kill()
+				t.Fatal("the replaced signer opened its key")
+			}
+			if !strings.Contains(err.Error(), "operation not permitted") {
+				t.Fatalf("replaced signer: %v, want EPERM on the key", err)
+			}
+			guesttest.WaitEventAfter(t, before, "key_file open of the strict rule denied", func(e guesttest.Event) bool {
+				return e.Kind == "key_file" && e.Rule == "strictsigner" && e.Decision == "denied" &&
+					strings.Contains(" "+c.ops+" ", " "+e.Operation+" ")
+			})
+		})
+	}
+	// The approved content again, at the path's current inode: the signer opens its key once the agent
+	// has listed that inode (its policy watcher follows the path).
+	if err := os.WriteFile(guesttest.StrictExe, orig, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var last error
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		v, err := guesttest.StartVictimErr(guesttest.StrictExe, 0, "-keyfile", guesttest.StrictKey)
+		if last = err; err == nil {
+			v.Kill()
+			return
+		}
+	}
+	t.Errorf("the restored signer still cannot open its key: %v", last)
+}
+
+// TestAgentTamperedAfterTrust: an upgrade put at the agent's path is trusted by the running agent (its
+// inode and its SHA-256). A writer that opened the file before that keeps its fd and changes the content
+// afterwards; then the agent is killed (-9) and the changed binary started: the kernel's hash at exec
+// does not match, so it is not keyguard (pins, links and maps refused: it cannot start) and an
+// exe_digest tamper event is reported. The original binary then takes over again.
+func TestAgentTamperedAfterTrust(t *testing.T) {
+	vmenv.Require(t)
+	orig, up := guesttest.AgentBin+".orig", guesttest.AgentBin+".new"
+	if err := os.Link(guesttest.AgentBin, orig); err != nil {
+		t.Fatalf("keep the original agent: %v", err)
+	}
+	if err := guesttest.CopyFile(guesttest.AgentBin, up); err != nil {
+		t.Fatal(err)
+	}
+	kept, err := os.OpenFile(up, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	if err := os.Rename(up, guesttest.AgentBin); err != nil {
+		t.Fatalf("install the upgrade: %v", err)
+	}
+	trusted := false
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end) && !trusted; time.Sleep(200 * time.Millisecond) {
+		f, err := os.OpenFile(guesttest.AgentBin, os.O_WRONLY, 0)
+		if err == nil {
+			f.Close()
+		}
+		trusted = errors.Is(err, syscall.EPERM)
+	}
+	if !trusted {
+		t.Fatal("the running agent did not trust the upgrade (write opens still allowed after 20 s)")
+	}
+	st, _ := kept.Stat()
+	if _, err := kept.WriteAt([]byte("changed after the agent trusted it"), st.Size()); err != nil {
+		t.Fatalf("write through the kept fd: %v", err)
+	}
+	kept.Close()
+	links, _ := filepath.Glob(guesttest.PinPath + "/links/*/*")
+	before := guesttest.Count()
+	guesttest.Agent.Process.Kill()
+	guesttest.Agent.Wait()
+	defer func() {
+		if err := os.Rename(orig, guesttest.AgentBin); err != nil {
+			t.Fatalf("put the original agent back: %v", err)
+		}
+		if err := guesttest.StartAgent(); err != nil {
+			t.Fatalf("restart the original agent: %v", err)
+		}
+		guesttest.WaitEventAfter(t, before, "keyguard_exe_digest event", func(e guesttest.Event) bool {
+			return e.Kind == "side_door" && e.Operation == "keyguard_exe_digest" && e.Decision == "denied"
+		})
+	}()
+	cmd := guesttest.AgentCmd()
+	var timedOut atomic.Bool
+	timer := time.AfterFunc(90*time.Second, func() { timedOut.Store(true); cmd.Process.Kill() })
+	out, err := cmd.CombinedOutput()
+	timer.Stop()
+	if timedOut.Load() {
+		t.Fatalf("the changed agent binary was still running after 90 s (trusted as keyguard?):\n%s", lastLines(out, 20))
+	}
+	if err == nil {
+		t.Fatalf("the changed agent binary ran and exited 0: it was trusted as keyguard:\n%s", out)
+	}
+	t.Logf("the changed agent binary: %v: %s", err, lastLines(out, 3))
+	if after, _ := filepath.Glob(guesttest.PinPath + "/links/*/*"); len(after) != len(links) {
+		t.Errorf("pinned links: %d before, %d after the changed agent ran", len(links), len(after))
+	}
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }

@@ -225,3 +225,30 @@ func (c Checker) lockedDown() bool {
 	v, ok := read(c.sys("kernel", "security", "lockdown"))
 	return ok && !strings.Contains(v, "[none]")
 }
+
+// execDigest says how keyguard trusts executables by content on this kernel: the SHA-256 IMA computes at
+// exec (bpf_ima_file_hash) for keyguard's own executable and strict rules' executables, or nothing
+// (trust by inode only, and strict rules admit no process).
+func (c Checker) execDigest() Finding {
+	f := Finding{Name: "executable_digest", Value: c.ExecDigest, Severity: Info}
+	fsv := "; bpf_get_fsverity_digest is not in this kernel"
+	if c.FSVerityKfunc {
+		fsv = "; bpf_get_fsverity_digest is available but unused (it answers only for files with fs-verity enabled)"
+	}
+	strict := strings.Join(c.StrictRules, ", ")
+	algo, setAlgo := c.cmdlineParam("ima_hash")
+	switch {
+	case c.ExecDigest != "bpf_ima_file_hash" && strict != "":
+		f.Severity, f.Remediation = High, "this kernel cannot hash executables at exec (no IMA or no bpf_ima_file_hash), so the strict rules ("+strict+") admit no process to their key files; use a kernel with CONFIG_IMA=y (Debian's are) or drop strict"
+	case c.ExecDigest != "bpf_ima_file_hash":
+		f.Severity, f.Remediation = Low, "this kernel cannot hash executables at exec (no IMA or no bpf_ima_file_hash): keyguard trusts its own executable by inode only; use a kernel with CONFIG_IMA=y (Debian's are)"
+	case setAlgo && algo != "sha256" && strict != "":
+		f.Severity, f.Remediation = High, "ima_hash="+algo+" on the kernel command line: IMA hashes executables with "+algo+", keyguard's digests are SHA-256, so the strict rules ("+strict+") admit no process and keyguard trusts its executable by inode only; remove ima_hash= (or set ima_hash=sha256)"
+	case setAlgo && algo != "sha256":
+		f.Severity, f.Remediation = Low, "ima_hash="+algo+" on the kernel command line: keyguard's digests are SHA-256, so it trusts its own executable by inode only; remove ima_hash= (or set ima_hash=sha256)"
+	default:
+		f.Value = "bpf_ima_file_hash (SHA-256 by IMA at exec)"
+		f.Remediation = "keyguard's own executable and strict rules' executables are trusted by content: the kernel hashes them when they are executed" + fsv
+	}
+	return f
+}

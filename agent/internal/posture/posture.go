@@ -57,6 +57,12 @@ type Checker struct {
 	// runs (policy side_doors: enforce). ModulesGuarded: it refuses module and kexec loads
 	// (modules: deny). Both false when no agent runs (keyguard-agent probe).
 	KernelMemoryGuarded, ModulesGuarded bool
+	// ExecDigest is how the running kernel lets keyguard hash executables at exec (loader variant:
+	// "bpf_ima_file_hash" or "none"); "" when unknown (no agent). FSVerityKfunc: the kernel also has
+	// bpf_get_fsverity_digest. StrictRules names the policy's strict rules.
+	ExecDigest    string
+	FSVerityKfunc bool
+	StrictRules   []string
 }
 
 // Target is a protected process to check.
@@ -104,6 +110,9 @@ func (c Checker) Host() []Finding {
 	swaps := c.swaps()
 	out = append(out, c.swapFindings(swaps)...)
 	out = append(out, c.hibernation(swaps), c.kdump())
+	if c.ExecDigest != "" {
+		out = append(out, c.execDigest())
+	}
 	return out
 }
 

@@ -613,3 +613,46 @@ func TestKeyFilesAnyOpener(t *testing.T) {
 		}
 	}
 }
+
+func TestExecDigest(t *testing.T) {
+	cases := []struct {
+		name, variant, cmdline string
+		fsverity               bool
+		strict                 []string
+		sev                    Severity
+		remedy                 string
+	}{
+		{"IMA, fs-verity kfunc (6.12)", "bpf_ima_file_hash", "root=/dev/sda1", true, []string{"s"}, Info, "available but unused"},
+		{"IMA, no fs-verity kfunc (6.1)", "bpf_ima_file_hash", "root=/dev/sda1", false, nil, Info, "not in this kernel"},
+		{"ima_hash=sha256", "bpf_ima_file_hash", "ima_hash=sha256", false, []string{"s"}, Info, "trusted by content"},
+		{"ima_hash=sha1, strict rule", "bpf_ima_file_hash", "ima_hash=sha1", false, []string{"s"}, High, "strict rules (s) admit no process"},
+		{"ima_hash=sha1, no strict rule", "bpf_ima_file_hash", "ima_hash=sha1", false, nil, Low, "by inode only"},
+		{"no hashing, strict rules", "none", "", false, []string{"a", "b"}, High, "strict rules (a, b) admit no process"},
+		{"no hashing", "none", "", false, nil, Low, "by inode only"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ch := checker(t, map[string]string{"cmdline": c.cmdline + "\n"}, nil, nil)
+			ch.ExecDigest, ch.FSVerityKfunc, ch.StrictRules = c.variant, c.fsverity, c.strict
+			var got *Finding
+			for _, f := range ch.Host() {
+				if f.Name == "executable_digest" {
+					got = &f
+				}
+			}
+			if got == nil {
+				t.Fatal("no executable_digest finding")
+			}
+			if got.Severity != c.sev || !strings.Contains(got.Remediation, c.remedy) {
+				t.Errorf("got %s %q, want %s and %q", got.Severity, got.Remediation, c.sev, c.remedy)
+			}
+		})
+	}
+	if fs := (Checker{ProcRoot: t.TempDir()}).Host(); len(fs) > 0 {
+		for _, f := range fs {
+			if f.Name == "executable_digest" {
+				t.Error("executable_digest reported without a known variant (no agent)")
+			}
+		}
+	}
+}

@@ -578,6 +578,9 @@ const (
 	KeyFileOperation_KEY_FILE_OPERATION_WRITE KeyFileOperation = 9
 	// Open refused for now (EAGAIN): reads of the opener's memory were in flight.
 	KeyFileOperation_KEY_FILE_OPERATION_OPEN_BUSY KeyFileOperation = 10
+	// Open of a strict rule's key file refused: the opener's executable matched none of the rule's
+	// approved digests when it was executed (a replaced signer binary).
+	KeyFileOperation_KEY_FILE_OPERATION_OPEN_DIGEST KeyFileOperation = 11
 )
 
 // Enum value maps for KeyFileOperation.
@@ -594,6 +597,7 @@ var (
 		8:  "KEY_FILE_OPERATION_XATTR",
 		9:  "KEY_FILE_OPERATION_WRITE",
 		10: "KEY_FILE_OPERATION_OPEN_BUSY",
+		11: "KEY_FILE_OPERATION_OPEN_DIGEST",
 	}
 	KeyFileOperation_value = map[string]int32{
 		"KEY_FILE_OPERATION_UNSPECIFIED": 0,
@@ -607,6 +611,7 @@ var (
 		"KEY_FILE_OPERATION_XATTR":       8,
 		"KEY_FILE_OPERATION_WRITE":       9,
 		"KEY_FILE_OPERATION_OPEN_BUSY":   10,
+		"KEY_FILE_OPERATION_OPEN_DIGEST": 11,
 	}
 )
 
@@ -3403,7 +3408,7 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x18CORE_DUMP_ACTION_BLOCKED\x10\x01\x12\x1d\n" +
 	"\x19CORE_DUMP_ACTION_REDACTED\x10\x02\x12\x1c\n" +
 	"\x18CORE_DUMP_ACTION_ALLOWED\x10\x03\x12\x1e\n" +
-	"\x1aCORE_DUMP_ACTION_DISCARDED\x10\x04*\xe9\x02\n" +
+	"\x1aCORE_DUMP_ACTION_DISCARDED\x10\x04*\x8d\x03\n" +
 	"\x10KeyFileOperation\x12\"\n" +
 	"\x1eKEY_FILE_OPERATION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17KEY_FILE_OPERATION_OPEN\x10\x01\x12\x1b\n" +
@@ -3416,7 +3421,8 @@ const file_keyguard_v1_event_proto_rawDesc = "" +
 	"\x18KEY_FILE_OPERATION_XATTR\x10\b\x12\x1c\n" +
 	"\x18KEY_FILE_OPERATION_WRITE\x10\t\x12 \n" +
 	"\x1cKEY_FILE_OPERATION_OPEN_BUSY\x10\n" +
-	"*\x8d\x01\n" +
+	"\x12\"\n" +
+	"\x1eKEY_FILE_OPERATION_OPEN_DIGEST\x10\v*\x8d\x01\n" +
 	"\vGuardedFile\x12\x1c\n" +
 	"\x18GUARDED_FILE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15GUARDED_FILE_KEY_FILE\x10\x01\x12\"\n" +
