@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "339d35545049f0a48017aef54f30aa1c848270d48dadb320c29ec36cf68fd592"
+const SHA256 = "8b68ba89461bff9b25d6e8c6297ff8c751830e989d076ca18a972c4fbb1ca234"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "5b6c0b239cf4db216c5fd7f2a0a20c33b6897b366de56e1759bc5a673505e10a"
+const SHA256 = "5a60432190e2b91de653a082f945d92bfc82b2d0cef0d7e4a7ca9299452a6f75"
