@@ -55,6 +55,8 @@ const (
 	HolderKey     = Dir + "/hkeys/h.pem"   // the redactor rule's key file
 	RacerExe      = Dir + "/racer"         // opens a keyholder key file (openers: any): protected by that open
 	RacerKey      = Dir + "/keys/race.pem" // a keyholder rule key file
+	LoopKeyDir    = Dir + "/loopkeys"      // the redactor rule's key files on a loop device (romfs), when a test mounts it
+	DiskReader    = Dir + "/disk-reader"   // the policy's raw_disk_readers entry (uid 0)
 	OperatorPub   = Dir + "/operator.pub"
 )
 
@@ -72,6 +74,9 @@ key_managers:
     uid: 0
 package_managers:
   - executable: %[1]s
+    uid: 0
+raw_disk_readers:
+  - executable: /tmp/kg/disk-reader
     uid: 0
 rules:
   - name: signer
@@ -99,7 +104,7 @@ rules:
     dumps: redact
     match:
       executables: [/tmp/kg/victim-redact]
-      key_files: ["/tmp/kg/hkeys/*.pem"]
+      key_files: ["/tmp/kg/hkeys/*.pem", "/tmp/kg/loopkeys/*.pem"]
     public_keys: ["/tmp/kg/testpub/*.pem"]
 `
 
@@ -217,7 +222,7 @@ func setup(o Options) error {
 	if o.NoAgent {
 		return nil
 	}
-	for _, p := range []string{VictimEnforce, VictimCopy, VictimAudit, VictimPlain, VictimRedact, Debugger, BPFTool, RacerExe} {
+	for _, p := range []string{VictimEnforce, VictimCopy, VictimAudit, VictimPlain, VictimRedact, Debugger, BPFTool, RacerExe, DiskReader} {
 		if err := CopyFile(ProcBin, p); err != nil {
 			return err
 		}
