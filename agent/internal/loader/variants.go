@@ -332,6 +332,13 @@ func tracingCache(fns []string) (*btf.Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the kernel's BTF: %w (keyguard needs CONFIG_DEBUG_INFO_BTF=y)", err)
 	}
+	dedupFuncs(k, fns)
+	return c, nil
+}
+
+// dedupFuncs renames, in k, every BTF entry but the first of each of fns listed more than once with one
+// prototype.
+func dedupFuncs(k *btf.Spec, fns []string) {
 	for _, fn := range fns {
 		if funcEntries(k, fn) < 2 {
 			continue
@@ -347,7 +354,6 @@ func tracingCache(fns []string) (*btf.Cache, error) {
 			}
 		}
 	}
-	return c, nil
 }
 
 // tracingTargets are the functions fentry/fexit programs of spec attach to.
@@ -362,20 +368,19 @@ func tracingTargets(spec *ebpf.CollectionSpec) []string {
 	return out
 }
 
-// kallsymsCount is how many kernel symbols named fn /proc/kallsyms lists (-1 when unreadable).
-func kallsymsCount(fn string) int {
+// kallsymsCounts counts the kernel's symbols by name (/proc/kallsyms; empty when unreadable).
+func kallsymsCounts() map[string]int {
+	counts := map[string]int{}
 	b, err := os.ReadFile("/proc/kallsyms")
 	if err != nil {
-		return -1
+		return counts
 	}
-	n := 0
 	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 3 && f[2] == fn {
-			n++
+		if f := strings.Fields(line); len(f) >= 3 {
+			counts[f[2]]++
 		}
 	}
-	return n
+	return counts
 }
 
 // funcParams is the number of parameters of the kernel function fn (0 when unknown).
@@ -390,17 +395,31 @@ func funcParams(kernel *btf.Spec, fn string) int {
 	return 0
 }
 
+// tracingProber is the traceable of one variant choice on the running kernel (tracingProbe), reading
+// /proc/kallsyms at most once, and only for a function the BTF lists more than once (6.1): under TCG
+// the kernel takes seconds to list its symbols.
+func tracingProber() func(fn string) bool {
+	var counts map[string]int
+	return func(fn string) bool {
+		return tracingProbe(fn, func(name string) int {
+			if counts == nil {
+				counts = kallsymsCounts()
+			}
+			return counts[name]
+		})
+	}
+}
+
 // tracingProbe asks the running kernel whether an fexit program can attach to fn: it loads and attaches
 // an empty one and lets it go at once. A function the BTF lists more than once must also be a single
-// symbol in /proc/kallsyms (else the kernel would attach to whichever it finds first).
-func tracingProbe(fn string) bool {
-	c, err := tracingCache([]string{fn})
-	if err != nil {
+// symbol (symbols: how many /proc/kallsyms lists), else the kernel would attach to whichever it finds first.
+func tracingProbe(fn string, symbols func(string) int) bool {
+	c := btf.NewCache()
+	k, err := c.Kernel()
+	if err != nil || funcEntries(k, fn) > 1 && symbols(fn) != 1 {
 		return false
 	}
-	if n := kallsymsCount(fn); n == 0 || n > 1 {
-		return false
-	}
+	dedupFuncs(k, []string{fn})
 	spec := &ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"probe": {Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: fn,
 		License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}}}}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: c})
@@ -574,7 +593,7 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 	if err != nil {
 		return Variants{}, "", fmt.Errorf("read the kernel's BTF: %w (keyguard needs CONFIG_DEBUG_INFO_BTF=y)", err)
 	}
-	v, missing := chooseVariantsWith(spec, kernel, tracingProbe)
+	v, missing := chooseVariantsWith(spec, kernel, tracingProber())
 	if len(missing) > 0 {
 		return v, "", ProbeResult{Kernel: kernelRelease(), Missing: missing}.Err()
 	}
@@ -609,7 +628,7 @@ func probeVariants() (Variants, []Missing) {
 	if err != nil {
 		return Variants{}, []Missing{{"the kernel's BTF is unreadable: " + err.Error(), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"}}
 	}
-	return chooseVariantsWith(spec, kernel, tracingProbe)
+	return chooseVariantsWith(spec, kernel, tracingProber())
 }
 
 func kernelRelease() string {
