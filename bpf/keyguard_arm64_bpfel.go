@@ -438,9 +438,11 @@ const (
 	KeyguardProgKgSbUmount           = "kg_sb_umount"
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
+	KeyguardProgKgVmReadvCompatExit  = "kg_vm_readv_compat_exit"
 	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
 	KeyguardProgKgVmRwEnter          = "kg_vm_rw_enter"
 	KeyguardProgKgVmRwExit           = "kg_vm_rw_exit"
+	KeyguardProgKgVmWritevCompatExit = "kg_vm_writev_compat_exit"
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
 	KeyguardVarCfgDenyMetadata       = "cfg_deny_metadata"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
@@ -529,9 +531,11 @@ type KeyguardProgramSpecs struct {
 	KgSbUmount           *ebpf.ProgramSpec `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
+	KgVmReadvCompatExit  *ebpf.ProgramSpec `ebpf:"kg_vm_readv_compat_exit"`
 	KgVmReadvExit        *ebpf.ProgramSpec `ebpf:"kg_vm_readv_exit"`
 	KgVmRwEnter          *ebpf.ProgramSpec `ebpf:"kg_vm_rw_enter"`
 	KgVmRwExit           *ebpf.ProgramSpec `ebpf:"kg_vm_rw_exit"`
+	KgVmWritevCompatExit *ebpf.ProgramSpec `ebpf:"kg_vm_writev_compat_exit"`
 	KgVmWritevExit       *ebpf.ProgramSpec `ebpf:"kg_vm_writev_exit"`
 }
 
@@ -735,9 +739,11 @@ type KeyguardPrograms struct {
 	KgSbUmount           *ebpf.Program `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
+	KgVmReadvCompatExit  *ebpf.Program `ebpf:"kg_vm_readv_compat_exit"`
 	KgVmReadvExit        *ebpf.Program `ebpf:"kg_vm_readv_exit"`
 	KgVmRwEnter          *ebpf.Program `ebpf:"kg_vm_rw_enter"`
 	KgVmRwExit           *ebpf.Program `ebpf:"kg_vm_rw_exit"`
+	KgVmWritevCompatExit *ebpf.Program `ebpf:"kg_vm_writev_compat_exit"`
 	KgVmWritevExit       *ebpf.Program `ebpf:"kg_vm_writev_exit"`
 }
 
@@ -777,9 +783,11 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgSbUmount,
 		p.KgSignalDeliver,
 		p.KgTaskAlloc,
+		p.KgVmReadvCompatExit,
 		p.KgVmReadvExit,
 		p.KgVmRwEnter,
 		p.KgVmRwExit,
+		p.KgVmWritevCompatExit,
 		p.KgVmWritevExit,
 	)
 }

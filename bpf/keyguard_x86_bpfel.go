@@ -438,10 +438,14 @@ const (
 	KeyguardProgKgSbUmount           = "kg_sb_umount"
 	KeyguardProgKgSignalDeliver      = "kg_signal_deliver"
 	KeyguardProgKgTaskAlloc          = "kg_task_alloc"
+	KeyguardProgKgVmReadvCompatExit  = "kg_vm_readv_compat_exit"
 	KeyguardProgKgVmReadvExit        = "kg_vm_readv_exit"
+	KeyguardProgKgVmReadvX32Exit     = "kg_vm_readv_x32_exit"
 	KeyguardProgKgVmRwEnter          = "kg_vm_rw_enter"
 	KeyguardProgKgVmRwExit           = "kg_vm_rw_exit"
+	KeyguardProgKgVmWritevCompatExit = "kg_vm_writev_compat_exit"
 	KeyguardProgKgVmWritevExit       = "kg_vm_writev_exit"
+	KeyguardProgKgVmWritevX32Exit    = "kg_vm_writev_x32_exit"
 	KeyguardVarCfgDenyMetadata       = "cfg_deny_metadata"
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDigest             = "cfg_digest"
@@ -529,10 +533,14 @@ type KeyguardProgramSpecs struct {
 	KgSbUmount           *ebpf.ProgramSpec `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.ProgramSpec `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.ProgramSpec `ebpf:"kg_task_alloc"`
+	KgVmReadvCompatExit  *ebpf.ProgramSpec `ebpf:"kg_vm_readv_compat_exit"`
 	KgVmReadvExit        *ebpf.ProgramSpec `ebpf:"kg_vm_readv_exit"`
+	KgVmReadvX32Exit     *ebpf.ProgramSpec `ebpf:"kg_vm_readv_x32_exit"`
 	KgVmRwEnter          *ebpf.ProgramSpec `ebpf:"kg_vm_rw_enter"`
 	KgVmRwExit           *ebpf.ProgramSpec `ebpf:"kg_vm_rw_exit"`
+	KgVmWritevCompatExit *ebpf.ProgramSpec `ebpf:"kg_vm_writev_compat_exit"`
 	KgVmWritevExit       *ebpf.ProgramSpec `ebpf:"kg_vm_writev_exit"`
+	KgVmWritevX32Exit    *ebpf.ProgramSpec `ebpf:"kg_vm_writev_x32_exit"`
 }
 
 // KeyguardMapSpecs contains maps before they are loaded into the kernel.
@@ -735,10 +743,14 @@ type KeyguardPrograms struct {
 	KgSbUmount           *ebpf.Program `ebpf:"kg_sb_umount"`
 	KgSignalDeliver      *ebpf.Program `ebpf:"kg_signal_deliver"`
 	KgTaskAlloc          *ebpf.Program `ebpf:"kg_task_alloc"`
+	KgVmReadvCompatExit  *ebpf.Program `ebpf:"kg_vm_readv_compat_exit"`
 	KgVmReadvExit        *ebpf.Program `ebpf:"kg_vm_readv_exit"`
+	KgVmReadvX32Exit     *ebpf.Program `ebpf:"kg_vm_readv_x32_exit"`
 	KgVmRwEnter          *ebpf.Program `ebpf:"kg_vm_rw_enter"`
 	KgVmRwExit           *ebpf.Program `ebpf:"kg_vm_rw_exit"`
+	KgVmWritevCompatExit *ebpf.Program `ebpf:"kg_vm_writev_compat_exit"`
 	KgVmWritevExit       *ebpf.Program `ebpf:"kg_vm_writev_exit"`
+	KgVmWritevX32Exit    *ebpf.Program `ebpf:"kg_vm_writev_x32_exit"`
 }
 
 func (p *KeyguardPrograms) Close() error {
@@ -777,10 +789,14 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgSbUmount,
 		p.KgSignalDeliver,
 		p.KgTaskAlloc,
+		p.KgVmReadvCompatExit,
 		p.KgVmReadvExit,
+		p.KgVmReadvX32Exit,
 		p.KgVmRwEnter,
 		p.KgVmRwExit,
+		p.KgVmWritevCompatExit,
 		p.KgVmWritevExit,
+		p.KgVmWritevX32Exit,
 	)
 }
 

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "576f1e55010e6beff7712940e8578d848e6158f343e31ca315429961ce52c3ee"
+const SHA256 = "ea54bfb8a292f49b649b6cb4b60b3447fd4ef33331b4c4ae9711cffdaacf90ac"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "2bf294d10a152b3fc302b64c908c31ee69af675e3b79dd860a413c4f4bf7285e"
+const SHA256 = "50120583ee47e879db5af0d50eae449afca7a06b3f56de9eb7cd16df91dc00e2"

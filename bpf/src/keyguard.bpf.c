@@ -590,8 +590,12 @@ static __always_inline __u32 op_of(struct task_struct *cur, __s32 *nr_out, char 
 			return KG_OP_PTRACE_SEIZE;
 		return KG_OP_PTRACE_OTHER;
 	case KG_NR_PROCESS_VM_READV:
+	case KG_NR_COMPAT_PROCESS_VM_READV:
+	case KG_NR_X32_PROCESS_VM_READV:
 		return KG_OP_PROCESS_VM_READV;
 	case KG_NR_PROCESS_VM_WRITEV:
+	case KG_NR_COMPAT_PROCESS_VM_WRITEV:
+	case KG_NR_X32_PROCESS_VM_WRITEV:
 		return KG_OP_PROCESS_VM_WRITEV;
 	case KG_NR_PIDFD_GETFD:
 		return KG_OP_PIDFD_GETFD;
@@ -1430,7 +1434,8 @@ static __always_inline int in_vm_rw(struct task_struct *cur)
 	if (!regs)
 		return 0;
 	nr = KG_SC_NR(regs);
-	return nr == KG_NR_PROCESS_VM_READV || nr == KG_NR_PROCESS_VM_WRITEV;
+	return nr == KG_NR_PROCESS_VM_READV || nr == KG_NR_PROCESS_VM_WRITEV || nr == KG_NR_COMPAT_PROCESS_VM_READV ||
+	       nr == KG_NR_COMPAT_PROCESS_VM_WRITEV || nr == KG_NR_X32_PROCESS_VM_READV || nr == KG_NR_X32_PROCESS_VM_WRITEV;
 }
 
 SEC("lsm/ptrace_access_check")
@@ -1478,6 +1483,38 @@ int BPF_PROG(kg_vm_writev_exit, struct pt_regs *regs, long ret)
 	end_read();
 	return 0;
 }
+
+/* The compat entries (32-bit processes; x32 on x86) of the syscall-entry variant: a kernel that has
+ * them gets this variant only when they are traced too (the loader's vmRWEnd). */
+SEC("fexit/" KG_COMPAT_PREFIX "process_vm_readv")
+int BPF_PROG(kg_vm_readv_compat_exit, struct pt_regs *regs, long ret)
+{
+	end_read();
+	return 0;
+}
+
+SEC("fexit/" KG_COMPAT_PREFIX "process_vm_writev")
+int BPF_PROG(kg_vm_writev_compat_exit, struct pt_regs *regs, long ret)
+{
+	end_read();
+	return 0;
+}
+
+#ifdef KG_X32_PREFIX
+SEC("fexit/" KG_X32_PREFIX "process_vm_readv")
+int BPF_PROG(kg_vm_readv_x32_exit, struct pt_regs *regs, long ret)
+{
+	end_read();
+	return 0;
+}
+
+SEC("fexit/" KG_X32_PREFIX "process_vm_writev")
+int BPF_PROG(kg_vm_writev_x32_exit, struct pt_regs *regs, long ret)
+{
+	end_read();
+	return 0;
+}
+#endif
 
 /*
  * After a successful open (kernels with the file_post_open hook): a /proc file that holds the mm of a

@@ -14,6 +14,8 @@
 
 #if defined(__TARGET_ARCH_x86)
 #define KG_SYSCALL_PREFIX "__x64_sys_" /* the syscall entry functions fexit attaches to */
+#define KG_COMPAT_PREFIX "__ia32_compat_sys_" /* 32-bit entries (int 0x80, sysenter, syscall from ia32) */
+#define KG_X32_PREFIX "__x64_compat_sys_"     /* x32 entries */
 #define KG_SC_NR(regs) BPF_CORE_READ(regs, orig_ax)
 #define KG_NR_OPEN 2
 #define KG_NR_STAT 4
@@ -28,8 +30,15 @@
 #define KG_NR_PROCESS_VM_WRITEV 311
 #define KG_NR_KCMP 312
 #define KG_NR_STATX 332
+/* The 32-bit (ia32) and x32 numbers of process_vm_readv/writev. Unused as native x86-64 numbers (the
+ * native table skips 335-423; x32 numbers carry bit 30), so a match names the syscall on every entry. */
+#define KG_NR_COMPAT_PROCESS_VM_READV 347
+#define KG_NR_COMPAT_PROCESS_VM_WRITEV 348
+#define KG_NR_X32_PROCESS_VM_READV (0x40000000 | 539)
+#define KG_NR_X32_PROCESS_VM_WRITEV (0x40000000 | 540)
 #elif defined(__TARGET_ARCH_arm64)
 #define KG_SYSCALL_PREFIX "__arm64_sys_"
+#define KG_COMPAT_PREFIX "__arm64_compat_sys_" /* AArch32 entries */
 #define KG_SC_NR(regs) BPF_CORE_READ(regs, syscallno)
 #define KG_NR_OPEN -2
 #define KG_NR_STAT -3
@@ -44,6 +53,11 @@
 #define KG_NR_PROCESS_VM_WRITEV 271
 #define KG_NR_KCMP 272
 #define KG_NR_STATX 291
+/* AArch32 (EABI) numbers; the native table has none there (it skips 295-402). No x32 on arm64. */
+#define KG_NR_COMPAT_PROCESS_VM_READV 376
+#define KG_NR_COMPAT_PROCESS_VM_WRITEV 377
+#define KG_NR_X32_PROCESS_VM_READV -6
+#define KG_NR_X32_PROCESS_VM_WRITEV -7
 #else
 #error "keyguard.bpf.c supports __TARGET_ARCH_x86 and __TARGET_ARCH_arm64"
 #endif

@@ -59,6 +59,8 @@ const (
 	RacerKey      = Dir + "/keys/race.pem" // a keyholder rule key file
 	StrictExe     = Dir + "/victim-strict" // the strictsigner rule's executable (a copy of testproc)
 	StrictKey     = Dir + "/skeys/s.pem"   // the strictsigner rule's key file
+	LoopKeyDir    = Dir + "/loopkeys"      // the redactor rule's key files on a loop device (romfs), when a test mounts it
+	DiskReader    = Dir + "/disk-reader"   // the policy's raw_disk_readers entry (uid 0)
 	OperatorPub   = Dir + "/operator.pub"
 )
 
@@ -77,6 +79,9 @@ key_managers:
     uid: 0
 package_managers:
   - executable: %[1]s
+    uid: 0
+raw_disk_readers:
+  - executable: /tmp/kg/disk-reader
     uid: 0
 rules:
   - name: signer
@@ -104,7 +109,7 @@ rules:
     dumps: redact
     match:
       executables: [/tmp/kg/victim-redact]
-      key_files: ["/tmp/kg/hkeys/*.pem"]
+      key_files: ["/tmp/kg/hkeys/*.pem", "/tmp/kg/loopkeys/*.pem"]
     public_keys: ["/tmp/kg/testpub/*.pem"]
   - name: strictsigner
     mode: enforce
@@ -229,7 +234,7 @@ func setup(o Options) error {
 	if o.NoAgent {
 		return nil
 	}
-	for _, p := range []string{VictimEnforce, VictimCopy, VictimAudit, VictimPlain, VictimRedact, Debugger, BPFTool, RacerExe, StrictExe} {
+	for _, p := range []string{VictimEnforce, VictimCopy, VictimAudit, VictimPlain, VictimRedact, Debugger, BPFTool, RacerExe, StrictExe, DiskReader} {
 		if err := CopyFile(ProcBin, p); err != nil {
 			return err
 		}

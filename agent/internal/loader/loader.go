@@ -152,7 +152,11 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	}
 	spec = withVariants(spec, v)
 	g := &Guard{Build: build, Variants: v}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}}
+	cache, err := tracingCache(tracingTargets(spec))
+	if err != nil {
+		return nil, err
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}, Cache: cache}
 	linkDir := filepath.Join(cfg.PinPath, "links", build)
 
 	names := programs(spec)

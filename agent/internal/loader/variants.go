@@ -3,6 +3,7 @@ package loader
 import (
 	"encoding/binary"
 	"fmt"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -34,12 +35,15 @@ import (
 //     as system.posix_acl_* xattrs through inode_setxattr/inode_removexattr (before): the ACL programs are
 //     left out where their hooks are missing.
 //   - the end of process_vm_readv/writev is traced by fentry/fexit on process_vm_rw(), which every entry
-//     (x86-64, ia32 compat, x32) goes through; where it cannot be traced, by fexit on the architecture's
-//     syscall entry functions (__x64_sys_* or __arm64_sys_*, named by the object built for it; native
-//     calls only). Traced functions must have exactly one BTF entry (6.1's BTF has two
-//     of each syscall function, which fexit cannot tell apart). Where neither can be traced the programs
-//     are left out and cfg_vm_rw_tracked is 0: the in-flight wait at key-file open then covers
-//     /proc/PID/mem reads only.
+//     (x86-64, ia32 compat, x32) goes through; where it cannot be traced (6.1's x86 trampoline takes six
+//     arguments, process_vm_rw has seven), by fexit on every syscall entry function of the two calls:
+//     native (__x64_sys_*, __arm64_sys_*), 32-bit compat (__ia32_compat_sys_*, __arm64_compat_sys_*) and
+//     x32 (__x64_compat_sys_*); the compat and x32 ones are needed where the kernel has them. A function
+//     listed more than once in the BTF with one prototype (6.1 lists __x64_sys_process_vm_readv twice)
+//     is traced when /proc/kallsyms has one symbol of that name: the kernel attaches by name, so every
+//     entry is the same function (tracingCache keeps one for the loader). Where neither variant can be
+//     traced the programs are left out and cfg_vm_rw_tracked is 0: the in-flight wait at key-file open
+//     then covers /proc/PID/mem reads only.
 //   - executables are trusted by content where the kernel can hash them at exec: the sleepable
 //     kg_bprm_committed_creds calls bpf_ima_file_hash (IMA's SHA-256 of the file) for a strict rule's
 //     listed executables and keyguard's trusted executable. The helper needs a kernel built with IMA
@@ -80,7 +84,7 @@ const (
 // process_vm_readv/writev end variants, best first.
 const (
 	VMRWEndCore  = "fexit/process_vm_rw"        // every entry, compat included
-	VMRWEndFexit = "fexit/sys_process_vm_readv" // the architecture's syscall entries (__x64_sys_*, __arm64_sys_*; and writev): native calls end at syscall exit
+	VMRWEndFexit = "fexit/sys_process_vm_readv" // every syscall entry of both calls (native, compat, x32) ends at its return
 	VMRWEndNone  = "none"                       // not traceable: the in-flight wait covers /proc/PID/mem only
 )
 
@@ -92,22 +96,30 @@ const (
 
 // The programs that variants leave out when their hook cannot attach.
 const (
-	dumpGuardProgram     = "kg_dump_emit"
-	procOpenGuardProgram = "kg_file_post_open"
-	fileTruncateProgram  = "kg_file_truncate"
-	setACLProgram        = "kg_inode_set_acl"
-	removeACLProgram     = "kg_inode_remove_acl"
-	vmReadvEndProgram    = "kg_vm_readv_exit"
-	vmWritevEndProgram   = "kg_vm_writev_exit"
-	vmRWEnterProgram     = "kg_vm_rw_enter"
-	vmRWExitProgram      = "kg_vm_rw_exit"
+	dumpGuardProgram      = "kg_dump_emit"
+	procOpenGuardProgram  = "kg_file_post_open"
+	fileTruncateProgram   = "kg_file_truncate"
+	setACLProgram         = "kg_inode_set_acl"
+	removeACLProgram      = "kg_inode_remove_acl"
+	vmReadvEndProgram     = "kg_vm_readv_exit"
+	vmWritevEndProgram    = "kg_vm_writev_exit"
+	vmRWEnterProgram      = "kg_vm_rw_enter"
+	vmRWExitProgram       = "kg_vm_rw_exit"
+	vmReadvCompatProgram  = "kg_vm_readv_compat_exit"
+	vmWritevCompatProgram = "kg_vm_writev_compat_exit"
+	vmReadvX32Program     = "kg_vm_readv_x32_exit"
+	vmWritevX32Program    = "kg_vm_writev_x32_exit"
 )
 
 // vmRWPrograms are the programs of each process_vm_rw end variant; vmRWEnd picks the variant.
 var vmRWPrograms = map[string][]string{
 	VMRWEndCore:  {vmRWEnterProgram, vmRWExitProgram},
-	VMRWEndFexit: {vmReadvEndProgram, vmWritevEndProgram},
+	VMRWEndFexit: {vmReadvEndProgram, vmWritevEndProgram, vmReadvCompatProgram, vmWritevCompatProgram, vmReadvX32Program, vmWritevX32Program},
 }
+
+// vmRWEntryPrograms are the programs of the syscall-entry variant that a kernel (or an architecture's
+// object) may do without: a kernel without ia32/x32 emulation has no such entry to trace.
+var vmRWEntryPrograms = map[string]bool{vmReadvCompatProgram: true, vmWritevCompatProgram: true, vmReadvX32Program: true, vmWritevX32Program: true}
 
 // optionalPrograms maps each program a kernel may lack to the variant chosen when it does.
 var optionalPrograms = map[string]func(*Variants){
@@ -253,21 +265,162 @@ func digestVariant(kernel *btf.Spec) (string, bool) {
 // vmRWEnd is the best process_vm_rw end variant whose programs all attach to this kernel. A function
 // with more than six arguments (process_vm_rw has seven) needs a BPF trampoline that passes them, which
 // the kernel's BTF does not tell: traceable asks (6.1's x86 trampoline refuses: EOPNOTSUPP at attach).
+// traceable also decides functions the BTF lists more than once with one prototype.
 func vmRWEnd(spec *ebpf.CollectionSpec, kernel *btf.Spec, traceable func(fn string) bool) string {
 	for _, end := range []string{VMRWEndCore, VMRWEndFexit} {
-		ok := true
-		for _, name := range vmRWPrograms[end] {
-			p := spec.Programs[name]
-			ok = ok && p != nil && attachable(kernel, p, attachTarget(p))
-			if ok && funcParams(kernel, p.AttachTo) > 6 {
-				ok = traceable(p.AttachTo)
-			}
-		}
-		if ok {
+		if vmRWEndTraceable(spec, kernel, end, traceable) {
 			return end
 		}
 	}
 	return VMRWEndNone
+}
+
+func vmRWEndTraceable(spec *ebpf.CollectionSpec, kernel *btf.Spec, end string, traceable func(fn string) bool) bool {
+	for _, name := range vmRWPrograms[end] {
+		p := spec.Programs[name]
+		if p == nil || funcEntries(kernel, p.AttachTo) == 0 {
+			if vmRWEntryPrograms[name] {
+				continue // no such entry in this kernel (or architecture): nothing to trace
+			}
+			return false
+		}
+		n := funcEntries(kernel, p.AttachTo)
+		if n < 0 {
+			return false // several functions of that name that differ
+		}
+		if (n > 1 || funcParams(kernel, p.AttachTo) > 6) && !traceable(p.AttachTo) {
+			return false
+		}
+	}
+	return true
+}
+
+// absentEntryPrograms are the syscall-entry variant's optional programs whose functions this kernel
+// does not have (left out of the load).
+func absentEntryPrograms(spec *ebpf.CollectionSpec, kernel *btf.Spec) []string {
+	var out []string
+	for name := range vmRWEntryPrograms {
+		if p := spec.Programs[name]; p != nil && funcEntries(kernel, p.AttachTo) == 0 {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// funcEntries is how many BTF functions named fn the kernel lists: 0 for none, -1 when several
+// differ in prototype (then they are different functions).
+func funcEntries(kernel *btf.Spec, fn string) int {
+	ts, err := kernel.AnyTypesByName(fn)
+	if err != nil {
+		return 0
+	}
+	var funcs []*btf.Func
+	for _, t := range ts {
+		if f, ok := t.(*btf.Func); ok {
+			funcs = append(funcs, f)
+		}
+	}
+	for _, f := range funcs[min(1, len(funcs)):] {
+		if !sameProto(funcs[0], f) {
+			return -1
+		}
+	}
+	return len(funcs)
+}
+
+// sameProto reports whether two BTF functions take and return the same types (by kind and name:
+// entries of one function from two compilation units do not share type IDs).
+func sameProto(a, b *btf.Func) bool {
+	pa, ok1 := a.Type.(*btf.FuncProto)
+	pb, ok2 := b.Type.(*btf.FuncProto)
+	if !ok1 || !ok2 || typeKey(pa.Return) != typeKey(pb.Return) || len(pa.Params) != len(pb.Params) {
+		return false
+	}
+	for i := range pa.Params {
+		if typeKey(pa.Params[i].Type) != typeKey(pb.Params[i].Type) {
+			return false
+		}
+	}
+	return true
+}
+
+// typeKey names a type by its kind and name, through pointers and qualifiers.
+func typeKey(t btf.Type) string {
+	switch x := t.(type) {
+	case nil:
+		return "void"
+	case *btf.Pointer:
+		return "*" + typeKey(x.Target)
+	case *btf.Const:
+		return "const " + typeKey(x.Type)
+	case *btf.Volatile:
+		return "volatile " + typeKey(x.Type)
+	case *btf.Restrict:
+		return "restrict " + typeKey(x.Type)
+	}
+	return fmt.Sprintf("%T %s", t, t.TypeName())
+}
+
+// tracingCache is a kernel BTF cache for loading programs that trace fns: of a function the BTF lists
+// more than once with one prototype, all entries but the first are renamed, so the program loads
+// against that one (the kernel resolves the attach point by name, and vmRWEnd has made sure
+// /proc/kallsyms has a single symbol of it).
+func tracingCache(fns []string) (*btf.Cache, error) {
+	c := btf.NewCache()
+	k, err := c.Kernel()
+	if err != nil {
+		return nil, fmt.Errorf("read the kernel's BTF: %w (keyguard needs CONFIG_DEBUG_INFO_BTF=y)", err)
+	}
+	dedupFuncs(k, fns)
+	return c, nil
+}
+
+// dedupFuncs renames, in k, every BTF entry but the first of each of fns listed more than once with one
+// prototype.
+func dedupFuncs(k *btf.Spec, fns []string) {
+	for _, fn := range fns {
+		if funcEntries(k, fn) < 2 {
+			continue
+		}
+		ts, _ := k.AnyTypesByName(fn)
+		seen := false
+		for _, t := range ts {
+			if f, ok := t.(*btf.Func); ok {
+				if seen {
+					f.Name += ".dup" // AnyTypesByName matches full names: this entry is no longer found
+				}
+				seen = true
+			}
+		}
+	}
+}
+
+// tracingTargets are the functions fentry/fexit programs of spec attach to.
+func tracingTargets(spec *ebpf.CollectionSpec) []string {
+	var out []string
+	for _, p := range spec.Programs {
+		if p.Type == ebpf.Tracing && (p.AttachType == ebpf.AttachTraceFEntry || p.AttachType == ebpf.AttachTraceFExit) {
+			out = append(out, p.AttachTo)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// kallsymsCounts counts the kernel's symbols by name (/proc/kallsyms; empty when unreadable).
+func kallsymsCounts() map[string]int {
+	counts := map[string]int{}
+	b, err := os.ReadFile("/proc/kallsyms")
+	if err != nil {
+		return counts
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 {
+			counts[f[2]]++
+		}
+	}
+	return counts
 }
 
 // funcParams is the number of parameters of the kernel function fn (0 when unknown).
@@ -282,16 +435,39 @@ func funcParams(kernel *btf.Spec, fn string) int {
 	return 0
 }
 
+// tracingProber is the traceable of one variant choice on the running kernel (tracingProbe), reading
+// /proc/kallsyms at most once, and only for a function the BTF lists more than once (6.1): under TCG
+// the kernel takes seconds to list its symbols.
+func tracingProber() func(fn string) bool {
+	var counts map[string]int
+	return func(fn string) bool {
+		return tracingProbe(fn, func(name string) int {
+			if counts == nil {
+				counts = kallsymsCounts()
+			}
+			return counts[name]
+		})
+	}
+}
+
 // tracingProbe asks the running kernel whether an fexit program can attach to fn: it loads and attaches
-// an empty one and lets it go at once.
-func tracingProbe(fn string) bool {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: fn,
-		License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}})
+// an empty one and lets it go at once. A function the BTF lists more than once must also be a single
+// symbol (symbols: how many /proc/kallsyms lists), else the kernel would attach to whichever it finds first.
+func tracingProbe(fn string, symbols func(string) int) bool {
+	c := btf.NewCache()
+	k, err := c.Kernel()
+	if err != nil || funcEntries(k, fn) > 1 && symbols(fn) != 1 {
+		return false
+	}
+	dedupFuncs(k, []string{fn})
+	spec := &ebpf.CollectionSpec{Programs: map[string]*ebpf.ProgramSpec{"probe": {Type: ebpf.Tracing, AttachType: ebpf.AttachTraceFExit, AttachTo: fn,
+		License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}}}}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Cache: c})
 	if err != nil {
 		return false
 	}
-	defer prog.Close()
-	l, err := link.AttachTracing(link.TracingOptions{Program: prog})
+	defer coll.Close()
+	l, err := link.AttachTracing(link.TracingOptions{Program: coll.Programs["probe"]})
 	if err != nil {
 		return false
 	}
@@ -458,7 +634,7 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 	if err != nil {
 		return Variants{}, "", fmt.Errorf("read the kernel's BTF: %w (keyguard needs CONFIG_DEBUG_INFO_BTF=y)", err)
 	}
-	v, missing := chooseVariantsWith(spec, kernel, tracingProbe)
+	v, missing := chooseVariantsWith(spec, kernel, tracingProber())
 	if len(missing) > 0 {
 		return v, "", ProbeResult{Kernel: kernelRelease(), Missing: missing}.Err()
 	}
@@ -467,6 +643,9 @@ func (c Config) variants(spec *ebpf.CollectionSpec, build string) (Variants, str
 	}
 	if err := applyVariants(spec, v); err != nil {
 		return v, "", err
+	}
+	for _, name := range absentEntryPrograms(spec, kernel) {
+		delete(spec.Programs, name) // this kernel has no such syscall entry
 	}
 	if v.DumpGuard != DumpGuardFentry {
 		build += "-noguard" // links of the other choice belong to another build
@@ -493,7 +672,7 @@ func probeVariants() (Variants, []Missing) {
 	if err != nil {
 		return Variants{}, []Missing{{"the kernel's BTF is unreadable: " + err.Error(), "use a kernel built with CONFIG_DEBUG_INFO_BTF=y"}}
 	}
-	return chooseVariantsWith(spec, kernel, tracingProbe)
+	return chooseVariantsWith(spec, kernel, tracingProber())
 }
 
 func kernelRelease() string {

@@ -43,6 +43,43 @@ func kernelBTFDup(t *testing.T, names ...string) *btf.Spec {
 	return rebuild(t, types)
 }
 
+// dropFrom is spec without the named functions.
+func dropFrom(t *testing.T, spec *btf.Spec, names ...string) *btf.Spec {
+	t.Helper()
+	var types []btf.Type
+	for typ, err := range spec.All() {
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep := true
+		for _, n := range names {
+			keep = keep && dropFunc(n)(typ)
+		}
+		if keep {
+			types = append(types, typ)
+		}
+	}
+	return rebuild(t, types)
+}
+
+// Functions listed more than once count as one only when their prototypes agree (funcEntries).
+func TestFuncEntries(t *testing.T) {
+	long := &btf.Int{Name: "long", Size: 8, Encoding: btf.Signed}
+	ptr := &btf.Pointer{Target: long}
+	one := &btf.FuncProto{Return: long, Params: []btf.FuncParam{{Name: "regs", Type: ptr}}}
+	other := &btf.FuncProto{Return: long, Params: []btf.FuncParam{{Name: "__unused", Type: ptr}}}
+	differs := &btf.FuncProto{Return: long, Params: []btf.FuncParam{{Name: "a", Type: long}}}
+	spec := rebuild(t, []btf.Type{
+		&btf.Func{Name: "single", Type: one}, &btf.Func{Name: "twice", Type: one}, &btf.Func{Name: "twice", Type: other},
+		&btf.Func{Name: "clash", Type: one}, &btf.Func{Name: "clash", Type: differs},
+	})
+	for fn, want := range map[string]int{"single": 1, "twice": 2, "clash": -1, "absent": 0} {
+		if got := funcEntries(spec, fn); got != want {
+			t.Errorf("funcEntries(%s) = %d, want %d", fn, got, want)
+		}
+	}
+}
+
 func rebuild(t *testing.T, types []btf.Type) *btf.Spec {
 	t.Helper()
 	b, err := btf.NewBuilder(types, nil)
@@ -64,7 +101,7 @@ func rebuild(t *testing.T, types []btf.Type) *btf.Spec {
 // process_vm_readv/writev: the probe must pick the variant the BTF calls for, leave exactly the programs
 // of the other variants out, and set cfg_vm_rw_tracked to match.
 func TestOptionalHookVariants(t *testing.T) {
-	sys := []string{vmReadvEndProgram, vmWritevEndProgram}
+	sys := []string{vmReadvEndProgram, vmWritevEndProgram, vmReadvCompatProgram, vmWritevCompatProgram, vmReadvX32Program, vmWritevX32Program}
 	core := []string{vmRWEnterProgram, vmRWExitProgram}
 	both := append(append([]string{}, sys...), core...)
 	drop := func(names ...string) func(t *testing.T) *btf.Spec {
@@ -99,20 +136,13 @@ func TestOptionalHookVariants(t *testing.T) {
 			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, sys},
 		{"no process_vm_rw: syscall fexit", drop("process_vm_rw"),
 			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
-		{"process_vm_rw listed twice: syscall fexit", dup("process_vm_rw"),
-			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
-		{"no process_vm_rw, process_vm_writev listed twice", func(t *testing.T) *btf.Spec {
-			spec := kernelBTFDup(t, "__x64_sys_process_vm_writev")
-			var types []btf.Type
-			for typ, err := range spec.All() {
-				if err != nil {
-					t.Fatal(err)
-				}
-				if dropFunc("process_vm_rw")(typ) {
-					types = append(types, typ)
-				}
-			}
-			return rebuild(t, types)
+		{"process_vm_rw listed twice with one prototype: traced by name", dup("process_vm_rw"),
+			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore}, sys},
+		{"no process_vm_rw, the 6.1 duplicates: syscall fexit", func(t *testing.T) *btf.Spec {
+			return dropFrom(t, kernelBTFDup(t, "__x64_sys_process_vm_readv", "__x64_sys_process_vm_writev"), "process_vm_rw")
+		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
+		{"no process_vm_rw, duplicates not traceable (two symbols)", func(t *testing.T) *btf.Spec {
+			return dropFrom(t, kernelBTFDup(t, "__x64_sys_process_vm_readv"), "process_vm_rw")
 		}, Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndNone}, both},
 		{"process_vm_rw not traceable (7 arguments, 6.1's trampoline)", func(t *testing.T) *btf.Spec { return kernelBTF(t, nil) },
 			Variants{TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndFexit}, core},
@@ -125,7 +155,13 @@ func TestOptionalHookVariants(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			traceable := func(string) bool { return !strings.Contains(c.name, "not traceable") }
+			traceable := func(fn string) bool {
+				switch {
+				case strings.Contains(c.name, "two symbols"):
+					return false
+				}
+				return !strings.Contains(c.name, "not traceable")
+			}
 			v, missing := chooseVariantsWith(spec, c.kernel(t), traceable)
 			if len(missing) > 0 {
 				t.Fatalf("kernel refused: %v", missing)

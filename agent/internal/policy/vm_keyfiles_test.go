@@ -150,21 +150,25 @@ func TestAgentBinaryOverwriteWhileDown(t *testing.T) {
 
 // TestKeyOpenRace: 1,000 fresh processes open a keyholder key file right after exec (the rule's openers
 // are "any": they become protected by that open) and copy the key into memory, each under a reader hammering it by
-// process_vm_readv, fresh /proc/PID/mem fds and /proc/PID/mem fds kept from before the open. No read may
-// return the key.
+// process_vm_readv (native, and 32-bit through int 0x80 where the kernel runs ia32 calls), fresh
+// /proc/PID/mem fds and /proc/PID/mem fds kept from before the open. No read may return the key.
 func TestKeyOpenRace(t *testing.T) {
 	vmenv.Require(t)
 	n := 1000
 	if s := os.Getenv("KEYGUARD_RACE_N"); s != "" {
 		fmt.Sscan(s, &n)
 	}
-	modes := []string{"vmreadv", "mem", "kept"}
-	if !guesttest.VMReadvTracked() {
-		// 6.1: fexit cannot attach to process_vm_readv's end (two BTF entries); the agent leaves that
-		// path out of the in-flight wait, so this kernel is tested (and documented) without it.
-		t.Log("process_vm_readv is not tracked in flight on this kernel: racing /proc/PID/mem only")
-		modes = []string{"mem", "kept"}
+	// The agent brackets process_vm_readv by the end its probe chose for this kernel: fexit/process_vm_rw
+	// (6.12, 7.3) or fexit on every syscall entry (6.1). "none" would leave that path out of the wait.
+	end := guesttest.VMRWEnd(t)
+	if end == "none" || end == "" {
+		t.Fatalf("the agent traces no end of process_vm_readv on this kernel (vm_rw_end %q)", end)
 	}
+	modes := []string{"vmreadv", "mem", "kept"}
+	if guesttest.Compat32() {
+		modes = append(modes, "vmreadv32") // the ia32 entry (int 0x80, compat iovecs)
+	}
+	t.Logf("process_vm_rw end %s; racing by %v", end, modes)
 	leaks, killed, retries, loaded := map[string]int{}, 0, 0, 0
 	start := time.Now()
 	for i := 0; i < n; i++ {

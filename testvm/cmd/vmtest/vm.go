@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/keyguard/keyguard/testvm/console"
+	"github.com/keyguard/keyguard/testvm/initramfs"
 )
 
 type vmResult struct {
@@ -25,6 +27,8 @@ type vmResult struct {
 	vmlinuz string
 	pkg     string // "<package> <version>" from the cache
 	outDir  string
+	blkDir  string // CACHE/kernels/<series>/blk (testvm/blkmods.sh): modules appended to this kernel's initramfs
+	initrd  string // the initramfs this kernel boots, when not the shared one
 
 	sess      *session
 	fails     []string
@@ -45,6 +49,9 @@ func findKernel(cache, out, series string) (*vmResult, error) {
 		return nil, fmt.Errorf("kernel %s: %w: rerun testvm/setup.sh", series, err)
 	}
 	vm.pkg = strings.TrimSpace(string(pkg))
+	if _, err := os.Stat(filepath.Join(dir, "blk", "order")); err == nil {
+		vm.blkDir = filepath.Join(dir, "blk")
+	}
 	return vm, nil
 }
 
@@ -110,7 +117,7 @@ func qemuArgs(cfg *config, img *image, vm *vmResult) []string {
 		"-accel", "tcg,thread=single", // multi-threaded TCG crashed 6.12 while patching code (notes/kernel.md)
 		"-m", strconv.Itoa(cfg.memMB), "-smp", strconv.Itoa(cfg.cpus),
 		"-nographic", "-no-reboot", "-nic", nic,
-		"-kernel", vm.vmlinuz, "-initrd", img.path,
+		"-kernel", vm.vmlinuz, "-initrd", cmp.Or(vm.initrd, img.path),
 		"-append", cmdline(cfg, vm.series),
 	)
 }
@@ -128,6 +135,14 @@ func runVM(ctx context.Context, log *slog.Logger, cfg *config, img *image, vm *v
 	if err := os.MkdirAll(vm.outDir, 0o755); err != nil {
 		vm.fails = []string{err.Error()}
 		return
+	}
+	if vm.blkDir != "" && !cfg.systemd {
+		var err error
+		if vm.initrd, err = withModules(img.path, vm.blkDir, vm.outDir); err != nil {
+			vm.fails = []string{err.Error()}
+			return
+		}
+		defer os.Remove(vm.initrd)
 	}
 	demo := startSession(cfg, img, vm)
 	runErr, err := runQEMU(ctx, log, cfg, img, vm)
@@ -281,4 +296,41 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// withModules writes outDir/initramfs-blk.cpio: the shared initramfs followed by a second archive with
+// this kernel's modules from blkDir under /lib/kg-modules (the kernel unpacks concatenated archives;
+// the guest's init loads blk/order's modules before any suite).
+func withModules(shared, blkDir, outDir string) (string, error) {
+	order, err := os.ReadFile(filepath.Join(blkDir, "order"))
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(outDir, "initramfs-blk.cpio")
+	out, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer out.Close()
+	in, err := os.Open(shared)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	if _, err := io.Copy(out, in); err != nil {
+		return "", fmt.Errorf("copy the initramfs: %w", err)
+	}
+	w := initramfs.NewWriter(out)
+	if err := w.File("lib/kg-modules/order", 0o644, order); err != nil {
+		return "", err
+	}
+	for _, m := range strings.Fields(string(order)) {
+		if err := w.CopyFile("lib/kg-modules/"+m, filepath.Join(blkDir, m)); err != nil {
+			return "", fmt.Errorf("add module %s: %w", m, err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		return "", err
+	}
+	return path, out.Close()
 }

@@ -169,4 +169,3 @@ func crash(t *testing.T, exe string, args ...string) syscall.WaitStatus {
 
 func kallsyms(t *testing.T, names ...string) map[string]bool { return guesttest.Kallsyms(t, names...) }
 func fileop(t *testing.T, args ...string) string             { t.Helper(); return guesttest.FileOp(t, args...) }
-func vmReadvTracked() bool                                   { return guesttest.VMReadvTracked() }

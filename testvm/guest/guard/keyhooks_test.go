@@ -2,13 +2,15 @@ package guard
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/keyguard/keyguard/testvm/guesttest"
 )
 
 // keyop runs "testproc keyop OP ARG" as root (no holder, key manager or package manager) with extra
@@ -22,20 +24,7 @@ func keyop(t *testing.T, extra []*os.File, args ...string) string {
 }
 
 // probeVariants is the agent's probe -json "variants" object.
-func probeVariants(t *testing.T) map[string]any {
-	t.Helper()
-	out, err := exec.Command(agentBin, "probe", "-json").Output()
-	if err != nil {
-		t.Fatalf("keyguard-agent probe: %v: %s", err, out)
-	}
-	var r struct {
-		Variants map[string]any `json:"variants"`
-	}
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("probe output %q: %v", out, err)
-	}
-	return r.Variants
-}
+func probeVariants(t *testing.T) map[string]any { t.Helper(); return guesttest.ProbeVariants(t) }
 
 // The hooks that only newer kernels have are chosen by the probe where /proc/kallsyms (a source
 // independent of the BTF it reads) has them.
@@ -52,18 +41,26 @@ func TestOptionalHookVariantsProbed(t *testing.T) {
 		t.Errorf("ACL guard %v, want %s (ACL hooks in kallsyms: %v)", v["acl_guard"], want, acl)
 	}
 	// process_vm_rw is preferred where the kernel can trace it (a real function, and a BPF trampoline
-	// that passes its seven arguments: not 6.1's); then the syscall functions where BTF lists each once.
+	// that passes its seven arguments: not 6.1's); then every syscall entry of the two calls (6.1's BTF
+	// lists __x64_sys_process_vm_readv twice: one symbol, traced by name). Every CI kernel has one.
 	switch end := v["vm_rw_end"]; end {
 	case "fexit/process_vm_rw":
 		if !kallsyms(t, "process_vm_rw")["process_vm_rw"] {
 			t.Errorf("process_vm_rw end chosen but process_vm_rw is not in kallsyms")
 		}
-	case "fexit/sys_process_vm_readv", "none":
-		if want := map[bool]string{true: "fexit/sys_process_vm_readv", false: "none"}[vmReadvTracked()]; end != want {
-			t.Errorf("process_vm_rw end %v, want %s", end, want)
+	case "fexit/sys_process_vm_readv":
+		entries := []string{"__x64_sys_process_vm_readv", "__ia32_compat_sys_process_vm_readv", "__x64_compat_sys_process_vm_readv"}
+		if runtime.GOARCH == "arm64" {
+			entries = []string{"__arm64_sys_process_vm_readv"}
+		}
+		syms := kallsyms(t, entries...)
+		for _, e := range entries {
+			if !syms[e] {
+				t.Errorf("syscall-entry end chosen but %s is not in kallsyms", e)
+			}
 		}
 	default:
-		t.Errorf("process_vm_rw end %v", end)
+		t.Errorf("process_vm_rw end %v: process_vm_readv is left out of the in-flight wait on this kernel", end)
 	}
 }
 
@@ -200,13 +197,19 @@ func TestKeyOpenRaceControl(t *testing.T) {
 	t.Errorf("control run: no leak in %d processes with the in-flight wait off (%s): the race test cannot fail", n, time.Since(start).Round(time.Second))
 }
 
-// TestKeyOpenRaceVMReadv: the race test through process_vm_readv alone, on every kernel where its end
-// is traced (fexit/process_vm_rw: 6.1 too, whose syscall functions fexit cannot tell apart). 0 leaks.
-// KEYGUARD_RACE_VMREADV_N processes (default 300).
+// TestKeyOpenRaceVMReadv: the race test through process_vm_readv alone, native and (where the kernel runs
+// 32-bit system calls) through the ia32 entry, on every kernel: its end is traced on each (the probe's
+// vm_rw_end; 6.1 by fexit on every syscall entry). 0 leaks. KEYGUARD_RACE_VMREADV_N processes (default 300).
 func TestKeyOpenRaceVMReadv(t *testing.T) {
-	if end := probeVariants(t)["vm_rw_end"]; end == "none" {
-		t.Skipf("process_vm_readv's end is not traced on this kernel (vm_rw_end %v)", end)
+	end := probeVariants(t)["vm_rw_end"]
+	if end == "none" {
+		t.Fatalf("process_vm_readv's end is not traced on this kernel (vm_rw_end %v)", end)
 	}
+	modes := []string{"vmreadv"}
+	if guesttest.Compat32() {
+		modes = append(modes, "vmreadv32") // the ia32 entry (int 0x80) too
+	}
+	t.Logf("process_vm_rw end %v, racing by %v", end, modes)
 	n := 300
 	if s := os.Getenv("KEYGUARD_RACE_VMREADV_N"); s != "" {
 		fmt.Sscan(s, &n)
@@ -214,7 +217,7 @@ func TestKeyOpenRaceVMReadv(t *testing.T) {
 	leaks, loaded := 0, 0
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		out, _ := exec.Command(procBin, "race-read", "vmreadv", racerExe, racerKey).Output()
+		out, _ := exec.Command(procBin, "race-read", modes[i%len(modes)], racerExe, racerKey).Output()
 		sc := bufio.NewScanner(strings.NewReader(string(out)))
 		for sc.Scan() {
 			f := strings.Fields(sc.Text())

@@ -23,6 +23,7 @@ package main
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -481,6 +482,9 @@ func setup() []error {
 	if err := loopbackUp(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := loadModules("/lib/kg-modules"); err != nil {
+		errs = append(errs, err)
+	}
 	if err := unix.Sethostname([]byte("keyguard-vm")); err != nil {
 		errs = append(errs, fmt.Errorf("sethostname: %w", err))
 	}
@@ -529,6 +533,29 @@ func loopbackUp() error {
 	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP | unix.IFF_RUNNING)
 	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
 		return fmt.Errorf("loopback: SIOCSIFFLAGS: %w", err)
+	}
+	return nil
+}
+
+// loadModules loads the modules vmtest appended for this kernel (testvm/blkmods.sh: loop, mtd, romfs
+// for the raw-disk test), in dir/order, before any suite starts an agent (which refuses module loads).
+func loadModules(dir string) error {
+	order, err := os.ReadFile(path.Join(dir, "order"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	for _, m := range strings.Fields(string(order)) {
+		f, err := os.Open(path.Join(dir, m))
+		if err != nil {
+			return err
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("load module %s: %w", m, err)
+		}
 	}
 	return nil
 }

@@ -7,7 +7,10 @@
 //	    -spawn EXE: fork+exec "EXE hold" and report its pid as child=.
 //	testproc attack OP PID [TID] [ADDR]
 //	    performs one read of PID's memory by OP and prints "OK <bytes>" or "ERR <errno>".
-//	    OPS: attach seize mem taskmem vmreadv environ taskenviron pidfd_getfd
+//	    OPS: attach seize mem taskmem vmreadv vmreadv32 environ taskenviron pidfd_getfd
+//	    (vmreadv32: process_vm_readv by the 32-bit entry, int 0x80, of an address below 4 GiB)
+//	testproc compat32
+//	    prints "OK" when the kernel runs 32-bit system calls of a 64-bit process (ia32 emulation).
 //	testproc exec-attack EXE
 //	    starts "EXE hold" and attacks /proc/PID/mem the instant exec returns; prints OK or ERR.
 //	testproc fileop OP PATH [ARG]
@@ -20,7 +23,7 @@
 //	    "LOADED retries=N", lingers 20 ms and exits.
 //	testproc race-read MODE RACER KEYFILE
 //	    starts "RACER race-victim KEYFILE" and reads its raceBuf (same binary, same address) as fast as it
-//	    can by MODE (vmreadv, mem: a fresh fd per read, kept: fds kept open and read again) until it is
+//	    can by MODE (vmreadv, vmreadv32, mem: a fresh fd per read, kept: fds kept open and read again) until it is
 //	    gone; prints "LEAK n" when a read returned the key, else "CLEAN reads=n errors=m".
 //	testproc loop-attack PID ADDR SECONDS
 //	    reads /proc/PID/mem every millisecond for SECONDS; prints "SUCCESSES n FAILURES m".
@@ -81,6 +84,13 @@ func modes() map[string]func(args []string) {
 		"fileop":      fileop,
 		"race-victim": func(a []string) { raceVictim(a[0]) },
 		"race-read":   func(a []string) { raceRead(a[0], a[1], a[2]) },
+		"compat32": func([]string) {
+			if !compat32() {
+				fmt.Println("ERR no 32-bit system calls")
+				os.Exit(1)
+			}
+			fmt.Println("OK")
+		},
 		"exec-attack": func(a []string) { execAttack(a[0]) },
 		"crash":       crash,
 		"perf":        perfCmd,
@@ -452,6 +462,12 @@ func Attack(op string, pid, tid int, addr uint64) (int, error) {
 		local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
 		remote := []unix.RemoteIovec{{Base: uintptr(addrOr(addr)), Len: len(buf)}}
 		return unix.ProcessVMReadv(tid, local, remote, 0)
+	case "vmreadv32":
+		a := addrOr(addr)
+		if a >= 1<<32 {
+			a = addrOr(0) // the compat iovec holds 32 bits; the check comes before any address is used
+		}
+		return processVMReadv32(tid, a, buf)
 	case "environ", "taskenviron":
 		path := fmt.Sprintf("/proc/%d/environ", pid)
 		if op == "taskenviron" {
@@ -754,6 +770,8 @@ func raceRead(mode, racer, keyfile string) {
 			local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
 			remote := []unix.RemoteIovec{{Base: addr, Len: len(buf)}}
 			check(unix.ProcessVMReadv(pid, local, remote, 0))
+		case "vmreadv32":
+			check(processVMReadv32(pid, uint64(addr), buf))
 		case "mem":
 			f, err := os.Open(memPath)
 			if err != nil {
