@@ -188,21 +188,22 @@ func TestCSRFAndRoles(t *testing.T) {
 }
 
 func TestSessionExpiry(t *testing.T) {
-	// Limits leave room for a loaded machine: a request stalled past session_idle would end the session.
-	e := startEnv(t, envOptions{Config: "  session_idle: 4s\n  session_max: 9s\n"})
+	// Limits leave room for a loaded machine: a request stalled past session_idle would end the session
+	// (seen with 4 s under a load of 20 on two cores).
+	e := startEnv(t, envOptions{Config: "  session_idle: 8s\n  session_max: 18s\n"})
 	c := e.client()
 	c.mustLogin("alice", adminPass)
-	time.Sleep(5 * time.Second)
+	time.Sleep(9 * time.Second)
 	if r := c.get("/fleet"); r.Code != http.StatusSeeOther {
 		t.Fatalf("after the idle limit: %d, want a redirect to login", r.Code)
 	}
 	// Kept busy, the session still ends at the absolute limit.
 	start := time.Now()
 	c.mustLogin("alice", adminPass)
-	for time.Since(start) < 12*time.Second {
+	for time.Since(start) < 24*time.Second {
 		r := c.get("/fleet")
 		if r.Code == http.StatusSeeOther {
-			if time.Since(start) < 7*time.Second {
+			if time.Since(start) < 14*time.Second {
 				t.Fatalf("session of an active user ended after %s", time.Since(start))
 			}
 			return
