@@ -12,12 +12,14 @@ import (
 type Alert struct {
 	// ID is the outbox row id: the same alert resent (at least once) keeps its ID, so receivers can
 	// drop duplicates.
-	ID        int64     `json:"id"`
-	Rule      string    `json:"rule"`
-	Severity  string    `json:"severity"`
-	Host      string    `json:"host"`
-	Kind      string    `json:"kind"`
-	Summary   string    `json:"summary"`
+	ID       int64  `json:"id"`
+	Rule     string `json:"rule"`
+	Severity string `json:"severity"`
+	Host     string `json:"host"`
+	Kind     string `json:"kind"`
+	Summary  string `json:"summary"`
+	// Count is how many attempts the alert stands for: one per event, an in-kernel aggregate's events
+	// counting their attempts (MemoryAccess.count).
 	Count     int64     `json:"count"`
 	FirstTime time.Time `json:"first_time"`
 	LastTime  time.Time `json:"last_time"`

@@ -262,11 +262,11 @@ func readEvents(ctx context.Context, tx *sql.Tx, host string, after int64) ([]st
 // waiting for its window, or over the rate limit folded into a waiting alert as suppressed, or a new row.
 func (e *Engine) enqueue(ctx context.Context, tx *sql.Tx, r *Rule, out, host string, f facts, sev pb.Severity, ev *pb.Event, now int64) error {
 	key := groupKey(host, f)
-	tns, seq := ev.GetTime().AsTime().UnixNano(), int64(ev.GetSeq())
+	tns, seq, n := ev.GetTime().AsTime().UnixNano(), int64(ev.GetSeq()), pb.Attempts(ev)
 	if r.GroupWindow > 0 {
-		res, err := tx.ExecContext(ctx, `UPDATE alert_outbox SET event_count = event_count + 1, last_ns = $1, last_seq = $2
+		res, err := tx.ExecContext(ctx, `UPDATE alert_outbox SET event_count = event_count + $7, last_ns = $1, last_seq = $2
 			WHERE id = (SELECT MAX(id) FROM alert_outbox WHERE alert_rule = $3 AND output = $4 AND group_key = $5
-				AND delivered_ns = 0 AND lease_owner = '' AND not_before_ns > $6)`, tns, seq, r.Name, out, key, now)
+				AND delivered_ns = 0 AND lease_owner = '' AND not_before_ns > $6)`, tns, seq, r.Name, out, key, now, n)
 		if err != nil {
 			return fmt.Errorf("group alert: %w", err)
 		}
@@ -299,8 +299,8 @@ func (e *Engine) enqueue(ctx context.Context, tx *sql.Tx, r *Rule, out, host str
 	}
 	_, err := tx.ExecContext(ctx, `INSERT INTO alert_outbox (alert_rule, output, group_key, severity, host, kind, summary, event_count,
 		first_ns, last_ns, first_seq, last_seq, event, created_ns, not_before_ns, collector)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8, $9, $9, $10, $11, $12, $13)`,
-		r.Name, out, key, int32(sev), host, f.kind, f.summary, tns, seq, evBytes, now, now+int64(r.GroupWindow), e.owner)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $14, $8, $8, $9, $9, $10, $11, $12, $13)`,
+		r.Name, out, key, int32(sev), host, f.kind, f.summary, tns, seq, evBytes, now, now+int64(r.GroupWindow), e.owner, n)
 	if err != nil {
 		return fmt.Errorf("write alert to the outbox: %w", err)
 	}

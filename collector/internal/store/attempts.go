@@ -14,19 +14,11 @@ import (
 // column defaults to 1; Append sets it for aggregates (recordAttempts) and schema version 8 fills it in
 // for rows stored before (fillAttempts).
 
-// attemptsOf is how many attempts ev stands for: an aggregate's count, otherwise 1.
-func attemptsOf(ev *pb.Event) int64 {
-	if n := ev.GetMemoryAccess().GetCount(); n > 1 {
-		return int64(min(n, 1<<62))
-	}
-	return 1
-}
-
 // recordAttempts sets the attempts column of the rows just inserted that stand for more than one
 // attempt (aggregates are rare: at most one per repeated attempt and window on a host).
 func (s *Store) recordAttempts(ctx context.Context, tx *sql.Tx, host string, rows []row) error {
 	for _, r := range rows {
-		if n := attemptsOf(r.it.ev); n > 1 {
+		if n := pb.Attempts(r.it.ev); n > 1 {
 			if _, err := tx.ExecContext(ctx, `UPDATE events SET attempts = $1 WHERE host = $2 AND seq = $3`, n, host, int64(r.it.ev.GetSeq())); err != nil {
 				return fmt.Errorf("store the attempt count of event %d of host %q: %w", r.it.ev.GetSeq(), host, err)
 			}
@@ -57,7 +49,7 @@ func fillAttempts(ctx context.Context, tx *sql.Tx) error {
 			n++
 			ev := &pb.Event{}
 			if proto.Unmarshal(payload, ev) == nil {
-				if a := attemptsOf(ev); a > 1 {
+				if a := pb.Attempts(ev); a > 1 {
 					todo = append(todo, upd{lastID, a})
 				}
 			}

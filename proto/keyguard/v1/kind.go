@@ -46,3 +46,12 @@ func (s *SideDoor) Operation() string {
 func (s *SideDoor) IsTamper() bool {
 	return s.GetKind() == SideDoorKind_SIDE_DOOR_KIND_KEYGUARD_TAMPER && strings.HasPrefix(s.Operation(), "keyguard_")
 }
+
+// Attempts is how many attempts ev stands for: an in-kernel aggregate's count (MemoryAccess.count),
+// otherwise 1. Counts per actor, target and kind (the store's grouped view, alerts) add these up.
+func Attempts(ev *Event) int64 {
+	if n := ev.GetMemoryAccess().GetCount(); n > 1 {
+		return int64(min(n, 1<<62))
+	}
+	return 1
+}

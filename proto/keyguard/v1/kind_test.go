@@ -43,3 +43,21 @@ func TestSideDoorTamper(t *testing.T) {
 		}
 	}
 }
+
+func TestAttempts(t *testing.T) {
+	for _, tc := range []struct {
+		ev   *Event
+		want int64
+	}{
+		{&Event{}, 1},
+		{&Event{Kind: &Event_CoreDump{CoreDump: &CoreDump{}}}, 1},
+		{&Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{}}}, 1},
+		{&Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{Count: 1}}}, 1},
+		{&Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{Count: 99999}}}, 99999},
+		{&Event{Kind: &Event_MemoryAccess{MemoryAccess: &MemoryAccess{Count: 1 << 63}}}, 1 << 62},
+	} {
+		if got := Attempts(tc.ev); got != tc.want {
+			t.Errorf("Attempts(%v) = %d, want %d", tc.ev, got, tc.want)
+		}
+	}
+}
