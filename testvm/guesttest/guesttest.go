@@ -366,7 +366,10 @@ func StartAgent(extra ...string) error {
 	if err := Agent.Start(); err != nil {
 		return err
 	}
-	deadline := time.Now().Add(60 * time.Second)
+	// Under TCG with other VMs on the same cores a start (attach, probe, scan, dump handler) has taken
+	// over 60 s; 180 s still ends a hang well inside the suite timeout.
+	const ready = 180 * time.Second
+	deadline := time.Now().Add(ready)
 	for time.Now().Before(deadline) {
 		for _, ev := range Since(before) {
 			if ev.Kind == "health" && ev.Health != nil && (ev.Health.State == "started" || ev.Health.State == "adopted") {
@@ -378,7 +381,7 @@ func StartAgent(extra ...string) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("agent not ready after 60s")
+	return fmt.Errorf("agent not ready after %s", ready)
 }
 
 // StopAgent stops the agent with SIGTERM (its pins stay: enforcement holds) and waits for it.
