@@ -320,3 +320,16 @@ func RunMain(m *testing.M) int {
 	}
 	return code
 }
+
+// BackendCPU is the CPU time so far of the shared PostgreSQL test server's processes when backend is
+// "postgres", and 0 otherwise (SQLite runs inside the benchmark's own process).
+func BackendCPU(tb testing.TB, backend string) time.Duration {
+	if backend != "postgres" {
+		return 0
+	}
+	d, err := Shared(tb).CPU()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return d
+}

@@ -11,19 +11,6 @@ import (
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
-// serverCPU is the CPU time so far of the PostgreSQL test server's processes (0 for SQLite, which runs
-// inside this process).
-func serverCPU(b *testing.B, backend string) time.Duration {
-	if backend != "postgres" {
-		return 0
-	}
-	d, err := pgtest.Shared(b).CPU()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return d
-}
-
 // cpuTime is the process's CPU time so far (user + system).
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage
@@ -76,7 +63,7 @@ func BenchmarkIngest(b *testing.B) {
 			}()
 			b.ResetTimer()
 			start := time.Now()
-			cpu0, srv0 := cpuTime(b), serverCPU(b, backend)
+			cpu0, srv0 := cpuTime(b), pgtest.BackendCPU(b, backend)
 			inflight := 0
 			var last *pb.PushResponse
 			for _, bt := range batches {
@@ -109,7 +96,7 @@ func BenchmarkIngest(b *testing.B) {
 			b.ReportMetric(float64(total)/elapsed.Seconds(), "events/s")
 			// CPU time of the whole process (collector and the benchmark's client with its TLS): on a
 			// loaded, shared machine the wall-clock rate mostly measures the neighbours.
-			cpu, srv := cpuTime(b)-cpu0, serverCPU(b, backend)-srv0
+			cpu, srv := cpuTime(b)-cpu0, pgtest.BackendCPU(b, backend)-srv0
 			b.ReportMetric(float64(cpu.Microseconds())/float64(total), "cpu-us/event")
 			if backend == "postgres" {
 				// The server's own CPU time per event (backends, WAL writer, checkpointer): with the

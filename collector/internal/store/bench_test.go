@@ -11,19 +11,6 @@ import (
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
-// serverCPU is the CPU time so far of the PostgreSQL test server's processes (0 for SQLite, which runs
-// inside this process).
-func serverCPU(b *testing.B, backend string) time.Duration {
-	if backend != "postgres" {
-		return 0
-	}
-	d, err := pgtest.Shared(b).CPU()
-	if err != nil {
-		b.Fatal(err)
-	}
-	return d
-}
-
 // cpuTime is the process's CPU time so far (user + system).
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage
@@ -59,7 +46,7 @@ func BenchmarkAppend(b *testing.B) {
 			}
 			b.ResetTimer()
 			commit = 0
-			cpu0, srv0 := cpuTime(b), serverCPU(b, backend)
+			cpu0, srv0 := cpuTime(b), pgtest.BackendCPU(b, backend)
 			for _, bt := range batches {
 				if _, err := s.Append(context.Background(), "h", bt, nil); err != nil {
 					b.Fatal(err)
@@ -69,7 +56,7 @@ func BenchmarkAppend(b *testing.B) {
 			b.ReportMetric(float64(total)/b.Elapsed().Seconds(), "events/s")
 			// On a loaded, shared machine wall-clock rates say more about the neighbours than about the
 			// code: the process's own CPU time per event (user+system, all threads) does not.
-			cpu, srv := cpuTime(b)-cpu0, serverCPU(b, backend)-srv0
+			cpu, srv := cpuTime(b)-cpu0, pgtest.BackendCPU(b, backend)-srv0
 			b.ReportMetric(float64(cpu.Microseconds())/float64(total), "cpu-us/event")
 			if backend == "postgres" {
 				// The server's own CPU time per event (backends, WAL writer, checkpointer): with the
