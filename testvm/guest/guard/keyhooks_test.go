@@ -167,7 +167,7 @@ func TestKeyFileIOUringOpen(t *testing.T) {
 // MUST leak, or TestKeyOpenRace's 0 leaks would prove nothing. Stops at the first leak; at most
 // KEYGUARD_RACE_CONTROL_N (default 300) processes.
 func TestKeyOpenRaceControl(t *testing.T) {
-	n := 300
+	n := 150
 	if s := os.Getenv("KEYGUARD_RACE_CONTROL_N"); s != "" {
 		fmt.Sscan(s, &n)
 	}
@@ -199,7 +199,7 @@ func TestKeyOpenRaceControl(t *testing.T) {
 
 // TestKeyOpenRaceVMReadv: the race test through process_vm_readv alone, native and (where the kernel runs
 // 32-bit system calls) through the ia32 entry, on every kernel: its end is traced on each (the probe's
-// vm_rw_end; 6.1 by fexit on every syscall entry). 0 leaks. KEYGUARD_RACE_VMREADV_N processes (default 300).
+// vm_rw_end; 6.1 by fexit on every syscall entry). 0 leaks. KEYGUARD_RACE_VMREADV_N processes (default 150; TestKeyOpenRace in the policy suite races 1,000 through every path).
 func TestKeyOpenRaceVMReadv(t *testing.T) {
 	end := probeVariants(t)["vm_rw_end"]
 	if end == "none" {
@@ -210,7 +210,7 @@ func TestKeyOpenRaceVMReadv(t *testing.T) {
 		modes = append(modes, "vmreadv32") // the ia32 entry (int 0x80) too
 	}
 	t.Logf("process_vm_rw end %v, racing by %v", end, modes)
-	n := 300
+	n := 150
 	if s := os.Getenv("KEYGUARD_RACE_VMREADV_N"); s != "" {
 		fmt.Sscan(s, &n)
 	}

@@ -169,7 +169,7 @@ func TestOneShotAttackersAccounted(t *testing.T) {
 		made, denied, other, last int
 		took                      time.Duration
 	}
-	loops := []*loop{{mode: "exec", max: 1_500, secs: 90}, {mode: "fork", max: 100_000, secs: 150}}
+	loops := []*loop{{mode: "exec", max: 300, secs: 30}, {mode: "fork", max: 2_500, secs: 45}}
 	var made, last int
 	for _, l := range loops {
 		start := time.Now()
