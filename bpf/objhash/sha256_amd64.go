@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "ea54bfb8a292f49b649b6cb4b60b3447fd4ef33331b4c4ae9711cffdaacf90ac"
+const SHA256 = "ef76db5925936071c974454c81a6842dfa935e02b1c4cfb61da7778844e6dd8e"

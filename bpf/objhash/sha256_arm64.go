@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "50120583ee47e879db5af0d50eae449afca7a06b3f56de9eb7cd16df91dc00e2"
+const SHA256 = "5f2440c56b9386b5728ecc7d4d0d98c0470883934b3117ffdd709f254bb50e93"

@@ -746,16 +746,17 @@ static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode,
 	struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
 	struct kg_proc_obj o = {.class = KG_CLASS_MEMORY};
 	char name[8] = {}, parent[8] = {};
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
 	struct task_struct *task, *leader;
 	struct pid *pid;
 	__u64 first;
+	__u32 tid;
 
 	o.pid = (__u64)BPF_CORE_READ(pi, pid);
-	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. */
-	if (!o.pid || o.pid == (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), group_leader, thread_pid))
+	/* No pid (/proc/self, /proc/sys, ...) or the process's own /proc/PID: no ptrace check follows. The
+	 * common case (a process reading its own /proc/self/...) leaves here: direct loads, one probe read. */
+	if (!o.pid || o.pid == (__u64)bpf_get_current_task_btf()->group_leader->thread_pid)
 		return;
+	tid = (__u32)bpf_get_current_pid_tgid();
 	pid = (struct pid *)o.pid; /* not inside BPF_CORE_READ: o is a local struct, CO-RE cannot relocate it */
 	first = (__u64)BPF_CORE_READ(pid, tasks[0].first);
 	if (!first) /* the process is gone: no check follows either */
@@ -1162,9 +1163,8 @@ static __always_inline int file_side_door(struct file *file)
 				return 0;
 			}
 		}
-		/* probe reads, not direct loads: clang spills and later truncates these values, which the
-		 * verifier refuses for pointers (6.12: "pointer arithmetic with <<= operator prohibited") */
-		if (BPF_CORE_READ(d, d_parent) != BPF_CORE_READ(sb, s_root))
+		/* Only /proc/kcore, a file in the root of /proc, is of interest below: compared as numbers. */
+		if ((__u64)d->d_parent != (__u64)sb->s_root)
 			return 0;
 		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
 		if (str_is(name, "kcore", 6))
@@ -1898,15 +1898,24 @@ SEC("lsm/file_open")
 int BPF_PROG(kg_file_open, struct file *file, int ret)
 {
 	struct inode *inode;
+	__u32 mode;
 	struct kg_file_id id = {};
 	__u32 *rule_id;
 
 	if (ret)
 		return ret;
-	/* The note's pointers as probe-read values: a BTF pointer kept live across it gets spilled into a
-	 * stack slot clang shares with an int, which 6.12's verifier refuses to shift. */
+	/*
+	 * The common case first, in a few loads: a file outside /proc that is no device and that keyguard
+	 * lists nothing at (key file, listed or trusted executable, loop image: maybe_listed is 0 for it).
+	 */
+	mode = file->f_inode->i_mode & S_IFMT_BITS;
+	if (file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC && mode != S_IFCHR_BITS && mode != S_IFBLK_BITS &&
+	    !maybe_listed(file->f_inode->i_sb->s_dev, file->f_inode->i_ino))
+		return 0;
+	/* file->f_inode is loaded again at each use rather than kept in a variable from the fast path: clang
+	 * then spilled it into a stack slot it shares with an int, which 6.12's verifier refuses to shift. */
 	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC)
-		note_proc_obj(BPF_CORE_READ(file, f_path.dentry), BPF_CORE_READ(file, f_inode), 0); /* issue 13: precision */
+		note_proc_obj(file->f_path.dentry, file->f_inode, 0); /* issue 13: precision */
 	ret = file_side_door(file);
 	if (ret)
 		return ret;

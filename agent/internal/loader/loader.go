@@ -132,6 +132,25 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 	return spec, hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
+// prepare is the object as this kernel gets it: settings, the variants the probe chose, and the load
+// options (maps pinned in PinPath, kernel BTF with duplicate entries of traced functions renamed).
+func (c Config) prepare() (*ebpf.CollectionSpec, *ebpf.CollectionOptions, Variants, string, error) {
+	spec, build, err := c.spec()
+	if err != nil {
+		return nil, nil, Variants{}, "", err
+	}
+	v, build, err := c.variants(spec, build)
+	if err != nil {
+		return nil, nil, Variants{}, "", err
+	}
+	spec = withVariants(spec, v)
+	cache, err := tracingCache(tracingTargets(spec))
+	if err != nil {
+		return nil, nil, Variants{}, "", err
+	}
+	return spec, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: c.PinPath}, Cache: cache}, v, build, nil
+}
+
 // Load loads, attaches and pins the programs, or adopts the ones an earlier agent of the same build
 // pinned. Maps are always reused from the pins when they exist, so protection marks, rules and
 // undelivered events survive. Call Probe first for a clear message when the kernel lacks something.
@@ -142,21 +161,11 @@ func Load(cfg Config, log *slog.Logger) (*Guard, error) {
 	if err := os.MkdirAll(filepath.Join(cfg.PinPath, "links"), 0o700); err != nil {
 		return nil, fmt.Errorf("create pin folder: %w", err)
 	}
-	spec, build, err := cfg.spec()
+	spec, opts, v, build, err := cfg.prepare()
 	if err != nil {
 		return nil, err
 	}
-	v, build, err := cfg.variants(spec, build)
-	if err != nil {
-		return nil, err
-	}
-	spec = withVariants(spec, v)
 	g := &Guard{Build: build, Variants: v}
-	cache, err := tracingCache(tracingTargets(spec))
-	if err != nil {
-		return nil, err
-	}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.PinPath}, Cache: cache}
 	linkDir := filepath.Join(cfg.PinPath, "links", build)
 
 	names := programs(spec)

@@ -1,14 +1,12 @@
-package bench
+package loader
 
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
@@ -24,18 +22,17 @@ import (
 // medians, plus the kernel's own run time of ptrace_access_check for first and repeated attempts.
 func BenchmarkAggregation(b *testing.B) {
 	vmenv.Require(b)
-	os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0)
-	var objs kgbpf.KeyguardObjects
-	if err := kgbpf.LoadKeyguardObjects(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pinDir(b)}}); err != nil {
-		b.Fatalf("load: %v", err)
-	}
-	defer objs.Close()
+	setStats(b, true)
+	defer setStats(b, false)
+	g := benchLoad(b)
+	objs := &g.Maps
+	check := g.coll.Programs["kg_ptrace_access_check"]
 	victim := exec.Command("/bin/testproc", "hold")
 	if err := victim.Start(); err != nil {
 		b.Fatal(err)
 	}
 	defer func() { victim.Process.Kill(); victim.Wait() }()
-	if err := objs.Marks.Update(uint32(pidfd(b, victim.Process.Pid)), kgbpf.KeyguardKgMark{RuleId: 1, Reason: 4}, ebpf.UpdateAny); err != nil {
+	if err := g.Mark(victim.Process.Pid, 1, 4); err != nil {
 		b.Fatalf("mark victim: %v", err)
 	}
 	rd, err := ringbuf.NewReader(objs.Events)
@@ -45,7 +42,7 @@ func BenchmarkAggregation(b *testing.B) {
 	defer rd.Close()
 	var l link.Link
 	attach := func() {
-		if l, err = link.AttachLSM(link.LSMOptions{Program: objs.KgPtraceAccessCheck}); err != nil {
+		if l, err = link.AttachLSM(link.LSMOptions{Program: check}); err != nil {
 			b.Fatalf("attach: %v", err)
 		}
 	}
@@ -100,7 +97,7 @@ func BenchmarkAggregation(b *testing.B) {
 			if s.attached {
 				attach()
 			}
-			before, _ := objs.KgPtraceAccessCheck.Stats()
+			before, _ := check.Stats()
 			start := time.Now()
 			for n := 0; n < iter; n++ {
 				if s.newEpoch {
@@ -113,7 +110,7 @@ func BenchmarkAggregation(b *testing.B) {
 			}
 			ns[s.name] = append(ns[s.name], float64(time.Since(start).Nanoseconds())/iter)
 			if s.attached {
-				after, _ := objs.KgPtraceAccessCheck.Stats()
+				after, _ := check.Stats()
 				if runs := after.RunCount - before.RunCount; runs > 0 {
 					progNs[s.name] = append(progNs[s.name], float64((after.Runtime-before.Runtime).Nanoseconds())/float64(runs))
 				}

@@ -1,16 +1,10 @@
-package bench
+package loader
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"testing"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
-
-	kgbpf "github.com/keyguard/keyguard/bpf"
 	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
@@ -18,36 +12,21 @@ import (
 // it is readable again. Without this the ratios could compare two identical configurations.
 func TestABSwitch(t *testing.T) {
 	vmenv.Require(t)
-	d := "/sys/fs/bpf/kg_bench_test"
-	os.RemoveAll(d)
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(d)
-	coll, progs := loadAll(t, d)
-	defer coll.Close()
+	g := benchLoad(t)
 	victim := exec.Command("/bin/testproc", "hold")
 	if err := victim.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { victim.Process.Kill(); victim.Wait() }()
-	l, err := link.AttachLSM(link.LSMOptions{Program: progs["ptrace_access_check"]})
-	if err != nil {
+	if err := g.Mark(victim.Process.Pid, 1, 4); err != nil {
 		t.Fatal(err)
 	}
-	fd, err := unix.PidfdOpen(victim.Process.Pid, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	if err := coll.Maps["marks"].Update(uint32(fd), kgbpf.KeyguardKgMark{RuleId: 1, Reason: 4}, ebpf.UpdateAny); err != nil {
-		t.Fatal(err)
-	}
+	g.attachAll(t)
 	out, _ := exec.Command("/bin/testproc", "attack", "mem", fmt.Sprint(victim.Process.Pid)).Output()
 	if string(out) != "ERR EACCES\n" {
 		t.Fatalf("attached: %q, want ERR EACCES", out)
 	}
-	l.Close()
+	g.detachAll()
 	out, _ = exec.Command("/bin/testproc", "attack", "mem", fmt.Sprint(victim.Process.Pid)).Output()
 	if string(out) != "OK 0\n" {
 		t.Fatalf("detached: %q, want OK 0", out)

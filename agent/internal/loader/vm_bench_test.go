@@ -1,10 +1,13 @@
-// Package bench measures what keyguard's BPF programs cost processes they do not protect. It runs in
-// the testvm guest only (make bench): syscall-heavy loops by an unprotected process, with keyguard's
-// programs attached versus detached, in many interleaved rounds in one boot, reported as throughput
-// ratios (1.0 = no cost) plus the kernel's own per-program run-time figures.
-package bench
+package loader
+
+// What keyguard's BPF programs cost processes they do not protect, measured in the testvm guest only
+// (make bench): syscall-heavy loops by an unprotected process, with the programs the agent attaches on
+// this kernel (same settings, variants and fast-path filter, loaded by the loader's own path) attached
+// versus detached, in many interleaved rounds in one boot, reported as throughput ratios (1.0 = no
+// cost) plus the kernel's own per-program run-time figures.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,11 +17,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
-	"golang.org/x/sys/unix"
 
-	kgbpf "github.com/keyguard/keyguard/bpf"
 	"github.com/keyguard/keyguard/testvm/vmenv"
 )
 
@@ -69,42 +69,21 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 	if err := os.WriteFile("/tmp/kg-bench-file", []byte("x"), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte("1"), 0)
-	coll, progs := loadAll(b, pinDir(b))
-	defer coll.Close()
-	var links []link.Link
-	attach := func() {
-		for _, p := range progs {
-			var l link.Link
-			var err error
-			if p.Type() == ebpf.LSM {
-				l, err = link.AttachLSM(link.LSMOptions{Program: p})
-			} else {
-				l, err = link.AttachTracing(link.TracingOptions{Program: p})
-			}
-			if err != nil {
-				b.Fatalf("attach: %v", err)
-			}
-			links = append(links, l)
-		}
-	}
-	detach := func() {
-		for _, l := range links {
-			l.Close()
-		}
-		links = nil
-	}
+	// The ratios are measured as the agent runs: without kernel.bpf_stats_enabled (the agent never sets
+	// it; under TCG its two clock reads per program run cost about as much as a short program). The
+	// per-program figures come from a separate pass with it on, after the ratios.
+	setStats(b, false)
+	g := benchLoad(b)
 	// A protected process exists throughout, as on a real signing host.
 	victim := exec.Command("/bin/testproc", "hold")
 	if err := victim.Start(); err != nil {
 		b.Fatal(err)
 	}
 	defer func() { victim.Process.Kill(); victim.Wait() }()
-	attach()
-	if err := coll.Maps["marks"].Update(uint32(pidfd(b, victim.Process.Pid)), kgbpf.KeyguardKgMark{RuleId: 1, Reason: 4}, ebpf.UpdateAny); err != nil {
+	if err := g.Mark(victim.Process.Pid, 1, 4); err != nil {
 		b.Fatalf("mark victim: %v", err)
 	}
-	detach()
+	attach, detach := func() { g.attachAll(b) }, g.detachAll
 
 	for _, w := range workloads {
 		b.Run(w.name, func(b *testing.B) {
@@ -115,6 +94,10 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 					if on {
 						attach()
 					}
+					// Attaching and detaching patch kernel text, and QEMU then translates the
+					// patched code again: a short untimed run first, so each side is measured in
+					// its steady state.
+					w.run(b, w.iter/4)
 					start := time.Now()
 					w.run(b, w.iter)
 					ns := float64(time.Since(start).Nanoseconds()) / float64(w.iter)
@@ -138,75 +121,88 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 				vmenv.Kernel(), w.name, rounds, mb, mw, ratio)
 		})
 	}
-	names := make([]string, 0, len(progs))
-	for n := range progs {
-		names = append(names, n)
+	setStats(b, true)
+	attach()
+	for _, w := range workloads {
+		w.run(b, w.iter*3)
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		st, err := progs[name].Stats()
+	detach()
+	setStats(b, false)
+	for _, name := range g.names {
+		st, err := g.coll.Programs[name].Stats()
 		if err != nil || st.RunCount == 0 {
 			continue
 		}
-		fmt.Printf("BENCH kernel=%s program=%s runs=%d avg=%dns\n", vmenv.Kernel(), name, st.RunCount, st.Runtime.Nanoseconds()/int64(st.RunCount))
+		fmt.Printf("BENCH kernel=%s program=%s runs=%d avg=%dns\n", vmenv.Kernel(), strings.TrimPrefix(name, "kg_"), st.RunCount,
+			st.Runtime.Nanoseconds()/int64(st.RunCount))
 	}
 }
 
-// loadAll loads every program of keyguard's object that this kernel can attach (the agent's probe,
-// agent/internal/loader/variants.go, leaves out the same ones: a hook the kernel lacks, a traced function
-// with two BTF entries), by their program name.
-func loadAll(b testing.TB, pins string) (*ebpf.Collection, map[string]*ebpf.Program) {
-	spec, err := kgbpf.LoadKeyguard()
-	if err != nil {
-		b.Fatal(err)
-	}
-	kernel, err := btf.LoadKernelSpec()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for name, p := range spec.Programs {
-		target := p.AttachTo
-		if p.Type == ebpf.LSM {
-			target = "bpf_lsm_" + target
-		} else if p.AttachType == ebpf.AttachTraceRawTp {
-			target = "btf_trace_" + target
-		}
-		ts, _ := kernel.AnyTypesByName(target)
-		funcs := 0
-		for _, t := range ts {
-			if _, ok := t.(*btf.Func); ok {
-				funcs++
-			}
-		}
-		if len(ts) == 0 || (p.Type == ebpf.Tracing && p.AttachType != ebpf.AttachTraceRawTp && funcs != 1) {
-			fmt.Printf("BENCH kernel=%s program=%s not attachable here (%s)\n", vmenv.Kernel(), name, target)
-			delete(spec.Programs, name)
-			if name == "kg_vm_readv_exit" {
-				spec.Variables["cfg_vm_rw_tracked"].Set(uint32(0))
-			}
-		}
-	}
-	if spec.Programs["kg_vm_rw_enter"] != nil && spec.Programs["kg_vm_rw_exit"] != nil {
-		delete(spec.Programs, "kg_vm_readv_exit") // the agent attaches one process_vm_rw end variant
-		delete(spec.Programs, "kg_vm_writev_exit")
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pins}})
-	if err != nil {
-		b.Fatalf("load: %v", err)
-	}
-	progs := map[string]*ebpf.Program{}
-	for name, p := range coll.Programs {
-		progs[strings.TrimPrefix(name, "kg_")] = p
-	}
-	return coll, progs
+// benchGuard is keyguard's object loaded as the agent loads it on this kernel (Config.prepare: settings,
+// variants, fast-path filter), maps pinned in a private folder, with links the benchmark makes and
+// drops itself instead of pinning them.
+type benchGuard struct {
+	*Guard
+	coll  *ebpf.Collection
+	names []string // in the agent's attach order
+	links []link.Link
 }
 
-func pidfd(b *testing.B, pid int) int {
-	fd, err := unix.PidfdOpen(pid, 0)
+func benchLoad(tb testing.TB) *benchGuard {
+	cfg := DefaultConfig()
+	cfg.PinPath = pinDir(tb)
+	spec, opts, v, _, err := cfg.prepare()
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	return fd
+	coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			n := len(ve.Log)
+			tb.Logf("verifier log (last lines):\n%s", strings.Join(ve.Log[max(0, n-5000):], "\n"))
+		}
+		tb.Fatalf("load: %v", err)
+	}
+	g := &benchGuard{Guard: &Guard{Variants: v}, coll: coll, names: programs(spec)}
+	tb.Cleanup(func() {
+		g.detachAll()
+		coll.Close()
+		g.Maps.Close()
+	})
+	if err := coll.Assign(&g.Maps); err != nil {
+		tb.Fatal(err)
+	}
+	if err := g.rebuildFast(); err != nil {
+		tb.Fatal(err)
+	}
+	return g
+}
+
+func (g *benchGuard) attachAll(tb testing.TB) {
+	for _, name := range g.names {
+		l, err := attach(g.coll.Programs[name])
+		if err != nil {
+			tb.Fatalf("attach %s: %v", name, err)
+		}
+		g.links = append(g.links, l)
+	}
+}
+
+func (g *benchGuard) detachAll() {
+	closeLinks(g.links)
+	g.links = nil
+}
+
+// setStats turns the kernel's per-program run-time accounting on or off.
+func setStats(b testing.TB, on bool) {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	if err := os.WriteFile("/proc/sys/kernel/bpf_stats_enabled", []byte(v), 0); err != nil {
+		b.Fatalf("kernel.bpf_stats_enabled: %v", err)
+	}
 }
 
 func median(v []float64) float64 {
@@ -216,7 +212,7 @@ func median(v []float64) float64 {
 }
 
 // pinDir is a private bpffs folder, so the benchmark never touches a real agent's pins.
-func pinDir(b *testing.B) string {
+func pinDir(b testing.TB) string {
 	d := "/sys/fs/bpf/kg_bench"
 	os.RemoveAll(d)
 	if err := os.MkdirAll(d, 0o700); err != nil {

@@ -44,6 +44,7 @@ type config struct {
 	parallel     int
 	memMB        int
 	cpus         int
+	icount       string
 	compress     string
 	suitesFile   string
 	binsFile     string
@@ -83,6 +84,7 @@ func mainErr() int {
 	flag.IntVar(&cfg.parallel, "parallel", 2, "VMs run at the same time (each QEMU uses one host core)")
 	flag.IntVar(&cfg.memMB, "mem", 2048, "guest memory in MB (the guard suite's event log and its parsed copy outgrow 1 GiB)")
 	flag.IntVar(&cfg.cpus, "smp", 2, "guest CPUs")
+	flag.StringVar(&cfg.icount, "icount", "", "QEMU -icount setting (e.g. shift=0,sleep=off): the guest clock counts executed instructions, so timings inside the guest do not depend on the host's load (make bench)")
 	flag.StringVar(&cfg.compress, "compress", "none", "initramfs compression: none or gzip (the guest unpacks gzip ~1 s slower under TCG for a 60 MB image)")
 	flag.StringVar(&cfg.out, "out", "testvm/out", "output folder (relative to the module root); one vmtest at a time per folder")
 	flag.StringVar(&cfg.suitesFile, "suites-file", "testvm/suites.txt", "list of suite packages, relative to the module root")

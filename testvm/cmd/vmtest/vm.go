@@ -113,13 +113,17 @@ func qemuArgs(cfg *config, img *image, vm *vmResult) []string {
 		// QEMU user networking; only the host's loopback port reaches the guest's console.
 		nic = fmt.Sprintf("user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:%d-:8443", cfg.demoPort)
 	}
-	return append(qemuFor(cfg.arch).machine,
+	args := append(qemuFor(cfg.arch).machine,
 		"-accel", "tcg,thread=single", // multi-threaded TCG crashed 6.12 while patching code (notes/kernel.md)
 		"-m", strconv.Itoa(cfg.memMB), "-smp", strconv.Itoa(cfg.cpus),
 		"-nographic", "-no-reboot", "-nic", nic,
 		"-kernel", vm.vmlinuz, "-initrd", cmp.Or(vm.initrd, img.path),
 		"-append", cmdline(cfg, vm.series),
 	)
+	if cfg.icount != "" {
+		args = append(args, "-icount", cfg.icount)
+	}
+	return args
 }
 
 var errInterrupted = errors.New("interrupted")
