@@ -85,7 +85,13 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	contiguous := len(skipped) == 0 && contiguousAfter(st, fresh)
 	rows, upd := s.link(host, fresh, &st, now)
 	res.Stored = len(rows)
+	if err := s.assignIDs(ctx, tx, rows); err != nil {
+		return res, err
+	}
 	if err := s.insert(ctx, conn, tx, host, rows); err != nil {
+		return res, err
+	}
+	if err := s.insertTerms(ctx, tx, rows); err != nil {
 		return res, err
 	}
 	if err := s.recordAttempts(ctx, tx, host, rows); err != nil {
@@ -267,6 +273,7 @@ func contiguousAfter(st hostState, fresh []item) bool {
 
 // row is one event to insert, linked into the host's chain.
 type row struct {
+	id             int64 // the events table's id (assignIDs)
 	it             item
 	pos            uint64
 	prev, hash     []byte
@@ -311,16 +318,52 @@ const insertChunk = 250
 var insertColumns = len(insertColumnNames)
 
 // insertColumnNames are the events columns insert writes, in the order of rowValues.
-var insertColumnNames = []string{"host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
+var insertColumnNames = []string{"id", "host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
 	"proc_pid", "proc_comm", "proc_exe", "target_pid", "target_comm", "target_exe", "payload", "digest", "prev_hash", "hash", "collector", "severity"}
 
 // rowValues appends the column values of r (insertColumnNames) to args.
 func (s *Store) rowValues(args []any, host string, r row) []any {
 	p, t := r.ix.proc, r.ix.target
-	return append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
+	return append(args, r.id, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
 		int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
 		pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
 		r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
+}
+
+// assignIDs gives the rows their ids before the insert, so that their blocks' filter terms are known
+// (terms.go): on SQLite the numbers after the highest ever used (the write transaction holds the
+// database), on PostgreSQL numbers drawn from the id sequence (collectors sharing the database draw
+// distinct ones).
+func (s *Store) assignIDs(ctx context.Context, tx *sql.Tx, rows []row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	if s.backend == SQLite {
+		var last int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(n), 0) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name = 'events' UNION ALL SELECT MAX(id) FROM events)`).Scan(&last); err != nil {
+			return fmt.Errorf("allocate event ids: %w", err)
+		}
+		for i := range rows {
+			rows[i].id = last + 1 + int64(i)
+		}
+		return nil
+	}
+	ids, err := tx.QueryContext(ctx, `SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, $1)`, len(rows))
+	if err != nil {
+		return fmt.Errorf("allocate event ids: %w", err)
+	}
+	defer ids.Close()
+	i := 0
+	for ids.Next() && i < len(rows) {
+		if err := ids.Scan(&rows[i].id); err != nil {
+			return fmt.Errorf("allocate event ids: %w", err)
+		}
+		i++
+	}
+	if err := ids.Err(); err != nil || i != len(rows) {
+		return fmt.Errorf("allocate event ids: got %d of %d: %v", i, len(rows), err)
+	}
+	return nil
 }
 
 // insert is step 4: the rows, with COPY on PostgreSQL (on conn, which runs tx) and in multi-row

@@ -107,8 +107,10 @@ type Store struct {
 	qdb        *sql.DB   // event queries: own connections, statement timeout
 	qtimeout   time.Duration
 	qslots     chan struct{} // one per query connection
-	log        *slog.Logger
-	timed      func(op string, d time.Duration)
+	// maxScanBlocks bounds the blocks of filter terms a query reads row by row (terms.go; tests lower it).
+	maxScanBlocks int
+	log           *slog.Logger
+	timed         func(op string, d time.Duration)
 }
 
 // since reports the time since start for op to Options.Timed.
@@ -190,6 +192,8 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 		forward:   opts.Forward,
 		log:       log,
 		timed:     opts.Timed,
+
+		maxScanBlocks: maxScanBlocks,
 	}
 	if s.maxAhead == 0 {
 		s.maxAhead = DefaultMaxAhead
