@@ -45,10 +45,48 @@ type hostState struct {
 // It runs as named steps, each tested on its own: validate the batch, lock the host's row, dedupe
 // against what is stored, insert the new events, and advance the chain and the host's state.
 func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, skipped []Range) (AppendResult, error) {
+	p, err := Prepare(host, events)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	return s.AppendPrepared(ctx, host, []*Prepared{p}, skipped)
+}
+
+// Prepared is a batch of one host's events checked, stripped of unknown fields, encoded and
+// digested for AppendPrepared (step 1 of Append). Preparing needs no database, so a caller can
+// prepare the next batch while the last one commits.
+type Prepared struct {
+	host  string
+	items []item
+}
+
+// Prepare is step 1 of Append for events alone; see validateBatch. The events must not change
+// until they are appended.
+func Prepare(host string, events []*pb.Event) (*Prepared, error) {
+	items, err := validateBatch(host, events, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Prepared{host: host, items: items}, nil
+}
+
+// AppendPrepared is Append of the prepared batches, in order, as one batch.
+func (s *Store) AppendPrepared(ctx context.Context, host string, batches []*Prepared, skipped []Range) (AppendResult, error) {
 	start := time.Now()
 	var res AppendResult
-	items, err := validateBatch(host, events, skipped)
-	if err != nil {
+	var items []item
+	if len(batches) == 1 {
+		items = batches[0].items
+	}
+	for _, b := range batches {
+		if b.host != host {
+			return res, fmt.Errorf("%w: a batch prepared for host %q appended for %q", ErrInvalid, b.host, host)
+		}
+		if len(batches) > 1 {
+			items = append(items, b.items...)
+		}
+	}
+	if _, err := validateBatch(host, nil, skipped); err != nil {
 		return res, err
 	}
 	now := time.Now().UnixNano()
