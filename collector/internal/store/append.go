@@ -356,22 +356,22 @@ const insertChunk = 250
 var insertColumns = len(insertColumnNames)
 
 // insertColumnNames are the events columns insert writes, in the order of rowValues.
-var insertColumnNames = []string{"id", "host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
+var insertColumnNames = []string{"host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
 	"proc_pid", "proc_comm", "proc_exe", "target_pid", "target_comm", "target_exe", "payload", "digest", "prev_hash", "hash", "collector", "severity"}
 
 // rowValues appends the column values of r (insertColumnNames) to args.
 func (s *Store) rowValues(args []any, host string, r row) []any {
 	p, t := r.ix.proc, r.ix.target
-	return append(args, r.id, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
+	return append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
 		int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
 		pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
 		r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
 }
 
 // assignIDs gives the rows their ids before the insert, so that their blocks' filter terms are known
-// (terms.go): on SQLite the numbers after the highest ever used (the write transaction holds the
-// database), on PostgreSQL numbers drawn from the id sequence (collectors sharing the database draw
-// distinct ones).
+// (terms.go): on SQLite the numbers AUTOINCREMENT will give them, those after the highest ever used
+// (the write transaction holds the database; insert checks), on PostgreSQL numbers drawn from the id
+// sequence (collectors sharing the database draw distinct ones).
 func (s *Store) assignIDs(ctx context.Context, tx *sql.Tx, rows []row) error {
 	if len(rows) == 0 {
 		return nil
@@ -419,17 +419,23 @@ func (s *Store) insert(ctx context.Context, conn *sql.Conn, tx *sql.Tx, host str
 		for _, r := range rows[start:end] {
 			args = s.rowValues(args, host, r)
 		}
+		var res sql.Result
 		var err error
 		if end-start == insertChunk {
 			var st *sql.Stmt
 			if st, err = s.fullInsert(ctx); err == nil {
-				_, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+				res, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 			}
 		} else {
-			_, err = tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...)
+			res, err = tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...)
 		}
 		if err != nil {
 			return fmt.Errorf("store %d events of host %q: %w", end-start, host, err)
+		}
+		// SQLite numbers the rows itself (AUTOINCREMENT; an explicit id would make it keep a statement
+		// journal for the insert): the numbers assignIDs expected, which the filter terms use.
+		if last, err := res.LastInsertId(); err != nil || last != rows[end-1].id {
+			return fmt.Errorf("store events of host %q: event id %d, expected %d (%v)", host, last, rows[end-1].id, err)
 		}
 	}
 	return nil
@@ -445,12 +451,13 @@ func (s *Store) copyRows(ctx context.Context, conn *sql.Conn, host string, rows 
 			return fmt.Errorf("PostgreSQL driver connection is %T, not pgx's", dc)
 		}
 		n := 0
-		vals := make([]any, 0, insertColumns)
-		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{"events"}, insertColumnNames, pgx.CopyFromFunc(func() ([]any, error) {
+		vals := make([]any, 0, 1+insertColumns)
+		cols := append([]string{"id"}, insertColumnNames...)
+		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{"events"}, cols, pgx.CopyFromFunc(func() ([]any, error) {
 			if n == len(rows) {
 				return nil, nil
 			}
-			vals = s.rowValues(vals[:0], host, rows[n])
+			vals = s.rowValues(append(vals[:0], rows[n].id), host, rows[n])
 			n++
 			return vals, nil
 		}))
