@@ -99,6 +99,15 @@ func termsOf(out []term, id int64, ix index) []term {
 	return out
 }
 
+// sameTerms reports whether a and b have the same terms.
+func sameTerms(a, b index) bool {
+	same := func(p, q *pb.Process) bool {
+		return p.GetPid() == q.GetPid() && p.GetComm() == q.GetComm() && p.GetExePath() == q.GetExePath()
+	}
+	return a.kind == b.kind && a.decision == b.decision && a.rule == b.rule && a.severity == b.severity &&
+		same(a.proc, b.proc) && same(a.target, b.target)
+}
+
 // termChunk bounds the terms of one INSERT statement.
 const termChunk = 300
 
@@ -108,7 +117,10 @@ func (s *Store) insertTerms(ctx context.Context, tx *sql.Tx, rows []row) error {
 	var ts []term
 	seen := map[term]struct{}{}
 	var buf []term
-	for _, r := range rows {
+	for i, r := range rows {
+		if i > 0 && r.id/blockSize == rows[i-1].id/blockSize && sameTerms(r.ix, rows[i-1].ix) {
+			continue // most rows repeat the one before
+		}
 		buf = termsOf(buf[:0], r.id, r.ix)
 		for _, t := range buf {
 			if _, ok := seen[t]; !ok {
