@@ -359,13 +359,25 @@ var insertColumns = len(insertColumnNames)
 var insertColumnNames = []string{"host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
 	"proc_pid", "proc_comm", "proc_exe", "target_pid", "target_comm", "target_exe", "payload", "digest", "prev_hash", "hash", "collector", "severity"}
 
+// batchValues are the column values every row of a batch shares, converted to interfaces once (each
+// conversion of a string or a large integer allocates).
+type batchValues struct{ host, receive, collector any }
+
+func (s *Store) batchValues(host string, rows []row) batchValues {
+	bv := batchValues{host: host, collector: s.collector}
+	if len(rows) > 0 {
+		bv.receive = rows[0].receiveNanosec // link gives every row of a batch the same
+	}
+	return bv
+}
+
 // rowValues appends the column values of r (insertColumnNames) to args.
-func (s *Store) rowValues(args []any, host string, r row) []any {
+func rowValues(args []any, bv batchValues, r row) []any {
 	p, t := r.ix.proc, r.ix.target
-	return append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
+	return append(args, bv.host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, bv.receive,
 		int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
 		pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
-		r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
+		r.it.payload, r.it.digest, r.prev, r.hash, bv.collector, int32(r.ix.severity))
 }
 
 // assignIDs gives the rows their ids before the insert, so that their blocks' filter terms are known
@@ -413,11 +425,12 @@ func (s *Store) insert(ctx context.Context, conn *sql.Conn, tx *sql.Tx, host str
 		}
 		return nil
 	}
+	bv := s.batchValues(host, rows)
 	for start := 0; start < len(rows); start += insertChunk {
 		end := min(start+insertChunk, len(rows))
 		args := make([]any, 0, (end-start)*insertColumns)
 		for _, r := range rows[start:end] {
-			args = s.rowValues(args, host, r)
+			args = rowValues(args, bv, r)
 		}
 		var res sql.Result
 		var err error
@@ -451,13 +464,14 @@ func (s *Store) copyRows(ctx context.Context, conn *sql.Conn, host string, rows 
 			return fmt.Errorf("PostgreSQL driver connection is %T, not pgx's", dc)
 		}
 		n := 0
+		bv := s.batchValues(host, rows)
 		vals := make([]any, 0, 1+insertColumns)
 		cols := append([]string{"id"}, insertColumnNames...)
 		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{"events"}, cols, pgx.CopyFromFunc(func() ([]any, error) {
 			if n == len(rows) {
 				return nil, nil
 			}
-			vals = s.rowValues(append(vals[:0], rows[n].id), host, rows[n])
+			vals = rowValues(append(vals[:0], rows[n].id), bv, rows[n])
 			n++
 			return vals, nil
 		}))
