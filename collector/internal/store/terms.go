@@ -311,3 +311,75 @@ func pruneTerms(ctx context.Context, tx *sql.Tx) error {
 	}
 	return nil
 }
+
+// verifyTerms reports, in rep, the events of host whose filter terms are missing from event_terms:
+// deleting a term would hide its events from filtered queries without touching the chain. It holds
+// the terms in memory (a few rows per block of 1,024 events).
+func (s *Store) verifyTerms(ctx context.Context, host string, have map[term]struct{}, problem func(pos, seq uint64, format string, args ...any)) error {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, seq, chain_pos, kind, decision, rule, severity, proc_pid, proc_comm, proc_exe,
+		target_pid, target_comm, target_exe FROM events WHERE host = $1 ORDER BY chain_pos`, host)
+	if err != nil {
+		return fmt.Errorf("read filter columns of %q: %w", host, err)
+	}
+	defer rows.Close()
+	var buf []term
+	for rows.Next() {
+		var id, seq, pos, ppid, tpid int64
+		var kind, decision, sev int32
+		var ix index
+		var pc, pe, tc, te string
+		if err := rows.Scan(&id, &seq, &pos, &kind, &decision, &ix.rule, &sev, &ppid, &pc, &pe, &tpid, &tc, &te); err != nil {
+			return fmt.Errorf("read filter columns of %q: %w", host, err)
+		}
+		ix.kind, ix.decision, ix.severity = pb.EventKind(kind), pb.Decision(decision), pb.Severity(sev)
+		ix.proc = &pb.Process{Pid: uint32(ppid), Comm: pc, ExePath: pe}
+		ix.target = &pb.Process{Pid: uint32(tpid), Comm: tc, ExePath: te}
+		buf = termsOf(buf[:0], id, ix)
+		for _, t := range buf {
+			if _, ok := have[t]; ok {
+				continue
+			}
+			missing, err := s.termMissing(ctx, t, id)
+			if err != nil {
+				return err
+			}
+			if missing {
+				problem(uint64(pos), uint64(seq), "seq %d: its filter term %q is missing (filtered queries would not show it; filter terms deleted?)", seq, t.value)
+				break
+			}
+			have[t] = struct{}{}
+		}
+	}
+	return rows.Err()
+}
+
+// termMissing looks t up again for the event with id (read after the terms were: an append or a
+// retention run since then commits or deletes an event with its terms), and reports whether the
+// event is still stored and its term is not.
+func (s *Store) termMissing(ctx context.Context, t term, id int64) (bool, error) {
+	var terms, events int
+	err := s.db.QueryRowContext(ctx, `SELECT (SELECT COUNT(*) FROM event_terms WHERE field = $1 AND value = $2 AND block = $3),
+		(SELECT COUNT(*) FROM events WHERE id = $4)`, t.field, t.value, t.block, id).Scan(&terms, &events)
+	if err != nil {
+		return false, fmt.Errorf("look up filter term: %w", err)
+	}
+	return terms == 0 && events == 1, nil
+}
+
+// allTerms reads event_terms.
+func (s *Store) allTerms(ctx context.Context) (map[term]struct{}, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT field, value, block FROM event_terms`)
+	if err != nil {
+		return nil, fmt.Errorf("read filter terms: %w", err)
+	}
+	defer rows.Close()
+	out := map[term]struct{}{}
+	for rows.Next() {
+		var t term
+		if err := rows.Scan(&t.field, &t.value, &t.block); err != nil {
+			return nil, fmt.Errorf("read filter terms: %w", err)
+		}
+		out[t] = struct{}{}
+	}
+	return out, rows.Err()
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
@@ -159,5 +160,41 @@ func TestTermsRetention(t *testing.T) {
 		if got := listAll(t, s, &pb.EventFilter{Process: "perf"}); len(got) != 2 {
 			t.Errorf("perf after retention: %d events, want 2 (seq 2100 of each host)", len(got))
 		}
+	})
+}
+
+// verify reports events whose filter terms were deleted (they would vanish from filtered queries).
+func TestVerifyDetectsMissingTerms(t *testing.T) {
+	backends(t, func(t *testing.T, s *Store) {
+		appendTermEvents(t, s)
+		ctx := context.Background()
+		check := func(wantProblems bool) {
+			t.Helper()
+			reps, err := s.Verify(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var problems []string
+			for _, r := range reps {
+				for _, p := range r.GetProblems() {
+					problems = append(problems, r.GetHost()+": "+p.GetDetail())
+				}
+			}
+			if (len(problems) > 0) != wantProblems {
+				t.Fatalf("problems %v, want some: %v", problems, wantProblems)
+			}
+			if wantProblems && !strings.Contains(problems[0], `filter term "perf" is missing`) {
+				t.Errorf("problem %q, want the missing term named", problems[0])
+			}
+			t.Logf("%d problems %v", len(problems), problems)
+		}
+		check(false)
+		if _, err := s.DB().Exec(`DELETE FROM event_terms WHERE value = 'perf'`); err != nil {
+			t.Fatal(err)
+		}
+		if got := listAll(t, s, &pb.EventFilter{Process: "perf"}); len(got) != 0 {
+			t.Fatalf("perf after its terms were deleted: %d events (the attack hides them)", len(got))
+		}
+		check(true)
 	})
 }
