@@ -48,6 +48,7 @@ func listAll(t *testing.T, s *Store, f *pb.EventFilter) []string {
 	var out []string
 	var after *Cursor
 	for {
+		waitSlots(t, s) // the query budget's rest after the page before
 		evs, next, err := s.List(context.Background(), f, 700, after, true)
 		if err != nil {
 			t.Fatal(err)
