@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/keyguard/keyguard/collector/pgtest"
 	pb "github.com/keyguard/keyguard/proto/keyguard/v1"
 )
 
@@ -97,32 +98,44 @@ func TestTermsPlansAgree(t *testing.T) {
 // Schema version 9 fills in the terms of the rows stored before it: a database as version 8 left it
 // (per-column indexes, no event_terms) answers every filter as before after the upgrade.
 func TestTermsMigration(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "events.db")
-	s := open(t, path)
+	for _, backend := range []string{"sqlite", "postgres"} {
+		t.Run(backend, func(t *testing.T) {
+			dsn := filepath.Join(t.TempDir(), "events.db")
+			indexes := `SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%'`
+			if backend == "postgres" {
+				dsn = pgtest.NewDatabase(t)
+				indexes = `SELECT COUNT(*) FROM pg_indexes WHERE tablename = 'events' AND indexname LIKE 'events_%' AND indexname NOT LIKE '%key' AND indexname NOT LIKE '%pkey'`
+			}
+			testTermsMigration(t, dsn, indexes)
+		})
+	}
+}
+
+func testTermsMigration(t *testing.T, dsn, indexes string) {
+	s := open(t, dsn)
 	appendTermEvents(t, s)
 	want := map[int][]string{}
 	for i, f := range termFilters() {
 		want[i] = listAll(t, s, f)
 	}
 	// Back to version 8: the terms gone, the indexes back.
-	for _, q := range append([]string{`DROP TABLE event_terms`, `DELETE FROM schema_migrations WHERE version = 9`},
-		`CREATE INDEX events_kind_time ON events (kind, time_ns)`, `CREATE INDEX events_proc_comm_time ON events (proc_comm, time_ns)`) {
+	for _, q := range []string{`DROP TABLE event_terms`, `DELETE FROM schema_migrations WHERE version = 9`} {
 		if _, err := s.DB().Exec(q); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, ix := range droppedForTerms {
-		if _, err := s.DB().Exec(`CREATE INDEX IF NOT EXISTS ` + ix + ` ON events (time_ns)`); err != nil {
+		if _, err := s.DB().Exec(`CREATE INDEX ` + ix + ` ON events (time_ns)`); err != nil {
 			t.Fatal(err)
 		}
 	}
 	s.Close()
-	s = open(t, path)
+	s = open(t, dsn)
 	if v, err := s.SchemaVersion(context.Background()); err != nil || v != 9 {
 		t.Fatalf("schema version %d (%v), want 9", v, err)
 	}
 	var n int
-	if err := s.DB().QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'events_%'`).Scan(&n); err != nil {
+	if err := s.DB().QueryRow(indexes).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
 	if n != 3 {
@@ -132,6 +145,9 @@ func TestTermsMigration(t *testing.T) {
 		if got := listAll(t, s, f); len(got) != len(want[i]) || len(got) > 0 && got[0] != want[i][0] {
 			t.Errorf("%v after the upgrade: %d events, want %d", f, len(got), len(want[i]))
 		}
+	}
+	if reps, err := s.Verify(context.Background(), nil); err != nil || len(reps) != 2 || !reps[0].GetOk() || !reps[1].GetOk() {
+		t.Errorf("verify after the upgrade: %v, %v", reps, err)
 	}
 }
 
