@@ -70,7 +70,7 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 	defer s.metrics.StreamClosed()
 	log.Info("agent stream opened", "identity", id.String(), "acked_seq", acked)
 	in := make(chan received, 64)
-	go receive(ctx, stream, in)
+	go receive(ctx, stream, host, in)
 	var held *received // a request read ahead that must wait for the next round
 	for {
 		var r received
@@ -107,31 +107,46 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 				continue // a checkpoint alone gets no response
 			}
 		}
-		if reason, err := validate(host, req); err != nil {
-			s.metrics.Rejected(reason, len(req.GetEvents()))
-			log.Warn("refused batch", "err", err)
-			return err
+		if r.verr != nil {
+			s.metrics.Rejected(r.reason, len(req.GetEvents()))
+			log.Warn("refused batch", "err", r.verr)
+			return r.verr
 		}
-		group := []*pb.PushRequest{req}
-		group, held = s.gather(host, group, in)
+		group := []received{r}
+		group, held = s.gather(group, in)
 		if err := s.commitGroup(ctx, stream, log, host, group); err != nil {
 			return err
 		}
 	}
 }
 
-// received is one Recv result.
+// received is one Recv result, validated and, when valid, prepared for the store.
 type received struct {
-	req *pb.PushRequest
-	err error
+	req    *pb.PushRequest
+	err    error
+	reason string          // the metrics reason of verr
+	verr   error           // validate's verdict
+	prep   *store.Prepared // the events prepared (nil: Append prepares them, and reports what is wrong)
 }
 
-// receive reads the stream into in until it fails (the error is sent too) or ctx ends.
-func receive(ctx context.Context, stream pb.IngestService_PushServer, in chan<- received) {
+// receive reads the stream into in until it fails (the error is sent too) or ctx ends. It validates
+// each batch and prepares its events for the store (store.Prepare: encoding and digests), so that
+// this work runs while the previous batches commit.
+func receive(ctx context.Context, stream pb.IngestService_PushServer, host string, in chan<- received) {
 	for {
 		req, err := stream.Recv()
+		r := received{req: req, err: err}
+		if err == nil {
+			r.reason, r.verr = validate(host, req)
+			if r.verr == nil {
+				for _, ev := range req.GetEvents() {
+					ev.Host = host
+				}
+				r.prep, _ = store.Prepare(host, req.GetEvents())
+			}
+		}
 		select {
-		case in <- received{req, err}:
+		case in <- r:
 		case <-ctx.Done():
 			return
 		}
@@ -148,18 +163,18 @@ const MaxGroupEvents = 20000
 // committed in one transaction (one fsync for all: batches arriving while a commit is under way are
 // the next commit's). A checkpoint, an invalid batch or a receive error is held back for the next
 // round, after this group is committed.
-func (s *Server) gather(host string, group []*pb.PushRequest, in <-chan received) ([]*pb.PushRequest, *received) {
-	n := len(group[0].GetEvents())
+func (s *Server) gather(group []received, in <-chan received) ([]received, *received) {
+	n := len(group[0].req.GetEvents())
 	for n < MaxGroupEvents {
 		select {
 		case r := <-in:
 			if r.err != nil || r.req.GetCheckpoint() != nil || n+len(r.req.GetEvents()) > MaxGroupEvents {
 				return group, &r
 			}
-			if _, err := validate(host, r.req); err != nil {
+			if r.verr != nil {
 				return group, &r
 			}
-			group = append(group, r.req)
+			group = append(group, r)
 			n += len(r.req.GetEvents())
 		default:
 			return group, nil
@@ -172,10 +187,15 @@ func (s *Server) gather(host string, group []*pb.PushRequest, in <-chan received
 // carries the acknowledgement after the whole group; the counts are on the last). When the group
 // fails for a reason one batch may cause (conflict, invalid), its batches are stored one by one, so
 // those before the culprit are stored and acknowledged as before.
-func (s *Server) commitGroup(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, group []*pb.PushRequest) error {
+func (s *Server) commitGroup(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, group []received) error {
 	var evs []*pb.Event
 	var skipped []store.Range
-	for _, req := range group {
+	preps := make([]*store.Prepared, 0, len(group))
+	for _, r := range group {
+		req := r.req
+		if r.prep != nil {
+			preps = append(preps, r.prep)
+		}
 		for _, r := range req.GetSkipped() {
 			skipped = append(skipped, store.Range{First: r.GetFirst(), Last: r.GetLast()})
 		}
@@ -190,10 +210,16 @@ func (s *Server) commitGroup(ctx context.Context, stream pb.IngestService_PushSe
 		}
 		evs = append(evs, req.GetEvents()...)
 	}
-	res, err := s.store.Append(ctx, host, evs, skipped)
+	var res store.AppendResult
+	var err error
+	if len(preps) == len(group) {
+		res, err = s.store.AppendPrepared(ctx, host, preps, skipped)
+	} else {
+		res, err = s.store.Append(ctx, host, evs, skipped)
+	}
 	if err != nil && len(group) > 1 && (errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrInvalid)) {
-		for _, req := range group {
-			if err := s.commitGroup(ctx, stream, log, host, []*pb.PushRequest{req}); err != nil {
+		for _, r := range group {
+			if err := s.commitGroup(ctx, stream, log, host, []received{r}); err != nil {
 				return err
 			}
 		}

@@ -45,10 +45,48 @@ type hostState struct {
 // It runs as named steps, each tested on its own: validate the batch, lock the host's row, dedupe
 // against what is stored, insert the new events, and advance the chain and the host's state.
 func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, skipped []Range) (AppendResult, error) {
+	p, err := Prepare(host, events)
+	if err != nil {
+		return AppendResult{}, err
+	}
+	return s.AppendPrepared(ctx, host, []*Prepared{p}, skipped)
+}
+
+// Prepared is a batch of one host's events checked, stripped of unknown fields, encoded and
+// digested for AppendPrepared (step 1 of Append). Preparing needs no database, so a caller can
+// prepare the next batch while the last one commits.
+type Prepared struct {
+	host  string
+	items []item
+}
+
+// Prepare is step 1 of Append for events alone; see validateBatch. The events must not change
+// until they are appended.
+func Prepare(host string, events []*pb.Event) (*Prepared, error) {
+	items, err := validateBatch(host, events, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &Prepared{host: host, items: items}, nil
+}
+
+// AppendPrepared is Append of the prepared batches, in order, as one batch.
+func (s *Store) AppendPrepared(ctx context.Context, host string, batches []*Prepared, skipped []Range) (AppendResult, error) {
 	start := time.Now()
 	var res AppendResult
-	items, err := validateBatch(host, events, skipped)
-	if err != nil {
+	var items []item
+	if len(batches) == 1 {
+		items = batches[0].items
+	}
+	for _, b := range batches {
+		if b.host != host {
+			return res, fmt.Errorf("%w: a batch prepared for host %q appended for %q", ErrInvalid, b.host, host)
+		}
+		if len(batches) > 1 {
+			items = append(items, b.items...)
+		}
+	}
+	if _, err := validateBatch(host, nil, skipped); err != nil {
 		return res, err
 	}
 	now := time.Now().UnixNano()
@@ -85,7 +123,13 @@ func (s *Store) Append(ctx context.Context, host string, events []*pb.Event, ski
 	contiguous := len(skipped) == 0 && contiguousAfter(st, fresh)
 	rows, upd := s.link(host, fresh, &st, now)
 	res.Stored = len(rows)
+	if err := s.assignIDs(ctx, tx, rows); err != nil {
+		return res, err
+	}
 	if err := s.insert(ctx, conn, tx, host, rows); err != nil {
+		return res, err
+	}
+	if err := s.insertTerms(ctx, tx, rows); err != nil {
 		return res, err
 	}
 	if err := s.recordAttempts(ctx, tx, host, rows); err != nil {
@@ -267,6 +311,7 @@ func contiguousAfter(st hostState, fresh []item) bool {
 
 // row is one event to insert, linked into the host's chain.
 type row struct {
+	id             int64 // the events table's id (assignIDs)
 	it             item
 	pos            uint64
 	prev, hash     []byte
@@ -314,13 +359,61 @@ var insertColumns = len(insertColumnNames)
 var insertColumnNames = []string{"host", "seq", "chain_pos", "time_ns", "receive_ns", "kind", "decision", "rule",
 	"proc_pid", "proc_comm", "proc_exe", "target_pid", "target_comm", "target_exe", "payload", "digest", "prev_hash", "hash", "collector", "severity"}
 
+// batchValues are the column values every row of a batch shares, converted to interfaces once (each
+// conversion of a string or a large integer allocates).
+type batchValues struct{ host, receive, collector any }
+
+func (s *Store) batchValues(host string, rows []row) batchValues {
+	bv := batchValues{host: host, collector: s.collector}
+	if len(rows) > 0 {
+		bv.receive = rows[0].receiveNanosec // link gives every row of a batch the same
+	}
+	return bv
+}
+
 // rowValues appends the column values of r (insertColumnNames) to args.
-func (s *Store) rowValues(args []any, host string, r row) []any {
+func rowValues(args []any, bv batchValues, r row) []any {
 	p, t := r.ix.proc, r.ix.target
-	return append(args, host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, r.receiveNanosec,
+	return append(args, bv.host, int64(r.it.ev.GetSeq()), int64(r.pos), r.ix.timeNanos, bv.receive,
 		int32(r.ix.kind), int32(r.ix.decision), r.ix.rule,
 		pid(p), comm(p), exe(p), pid(t), comm(t), exe(t),
-		r.it.payload, r.it.digest, r.prev, r.hash, s.collector, int32(r.ix.severity))
+		r.it.payload, r.it.digest, r.prev, r.hash, bv.collector, int32(r.ix.severity))
+}
+
+// assignIDs gives the rows their ids before the insert, so that their blocks' filter terms are known
+// (terms.go): on SQLite the numbers AUTOINCREMENT will give them, those after the highest ever used
+// (the write transaction holds the database; insert checks), on PostgreSQL numbers drawn from the id
+// sequence (collectors sharing the database draw distinct ones).
+func (s *Store) assignIDs(ctx context.Context, tx *sql.Tx, rows []row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	if s.backend == SQLite {
+		var last int64
+		if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(n), 0) FROM (SELECT seq AS n FROM sqlite_sequence WHERE name = 'events' UNION ALL SELECT MAX(id) FROM events)`).Scan(&last); err != nil {
+			return fmt.Errorf("allocate event ids: %w", err)
+		}
+		for i := range rows {
+			rows[i].id = last + 1 + int64(i)
+		}
+		return nil
+	}
+	ids, err := tx.QueryContext(ctx, `SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, $1)`, len(rows))
+	if err != nil {
+		return fmt.Errorf("allocate event ids: %w", err)
+	}
+	defer ids.Close()
+	i := 0
+	for ids.Next() && i < len(rows) {
+		if err := ids.Scan(&rows[i].id); err != nil {
+			return fmt.Errorf("allocate event ids: %w", err)
+		}
+		i++
+	}
+	if err := ids.Err(); err != nil || i != len(rows) {
+		return fmt.Errorf("allocate event ids: got %d of %d: %v", i, len(rows), err)
+	}
+	return nil
 }
 
 // insert is step 4: the rows, with COPY on PostgreSQL (on conn, which runs tx) and in multi-row
@@ -332,23 +425,30 @@ func (s *Store) insert(ctx context.Context, conn *sql.Conn, tx *sql.Tx, host str
 		}
 		return nil
 	}
+	bv := s.batchValues(host, rows)
 	for start := 0; start < len(rows); start += insertChunk {
 		end := min(start+insertChunk, len(rows))
 		args := make([]any, 0, (end-start)*insertColumns)
 		for _, r := range rows[start:end] {
-			args = s.rowValues(args, host, r)
+			args = rowValues(args, bv, r)
 		}
+		var res sql.Result
 		var err error
 		if end-start == insertChunk {
 			var st *sql.Stmt
 			if st, err = s.fullInsert(ctx); err == nil {
-				_, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+				res, err = tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 			}
 		} else {
-			_, err = tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...)
+			res, err = tx.ExecContext(ctx, insertSQL(s.backend, end-start), args...)
 		}
 		if err != nil {
 			return fmt.Errorf("store %d events of host %q: %w", end-start, host, err)
+		}
+		// SQLite numbers the rows itself (AUTOINCREMENT; an explicit id would make it keep a statement
+		// journal for the insert): the numbers assignIDs expected, which the filter terms use.
+		if last, err := res.LastInsertId(); err != nil || last != rows[end-1].id {
+			return fmt.Errorf("store events of host %q: event id %d, expected %d (%v)", host, last, rows[end-1].id, err)
 		}
 	}
 	return nil
@@ -364,12 +464,14 @@ func (s *Store) copyRows(ctx context.Context, conn *sql.Conn, host string, rows 
 			return fmt.Errorf("PostgreSQL driver connection is %T, not pgx's", dc)
 		}
 		n := 0
-		vals := make([]any, 0, insertColumns)
-		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{"events"}, insertColumnNames, pgx.CopyFromFunc(func() ([]any, error) {
+		bv := s.batchValues(host, rows)
+		vals := make([]any, 0, 1+insertColumns)
+		cols := append([]string{"id"}, insertColumnNames...)
+		_, err := c.Conn().CopyFrom(ctx, pgx.Identifier{"events"}, cols, pgx.CopyFromFunc(func() ([]any, error) {
 			if n == len(rows) {
 				return nil, nil
 			}
-			vals = s.rowValues(vals[:0], host, rows[n])
+			vals = rowValues(append(vals[:0], rows[n].id), bv, rows[n])
 			n++
 			return vals, nil
 		}))

@@ -26,6 +26,16 @@ type Group struct {
 func (s *Store) GroupEvents(ctx context.Context, f *pb.EventFilter, limit int) ([]Group, error) {
 	defer s.since("list", time.Now())
 	w := filterWhere(f)
+	plan, err := planBlocks(ctx, s.db, f, s.maxScanBlocks)
+	if err != nil {
+		return nil, fmt.Errorf("group events: %w", err)
+	}
+	if plan.restricted {
+		if len(plan.blocks) == 0 {
+			return nil, nil // no block holds the filter's values
+		}
+		w.addBlocks(plan.blocks)
+	}
 	q := `SELECT proc_exe, target_exe, kind, decision, rule, MAX(severity), CAST(SUM(attempts) AS BIGINT), COUNT(*), MIN(time_ns), MAX(time_ns) FROM events WHERE ` + w.sql() +
 		` GROUP BY proc_exe, target_exe, kind, decision, rule ORDER BY SUM(attempts) DESC, MAX(time_ns) DESC LIMIT ` + fmt.Sprint(max(1, limit))
 	rows, err := s.db.QueryContext(ctx, q, w.args...)

@@ -59,36 +59,28 @@ func (w *where) sql() string {
 	return strings.Join(w.conds, " AND ")
 }
 
-func filterWhere(f *pb.EventFilter) *where { return filterWhereFor(f, Postgres) }
-
-// filterWhereFor builds the condition for backend. On SQLite, when the filter names a process, pid
-// or rule (narrow: few rows each), the broad columns (host, kind, decision) are written as +column
-// so that the planner uses the narrow column's index: it cannot tell that a rule matches nothing and
-// would otherwise walk every row of the host in time order.
-func filterWhereFor(f *pb.EventFilter, backend Backend) *where {
+// filterWhere builds the row condition of a filter: every column it names is checked on each row
+// (the filter terms of terms.go only narrow which rows are read).
+func filterWhere(f *pb.EventFilter) *where {
 	w := &where{}
 	if f == nil {
 		return w
-	}
-	broad := func(col string) string { return col }
-	if backend == SQLite && (f.GetProcess() != "" || f.GetPid() != 0 || f.GetRule() != "") {
-		broad = func(col string) string { return "+" + col }
 	}
 	hosts := make([]any, len(f.GetHosts()))
 	for i, h := range f.GetHosts() {
 		hosts[i] = h
 	}
-	w.in(broad("host"), hosts)
+	w.in("host", hosts)
 	kinds := make([]any, len(f.GetKinds()))
 	for i, k := range f.GetKinds() {
 		kinds[i] = int32(k)
 	}
-	w.in(broad("kind"), kinds)
+	w.in("kind", kinds)
 	decisions := make([]any, len(f.GetDecisions()))
 	for i, d := range f.GetDecisions() {
 		decisions[i] = int32(d)
 	}
-	w.in(broad("decision"), decisions)
+	w.in("decision", decisions)
 	if t := f.GetStartTime(); t != nil {
 		w.add("time_ns >= ?", t.AsTime().UnixNano())
 	}
@@ -146,7 +138,7 @@ func scanEvents(rows *sql.Rows) ([]*pb.StoredEvent, []Cursor, error) {
 // next is nil when there are no more events.
 func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *Cursor, newestFirst bool) ([]*pb.StoredEvent, *Cursor, error) {
 	defer s.since("list", time.Now())
-	w := filterWhereFor(f, s.backend)
+	w := filterWhere(f)
 	cmp, order := ">", "ASC"
 	if newestFirst {
 		cmp, order = "<", "DESC"
@@ -154,8 +146,6 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 	if after != nil {
 		w.add("(time_ns, host, seq) "+cmp+" (?, ?, ?)", after.TimeNanos, after.Host, int64(after.Seq))
 	}
-	q := `SELECT ` + eventColumns + ` FROM events WHERE ` + w.sql() +
-		` ORDER BY time_ns ` + order + `, host ` + order + `, seq ` + order + ` LIMIT ` + strconv.Itoa(limit+1)
 	qctx, cancel := context.WithTimeout(ctx, s.qtimeout)
 	defer cancel()
 	// A slot of the query budget, within the same deadline: a query answers or is refused within
@@ -164,6 +154,14 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 		return nil, nil, err
 	}
 	defer s.releaseSlot(time.Now())
+	plan, err := planBlocks(qctx, s.qdb, f, s.maxScanBlocks)
+	if err != nil {
+		return nil, nil, s.queryErr(ctx, qctx, err)
+	}
+	if plan.restricted && len(plan.blocks) == 0 {
+		return nil, nil, nil // no block holds the filter's values
+	}
+	q := s.listSQL(w, plan, order, limit+1)
 	rows, err := s.qdb.QueryContext(qctx, q, w.args...)
 	if err != nil {
 		return nil, nil, s.queryErr(ctx, qctx, err)
@@ -177,6 +175,20 @@ func (s *Store) List(ctx context.Context, f *pb.EventFilter, limit int, after *C
 	}
 	next := curs[limit-1]
 	return evs[:limit], &next, nil
+}
+
+// listSQL is List's statement: with a restricted plan it reads the plan's blocks by id (on SQLite NOT
+// INDEXED keeps the planner from walking the time index instead; the id, the rowid, is still used).
+func (s *Store) listSQL(w *where, plan blockPlan, order string, limit int) string {
+	from := ` FROM events`
+	if plan.restricted {
+		w.addBlocks(plan.blocks)
+		if s.backend == SQLite {
+			from += ` NOT INDEXED`
+		}
+	}
+	return `SELECT ` + eventColumns + from + ` WHERE ` + w.sql() +
+		` ORDER BY time_ns ` + order + `, host ` + order + `, seq ` + order + ` LIMIT ` + strconv.Itoa(limit)
 }
 
 // querySlot takes a slot of the query budget before qctx ends.

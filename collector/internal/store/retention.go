@@ -63,6 +63,9 @@ func (s *Store) trimHost(ctx context.Context, host string, cutoff time.Time) (in
 	if err != nil {
 		return 0, fmt.Errorf("count expired events of %q: %w", host, err)
 	}
+	if err := pruneTerms(ctx, tx); err != nil {
+		return 0, err
+	}
 	if _, err := tx.ExecContext(ctx, `UPDATE hosts SET chain_base_pos = $2, chain_base_hash = $3, event_count = $4 WHERE host = $1`,
 		host, upto, baseHash, max(count-n, 0)); err != nil {
 		return 0, fmt.Errorf("move chain base of %q: %w", host, err)

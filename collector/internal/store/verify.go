@@ -17,7 +17,8 @@ import (
 const MaxProblems = 100
 
 // Verify recomputes the hash chain of each host (all hosts when names is empty) and reports events that
-// were modified, deleted or relinked, and a chain head that no longer matches.
+// were modified, deleted or relinked, a chain head that no longer matches, and events whose filter
+// terms (terms.go) are missing.
 func (s *Store) Verify(ctx context.Context, names []string) ([]*pb.HostChainReport, error) {
 	defer s.since("verify", time.Now())
 	if len(names) == 0 {
@@ -38,9 +39,31 @@ func (s *Store) Verify(ctx context.Context, names []string) ([]*pb.HostChainRepo
 			return nil, fmt.Errorf("list hosts to verify: %w", err)
 		}
 	}
+	terms, err := s.allTerms(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []*pb.HostChainReport
 	for _, h := range names {
 		r, err := s.verifyHost(ctx, h)
+		if err != nil {
+			return nil, err
+		}
+		reported := map[uint64]bool{} // positions with a problem already: one report per event
+		for _, p := range r.Problems {
+			reported[p.GetChainPosition()] = true
+		}
+		err = s.verifyTerms(ctx, h, terms, func(pos, seq uint64, format string, args ...any) {
+			if reported[pos] {
+				return
+			}
+			if len(r.Problems) >= MaxProblems {
+				r.Truncated = true
+				return
+			}
+			r.Problems = append(r.Problems, &pb.ChainProblem{Kind: pb.ChainProblemKind_CHAIN_PROBLEM_KIND_MODIFIED, ChainPosition: pos, Seq: seq, Detail: fmt.Sprintf(format, args...)})
+			r.Ok = false
+		})
 		if err != nil {
 			return nil, err
 		}
