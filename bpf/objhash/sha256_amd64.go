@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "ea54bfb8a292f49b649b6cb4b60b3447fd4ef33331b4c4ae9711cffdaacf90ac"
+const SHA256 = "820cf08eb44de0ce17aa811e716ceff48fe013e83be4af168f383d20de833aeb"

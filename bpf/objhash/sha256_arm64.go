@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "50120583ee47e879db5af0d50eae449afca7a06b3f56de9eb7cd16df91dc00e2"
+const SHA256 = "bf63a2d066569e78096bb7b2cb6cd04541bab3372c1a74d9952279bde26e1e62"
