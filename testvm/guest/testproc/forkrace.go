@@ -7,7 +7,8 @@ package main
 //	testproc fork-victim fork|vfork KEYFILE
 //	    thread B forks without pause (fork: children that keep the copied memory, report whether it holds
 //	    the key in their exit status and sleep 30 ms; vfork: Go's CLONE_VM|CLONE_VFORK spawn of a path
-//	    that does not exist, so the child shares the memory until its exec fails) while the main thread
+//	    that does not exist with 500 descriptors to move first, so the child shares the memory until its
+//	    exec fails) while the main thread
 //	    opens KEYFILE (again while EAGAIN) and reads the key into raceBuf. Prints "CHILD pid" per child,
 //	    then "LOADED retries=N forks=F keykids=K straddled=S": K children held the key, S forks began
 //	    before the open and ended after the load.
@@ -86,6 +87,12 @@ func forkVictim(mode, keyfile string) {
 	straddlers := map[int]bool{}
 	var mu sync.Mutex
 	done := make(chan struct{})
+	// vfork: the child moves 500 descriptors into place before its exec, which keeps it sharing the
+	// memory longer (a wider window for the readers).
+	spawn := &os.ProcAttr{Files: []*os.File{os.Stdin, os.Stdout, os.Stderr}}
+	for range 500 {
+		spawn.Files = append(spawn.Files, os.Stderr)
+	}
 	reap := func(flags int) {
 		for {
 			var ws unix.WaitStatus
@@ -110,7 +117,7 @@ func forkVictim(mode, keyfile string) {
 			before := openStarted.Load()
 			pid := 0
 			if mode == "vfork" {
-				p, err := os.StartProcess("/nonexistent/forkrace", []string{"x"}, &os.ProcAttr{})
+				p, err := os.StartProcess("/nonexistent/forkrace", []string{"x"}, spawn)
 				if err == nil {
 					pid = p.Pid
 					p.Wait()
