@@ -64,19 +64,20 @@ func forkChild() (int, syscall.Errno) {
 	return 0, 0
 }
 
-// widenFork opens many descriptors: copy_process copies the fd table (copy_files) between task_alloc and
-// copy_mm, so every fork spends longer in the window the test is about.
+// widenFork grows the fd table: copy_process copies it (copy_files) between task_alloc and copy_mm, so
+// every fork spends longer in the window the test is about. 1,000 open descriptors and one at 32,767
+// (root may raise its limit; the copy walks the whole table).
 func widenFork() {
-	var lim unix.Rlimit
-	n := 3000
-	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < uint64(n)+64 {
-		n = int(lim.Cur) - 64
+	lim := unix.Rlimit{Cur: 32768, Max: 32768}
+	if unix.Setrlimit(unix.RLIMIT_NOFILE, &lim) != nil {
+		unix.Getrlimit(unix.RLIMIT_NOFILE, &lim)
 	}
-	for i := 0; i < n; i++ {
+	for i := 0; i < 1000 && uint64(i)+64 < lim.Cur; i++ {
 		if _, err := unix.Dup(2); err != nil {
 			return
 		}
 	}
+	unix.Dup2(2, int(lim.Cur)-1)
 }
 
 func forkVictim(mode, keyfile string) {
