@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "820cf08eb44de0ce17aa811e716ceff48fe013e83be4af168f383d20de833aeb"
+const SHA256 = "e2e382cba1381303bc0b6d14af77c4dd531056fd24fb929cd6721c43a5c698d7"

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "bf63a2d066569e78096bb7b2cb6cd04541bab3372c1a74d9952279bde26e1e62"
+const SHA256 = "2fbe812827c5efcebc40b6ce1cfbf13a456c50eaa8da9c7e4f3f69d07c965ea3"

@@ -1543,9 +1543,46 @@ int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
 	return 0;
 }
 
+/* mm_struct->owner (CONFIG_MEMCG), read through a flavour type. */
+struct mm_struct___owner {
+	struct task_struct *owner;
+} __attribute__((preserve_access_index));
+
+/*
+ * The process whose memory a /proc/PID/mem read copies: the owner of the mm the file holds
+ * (file->private_data, the mm its pid's task had at open). That is not always the pid's process: the task
+ * may since be gone or run another mm (exec) while the mm lives on in processes that shared it (a vfork or
+ * CLONE_VM child's fd reads its parent, before and after the child's exec or exit; a thread's fd reads its
+ * process after the thread exited). mm->owner is the task the mm was made for (exec, fork), moved to
+ * another user of the mm only when that task exits. Without the field: the pid's task when it still runs
+ * that mm, else *kill (fail closed). NULL: nothing to read.
+ */
+static __always_inline struct task_struct *mem_target(struct file *file, int *kill)
+{
+	struct mm_struct *mm = (struct mm_struct *)BPF_CORE_READ(file, private_data);
+	struct task_struct *target;
+
+	*kill = 0;
+	if (!mm)
+		return 0;
+	if (bpf_core_field_exists(((struct mm_struct___owner *)0)->owner)) {
+		target = BPF_CORE_READ((struct mm_struct___owner *)mm, owner);
+		if (target)
+			return target;
+	}
+	target = proc_file_task(file);
+	if (target && (struct mm_struct *)BPF_CORE_READ(target, mm) == mm)
+		return target;
+	if (BPF_CORE_READ(mm, mm_users.counter))
+		*kill = 1; /* a live mm whose process cannot be known */
+	return 0;
+}
+
 /*
  * Every copy through /proc/PID/mem, whatever fd (kept from before the mark or fresh), syscall (read,
- * pread, readv) or io_uring request brought it here. Publish the read, then look at the mark: a process
+ * pread, readv) or io_uring request brought it here, decided for the process whose memory it copies
+ * (mem_target: the owner of the fd's mm, which a vfork child's fd shares with its parent). Publish the
+ * read, then look at the mark: a process
  * marked after this read passed file_permission makes the reader die before its first page (SIGKILL stops
  * get_user_pages before it copies anything), unless the rule allows the reader.
  */
@@ -1553,11 +1590,18 @@ SEC("fentry/mem_rw")
 int BPF_PROG(kg_mem_rw_enter, struct file *file, char *buf, size_t len, loff_t *ppos, int write)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
-	struct task_struct *target = proc_file_task(file);
 	struct kg_late_mark *late;
 	struct kg_mark prot = {};
+	struct task_struct *target;
 	__u32 tgid, mode;
+	int kill;
 
+	target = mem_target(file, &kill);
+	if (kill && !is_agent(cur)) {
+		bpf_send_signal(SIGKILL); /* fail closed: a read whose owner is unknown must not copy */
+		count(KG_CNT_DENIED);
+		return 0;
+	}
 	if (!target)
 		return 0;
 	tgid = BPF_CORE_READ(target, tgid);
