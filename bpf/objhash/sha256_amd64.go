@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "e2e382cba1381303bc0b6d14af77c4dd531056fd24fb929cd6721c43a5c698d7"
+const SHA256 = "e324d24b585b671bfb14af8b6584d562b8f562910847a74229c871de8fa7f2a0"

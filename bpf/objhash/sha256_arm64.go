@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "2fbe812827c5efcebc40b6ce1cfbf13a456c50eaa8da9c7e4f3f69d07c965ea3"
+const SHA256 = "89bd50a563df1a624658126bdd8a3c5d0f5122f1fb62357540656a2858c43b1f"

@@ -1554,8 +1554,8 @@ struct mm_struct___owner {
  * may since be gone or run another mm (exec) while the mm lives on in processes that shared it (a vfork or
  * CLONE_VM child's fd reads its parent, before and after the child's exec or exit; a thread's fd reads its
  * process after the thread exited). mm->owner is the task the mm was made for (exec, fork), moved to
- * another user of the mm only when that task exits. Without the field: the pid's task when it still runs
- * that mm, else *kill (fail closed). NULL: nothing to read.
+ * another task running the mm when that task exits. Without the field: the pid's task when it still runs
+ * that mm, else *kill (fail closed). NULL: nothing to protect.
  */
 static __always_inline struct task_struct *mem_target(struct file *file, int *kill)
 {
@@ -1565,11 +1565,10 @@ static __always_inline struct task_struct *mem_target(struct file *file, int *ki
 	*kill = 0;
 	if (!mm)
 		return 0;
-	if (bpf_core_field_exists(((struct mm_struct___owner *)0)->owner)) {
-		target = BPF_CORE_READ((struct mm_struct___owner *)mm, owner);
-		if (target)
-			return target;
-	}
+	/* NULL owner: the owner exited and no task runs the mm any more (only transient references such as
+	 * other readers hold it), so it is no process's memory to protect. */
+	if (bpf_core_field_exists(((struct mm_struct___owner *)0)->owner))
+		return BPF_CORE_READ((struct mm_struct___owner *)mm, owner);
 	target = proc_file_task(file);
 	if (target && (struct mm_struct *)BPF_CORE_READ(target, mm) == mm)
 		return target;

@@ -209,13 +209,13 @@ func TestKeyOpenRace(t *testing.T) {
 
 // forkRaceResult is one "testproc fork-race" run's last line (see testvm/guest/testproc/forkrace.go).
 type forkRaceResult struct {
-	rounds, loaded, leaks, leakRounds, keyKids, straddled, retries, refused, reads int
+	rounds, loaded, leaks, leakRounds, keyKids, straddled, retries, refused, reads, killed int
 }
 
 func (r *forkRaceResult) add(o forkRaceResult) {
 	r.rounds, r.loaded, r.leaks, r.leakRounds = r.rounds+o.rounds, r.loaded+o.loaded, r.leaks+o.leaks, r.leakRounds+o.leakRounds
 	r.keyKids, r.straddled, r.retries = r.keyKids+o.keyKids, r.straddled+o.straddled, r.retries+o.retries
-	r.refused, r.reads = r.refused+o.refused, r.reads+o.reads
+	r.refused, r.reads, r.killed = r.refused+o.refused, r.reads+o.reads, r.killed+o.killed
 }
 
 // forkRace runs rounds racers of mode (fork or vfork) under the readers of "testproc fork-race".
@@ -228,8 +228,8 @@ func forkRace(t *testing.T, mode string, rounds int) forkRaceResult {
 			t.Log(line)
 		}
 		if strings.HasPrefix(line, "FORKRACE ") {
-			fmt.Sscanf(line, "FORKRACE rounds=%d loaded=%d leaks=%d leakrounds=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d",
-				&r.rounds, &r.loaded, &r.leaks, &r.leakRounds, &r.keyKids, &r.straddled, &r.retries, &r.refused, &r.reads)
+			fmt.Sscanf(line, "FORKRACE rounds=%d loaded=%d leaks=%d leakrounds=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d killed=%d",
+				&r.rounds, &r.loaded, &r.leaks, &r.leakRounds, &r.keyKids, &r.straddled, &r.retries, &r.refused, &r.reads, &r.killed)
 		}
 	}
 	if r.rounds != rounds {
@@ -264,10 +264,10 @@ func TestKeyOpenForkRace(t *testing.T) {
 	}{{"fork", forkRaceRounds(40)}, {"vfork", forkRaceRounds(40) / 2}} {
 		t0 := time.Now()
 		r := forkRace(t, c.mode, c.rounds)
-		t.Logf("%s: %d rounds in %s: %d loaded their key, %d processes leaked it (in %d rounds); children holding the key %d, of which %d from forks that began before the open and ended after the load; %d reads refused, %d reads without the key, %d EAGAIN retries",
-			c.mode, r.rounds, time.Since(t0).Round(time.Second), r.loaded, r.leaks, r.leakRounds, r.keyKids, r.straddled, r.refused, r.reads, r.retries)
-		if r.loaded < r.rounds*9/10 {
-			t.Errorf("%s: only %d of %d racers loaded their key", c.mode, r.loaded, r.rounds)
+		t.Logf("%s: %d rounds in %s: %d loaded their key, %d processes leaked it (in %d rounds); children holding the key %d, of which %d from forks that began before the open and ended after the load; %d reads refused, %d reads without the key, readers killed before a copy in %d rounds, %d EAGAIN retries",
+			c.mode, r.rounds, time.Since(t0).Round(time.Second), r.loaded, r.leaks, r.leakRounds, r.keyKids, r.straddled, r.refused, r.reads, r.killed, r.retries)
+		if r.loaded < (r.rounds-r.killed)*9/10 || r.killed > r.rounds/2 {
+			t.Errorf("%s: only %d of %d racers loaded their key (readers killed in %d rounds)", c.mode, r.loaded, r.rounds, r.killed)
 		}
 		if r.leaks > 0 {
 			t.Errorf("%s: %d processes leaked the key in %d of %d rounds", c.mode, r.leaks, r.leakRounds, r.rounds)
@@ -305,8 +305,8 @@ func TestKeyOpenForkRaceControl(t *testing.T) {
 		for r.rounds < max && r.leaks == 0 {
 			r.add(forkRace(t, mode, 10))
 		}
-		t.Logf("control %s: %d rounds in %s: %d loaded, %d processes leaked the key; children holding the key %d (%d straddling the open), %d reads refused",
-			mode, r.rounds, time.Since(start).Round(time.Second), r.loaded, r.leaks, r.keyKids, r.straddled, r.refused)
+		t.Logf("control %s: %d rounds in %s: %d loaded, %d processes leaked the key; children holding the key %d (%d straddling the open), %d reads refused, readers killed in %d rounds",
+			mode, r.rounds, time.Since(start).Round(time.Second), r.loaded, r.leaks, r.keyKids, r.straddled, r.refused, r.killed)
 		if r.leaks == 0 {
 			t.Errorf("control %s: no leak in %d rounds with the second look off: the fork race test cannot fail", mode, r.rounds)
 		}

@@ -18,7 +18,9 @@ package main
 //	    the first sight of the process) from the moment its pid exists (the next pids are tried before
 //	    they are reported) until it is gone. Prints "LEAK round=R pid=P by=M" per process whose key was
 //	    read and at the end "FORKRACE rounds=R loaded=L leaks=N leakrounds=X keykids=K straddled=S
-//	    retries=T refused=D reads=C" (leaks: processes; refused: reads refused with EPERM or EACCES).
+//	    retries=T refused=D reads=C killed=K" (leaks: processes; refused: reads refused with EPERM or
+//	    EACCES; killed: rounds whose readers keyguard killed). Each round's readers are a process of
+//	    their own ("testproc fork-round MODE RACER KEYFILE ROUND").
 
 import (
 	"bufio"
@@ -270,17 +272,47 @@ func forkRace(mode, roundsArg, racer, keyfile string) {
 		fmt.Println("ERR rounds", err)
 		os.Exit(2)
 	}
-	var tally forkTally
+	var t forkTally
+	killed := 0
 	for r := 1; r <= rounds; r++ {
-		leaked := forkRound(r, mode, racer, keyfile, &tally)
-		tally.leaks += leaked
+		// Each round's readers are a process of their own: keyguard may kill one (SIGKILL before a copy).
+		out, err := exec.Command("/proc/self/exe", "fork-round", mode, racer, keyfile, strconv.Itoa(r)).Output()
+		leaked := 0
+		for _, line := range strings.Split(string(out), "\n") {
+			f := strings.Fields(line)
+			switch {
+			case len(f) > 0 && f[0] == "LEAK":
+				fmt.Println(line)
+				leaked++
+			case len(f) > 0 && f[0] == "ROUND":
+				var l, kk, st, re, rf, rd int
+				fmt.Sscanf(strings.Join(f[1:], " "), "loaded=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d", &l, &kk, &st, &re, &rf, &rd)
+				t.loaded, t.keyKids, t.straddled, t.retries = t.loaded+l, t.keyKids+kk, t.straddled+st, t.retries+re
+				t.refused.Add(int64(rf))
+				t.reads.Add(int64(rd))
+			case len(f) > 0 && f[0] == "round":
+				fmt.Println(line)
+			}
+		}
+		if ee, ok := err.(*exec.ExitError); ok && ee.ProcessState.Sys().(syscall.WaitStatus).Signaled() {
+			killed++
+		}
+		t.leaks += leaked
 		if leaked > 0 {
-			tally.leakRounds++
+			t.leakRounds++
 		}
 	}
-	fmt.Printf("FORKRACE rounds=%d loaded=%d leaks=%d leakrounds=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d\n",
-		rounds, tally.loaded, tally.leaks, tally.leakRounds, tally.keyKids, tally.straddled, tally.retries,
-		tally.refused.Load(), tally.reads.Load())
+	fmt.Printf("FORKRACE rounds=%d loaded=%d leaks=%d leakrounds=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d killed=%d\n",
+		rounds, t.loaded, t.leaks, t.leakRounds, t.keyKids, t.straddled, t.retries, t.refused.Load(), t.reads.Load(), killed)
+}
+
+// forkRoundCmd is one round of forkRace in a process of its own; it prints the LEAK lines and
+// "ROUND loaded=L keykids=K straddled=S retries=T refused=D reads=C".
+func forkRoundCmd(mode, racer, keyfile, round string) {
+	r, _ := strconv.Atoi(round)
+	var t forkTally
+	forkRound(r, mode, racer, keyfile, &t)
+	fmt.Printf("ROUND loaded=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d\n", t.loaded, t.keyKids, t.straddled, t.retries, t.refused.Load(), t.reads.Load())
 }
 
 // forkRound runs one racer under three readers and returns how many of its processes leaked the key.

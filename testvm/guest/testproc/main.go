@@ -88,6 +88,7 @@ func modes() map[string]func(args []string) {
 		"race-read":   func(a []string) { raceRead(a[0], a[1], a[2]) },
 		"fork-victim": func(a []string) { forkVictim(a[0], a[1]) },
 		"fork-race":   func(a []string) { forkRace(a[0], a[1], a[2], a[3]) },
+		"fork-round":  func(a []string) { forkRoundCmd(a[0], a[1], a[2], a[3]) },
 		"compat32": func([]string) {
 			if !compat32() {
 				fmt.Println("ERR no 32-bit system calls")
