@@ -254,14 +254,14 @@ func forkRaceRounds(def int) int {
 // the memory after the key was loaded must still leave a protected child (kg_fork_copied), and a vfork
 // child sharing the memory must not see a key loaded while it lives (the open waits). No read may
 // return the key. The control run (TestKeyOpenForkRaceControl) shows the same load leaks without that.
-// KEYGUARD_FORKRACE_N fork rounds (default 40: about 1 s each under TCG) and half as many vfork rounds.
+// KEYGUARD_FORKRACE_N fork rounds (default 30: 1-1.5 s each under TCG) and half as many vfork rounds.
 func TestKeyOpenForkRace(t *testing.T) {
 	vmenv.Require(t)
 	start := time.Now()
 	for _, c := range []struct {
 		mode   string
 		rounds int
-	}{{"fork", forkRaceRounds(40)}, {"vfork", forkRaceRounds(40) / 2}} {
+	}{{"fork", forkRaceRounds(30)}, {"vfork", forkRaceRounds(30) / 2}} {
 		t0 := time.Now()
 		r := forkRace(t, c.mode, c.rounds)
 		t.Logf("%s: %d rounds in %s: %d loaded their key, %d processes leaked it (in %d rounds); children holding the key %d, of which %d from forks that began before the open and ended after the load; %d reads refused, %d reads without the key, readers killed before a copy in %d rounds, %d EAGAIN retries",
