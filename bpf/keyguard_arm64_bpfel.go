@@ -415,6 +415,7 @@ const (
 	KeyguardProgKgFilePermission     = "kg_file_permission"
 	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
 	KeyguardProgKgFileTruncate       = "kg_file_truncate"
+	KeyguardProgKgForkCopied         = "kg_fork_copied"
 	KeyguardProgKgInodeFollowLink    = "kg_inode_follow_link"
 	KeyguardProgKgInodeFreeSecurity  = "kg_inode_free_security"
 	KeyguardProgKgInodeLink          = "kg_inode_link"
@@ -448,6 +449,7 @@ const (
 	KeyguardVarCfgDenyTraced         = "cfg_deny_traced"
 	KeyguardVarCfgDigest             = "cfg_digest"
 	KeyguardVarCfgDumpGuard          = "cfg_dump_guard"
+	KeyguardVarCfgForkRecheck        = "cfg_fork_recheck"
 	KeyguardVarCfgInflightWait       = "cfg_inflight_wait"
 	KeyguardVarCfgReportNoaudit      = "cfg_report_noaudit"
 	KeyguardVarCfgVmRwTracked        = "cfg_vm_rw_tracked"
@@ -508,6 +510,7 @@ type KeyguardProgramSpecs struct {
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
 	KgFileTruncate       *ebpf.ProgramSpec `ebpf:"kg_file_truncate"`
+	KgForkCopied         *ebpf.ProgramSpec `ebpf:"kg_fork_copied"`
 	KgInodeFollowLink    *ebpf.ProgramSpec `ebpf:"kg_inode_follow_link"`
 	KgInodeFreeSecurity  *ebpf.ProgramSpec `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.ProgramSpec `ebpf:"kg_inode_link"`
@@ -586,6 +589,7 @@ type KeyguardVariableSpecs struct {
 	CfgDenyTraced    *ebpf.VariableSpec `ebpf:"cfg_deny_traced"`
 	CfgDigest        *ebpf.VariableSpec `ebpf:"cfg_digest"`
 	CfgDumpGuard     *ebpf.VariableSpec `ebpf:"cfg_dump_guard"`
+	CfgForkRecheck   *ebpf.VariableSpec `ebpf:"cfg_fork_recheck"`
 	CfgInflightWait  *ebpf.VariableSpec `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.VariableSpec `ebpf:"cfg_report_noaudit"`
 	CfgVmRwTracked   *ebpf.VariableSpec `ebpf:"cfg_vm_rw_tracked"`
@@ -694,6 +698,7 @@ type KeyguardVariables struct {
 	CfgDenyTraced    *ebpf.Variable `ebpf:"cfg_deny_traced"`
 	CfgDigest        *ebpf.Variable `ebpf:"cfg_digest"`
 	CfgDumpGuard     *ebpf.Variable `ebpf:"cfg_dump_guard"`
+	CfgForkRecheck   *ebpf.Variable `ebpf:"cfg_fork_recheck"`
 	CfgInflightWait  *ebpf.Variable `ebpf:"cfg_inflight_wait"`
 	CfgReportNoaudit *ebpf.Variable `ebpf:"cfg_report_noaudit"`
 	CfgVmRwTracked   *ebpf.Variable `ebpf:"cfg_vm_rw_tracked"`
@@ -716,6 +721,7 @@ type KeyguardPrograms struct {
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
 	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
 	KgFileTruncate       *ebpf.Program `ebpf:"kg_file_truncate"`
+	KgForkCopied         *ebpf.Program `ebpf:"kg_fork_copied"`
 	KgInodeFollowLink    *ebpf.Program `ebpf:"kg_inode_follow_link"`
 	KgInodeFreeSecurity  *ebpf.Program `ebpf:"kg_inode_free_security"`
 	KgInodeLink          *ebpf.Program `ebpf:"kg_inode_link"`
@@ -760,6 +766,7 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgFilePermission,
 		p.KgFilePostOpen,
 		p.KgFileTruncate,
+		p.KgForkCopied,
 		p.KgInodeFollowLink,
 		p.KgInodeFreeSecurity,
 		p.KgInodeLink,

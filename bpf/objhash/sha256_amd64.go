@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "ef76db5925936071c974454c81a6842dfa935e02b1c4cfb61da7778844e6dd8e"
+const SHA256 = "1b8643207adbf351912858e848b3db1d2515d5727561d5bdb1d7f2314c8c3a13"

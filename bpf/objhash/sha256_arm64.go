@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "5f2440c56b9386b5728ecc7d4d0d98c0470883934b3117ffdd709f254bb50e93"
+const SHA256 = "b7f79673cf1e1e237dad1b4faabad03b26286feefbb6211e05e6f452e4decbce"

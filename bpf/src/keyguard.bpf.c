@@ -30,6 +30,7 @@ char LICENSE[] SEC("license") = "GPL";
 #define EAGAIN 11
 #define ENOMEM 12
 #define EACCES 13
+#define CLONE_VM 0x00000100
 #define CLONE_THREAD 0x00010000
 #define PTRACE_MODE_NOAUDIT 0x04
 #define MAY_WRITE 0x2
@@ -55,6 +56,9 @@ const volatile __u32 cfg_deny_metadata = 0;  /* decide metadata reads like memor
 const volatile __u32 cfg_inflight_wait = 1;  /* 0 only in the race test's control run: key opens ignore reads in
 					      * flight and /proc/PID/mem readers that passed their check before the mark
 					      * are not killed (the no-window design switched off) */
+const volatile __u32 cfg_fork_recheck = 1; /* 0 only in the fork race test's control run: no second look at
+					     * the parent's mark after the child's memory is copied, and key
+					     * opens ignore processes that share the opener's memory */
 const volatile __u32 cfg_digest = 1; /* bpf_ima_file_hash works here: executables are hashed at exec (loader
 				      * variant DigestIMA); 0: no digest checks (strict rules then admit nobody,
 				      * and keyguard's trust is by inode only) */
@@ -1539,9 +1543,45 @@ int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
 	return 0;
 }
 
+/* mm_struct->owner (CONFIG_MEMCG), read through a flavour type. */
+struct mm_struct___owner {
+	struct task_struct *owner;
+} __attribute__((preserve_access_index));
+
+/*
+ * The process whose memory a /proc/PID/mem read copies: the owner of the mm the file holds
+ * (file->private_data, the mm its pid's task had at open). That is not always the pid's process: the task
+ * may since be gone or run another mm (exec) while the mm lives on in processes that shared it (a vfork or
+ * CLONE_VM child's fd reads its parent, before and after the child's exec or exit; a thread's fd reads its
+ * process after the thread exited). mm->owner is the task the mm was made for (exec, fork), moved to
+ * another task running the mm when that task exits. Without the field: the pid's task when it still runs
+ * that mm, else *kill (fail closed). NULL: nothing to protect.
+ */
+static __always_inline struct task_struct *mem_target(struct file *file, int *kill)
+{
+	struct mm_struct *mm = (struct mm_struct *)BPF_CORE_READ(file, private_data);
+	struct task_struct *target;
+
+	*kill = 0;
+	if (!mm)
+		return 0;
+	/* NULL owner: the owner exited and no task runs the mm any more (only transient references such as
+	 * other readers hold it), so it is no process's memory to protect. */
+	if (bpf_core_field_exists(((struct mm_struct___owner *)0)->owner))
+		return BPF_CORE_READ((struct mm_struct___owner *)mm, owner);
+	target = proc_file_task(file);
+	if (target && (struct mm_struct *)BPF_CORE_READ(target, mm) == mm)
+		return target;
+	if (BPF_CORE_READ(mm, mm_users.counter))
+		*kill = 1; /* a live mm whose process cannot be known */
+	return 0;
+}
+
 /*
  * Every copy through /proc/PID/mem, whatever fd (kept from before the mark or fresh), syscall (read,
- * pread, readv) or io_uring request brought it here. Publish the read, then look at the mark: a process
+ * pread, readv) or io_uring request brought it here, decided for the process whose memory it copies
+ * (mem_target: the owner of the fd's mm, which a vfork child's fd shares with its parent). Publish the
+ * read, then look at the mark: a process
  * marked after this read passed file_permission makes the reader die before its first page (SIGKILL stops
  * get_user_pages before it copies anything), unless the rule allows the reader.
  */
@@ -1549,11 +1589,18 @@ SEC("fentry/mem_rw")
 int BPF_PROG(kg_mem_rw_enter, struct file *file, char *buf, size_t len, loff_t *ppos, int write)
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
-	struct task_struct *target = proc_file_task(file);
 	struct kg_late_mark *late;
 	struct kg_mark prot = {};
+	struct task_struct *target;
 	__u32 tgid, mode;
+	int kill;
 
+	target = mem_target(file, &kill);
+	if (kill && !is_agent(cur)) {
+		bpf_send_signal(SIGKILL); /* fail closed: a read whose owner is unknown must not copy */
+		count(KG_CNT_DENIED);
+		return 0;
+	}
 	if (!target)
 		return 0;
 	tgid = BPF_CORE_READ(target, tgid);
@@ -1597,23 +1644,15 @@ int BPF_PROG(kg_ptrace_traceme, struct task_struct *parent, int ret)
 	return decide(parent, cur, &prot, 0x02 /* ATTACH */, KG_OP_TRACEME, 0);
 }
 
-/* Fork: the child inherits the mark before it ever runs. Threads share the leader's mark. */
-SEC("lsm/task_alloc")
-int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags, int ret)
+/* Give the new process task the mark m of cur's process (and what exec found, for strict rules). 0, or
+ * -ENOMEM when task storage cannot be had: the fork must not produce an unprotected copy. */
+static __always_inline int inherit(struct task_struct *cur, struct kg_mark *m, struct task_struct *task)
 {
-	struct task_struct *cur = bpf_get_current_task_btf();
 	struct kg_exe_check *ck, *cc;
-	struct kg_mark *m, *c;
+	struct kg_mark *c;
 
-	if (ret)
-		return ret;
-	if (clone_flags & CLONE_THREAD)
-		return 0;
-	m = mark_get(cur->group_leader);
-	if (!m || !m->rule_id)
-		return 0;
 	c = bpf_task_storage_get(&marks, task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c) /* fail closed: an unprotected copy of a key holder must not exist */
+	if (!c)
 		return -ENOMEM;
 	c->rule_id = m->rule_id;
 	c->reason = KG_REASON_INHERIT;
@@ -1626,6 +1665,84 @@ int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags,
 			return -ENOMEM;
 		*cc = *ck;
 	}
+	return 0;
+}
+
+/* Fork: the child inherits the mark before it ever runs. Threads share the leader's mark. A mark that
+ * the parent gets after this (a key-file open by another thread) is looked at again by kg_fork_copied. */
+SEC("lsm/task_alloc")
+int BPF_PROG(kg_task_alloc, struct task_struct *task, unsigned long clone_flags, int ret)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct kg_mark *m;
+
+	if (ret)
+		return ret;
+	if (clone_flags & CLONE_THREAD)
+		return 0;
+	m = mark_get(cur->group_leader);
+	if (!m || !m->rule_id)
+		return 0;
+	/* fail closed: an unprotected copy of a key holder must not exist */
+	return inherit(cur, m, task);
+}
+
+/*
+ * Fork, second look: the key-open race of a fork by one thread and a key-file open by another.
+ *
+ * copy_process() runs security_task_alloc (kg_task_alloc) before copy_mm(). A thread B that passes
+ * task_alloc while its process is unmarked, then a thread A of the same process that opens a listed key
+ * file (marked) and loads the key before B's copy_mm() copies the memory, would leave a child that holds
+ * the key and no mark. copy_namespaces() is called right after copy_mm() for every fork (thread or
+ * process, any clone flags) and long before attach_pid() makes the child findable by pid, so here:
+ *
+ *   - the child's memory is final: a private copy (COW) holds only what the parent stored before
+ *     copy_mm() returned (dup_mmap ends with a TLB flush of the parent's mm, after which every store of
+ *     the parent goes to its own copy), and a store A made there followed A's mark and a full fence
+ *     (key_open). This program's look at the mark comes after that copy (and a full fence on the slow
+ *     path), so a child that holds the key sees its parent's mark here.
+ *   - no reader can have the child yet: /proc/PID, process_vm_readv, ptrace, pidfd_open all find a task
+ *     through its pid, which is attached after this; so no access to the child began before its mark,
+ *     no /proc/CHILD/mem fd was kept from before it, no io_uring request or ptrace attachment names it,
+ *     and no in-flight read needs to be waited for. Every later access is checked against this mark
+ *     (ptrace_access_check at open/attach/process_vm_readv; io_uring opens go through the same check).
+ *     An auto-attached tracer (PTRACE_O_TRACEFORK) implies a traced parent, whose key open is refused
+ *     (cfg_deny_traced).
+ *   - a child that shares the parent's memory (CLONE_VM without CLONE_THREAD: vfork, posix_spawn) also
+ *     shares every key loaded later: kg_task_alloc and this program mark it if the parent is marked by
+ *     then; if not, key_open sees the extra mm user (mm_shared) and refuses the open with EAGAIN until
+ *     the child has exec'd or exited. The fence below orders the child's mm_users reference before this
+ *     look at the mark, as key_open orders its mark before its look at mm_users.
+ *
+ * The child cannot be refused here (fentry): if its mark cannot be stored, the parent gets SIGKILL, which
+ * copy_process() checks (fatal_signal_pending) before it attaches the child, so the fork fails and no
+ * unprotected copy ever runs. The fast path: a parent with no task storage leaves after one field load.
+ */
+SEC("fentry/copy_namespaces")
+int BPF_PROG(kg_fork_copied, unsigned long clone_flags, struct task_struct *task)
+{
+	struct task_struct *cur = bpf_get_current_task_btf();
+	struct task_struct *leader = cur->group_leader;
+	struct kg_mark *m;
+
+	if (!cfg_fork_recheck || (clone_flags & CLONE_THREAD))
+		return 0;
+	if (clone_flags & CLONE_VM)
+		__sync_fetch_and_add(&kg_fence, 1); /* the child's mmget() before the look at the mark */
+	if (no_task_storage(leader))
+		return 0;
+	__sync_fetch_and_add(&kg_fence, 1);
+	m = bpf_task_storage_get(&marks, leader, 0, 0);
+	if (!m || !m->rule_id)
+		return 0;
+	if (!no_task_storage(task)) {
+		struct kg_mark *c = bpf_task_storage_get(&marks, task, 0, 0);
+
+		if (c && c->rule_id)
+			return 0; /* marked by kg_task_alloc: the usual case */
+	}
+	if (inherit(cur, m, task))
+		bpf_send_signal(SIGKILL); /* fail closed: the fork fails before the child is attached */
 	return 0;
 }
 
@@ -1815,12 +1932,30 @@ static __always_inline int strict_open(struct task_struct *cur, struct task_stru
 }
 
 /*
+ * Does another process share cur's memory (clone with CLONE_VM but not CLONE_THREAD: a vfork or
+ * posix_spawn child before its exec)? It would hold every key cur loads, unmarked if it was created before
+ * cur's mark. Each thread of the process holds one mm_users reference, taken (copy_mm) before it counts in
+ * signal->live and dropped (exit_mm) after it stopped counting, so a process alone has mm_users <= live;
+ * anything more is another process or a short-lived reference (a /proc reader, a thread being created):
+ * the open waits (EAGAIN) either way. Read after the mark and a full fence (see kg_fork_copied).
+ */
+static __always_inline int mm_shared(struct task_struct *cur)
+{
+	struct mm_struct *mm = cur->mm;
+
+	if (!mm)
+		return 0;
+	return BPF_CORE_READ(mm, mm_users.counter) > BPF_CORE_READ(cur, signal, live.counter);
+}
+
+/*
  * A key file: only its holders open it (the rule's processes, matched by executable at exec, by cgroup, or
  * already marked by the rule), plus key managers and the rule's openers; everyone else is refused (audit
  * mode: reported). An opener that is not protected yet becomes protected by the open (key managers are
  * not marked), and
  * the open waits (EAGAIN) while a read of its memory that passed its check before the mark is still
- * copying, so no read that began before the mark returns bytes loaded after the open.
+ * copying, so no read that began before the mark returns bytes loaded after the open, and while another
+ * process shares its memory (mm_shared). A fork racing the open is looked at again by kg_fork_copied.
  */
 static __always_inline int key_open(struct file *file, __u32 rule_id)
 {
@@ -1881,7 +2016,7 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	/* A locked instruction orders the mark before the look at in-flight reads (readers do the reverse:
 	 * publish, then look at the mark), so a read either sees the mark or is seen here. */
 	__sync_fetch_and_add(&kg_fence, 1);
-	if (cfg_inflight_wait && reads_in_flight(tgid)) {
+	if ((cfg_inflight_wait && reads_in_flight(tgid)) || (cfg_fork_recheck && mm_shared(cur))) {
 		emit_key(cur, KG_KEY_OPEN_BUSY, KG_GUARD_KEY_FILE, rule_id, KG_MODE_ENFORCE, KG_DECISION_DENIED, file->f_inode,
 			 name);
 		return -EAGAIN;

@@ -24,6 +24,7 @@ type config struct {
 	DenyTraced      bool          `yaml:"deny_traced" flag:"deny-traced" help:"refuse exec of a protected executable and key-file opens by a process under a tracer"`
 	NoDumpGuard     bool          `yaml:"no_dump_guard" flag:"no-dump-guard" help:"leave the dump_emit guard out as on a kernel that lacks it: dumps: redact is then enforced as block (for tests)"`
 	NoInflightWait  bool          `yaml:"-" flag:"test-no-inflight-wait" help:"TEST ONLY: let key-file opens ignore memory reads in flight (reopens the key-open race; the race test's control run)"`
+	NoForkRecheck   bool          `yaml:"-" flag:"test-no-fork-recheck" help:"TEST ONLY: no second look at a forking parent's mark after the child's memory is copied (reopens the fork/key-open race; the fork race test's control run)"`
 	PostureInterval time.Duration `yaml:"posture_interval" flag:"posture-interval" help:"how often host posture is checked again; a change is reported as a health event"`
 	DenyMetadata    bool          `yaml:"deny_metadata" flag:"deny-metadata" help:"deny metadata reads of protected processes (readlink/stat of /proc/PID/exe, cwd, root, attr) like memory reads; by default they are allowed and reported at info"`
 	AggregateWindow time.Duration `yaml:"aggregate_window" flag:"aggregate-window" help:"repeated access attempts (same accessor executable and uid, whichever process, target, operation, decision) are counted in the kernel for this long and reported as one event with a count"`
@@ -80,7 +81,7 @@ func defaultConfig() config {
 func (c config) daemon(version string) daemon.Config {
 	d := daemon.Config{
 		PolicyPath: c.Policy, EventLog: c.Events, StateDir: c.StateDir, ControlSocket: c.ControlSocket, Version: version,
-		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard, DenyMetadata: c.DenyMetadata, NoInflightWait: c.NoInflightWait},
+		Loader:          loader.Config{PinPath: c.PinPath, ReportNoAudit: c.ReportNoAudit, DenyTraced: c.DenyTraced, NoDumpGuard: c.NoDumpGuard, DenyMetadata: c.DenyMetadata, NoInflightWait: c.NoInflightWait, NoForkRecheck: c.NoForkRecheck},
 		DumpKeepStacks:  c.DumpKeepStacks,
 		PostureInterval: c.PostureInterval, AggregateWindow: c.AggregateWindow, OperatorKeyPath: c.OperatorKey, PolicyTokenPath: c.PolicyToken, Hostname: c.HostName,
 		Metrics:                  daemon.MetricsConfig{Listen: c.Metrics.Listen, AllowRemote: c.Metrics.AllowRemote},

@@ -57,6 +57,11 @@ type Config struct {
 	// spares /proc/PID/mem readers that passed their check before the mark: the race window is open
 	// again. Only for the race test's control run, which must then see leaks.
 	NoInflightWait bool
+	// NoForkRecheck leaves out the second look at a forking parent's mark after the child's memory is
+	// copied (kg_fork_copied) and lets key-file opens succeed while another process shares the opener's
+	// memory: a fork racing a key-file open in another thread can leave an unmarked child holding the
+	// key. Only for the fork race test's control run, which must then see leaks.
+	NoForkRecheck bool
 }
 
 // DefaultConfig returns the production defaults.
@@ -76,8 +81,8 @@ type Guard struct {
 	links    []link.Link
 }
 
-// programs lists the BPF object's programs, all of which the agent attaches, in attach order: the one
-// that passes protection on to fork children first (so no child of a protected process escapes while
+// programs lists the BPF object's programs, all of which the agent attaches, in attach order: the ones
+// that pass protection on to fork children first (so no child of a protected process escapes while
 // the others attach), then the ends of in-flight memory reads, then by name. The list comes from the object itself: a program added in bpf/src
 // is attached and pinned with no change here.
 func programs(spec *ebpf.CollectionSpec) []string {
@@ -89,15 +94,18 @@ func programs(spec *ebpf.CollectionSpec) []string {
 }
 
 func attachRank(p *ebpf.ProgramSpec) int {
-	if p.AttachTo == "task_alloc" {
+	switch p.AttachTo {
+	case "task_alloc":
 		return 0
+	case "copy_namespaces": // the second look at the parent's mark, after the child's memory is copied
+		return 1
 	}
 	// The ends of in-flight memory reads (fexit) before the programs that start them, so no read
 	// begun while the programs attach is left open.
 	if p.AttachType == ebpf.AttachTraceFExit {
-		return 1
+		return 2
 	}
-	return 2
+	return 3
 }
 
 func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
@@ -119,7 +127,8 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 		return 0
 	}
 	if err := errors.Join(set("cfg_report_noaudit", b2u(c.ReportNoAudit)), set("cfg_deny_traced", b2u(c.DenyTraced)),
-		set("cfg_deny_metadata", b2u(c.DenyMetadata)), set("cfg_inflight_wait", b2u(!c.NoInflightWait))); err != nil {
+		set("cfg_deny_metadata", b2u(c.DenyMetadata)), set("cfg_inflight_wait", b2u(!c.NoInflightWait)),
+		set("cfg_fork_recheck", b2u(!c.NoForkRecheck))); err != nil {
 		return nil, "", err
 	}
 	d := kgbpf.ObjectDigest()
@@ -128,6 +137,9 @@ func (c Config) spec() (*ebpf.CollectionSpec, string, error) {
 	fmt.Fprintf(h, "noaudit=%v traced=%v nowait=%v", c.ReportNoAudit, c.DenyTraced, c.NoInflightWait)
 	if c.DenyMetadata {
 		fmt.Fprint(h, " metadata=deny")
+	}
+	if c.NoForkRecheck {
+		fmt.Fprint(h, " forkrecheck=off")
 	}
 	return spec, hex.EncodeToString(h.Sum(nil))[:16], nil
 }

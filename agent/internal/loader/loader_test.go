@@ -16,8 +16,8 @@ func TestProgramsFromSpec(t *testing.T) {
 	if len(names) != len(spec.Programs) || len(names) < 20 {
 		t.Fatalf("%d programs listed, the object has %d: %v", len(names), len(spec.Programs), names)
 	}
-	if names[0] != "kg_task_alloc" {
-		t.Errorf("first program %s, want kg_task_alloc (fork inheritance first)", names[0])
+	if names[0] != "kg_task_alloc" || names[1] != "kg_fork_copied" {
+		t.Errorf("first programs %v, want kg_task_alloc, kg_fork_copied (fork inheritance first)", names[:2])
 	}
 	seen := map[string]bool{}
 	for _, n := range names {

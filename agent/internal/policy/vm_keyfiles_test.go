@@ -207,6 +207,112 @@ func TestKeyOpenRace(t *testing.T) {
 	}
 }
 
+// forkRaceResult is one "testproc fork-race" run's last line (see testvm/guest/testproc/forkrace.go).
+type forkRaceResult struct {
+	rounds, loaded, leaks, leakRounds, keyKids, straddled, retries, refused, reads, killed int
+}
+
+func (r *forkRaceResult) add(o forkRaceResult) {
+	r.rounds, r.loaded, r.leaks, r.leakRounds = r.rounds+o.rounds, r.loaded+o.loaded, r.leaks+o.leaks, r.leakRounds+o.leakRounds
+	r.keyKids, r.straddled, r.retries = r.keyKids+o.keyKids, r.straddled+o.straddled, r.retries+o.retries
+	r.refused, r.reads, r.killed = r.refused+o.refused, r.reads+o.reads, r.killed+o.killed
+}
+
+// forkRace runs rounds racers of mode (fork or vfork) under the readers of "testproc fork-race".
+func forkRace(t *testing.T, mode string, rounds int) forkRaceResult {
+	t.Helper()
+	out, err := exec.Command(guesttest.ProcBin, "fork-race", mode, fmt.Sprint(rounds), guesttest.RacerExe, guesttest.RacerKey).Output()
+	var r forkRaceResult
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "LEAK") || strings.HasPrefix(line, "round") {
+			t.Log(line)
+		}
+		if strings.HasPrefix(line, "FORKRACE ") {
+			fmt.Sscanf(line, "FORKRACE rounds=%d loaded=%d leaks=%d leakrounds=%d keykids=%d straddled=%d retries=%d refused=%d reads=%d killed=%d",
+				&r.rounds, &r.loaded, &r.leaks, &r.leakRounds, &r.keyKids, &r.straddled, &r.retries, &r.refused, &r.reads, &r.killed)
+		}
+	}
+	if r.rounds != rounds {
+		t.Fatalf("fork-race %s %d: no result (%v): %s", mode, rounds, err, out)
+	}
+	return r
+}
+
+// forkRaceRounds is KEYGUARD_FORKRACE_N, or def.
+func forkRaceRounds(def int) int {
+	if s := os.Getenv("KEYGUARD_FORKRACE_N"); s != "" {
+		fmt.Sscan(s, &def)
+	}
+	return def
+}
+
+// TestKeyOpenForkRace: the fork side of the key-open race. In each round a fresh racer process (openers
+// "any": it becomes protected by its key-file open) has one thread fork without pause while its main
+// thread opens the key file and reads the key into memory; three readers (process_vm_readv, a fresh
+// /proc/PID/mem fd per read, /proc/PID/mem fds kept from the first sight of a process) hammer every new
+// process from the moment its pid exists. A fork that passed task_alloc before the open's mark and copied
+// the memory after the key was loaded must still leave a protected child (kg_fork_copied), and a vfork
+// child sharing the memory must not see a key loaded while it lives (the open waits). No read may
+// return the key. The control run (TestKeyOpenForkRaceControl) shows the same load leaks without that.
+// KEYGUARD_FORKRACE_N fork rounds (default 30: 1-1.5 s each under TCG) and half as many vfork rounds.
+func TestKeyOpenForkRace(t *testing.T) {
+	vmenv.Require(t)
+	start := time.Now()
+	for _, c := range []struct {
+		mode   string
+		rounds int
+	}{{"fork", forkRaceRounds(30)}, {"vfork", forkRaceRounds(30) / 2}} {
+		t0 := time.Now()
+		r := forkRace(t, c.mode, c.rounds)
+		t.Logf("%s: %d rounds in %s: %d loaded their key, %d processes leaked it (in %d rounds); children holding the key %d, of which %d from forks that began before the open and ended after the load; %d reads refused, %d reads without the key, readers killed before a copy in %d rounds, %d EAGAIN retries",
+			c.mode, r.rounds, time.Since(t0).Round(time.Second), r.loaded, r.leaks, r.leakRounds, r.keyKids, r.straddled, r.refused, r.reads, r.killed, r.retries)
+		if r.loaded < (r.rounds-r.killed)*9/10 || r.killed > r.rounds/2 {
+			t.Errorf("%s: only %d of %d racers loaded their key (readers killed in %d rounds)", c.mode, r.loaded, r.rounds, r.killed)
+		}
+		if r.leaks > 0 {
+			t.Errorf("%s: %d processes leaked the key in %d of %d rounds", c.mode, r.leaks, r.leakRounds, r.rounds)
+		}
+		if r.refused == 0 {
+			t.Errorf("%s: no read was refused: the readers never reached a protected child (the test proves nothing)", c.mode)
+		}
+	}
+	t.Logf("fork race: %s", time.Since(start).Round(time.Second))
+}
+
+// TestKeyOpenForkRaceControl: TestKeyOpenForkRace's load with the second look off
+// (-test-no-fork-recheck: no kg_fork_copied, key opens ignore processes sharing the opener's memory) MUST
+// leak, or its 0 leaks would prove nothing. Runs 10 rounds at a time until a leak, per mode, at most
+// KEYGUARD_FORKRACE_CONTROL_N rounds (default 200) each.
+func TestKeyOpenForkRaceControl(t *testing.T) {
+	vmenv.Require(t)
+	max := 200
+	if s := os.Getenv("KEYGUARD_FORKRACE_CONTROL_N"); s != "" {
+		fmt.Sscan(s, &max)
+	}
+	guesttest.StopAgent()
+	defer func() {
+		guesttest.StopAgent()
+		if err := guesttest.StartAgent(); err != nil {
+			t.Fatalf("restart the agent: %v", err)
+		}
+	}()
+	if err := guesttest.StartAgent("-test-no-fork-recheck"); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"fork", "vfork"} {
+		start := time.Now()
+		var r forkRaceResult
+		for r.rounds < max && r.leaks == 0 {
+			r.add(forkRace(t, mode, 10))
+		}
+		t.Logf("control %s: %d rounds in %s: %d loaded, %d processes leaked the key; children holding the key %d (%d straddling the open), %d reads refused, readers killed in %d rounds",
+			mode, r.rounds, time.Since(start).Round(time.Second), r.loaded, r.leaks, r.keyKids, r.straddled, r.refused, r.killed)
+		if r.leaks == 0 {
+			t.Errorf("control %s: no leak in %d rounds with the second look off: the fork race test cannot fail", mode, r.rounds)
+		}
+	}
+}
+
 // TestKeyDirMoved: root renames the folder holding a key file, so the policy's glob no longer matches
 // it; the file is still the same inode and stays refused after the agent has re-resolved the policy.
 func TestKeyDirMoved(t *testing.T) {

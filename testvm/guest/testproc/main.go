@@ -25,6 +25,8 @@
 //	    starts "RACER race-victim KEYFILE" and reads its raceBuf (same binary, same address) as fast as it
 //	    can by MODE (vmreadv, vmreadv32, mem: a fresh fd per read, kept: fds kept open and read again) until it is
 //	    gone; prints "LEAK n" when a read returned the key, else "CLEAN reads=n errors=m".
+//	testproc fork-victim MODE KEYFILE, testproc fork-race MODE ROUNDS RACER KEYFILE
+//	    the fork/key-open race: a fork racing a key-file open in another thread (forkrace.go).
 //	testproc loop-attack PID ADDR SECONDS
 //	    reads /proc/PID/mem every millisecond for SECONDS; prints "SUCCESSES n FAILURES m".
 //	testproc spawn-attack fork|exec N PID SECONDS, testproc attach-exit PID
@@ -84,6 +86,9 @@ func modes() map[string]func(args []string) {
 		"fileop":      fileop,
 		"race-victim": func(a []string) { raceVictim(a[0]) },
 		"race-read":   func(a []string) { raceRead(a[0], a[1], a[2]) },
+		"fork-victim": func(a []string) { forkVictim(a[0], a[1]) },
+		"fork-race":   func(a []string) { forkRace(a[0], a[1], a[2], a[3]) },
+		"fork-round":  func(a []string) { forkRoundCmd(a[0], a[1], a[2], a[3]) },
 		"compat32": func([]string) {
 			if !compat32() {
 				fmt.Println("ERR no 32-bit system calls")
@@ -392,7 +397,13 @@ func hold(args []string) {
 			bufio.NewReader(os.Stdin).ReadString('\n')
 		}
 		open := func() {
+			// EAGAIN: keyguard makes the open wait while a read of this process's memory is in flight or
+			// another process shares its memory (a thread being created, a vfork child): open again.
 			f, err := os.Open(keyfile)
+			for deadline := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EAGAIN) && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+				f, err = os.Open(keyfile)
+			}
 			if err != nil {
 				fmt.Println("ERR open key", err)
 				os.Exit(1)
