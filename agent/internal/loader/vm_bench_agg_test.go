@@ -3,7 +3,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"os/exec"
 	"testing"
 	"time"
 
@@ -27,14 +26,7 @@ func BenchmarkAggregation(b *testing.B) {
 	g := benchLoad(b)
 	objs := &g.Maps
 	check := g.coll.Programs["kg_ptrace_access_check"]
-	victim := exec.Command("/bin/testproc", "hold")
-	if err := victim.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { victim.Process.Kill(); victim.Wait() }()
-	if err := g.Mark(victim.Process.Pid, 1, 4); err != nil {
-		b.Fatalf("mark victim: %v", err)
-	}
+	pid := g.protectedVictim(b)
 	rd, err := ringbuf.NewReader(objs.Events)
 	if err != nil {
 		b.Fatal(err)
@@ -64,7 +56,6 @@ func BenchmarkAggregation(b *testing.B) {
 		}
 	}
 	const iter = 400 // first attempts per round stay well inside the ring buffer and the agg map
-	pid := victim.Process.Pid
 	var buf [1]byte
 	local := []unix.Iovec{{Base: &buf[0], Len: 1}}
 	remote := []unix.RemoteIovec{{Base: 0, Len: 1}}

@@ -75,14 +75,7 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 	setStats(b, false)
 	g := benchLoad(b)
 	// A protected process exists throughout, as on a real signing host.
-	victim := exec.Command("/bin/testproc", "hold")
-	if err := victim.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { victim.Process.Kill(); victim.Wait() }()
-	if err := g.Mark(victim.Process.Pid, 1, 4); err != nil {
-		b.Fatalf("mark victim: %v", err)
-	}
+	g.protectedVictim(b)
 	attach, detach := func() { g.attachAll(b) }, g.detachAll
 
 	for _, w := range workloads {
@@ -158,9 +151,8 @@ func benchLoad(tb testing.TB) *benchGuard {
 	coll, err := ebpf.NewCollectionWithOptions(spec, *opts)
 	if err != nil {
 		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			n := len(ve.Log)
-			tb.Logf("verifier log (last lines):\n%s", strings.Join(ve.Log[max(0, n-5000):], "\n"))
+		if errors.As(err, &ve) { // the error's own text keeps only the last lines
+			tb.Logf("verifier log:\n%s", strings.Join(ve.Log, "\n"))
 		}
 		tb.Fatalf("load: %v", err)
 	}
@@ -177,6 +169,20 @@ func benchLoad(tb testing.TB) *benchGuard {
 		tb.Fatal(err)
 	}
 	return g
+}
+
+// protectedVictim starts a process that holds memory and marks it protected (rule 1), as a protected
+// signer on a real host; it is killed at the end of the test.
+func (g *benchGuard) protectedVictim(tb testing.TB) int {
+	victim := exec.Command("/bin/testproc", "hold")
+	if err := victim.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { victim.Process.Kill(); victim.Wait() })
+	if err := g.Mark(victim.Process.Pid, 1, 4); err != nil {
+		tb.Fatalf("mark victim: %v", err)
+	}
+	return victim.Process.Pid
 }
 
 func (g *benchGuard) attachAll(tb testing.TB) {
