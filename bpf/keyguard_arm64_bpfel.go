@@ -381,7 +381,6 @@ const (
 	KeyguardMapBreakglass            = "breakglass"
 	KeyguardMapCgroupRules           = "cgroup_rules"
 	KeyguardMapCounters              = "counters"
-	KeyguardMapDeniedMm              = "denied_mm"
 	KeyguardMapDigests               = "digests"
 	KeyguardMapEvents                = "events"
 	KeyguardMapExeChecks             = "exe_checks"
@@ -413,7 +412,6 @@ const (
 	KeyguardProgKgDumpEmit           = "kg_dump_emit"
 	KeyguardProgKgFileOpen           = "kg_file_open"
 	KeyguardProgKgFilePermission     = "kg_file_permission"
-	KeyguardProgKgFilePostOpen       = "kg_file_post_open"
 	KeyguardProgKgFileTruncate       = "kg_file_truncate"
 	KeyguardProgKgForkCopied         = "kg_fork_copied"
 	KeyguardProgKgInodeFollowLink    = "kg_inode_follow_link"
@@ -508,7 +506,6 @@ type KeyguardProgramSpecs struct {
 	KgDumpEmit           *ebpf.ProgramSpec `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.ProgramSpec `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.ProgramSpec `ebpf:"kg_file_permission"`
-	KgFilePostOpen       *ebpf.ProgramSpec `ebpf:"kg_file_post_open"`
 	KgFileTruncate       *ebpf.ProgramSpec `ebpf:"kg_file_truncate"`
 	KgForkCopied         *ebpf.ProgramSpec `ebpf:"kg_fork_copied"`
 	KgInodeFollowLink    *ebpf.ProgramSpec `ebpf:"kg_inode_follow_link"`
@@ -556,7 +553,6 @@ type KeyguardMapSpecs struct {
 	Breakglass   *ebpf.MapSpec `ebpf:"breakglass"`
 	CgroupRules  *ebpf.MapSpec `ebpf:"cgroup_rules"`
 	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	DeniedMm     *ebpf.MapSpec `ebpf:"denied_mm"`
 	Digests      *ebpf.MapSpec `ebpf:"digests"`
 	Events       *ebpf.MapSpec `ebpf:"events"`
 	ExeChecks    *ebpf.MapSpec `ebpf:"exe_checks"`
@@ -627,7 +623,6 @@ type KeyguardMaps struct {
 	Breakglass   *ebpf.Map `ebpf:"breakglass"`
 	CgroupRules  *ebpf.Map `ebpf:"cgroup_rules"`
 	Counters     *ebpf.Map `ebpf:"counters"`
-	DeniedMm     *ebpf.Map `ebpf:"denied_mm"`
 	Digests      *ebpf.Map `ebpf:"digests"`
 	Events       *ebpf.Map `ebpf:"events"`
 	ExeChecks    *ebpf.Map `ebpf:"exe_checks"`
@@ -664,7 +659,6 @@ func (m *KeyguardMaps) Close() error {
 		m.Breakglass,
 		m.CgroupRules,
 		m.Counters,
-		m.DeniedMm,
 		m.Digests,
 		m.Events,
 		m.ExeChecks,
@@ -719,7 +713,6 @@ type KeyguardPrograms struct {
 	KgDumpEmit           *ebpf.Program `ebpf:"kg_dump_emit"`
 	KgFileOpen           *ebpf.Program `ebpf:"kg_file_open"`
 	KgFilePermission     *ebpf.Program `ebpf:"kg_file_permission"`
-	KgFilePostOpen       *ebpf.Program `ebpf:"kg_file_post_open"`
 	KgFileTruncate       *ebpf.Program `ebpf:"kg_file_truncate"`
 	KgForkCopied         *ebpf.Program `ebpf:"kg_fork_copied"`
 	KgInodeFollowLink    *ebpf.Program `ebpf:"kg_inode_follow_link"`
@@ -764,7 +757,6 @@ func (p *KeyguardPrograms) Close() error {
 		p.KgDumpEmit,
 		p.KgFileOpen,
 		p.KgFilePermission,
-		p.KgFilePostOpen,
 		p.KgFileTruncate,
 		p.KgForkCopied,
 		p.KgInodeFollowLink,

@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "1b8643207adbf351912858e848b3db1d2515d5727561d5bdb1d7f2314c8c3a13"
+const SHA256 = "53a8441c0535bee7665315580d14922f05f6830fda4e18927f0d5aa104ab8fa0"

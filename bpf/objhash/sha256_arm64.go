@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "b7f79673cf1e1e237dad1b4faabad03b26286feefbb6211e05e6f452e4decbce"
+const SHA256 = "3410dd3176ad4007eb44d7048fbe69d0204d43aa43ad5e7ef95602a812461803"

@@ -342,14 +342,6 @@ static __always_inline int fast_set(__u32 slot)
 	return !v || *v;
 }
 
-static __always_inline void fast_mark(__u32 slot)
-{
-	__u8 *v = bpf_map_lookup_elem(&fastpath, &slot);
-
-	if (v && !*v)
-		*v = 1;
-}
-
 static __always_inline __u32 fast_slot(__u32 dev, __u64 id)
 {
 	return KG_FAST_FIRST + (__u32)(((((__u64)dev << 32) ^ id) * KG_FAST_MUL) >> (64 - KG_FAST_BITS));
@@ -1144,60 +1136,47 @@ static __always_inline int str_is(const char *buf, const char *lit, int n)
  *   (so a bind mount or another procfs instance matches too).
  * - /proc/kcore, and the character devices mem (1:1), kmem (1:2) and port (1:4) wherever their nodes are.
  */
-static __always_inline int file_side_door(struct file *file)
+static __always_inline int proc_side_door(struct file *file)
 {
 	struct inode *inode = file->f_inode;
 	struct super_block *sb = inode->i_sb;
+	struct dentry *d = file->f_path.dentry;
 	char name[16] = {};
 
-	if (sb->s_magic == PROC_SUPER_MAGIC) {
-		struct dentry *d = file->f_path.dentry;
+	if (file->f_mode & FMODE_WRITE) {
+		struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode -
+							     bpf_core_field_offset(struct proc_inode, vfs_inode));
+		struct ctl_table *t = BPF_CORE_READ(pi, sysctl_entry);
 
-		if (file->f_mode & FMODE_WRITE) {
-			struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode -
-								     bpf_core_field_offset(struct proc_inode, vfs_inode));
-			struct ctl_table *t = BPF_CORE_READ(pi, sysctl_entry);
-
-			if (t) {
-				bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, procname));
-				if (str_is(name, "core_pattern", 13) || str_is(name, "core_pipe_limit", 16) ||
-				    str_is(name, "suid_dumpable", 14) || str_is(name, "ptrace_scope", 13))
-					return side_door(bpf_get_current_task_btf(), KG_SIDE_SYSCTL, KG_ALLOW_SYSCTL,
-							 KG_CNT_SYSCTL_DENIED, 0, name, 0, 0);
-				return 0;
-			}
-		}
-		/* Only /proc/kcore, a file in the root of /proc, is of interest below: compared as numbers. */
-		if ((__u64)d->d_parent != (__u64)sb->s_root)
+		if (t) {
+			bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, procname));
+			if (str_is(name, "core_pattern", 13) || str_is(name, "core_pipe_limit", 16) ||
+			    str_is(name, "suid_dumpable", 14) || str_is(name, "ptrace_scope", 13))
+				return side_door(bpf_get_current_task_btf(), KG_SIDE_SYSCTL, KG_ALLOW_SYSCTL,
+						 KG_CNT_SYSCTL_DENIED, 0, name, 0, 0);
 			return 0;
-		bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
-		if (str_is(name, "kcore", 6))
-			return side_door(bpf_get_current_task_btf(), KG_SIDE_KMEM, KG_ALLOW_KMEM, KG_CNT_KMEM_DENIED, 0,
-					 name, 0, 0);
+		}
+	}
+	/* Only /proc/kcore, a file in the root of /proc, is of interest below: compared as numbers. */
+	if ((__u64)d->d_parent != (__u64)sb->s_root)
 		return 0;
-	}
-	if ((inode->i_mode & S_IFMT_BITS) == S_IFCHR_BITS) {
-		__u32 rdev = inode->i_rdev;
-
-		if (rdev == KG_MKDEV(1, 1) || rdev == KG_MKDEV(1, 2) || rdev == KG_MKDEV(1, 4))
-			return side_door(bpf_get_current_task_btf(), KG_SIDE_KMEM, KG_ALLOW_KMEM, KG_CNT_KMEM_DENIED, rdev,
-					 file->f_path.dentry->d_name.name, 0, 0);
-	}
+	bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(d, d_name.name));
+	if (str_is(name, "kcore", 6))
+		return side_door(bpf_get_current_task_btf(), KG_SIDE_KMEM, KG_ALLOW_KMEM, KG_CNT_KMEM_DENIED, 0,
+				 name, 0, 0);
 	return 0;
 }
 
-/*
- * The mm of the last access keyguard denied to a thread (key: its pid_tgid). Newer kernels' mm_access()
- * lets a CAP_PERFMON (or CAP_SYS_ADMIN) caller read an mm after ptrace_may_access() refused it, so a
- * denied open of /proc/PID/environ or auxv would still succeed for root; kg_file_post_open refuses
- * the opened file when it holds that mm. Every ptrace check by the thread replaces the entry.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, __u64);
-} denied_mm SEC(".maps");
+/* Character devices: /dev/mem, /dev/kmem, /dev/port. */
+static __always_inline int kmem_side_door(struct file *file)
+{
+	__u32 rdev = file->f_inode->i_rdev;
+
+	if (rdev == KG_MKDEV(1, 1) || rdev == KG_MKDEV(1, 2) || rdev == KG_MKDEV(1, 4))
+		return side_door(bpf_get_current_task_btf(), KG_SIDE_KMEM, KG_ALLOW_KMEM, KG_CNT_KMEM_DENIED, rdev,
+				 file->f_path.dentry->d_name.name, 0, 0);
+	return 0;
+}
 
 /* Report a refused tamper attempt by cur. */
 static __always_inline void report_tamper(struct task_struct *cur, __u32 what, __u64 id, const unsigned char *name)
@@ -1447,13 +1426,10 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 {
 	struct task_struct *cur = bpf_get_current_task_btf();
 	struct kg_mark prot = {};
-	__u64 me = bpf_get_current_pid_tgid(), mm;
 	int vm = 0;
 
 	if (ret)
 		return ret;
-	if (fast_set(KG_FAST_DENIED_MM)) /* else no thread was ever refused: nothing to forget */
-		bpf_map_delete_elem(&denied_mm, &me);
 	/* process_vm_readv copies after this one check: publish the read first (ended at syscall exit). */
 	if (cfg_vm_rw_tracked && (mode & 0x12) == 0x12 /* ATTACH_REALCREDS, as process_vm_rw_core asks */ &&
 	    child->tgid != cur->tgid && in_vm_rw(cur)) {
@@ -1464,13 +1440,8 @@ int BPF_PROG(kg_ptrace_access_check, struct task_struct *child, unsigned int mod
 	if (!protection(child, &prot))
 		return 0;
 	ret = decide(cur, child, &prot, mode, KG_OP_OTHER, 0);
-	if (ret) {
-		if (vm)
-			end_read(); /* refused: nothing will be copied */
-		mm = (__u64)BPF_CORE_READ(child, mm);
-		fast_mark(KG_FAST_DENIED_MM); /* before the entry: a later check of this thread deletes it */
-		bpf_map_update_elem(&denied_mm, &me, &mm, BPF_ANY);
-	}
+	if (ret && vm)
+		end_read(); /* refused: nothing will be copied */
 	return ret;
 }
 
@@ -1519,29 +1490,6 @@ int BPF_PROG(kg_vm_writev_x32_exit, struct pt_regs *regs, long ret)
 	return 0;
 }
 #endif
-
-/*
- * After a successful open (kernels with the file_post_open hook): a /proc file that holds the mm of a
- * process keyguard just refused to this thread was let through by mm_access()'s CAP_PERFMON override.
- */
-SEC("lsm/file_post_open")
-int BPF_PROG(kg_file_post_open, struct file *file, int mask, int ret)
-{
-	__u64 me = bpf_get_current_pid_tgid(), *mm;
-
-	if (ret)
-		return ret;
-	if (file->f_inode->i_sb->s_magic != PROC_SUPER_MAGIC || !fast_set(KG_FAST_DENIED_MM))
-		return 0;
-	mm = bpf_map_lookup_elem(&denied_mm, &me);
-	if (!mm)
-		return 0;
-	if ((__u64)file->private_data == *mm) {
-		bpf_map_delete_elem(&denied_mm, &me);
-		return -EACCES;
-	}
-	return 0;
-}
 
 /* mm_struct->owner (CONFIG_MEMCG), read through a flavour type. */
 struct mm_struct___owner {
@@ -2024,6 +1972,68 @@ static __always_inline int key_open(struct file *file, __u32 rule_id)
 	return 0;
 }
 
+/* bpf_task_from_pid (6.2 and later): a trusted task from a pid number. Weak: on a kernel without it the
+ * loader resolves bpf_ksym_exists() to 0 and the verifier drops the code that calls it. */
+extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym __weak;
+extern void bpf_task_release(struct task_struct *p) __ksym __weak;
+#ifndef bpf_ksym_exists
+#define bpf_ksym_exists(sym) (!!(&(sym)))
+#endif
+
+/* The task of a /proc inode's pid (untrusted: for CO-RE reads only), or NULL. */
+static __always_inline struct task_struct *proc_task(struct inode *inode)
+{
+	struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
+	__u64 first;
+
+	first = (__u64)BPF_CORE_READ(pi, pid, tasks[0].first);
+	if (!first)
+		return 0;
+	return (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+}
+
+/*
+ * /proc/PID/{mem,environ,auxv,pagemap} (and task/TID/...), the files that hold a process's mm: decided
+ * in file_open, before the file's own open makes its ptrace check, with the decision that check would
+ * get. Newer kernels' mm_access() lets a CAP_PERFMON caller through after ptrace_access_check refused
+ * it (root opening environ or auxv), so the refusal must not depend on that check. Kernels without
+ * bpf_task_from_pid (6.1) have no such override: the ptrace check alone decides there. Only a refusal
+ * is decided here; an allowed access is left to the ptrace check, which reports it.
+ * Returns the ptrace mode of the refused open (prot filled in), or 0. Not inlined, with a small frame:
+ * the caller reports the refusal (decide) from its own frame, whose stack and this one's add up.
+ */
+static __noinline __u32 proc_mm_refused(struct file *file, struct kg_mark *prot)
+{
+	struct inode *inode = file->f_inode;
+	struct dentry *d = file->f_path.dentry;
+	struct task_struct *cur, *target;
+	__u32 len = d->d_name.len, perm = inode->i_mode & 0777, mode, rule_mode, refused = 0;
+	char n[8] = {};
+	s32 nr;
+
+	/* mem is 0600, environ, auxv and pagemap 0400: most /proc files leave on these two loads. */
+	if ((len != 3 && len != 4 && len != 7) || (perm != 0400 && perm != 0600))
+		return 0;
+	bpf_probe_read_kernel_str(n, sizeof(n), d->d_name.name);
+	if (str_is(n, "mem", 4))
+		mode = 0x0a; /* PTRACE_MODE_ATTACH_FSCREDS, as mem_open asks */
+	else if (str_is(n, "environ", 8) || str_is(n, "auxv", 5) || str_is(n, "pagemap", 8))
+		mode = 0x09; /* PTRACE_MODE_READ_FSCREDS */
+	else
+		return 0;
+	nr = BPF_CORE_READ((struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode)),
+			   pid, numbers[0].nr);
+	target = nr ? bpf_task_from_pid(nr) : 0;
+	if (!target)
+		return 0;
+	cur = bpf_get_current_task_btf();
+	if (target->tgid != cur->tgid && protection(target, prot) && !is_agent(cur) &&
+	    verdict(cur, prot, &rule_mode) == KG_DECISION_DENIED)
+		refused = mode;
+	bpf_task_release(target);
+	return refused;
+}
+
 /*
  * Every open: side doors (sysctls, kernel memory, raw disks), write opens of listed executables and of
  * keyguard's trusted executable, and key files. Files that are none of these pay two field reads and one
@@ -2048,14 +2058,25 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	    !maybe_listed(file->f_inode->i_sb->s_dev, file->f_inode->i_ino))
 		return 0;
 	/* file->f_inode is loaded again at each use rather than kept in a variable from the fast path: clang
-	 * then spilled it into a stack slot it shares with an int, which 6.12's verifier refuses to shift. */
-	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC)
+	 * then spilled it into a stack slot it shares with an int, which 6.12's verifier refuses to shift.
+	 * Each kind returns from its own branch: /proc holds no key file, listed executable or device. */
+	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC) {
 		note_proc_obj(file->f_path.dentry, file->f_inode, 0); /* issue 13: precision */
-	ret = file_side_door(file);
-	if (ret)
-		return ret;
+		if (bpf_ksym_exists(bpf_task_from_pid)) {
+			struct kg_mark prot = {};
+			struct task_struct *target;
+
+			mode = proc_mm_refused(file, &prot);
+			if (mode && (target = proc_task(file->f_inode)) &&
+			    decide(bpf_get_current_task_btf(), target, &prot, mode, KG_OP_OTHER, 0))
+				return -EACCES; /* the errno the kernel's own refusal gives (mm_access) */
+		}
+		return proc_side_door(file);
+	}
+	if (mode == S_IFCHR_BITS)
+		return kmem_side_door(file);
 	inode = file->f_inode;
-	if ((inode->i_mode & S_IFMT_BITS) == S_IFBLK_BITS) {
+	if (mode == S_IFBLK_BITS) {
 		__u32 rdev = inode->i_rdev;
 
 		if (bpf_map_lookup_elem(&raw_devs, &rdev))
@@ -2063,10 +2084,9 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 					 file->f_path.dentry->d_name.name, 0, 0);
 		return 0;
 	}
+	/* maybe_listed() said yes above: a key file, listed or trusted executable, or loop image perhaps. */
 	id.dev = inode->i_sb->s_dev;
 	id.ino = inode->i_ino;
-	if (!maybe_listed(id.dev, id.ino)) /* not a key file, listed or trusted executable, or loop image */
-		return 0;
 	if (file->f_mode & FMODE_WRITE) {
 		if (is_trusted_exe(inode))
 			return tamper(KG_TAMPER_EXE_WRITE, id.ino, file->f_path.dentry->d_name.name);

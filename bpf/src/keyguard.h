@@ -321,15 +321,13 @@ struct kg_event {
  * One ARRAY map of byte slots, read with an inlined array lookup before any hash lookup:
  * - slot KG_FAST_CGROUPS: the agent set it before it first put an entry in cgroup_rules (0: skip the
  *   cgroup walk);
- * - slot KG_FAST_DENIED_MM: a program set it before it first put an entry in denied_mm (0: nothing to
- *   delete there);
+ * - slot 1: unused (it was the flag of a map since removed);
  * - slots KG_FAST_FIRST + kg_fast_slot(dev, id): a filter over every (dev, inode) in exe_rules, key_rules
  *   and own (KG_OWN_EXE), and every cgroup id in cgroup_rules (dev KG_FAST_CGROUP_DEV). The agent sets a
  *   slot before it adds the entry and never clears one, so 0 proves "not listed"; 1 means "look it up".
  * Slots only go from 0 to 1, each written alone, so two writers never undo each other.
  */
 #define KG_FAST_CGROUPS 0
-#define KG_FAST_DENIED_MM 1
 #define KG_FAST_FIRST 2
 #define KG_FAST_BITS 13
 #define KG_FAST_SLOTS (KG_FAST_FIRST + (1 << KG_FAST_BITS))

@@ -60,6 +60,8 @@ type Event struct {
 	AccessMode uint32
 	// Attempts is how many attempts an access event stands for: 1, or an in-kernel aggregate's count.
 	Attempts uint64
+	// LastAccessorPID is an aggregate's last accessor (Accessor is its first); 0 for a single attempt.
+	LastAccessorPID uint32
 	Accessor *Proc
 	Target   *Proc
 	Health   *Health
@@ -198,6 +200,7 @@ func view(ev *keyguardv1.Event) Event {
 		e.Kind, e.Operation, e.Decision, e.Rule = "access", short(m.GetOperation(), "ACCESS_OPERATION_"), short(m.GetDecision(), "DECISION_"), m.GetRule()
 		e.AccessMode, e.Accessor, e.Target, e.Detail = m.GetAccessMode(), procOf(m.GetAccessor()), procOf(m.GetTarget()), m.GetDetail()
 		e.Attempts = max(m.GetCount(), 1)
+		e.LastAccessorPID = m.GetLastAccessorPid()
 		e.Reason = reasonOf(m.GetTargetReason())
 		if note, rest, _ := strings.Cut(m.GetDetail(), ": "); e.Operation == "other" || note == "proc_read" || note == "proc_link" {
 			e.Operation, e.Detail = note, rest

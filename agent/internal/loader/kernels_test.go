@@ -20,7 +20,7 @@ import (
 )
 
 // wantVariants are the variants each kernel series of testvm/kernels.txt calls for, read off its BTF
-// by hand (kernfs_node members, bpf_lsm_file_post_open, bpf_lsm_bpf's parameters, bpf_lsm_file_truncate,
+// by hand (kernfs_node members, the bpf_task_from_pid kfunc, bpf_lsm_bpf's parameters, bpf_lsm_file_truncate,
 // bpf_lsm_inode_set_acl, process_vm_rw: one BTF entry on each; ima_file_hash and BPF_FUNC_ima_file_hash,
 // bpf_get_fsverity_digest). A new series must be
 // added here.
@@ -28,14 +28,14 @@ var wantVariants = map[string]Variants{
 	"6.1": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone,
 		TruncateGuard: TruncateGuardPath, ACLGuard: ACLGuardXattr, VMRWEnd: VMRWEndFexit, BPFHookArgs: 3,
 		Digest: DigestIMA},
-	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+	"6.12": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardFileOpen,
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3,
 		Digest: DigestIMA, FSVerityKfunc: true},
-	"7.3": {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+	"7.3": {KernfsParent: "__parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardFileOpen,
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 4,
 		Digest: DigestIMA, FSVerityKfunc: true},
 	// arm64 (the stock Debian arm64 kernel, probed with the arm64 object).
-	"6.12-arm64": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+	"6.12-arm64": {KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardFileOpen,
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: VMRWEndCore, BPFHookArgs: 3,
 		Digest: DigestIMA, FSVerityKfunc: true},
 }

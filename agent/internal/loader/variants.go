@@ -27,8 +27,11 @@ import (
 //     left out and `dumps: redact` is enforced as `dumps: block` by cred_prepare (cfg_dump_guard = 0):
 //     without the guard nothing could keep a protected dump from a foreign destination.
 //   - mm_access() of newer kernels lets a CAP_PERFMON caller read an mm that ptrace_access_check
-//     refused (/proc/PID/environ, auxv opened by root). Where the file_post_open hook exists,
-//     kg_file_post_open refuses such an open; kernels without the hook (6.1) have no override.
+//     refused (/proc/PID/environ, auxv opened by root). Where the kernel has the kfunc
+//     bpf_task_from_pid (6.2 and later), kg_file_open decides the opens of /proc/PID/{mem,environ,auxv,
+//     pagemap} itself, before the file's own open and its ptrace check (proc_mm_open); kernels without
+//     it (6.1) have no override and the ptrace check decides. The object carries the call as a weak
+//     kfunc: where it is missing the loader resolves it to 0 and the verifier drops that code.
 //   - ftruncate(2) reaches the file_truncate hook (6.2 and later) or path_truncate (before): kg_file_truncate
 //     is left out where the hook is missing, and kg_path_truncate guards ftruncate there.
 //   - POSIX ACLs are set and removed through the inode_set_acl/inode_remove_acl hooks (6.2 and later) or
@@ -65,8 +68,8 @@ const (
 
 // Proc open guard variants.
 const (
-	ProcOpenGuardPostOpen = "lsm/file_post_open" // a /proc open let through by mm_access's override is refused
-	ProcOpenGuardNone     = "none"               // no file_post_open hook (and no override in such kernels)
+	ProcOpenGuardFileOpen = "lsm/file_open+bpf_task_from_pid" // /proc/PID/{mem,environ,auxv,pagemap} decided at file_open
+	ProcOpenGuardNone     = "none"                            // no bpf_task_from_pid (and no override in such kernels)
 )
 
 // Truncate guard variants.
@@ -94,10 +97,12 @@ const (
 	DigestNone = "none"              // no digest checks: strict rules admit nobody, trust is by inode
 )
 
+// procOpenGuardKfunc is the kfunc kg_file_open needs to decide /proc mm files itself (weak in the object).
+const procOpenGuardKfunc = "bpf_task_from_pid"
+
 // The programs that variants leave out when their hook cannot attach.
 const (
 	dumpGuardProgram      = "kg_dump_emit"
-	procOpenGuardProgram  = "kg_file_post_open"
 	fileTruncateProgram   = "kg_file_truncate"
 	setACLProgram         = "kg_inode_set_acl"
 	removeACLProgram      = "kg_inode_remove_acl"
@@ -123,11 +128,10 @@ var vmRWEntryPrograms = map[string]bool{vmReadvCompatProgram: true, vmWritevComp
 
 // optionalPrograms maps each program a kernel may lack to the variant chosen when it does.
 var optionalPrograms = map[string]func(*Variants){
-	dumpGuardProgram:     func(v *Variants) { v.DumpGuard = DumpGuardBlock },
-	procOpenGuardProgram: func(v *Variants) { v.ProcOpenGuard = ProcOpenGuardNone },
-	fileTruncateProgram:  func(v *Variants) { v.TruncateGuard = TruncateGuardPath },
-	setACLProgram:        func(v *Variants) { v.ACLGuard = ACLGuardXattr },
-	removeACLProgram:     func(v *Variants) { v.ACLGuard = ACLGuardXattr },
+	dumpGuardProgram:    func(v *Variants) { v.DumpGuard = DumpGuardBlock },
+	fileTruncateProgram: func(v *Variants) { v.TruncateGuard = TruncateGuardPath },
+	setACLProgram:       func(v *Variants) { v.ACLGuard = ACLGuardXattr },
+	removeACLProgram:    func(v *Variants) { v.ACLGuard = ACLGuardXattr },
 }
 
 // Variants are the program variants chosen for the running kernel.
@@ -136,7 +140,7 @@ type Variants struct {
 	KernfsParent string `json:"kernfs_parent"`
 	// DumpGuard is DumpGuardFentry or DumpGuardBlock.
 	DumpGuard string `json:"dump_guard"`
-	// ProcOpenGuard is ProcOpenGuardPostOpen or ProcOpenGuardNone.
+	// ProcOpenGuard is ProcOpenGuardFileOpen or ProcOpenGuardNone.
 	ProcOpenGuard string `json:"proc_open_guard"`
 	// TruncateGuard is TruncateGuardFile or TruncateGuardPath.
 	TruncateGuard string `json:"truncate_guard"`
@@ -163,9 +167,6 @@ func (v Variants) skipped() map[string]bool {
 	if v.DumpGuard == DumpGuardBlock {
 		skip[dumpGuardProgram] = true
 	}
-	if v.ProcOpenGuard == ProcOpenGuardNone {
-		skip[procOpenGuardProgram] = true
-	}
 	if v.TruncateGuard == TruncateGuardPath {
 		skip[fileTruncateProgram] = true
 	}
@@ -191,8 +192,12 @@ func chooseVariants(spec *ebpf.CollectionSpec, kernel *btf.Spec) (Variants, []Mi
 // chooseVariantsWith is chooseVariants where traceable says whether a function with more than six
 // arguments can be traced (the running agent asks the kernel: tracingProbe).
 func chooseVariantsWith(spec *ebpf.CollectionSpec, kernel *btf.Spec, traceable func(fn string) bool) (Variants, []Missing) {
-	v := Variants{KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen,
+	v := Variants{KernfsParent: "parent", DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardNone,
 		TruncateGuard: TruncateGuardFile, ACLGuard: ACLGuardHooks, VMRWEnd: vmRWEnd(spec, kernel, traceable)}
+	var taskFromPid *btf.Func
+	if kernel.TypeByName(procOpenGuardKfunc, &taskFromPid) == nil {
+		v.ProcOpenGuard = ProcOpenGuardFileOpen
+	}
 	var kn *btf.Struct
 	if kernel.TypeByName("kernfs_node", &kn) == nil {
 		for _, m := range kn.Members {

@@ -86,14 +86,14 @@ func TestChooseVariants(t *testing.T) {
 		missing     string // substring of a Missing entry, "" for none
 		wantRefused bool
 	}{
-		{name: "host", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen},
-		{name: "no dump_emit", edit: dropFunc("dump_emit"), dumpGuard: DumpGuardBlock, procGuard: ProcOpenGuardPostOpen},
-		{name: "no file_post_open hook", edit: dropFunc("bpf_lsm_file_post_open"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardNone},
-		{name: "kernfs parent (before 6.15)", edit: renameMember("kernfs_node", "__parent", "parent"), kernfs: "parent", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen},
-		{name: "kernfs __parent (6.15 and later)", edit: renameMember("kernfs_node", "parent", "__parent"), kernfs: "__parent", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen},
-		{name: "no ptrace_access_check hook", edit: dropFunc("bpf_lsm_ptrace_access_check"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen,
+		{name: "host", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardFileOpen},
+		{name: "no dump_emit", edit: dropFunc("dump_emit"), dumpGuard: DumpGuardBlock, procGuard: ProcOpenGuardFileOpen},
+		{name: "no bpf_task_from_pid kfunc (6.1)", edit: dropFunc("bpf_task_from_pid"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardNone},
+		{name: "kernfs parent (before 6.15)", edit: renameMember("kernfs_node", "__parent", "parent"), kernfs: "parent", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardFileOpen},
+		{name: "kernfs __parent (6.15 and later)", edit: renameMember("kernfs_node", "parent", "__parent"), kernfs: "__parent", dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardFileOpen},
+		{name: "no ptrace_access_check hook", edit: dropFunc("bpf_lsm_ptrace_access_check"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardFileOpen,
 			missing: "bpf_lsm_ptrace_access_check (program kg_ptrace_access_check) is not in this kernel", wantRefused: true},
-		{name: "no perf_event.attr", edit: renameMember("perf_event", "attr", "attr_renamed"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardPostOpen,
+		{name: "no perf_event.attr", edit: renameMember("perf_event", "attr", "attr_renamed"), dumpGuard: DumpGuardFentry, procGuard: ProcOpenGuardFileOpen,
 			missing: "struct perf_event field attr", wantRefused: true},
 	}
 	for _, c := range cases {
@@ -136,17 +136,17 @@ func TestSkippedPrograms(t *testing.T) {
 	v := Variants{DumpGuard: DumpGuardBlock, ProcOpenGuard: ProcOpenGuardNone, VMRWEnd: VMRWEndCore}
 	names := programs(withVariants(spec, v))
 	for _, n := range names {
-		if n == dumpGuardProgram || n == procOpenGuardProgram {
+		if n == dumpGuardProgram {
 			t.Errorf("%s is active with %v", n, v)
 		}
 	}
-	if len(names) != all-2 {
-		t.Errorf("%d active programs, want %d", len(names), all-2)
+	if len(names) != all-1 {
+		t.Errorf("%d active programs, want %d", len(names), all-1)
 	}
 	if len(spec.Programs) != all+len(vmRWPrograms[VMRWEndFexit]) {
 		t.Errorf("withVariants changed the spec it was given: %d programs, want %d", len(spec.Programs), all)
 	}
-	if got := programs(withVariants(spec, Variants{DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardPostOpen, VMRWEnd: VMRWEndCore})); len(got) != all {
+	if got := programs(withVariants(spec, Variants{DumpGuard: DumpGuardFentry, ProcOpenGuard: ProcOpenGuardFileOpen, VMRWEnd: VMRWEndCore})); len(got) != all {
 		t.Errorf("%d active programs with every hook present, want %d", len(got), all)
 	}
 }

@@ -39,7 +39,7 @@ func TestKernelVariants(t *testing.T) {
 	if len(r.Missing) != 0 {
 		t.Errorf("probe says the kernel lacks %v", r.Missing)
 	}
-	syms := guesttest.Kallsyms(t, "dump_emit", "bpf_lsm_file_post_open", "ima_file_hash", "bpf_get_fsverity_digest")
+	syms := guesttest.Kallsyms(t, "dump_emit", "bpf_task_from_pid", "ima_file_hash", "bpf_get_fsverity_digest")
 	if want := map[bool]string{true: "bpf_ima_file_hash", false: "none"}[syms["ima_file_hash"]]; v.Digest != want {
 		t.Errorf("executable digest %q, want %q (ima_file_hash in kallsyms: %v)", v.Digest, want, syms["ima_file_hash"])
 	}
@@ -49,8 +49,8 @@ func TestKernelVariants(t *testing.T) {
 	if want := map[bool]string{true: "fentry/dump_emit", false: "block"}[syms["dump_emit"]]; v.DumpGuard != want {
 		t.Errorf("dump guard %q, want %q (dump_emit in kallsyms: %v)", v.DumpGuard, want, syms["dump_emit"])
 	}
-	if want := map[bool]string{true: "lsm/file_post_open", false: "none"}[syms["bpf_lsm_file_post_open"]]; v.ProcOpenGuard != want {
-		t.Errorf("proc open guard %q, want %q (bpf_lsm_file_post_open in kallsyms: %v)", v.ProcOpenGuard, want, syms["bpf_lsm_file_post_open"])
+	if want := map[bool]string{true: "lsm/file_open+bpf_task_from_pid", false: "none"}[syms["bpf_task_from_pid"]]; v.ProcOpenGuard != want {
+		t.Errorf("proc open guard %q, want %q (bpf_task_from_pid in kallsyms: %v)", v.ProcOpenGuard, want, syms["bpf_task_from_pid"])
 	}
 	if v.KernfsParent != "parent" && v.KernfsParent != "__parent" {
 		t.Errorf("kernfs_node parent field %q", v.KernfsParent)

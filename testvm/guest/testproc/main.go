@@ -486,6 +486,16 @@ func Attack(op string, pid, tid int, addr uint64) (int, error) {
 		}
 		b, err := os.ReadFile(path)
 		return len(b), err
+	case "auxv":
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/auxv", pid))
+		return len(b), err
+	case "pagemap":
+		f, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/pagemap", pid, tid))
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		return f.ReadAt(buf[:8], int64(addrOr(addr)/4096*8)) // the page's frame entry
 	case "pidfd_getfd":
 		pfd, err := unix.PidfdOpen(pid, 0)
 		if err != nil {
