@@ -62,10 +62,10 @@ type Event struct {
 	Attempts uint64
 	// LastAccessorPID is an aggregate's last accessor (Accessor is its first); 0 for a single attempt.
 	LastAccessorPID uint32
-	Accessor *Proc
-	Target   *Proc
-	Health   *Health
-	Dump     *struct {
+	Accessor        *Proc
+	Target          *Proc
+	Health          *Health
+	Dump            *struct {
 		Action string
 		Signal uint32
 		Reason string
