@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"testing"
@@ -73,6 +75,9 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 	// it; under TCG its two clock reads per program run cost about as much as a short program). The
 	// per-program figures come from a separate pass with it on, after the ratios.
 	setStats(b, false)
+	// No garbage collection inside a timed run (it would run on the measured CPU when the guest has
+	// one): collected before each run instead, untimed. The workloads allocate a few MB in all.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	g := benchLoad(b)
 	// A protected process exists throughout, as on a real signing host.
 	g.protectedVictim(b)
@@ -89,8 +94,13 @@ func BenchmarkUnprotectedOverhead(b *testing.B) {
 					}
 					// Attaching and detaching patch kernel text, and QEMU then translates the
 					// patched code again: a short untimed run first, so each side is measured in
-					// its steady state.
+					// its steady state. Detaching also leaves RCU work (trampolines, links freed
+					// after a grace period): a pause first lets it run outside the timed run, which
+					// matters most on a one-CPU guest (RCU Tasks grace periods of trampolines take hundreds of
+					// milliseconds; under -icount sleep=off an idle second costs no host time).
+					time.Sleep(time.Second)
 					w.run(b, w.iter/4)
+					runtime.GC()
 					start := time.Now()
 					w.run(b, w.iter)
 					ns := float64(time.Since(start).Nanoseconds()) / float64(w.iter)
