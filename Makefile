@@ -36,7 +36,7 @@ demo-initramfs: deps ## The small demo: initramfs VM with agent + sample signing
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -demo $(VMTEST_FLAGS)
 
 .PHONY: check
-check: deps check-generate lint test vmtest-all ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on every kernel (amd64 and arm64), the packages under systemd
+check: deps check-generate lint test vmtest vmtest-late ## Everything CI runs: generated-code drift, lint, unit tests, VM tests on every kernel (amd64 and arm64), the packages under systemd
 
 ##@ Pieces
 
@@ -96,14 +96,9 @@ vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in t
 vmtest-arm64: deps ## The arm64 suite in qemu-system-aarch64 (TCG) on the stock Debian arm64 kernel: read paths, dump block, pins across kill -9 (logs in testvm/out/arm64/)
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(ARM64_KERNELS)" -suites-file testvm/arm64-suites.txt -run '$(ARM64_RUN)' -out testvm/out/arm64 -timeout 20m -suite-timeout 15m $(VMTEST_FLAGS)
 
-.PHONY: vmtest-all
-vmtest-all: deps ## vmtest beside vmtest-late: the systemd suite waits most of its 10-minute routine-tools window, and the amd64 VMs use that time (lines of both interleave; each vmtest prints its summary at its end)
-	$(MAKE) --no-print-directory -j2 --output-sync=line vmtest vmtest-late
-
 .PHONY: vmtest-late
-vmtest-late: deps ## vmtest-systemd, then vmtest-arm64
-	$(MAKE) --no-print-directory vmtest-systemd
-	$(MAKE) --no-print-directory vmtest-arm64
+vmtest-late: deps ## vmtest-arm64 and vmtest-systemd side by side (the systemd suite waits most of its 10-minute routine-tools window; each target's output printed whole when it ends)
+	$(MAKE) --no-print-directory -j2 --output-sync=target vmtest-arm64 vmtest-systemd
 
 .PHONY: vmtest-systemd
 vmtest-systemd: deps ## The .deb packages on Debian 12 with systemd as PID 1 in QEMU: dpkg, systemd-coredump, upgrade under attack, removal (kernels SYSTEMD_KERNELS; logs in testvm/out/systemd/)
