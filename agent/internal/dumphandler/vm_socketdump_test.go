@@ -57,6 +57,9 @@ func received(cores string, want int) []string {
 		got = nil
 		ents, _ := os.ReadDir(cores)
 		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), ".") { // a record still being written
+				continue
+			}
 			b, _ := os.ReadFile(filepath.Join(cores, e.Name()))
 			got = append(got, strings.TrimSpace(string(b)))
 		}

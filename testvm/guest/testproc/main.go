@@ -245,7 +245,10 @@ func coreListen(args []string) {
 		}
 		b, _ := io.ReadAll(c)
 		c.Close()
-		os.WriteFile(filepath.Join(args[1], fmt.Sprintf("sock.%d", n)), []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
+		// Written under a dot name and renamed: a reader never sees a record half written.
+		tmp := filepath.Join(args[1], fmt.Sprintf(".sock.%d", n))
+		os.WriteFile(tmp, []byte(fmt.Sprintf("%d %v\n", len(b), strings.Contains(string(b), Secret))), 0o644)
+		os.Rename(tmp, filepath.Join(args[1], fmt.Sprintf("sock.%d", n)))
 	}
 }
 
