@@ -29,7 +29,7 @@ import (
 //   - mm_access() of newer kernels lets a CAP_PERFMON caller read an mm that ptrace_access_check
 //     refused (/proc/PID/environ, auxv opened by root). Where the kernel has the kfunc
 //     bpf_task_from_pid (6.2 and later), kg_file_open decides the opens of /proc/PID/{mem,environ,auxv,
-//     pagemap} itself, before the file's own open and its ptrace check (proc_mm_open); kernels without
+//     pagemap} itself, before the file's own open and its ptrace check (proc_mm_refused); kernels without
 //     it (6.1) have no override and the ptrace check decides. The object carries the call as a weak
 //     kfunc: where it is missing the loader resolves it to 0 and the verifier drops that code.
 //   - ftruncate(2) reaches the file_truncate hook (6.2 and later) or path_truncate (before): kg_file_truncate
