@@ -71,38 +71,16 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 	log.Info("agent stream opened", "identity", id.String(), "acked_seq", acked)
 	in := make(chan received, 64)
 	go receive(ctx, stream, host, in)
-	var fl *inflight   // the group whose append is finishing, not yet acknowledged
 	var held *received // a request read ahead that must wait for the next round
-	defer func() { fl.abandon() }()
 	for {
 		var r received
 		if held != nil {
 			r, held = *held, nil
-		} else if fl != nil {
-			select {
-			case r = <-in:
-			default:
-				// Nothing more has arrived: finish the group under way, so that its acknowledgements go
-				// out, before waiting for more.
-				_, err := s.settle(ctx, stream, log, host, fl, nil)
-				if fl = nil; err != nil {
-					return err
-				}
-				continue
-			}
 		} else {
 			select {
 			case r = <-in:
 			case <-ctx.Done():
 				return status.FromContextError(ctx.Err()).Err()
-			}
-		}
-		revoked := r.err == nil && id.Serial != nil && s.revoked != nil && s.revoked(id.Serial)
-		if fl != nil && (r.err != nil || r.verr != nil || r.req.GetCheckpoint() != nil || revoked) {
-			// Anything but a batch to store waits for the batches before it to be stored and acknowledged.
-			_, err := s.settle(ctx, stream, log, host, fl, nil)
-			if fl = nil; err != nil {
-				return err
 			}
 		}
 		if errors.Is(r.err, io.EOF) {
@@ -116,7 +94,7 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 			return r.err
 		}
 		req := r.req
-		if revoked {
+		if id.Serial != nil && s.revoked != nil && s.revoked(id.Serial) {
 			s.metrics.Rejected(metrics.ReasonRevoked, len(req.GetEvents()))
 			log.Warn("closing stream of revoked certificate", "serial", id.Serial.Text(16))
 			return status.Errorf(codes.PermissionDenied, "client certificate %q has been revoked", host)
@@ -136,8 +114,7 @@ func (s *Server) Push(stream pb.IngestService_PushServer) error {
 		}
 		group := []received{r}
 		group, held = s.gather(group, in)
-		var err error
-		if fl, err = s.startGroup(ctx, stream, log, host, group, fl); err != nil {
+		if err := s.commitGroup(ctx, stream, log, host, group); err != nil {
 			return err
 		}
 	}
@@ -206,97 +183,33 @@ func (s *Server) gather(group []received, in <-chan received) ([]received, *rece
 	return group, nil
 }
 
-// inflight is a group of batches whose append is finishing (store.Appending.Finish, in a goroutine of
-// its own) while the next group's is started.
-type inflight struct {
-	group []received
-	done  chan struct{}
-	a     *store.Appending
-	res   store.AppendResult
-	err   error
-}
-
-// finishing runs a's Finish in a goroutine of its own.
-func finishing(ctx context.Context, group []received, a *store.Appending) *inflight {
-	fl := &inflight{group: group, a: a, done: make(chan struct{})}
-	go func() {
-		defer close(fl.done)
-		fl.res, fl.err = a.Finish(ctx)
-	}()
-	return fl
-}
-
-// abandon waits for the append's end without acknowledging it (the stream is ending: the agent
-// sends it again, and it is a duplicate if it was stored).
-func (fl *inflight) abandon() {
-	if fl != nil {
-		<-fl.done
-	}
-}
-
-// startGroup stores a group of batches and acknowledges each batch (every response carries the
-// acknowledgement after the whole group; the counts are on the last). On PostgreSQL, while fl (the
-// group before, may be nil) still finishes, the group's events are inserted in a transaction that
-// continues fl's chain (store.AppendStart with after); fl is then settled (acknowledged) and the
-// group's append left finishing, returned. Where that cannot be done the group waits for fl and is
-// appended the ordinary way, as every group is on SQLite (one writer at a time).
-func (s *Server) startGroup(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, group []received, fl *inflight) (*inflight, error) {
-	noteLoss(log, group)
-	preps, skipped, _ := collect(host, group)
-	if len(preps) != len(group) || !s.store.Pipelines() {
-		if _, err := s.settle(ctx, stream, log, host, fl, nil); err != nil {
-			return nil, err
-		}
-		return nil, s.commitGroup(ctx, stream, log, host, group)
-	}
-	var after *store.Appending
-	if fl != nil {
-		after = fl.a
-	}
-	a, err := s.store.AppendStart(ctx, host, preps, skipped, after)
-	if fl != nil {
-		redo, serr := s.settle(ctx, stream, log, host, fl, a)
-		if serr != nil {
-			if a != nil {
-				a.Abort()
-			}
-			return nil, serr
-		}
-		if redo || errors.Is(err, store.ErrStale) {
-			a, err = s.store.AppendStart(ctx, host, preps, skipped, nil)
-		}
-	}
-	if err != nil {
-		return nil, s.groupFailed(ctx, stream, log, host, group, err)
-	}
-	return finishing(ctx, group, a), nil
-}
-
-// settle waits for fl's append (nothing when fl is nil) and acknowledges its batches. When it failed,
-// next (the append continuing it, may be nil) is aborted first and redo reports that; a stale append
-// (store.ErrStale) is appended again the ordinary way.
-func (s *Server) settle(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, fl *inflight, next *store.Appending) (redo bool, err error) {
-	if fl == nil {
-		return false, nil
-	}
-	<-fl.done
-	if fl.err == nil {
-		return false, s.acknowledge(stream, host, fl.group, fl.res)
-	}
-	if next != nil {
-		// Rolled back before anything else is written: its rows could stand in the way.
-		next.Abort()
-	}
-	if errors.Is(fl.err, store.ErrStale) {
-		return next != nil, s.commitGroup(ctx, stream, log, host, fl.group)
-	}
-	return next != nil, s.groupFailed(ctx, stream, log, host, fl.group, fl.err)
-}
-
-// commitGroup stores a group of batches in one transaction, waiting for its commit, and acknowledges
-// them (see startGroup).
+// commitGroup commits a group of batches in one transaction and acknowledges each batch (every response
+// carries the acknowledgement after the whole group; the counts are on the last). When the group
+// fails for a reason one batch may cause (conflict, invalid), its batches are stored one by one, so
+// those before the culprit are stored and acknowledged as before.
 func (s *Server) commitGroup(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, group []received) error {
-	preps, skipped, evs := collect(host, group)
+	var evs []*pb.Event
+	var skipped []store.Range
+	preps := make([]*store.Prepared, 0, len(group))
+	for _, r := range group {
+		req := r.req
+		if r.prep != nil {
+			preps = append(preps, r.prep)
+		}
+		for _, r := range req.GetSkipped() {
+			skipped = append(skipped, store.Range{First: r.GetFirst(), Last: r.GetLast()})
+		}
+		for _, ev := range req.GetEvents() {
+			ev.Host = host
+			if lr := ev.GetLossReport(); lr.GetSource() == pb.LossSource_LOSS_SOURCE_COLLECTOR_REGRESSION {
+				// Stored as an event (in the host's chain and its loss totals); said loudly here too.
+				log.Error("agent reports that this collector lost events it had acknowledged (database restored from a backup or replaced?)",
+					"collector_acked_seq", lr.GetCollectorAckedSeq(), "agent_acked_seq", lr.GetAgentAckedSeq(),
+					"lost", lr.GetCount(), "seq", ev.GetSeq())
+			}
+		}
+		evs = append(evs, req.GetEvents()...)
+	}
 	var res store.AppendResult
 	var err error
 	if len(preps) == len(group) {
@@ -304,17 +217,7 @@ func (s *Server) commitGroup(ctx context.Context, stream pb.IngestService_PushSe
 	} else {
 		res, err = s.store.Append(ctx, host, evs, skipped)
 	}
-	if err != nil {
-		return s.groupFailed(ctx, stream, log, host, group, err)
-	}
-	return s.acknowledge(stream, host, group, res)
-}
-
-// groupFailed handles a group's failed append. When it failed for a reason one batch may cause
-// (conflict, invalid), its batches are stored one by one, so those before the culprit are stored and
-// acknowledged as before.
-func (s *Server) groupFailed(ctx context.Context, stream pb.IngestService_PushServer, log *slog.Logger, host string, group []received, err error) error {
-	if len(group) > 1 && (errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrInvalid)) {
+	if err != nil && len(group) > 1 && (errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrInvalid)) {
 		for _, r := range group {
 			if err := s.commitGroup(ctx, stream, log, host, []received{r}); err != nil {
 				return err
@@ -322,15 +225,9 @@ func (s *Server) groupFailed(ctx context.Context, stream pb.IngestService_PushSe
 		}
 		return nil
 	}
-	n := 0
-	for _, r := range group {
-		n += len(r.req.GetEvents())
+	if err != nil {
+		return s.storeError(ctx, log, err, len(evs))
 	}
-	return s.storeError(ctx, log, err, n)
-}
-
-// acknowledge counts a stored group and sends a response per batch.
-func (s *Server) acknowledge(stream pb.IngestService_PushServer, host string, group []received, res store.AppendResult) error {
 	s.metrics.Batch(host, res.Stored, res.Duplicates, res.Acked)
 	if res.Stored > 0 {
 		s.stored()
@@ -345,39 +242,6 @@ func (s *Server) acknowledge(stream pb.IngestService_PushServer, host string, gr
 		}
 	}
 	return nil
-}
-
-// collect returns a group's prepared batches (as many as were prepared), skipped ranges and events.
-func collect(host string, group []received) (preps []*store.Prepared, skipped []store.Range, evs []*pb.Event) {
-	preps = make([]*store.Prepared, 0, len(group))
-	for _, r := range group {
-		req := r.req
-		if r.prep != nil {
-			preps = append(preps, r.prep)
-		}
-		for _, r := range req.GetSkipped() {
-			skipped = append(skipped, store.Range{First: r.GetFirst(), Last: r.GetLast()})
-		}
-		for _, ev := range req.GetEvents() {
-			ev.Host = host
-		}
-		evs = append(evs, req.GetEvents()...)
-	}
-	return preps, skipped, evs
-}
-
-// noteLoss logs the loss reports of a group that say this collector lost events it had acknowledged.
-func noteLoss(log *slog.Logger, group []received) {
-	for _, r := range group {
-		for _, ev := range r.req.GetEvents() {
-			if lr := ev.GetLossReport(); lr.GetSource() == pb.LossSource_LOSS_SOURCE_COLLECTOR_REGRESSION {
-				// Stored as an event (in the host's chain and its loss totals); said loudly here too.
-				log.Error("agent reports that this collector lost events it had acknowledged (database restored from a backup or replaced?)",
-					"collector_acked_seq", lr.GetCollectorAckedSeq(), "agent_acked_seq", lr.GetAgentAckedSeq(),
-					"lost", lr.GetCount(), "seq", ev.GetSeq())
-			}
-		}
-	}
 }
 
 // checkpoint verifies an agent's signed checkpoint (signed by the key of the certificate this stream

@@ -71,119 +71,80 @@ func Prepare(host string, events []*pb.Event) (*Prepared, error) {
 
 // AppendPrepared is Append of the prepared batches, in order, as one batch.
 func (s *Store) AppendPrepared(ctx context.Context, host string, batches []*Prepared, skipped []Range) (AppendResult, error) {
-	a, err := s.AppendStart(ctx, host, batches, skipped, nil)
-	if err != nil {
-		return AppendResult{}, err
-	}
-	return a.Finish(ctx)
-}
-
-// joinBatches returns the items of batches, which must be host's, in order.
-func joinBatches(host string, batches []*Prepared) ([]item, error) {
-	if len(batches) == 1 && batches[0].host == host {
-		return batches[0].items, nil
-	}
+	start := time.Now()
+	var res AppendResult
 	var items []item
+	if len(batches) == 1 {
+		items = batches[0].items
+	}
 	for _, b := range batches {
 		if b.host != host {
-			return nil, fmt.Errorf("%w: a batch prepared for host %q appended for %q", ErrInvalid, b.host, host)
+			return res, fmt.Errorf("%w: a batch prepared for host %q appended for %q", ErrInvalid, b.host, host)
 		}
-		items = append(items, b.items...)
+		if len(batches) > 1 {
+			items = append(items, b.items...)
+		}
 	}
-	return items, nil
-}
+	if _, err := validateBatch(host, nil, skipped); err != nil {
+		return res, err
+	}
+	now := time.Now().UnixNano()
 
-// begin opens the append's transaction on a connection of its own, so that the insert can reach the
-// driver's COPY on PostgreSQL within the transaction.
-func (s *Store) begin(ctx context.Context) (*sql.Conn, *sql.Tx, error) {
+	// A connection of its own, so that the insert can reach the driver's COPY on PostgreSQL within
+	// the transaction.
 	conn, err := s.db.Conn(ctx)
 	if err != nil {
-		return nil, nil, fmt.Errorf("begin append: %w", err)
+		return res, fmt.Errorf("begin append: %w", err)
 	}
+	defer conn.Close()
 	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
-		conn.Close()
-		return nil, nil, fmt.Errorf("begin append: %w", err)
+		return res, fmt.Errorf("begin append: %w", err)
 	}
-	return conn, tx, nil
-}
+	defer tx.Rollback()
 
-// lockedStart is AppendStart's part for an append that locks the host's row (steps 2 to 4 and the
-// chain links): it reads what is stored, so it handles replays, gaps and skipped ranges.
-func (s *Store) lockedStart(ctx context.Context, a *Appending, items []item) error {
-	st, err := s.lockHost(ctx, a.tx, a.host, a.now)
+	st, err := s.lockHost(ctx, tx, host, now)
 	if err != nil {
-		return err
+		return res, err
 	}
-	if err := checkAhead(items, a.skipped, st.acked, s.maxAhead); err != nil {
-		return err
+	if err := checkAhead(items, skipped, st.acked, s.maxAhead); err != nil {
+		return res, err
 	}
-	existing, err := s.storedDigests(ctx, a.tx, a.host, items, st)
+	existing, err := s.storedDigests(ctx, tx, host, items, st)
 	if err != nil {
-		return err
+		return res, err
 	}
-	fresh, dups, err := dedupe(a.host, items, existing, st.acked)
+	fresh, dups, err := dedupe(host, items, existing, st.acked)
 	if err != nil {
-		return err
+		return res, err
 	}
-	a.res.Duplicates = dups
-	a.contiguous = len(a.skipped) == 0 && contiguousAfter(st, fresh)
-	a.link(fresh, st)
-	return nil
-}
-
-// link links fresh into the chain after st (step 5's links) and records the state after them; on the
-// contiguous fast path that state is final: the acknowledgement is the highest number.
-func (a *Appending) link(fresh []item, st hostState) {
-	a.rows, a.upd = a.s.link(a.host, fresh, &st, a.now)
-	a.res.Stored = len(a.rows)
-	if a.contiguous {
-		st.acked = st.maxSeq
+	res.Duplicates = dups
+	contiguous := len(skipped) == 0 && contiguousAfter(st, fresh)
+	rows, upd := s.link(host, fresh, &st, now)
+	res.Stored = len(rows)
+	if err := s.assignIDs(ctx, conn, tx, rows); err != nil {
+		return res, err
 	}
-	a.st = st
-}
-
-// Finish is the second half of an append (AppendStart): the filter terms, the attempt counts and the
-// host's row (chain head, counts, acknowledgement), then the durable commit. It releases the append's
-// connection whatever the outcome. A continuing append whose host row is no longer the state it
-// continued (the append before it failed, or another writer moved it) fails with ErrStale and
-// stores nothing.
-func (a *Appending) Finish(ctx context.Context) (AppendResult, error) {
-	defer a.Abort()
-	s, tx := a.s, a.tx
-	if a.expect != nil {
-		if err := lockExpected(ctx, tx, a.host, a.expect); err != nil {
-			return a.res, a.stale(err)
-		}
+	if err := s.insert(ctx, conn, tx, host, rows); err != nil {
+		return res, err
 	}
-	if err := s.insertTerms(ctx, tx, a.rows); err != nil {
-		return a.res, a.stale(err)
+	if err := s.insertTerms(ctx, tx, rows); err != nil {
+		return res, err
 	}
-	if err := s.recordAttempts(ctx, tx, a.host, a.rows); err != nil {
-		return a.res, a.stale(err)
+	if err := s.recordAttempts(ctx, tx, host, rows); err != nil {
+		return res, err
 	}
-	st := a.st
-	if err := s.advanceChain(ctx, tx, a.host, a.skipped, &st, a.upd, a.now, a.contiguous); err != nil {
-		return a.res, a.stale(err)
+	if err := s.advanceChain(ctx, tx, host, skipped, &st, upd, now, contiguous); err != nil {
+		return res, err
 	}
 	commitStart := time.Now()
 	if err := tx.Commit(); err != nil {
-		return a.res, fmt.Errorf("commit events of host %q: %w", a.host, err)
+		return res, fmt.Errorf("commit events of host %q: %w", host, err)
 	}
 	s.since("commit", commitStart)
-	s.since("append", a.start)
-	a.res.Acked = st.acked
-	return a.res, nil
-}
-
-// Abort rolls the append back and releases its connection, unless Finish did (then it does nothing).
-func (a *Appending) Abort() {
-	if a.conn == nil {
-		return
-	}
-	_ = a.tx.Rollback()
-	_ = a.conn.Close()
-	a.conn = nil
+	s.since("append", start)
+	res.Acked = st.acked
+	return res, nil
 }
 
 // item is one event of a batch with its canonical encoding, digest and indexed columns.

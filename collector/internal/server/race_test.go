@@ -64,12 +64,11 @@ func pushWindowed(ctx context.Context, cc *grpc.ClientConn, total, batch uint64,
 	}
 }
 
-// TestPipelinedStreamsRace: on PostgreSQL a stream's next group is inserted while the group before it
-// commits (store.AppendStart with after). Two agents' worth of windowed streams for one host, through
-// two collectors sharing the database and both sending every event (an agent failing over while its old
-// stream still delivers), race each other's continuing appends: every stream is acknowledged to the
-// end without an error, every event is stored once, and the chain verifies.
-func TestPipelinedStreamsRace(t *testing.T) {
+// TestWindowedStreamsRace: four windowed streams of one host (batches in flight, committed in groups),
+// through two collectors sharing a PostgreSQL database and each sending every event (an agent failing
+// over while its old stream still delivers), race each other: every stream is acknowledged to the end
+// without an error, every event is stored once, and the chain verifies.
+func TestWindowedStreamsRace(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
 	p := newPKI(t)
 	cfgA, cfgB := p.config(dsn), p.config(dsn)
