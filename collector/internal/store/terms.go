@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -203,13 +204,8 @@ func planBlocks(ctx context.Context, db queryer, f *pb.EventFilter, maxBlocks in
 	if len(conds) == 0 {
 		return blockPlan{}, nil
 	}
-	fields := make([]int, 0, len(conds))
-	for k := range conds {
-		fields = append(fields, k)
-	}
-	slices.Sort(fields)
 	var cand []int64
-	for i, field := range fields {
+	for i, field := range slices.Sorted(maps.Keys(conds)) {
 		vals := conds[field]
 		q := `SELECT DISTINCT block FROM event_terms WHERE field = $1 AND value IN (` + placeholders(2, len(vals)) + `) ORDER BY block`
 		args := []any{field}
