@@ -4,9 +4,9 @@ GO ?= go
 export CGO_ENABLED ?= 0
 KERNELS ?= 6.1 6.12 7.3
 # arm64 kernels (testvm/kernels.txt series ending in -arm64), booted with qemu-system-aarch64 (TCG) by
-# make vmtest-arm64 with the tests ARM64_RUN selects from testvm/arm64-suites.txt (~10 minutes).
+# make vmtest-arm64 with the tests ARM64_RUN selects from testvm/arm64-suites.txt (~12 minutes).
 ARM64_KERNELS ?= 6.12-arm64
-ARM64_RUN ?= ^(TestBPFLSMActive|TestKernelBTF|TestMounts|TestKernelVariants|TestReadPaths|TestDumpBlocked|TestAgentKilledEnforcementHolds)$$
+ARM64_RUN ?= ^(TestBPFLSMActive|TestKernelBTF|TestMounts|TestKernelVariants|TestReadPaths|TestMapFiles|TestDumpBlocked|TestAgentKilledEnforcementHolds|TestKeyFileOnlyForHolders|TestKeyManagerAllowed|TestSignerRewriteRefused|TestAgentBinaryOverwriteWhileDown|TestKeyOpenRace|TestKeyOpenForkRace|TestKeyDirMoved|TestStrictSigner|TestAgentTamperedAfterTrust|TestRawLoopDevice|TestBPFLoadRefused|TestPerfUserStackRefused|TestSysctlWritesRefused|TestKernelMemoryRefused|TestModuleLoadRefused)$$
 # Kernels for the systemd VM test (Debian 12 + systemd as PID 1, the .deb packages).
 SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)
@@ -93,8 +93,8 @@ vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in t
 	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(KERNELS)" -parallel $(VM_PARALLEL) $(VMTEST_FLAGS)
 
 .PHONY: vmtest-arm64
-vmtest-arm64: deps ## The arm64 suite in qemu-system-aarch64 (TCG) on the stock Debian arm64 kernel: read paths, dump block, pins across kill -9 (logs in testvm/out/arm64/)
-	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(ARM64_KERNELS)" -suites-file testvm/arm64-suites.txt -run '$(ARM64_RUN)' -out testvm/out/arm64 -timeout 20m -suite-timeout 15m $(VMTEST_FLAGS)
+vmtest-arm64: deps ## The arm64 suite in qemu-system-aarch64 (TCG) on the stock Debian arm64 kernel: read paths, dump block, pins across kill -9, key files at rest, the key-open races, trust anchors, side doors (logs in testvm/out/arm64/)
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(ARM64_KERNELS)" -suites-file testvm/arm64-suites.txt -run '$(ARM64_RUN)' -out testvm/out/arm64 -timeout 30m -suite-timeout 15m $(VMTEST_FLAGS)
 
 .PHONY: vmtest-late
 vmtest-late: deps ## vmtest-arm64 and vmtest-systemd side by side (the systemd suite waits most of its 10-minute routine-tools window; each target's output printed whole when it ends)

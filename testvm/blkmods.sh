@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Usage: bash testvm/blkmods.sh CACHE SERIES
-# Debian's amd64 kernels build loop, mtd and romfs as modules; the raw-disk VM test (a key file on a
+# Debian's kernels (amd64 and arm64) build loop, mtd and romfs as modules; the raw-disk VM test (a key file on a
 # romfs image attached to a loop device) needs them. This extracts them from the pinned kernel's .deb
 # (testvm/kernels.txt; the modules package for split 7.x kernels), uncompressed, into
 # CACHE/kernels/SERIES/blk/ (once), with blk/order listing the load order (dependencies first).
@@ -11,13 +11,14 @@ series=${2:?usage: blkmods.sh CACHE SERIES}
 dir=$cache/kernels/$series
 out=$dir/blk
 [ -s "$out/order" ] && exit 0
-case $series in *-arm64) exit 0 ;; esac # the arm64 suite runs no raw-disk test
 read -r pkg ver suites <"$dir/modules" 2>/dev/null || read -r pkg ver suites <"$dir/package" || {
 	echo "blkmods.sh: $dir/package missing: run make deps (testvm/setup.sh) first" >&2
 	exit 1
 }
+aptd=$cache/apt/${suites:-}
+case $series in *-arm64) aptd=$aptd@arm64 ;; esac # setup.sh's private apt folder for a foreign architecture
 aptc=()
-[ -n "${suites:-}" ] && aptc=(env "APT_CONFIG=$cache/apt/$suites/apt.conf")
+[ -n "${suites:-}" ] && aptc=(env "APT_CONFIG=$aptd/apt.conf")
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 echo "blkmods.sh: apt-get download $pkg=$ver for loop, mtd and romfs (once)" >&2

@@ -197,7 +197,7 @@ while read -r series pkg suites _; do
 	echo "setup.sh: $series: $(cat "$dir/package") ($(du -h "$dir/vmlinuz" | cut -f1))" >&2
 done < <(entries "$root/testvm/kernels.txt")
 
-# 2b. loop, mtd and romfs of each amd64 kernel (the raw-disk VM test; once per kernel).
+# 2b. loop, mtd and romfs of each kernel (the raw-disk VM test; once per kernel).
 while read -r series _; do
 	bash "$root/testvm/blkmods.sh" "$cache" "$series"
 done < <(entries "$root/testvm/kernels.txt")

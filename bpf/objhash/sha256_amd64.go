@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "53a8441c0535bee7665315580d14922f05f6830fda4e18927f0d5aa104ab8fa0"
+const SHA256 = "3b6d3c82eeaa23102475a4a2a8044d4d36028c7069a0df75f56a05b5d3bba1ae"

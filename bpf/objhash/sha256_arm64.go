@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "3410dd3176ad4007eb44d7048fbe69d0204d43aa43ad5e7ef95602a812461803"
+const SHA256 = "f1c454dc1a26bec2d13377af895b970b52357d3e0758c3a89734a574e80618a9"

@@ -737,9 +737,29 @@ static __always_inline void agg_stat(__u32 idx)
 }
 
 /* Note the /proc object (a link followed or a file opened) this thread is about to be checked for. */
+/* The proc_inode around a /proc inode (container_of, with the offset relocated for the running kernel).
+ * Not a trusted pointer: read it with BPF_CORE_READ only. */
+static __always_inline struct proc_inode *proc_inode_of(struct inode *inode)
+{
+	return (struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
+}
+
+/*
+ * The task whose pid a /proc/PID or /proc/PID/task/TID inode names (pid->tasks[PIDTYPE_PID].first is its
+ * pid_links[PIDTYPE_PID]), or NULL: no pid, or the task is gone. Not a trusted pointer either.
+ */
+static __always_inline struct task_struct *proc_task(struct inode *inode)
+{
+	__u64 first = (__u64)BPF_CORE_READ(proc_inode_of(inode), pid, tasks[0].first);
+
+	if (!first)
+		return 0;
+	return (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+}
+
 static __always_inline void note_proc_obj(struct dentry *d, struct inode *inode, int link)
 {
-	struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
+	struct proc_inode *pi = proc_inode_of(inode);
 	struct kg_proc_obj o = {.class = KG_CLASS_MEMORY};
 	char name[8] = {}, parent[8] = {};
 	struct task_struct *task, *leader;
@@ -1144,9 +1164,7 @@ static __always_inline int proc_side_door(struct file *file)
 	char name[16] = {};
 
 	if (file->f_mode & FMODE_WRITE) {
-		struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode -
-							     bpf_core_field_offset(struct proc_inode, vfs_inode));
-		struct ctl_table *t = BPF_CORE_READ(pi, sysctl_entry);
+		struct ctl_table *t = BPF_CORE_READ(proc_inode_of(inode), sysctl_entry);
 
 		if (t) {
 			bpf_probe_read_kernel_str(name, sizeof(name), BPF_CORE_READ(t, procname));
@@ -1365,22 +1383,10 @@ static __always_inline void end_read(void)
 	bpf_map_delete_elem(&inflight, &tid);
 }
 
-/*
- * The target of a /proc/PID/{mem,environ} file (proc_inode->pid → its task), or NULL. Not a trusted
- * pointer: read it with BPF_CORE_READ only.
- */
+/* The target of a /proc/PID/{mem,environ} file, or NULL (proc_task). */
 static __always_inline struct task_struct *proc_file_task(struct file *file)
 {
-	__u64 inode, pid, first;
-
-	inode = (__u64)BPF_CORE_READ(file, f_inode);
-	pid = (__u64)BPF_CORE_READ((struct proc_inode *)(inode - bpf_core_field_offset(struct proc_inode, vfs_inode)), pid);
-	if (!pid)
-		return 0;
-	first = (__u64)BPF_CORE_READ((struct pid *)pid, tasks[0].first);
-	if (!first)
-		return 0;
-	return (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+	return proc_task(BPF_CORE_READ(file, f_inode));
 }
 
 /* The late mark of a process given by an untrusted pointer, if it is still the same process. */
@@ -1981,48 +1987,52 @@ extern void bpf_task_release(struct task_struct *p) __ksym __weak;
 #endif
 
 /* The task of a /proc inode's pid (untrusted: for CO-RE reads only), or NULL. */
-static __always_inline struct task_struct *proc_task(struct inode *inode)
+/*
+ * Might this /proc open be one proc_mm_refused() decides? Inline, so the commonest /proc opens (a
+ * process's own /proc/self/..., /proc/PID/stat and friends) leave here without a call: the names it
+ * decides are 3, 4, 5, 7, 9 or 12 long with mode 0600 (mem), 0400 (environ, auxv, pagemap) or 0444
+ * (maps, smaps, smaps_rollup, numa_maps), and a process's own files need no check.
+ */
+static __always_inline int proc_mm_candidate(struct file *file)
 {
-	struct proc_inode *pi = (struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
-	__u64 first;
+	__u32 len = file->f_path.dentry->d_name.len, perm = file->f_inode->i_mode & 0777;
+	__u64 pid;
 
-	first = (__u64)BPF_CORE_READ(pi, pid, tasks[0].first);
-	if (!first)
+	if (len != 3 && len != 4 && len != 5 && len != 7 && len != 9 && len != 12)
 		return 0;
-	return (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
+	if (perm != 0400 && perm != 0600 && perm != 0444)
+		return 0;
+	pid = (__u64)BPF_CORE_READ(proc_inode_of(file->f_inode), pid);
+	return pid && pid != (__u64)bpf_get_current_task_btf()->group_leader->thread_pid;
 }
 
 /*
- * /proc/PID/{mem,environ,auxv,pagemap} (and task/TID/...), the files that hold a process's mm: decided
- * in file_open, before the file's own open makes its ptrace check, with the decision that check would
- * get. Newer kernels' mm_access() lets a CAP_PERFMON caller through after ptrace_access_check refused
- * it (root opening environ or auxv), so the refusal must not depend on that check. Kernels without
- * bpf_task_from_pid (6.1) have no such override: the ptrace check alone decides there. Only a refusal
- * is decided here; an allowed access is left to the ptrace check, which reports it.
+ * /proc/PID/{mem,environ,auxv,pagemap,maps,smaps,smaps_rollup,numa_maps} (and task/TID/...), the files
+ * whose open takes the process's mm through mm_access(): decided in file_open, before the file's own
+ * open makes its ptrace check, with the decision that check would get. Newer kernels' mm_access() lets
+ * a CAP_PERFMON caller through a PTRACE_MODE_READ check after ptrace_access_check refused it (root
+ * opening environ, auxv, pagemap or the maps family), so the refusal must not depend on that check.
+ * Kernels without bpf_task_from_pid (6.1) have no such override: the ptrace check alone decides there.
+ * Only a refusal is decided here; an allowed access is left to the ptrace check, which reports it.
  * Returns the ptrace mode of the refused open (prot filled in), or 0. Not inlined, with a small frame:
  * the caller reports the refusal (decide) from its own frame, whose stack and this one's add up.
  */
 static __noinline __u32 proc_mm_refused(struct file *file, struct kg_mark *prot)
 {
-	struct inode *inode = file->f_inode;
-	struct dentry *d = file->f_path.dentry;
 	struct task_struct *cur, *target;
-	__u32 len = d->d_name.len, perm = inode->i_mode & 0777, mode, rule_mode, refused = 0;
-	char n[8] = {};
+	__u32 mode, rule_mode, refused = 0;
+	char n[16] = {};
 	s32 nr;
 
-	/* mem is 0600, environ, auxv and pagemap 0400: most /proc files leave on these two loads. */
-	if ((len != 3 && len != 4 && len != 7) || (perm != 0400 && perm != 0600))
-		return 0;
-	bpf_probe_read_kernel_str(n, sizeof(n), d->d_name.name);
+	bpf_probe_read_kernel_str(n, sizeof(n), file->f_path.dentry->d_name.name);
 	if (str_is(n, "mem", 4))
 		mode = 0x0a; /* PTRACE_MODE_ATTACH_FSCREDS, as mem_open asks */
-	else if (str_is(n, "environ", 8) || str_is(n, "auxv", 5) || str_is(n, "pagemap", 8))
+	else if (str_is(n, "environ", 8) || str_is(n, "auxv", 5) || str_is(n, "pagemap", 8) || str_is(n, "maps", 5) ||
+		 str_is(n, "smaps", 6) || str_is(n, "smaps_rollup", 13) || str_is(n, "numa_maps", 10))
 		mode = 0x09; /* PTRACE_MODE_READ_FSCREDS */
 	else
 		return 0;
-	nr = BPF_CORE_READ((struct proc_inode *)((unsigned long)inode - bpf_core_field_offset(struct proc_inode, vfs_inode)),
-			   pid, numbers[0].nr);
+	nr = BPF_CORE_READ(proc_inode_of(file->f_inode), pid, numbers[0].nr);
 	target = nr ? bpf_task_from_pid(nr) : 0;
 	if (!target)
 		return 0;
@@ -2062,13 +2072,13 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 	 * Each kind returns from its own branch: /proc holds no key file, listed executable or device. */
 	if (file->f_inode->i_sb->s_magic == PROC_SUPER_MAGIC) {
 		note_proc_obj(file->f_path.dentry, file->f_inode, 0); /* issue 13: precision */
-		if (bpf_ksym_exists(bpf_task_from_pid)) {
+		if (bpf_ksym_exists(bpf_task_from_pid) && proc_mm_candidate(file)) {
 			struct kg_mark prot = {};
 			struct task_struct *target;
+			__u32 ptrace_mode = proc_mm_refused(file, &prot);
 
-			mode = proc_mm_refused(file, &prot);
-			if (mode && (target = proc_task(file->f_inode)) &&
-			    decide(bpf_get_current_task_btf(), target, &prot, mode, KG_OP_OTHER, 0))
+			if (ptrace_mode && (target = proc_task(file->f_inode)) &&
+			    decide(bpf_get_current_task_btf(), target, &prot, ptrace_mode, KG_OP_OTHER, 0))
 				return -EACCES; /* the errno the kernel's own refusal gives (mm_access) */
 		}
 		return proc_side_door(file);
@@ -2111,12 +2121,11 @@ int BPF_PROG(kg_file_open, struct file *file, int ret)
 SEC("lsm/file_permission")
 int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
 {
-	struct task_struct *cur, *target, *leader;
+	struct task_struct *cur, *target;
 	struct kg_late_mark *late;
 	struct kg_mark prot = {};
 	const unsigned char *name;
 	char n[8] = {};
-	__u64 inode, pid, first;
 	__u32 tgid, len;
 
 	if (ret)
@@ -2136,22 +2145,15 @@ int BPF_PROG(kg_file_permission, struct file *file, int mask, int ret)
 	      n[6] == 'n' && n[7] == 0))
 		return 0;
 
-	/* proc_inode->pid → the task (pid->tasks[PIDTYPE_PID].first is its pid_links[PIDTYPE_PID]). */
-	inode = (__u64)BPF_CORE_READ(file, f_inode);
-	pid = (__u64)BPF_CORE_READ((struct proc_inode *)(inode - bpf_core_field_offset(struct proc_inode, vfs_inode)), pid);
-	if (!pid)
+	target = proc_task(file->f_inode);
+	if (!target)
 		return 0;
-	first = (__u64)BPF_CORE_READ((struct pid *)pid, tasks[0].first);
-	if (!first)
-		return 0;
-	target = (struct task_struct *)(first - bpf_core_field_offset(struct task_struct, pid_links));
 	cur = bpf_get_current_task_btf();
 	tgid = BPF_CORE_READ(target, tgid);
 	if (tgid == cur->tgid)
 		return 0;
-	leader = BPF_CORE_READ(target, group_leader);
-	late = bpf_map_lookup_elem(&late_marks, &tgid);
-	if (late && late->start_ticks == BPF_CORE_READ(leader, start_boottime) / KG_NSEC_PER_TICK) {
+	late = late_mark_of(target, tgid);
+	if (late) {
 		prot.rule_id = late->rule_id;
 		prot.reason = late->reason;
 	} else {

@@ -46,3 +46,10 @@ func Compat32() bool {
 	out, _ := exec.Command(ProcBin, "compat32").Output()
 	return strings.TrimSpace(string(out)) == "OK"
 }
+
+// X32 reports whether the guest kernel runs x32 system calls (Debian: booted with syscall.x32=y, as
+// testvm boots its amd64 guests).
+func X32() bool {
+	out, _ := exec.Command(ProcBin, "x32").Output()
+	return strings.TrimSpace(string(out)) == "OK"
+}

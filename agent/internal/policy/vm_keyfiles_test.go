@@ -150,7 +150,8 @@ func TestAgentBinaryOverwriteWhileDown(t *testing.T) {
 
 // TestKeyOpenRace: 1,000 fresh processes open a keyholder key file right after exec (the rule's openers
 // are "any": they become protected by that open) and copy the key into memory, each under a reader hammering it by
-// process_vm_readv (native, and 32-bit through int 0x80 where the kernel runs ia32 calls), fresh
+// process_vm_readv (native, 32-bit through int 0x80 where the kernel runs ia32 calls, and x32 where it
+// runs those: testvm boots with syscall.x32=y), fresh
 // /proc/PID/mem fds and /proc/PID/mem fds kept from before the open. No read may return the key.
 func TestKeyOpenRace(t *testing.T) {
 	vmenv.Require(t)
@@ -167,6 +168,9 @@ func TestKeyOpenRace(t *testing.T) {
 	modes := []string{"vmreadv", "mem", "kept"}
 	if guesttest.Compat32() {
 		modes = append(modes, "vmreadv32") // the ia32 entry (int 0x80, compat iovecs)
+	}
+	if guesttest.X32() {
+		modes = append(modes, "vmreadvx32") // the x32 entry (syscall 539 | __X32_SYSCALL_BIT, compat iovecs)
 	}
 	t.Logf("process_vm_rw end %s; racing by %v", end, modes)
 	leaks, killed, retries, loaded := map[string]int{}, 0, 0, 0

@@ -4,7 +4,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +17,6 @@ import (
 // the raw_disk_readers entry reads both; the rule's own process still loads its key.
 func TestRawLoopDevice(t *testing.T) {
 	vmenv.Require(t)
-	if runtime.GOARCH != "amd64" {
-		t.Skipf("loop.ko is put in the amd64 guests only (testvm/blkmods.sh)")
-	}
 	image := guesttest.Dir + "/loop.img"
 	key := filepath.Join(guesttest.LoopKeyDir, "l.pem")
 	// Registered first, so it runs last: after the unmount and the loop detach, the agent resolves the

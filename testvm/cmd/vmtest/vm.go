@@ -76,6 +76,11 @@ func cmdline(cfg *config, series string) string {
 		}
 		words = append(words, "KEYGUARD_DEMO_HOLD="+strconv.Itoa(hold))
 	}
+	if cfg.arch != "arm64" && !cfg.systemd {
+		// Debian's amd64 kernels have the x32 ABI built in but off unless booted with this word: the
+		// suites then exercise process_vm_readv's x32 entry too (a root attacker can set it at boot).
+		words = append(words, "syscall.x32=y")
+	}
 	for _, kv := range []struct{ k, v string }{{"KEYGUARD_RUN", cfg.run}, {"KEYGUARD_BENCH", cfg.bench}, {"KEYGUARD_BENCHTIME", cfg.benchtime}, {"KEYGUARD_ENV", strings.Join(cfg.env, "\x00")}} {
 		if kv.v != "" {
 			words = append(words, kv.k+"="+b64([]byte(kv.v)))

@@ -24,26 +24,45 @@ import (
 
 type readPath struct {
 	op       string // testproc attack op
-	thread   bool   // aims at a non-leader thread
+	thread   int    // aims at the victim's thread tids[thread] (0: the leader)
 	denied   string // result in enforce mode
 	eventOp  string
 	byThread bool // the kernel sees the thread (not the leader) as the target
 }
 
+// readPaths: attempts that share an aggregation key (accessor executable and uid, target thread,
+// operation, access mode) are counted in the kernel's aggregate and reported when its window (10 s)
+// ends, so the /proc files opened with PTRACE_MODE_READ aim at threads of their own, the pid form of
+// auxv excepted (one window per victim).
 var readPaths = []readPath{
-	{"attach", false, "ERR EPERM", "ptrace_attach", false},
-	{"attach", true, "ERR EPERM", "ptrace_attach", true},
-	{"seize", false, "ERR EPERM", "ptrace_seize", false},
-	{"seize", true, "ERR EPERM", "ptrace_seize", true},
-	{"mem", false, "ERR EACCES", "proc_open", false},
-	{"taskmem", true, "ERR EACCES", "proc_open", true},
-	{"vmreadv", false, "ERR EPERM", "process_vm_readv", false},
-	{"vmreadv", true, "ERR EPERM", "process_vm_readv", true},
-	{"environ", false, "ERR EACCES", "proc_open", false},
-	{"taskenviron", true, "ERR EACCES", "proc_open", true},
-	{"auxv", false, "ERR EACCES", "proc_open", false},
-	{"pagemap", true, "ERR EACCES", "proc_open", true},
-	{"pidfd_getfd", false, "ERR EPERM", "pidfd_getfd", false},
+	{"attach", 0, "ERR EPERM", "ptrace_attach", false},
+	{"attach", 1, "ERR EPERM", "ptrace_attach", true},
+	{"seize", 0, "ERR EPERM", "ptrace_seize", false},
+	{"seize", 1, "ERR EPERM", "ptrace_seize", true},
+	{"mem", 0, "ERR EACCES", "proc_open", false},
+	{"taskmem", 1, "ERR EACCES", "proc_open", true},
+	{"vmreadv", 0, "ERR EPERM", "process_vm_readv", false},
+	{"vmreadv", 1, "ERR EPERM", "process_vm_readv", true},
+	{"environ", 0, "ERR EACCES", "proc_open", false},
+	{"taskenviron", 1, "ERR EACCES", "proc_open", true},
+	{"auxv", 0, "ERR EACCES", "proc_open", false},
+	{"taskpagemap", 2, "ERR EACCES", "proc_open", true},
+	// The layout (mm_access with PTRACE_MODE_READ, which 7.x lets CAP_PERFMON through).
+	{"taskmaps", 3, "ERR EACCES", "proc_open", true},
+	{"tasksmaps", 4, "ERR EACCES", "proc_open", true},
+	{"tasksmaps_rollup", 5, "ERR EACCES", "proc_open", true},
+	{"tasknuma_maps", 6, "ERR EACCES", "proc_open", true},
+	{"pidfd_getfd", 0, "ERR EPERM", "pidfd_getfd", false},
+}
+
+// victimThreads is how many threads TestReadPaths's victims run (readPaths aims at each).
+const victimThreads = "7"
+
+func readPathName(p readPath) string {
+	if p.thread > 0 {
+		return fmt.Sprintf("%s/thread%d", p.op, p.thread)
+	}
+	return p.op
 }
 
 func TestReadPaths(t *testing.T) {
@@ -55,17 +74,10 @@ func TestReadPaths(t *testing.T) {
 	} {
 		for _, uid := range []int{0, user} {
 			t.Run(fmt.Sprintf("%s/uid%d", mode.name, uid), func(t *testing.T) {
-				v := startVictim(t, mode.exe, uid, "-threads", "2")
+				v := startVictim(t, mode.exe, uid, "-threads", victimThreads)
 				for _, p := range readPaths {
-					tid := v.tids[0]
-					if p.thread {
-						tid = v.tids[1]
-					}
-					name := p.op
-					if p.thread {
-						name += "/thread"
-					}
-					t.Run(name, func(t *testing.T) {
+					tid := v.tids[p.thread]
+					t.Run(readPathName(p), func(t *testing.T) {
 						apid, res := attack(t, procBin, uid, p.op, v.pid, tid, v.addr)
 						if mode.name == "enforce" && res != p.denied {
 							t.Fatalf("enforce: %s on protected pid %d tid %d by uid %d: got %q, want %q", p.op, v.pid, tid, uid, res, p.denied)
@@ -77,9 +89,8 @@ func TestReadPaths(t *testing.T) {
 						if p.byThread {
 							wantTid = uint32(tid)
 						}
-						// An attempt with the key of an earlier one (auxv after environ: same accessor
-						// executable, target, mode and operation) is counted in the kernel's aggregate,
-						// reported with its first accessor and this one as the last.
+						// An attempt with the key of an earlier one (auxv after environ) is counted in
+						// the kernel's aggregate, reported with its first accessor and this one as the last.
 						ev := waitEvent(t, fmt.Sprintf("%s %s by pid %d", mode.decision, p.eventOp, apid), func(e event) bool {
 							return e.Kind == "access" && e.Accessor != nil &&
 								(e.Accessor.PID == uint32(apid) || e.LastAccessorPID == uint32(apid)) &&
@@ -107,16 +118,37 @@ func TestReadPaths(t *testing.T) {
 	}
 }
 
+// TestMapFiles: root lists /proc/PID/map_files of a protected process and opens a mapping through it
+// (the lookup needs CAP_CHECKPOINT_RESTORE, so only root is tried). Newer kernels' mm_access() lets a
+// CAP_PERFMON caller through the PTRACE_MODE_READ check the listing and the lookup make; keyguard must
+// refuse it all the same. An unprotected process's mappings stay open to root.
+func TestMapFiles(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0)
+	apid, res := attack(t, procBin, 0, "map_files", v.pid, v.pid, v.addr)
+	if res != "ERR EACCES" {
+		t.Fatalf("map_files of protected pid %d by root: got %q, want ERR EACCES", v.pid, res)
+	}
+	ev := waitEvent(t, fmt.Sprintf("denied map_files by pid %d", apid), func(e event) bool {
+		return e.Kind == "access" && e.Accessor != nil &&
+			(e.Accessor.PID == uint32(apid) || e.LastAccessorPID == uint32(apid)) &&
+			e.Target != nil && e.Target.PID == uint32(v.pid)
+	})
+	if ev.Decision != "denied" || ev.Rule != "signer" {
+		t.Errorf("event decision %q rule %q, want denied signer", ev.Decision, ev.Rule)
+	}
+	p := startVictim(t, victimPlain, 0)
+	if _, res := attack(t, procBin, 0, "map_files", p.pid, p.pid, p.addr); !strings.HasPrefix(res, "OK") {
+		t.Errorf("map_files of unprotected pid %d by root: %q, want OK", p.pid, res)
+	}
+}
+
 // The process itself and its threads keep working; an unprotected neighbour stays readable.
 func TestUnprotectedNeighbour(t *testing.T) {
-	v := startVictim(t, victimPlain, 0, "-threads", "2")
+	v := startVictim(t, victimPlain, 0, "-threads", victimThreads)
 	c := startVictim(t, victimCopy, 0) // a copy of the protected executable is another file
 	for _, target := range []*victim{v, c} {
 		for _, p := range readPaths {
-			tid := target.tids[0]
-			if p.thread && len(target.tids) > 1 {
-				tid = target.tids[1]
-			}
+			tid := target.tids[min(p.thread, len(target.tids)-1)]
 			_, res := attack(t, procBin, 0, p.op, target.pid, tid, target.addr)
 			if !strings.HasPrefix(res, "OK") {
 				t.Errorf("%s on unprotected pid %d: %q, want OK", p.op, target.pid, res)
@@ -350,27 +382,44 @@ func TestProtectedProcessReadsItself(t *testing.T) {
 	}
 }
 
-// TestCompatVMReadv: process_vm_readv through the 32-bit entry (int 0x80 from a 64-bit process, compat
-// iovecs) is refused against a protected process like the native call, with the same event, by root and
-// by the victim's uid; an unprotected process stays readable by it.
+// TestCompatVMReadv: process_vm_readv through the 32-bit entries (ia32: int 0x80 from a 64-bit process;
+// x32: syscall 539 with __X32_SYSCALL_BIT; both with compat iovecs) is refused against a protected
+// process like the native call, with the same event, by root and by the victim's uid; an unprotected
+// process stays readable by it.
 func TestCompatVMReadv(t *testing.T) {
-	if !guesttest.Compat32() {
-		t.Skipf("this kernel (%s, %s) runs no 32-bit system calls of a 64-bit process", os.Getenv("KEYGUARD_KERNEL"), runtime.GOARCH)
+	for _, entry := range []struct {
+		op, name string
+		runs     func() bool
+	}{
+		{"vmreadv32", "ia32 (int 0x80)", guesttest.Compat32},
+		{"vmreadvx32", "x32 (syscall.x32=y)", guesttest.X32},
+	} {
+		t.Run(entry.op, func(t *testing.T) {
+			if !entry.runs() {
+				t.Skipf("this kernel (%s, %s) runs no %s system calls of a 64-bit process", os.Getenv("KEYGUARD_KERNEL"), runtime.GOARCH, entry.name)
+			}
+			compatVMReadv(t, entry.op)
+		})
 	}
+}
+
+// compatVMReadv: process_vm_readv by a 32-bit entry (op) reads an unprotected process and is refused
+// (EPERM, with an event) on a protected one, its leader and another thread, as root and as its user.
+func compatVMReadv(t *testing.T, op string) {
 	plain := startVictim(t, victimPlain, 0)
-	if _, res := attack(t, procBin, 0, "vmreadv32", plain.pid, plain.pid, plain.addr); !strings.HasPrefix(res, "OK 64") {
-		t.Fatalf("32-bit process_vm_readv of an unprotected process: %q, want OK 64", res)
+	if _, res := attack(t, procBin, 0, op, plain.pid, plain.pid, plain.addr); !strings.HasPrefix(res, "OK 64") {
+		t.Fatalf("%s of an unprotected process: %q, want OK 64", op, res)
 	}
 	for _, uid := range []int{0, user} {
 		v := startVictim(t, victimEnforce, uid, "-threads", "2")
 		for _, tid := range []int{v.pid, v.tids[1]} {
-			apid, res := attack(t, procBin, uid, "vmreadv32", v.pid, tid, v.addr)
+			apid, res := attack(t, procBin, uid, op, v.pid, tid, v.addr)
 			if res != "ERR EPERM" {
-				t.Fatalf("32-bit process_vm_readv of protected pid %d tid %d by uid %d: %q, want ERR EPERM", v.pid, tid, uid, res)
+				t.Fatalf("%s of protected pid %d tid %d by uid %d: %q, want ERR EPERM", op, v.pid, tid, uid, res)
 			}
-			ev := waitEvent(t, fmt.Sprintf("denied process_vm_readv (32-bit) by pid %d", apid), func(e event) bool {
-				return e.Kind == "access" && e.Accessor != nil && e.Accessor.PID == uint32(apid) && e.Target != nil &&
-					e.Target.PID == uint32(v.pid) && e.Operation == "process_vm_readv"
+			ev := waitEvent(t, fmt.Sprintf("denied %s by pid %d", op, apid), func(e event) bool {
+				return e.Kind == "access" && e.Accessor != nil && (e.Accessor.PID == uint32(apid) || e.LastAccessorPID == uint32(apid)) &&
+					e.Target != nil && e.Target.PID == uint32(v.pid) && e.Operation == "process_vm_readv"
 			})
 			if ev.Decision != "denied" || ev.Rule != "signer" || ev.Accessor.UID != uint32(uid) {
 				t.Errorf("event decision %q rule %q accessor uid %d, want denied signer %d", ev.Decision, ev.Rule, ev.Accessor.UID, uid)

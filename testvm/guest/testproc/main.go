@@ -7,9 +7,11 @@
 //	    -spawn EXE: fork+exec "EXE hold" and report its pid as child=.
 //	testproc attack OP PID [TID] [ADDR]
 //	    performs one read of PID's memory by OP and prints "OK <bytes>" or "ERR <errno>".
-//	    OPS: attach seize mem taskmem vmreadv vmreadv32 environ taskenviron pidfd_getfd
-//	    (vmreadv32: process_vm_readv by the 32-bit entry, int 0x80, of an address below 4 GiB)
-//	testproc compat32
+//	    OPS: attach seize vmreadv vmreadv32 vmreadvx32 pidfd_getfd, and the /proc/PID files mem environ
+//	    auxv pagemap maps smaps smaps_rollup numa_maps map_files (task+NAME: /proc/PID/task/TID/NAME)
+//	    (vmreadv32: process_vm_readv by the 32-bit entry, int 0x80, of an address below 4 GiB;
+//	    vmreadvx32: by the x32 entry, same iovecs)
+//	testproc compat32 | x32
 //	    prints "OK" when the kernel runs 32-bit system calls of a 64-bit process (ia32 emulation).
 //	testproc exec-attack EXE
 //	    starts "EXE hold" and attacks /proc/PID/mem the instant exec returns; prints OK or ERR.
@@ -23,7 +25,7 @@
 //	    "LOADED retries=N", lingers 20 ms and exits.
 //	testproc race-read MODE RACER KEYFILE
 //	    starts "RACER race-victim KEYFILE" and reads its raceBuf (same binary, same address) as fast as it
-//	    can by MODE (vmreadv, vmreadv32, mem: a fresh fd per read, kept: fds kept open and read again) until it is
+//	    can by MODE (vmreadv, vmreadv32, vmreadvx32, mem: a fresh fd per read, kept: fds kept open and read again) until it is
 //	    gone; prints "LEAK n" when a read returned the key, else "CLEAN reads=n errors=m".
 //	testproc fork-victim MODE KEYFILE, testproc fork-race MODE ROUNDS RACER KEYFILE
 //	    the fork/key-open race: a fork racing a key-file open in another thread (forkrace.go).
@@ -92,6 +94,13 @@ func modes() map[string]func(args []string) {
 		"compat32": func([]string) {
 			if !compat32() {
 				fmt.Println("ERR no 32-bit system calls")
+				os.Exit(1)
+			}
+			fmt.Println("OK")
+		},
+		"x32": func([]string) {
+			if !x32() {
+				fmt.Println("ERR no x32 system calls (boot with syscall.x32=y)")
 				os.Exit(1)
 			}
 			fmt.Println("OK")
@@ -436,69 +445,20 @@ func Attack(op string, pid, tid int, addr uint64) (int, error) {
 	buf := make([]byte, 64)
 	switch op {
 	case "attach", "seize":
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		var err error
-		if op == "attach" {
-			err = unix.PtraceAttach(tid)
-		} else {
-			err = unix.PtraceSeize(tid)
-		}
-		if err != nil {
-			return 0, err
-		}
-		if op == "attach" {
-			var ws unix.WaitStatus
-			unix.Wait4(tid, &ws, unix.WALL, nil)
-		} else {
-			unix.PtraceInterrupt(tid)
-			var ws unix.WaitStatus
-			unix.Wait4(tid, &ws, unix.WALL, nil)
-		}
-		n, err := unix.PtracePeekData(tid, uintptr(addrOr(addr)), buf)
-		unix.PtraceDetach(tid)
-		return n, err
-	case "mem", "taskmem":
-		path := fmt.Sprintf("/proc/%d/mem", pid)
-		if op == "taskmem" {
-			path = fmt.Sprintf("/proc/%d/task/%d/mem", pid, tid)
-		}
-		f, err := os.Open(path)
-		if err != nil {
-			return 0, err
-		}
-		defer f.Close()
-		if addr == 0 {
-			return 0, nil // open is the checked step
-		}
-		return f.ReadAt(buf, int64(addr))
+		return ptraceAttack(op, tid, addr, buf)
 	case "vmreadv":
 		local := []unix.Iovec{{Base: &buf[0], Len: uint64(len(buf))}}
 		remote := []unix.RemoteIovec{{Base: uintptr(addrOr(addr)), Len: len(buf)}}
 		return unix.ProcessVMReadv(tid, local, remote, 0)
-	case "vmreadv32":
+	case "vmreadv32", "vmreadvx32":
 		a := addrOr(addr)
 		if a >= 1<<32 {
 			a = addrOr(0) // the compat iovec holds 32 bits; the check comes before any address is used
 		}
+		if op == "vmreadvx32" {
+			return processVMReadvX32(tid, a, buf)
+		}
 		return processVMReadv32(tid, a, buf)
-	case "environ", "taskenviron":
-		path := fmt.Sprintf("/proc/%d/environ", pid)
-		if op == "taskenviron" {
-			path = fmt.Sprintf("/proc/%d/task/%d/environ", pid, tid)
-		}
-		b, err := os.ReadFile(path)
-		return len(b), err
-	case "auxv":
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/auxv", pid))
-		return len(b), err
-	case "pagemap":
-		f, err := os.Open(fmt.Sprintf("/proc/%d/task/%d/pagemap", pid, tid))
-		if err != nil {
-			return 0, err
-		}
-		defer f.Close()
-		return f.ReadAt(buf[:8], int64(addrOr(addr)/4096*8)) // the page's frame entry
 	case "pidfd_getfd":
 		pfd, err := unix.PidfdOpen(pid, 0)
 		if err != nil {
@@ -511,6 +471,71 @@ func Attack(op string, pid, tid int, addr uint64) (int, error) {
 		}
 		unix.Close(fd)
 		return 1, nil
+	}
+	return procAttack(op, pid, tid, addr, buf)
+}
+
+// ptraceAttack attaches to (or seizes) tid, stops it and peeks a word at addr.
+func ptraceAttack(op string, tid int, addr uint64, buf []byte) (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var err error
+	if op == "attach" {
+		err = unix.PtraceAttach(tid)
+	} else {
+		err = unix.PtraceSeize(tid)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if op == "seize" {
+		unix.PtraceInterrupt(tid)
+	}
+	var ws unix.WaitStatus
+	unix.Wait4(tid, &ws, unix.WALL, nil)
+	n, err := unix.PtracePeekData(tid, uintptr(addrOr(addr)), buf)
+	unix.PtraceDetach(tid)
+	return n, err
+}
+
+// procAttack reads the target through one of its /proc/PID files, or (op "task"+name) its thread's
+// /proc/PID/task/TID one.
+func procAttack(op string, pid, tid int, addr uint64, buf []byte) (int, error) {
+	dir, name := fmt.Sprintf("/proc/%d/", pid), op
+	if rest, ok := strings.CutPrefix(op, "task"); ok {
+		dir, name = fmt.Sprintf("/proc/%d/task/%d/", pid, tid), rest
+	}
+	switch name {
+	case "mem", "pagemap":
+		f, err := os.Open(dir + name)
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		if name == "pagemap" {
+			return f.ReadAt(buf[:8], int64(addrOr(addr)/4096*8)) // the page's frame entry
+		}
+		if addr == 0 {
+			return 0, nil // open is the checked step
+		}
+		return f.ReadAt(buf, int64(addr))
+	case "map_files": // list the mappings, then open one (needs CAP_CHECKPOINT_RESTORE) and read it
+		ents, err := os.ReadDir(dir + name)
+		if err != nil {
+			return 0, err
+		}
+		if len(ents) == 0 {
+			return 0, fmt.Errorf("%s: no mappings listed", dir+name)
+		}
+		f, err := os.Open(dir + name + "/" + ents[0].Name())
+		if err != nil {
+			return 0, err
+		}
+		defer f.Close()
+		return f.Read(buf[:1])
+	case "environ", "auxv", "maps", "smaps", "smaps_rollup", "numa_maps": // maps...: the layout
+		b, err := os.ReadFile(dir + name)
+		return len(b), err
 	}
 	return 0, fmt.Errorf("unknown attack %q", op)
 }
@@ -796,6 +821,8 @@ func raceRead(mode, racer, keyfile string) {
 			check(unix.ProcessVMReadv(pid, local, remote, 0))
 		case "vmreadv32":
 			check(processVMReadv32(pid, uint64(addr), buf))
+		case "vmreadvx32":
+			check(processVMReadvX32(pid, uint64(addr), buf))
 		case "mem":
 			f, err := os.Open(memPath)
 			if err != nil {
