@@ -94,7 +94,7 @@ vmtest: deps ## BPF LSM tests in QEMU on each stock kernel in KERNELS (logs in t
 
 .PHONY: vmtest-arm64
 vmtest-arm64: deps ## The arm64 suite in qemu-system-aarch64 (TCG) on the stock Debian arm64 kernel: read paths, dump block, pins across kill -9, key files at rest, the key-open races, trust anchors, side doors (logs in testvm/out/arm64/)
-	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(ARM64_KERNELS)" -suites-file testvm/arm64-suites.txt -run '$(ARM64_RUN)' -out testvm/out/arm64 -timeout 30m -suite-timeout 15m $(VMTEST_FLAGS)
+	$(GO) run ./testvm/cmd/vmtest -cache $(CACHE) -kernels "$(ARM64_KERNELS)" -suites-file testvm/arm64-suites.txt -run '$(ARM64_RUN)' -out testvm/out/arm64 -timeout 45m -suite-timeout 25m $(VMTEST_FLAGS)
 
 .PHONY: vmtest-late
 vmtest-late: deps ## vmtest-arm64 and vmtest-systemd side by side (the systemd suite waits most of its 10-minute routine-tools window; each target's output printed whole when it ends)

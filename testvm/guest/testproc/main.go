@@ -115,6 +115,15 @@ func modes() map[string]func(args []string) {
 			report(0, unix.InitModule(make([]byte, 4096), ""))
 		},
 		"kexec": kexecCmd,
+		"kexecload": func([]string) {
+			// kexec_load with no segments (an unload): the LSM hook (kernel_load_data) comes first.
+			_, _, e := unix.Syscall6(unix.SYS_KEXEC_LOAD, 0, 0, 0, 0, 0, 0)
+			if e != 0 {
+				report(0, e)
+				return
+			}
+			report(0, nil)
+		},
 		"bpfload": func(a []string) {
 			// Load (not attach) a BPF program of the given kind; prints OK or ERR errno.
 			report(1, bpfLoad(a[0]))
