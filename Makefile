@@ -6,7 +6,7 @@ KERNELS ?= 6.1 6.12 7.3
 # arm64 kernels (testvm/kernels.txt series ending in -arm64), booted with qemu-system-aarch64 (TCG) by
 # make vmtest-arm64 with the tests ARM64_RUN selects from testvm/arm64-suites.txt (~12 minutes).
 ARM64_KERNELS ?= 6.12-arm64
-ARM64_RUN ?= ^(TestBPFLSMActive|TestKernelBTF|TestMounts|TestKernelVariants|TestReadPaths|TestMapFiles|TestDumpBlocked|TestAgentKilledEnforcementHolds|TestKeyFileOnlyForHolders|TestKeyManagerAllowed|TestSignerRewriteRefused|TestAgentBinaryOverwriteWhileDown|TestKeyOpenRace|TestKeyOpenForkRace|TestKeyDirMoved|TestStrictSigner|TestAgentTamperedAfterTrust|TestRawLoopDevice|TestBPFLoadRefused|TestPerfUserStackRefused|TestSysctlWritesRefused|TestKernelMemoryRefused|TestModuleLoadRefused)$$
+ARM64_RUN ?= ^(TestBPFLSMActive|TestKernelBTF|TestMounts|TestKernelVariants|TestReadPaths|TestMapFiles|TestUringProcOpen|TestDumpBlocked|TestAgentKilledEnforcementHolds|TestKeyFileOnlyForHolders|TestKeyManagerAllowed|TestSignerRewriteRefused|TestAgentBinaryOverwriteWhileDown|TestKeyOpenRace|TestKeyOpenForkRace|TestKeyDirMoved|TestStrictSigner|TestAgentTamperedAfterTrust|TestRawLoopDevice|TestBPFLoadRefused|TestPerfUserStackRefused|TestSysctlWritesRefused|TestKernelMemoryRefused|TestModuleLoadRefused)$$
 # Kernels for the systemd VM test (Debian 12 + systemd as PID 1, the .deb packages).
 SYSTEMD_KERNELS ?= $(KERNELS)
 CACHE ?= $(if $(KEYGUARD_CACHE),$(KEYGUARD_CACHE),$(CURDIR)/.cache)

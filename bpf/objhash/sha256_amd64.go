@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "3b6d3c82eeaa23102475a4a2a8044d4d36028c7069a0df75f56a05b5d3bba1ae"
+const SHA256 = "a91641a6de609f0009e82f72851dbf1936cf049e1e7f7fadfca2356611705fb5"

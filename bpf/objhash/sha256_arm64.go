@@ -3,4 +3,4 @@
 package objhash
 
 // SHA256 is the hex SHA-256 of the embedded BPF object.
-const SHA256 = "f1c454dc1a26bec2d13377af895b970b52357d3e0758c3a89734a574e80618a9"
+const SHA256 = "ad3af0002276bdf0f348cb030f89ad7f951117dfb5422ff85831e4c2317bf9f3"

@@ -2020,6 +2020,7 @@ static __always_inline int proc_mm_candidate(struct file *file)
 static __noinline __u32 proc_mm_refused(struct file *file, struct kg_mark *prot)
 {
 	struct task_struct *cur, *target;
+	struct pid *pid;
 	__u32 mode, rule_mode, refused = 0;
 	char n[16] = {};
 	s32 nr;
@@ -2032,12 +2033,15 @@ static __noinline __u32 proc_mm_refused(struct file *file, struct kg_mark *prot)
 		mode = 0x09; /* PTRACE_MODE_READ_FSCREDS */
 	else
 		return 0;
-	nr = BPF_CORE_READ(proc_inode_of(file->f_inode), pid, numbers[0].nr);
+	pid = BPF_CORE_READ(proc_inode_of(file->f_inode), pid);
+	nr = BPF_CORE_READ(pid, numbers[0].nr);
 	target = nr ? bpf_task_from_pid(nr) : 0;
 	if (!target)
 		return 0;
+	/* The number may have been reused since the task this inode names exited (the file's own open then
+	 * fails with ESRCH): decide only for the task the inode still names. */
 	cur = bpf_get_current_task_btf();
-	if (target->tgid != cur->tgid && protection(target, prot) && !is_agent(cur) &&
+	if (target->thread_pid == pid && target->tgid != cur->tgid && protection(target, prot) && !is_agent(cur) &&
 	    verdict(cur, prot, &rule_mode) == KG_DECISION_DENIED)
 		refused = mode;
 	bpf_task_release(target);

@@ -142,6 +142,42 @@ func TestMapFiles(t *testing.T) {
 	}
 }
 
+// TestUringProcOpen: root opens /proc/PID/task/TID/{mem,environ,maps} of a protected process by an
+// io_uring IORING_OP_OPENAT request, inline in the submitter and (IOSQE_ASYNC) in an io-wq worker
+// thread: the same file_open and ptrace checks decide, so each is refused (EACCES) with an event (each
+// attempt aims at a thread of its own, so none waits in an aggregate). The same request for an
+// unprotected process's environ opens and reads.
+func TestUringProcOpen(t *testing.T) {
+	v := startVictim(t, victimEnforce, 0, "-threads", "6")
+	plain := startVictim(t, victimPlain, 0)
+	next := 1
+	for _, op := range []string{"uring-open", "uring-open-async"} {
+		for _, file := range []string{"mem", "environ", "maps"} {
+			tid := v.tids[next]
+			next++
+			t.Run(op+"/"+file, func(t *testing.T) {
+				cmd := exec.Command(procBin, "keyop", op, fmt.Sprintf("/proc/%d/task/%d/%s", v.pid, tid, file))
+				out, err := cmd.CombinedOutput()
+				if got := strings.TrimSpace(string(out)); got != "ERR EACCES" {
+					t.Fatalf("%s of protected pid %d tid %d's %s: %q (%v), want ERR EACCES", op, v.pid, tid, file, got, err)
+				}
+				apid := uint32(cmd.Process.Pid)
+				ev := waitEvent(t, fmt.Sprintf("denied %s by pid %d", op, apid), func(e event) bool {
+					return e.Kind == "access" && e.Accessor != nil && (e.Accessor.PID == apid || e.LastAccessorPID == apid) &&
+						e.Target != nil && e.Target.PID == uint32(v.pid)
+				})
+				if ev.Decision != "denied" || ev.Rule != "signer" || ev.Target.TID != uint32(tid) {
+					t.Errorf("event decision %q rule %q target tid %d, want denied signer %d", ev.Decision, ev.Rule, ev.Target.TID, tid)
+				}
+			})
+		}
+		out, err := exec.Command(procBin, "keyop", op, fmt.Sprintf("/proc/%d/environ", plain.pid)).CombinedOutput()
+		if got := strings.TrimSpace(string(out)); got != "OK 0" {
+			t.Errorf("%s of unprotected pid %d's environ: %q (%v), want OK 0", op, plain.pid, got, err)
+		}
+	}
+}
+
 // The process itself and its threads keep working; an unprotected neighbour stays readable.
 func TestUnprotectedNeighbour(t *testing.T) {
 	v := startVictim(t, victimPlain, 0, "-threads", victimThreads)
