@@ -48,19 +48,7 @@ func BenchmarkIngest(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			acks := make(chan *pb.PushResponse, len(batches))
-			errc := make(chan error, 1)
-			go func() {
-				for range batches {
-					r, err := pu.stream.Recv()
-					if err != nil {
-						errc <- err
-						return
-					}
-					acks <- r
-				}
-				close(acks)
-			}()
+			acks, errc := pu.recvAcks(len(batches))
 			b.ResetTimer()
 			start := time.Now()
 			cpu0, srv0 := cpuTime(b), pgtest.BackendCPU(b, backend)

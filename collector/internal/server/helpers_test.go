@@ -172,6 +172,34 @@ type pusher struct {
 	first  *pb.PushResponse
 }
 
+// recvAcks receives n acknowledgements in a goroutine: each on acks (closed after the n-th), or the
+// first receive error on errc.
+func (pu *pusher) recvAcks(n int) (<-chan *pb.PushResponse, <-chan error) {
+	acks := make(chan *pb.PushResponse, n)
+	errc := make(chan error, 1)
+	go func() {
+		for range n {
+			r, err := pu.stream.Recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			acks <- r
+		}
+		close(acks)
+	}()
+	return acks, errc
+}
+
+// startPair starts two collectors, collector-a and collector-b, sharing the PostgreSQL database dsn.
+func startPair(t *testing.T, dsn string) (p *pki, a, b *Server) {
+	t.Helper()
+	p = newPKI(t)
+	cfgA, cfgB := p.config(dsn), p.config(dsn)
+	cfgA.Name, cfgB.Name = "collector-a", "collector-b"
+	return p, start(t, cfgA), start(t, cfgB)
+}
+
 func openPush(ctx context.Context, cc *grpc.ClientConn) (*pusher, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	st, err := pb.NewIngestServiceClient(cc).Push(ctx)

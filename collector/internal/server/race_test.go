@@ -22,19 +22,7 @@ func pushWindowed(ctx context.Context, cc *grpc.ClientConn, total, batch uint64,
 	}
 	defer pu.close()
 	n := int((total + batch - 1) / batch)
-	acks := make(chan *pb.PushResponse, n)
-	errc := make(chan error, 1)
-	go func() {
-		for range n {
-			r, err := pu.stream.Recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			acks <- r
-		}
-		close(acks)
-	}()
+	acks, errc := pu.recvAcks(n)
 	inflight := 0
 	var last uint64
 	for from := uint64(1); from <= total; from += batch {
@@ -70,10 +58,7 @@ func pushWindowed(ctx context.Context, cc *grpc.ClientConn, total, batch uint64,
 // without an error, every event is stored once, and the chain verifies.
 func TestWindowedStreamsRace(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
-	p := newPKI(t)
-	cfgA, cfgB := p.config(dsn), p.config(dsn)
-	cfgA.Name, cfgB.Name = "collector-a", "collector-b"
-	a, b := start(t, cfgA), start(t, cfgB)
+	p, a, b := startPair(t, dsn)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const total, batch, window = 20000, 250, 8

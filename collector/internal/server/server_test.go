@@ -505,10 +505,7 @@ func TestVerifyChainOverAPIDetectsTampering(t *testing.T) {
 
 func TestTwoCollectorsShareOnePostgres(t *testing.T) {
 	dsn := pgtest.NewDatabase(t)
-	p := newPKI(t)
-	cfgA, cfgB := p.config(dsn), p.config(dsn)
-	cfgA.Name, cfgB.Name = "collector-a", "collector-b"
-	a, b := start(t, cfgA), start(t, cfgB)
+	p, a, b := startPair(t, dsn)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// A watcher on B must see every event, including those stored through A.
